@@ -1,0 +1,299 @@
+//! Rolling mean and standard deviation over the last `window` values.
+//!
+//! Updates are O(1): the mean and the sum of squared deviations (`m2`) slide with each
+//! value (Welford's update, generalised to a replacement). Rounding error cannot pile up
+//! over billions of events because the statistics are recomputed exactly from the window
+//! once every `window` replacements, which keeps the cost O(1) amortised. Where a decision
+//! hangs on the last bits (a z-score within 1e-9 of the threshold, or a spread that is
+//! tiny next to the mean), [`RollingStats::zscore`] decides with exact two-pass
+//! statistics, so verdicts match a naive exact implementation.
+
+/// Rolling population statistics over the most recent `window` values.
+#[derive(Clone, Debug)]
+pub struct RollingStats {
+    buf: Box<[f64]>,
+    len: u32,
+    head: u32,
+    since_exact: u32,
+    mean: f64,
+    m2: f64,
+}
+
+impl RollingStats {
+    /// A new, empty window holding up to `window` values.
+    ///
+    /// # Panics
+    /// If `window` is 0 or above `u32::MAX` (configuration validation rejects both).
+    pub fn new(window: usize) -> Self {
+        assert!(
+            window > 0 && window <= u32::MAX as usize,
+            "window must be in 1..=u32::MAX"
+        );
+        RollingStats {
+            buf: vec![0.0; window].into_boxed_slice(),
+            len: 0,
+            head: 0,
+            since_exact: 0,
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
+    /// Capacity of the window.
+    pub fn window(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Number of values currently held.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether no value has been pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the window holds `window` values (warm-up is over).
+    pub fn is_full(&self) -> bool {
+        self.len as usize == self.buf.len()
+    }
+
+    /// Mean of the values held (0 when empty).
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    /// Population variance of the values held (0 when empty).
+    pub fn variance(&self) -> f64 {
+        if self.len == 0 {
+            0.0
+        } else {
+            (self.m2 / self.len as f64).max(0.0)
+        }
+    }
+
+    /// Population standard deviation of the values held.
+    pub fn std(&self) -> f64 {
+        self.variance().sqrt()
+    }
+
+    /// The values held, oldest first.
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        let n = self.buf.len();
+        let len = self.len as usize;
+        let start = (self.head as usize + n - len) % n;
+        (0..len).map(move |i| self.buf[(start + i) % n])
+    }
+
+    /// Adds a value, evicting the oldest one when the window is full.
+    pub fn push(&mut self, x: f64) {
+        let n = self.buf.len();
+        let head = self.head as usize;
+        if self.is_full() {
+            let old = self.buf[head];
+            self.buf[head] = x;
+            let d = x - old;
+            let new_mean = self.mean + d / n as f64;
+            self.m2 += d * ((x - new_mean) + (old - self.mean));
+            self.mean = new_mean;
+            if self.m2 < 0.0 {
+                self.m2 = 0.0;
+            }
+            self.since_exact += 1;
+            if self.since_exact as usize >= n {
+                self.recompute();
+            }
+        } else {
+            self.buf[head] = x;
+            self.len += 1;
+            let d = x - self.mean;
+            self.mean += d / self.len as f64;
+            self.m2 += d * (x - self.mean);
+        }
+        self.head = ((head + 1) % n) as u32;
+    }
+
+    /// Recomputes mean and `m2` exactly (compensated two-pass) from the held values.
+    fn recompute(&mut self) {
+        let (mean, m2) = self.exact_mean_m2();
+        self.mean = mean;
+        self.m2 = m2;
+        self.since_exact = 0;
+    }
+
+    /// Mean and sum of squared deviations by compensated (Neumaier) two-pass sums.
+    fn exact_mean_m2(&self) -> (f64, f64) {
+        let len = self.len as usize;
+        if len == 0 {
+            return (0.0, 0.0);
+        }
+        // Before the window fills the values sit in buf[..len]; once full, in all of buf.
+        // Order does not matter to a sum.
+        let values = &self.buf[..len];
+        let mean = neumaier_sum(values.iter().copied()) / len as f64;
+        let m2 = neumaier_sum(values.iter().map(|&v| (v - mean) * (v - mean)));
+        (mean, m2)
+    }
+
+    /// Exact (compensated two-pass) mean and population standard deviation.
+    pub fn exact_mean_std(&self) -> (f64, f64) {
+        let (mean, m2) = self.exact_mean_m2();
+        let var = if self.len == 0 {
+            0.0
+        } else {
+            m2 / self.len as f64
+        };
+        (mean, var.sqrt())
+    }
+
+    /// z-score of `x` against the held values: `(x - mean) / std`.
+    ///
+    /// `None` until the window is full, and when the standard deviation is 0. Where the
+    /// running statistics leave `|z|` within a hair of `threshold`, or the spread is tiny
+    /// next to the mean, the answer comes from exact statistics instead, so comparing the
+    /// result against `threshold` gives the same verdict as an exact computation.
+    pub fn zscore(&self, x: f64, threshold: f64) -> Option<f64> {
+        if !self.is_full() {
+            return None;
+        }
+        let var = self.variance();
+        let mean = self.mean;
+        let suspicious_spread = var <= 1e-9 * mean * mean || var <= 0.0;
+        if !suspicious_spread {
+            let z = (x - mean) / var.sqrt();
+            if (z.abs() - threshold).abs() > 1e-9 * threshold.abs().max(1.0) {
+                return Some(z);
+            }
+        }
+        let (mean, std) = self.exact_mean_std();
+        (std > 0.0).then(|| (x - mean) / std)
+    }
+}
+
+/// Sum with Neumaier's compensation: error independent of the number of terms.
+fn neumaier_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sum = 0.0f64;
+    let mut comp = 0.0f64;
+    for v in values {
+        let t = sum + v;
+        if sum.abs() >= v.abs() {
+            comp += (sum - t) + v;
+        } else {
+            comp += (v - t) + sum;
+        }
+        sum = t;
+    }
+    sum + comp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// The naive reference: a deque and exact two-pass statistics every time.
+    fn naive(win: &VecDeque<f64>) -> (f64, f64) {
+        let n = win.len() as f64;
+        let mean = neumaier_sum(win.iter().copied()) / n;
+        let var = neumaier_sum(win.iter().map(|v| (v - mean) * (v - mean))) / n;
+        (mean, var.sqrt())
+    }
+
+    #[test]
+    fn warm_up_gives_no_score() {
+        let mut r = RollingStats::new(3);
+        assert_eq!(r.zscore(1.0, 3.0), None);
+        r.push(1.0);
+        r.push(2.0);
+        assert_eq!(r.zscore(1.0, 3.0), None);
+        r.push(3.0);
+        let z = r.zscore(4.0, 3.0).unwrap();
+        // mean 2, population std sqrt(2/3)
+        assert!((z - 2.0 / (2.0f64 / 3.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn constant_window_has_no_score() {
+        let mut r = RollingStats::new(5);
+        for _ in 0..20 {
+            r.push(7.25);
+        }
+        assert_eq!(r.zscore(100.0, 3.0), None);
+    }
+
+    #[test]
+    fn stays_accurate_with_large_offset_over_many_events() {
+        // Values around 1e9 with a spread of 1e-3: sum-of-squares would lose everything.
+        let mut r = RollingStats::new(100);
+        let mut win = VecDeque::new();
+        let mut x = 0u64;
+        for i in 0..1_000_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = 1e9 + ((x >> 11) as f64 / (1u64 << 53) as f64) * 1e-3;
+            r.push(v);
+            win.push_back(v);
+            if win.len() > 100 {
+                win.pop_front();
+            }
+            if i % 9973 == 0 && win.len() == 100 {
+                let (m, s) = naive(&win);
+                // The mean can be no closer than a few ulps of its magnitude.
+                assert!(
+                    (r.mean() - m).abs() <= 4.0 * f64::EPSILON * m.abs(),
+                    "mean drift at {i}"
+                );
+                assert!(
+                    (r.std() - s).abs() <= 1e-3 * s,
+                    "std drift at {i}: {} vs {s}",
+                    r.std()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_oldest_first() {
+        let mut r = RollingStats::new(3);
+        for v in [1.0, 2.0, 3.0, 4.0, 5.0] {
+            r.push(v);
+        }
+        assert_eq!(r.values().collect::<Vec<_>>(), vec![3.0, 4.0, 5.0]);
+    }
+
+    proptest! {
+        #[test]
+        fn matches_naive_reference(
+            window in 1usize..40,
+            values in prop::collection::vec(-1e6f64..1e6, 1..400),
+            threshold in 0.5f64..5.0,
+        ) {
+            let mut r = RollingStats::new(window);
+            let mut win: VecDeque<f64> = VecDeque::new();
+            for &v in &values {
+                let got = r.zscore(v, threshold);
+                if win.len() == window {
+                    let (m, s) = naive(&win);
+                    if s > 0.0 {
+                        let want = (v - m) / s;
+                        let got = got.expect("score when full and spread > 0");
+                        prop_assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                            "got {got} want {want}");
+                        prop_assert_eq!(got.abs() > threshold, want.abs() > threshold);
+                    } else {
+                        prop_assert_eq!(got, None);
+                    }
+                } else {
+                    prop_assert_eq!(got, None);
+                }
+                r.push(v);
+                win.push_back(v);
+                if win.len() > window { win.pop_front(); }
+                prop_assert_eq!(r.values().collect::<Vec<_>>(), win.iter().copied().collect::<Vec<_>>());
+            }
+        }
+    }
+}
