@@ -9,9 +9,69 @@
 //! is never an anomaly.
 #![deny(missing_docs)]
 
+pub mod ewma;
+pub mod flatline;
+mod judge;
+pub mod mad;
+mod order_stats;
+pub mod rate;
 pub mod rolling;
+pub mod threshold;
+pub mod zscore;
 
+pub use ewma::{Ewma, EwmaParams, HalfLife};
+pub use flatline::{Flatline, FlatlineParams};
+pub use mad::{Mad, MadParams};
+pub use rate::{Rate, RateParams};
 pub use rolling::RollingStats;
+pub use threshold::{Threshold, ThresholdParams};
+pub use zscore::{ZScore, ZScoreParams};
+
+/// A per-key anomaly detector: plain numbers in, one [`Verdict`] per observation out.
+///
+/// The engine keeps one value of the implementing type per sensor key and feeds it that
+/// key's observations in event-time order. All detectors in this crate share these rules:
+/// - a detector returns [`Verdict::WARMING_UP`] until it has seen its documented minimum
+///   of history;
+/// - a non-finite value (NaN, ±∞) gets a verdict with no statistic, score 0 and no anomaly,
+///   and leaves the state untouched;
+/// - the score is in `0..=1`, exactly 0.5 at the decision boundary and above 0.5 exactly
+///   when `is_anomaly` is true;
+/// - no input (any `f64`, any `i64` timestamp, in any order) makes a detector panic.
+pub trait Detector: Clone + Send + 'static {
+    /// Feed one observation at event time `ts_ms` (epoch milliseconds, non-decreasing per key
+    /// in normal use — handle out-of-order/equal timestamps without panicking); returns the
+    /// verdict on this observation, judged against history *before* it, then learns from it.
+    fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict;
+    /// Short human reason for an anomalous verdict, e.g. "|z| 4.21 > 3" (called only for anomalies, may allocate).
+    fn explain(&self, verdict: &Verdict) -> String;
+}
+
+/// One problem found by a `Params::validate`: the offending field and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamError {
+    /// Name of the field, as spelled in the `Params` struct (e.g. `"window"`).
+    pub field: &'static str,
+    /// What is wrong and what is accepted, e.g. "must be at least 2, got 1".
+    pub message: String,
+}
+
+impl ParamError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        ParamError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ParamError {}
 
 /// What a detector says about one observation.
 #[derive(Clone, Copy, Debug, PartialEq)]

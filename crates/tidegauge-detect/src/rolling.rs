@@ -9,7 +9,16 @@
 //! statistics, so verdicts match a naive exact implementation.
 
 /// Rolling population statistics over the most recent `window` values.
+///
+/// With the `serde` feature the state (de)serializes field by field, so a restored
+/// checkpoint continues bit for bit; deserializing checks the ring-buffer invariants and
+/// rejects a state that would index out of bounds.
 #[derive(Clone, Debug)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "RollingStatsRepr")
+)]
 pub struct RollingStats {
     buf: Box<[f64]>,
     len: u32,
@@ -168,6 +177,53 @@ impl RollingStats {
         }
         let (mean, std) = self.exact_mean_std();
         (std > 0.0).then(|| (x - mean) / std)
+    }
+}
+
+/// The serialized form of [`RollingStats`], checked before it becomes one.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct RollingStatsRepr {
+    buf: Box<[f64]>,
+    len: u32,
+    head: u32,
+    since_exact: u32,
+    mean: f64,
+    m2: f64,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<RollingStatsRepr> for RollingStats {
+    type Error = String;
+
+    fn try_from(r: RollingStatsRepr) -> Result<Self, String> {
+        let n = r.buf.len();
+        if n == 0 || n > u32::MAX as usize {
+            return Err(format!("window must be in 1..=u32::MAX, got {n}"));
+        }
+        let (len, head) = (r.len as usize, r.head as usize);
+        let ring_ok = if len < n {
+            head == len
+        } else {
+            len == n && head < n
+        };
+        if !ring_ok {
+            return Err(format!(
+                "inconsistent ring buffer: len {len}, head {head}, window {n}"
+            ));
+        }
+        let mut stats = RollingStats {
+            buf: r.buf,
+            len: r.len,
+            head: r.head,
+            since_exact: r.since_exact.min(r.len),
+            mean: r.mean,
+            m2: r.m2,
+        };
+        if !(stats.mean.is_finite() && stats.m2.is_finite()) {
+            stats.recompute();
+        }
+        Ok(stats)
     }
 }
 

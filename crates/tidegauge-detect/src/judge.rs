@@ -1,0 +1,148 @@
+//! Shared helpers: turning a statistic into a consistent [`Verdict`], parameter checks and
+//! the small formatting used by `explain`.
+
+use crate::{ParamError, Verdict, score_from_ratio};
+
+/// The verdict for an observation that cannot be judged (non-finite input, undefined
+/// statistic): no statistic, score 0, no anomaly. Same value as [`Verdict::WARMING_UP`].
+pub(crate) const NO_VERDICT: Verdict = Verdict::WARMING_UP;
+
+/// Builds a verdict whose score is forced onto the right side of 0.5: strictly above it for
+/// an anomaly, at most 0.5 otherwise. Rounding can put `ratio / (1 + ratio)` at exactly 0.5
+/// for a ratio a hair above 1; this keeps "score > 0.5 ⇔ anomaly" true for every input.
+pub(crate) fn consistent(statistic: Option<f64>, score: f64, is_anomaly: bool) -> Verdict {
+    let score = if score.is_nan() {
+        0.0
+    } else {
+        score.clamp(0.0, 1.0)
+    };
+    let score = if is_anomaly {
+        if score > 0.5 { score } else { 0.5f64.next_up() }
+    } else {
+        score.min(0.5)
+    };
+    Verdict {
+        statistic,
+        score,
+        is_anomaly,
+    }
+}
+
+/// Verdict for `statistic` when the decision is `magnitude > threshold` (`threshold > 0`),
+/// scored by [`score_from_ratio`]`(magnitude / threshold)`. A NaN statistic (e.g. ∞/∞ from
+/// values near `f64::MAX`) gives [`NO_VERDICT`].
+pub(crate) fn over_threshold(statistic: f64, magnitude: f64, threshold: f64) -> Verdict {
+    if statistic.is_nan() || magnitude.is_nan() {
+        return NO_VERDICT;
+    }
+    let is_anomaly = magnitude > threshold;
+    consistent(
+        Some(statistic),
+        score_from_ratio(magnitude / threshold),
+        is_anomaly,
+    )
+}
+
+/// Collects a [`ParamError`] unless `value` is finite and strictly positive.
+pub(crate) fn check_positive(errors: &mut Vec<ParamError>, field: &'static str, value: f64) {
+    if !(value.is_finite() && value > 0.0) {
+        errors.push(ParamError::new(
+            field,
+            format!("must be a finite number above 0, got {value}"),
+        ));
+    }
+}
+
+/// Collects a [`ParamError`] unless `value` is finite and at least 0.
+pub(crate) fn check_non_negative(errors: &mut Vec<ParamError>, field: &'static str, value: f64) {
+    if !(value.is_finite() && value >= 0.0) {
+        errors.push(ParamError::new(
+            field,
+            format!("must be a finite number ≥ 0, got {value}"),
+        ));
+    }
+}
+
+/// Turns collected errors into the `validate` result.
+pub(crate) fn into_result(errors: Vec<ParamError>) -> Result<(), Vec<ParamError>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Panics with every validation error listed; used by constructors, whose documentation
+/// tells callers to validate first.
+pub(crate) fn assert_valid(detector: &str, result: Result<(), Vec<ParamError>>) {
+    if let Err(errors) = result {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        panic!("invalid {detector} parameters: {}", list.join("; "));
+    }
+}
+
+/// `a - b` in milliseconds without overflow (saturating at the `i64` range).
+pub(crate) fn elapsed_ms(later: i64, earlier: i64) -> i64 {
+    later.saturating_sub(earlier)
+}
+
+/// A duration for humans: "850 ms", "42.5 s", "15 min 3 s", "2 h 5 min", "3 d 4 h".
+pub(crate) fn human_ms(ms: i64) -> String {
+    let ms_abs = ms.unsigned_abs();
+    let sign = if ms < 0 { "-" } else { "" };
+    let s = ms_abs / 1000;
+    if ms_abs < 1000 {
+        format!("{sign}{ms_abs} ms")
+    } else if s < 60 {
+        format!("{sign}{:.1} s", ms_abs as f64 / 1000.0)
+    } else if s < 3600 {
+        format!("{sign}{} min {} s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{sign}{} h {} min", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{sign}{} d {} h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistent_keeps_score_on_the_right_side() {
+        assert_eq!(consistent(Some(1.0), 0.5, true).score, 0.5f64.next_up());
+        assert_eq!(consistent(Some(1.0), 0.7, false).score, 0.5);
+        assert_eq!(consistent(Some(1.0), f64::NAN, false).score, 0.0);
+        assert_eq!(consistent(Some(1.0), 0.7, true).score, 0.7);
+        // A ratio one ulp above 1 rounds to a score of exactly 0.5 without the fix-up.
+        let t = 3.0;
+        let m = t * 1.0f64.next_up();
+        let v = over_threshold(m, m, t);
+        assert!(v.is_anomaly && v.score > 0.5);
+        let v = over_threshold(t, t, t);
+        assert!(!v.is_anomaly && v.score == 0.5);
+    }
+
+    #[test]
+    fn nan_statistic_gives_no_verdict() {
+        assert_eq!(over_threshold(f64::NAN, 1.0, 3.0), NO_VERDICT);
+        let v = over_threshold(f64::INFINITY, f64::INFINITY, 3.0);
+        assert!(v.is_anomaly && v.score == 1.0);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_ms(850), "850 ms");
+        assert_eq!(human_ms(42_500), "42.5 s");
+        assert_eq!(human_ms(903_000), "15 min 3 s");
+        assert_eq!(human_ms(7_500_000), "2 h 5 min");
+        assert_eq!(human_ms(i64::MIN), "-106751991167 d 7 h");
+    }
+
+    #[test]
+    fn elapsed_saturates() {
+        assert_eq!(elapsed_ms(i64::MAX, i64::MIN), i64::MAX);
+        assert_eq!(elapsed_ms(i64::MIN, i64::MAX), i64::MIN);
+        assert_eq!(elapsed_ms(10, 3), 7);
+    }
+}

@@ -1,0 +1,248 @@
+//! Rolling z-score: how many standard deviations an observation lies from the mean of the
+//! previous `window` observations.
+//!
+//! Statistic: `z = (x − mean) / std` over the previous `window` finite values (population
+//! standard deviation); anomaly when `|z| > threshold`; score
+//! [`score_from_ratio`](crate::score_from_ratio)`(|z| / threshold)`.
+//!
+//! Warm-up: until `window` finite values have been seen. A window with zero spread (all
+//! values equal) gives no statistic and no anomaly — a stuck sensor is the
+//! [`Flatline`](crate::Flatline) detector's job.
+//!
+//! Cost: O(1) amortised per event on [`RollingStats`]; O(window) for an event whose `|z|`
+//! lies within 1e-9 of the threshold, or when the spread is below 1e-9 of the squared mean
+//! (values with a large offset and a tiny spread), where the verdict is taken from exact
+//! statistics. Memory: `8 × window` bytes.
+
+use crate::judge::{self, NO_VERDICT};
+use crate::{Detector, ParamError, RollingStats, Verdict};
+
+/// Parameters of the [`ZScore`] detector.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct ZScoreParams {
+    /// Number of previous values the mean and standard deviation are taken over; also the
+    /// warm-up length. At least 2. Default 100.
+    pub window: usize,
+    /// Anomaly when `|z|` exceeds this. Finite, above 0. Default 3.0.
+    pub threshold: f64,
+}
+
+impl Default for ZScoreParams {
+    fn default() -> Self {
+        ZScoreParams {
+            window: 100,
+            threshold: 3.0,
+        }
+    }
+}
+
+impl ZScoreParams {
+    /// Checks every field; returns all problems found.
+    pub fn validate(&self) -> Result<(), Vec<ParamError>> {
+        let mut errors = Vec::new();
+        if self.window < 2 || self.window > u32::MAX as usize {
+            errors.push(ParamError::new(
+                "window",
+                format!("must be in 2..=4294967295, got {}", self.window),
+            ));
+        }
+        judge::check_positive(&mut errors, "threshold", self.threshold);
+        judge::into_result(errors)
+    }
+}
+
+/// Rolling z-score detector. See the [module documentation](self).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ZScore {
+    params: ZScoreParams,
+    stats: RollingStats,
+}
+
+impl ZScore {
+    /// A detector with no history.
+    ///
+    /// # Panics
+    /// If `params.validate()` fails; validate configuration first.
+    pub fn new(params: ZScoreParams) -> Self {
+        judge::assert_valid("zscore", params.validate());
+        ZScore {
+            params,
+            stats: RollingStats::new(params.window),
+        }
+    }
+
+    /// The parameters this detector was built with.
+    pub fn params(&self) -> &ZScoreParams {
+        &self.params
+    }
+}
+
+impl Detector for ZScore {
+    fn observe(&mut self, _ts_ms: i64, value: f64) -> Verdict {
+        if !value.is_finite() {
+            return NO_VERDICT;
+        }
+        let threshold = self.params.threshold;
+        let verdict = match self.stats.zscore(value, threshold) {
+            Some(z) => judge::over_threshold(z, z.abs(), threshold),
+            None => NO_VERDICT,
+        };
+        self.stats.push(value);
+        verdict
+    }
+
+    fn explain(&self, verdict: &Verdict) -> String {
+        match verdict.statistic {
+            Some(z) => format!(
+                "|z| {:.2} > {} (last {} values)",
+                z.abs(),
+                self.params.threshold,
+                self.params.window
+            ),
+            None => String::from("no z-score"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    fn zs(window: usize, threshold: f64) -> ZScore {
+        ZScore::new(ZScoreParams { window, threshold })
+    }
+
+    #[test]
+    fn warms_up_for_a_full_window() {
+        let mut d = zs(3, 3.0);
+        assert_eq!(d.observe(0, 1.0), Verdict::WARMING_UP);
+        assert_eq!(d.observe(1, 2.0), Verdict::WARMING_UP);
+        assert_eq!(d.observe(2, 3.0), Verdict::WARMING_UP);
+        let v = d.observe(3, 2.0);
+        assert_eq!(v.statistic, Some(0.0));
+        assert!(!v.is_anomaly);
+        let v = d.observe(4, 100.0);
+        assert!(v.is_anomaly && v.score > 0.5);
+        assert!(d.explain(&v).starts_with("|z| "), "{}", d.explain(&v));
+    }
+
+    #[test]
+    fn non_finite_values_are_not_learned() {
+        let mut d = zs(3, 3.0);
+        for (i, v) in [1.0, f64::NAN, 2.0, f64::INFINITY, 3.0]
+            .into_iter()
+            .enumerate()
+        {
+            let verdict = d.observe(i as i64, v);
+            assert_eq!(verdict, Verdict::WARMING_UP);
+        }
+        // Three finite values seen: the next is judged against exactly them.
+        let v = d.observe(9, 2.0);
+        assert_eq!(v.statistic, Some(0.0));
+        assert_eq!(d.observe(10, f64::NEG_INFINITY), NO_VERDICT);
+    }
+
+    #[test]
+    fn constant_window_gives_no_statistic() {
+        let mut d = zs(5, 3.0);
+        for i in 0..10 {
+            d.observe(i, 4.0);
+        }
+        assert_eq!(d.observe(10, 1e6), NO_VERDICT);
+    }
+
+    #[test]
+    fn validate_reports_every_field() {
+        let errs = ZScoreParams {
+            window: 1,
+            threshold: f64::NAN,
+        }
+        .validate()
+        .unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
+        assert_eq!(fields, vec!["window", "threshold"]);
+        assert!(ZScoreParams::default().validate().is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid zscore parameters")]
+    fn new_rejects_invalid_params() {
+        zs(0, 3.0);
+    }
+
+    fn exact_mean_std(win: &VecDeque<f64>) -> (f64, f64) {
+        // Plain two-pass over a sorted copy (sorting makes the sum order-independent
+        // enough for values within 1e6; the assertion tolerance covers the rest).
+        let n = win.len() as f64;
+        let mean = win.iter().sum::<f64>() / n;
+        let var = win.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        (mean, var.sqrt())
+    }
+
+    proptest! {
+        #[test]
+        fn matches_naive_reference(
+            window in 2usize..30,
+            values in prop::collection::vec(
+                prop_oneof![8 => -1e3f64..1e3, 1 => Just(f64::NAN), 1 => (0i32..5).prop_map(f64::from)],
+                1..300),
+            threshold in 0.5f64..4.0,
+        ) {
+            let mut d = zs(window, threshold);
+            let mut win: VecDeque<f64> = VecDeque::new();
+            for (i, &v) in values.iter().enumerate() {
+                let got = d.observe(i as i64, v);
+                prop_assert!((0.0..=1.0).contains(&got.score));
+                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                if !v.is_finite() {
+                    prop_assert_eq!(got, NO_VERDICT);
+                    continue;
+                }
+                if win.len() < window {
+                    prop_assert_eq!(got, Verdict::WARMING_UP);
+                } else {
+                    let (m, s) = exact_mean_std(&win);
+                    if s > 1e-9 {
+                        let want = (v - m) / s;
+                        let z = got.statistic.expect("statistic once warm with spread");
+                        prop_assert!((z - want).abs() <= 1e-6 * want.abs().max(1.0), "{} vs {}", z, want);
+                        if (want.abs() - threshold).abs() > 1e-6 * threshold {
+                            prop_assert_eq!(got.is_anomaly, want.abs() > threshold);
+                        }
+                    } else if s == 0.0 {
+                        prop_assert_eq!(got, NO_VERDICT);
+                    }
+                }
+                win.push_back(v);
+                if win.len() > window {
+                    win.pop_front();
+                }
+            }
+        }
+
+        #[test]
+        fn never_panics_and_stays_consistent(
+            values in prop::collection::vec(any::<f64>(), 0..200),
+            ts in prop::collection::vec(any::<i64>(), 200),
+        ) {
+            let mut d = zs(4, 3.0);
+            for (v, t) in values.iter().zip(&ts) {
+                let got = d.observe(*t, *v);
+                prop_assert!((0.0..=1.0).contains(&got.score));
+                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
+                if got.is_anomaly {
+                    let _ = d.explain(&got);
+                }
+            }
+        }
+    }
+}
