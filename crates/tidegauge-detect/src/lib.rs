@@ -9,21 +9,31 @@
 //! is never an anomaly.
 #![deny(missing_docs)]
 
+pub mod aggregate;
+pub mod changepoint;
+pub mod ensemble;
 pub mod ewma;
 pub mod flatline;
+pub mod heartbeat;
 mod judge;
 pub mod mad;
 mod order_stats;
 pub mod rate;
 pub mod rolling;
+pub mod seasonal;
 pub mod threshold;
 pub mod zscore;
 
+pub use aggregate::{Accumulator, Aggregate, AggregateMismatch};
+pub use changepoint::{ChangePoint, ChangePointMethod, ChangePointParams};
+pub use ensemble::Combine;
 pub use ewma::{Ewma, EwmaParams, HalfLife};
 pub use flatline::{Flatline, FlatlineParams};
+pub use heartbeat::{DeadlineTracker, HeartbeatParams};
 pub use mad::{Mad, MadParams};
 pub use rate::{Rate, RateParams};
 pub use rolling::RollingStats;
+pub use seasonal::{Seasonal, SeasonalParams};
 pub use threshold::{Threshold, ThresholdParams};
 pub use zscore::{ZScore, ZScoreParams};
 
