@@ -1,1 +1,41 @@
-//! placeholder
+//! The tidegauge engine core.
+//!
+//! - [`batch`]: the unit that flows between components (an Arrow `RecordBatch` plus its
+//!   acknowledgement finalizers);
+//! - [`component`]: the traits component authors implement ([`SourceConfig`],
+//!   [`TransformConfig`], [`SinkConfig`] and the runtime [`Source`], [`Transform`], [`Sink`]);
+//! - [`registry`]: self-registration of components with `inventory`;
+//! - [`config`]: loading a pipeline file (environment interpolation, typed configs, errors
+//!   with their place);
+//! - [`topology`]: validate -> build -> run, with bounded channels on every edge;
+//! - [`telemetry`]: typed internal events and per-component counters;
+//! - [`dead_letter`]: where records that cannot be processed go, with the reason.
+#![deny(missing_docs)]
+
+pub mod ack;
+pub mod batch;
+pub mod component;
+pub mod config;
+pub mod dead_letter;
+pub mod error;
+pub mod registry;
+pub mod schema;
+pub mod telemetry;
+pub mod topology;
+
+pub use batch::Batch;
+pub use component::{
+    BuildContext, ComponentContext, Output, Sink, SinkConfig, SinkInput, Source, SourceConfig,
+    SourceContext, Transform, TransformConfig, TransformContext,
+};
+pub use error::{BuildError, ComponentError, ConfigError};
+pub use registry::{ComponentDescriptor, ComponentKind};
+
+/// A boxed, sendable future: what the object-safe runtime traits return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Re-exports used by the registration macros.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,208 @@
+//! CSV: one record per line (quoted fields may hold the delimiter, not a newline). With a
+//! header the declared fields are found by column name, otherwise by position.
+
+use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
+
+use super::Row;
+
+/// What a CSV line turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CsvLine {
+    /// The header; nothing to emit.
+    Header,
+    /// A record, now in the row.
+    Record,
+}
+
+/// Why a CSV line could not be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CsvError {
+    /// The header lacks declared fields: the whole file cannot be read with this config.
+    Header(String),
+    /// This record is malformed; the next one may be fine.
+    Record(String),
+}
+
+/// Decodes CSV lines into rows of the declared fields.
+pub struct CsvDecoder {
+    names: Vec<String>,
+    delimiter: u8,
+    has_header: bool,
+    reader: Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    /// For each CSV column, the declared field it feeds (if any).
+    columns: Option<Vec<Option<usize>>>,
+    header_width: usize,
+}
+
+impl CsvDecoder {
+    /// A decoder for fields `names`; `has_header` says whether each input starts with a
+    /// header line.
+    pub fn new(names: Vec<String>, delimiter: u8, has_header: bool) -> Self {
+        let positional = (!has_header).then(|| (0..names.len()).map(Some).collect());
+        CsvDecoder {
+            reader: ReaderBuilder::new().delimiter(delimiter).build(),
+            header_width: names.len(),
+            names,
+            delimiter,
+            has_header,
+            out: vec![0; 1024],
+            ends: vec![0; 64],
+            columns: positional,
+        }
+    }
+
+    /// Call at the start of each new input: the next line is its header again.
+    pub fn start_input(&mut self) {
+        if self.has_header {
+            self.columns = None;
+        }
+        self.reader = ReaderBuilder::new().delimiter(self.delimiter).build();
+    }
+
+    /// The column names of the current input's header, once read.
+    fn split(&mut self, line: &[u8]) -> Result<usize, String> {
+        let mut input = line;
+        let (mut nout, mut nend) = (0, 0);
+        let mut fed_newline = false;
+        loop {
+            let (res, nin, o, e) =
+                self.reader
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[nend..]);
+            input = &input[nin..];
+            nout += o;
+            nend += e;
+            match res {
+                ReadRecordResult::Record => return Ok(nend),
+                ReadRecordResult::OutputFull => {
+                    let n = self.out.len() * 2;
+                    self.out.resize(n, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                ReadRecordResult::InputEmpty if !fed_newline => {
+                    input = b"\n";
+                    fed_newline = true;
+                }
+                ReadRecordResult::InputEmpty | ReadRecordResult::End => {
+                    self.reader.reset();
+                    return Err("unterminated quoted field".into());
+                }
+            }
+        }
+    }
+
+    fn field(&self, i: usize) -> Result<&str, String> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        std::str::from_utf8(&self.out[start..self.ends[i]])
+            .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
+    }
+
+    /// Decodes one line (without its newline).
+    pub fn decode(&mut self, line: &[u8], row: &mut Row) -> Result<CsvLine, CsvError> {
+        let n = self.split(line).map_err(CsvError::Record)?;
+        if self.columns.is_none() {
+            let mut header = Vec::with_capacity(n);
+            for i in 0..n {
+                header.push(self.field(i).map_err(CsvError::Header)?.trim().to_string());
+            }
+            let missing: Vec<&str> = self
+                .names
+                .iter()
+                .filter(|name| !header.contains(name))
+                .map(|s| s.as_str())
+                .collect();
+            if !missing.is_empty() {
+                return Err(CsvError::Header(format!(
+                    "header lacks column(s) `{}` (header has: {})",
+                    missing.join("`, `"),
+                    header.join(", ")
+                )));
+            }
+            self.columns = Some(
+                header
+                    .iter()
+                    .map(|h| self.names.iter().position(|n| n == h))
+                    .collect(),
+            );
+            self.header_width = n;
+            return Ok(CsvLine::Header);
+        }
+        if self.has_header && n != self.header_width {
+            return Err(CsvError::Record(format!(
+                "expected {} columns as in the header, got {n}",
+                self.header_width
+            )));
+        }
+        row.reset();
+        let columns = self.columns.as_ref().map(|c| c.len()).unwrap_or(0);
+        for col in 0..n.min(columns) {
+            let Some(Some(field)) = self.columns.as_ref().map(|c| c[col]) else {
+                continue;
+            };
+            let text = self.field(col).map_err(CsvError::Record)?;
+            row.set_text(field, text, false);
+        }
+        Ok(CsvLine::Record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Slot;
+
+    fn names() -> Vec<String> {
+        vec!["ts".into(), "value".into()]
+    }
+
+    #[test]
+    fn header_maps_columns_by_name() {
+        let mut d = CsvDecoder::new(names(), b';', true);
+        let mut row = Row::new(2);
+        assert_eq!(d.decode(b"value;other;ts", &mut row), Ok(CsvLine::Header));
+        assert_eq!(
+            d.decode(b"1.5;\"x;y\";2020-01-01 00:00:00", &mut row),
+            Ok(CsvLine::Record)
+        );
+        match (row.slots[0], row.slots[1]) {
+            (Slot::Text(a, b), Slot::Text(c, e)) => {
+                assert_eq!(&row.scratch[a as usize..b as usize], "2020-01-01 00:00:00");
+                assert_eq!(&row.scratch[c as usize..e as usize], "1.5");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            d.decode(b"1;2", &mut row),
+            Err(CsvError::Record(_))
+        ));
+    }
+
+    #[test]
+    fn header_without_declared_fields_is_a_file_error() {
+        let mut d = CsvDecoder::new(names(), b',', true);
+        let mut row = Row::new(2);
+        let e = d.decode(b"time,val", &mut row).unwrap_err();
+        assert_eq!(
+            e,
+            CsvError::Header("header lacks column(s) `ts`, `value` (header has: time, val)".into())
+        );
+    }
+
+    #[test]
+    fn positional_without_header() {
+        let mut d = CsvDecoder::new(names(), b',', false);
+        let mut row = Row::new(2);
+        assert_eq!(d.decode(b"17,2.5", &mut row), Ok(CsvLine::Record));
+        assert!(matches!(row.slots[1], Slot::Text(_, _)));
+        assert!(matches!(
+            d.decode(b"\"unterminated,2", &mut row),
+            Err(CsvError::Record(_))
+        ));
+        // The decoder recovers for the next line.
+        assert_eq!(d.decode(b"18,3", &mut row), Ok(CsvLine::Record));
+    }
+}

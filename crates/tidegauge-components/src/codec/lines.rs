@@ -1,0 +1,281 @@
+//! Line framing with limits: splits a byte stream into lines, never holding more than
+//! `max_line_bytes` of one line in memory. An over-long line is reported (with its first
+//! bytes and full length) and skipped to its end; the stream goes on after it.
+
+use std::io::{self, Read};
+
+/// One framed line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A complete line, without its `\n` (and without a trailing `\r`).
+    Complete(&'a [u8]),
+    /// A line longer than the limit: its first bytes and its total length.
+    TooLong {
+        /// The first bytes of the line (up to 1 KiB).
+        head: &'a [u8],
+        /// Total length in bytes (not counting the newline).
+        len: u64,
+    },
+}
+
+/// What one call to [`LineReader::poll`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Read this many bytes; call again.
+    Read(usize),
+    /// At the end of the input for now (a followed file may grow).
+    Eof,
+}
+
+/// Keeps the first bytes of an over-long line for the report.
+const HEAD_BYTES: usize = 1024;
+
+/// Splits a reader into lines of at most `max_line_bytes`.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_line: usize,
+    /// Line number of the next line (1-based).
+    line_no: u64,
+    /// Skipping the rest of an over-long line: bytes seen so far and its first bytes.
+    skipping: Option<(u64, Vec<u8>)>,
+}
+
+impl<R: Read> LineReader<R> {
+    /// A reader with a line limit of `max_line_bytes` (at least 1).
+    pub fn new(inner: R, max_line_bytes: usize) -> Self {
+        let max_line = max_line_bytes.max(1);
+        let cap = (max_line + 1).clamp(64 * 1024, 1024 * 1024);
+        LineReader {
+            inner,
+            buf: vec![0; cap],
+            start: 0,
+            end: 0,
+            max_line,
+            line_no: 1,
+            skipping: None,
+        }
+    }
+
+    /// The line number the next line will have.
+    pub fn line_no(&self) -> u64 {
+        self.line_no
+    }
+
+    /// The underlying reader.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Bytes of a started, unfinished line held back.
+    pub fn pending_bytes(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads once and hands every complete line to `on_line` (with its line number).
+    /// At end of input, if `final_eof`, a last line without newline is handed over too;
+    /// otherwise it is kept until more data arrives (a growing file).
+    pub fn poll<E>(
+        &mut self,
+        final_eof: bool,
+        mut on_line: impl FnMut(u64, Line<'_>) -> Result<(), E>,
+    ) -> Result<Result<Poll, E>, io::Error> {
+        if self.start > 0 && (self.start == self.end || self.end == self.buf.len()) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // Full of one unfinished line that is still within the limit (beyond it we would
+            // be skipping): grow, never past what the limit needs.
+            let grown = (self.buf.len() * 2)
+                .min(self.max_line + 1)
+                .max(self.buf.len() + 1);
+            self.buf.resize(grown, 0);
+        }
+        let n = loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        self.end += n;
+
+        while self.start < self.end {
+            let window = &self.buf[self.start..self.end];
+            match memchr::memchr(b'\n', window) {
+                Some(pos) => {
+                    let line_no = self.line_no;
+                    self.line_no += 1;
+                    let line_end = self.start + pos;
+                    let r = if let Some((seen, head)) = self.skipping.take() {
+                        on_line(
+                            line_no,
+                            Line::TooLong {
+                                head: &head,
+                                len: seen + pos as u64,
+                            },
+                        )
+                    } else if pos > self.max_line {
+                        let head = &self.buf[self.start..self.start + HEAD_BYTES.min(pos)];
+                        on_line(
+                            line_no,
+                            Line::TooLong {
+                                head,
+                                len: pos as u64,
+                            },
+                        )
+                    } else {
+                        let mut line = &self.buf[self.start..line_end];
+                        if let Some(l) = line.strip_suffix(b"\r") {
+                            line = l;
+                        }
+                        on_line(line_no, Line::Complete(line))
+                    };
+                    self.start = line_end + 1;
+                    if let Err(e) = r {
+                        return Ok(Err(e));
+                    }
+                }
+                None => {
+                    let held = window.len();
+                    if let Some((seen, _)) = &mut self.skipping {
+                        *seen += held as u64;
+                        self.start = self.end;
+                    } else if held > self.max_line {
+                        let head = window[..HEAD_BYTES.min(held)].to_vec();
+                        self.skipping = Some((held as u64, head));
+                        self.start = self.end;
+                    }
+                    break;
+                }
+            }
+        }
+
+        if n > 0 {
+            return Ok(Ok(Poll::Read(n)));
+        }
+        if final_eof {
+            if let Some((seen, head)) = self.skipping.take() {
+                let line_no = self.line_no;
+                self.line_no += 1;
+                if let Err(e) = on_line(
+                    line_no,
+                    Line::TooLong {
+                        head: &head,
+                        len: seen,
+                    },
+                ) {
+                    return Ok(Err(e));
+                }
+            } else if self.start < self.end {
+                let line_no = self.line_no;
+                self.line_no += 1;
+                let mut line = &self.buf[self.start..self.end];
+                if let Some(l) = line.strip_suffix(b"\r") {
+                    line = l;
+                }
+                let r = on_line(line_no, Line::Complete(line));
+                self.start = self.end;
+                if let Err(e) = r {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        Ok(Ok(Poll::Eof))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(data: &[u8], max: usize) -> Vec<(u64, String)> {
+        let mut r = LineReader::new(data, max);
+        let mut out = Vec::new();
+        loop {
+            let p = r
+                .poll::<()>(true, |n, l| {
+                    out.push((
+                        n,
+                        match l {
+                            Line::Complete(b) => String::from_utf8_lossy(b).into_owned(),
+                            Line::TooLong { head, len } => {
+                                format!("TOO LONG {len} {}", head.len())
+                            }
+                        },
+                    ));
+                    Ok(())
+                })
+                .unwrap()
+                .unwrap();
+            if p == Poll::Eof {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lines_and_keeps_the_unterminated_last_one() {
+        assert_eq!(
+            collect(b"a\r\nbb\n\nccc", 10),
+            vec![
+                (1, "a".into()),
+                (2, "bb".into()),
+                (3, "".into()),
+                (4, "ccc".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn over_long_lines_are_reported_and_skipped() {
+        let mut data = b"ok\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 300_000));
+        data.extend(b"\nafter\n");
+        data.extend(std::iter::repeat_n(b'y', 200_000));
+        let got = collect(&data, 100_000);
+        assert_eq!(
+            got,
+            vec![
+                (1, "ok".into()),
+                (2, "TOO LONG 300000 1024".into()),
+                (3, "after".into()),
+                (4, "TOO LONG 200000 1024".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_longer_than_the_first_buffer_fit_up_to_the_limit() {
+        let mut data = std::iter::repeat_n(b'z', 3_000_000).collect::<Vec<u8>>();
+        data.extend(b"\nend\n");
+        let got = collect(&data, 5_000_000);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1.len(), 3_000_000);
+        assert_eq!(got[1], (2, "end".into()));
+    }
+
+    #[test]
+    fn a_growing_input_keeps_its_partial_line() {
+        let mut r = LineReader::new(&b"a\nhal"[..], 100);
+        let mut seen = Vec::new();
+        while r
+            .poll::<()>(false, |_, l| {
+                if let Line::Complete(b) = l {
+                    seen.push(b.to_vec());
+                }
+                Ok(())
+            })
+            .unwrap()
+            .unwrap()
+            != Poll::Eof
+        {}
+        assert_eq!(seen, vec![b"a".to_vec()]);
+        assert_eq!(r.pending_bytes(), 3);
+    }
+}

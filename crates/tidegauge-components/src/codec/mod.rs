@@ -1,0 +1,396 @@
+//! Turning input lines into Arrow columns, and Arrow rows back into text.
+//!
+//! A source declares the fields it extracts and their types ([`FieldMap`]); a line decoder
+//! ([`json`], [`csv`]) fills one [`Row`] of raw [`Slot`]s per line; [`Columns::push`]
+//! converts the row to the declared types and appends it, or rejects the whole row with a
+//! reason (nothing is half-appended). Framing with limits is in [`lines`]; row encoding
+//! for sinks in [`encode`].
+
+pub mod csv;
+pub mod encode;
+pub mod json;
+pub mod lines;
+
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The type of a field a source extracts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// UTF-8 text (Arrow `Utf8`).
+    String,
+    /// 64-bit signed integer (Arrow `Int64`).
+    Int64,
+    /// 64-bit float (Arrow `Float64`); integers are accepted.
+    Float64,
+    /// `true`/`false` (Arrow `Boolean`); CSV also accepts `1`/`0`.
+    Bool,
+    /// Event time as epoch milliseconds (Arrow `Int64`): an integer, or RFC 3339 text
+    /// (`2020-03-09T10:14:33Z`; `2020-03-09 10:14:33` without a zone is read as UTC).
+    Timestamp,
+}
+
+impl FieldType {
+    /// The Arrow type of the column.
+    pub fn data_type(self) -> DataType {
+        match self {
+            FieldType::String => DataType::Utf8,
+            FieldType::Int64 | FieldType::Timestamp => DataType::Int64,
+            FieldType::Float64 => DataType::Float64,
+            FieldType::Bool => DataType::Boolean,
+        }
+    }
+}
+
+/// Fields extracted from each record, in output order: `{ sensor_id = "string", ... }`.
+pub type FieldMap = IndexMap<String, FieldType>;
+
+/// The fields sources extract unless told otherwise: `sensor_id`, `ts`, `value`.
+pub fn default_fields() -> FieldMap {
+    IndexMap::from([
+        ("sensor_id".to_string(), FieldType::String),
+        ("ts".to_string(), FieldType::Timestamp),
+        ("value".to_string(), FieldType::Float64),
+    ])
+}
+
+/// The Arrow schema of `fields`; those named in `optional` may be null, the rest are
+/// required in every record.
+pub fn schema_for(fields: &FieldMap, optional: &[String]) -> SchemaRef {
+    Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|(name, ty)| Field::new(name, ty.data_type(), optional.contains(name)))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// One raw value of a record, before conversion to its field's type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slot {
+    /// The record did not have the field.
+    Missing,
+    /// JSON `null`, or an empty CSV field.
+    Null,
+    /// A JSON string: bytes `start..end` of the row's scratch buffer.
+    Str(u32, u32),
+    /// Untyped text (a CSV field): bytes of the scratch buffer, parsed per field type.
+    Text(u32, u32),
+    /// A JSON integer that fits `i64`.
+    I64(i64),
+    /// A JSON integer above `i64::MAX`.
+    U64(u64),
+    /// A JSON number with a fraction or exponent.
+    F64(f64),
+    /// A JSON boolean.
+    Bool(bool),
+    /// A JSON object or array where a scalar was expected.
+    Nested(&'static str),
+}
+
+/// The raw values of one record, reused from line to line (no allocation per line).
+#[derive(Debug, Default)]
+pub struct Row {
+    /// One slot per declared field.
+    pub slots: Vec<Slot>,
+    /// Text of `Str`/`Text` slots.
+    pub scratch: String,
+}
+
+impl Row {
+    /// An empty row for `n` fields.
+    pub fn new(n: usize) -> Self {
+        Row {
+            slots: vec![Slot::Missing; n],
+            scratch: String::with_capacity(256),
+        }
+    }
+
+    /// Clears every slot for the next record.
+    pub fn reset(&mut self) {
+        self.slots.fill(Slot::Missing);
+        self.scratch.clear();
+    }
+
+    /// Stores text for field `i` as a JSON string (`typed`) or untyped CSV text.
+    pub fn set_text(&mut self, i: usize, text: &str, typed: bool) {
+        let start = self.scratch.len() as u32;
+        self.scratch.push_str(text);
+        let end = self.scratch.len() as u32;
+        self.slots[i] = if typed {
+            Slot::Str(start, end)
+        } else {
+            Slot::Text(start, end)
+        };
+    }
+
+    fn text(&self, start: u32, end: u32) -> &str {
+        &self.scratch[start as usize..end as usize]
+    }
+}
+
+enum Builder {
+    Str(StringBuilder),
+    I64(Int64Builder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+}
+
+/// Column builders for one output batch.
+pub struct Columns {
+    schema: SchemaRef,
+    types: Vec<FieldType>,
+    names: Vec<String>,
+    nullable: Vec<bool>,
+    builders: Vec<Builder>,
+    rows: usize,
+    capacity: usize,
+}
+
+impl Columns {
+    /// Builders for `fields` (the schema from [`schema_for`]), sized for `capacity` rows.
+    pub fn new(schema: SchemaRef, fields: &FieldMap, capacity: usize) -> Self {
+        let types: Vec<FieldType> = fields.values().copied().collect();
+        let mut c = Columns {
+            names: fields.keys().cloned().collect(),
+            nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
+            builders: Vec::new(),
+            schema,
+            types,
+            rows: 0,
+            capacity,
+        };
+        c.builders = c.fresh_builders();
+        c
+    }
+
+    fn fresh_builders(&self) -> Vec<Builder> {
+        let n = self.capacity;
+        self.types
+            .iter()
+            .map(|t| match t {
+                FieldType::String => Builder::Str(StringBuilder::with_capacity(n, n * 8)),
+                FieldType::Int64 | FieldType::Timestamp => {
+                    Builder::I64(Int64Builder::with_capacity(n))
+                }
+                FieldType::Float64 => Builder::F64(Float64Builder::with_capacity(n)),
+                FieldType::Bool => Builder::Bool(BooleanBuilder::with_capacity(n)),
+            })
+            .collect()
+    }
+
+    /// Rows appended since the last [`Columns::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The schema of the batches produced.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Converts `row` to the declared types and appends it; on any problem appends nothing
+    /// and says what is wrong.
+    pub fn push(&mut self, row: &mut Row) -> Result<(), String> {
+        for i in 0..self.types.len() {
+            let converted = convert(self.types[i], row.slots[i], row)
+                .map_err(|e| format!("field `{}`: {e}", self.names[i]))?;
+            if converted == Slot::Null && !self.nullable[i] {
+                return Err(if row.slots[i] == Slot::Missing {
+                    format!("missing field `{}`", self.names[i])
+                } else {
+                    format!("field `{}` is null", self.names[i])
+                });
+            }
+            row.slots[i] = converted;
+        }
+        for (b, slot) in self.builders.iter_mut().zip(&row.slots) {
+            match (b, *slot) {
+                (Builder::Str(b), Slot::Str(s, e)) => b.append_value(row.text(s, e)),
+                (Builder::I64(b), Slot::I64(v)) => b.append_value(v),
+                (Builder::F64(b), Slot::F64(v)) => b.append_value(v),
+                (Builder::Bool(b), Slot::Bool(v)) => b.append_value(v),
+                (Builder::Str(b), _) => b.append_null(),
+                (Builder::I64(b), _) => b.append_null(),
+                (Builder::F64(b), _) => b.append_null(),
+                (Builder::Bool(b), _) => b.append_null(),
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The rows appended so far as a batch; the builders start over.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let fresh = self.fresh_builders();
+        let builders = std::mem::replace(&mut self.builders, fresh);
+        let columns: Vec<ArrayRef> = builders
+            .into_iter()
+            .map(|b| -> ArrayRef {
+                match b {
+                    Builder::Str(mut b) => Arc::new(b.finish()),
+                    Builder::I64(mut b) => Arc::new(b.finish()),
+                    Builder::F64(mut b) => Arc::new(b.finish()),
+                    Builder::Bool(mut b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        self.rows = 0;
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+fn describe_slot(slot: Slot, row: &Row) -> String {
+    match slot {
+        Slot::Missing => "nothing".into(),
+        Slot::Null => "null".into(),
+        Slot::Str(s, e) | Slot::Text(s, e) => {
+            let t = row.text(s, e);
+            let cut: String = t.chars().take(40).collect();
+            if cut.len() < t.len() {
+                format!("\"{cut}…\"")
+            } else {
+                format!("\"{cut}\"")
+            }
+        }
+        Slot::I64(v) => v.to_string(),
+        Slot::U64(v) => v.to_string(),
+        Slot::F64(v) => v.to_string(),
+        Slot::Bool(v) => v.to_string(),
+        Slot::Nested(what) => what.into(),
+    }
+}
+
+/// Converts a raw slot to the normalised slot for `ty` (`Str`, `I64`, `F64`, `Bool` or `Null`).
+fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
+    let bad = |want: &str| Err(format!("expected {want}, got {}", describe_slot(slot, row)));
+    match (ty, slot) {
+        (_, Slot::Missing | Slot::Null) => Ok(Slot::Null),
+        (_, Slot::Text(s, e)) if s == e => Ok(Slot::Null),
+        (FieldType::String, Slot::Str(s, e) | Slot::Text(s, e)) => Ok(Slot::Str(s, e)),
+        (FieldType::String, _) => bad("a string"),
+        (FieldType::Int64, Slot::I64(v)) => Ok(Slot::I64(v)),
+        (FieldType::Int64, Slot::Text(s, e)) => match row.text(s, e).trim().parse::<i64>() {
+            Ok(v) => Ok(Slot::I64(v)),
+            Err(_) => bad("an integer"),
+        },
+        (FieldType::Int64, Slot::U64(_)) => bad("an integer that fits 64 bits"),
+        (FieldType::Int64, _) => bad("an integer"),
+        (FieldType::Float64, Slot::F64(v)) => Ok(Slot::F64(v)),
+        (FieldType::Float64, Slot::I64(v)) => Ok(Slot::F64(v as f64)),
+        (FieldType::Float64, Slot::U64(v)) => Ok(Slot::F64(v as f64)),
+        (FieldType::Float64, Slot::Text(s, e)) => match row.text(s, e).trim().parse::<f64>() {
+            Ok(v) => Ok(Slot::F64(v)),
+            Err(_) => bad("a number"),
+        },
+        (FieldType::Float64, _) => bad("a number"),
+        (FieldType::Bool, Slot::Bool(v)) => Ok(Slot::Bool(v)),
+        (FieldType::Bool, Slot::Text(s, e)) => {
+            match row.text(s, e).trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(Slot::Bool(true)),
+                "false" | "0" => Ok(Slot::Bool(false)),
+                _ => bad("true or false"),
+            }
+        }
+        (FieldType::Bool, _) => bad("true or false"),
+        (FieldType::Timestamp, Slot::I64(v)) => Ok(Slot::I64(v)),
+        (FieldType::Timestamp, Slot::F64(v)) if v.fract() == 0.0 && v.abs() < 9.2e18 => {
+            Ok(Slot::I64(v as i64))
+        }
+        (FieldType::Timestamp, Slot::Str(s, e) | Slot::Text(s, e)) => {
+            match parse_timestamp_ms(row.text(s, e)) {
+                Some(ms) => Ok(Slot::I64(ms)),
+                None => bad("a timestamp (epoch milliseconds or RFC 3339 text)"),
+            }
+        }
+        (FieldType::Timestamp, _) => bad("a timestamp (epoch milliseconds or RFC 3339 text)"),
+    }
+}
+
+/// Epoch milliseconds from an integer in text or RFC 3339 text (zone-less text is UTC).
+pub fn parse_timestamp_ms(text: &str) -> Option<i64> {
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Some(ms);
+    }
+    let time = humantime::parse_rfc3339_weak(t).ok()?;
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).ok(),
+        Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+
+    fn columns(optional: &[&str]) -> Columns {
+        let fields = default_fields();
+        let optional: Vec<String> = optional.iter().map(|s| s.to_string()).collect();
+        Columns::new(schema_for(&fields, &optional), &fields, 16)
+    }
+
+    #[test]
+    fn converts_and_rejects_whole_rows() {
+        let mut c = columns(&[]);
+        let mut row = Row::new(3);
+        row.set_text(0, "s-1", true);
+        row.slots[1] = Slot::I64(1000);
+        row.slots[2] = Slot::I64(3);
+        c.push(&mut row).unwrap();
+
+        row.reset();
+        row.set_text(0, "s-2", true);
+        row.slots[1] = Slot::I64(1001);
+        row.set_text(2, "12.5", true);
+        let e = c.push(&mut row).unwrap_err();
+        assert_eq!(e, "field `value`: expected a number, got \"12.5\"");
+
+        row.reset();
+        row.set_text(0, "s-3", true);
+        row.slots[2] = Slot::F64(1.0);
+        assert_eq!(c.push(&mut row).unwrap_err(), "missing field `ts`");
+
+        let b = c.finish().unwrap();
+        assert_eq!(b.num_rows(), 1, "rejected rows leave nothing behind");
+        assert_eq!(b.column(2).as_primitive::<Float64Type>().value(0), 3.0);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn csv_text_is_parsed_per_type_and_optional_fields_take_nulls() {
+        let mut c = columns(&["value"]);
+        let mut row = Row::new(3);
+        row.set_text(0, "pump", false);
+        row.set_text(1, "2020-03-09 10:14:33", false);
+        row.set_text(2, "", false);
+        c.push(&mut row).unwrap();
+        let b = c.finish().unwrap();
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>().value(0),
+            1_583_748_873_000
+        );
+        assert!(b.column(2).is_null(0));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp_ms("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(parse_timestamp_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(parse_timestamp_ms("yesterday"), None);
+    }
+}

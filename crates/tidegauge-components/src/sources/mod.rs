@@ -1,0 +1,285 @@
+//! Sources: where events come from. One file per source; shared line decoding here.
+
+pub mod file;
+pub mod simulate;
+pub mod stdin;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tidegauge_core::component::SendError;
+use tidegauge_core::telemetry::EventsReceived;
+use tidegauge_core::{Batch, ComponentContext, ConfigError, Output};
+
+use crate::codec::csv::{CsvDecoder, CsvError, CsvLine};
+use crate::codec::json::JsonDecoder;
+use crate::codec::lines::Line;
+use crate::codec::{Columns, FieldMap, Row};
+
+/// How records are written in the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma- (or otherwise) separated values, one record per line.
+    Csv,
+}
+
+/// CSV settings.
+#[derive(Clone, Debug, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Field separator, one ASCII character (SKAB uses `;`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Whether each input starts with a header naming its columns. Without one, columns
+    /// map to `fields` by position.
+    #[serde(default = "default_true")]
+    pub header: bool,
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: default_delimiter(),
+            header: true,
+        }
+    }
+}
+
+impl CsvOptions {
+    /// The delimiter byte, or an error at `csv.delimiter`.
+    pub fn delimiter_byte(&self) -> Result<u8, ConfigError> {
+        match self.delimiter.as_bytes() {
+            [b] if b.is_ascii() && *b != b'"' && *b != b'\n' => Ok(*b),
+            _ => Err(ConfigError::new(
+                "csv.delimiter",
+                format!(
+                    "must be one ASCII character other than a quote or newline, got {:?}",
+                    self.delimiter
+                ),
+            )),
+        }
+    }
+}
+
+/// How a source groups events into batches.
+#[derive(Clone, Debug, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events per batch.
+    #[serde(default = "default_batch_rows")]
+    #[schemars(range(min = 1))]
+    pub rows: usize,
+    /// Longest time an event waits for its batch to fill before it is sent anyway, in
+    /// milliseconds (a slow live stream still flows promptly).
+    #[serde(default = "default_linger_ms")]
+    #[schemars(range(min = 1))]
+    pub linger_ms: u64,
+}
+
+fn default_batch_rows() -> usize {
+    8192
+}
+
+fn default_linger_ms() -> u64 {
+    100
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            rows: default_batch_rows(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Range checks, errors at `batch.*`.
+    pub fn validate(&self, errors: &mut Vec<ConfigError>) {
+        if self.rows == 0 {
+            errors.push(ConfigError::new(
+                "batch.rows",
+                "expected a positive integer",
+            ));
+        }
+        if self.linger_ms == 0 {
+            errors.push(ConfigError::new(
+                "batch.linger_ms",
+                "expected a positive integer",
+            ));
+        }
+    }
+}
+
+/// Checks the declared fields: at least one, optional ones among them.
+pub(crate) fn validate_fields(
+    fields: &FieldMap,
+    optional: &[String],
+    errors: &mut Vec<ConfigError>,
+) {
+    if fields.is_empty() {
+        errors.push(ConfigError::new(
+            "fields",
+            "declare at least one field, e.g. `fields = { sensor_id = \"string\", ts = \"timestamp\", value = \"float64\" }`",
+        ));
+    }
+    for (i, name) in optional.iter().enumerate() {
+        if !fields.contains_key(name) {
+            errors.push(ConfigError::new(
+                format!("optional_fields[{i}]"),
+                format!("`{name}` is not one of the declared fields"),
+            ));
+        }
+    }
+}
+
+enum Decoder {
+    Json(JsonDecoder),
+    Csv(CsvDecoder),
+}
+
+/// What the caller should do after a line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LineOutcome {
+    /// Go on.
+    Continue,
+    /// The rest of this input cannot be read with this config (a CSV header without the
+    /// declared fields); the reason has been reported.
+    SkipInput,
+}
+
+/// Lines in, batches out: decodes each line, dead-letters what cannot be decoded.
+pub(crate) struct LineDecoder {
+    decoder: Decoder,
+    row: Row,
+    columns: Columns,
+    batch_rows: usize,
+}
+
+impl LineDecoder {
+    pub(crate) fn new(
+        format: Format,
+        csv: &CsvOptions,
+        fields: &FieldMap,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Self {
+        let names: Vec<String> = fields.keys().cloned().collect();
+        let decoder = match format {
+            Format::Jsonl => Decoder::Json(JsonDecoder::new(names)),
+            Format::Csv => Decoder::Csv(CsvDecoder::new(
+                names,
+                csv.delimiter_byte().unwrap_or(b','),
+                csv.header,
+            )),
+        };
+        LineDecoder {
+            decoder,
+            row: Row::new(fields.len()),
+            columns: Columns::new(schema, fields, batch_rows),
+            batch_rows,
+        }
+    }
+
+    /// Call when a new input (file) starts.
+    pub(crate) fn start_input(&mut self) {
+        if let Decoder::Csv(c) = &mut self.decoder {
+            c.start_input();
+        }
+    }
+
+    /// Decodes one framed line from `origin`; bad lines go to the dead-letter output.
+    pub(crate) fn line(
+        &mut self,
+        cx: &ComponentContext,
+        origin: &str,
+        line_no: u64,
+        line: Line<'_>,
+    ) -> LineOutcome {
+        let text = match line {
+            Line::TooLong { head, len } => {
+                cx.dead_letter(
+                    &format!("{origin}:{line_no}"),
+                    &format!("line of {len} bytes exceeds max_line_bytes; skipped"),
+                    head,
+                );
+                return LineOutcome::Continue;
+            }
+            Line::Complete(text) => text,
+        };
+        if text.iter().all(|b| b.is_ascii_whitespace()) {
+            return LineOutcome::Continue;
+        }
+        let decoded = match &mut self.decoder {
+            Decoder::Json(d) => d.decode(text, &mut self.row),
+            Decoder::Csv(d) => match d.decode(text, &mut self.row) {
+                Ok(CsvLine::Header) => return LineOutcome::Continue,
+                Ok(CsvLine::Record) => Ok(()),
+                Err(CsvError::Record(e)) => Err(e),
+                Err(CsvError::Header(e)) => {
+                    cx.dead_letter(
+                        &format!("{origin}:{line_no}"),
+                        &format!("{e}; rest of this input skipped"),
+                        text,
+                    );
+                    return LineOutcome::SkipInput;
+                }
+            },
+        };
+        if let Err(reason) = decoded.and_then(|()| self.columns.push(&mut self.row)) {
+            cx.dead_letter(&format!("{origin}:{line_no}"), &reason, text);
+        }
+        LineOutcome::Continue
+    }
+
+    /// Whether a full batch is ready.
+    pub(crate) fn is_full(&self) -> bool {
+        self.columns.len() >= self.batch_rows
+    }
+
+    /// The rows decoded so far as a batch (none if there are none).
+    pub(crate) fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
+        if self.columns.is_empty() {
+            return None;
+        }
+        match self.columns.finish() {
+            Ok(b) => {
+                cx.emit(EventsReceived {
+                    count: b.num_rows() as u64,
+                });
+                Some(b)
+            }
+            Err(e) => {
+                // Builders always produce columns of equal length and declared types.
+                cx.emit(tidegauge_core::telemetry::ComponentErrorOccurred {
+                    error: &format!("cannot assemble batch: {e}"),
+                });
+                None
+            }
+        }
+    }
+
+    /// Sends what is decoded, if anything. `Err(Closed)` means stop: nobody listens.
+    pub(crate) fn flush_to(
+        &mut self,
+        cx: &ComponentContext,
+        out: &mut Output,
+    ) -> Result<(), SendError> {
+        match self.take(cx) {
+            Some(b) => out.blocking_send(Batch::new(b)),
+            None => Ok(()),
+        }
+    }
+}

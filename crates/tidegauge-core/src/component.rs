@@ -1,0 +1,413 @@
+//! The traits a component author implements, and the contexts the runtime hands them.
+//!
+//! Authors write a config struct (serde + `JsonSchema`, `deny_unknown_fields`, doc comments
+//! as user documentation) and implement one of the typed traits [`SourceConfig`],
+//! [`TransformConfig`], [`SinkConfig`] for it; `validate` is pure and returns every problem,
+//! `build` does the I/O. The object-safe runtime traits [`Source`], [`Transform`] and
+//! [`Sink`] are what the topology stores and runs. Registration is one line:
+//! `tidegauge_core::register_transform!(ZScoreConfig);`.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::BoxFuture;
+use crate::batch::Batch;
+use crate::dead_letter::DeadLetter;
+use crate::error::{BuildError, ComponentError, ConfigError};
+use crate::telemetry::{
+    ComponentTelemetry, EventsReceived, EventsSent, InternalEvent, RecordDeadLettered,
+};
+
+/// What every component gets at build time.
+#[derive(Clone)]
+pub struct BuildContext {
+    /// The component's handle on telemetry and the dead-letter output.
+    pub component: ComponentContext,
+    /// The runtime the pipeline runs on.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A component's identity, counters and dead-letter output.
+#[derive(Clone)]
+pub struct ComponentContext {
+    telemetry: Arc<ComponentTelemetry>,
+    dead_letter: DeadLetter,
+}
+
+impl ComponentContext {
+    /// A context for a component with these counters, writing dead letters to `dead_letter`.
+    pub fn new(telemetry: Arc<ComponentTelemetry>, dead_letter: DeadLetter) -> Self {
+        ComponentContext {
+            telemetry,
+            dead_letter,
+        }
+    }
+
+    /// The component id as written in the pipeline file.
+    pub fn id(&self) -> &str {
+        &self.telemetry.id
+    }
+
+    /// The component's counters.
+    pub fn telemetry(&self) -> &Arc<ComponentTelemetry> {
+        &self.telemetry
+    }
+
+    /// Records an internal event.
+    pub fn emit(&self, event: impl InternalEvent) {
+        self.telemetry.emit(event);
+    }
+
+    /// Sends a record that cannot be processed to the dead-letter output and counts it.
+    /// `location` says where it came from (`file.jsonl:12`), `raw` is the offending input.
+    pub fn dead_letter(&self, location: &str, reason: &str, raw: &[u8]) {
+        self.telemetry.emit(RecordDeadLettered { location, reason });
+        self.dead_letter
+            .write(&self.telemetry.id, location, reason, raw);
+    }
+}
+
+/// Why a batch could not be sent downstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Every downstream component has stopped (after failing); stop producing.
+    #[error("all downstream components have stopped")]
+    Closed,
+    /// The batch's schema is not the one declared for this output: a bug in the component.
+    #[error("contract violation: {0}")]
+    Contract(String),
+}
+
+impl From<SendError> for ComponentError {
+    fn from(e: SendError) -> Self {
+        ComponentError::new(e.to_string())
+    }
+}
+
+/// The outgoing edges of a component: every batch goes to each downstream component.
+pub struct Output {
+    schema: SchemaRef,
+    targets: Vec<mpsc::Sender<Batch>>,
+    telemetry: Arc<ComponentTelemetry>,
+}
+
+impl Output {
+    /// An output with the declared `schema`, sending to `targets`.
+    pub fn new(
+        schema: SchemaRef,
+        targets: Vec<mpsc::Sender<Batch>>,
+        telemetry: Arc<ComponentTelemetry>,
+    ) -> Self {
+        Output {
+            schema,
+            targets,
+            telemetry,
+        }
+    }
+
+    /// The schema every batch sent here must have.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn check(&self, batch: &Batch) -> Result<(), SendError> {
+        let got = batch.data.schema_ref();
+        if Arc::ptr_eq(got, &self.schema) || got.fields() == self.schema.fields() {
+            Ok(())
+        } else {
+            Err(SendError::Contract(format!(
+                "component `{}` emitted a batch with schema {} but declared {}",
+                self.telemetry.id,
+                crate::schema::describe(got),
+                crate::schema::describe(&self.schema)
+            )))
+        }
+    }
+
+    /// Sends a batch to every downstream component, waiting while any of them is full
+    /// (backpressure). Empty batches are not sent (their finalizers are released).
+    pub async fn send(&mut self, batch: Batch) -> Result<(), SendError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.check(&batch)?;
+        let rows = batch.num_rows() as u64;
+        let last = self.targets.len().saturating_sub(1);
+        let mut closed = Vec::new();
+        let mut batch = Some(batch);
+        for (i, tx) in self.targets.iter().enumerate() {
+            let b = if i == last {
+                batch.take().ok_or(SendError::Closed)?
+            } else {
+                batch.clone().ok_or(SendError::Closed)?
+            };
+            if tx.send(b).await.is_err() {
+                closed.push(i);
+            }
+        }
+        self.finish_send(rows, closed)
+    }
+
+    /// Like [`Output::send`], for components running on their own thread.
+    pub fn blocking_send(&mut self, batch: Batch) -> Result<(), SendError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.check(&batch)?;
+        let rows = batch.num_rows() as u64;
+        let last = self.targets.len().saturating_sub(1);
+        let mut closed = Vec::new();
+        let mut batch = Some(batch);
+        for (i, tx) in self.targets.iter().enumerate() {
+            let b = if i == last {
+                batch.take().ok_or(SendError::Closed)?
+            } else {
+                batch.clone().ok_or(SendError::Closed)?
+            };
+            if tx.blocking_send(b).is_err() {
+                closed.push(i);
+            }
+        }
+        self.finish_send(rows, closed)
+    }
+
+    fn finish_send(&mut self, rows: u64, closed: Vec<usize>) -> Result<(), SendError> {
+        for i in closed.into_iter().rev() {
+            self.targets.remove(i);
+        }
+        if self.targets.is_empty() {
+            return Err(SendError::Closed);
+        }
+        self.telemetry.emit(EventsSent { count: rows });
+        Ok(())
+    }
+}
+
+/// What waiting for the next batch with a deadline gave.
+#[derive(Debug)]
+pub enum Recv {
+    /// A batch arrived.
+    Batch(Batch),
+    /// Nothing arrived in time; the input is still open.
+    Idle,
+    /// Every upstream component has finished: no more batches will come.
+    Closed,
+}
+
+/// The incoming edge of a transform or sink (all its inputs merged). Counts what it hands out.
+pub struct SinkInput {
+    rx: mpsc::Receiver<Batch>,
+    telemetry: Arc<ComponentTelemetry>,
+}
+
+impl SinkInput {
+    /// An input reading `rx`, counting into `telemetry`.
+    pub fn new(rx: mpsc::Receiver<Batch>, telemetry: Arc<ComponentTelemetry>) -> Self {
+        SinkInput { rx, telemetry }
+    }
+
+    fn count(&self, b: Option<Batch>) -> Option<Batch> {
+        if let Some(b) = &b {
+            self.telemetry.emit(EventsReceived {
+                count: b.num_rows() as u64,
+            });
+        }
+        b
+    }
+
+    /// The next batch, or `None` once every upstream component has finished.
+    pub async fn recv(&mut self) -> Option<Batch> {
+        let b = self.rx.recv().await;
+        self.count(b)
+    }
+
+    /// The next batch, from a thread outside the async runtime.
+    pub fn blocking_recv(&mut self) -> Option<Batch> {
+        let b = self.rx.blocking_recv();
+        self.count(b)
+    }
+
+    /// The next batch or [`Recv::Idle`] after `wait`, from a thread outside the runtime.
+    pub fn blocking_recv_timeout(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        wait: Duration,
+    ) -> Recv {
+        match runtime.block_on(tokio::time::timeout(wait, self.rx.recv())) {
+            Ok(Some(b)) => match self.count(Some(b)) {
+                Some(b) => Recv::Batch(b),
+                None => Recv::Closed,
+            },
+            Ok(None) => Recv::Closed,
+            Err(_) => Recv::Idle,
+        }
+    }
+
+    /// The next batch or [`Recv::Idle`] after `wait`.
+    pub async fn recv_timeout(&mut self, wait: Duration) -> Recv {
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Ok(Some(b)) => match self.count(Some(b)) {
+                Some(b) => Recv::Batch(b),
+                None => Recv::Closed,
+            },
+            Ok(None) => Recv::Closed,
+            Err(_) => Recv::Idle,
+        }
+    }
+}
+
+/// What a running source gets.
+pub struct SourceContext {
+    /// Identity, counters, dead letters.
+    pub component: ComponentContext,
+    /// Where the source sends its batches.
+    pub out: Output,
+    /// Cancelled when the pipeline shuts down: stop reading, flush what is batched, return.
+    pub shutdown: CancellationToken,
+    /// The runtime, for sources that read on their own thread.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A running source: produces batches until its input ends or shutdown is requested.
+pub trait Source: Send + 'static {
+    /// Runs to completion. Returning `Ok` at the end of finite input ends the pipeline
+    /// once everything downstream has drained.
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// What a transform gets while processing: where outputs go, and its component context.
+pub struct TransformContext {
+    component: ComponentContext,
+    pending: Vec<RecordBatch>,
+}
+
+impl TransformContext {
+    /// A context for the component.
+    pub fn new(component: ComponentContext) -> Self {
+        TransformContext {
+            component,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Emits an output batch (with the transform's declared output schema).
+    pub fn emit(&mut self, batch: RecordBatch) {
+        self.pending.push(batch);
+    }
+
+    /// The component's identity, counters and dead-letter output.
+    pub fn component(&self) -> &ComponentContext {
+        &self.component
+    }
+
+    /// Takes the batches emitted so far.
+    pub fn take_emitted(&mut self) -> std::vec::Drain<'_, RecordBatch> {
+        self.pending.drain(..)
+    }
+}
+
+/// A running transform. Runs on a thread of its own (CPU work never blocks the async
+/// runtime); state lives in `self`.
+pub trait Transform: Send + 'static {
+    /// Handles one input batch, emitting zero or more output batches through `cx`.
+    /// Row-level problems are dead-lettered through `cx`; an `Err` stops the pipeline.
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError>;
+
+    /// Called once when the input has ended: emit whatever is held (open windows).
+    fn flush(&mut self, _cx: &mut TransformContext) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
+    /// How often [`Transform::tick`] should run when no input arrives; `None` for never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Wall-clock timer, for transforms that act on silence (missing data, window timeouts).
+    fn tick(&mut self, _now: SystemTime, _cx: &mut TransformContext) -> Result<(), ComponentError> {
+        Ok(())
+    }
+}
+
+/// A running sink: consumes its input until it ends, then flushes and closes. It releases
+/// each batch's finalizers only once the batch is durable (or marks them failed).
+pub trait Sink: Send + 'static {
+    /// Runs to completion.
+    fn run(
+        self: Box<Self>,
+        input: SinkInput,
+        cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// What a running sink gets.
+pub struct SinkContext {
+    /// Identity, counters, dead letters.
+    pub component: ComponentContext,
+    /// The runtime, for sinks that write on their own thread.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Typed configuration of a source. Implemented by the config struct.
+pub trait SourceConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 'static {
+    /// The `type = "..."` name in pipeline files.
+    const TYPE: &'static str;
+
+    /// Checks the config (pure, no I/O) and returns the schema of the events it will emit,
+    /// or every problem found (paths relative to the component).
+    fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>>;
+
+    /// Builds the runtime source (opening files and connections).
+    fn build(
+        &self,
+        schema: SchemaRef,
+        cx: BuildContext,
+    ) -> impl Future<Output = Result<Box<dyn Source>, BuildError>> + Send;
+}
+
+/// Typed configuration of a transform.
+pub trait TransformConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 'static {
+    /// The `type = "..."` name in pipeline files.
+    const TYPE: &'static str;
+
+    /// Checks the config against the schema of its input (pure) and returns the schema of
+    /// its output, or every problem found.
+    fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>>;
+
+    /// Builds the runtime transform.
+    fn build(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        cx: BuildContext,
+    ) -> Result<Box<dyn Transform>, BuildError>;
+}
+
+/// Typed configuration of a sink.
+pub trait SinkConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 'static {
+    /// The `type = "..."` name in pipeline files.
+    const TYPE: &'static str;
+
+    /// Checks the config against the schema of its input (pure).
+    fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>>;
+
+    /// Builds the runtime sink (creating files, connecting).
+    fn build(
+        &self,
+        input: SchemaRef,
+        cx: BuildContext,
+    ) -> impl Future<Output = Result<Box<dyn Sink>, BuildError>> + Send;
+}

@@ -1,0 +1,509 @@
+//! Loading a pipeline file: environment interpolation, TOML, typed component configs, and
+//! errors that name their place (`transforms.spikes.window`) and line.
+//!
+//! A pipeline file has the tables `sources`, `transforms`, `sinks` (one sub-table per
+//! component, with `type` and, for transforms and sinks, `inputs`) and optionally
+//! `dead_letter`. Every problem found is reported, not only the first.
+
+use std::collections::{BTreeMap, HashMap};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::dead_letter::DeadLetterConfig;
+use crate::error::ConfigError;
+use crate::registry::{self, AnyConfig, ComponentKind};
+
+/// One component as written in the file, its settings parsed into its typed config.
+#[derive(Debug)]
+pub struct ComponentEntry {
+    /// Id (the key under `sources`, `transforms` or `sinks`).
+    pub id: String,
+    /// Kind, from the table it sits in.
+    pub kind: ComponentKind,
+    /// Registered type name.
+    pub type_name: &'static str,
+    /// Ids of the components whose output it takes (empty for sources).
+    pub inputs: Vec<String>,
+    /// Typed settings.
+    pub config: AnyConfig,
+}
+
+/// A parsed pipeline file (not yet checked as a graph).
+#[derive(Debug)]
+pub struct PipelineConfig {
+    /// Components in file order: sources, then transforms, then sinks.
+    pub components: Vec<ComponentEntry>,
+    /// Where records that cannot be processed go.
+    pub dead_letter: DeadLetterConfig,
+    /// Where each setting sits in the file, for error messages.
+    pub lines: LineIndex,
+}
+
+/// Maps config paths (`transforms.spikes.window`) to 1-based line numbers.
+#[derive(Debug, Default, Clone)]
+pub struct LineIndex {
+    lines: HashMap<String, usize>,
+}
+
+impl LineIndex {
+    /// Line of `path`, or of its nearest enclosing setting that has one.
+    pub fn line_of(&self, path: &str) -> Option<usize> {
+        let mut p = path;
+        loop {
+            if let Some(&l) = self.lines.get(p) {
+                return Some(l);
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+
+    /// Fills in `line` of errors that have none.
+    pub fn locate(&self, errors: &mut [ConfigError]) {
+        for e in errors {
+            if e.line.is_none() {
+                e.line = self.line_of(&e.path);
+            }
+        }
+    }
+}
+
+/// Byte offset to 1-based line number.
+struct LineStarts(Vec<usize>);
+
+impl LineStarts {
+    fn new(text: &str) -> Self {
+        let mut v = vec![0];
+        v.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineStarts(v)
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        match self.0.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+/// Replaces `${VAR}`, `${VAR:-default}` (default when unset or empty) and `${VAR-default}`
+/// (default when unset) with values from `env`; `$$` is a literal `$`. Comment lines are
+/// left alone. Every unset variable without a default is reported with its line.
+pub fn interpolate(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<ConfigError>> {
+    let mut out = String::with_capacity(text.len());
+    let mut errors = Vec::new();
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let Some(close) = body.find('}') else {
+                    errors.push(located(n + 1, "`${` without a closing `}`"));
+                    rest = "";
+                    break;
+                };
+                let inner = &body[..close];
+                rest = &body[close + 1..];
+                let (name, default, empty_is_unset) = if let Some(i) = inner.find(":-") {
+                    (&inner[..i], Some(&inner[i + 2..]), true)
+                } else if let Some(i) = inner.find('-') {
+                    (&inner[..i], Some(&inner[i + 1..]), false)
+                } else {
+                    (inner, None, false)
+                };
+                let valid = !name.is_empty()
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    errors.push(located(
+                        n + 1,
+                        format!("`${{{inner}}}` is not a valid variable reference (letters, digits and `_` only)"),
+                    ));
+                    continue;
+                }
+                match (env(name), default) {
+                    (Some(v), Some(d)) if v.is_empty() && empty_is_unset => out.push_str(d),
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => errors.push(located(
+                        n + 1,
+                        format!(
+                            "environment variable `{name}` is not set; set it or give a default with `${{{name}:-default}}`"
+                        ),
+                    )),
+                }
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn located(line: usize, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: String::new(),
+        message: message.into(),
+        line: Some(line),
+    }
+}
+
+/// The process environment, for [`load`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Top-level tables a pipeline file may have.
+const TOP_LEVEL: [&str; 4] = ["sources", "transforms", "sinks", "dead_letter"];
+
+/// Interpolates, parses and type-checks each component's settings. Every error found is
+/// returned, each with its path and line.
+pub fn load(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, Vec<ConfigError>> {
+    let text = interpolate(text, env)?;
+    let starts = LineStarts::new(&text);
+    let root = DeTable::parse(&text).map_err(|e| {
+        vec![ConfigError {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.message()),
+            line: e.span().map(|s| starts.line(s.start)),
+        }]
+    })?;
+    let root = root.into_inner();
+
+    let mut lines = LineIndex::default();
+    index_table(&root, "", &starts, &mut lines);
+
+    let mut errors = Vec::new();
+    for (key, _) in root.iter() {
+        if !TOP_LEVEL.contains(&key.get_ref().as_ref()) {
+            errors.push(ConfigError {
+                path: key.get_ref().to_string(),
+                message: format!(
+                    "unknown top-level table (expected one of: {})",
+                    TOP_LEVEL.join(", ")
+                ),
+                line: Some(starts.line(key.span().start)),
+            });
+        }
+    }
+
+    let dead_letter = match root.get("dead_letter") {
+        None => DeadLetterConfig::default(),
+        Some(v) => match parse_settings::<DeadLetterConfig>(v.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(spanned_error("dead_letter", e, &starts));
+                DeadLetterConfig::default()
+            }
+        },
+    };
+
+    let mut components = Vec::new();
+    let mut seen: BTreeMap<String, ComponentKind> = BTreeMap::new();
+    for kind in [
+        ComponentKind::Source,
+        ComponentKind::Transform,
+        ComponentKind::Sink,
+    ] {
+        let table_name = kind.table();
+        let Some(table) = root.get(table_name) else {
+            continue;
+        };
+        let DeValue::Table(table) = table.get_ref() else {
+            errors.push(ConfigError {
+                path: table_name.into(),
+                message: format!("must be a table of {} (`[{table_name}.<id>]`)", table_name),
+                line: Some(starts.line(table.span().start)),
+            });
+            continue;
+        };
+        for (id, body) in table.iter() {
+            let id = id.get_ref().to_string();
+            let path = format!("{table_name}.{id}");
+            if let Some(other) = seen.insert(id.clone(), kind) {
+                errors.push(ConfigError::new(
+                    path.clone(),
+                    format!("the id `{id}` is already used by a {other}; ids must be unique"),
+                ));
+            }
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                errors.push(ConfigError::new(
+                    path.clone(),
+                    "ids may only contain letters, digits, `_` and `-`",
+                ));
+            }
+            match parse_component(kind, &id, body, &path, &starts) {
+                Ok(entry) => components.push(entry),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+    }
+
+    lines.locate(&mut errors);
+    if errors.is_empty() {
+        Ok(PipelineConfig {
+            components,
+            dead_letter,
+            lines,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn index_table(table: &DeTable<'_>, prefix: &str, starts: &LineStarts, lines: &mut LineIndex) {
+    for (k, v) in table.iter() {
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        lines
+            .lines
+            .insert(path.clone(), starts.line(k.span().start));
+        if let DeValue::Table(t) = v.get_ref() {
+            index_table(t, &path, starts, lines);
+        }
+    }
+}
+
+fn parse_settings<T: serde::de::DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+) -> Result<T, registry::ParseError> {
+    serde_path_to_error::deserialize::<_, T>(toml::de::ValueDeserializer::from(value)).map_err(
+        |e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            registry::ParseError {
+                path: if path == "." { String::new() } else { path },
+                message: inner.message().trim_end().to_string(),
+                span: inner.span(),
+            }
+        },
+    )
+}
+
+fn spanned_error(prefix: &str, e: registry::ParseError, starts: &LineStarts) -> ConfigError {
+    let mut err = ConfigError::new(e.path, e.message).prefixed(prefix);
+    err.line = e.span.map(|s| starts.line(s.start));
+    err
+}
+
+fn parse_component(
+    kind: ComponentKind,
+    id: &str,
+    body: &Spanned<DeValue<'_>>,
+    path: &str,
+    starts: &LineStarts,
+) -> Result<ComponentEntry, Vec<ConfigError>> {
+    let here = |sub: &str, msg: String| ConfigError::new(sub, msg).prefixed(path);
+    let DeValue::Table(table) = body.get_ref() else {
+        return Err(vec![here(
+            "",
+            format!("must be a table (`[{path}]`) with at least `type`"),
+        )]);
+    };
+    let mut errors = Vec::new();
+
+    let type_name = match table.get("type").map(|v| v.get_ref()) {
+        Some(DeValue::String(s)) => Some(s.to_string()),
+        Some(_) => {
+            errors.push(here("type", "must be a string".into()));
+            None
+        }
+        None => {
+            errors.push(here(
+                "type",
+                format!(
+                    "missing: every {} needs a `type` (one of: {})",
+                    kind.name(),
+                    names_of(kind)
+                ),
+            ));
+            None
+        }
+    };
+    let descriptor = type_name.as_deref().and_then(|t| {
+        let d = registry::find(kind, t);
+        if d.is_none() {
+            errors.push(here(
+                "type",
+                format!(
+                    "unknown {} type `{t}` (known: {}){}",
+                    kind.name(),
+                    names_of(kind),
+                    kind_hint(kind, t)
+                ),
+            ));
+        }
+        d
+    });
+
+    let mut inputs = Vec::new();
+    match (kind, table.get("inputs")) {
+        (ComponentKind::Source, Some(_)) => {
+            errors.push(here("inputs", "a source takes no inputs".into()))
+        }
+        (ComponentKind::Source, None) => {}
+        (_, None) => errors.push(here(
+            "inputs",
+            "missing: list the ids this component reads from, e.g. `inputs = [\"fleet\"]`".into(),
+        )),
+        (_, Some(v)) => match v.get_ref() {
+            DeValue::Array(items) if !items.is_empty() => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.get_ref() {
+                        DeValue::String(s) => inputs.push(s.to_string()),
+                        _ => errors.push(here(&format!("inputs[{i}]"), "must be a string".into())),
+                    }
+                }
+            }
+            DeValue::Array(_) => {
+                errors.push(here("inputs", "must name at least one component".into()))
+            }
+            _ => errors.push(here(
+                "inputs",
+                "must be a list of ids, e.g. `inputs = [\"fleet\"]`".into(),
+            )),
+        },
+    }
+
+    let mut settings = table.clone();
+    settings.remove("type");
+    settings.remove("inputs");
+    let config = descriptor.and_then(|d| {
+        let value = Spanned::new(body.span(), DeValue::Table(settings));
+        match d.parse(toml::de::ValueDeserializer::from(value)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(spanned_error(path, e, starts));
+                None
+            }
+        }
+    });
+
+    match (descriptor, config) {
+        (Some(d), Some(config)) if errors.is_empty() => Ok(ComponentEntry {
+            id: id.to_string(),
+            kind,
+            type_name: d.type_name,
+            inputs,
+            config,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn names_of(kind: ComponentKind) -> String {
+    registry::all()
+        .into_iter()
+        .filter(|d| d.kind == kind)
+        .map(|d| d.type_name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "... (`stdout` is a sink)" when the name exists under another kind.
+fn kind_hint(kind: ComponentKind, name: &str) -> String {
+    registry::find_any(name)
+        .into_iter()
+        .find(|d| d.kind != kind)
+        .map(|d| format!("; `{name}` is a {}", d.kind.name()))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn interpolates_like_a_shell() {
+        let e = env(&[("IN", "data.jsonl"), ("EMPTY", "")]);
+        assert_eq!(
+            interpolate("path = \"${IN}\"\n", &e).unwrap(),
+            "path = \"data.jsonl\"\n"
+        );
+        assert_eq!(interpolate("a = \"${NOPE:-x}\"", &e).unwrap(), "a = \"x\"");
+        assert_eq!(interpolate("a = \"${EMPTY:-x}\"", &e).unwrap(), "a = \"x\"");
+        assert_eq!(interpolate("a = \"${EMPTY-x}\"", &e).unwrap(), "a = \"\"");
+        assert_eq!(
+            interpolate("a = \"$$HOME $x\"", &e).unwrap(),
+            "a = \"$HOME $x\""
+        );
+        assert_eq!(interpolate("# ${NOPE}\n", &e).unwrap(), "# ${NOPE}\n");
+    }
+
+    #[test]
+    fn reports_every_unset_variable_with_its_line() {
+        let e = env(&[]);
+        let errs = interpolate("a = \"${A}\"\nb = 1\nc = \"${C}\" # ${D:-ok}\n", &e).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].line, Some(1));
+        assert!(errs[0].message.contains("`A` is not set"));
+        assert_eq!(errs[1].line, Some(3));
+        let errs = interpolate("a = \"${1X}\" b = \"${\"", &e).unwrap_err();
+        assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_a_line() {
+        let errs = load("[sources.a]\ntype = \n", &env(&[])).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].message.starts_with("not valid TOML"));
+    }
+
+    #[test]
+    fn structural_errors_are_all_reported() {
+        let text = "[sourcez]\n[sources.a]\ninputs = [\"b\"]\n[sinks.c]\ntype = \"nope\"\n[transforms.\"bad id\"]\ntype = 3\ninputs = []\n";
+        let errs = load(text, &env(&[])).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "sourcez",
+            "sources.a.type",
+            "sources.a.inputs",
+            "sinks.c.type",
+            "sinks.c.inputs",
+            "transforms.bad id",
+            "transforms.bad id.type",
+            "transforms.bad id.inputs",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        let a_inputs = errs.iter().find(|e| e.path == "sources.a.inputs").unwrap();
+        assert_eq!(a_inputs.line, Some(3));
+    }
+}

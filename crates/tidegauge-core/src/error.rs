@@ -1,0 +1,100 @@
+//! Error types shared by the engine and components.
+
+use std::fmt;
+
+/// A problem with a pipeline file, with its place.
+///
+/// `path` is the dotted place in the config (`transforms.spikes.window`); `line` is the
+/// 1-based line in the file where it is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending setting, relative to the component until the topology
+    /// prefixes it with `<kind>.<id>.`.
+    pub path: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+    /// 1-based line in the pipeline file, when known.
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    /// An error at `path` (relative to the component; may be empty for the component itself).
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
+
+    /// The same error with `prefix.` in front of its path.
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.path = if self.path.is_empty() {
+            prefix.to_string()
+        } else if self.path.starts_with('[') {
+            format!("{prefix}{}", self.path)
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A component could not be built (a file that cannot be opened, a server that refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// What went wrong, naming the resource.
+    pub message: String,
+}
+
+impl BuildError {
+    /// A build error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        BuildError {
+            message: message.into(),
+        }
+    }
+}
+
+/// A component failed while running. The pipeline stops and reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ComponentError {
+    /// What went wrong, naming the resource.
+    pub message: String,
+}
+
+impl ComponentError {
+    /// A runtime error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        ComponentError {
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error with what was being done when it happened.
+    pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
+        ComponentError {
+            message: format!("{context}: {err}"),
+        }
+    }
+}
+
+impl From<arrow_schema::ArrowError> for ComponentError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        ComponentError::new(e.to_string())
+    }
+}

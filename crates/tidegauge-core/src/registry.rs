@@ -1,0 +1,374 @@
+//! Component self-registration.
+//!
+//! Each component file registers its config type with one macro call
+//! ([`register_source!`](crate::register_source), [`register_transform!`](crate::register_transform),
+//! [`register_sink!`](crate::register_sink)). There is no central list: the registry is
+//! whatever `inventory` collected at link time.
+
+use std::fmt::Debug;
+
+use arrow_schema::SchemaRef;
+use serde::Serialize;
+
+use crate::BoxFuture;
+use crate::component::{
+    BuildContext, Sink, SinkConfig, Source, SourceConfig, Transform, TransformConfig,
+};
+use crate::error::{BuildError, ConfigError};
+
+/// The three kinds of component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComponentKind {
+    /// Produces events.
+    Source,
+    /// Turns events into other events.
+    Transform,
+    /// Delivers events.
+    Sink,
+}
+
+impl ComponentKind {
+    /// The pipeline-file table holding components of this kind (`sources`, ...).
+    pub fn table(self) -> &'static str {
+        match self {
+            ComponentKind::Source => "sources",
+            ComponentKind::Transform => "transforms",
+            ComponentKind::Sink => "sinks",
+        }
+    }
+
+    /// Lower-case singular name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComponentKind::Source => "source",
+            ComponentKind::Transform => "transform",
+            ComponentKind::Sink => "sink",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A config deserialization failure: where in the component and what.
+#[derive(Debug)]
+pub struct ParseError {
+    /// Dotted path inside the component (`window`, `batch.rows`); empty for the component.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// Byte range in the pipeline file, when known.
+    pub span: Option<std::ops::Range<usize>>,
+}
+
+/// A parsed, type-erased component config.
+pub enum AnyConfig {
+    /// A source config.
+    Source(Box<dyn ErasedSourceConfig>),
+    /// A transform config.
+    Transform(Box<dyn ErasedTransformConfig>),
+    /// A sink config.
+    Sink(Box<dyn ErasedSinkConfig>),
+}
+
+impl Debug for AnyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnyConfig::Source(c) => c.fmt(f),
+            AnyConfig::Transform(c) => c.fmt(f),
+            AnyConfig::Sink(c) => c.fmt(f),
+        }
+    }
+}
+
+/// Object-safe face of [`SourceConfig`]; implemented for every `SourceConfig`.
+pub trait ErasedSourceConfig: Debug + Send + Sync {
+    /// See [`SourceConfig::validate`].
+    fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>>;
+    /// See [`SourceConfig::build`].
+    fn build(
+        &self,
+        schema: SchemaRef,
+        cx: BuildContext,
+    ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>>;
+}
+
+impl<T: SourceConfig> ErasedSourceConfig for T {
+    fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
+        SourceConfig::validate(self)
+    }
+    fn build(
+        &self,
+        schema: SchemaRef,
+        cx: BuildContext,
+    ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>> {
+        Box::pin(SourceConfig::build(self, schema, cx))
+    }
+}
+
+/// Object-safe face of [`TransformConfig`].
+pub trait ErasedTransformConfig: Debug + Send + Sync {
+    /// See [`TransformConfig::validate`].
+    fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>>;
+    /// See [`TransformConfig::build`].
+    fn build(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        cx: BuildContext,
+    ) -> Result<Box<dyn Transform>, BuildError>;
+}
+
+impl<T: TransformConfig> ErasedTransformConfig for T {
+    fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
+        TransformConfig::validate(self, input)
+    }
+    fn build(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        cx: BuildContext,
+    ) -> Result<Box<dyn Transform>, BuildError> {
+        TransformConfig::build(self, input, output, cx)
+    }
+}
+
+/// Object-safe face of [`SinkConfig`].
+pub trait ErasedSinkConfig: Debug + Send + Sync {
+    /// See [`SinkConfig::validate`].
+    fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>>;
+    /// See [`SinkConfig::build`].
+    fn build(
+        &self,
+        input: SchemaRef,
+        cx: BuildContext,
+    ) -> BoxFuture<'_, Result<Box<dyn Sink>, BuildError>>;
+}
+
+impl<T: SinkConfig> ErasedSinkConfig for T {
+    fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
+        SinkConfig::validate(self, input)
+    }
+    fn build(
+        &self,
+        input: SchemaRef,
+        cx: BuildContext,
+    ) -> BoxFuture<'_, Result<Box<dyn Sink>, BuildError>> {
+        Box::pin(SinkConfig::build(self, input, cx))
+    }
+}
+
+/// How the registry parses one component's settings.
+type ParseFn = fn(toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError>;
+
+/// One registered component type.
+pub struct ComponentDescriptor {
+    /// Source, transform or sink.
+    pub kind: ComponentKind,
+    /// The `type = "..."` name.
+    pub type_name: &'static str,
+    json_schema: fn() -> schemars::Schema,
+    parse: ParseFn,
+}
+
+inventory::collect!(ComponentDescriptor);
+
+fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
+    schemars::schema_for!(T)
+}
+
+fn parse_typed<T: serde::de::DeserializeOwned>(
+    de: toml::de::ValueDeserializer<'_>,
+) -> Result<T, ParseError> {
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ParseError {
+            path: if path == "." { String::new() } else { path },
+            message: friendly_serde_message(inner.message()),
+            span: inner.span(),
+        }
+    })
+}
+
+/// Rewrites serde's Rust-flavoured type names into words a user of a TOML file knows.
+fn friendly_serde_message(msg: &str) -> String {
+    const WORDS: [(&str, &str); 14] = [
+        ("expected usize", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u16", "expected a non-negative integer"),
+        ("expected u8", "expected a non-negative integer"),
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a nonzero usize", "expected a positive integer"),
+        ("expected a nonzero u64", "expected a positive integer"),
+        ("expected a nonzero u32", "expected a positive integer"),
+        ("expected a string", "expected a string (in quotes)"),
+    ];
+    let mut out = msg.trim_end_matches('\n').to_string();
+    for (from, to) in WORDS {
+        if let Some(pos) = out.find(from) {
+            let end = pos + from.len();
+            // Only whole words: `expected u64` but not `expected u64s`.
+            if out[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_alphanumeric())
+            {
+                out.replace_range(pos..end, to);
+            }
+        }
+    }
+    out
+}
+
+fn parse_source<T: SourceConfig>(
+    de: toml::de::ValueDeserializer<'_>,
+) -> Result<AnyConfig, ParseError> {
+    parse_typed::<T>(de).map(|c| AnyConfig::Source(Box::new(c)))
+}
+
+fn parse_transform<T: TransformConfig>(
+    de: toml::de::ValueDeserializer<'_>,
+) -> Result<AnyConfig, ParseError> {
+    parse_typed::<T>(de).map(|c| AnyConfig::Transform(Box::new(c)))
+}
+
+fn parse_sink<T: SinkConfig>(de: toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError> {
+    parse_typed::<T>(de).map(|c| AnyConfig::Sink(Box::new(c)))
+}
+
+impl ComponentDescriptor {
+    /// The descriptor of source config `T` (used by [`register_source!`](crate::register_source)).
+    pub const fn source<T: SourceConfig>() -> Self {
+        ComponentDescriptor {
+            kind: ComponentKind::Source,
+            type_name: T::TYPE,
+            json_schema: schema_of::<T>,
+            parse: parse_source::<T>,
+        }
+    }
+
+    /// The descriptor of transform config `T`.
+    pub const fn transform<T: TransformConfig>() -> Self {
+        ComponentDescriptor {
+            kind: ComponentKind::Transform,
+            type_name: T::TYPE,
+            json_schema: schema_of::<T>,
+            parse: parse_transform::<T>,
+        }
+    }
+
+    /// The descriptor of sink config `T`.
+    pub const fn sink<T: SinkConfig>() -> Self {
+        ComponentDescriptor {
+            kind: ComponentKind::Sink,
+            type_name: T::TYPE,
+            json_schema: schema_of::<T>,
+            parse: parse_sink::<T>,
+        }
+    }
+
+    /// JSON Schema of the component's settings (generated from its config struct).
+    pub fn json_schema(&self) -> schemars::Schema {
+        (self.json_schema)()
+    }
+
+    /// The one-line summary: the first paragraph of the config struct's doc comment.
+    pub fn summary(&self) -> String {
+        let schema = self.json_schema();
+        let description = schema
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or("");
+        description
+            .split("\n\n")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Parses the component's settings.
+    pub fn parse(&self, de: toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError> {
+        (self.parse)(de)
+    }
+}
+
+/// Every registered component, sorted by kind then name.
+pub fn all() -> Vec<&'static ComponentDescriptor> {
+    let mut v: Vec<_> = inventory::iter::<ComponentDescriptor>.into_iter().collect();
+    v.sort_by_key(|d| (d.kind, d.type_name));
+    v
+}
+
+/// The component of `kind` called `type_name`.
+pub fn find(kind: ComponentKind, type_name: &str) -> Option<&'static ComponentDescriptor> {
+    inventory::iter::<ComponentDescriptor>
+        .into_iter()
+        .find(|d| d.kind == kind && d.type_name == type_name)
+}
+
+/// Components of any kind called `type_name` (a name may be both a source and a sink).
+pub fn find_any(type_name: &str) -> Vec<&'static ComponentDescriptor> {
+    all()
+        .into_iter()
+        .filter(|d| d.type_name == type_name)
+        .collect()
+}
+
+/// Registers a source config type: `register_source!(FileSourceConfig);`
+#[macro_export]
+macro_rules! register_source {
+    ($t:ty) => {
+        $crate::__private::inventory::submit! {
+            $crate::registry::ComponentDescriptor::source::<$t>()
+        }
+    };
+}
+
+/// Registers a transform config type: `register_transform!(ZScoreConfig);`
+#[macro_export]
+macro_rules! register_transform {
+    ($t:ty) => {
+        $crate::__private::inventory::submit! {
+            $crate::registry::ComponentDescriptor::transform::<$t>()
+        }
+    };
+}
+
+/// Registers a sink config type: `register_sink!(JsonlSinkConfig);`
+#[macro_export]
+macro_rules! register_sink {
+    ($t:ty) => {
+        $crate::__private::inventory::submit! {
+            $crate::registry::ComponentDescriptor::sink::<$t>()
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_speak_toml() {
+        assert_eq!(
+            friendly_serde_message("invalid type: string \"x\", expected usize"),
+            "invalid type: string \"x\", expected a non-negative integer"
+        );
+        assert_eq!(
+            friendly_serde_message("invalid value: integer `0`, expected a nonzero usize"),
+            "invalid value: integer `0`, expected a positive integer"
+        );
+    }
+}
