@@ -43,8 +43,13 @@ fn run<D: Detector>(c: &mut Criterion, name: &str, param: &str, mut d: D, data: 
     // Warm up on a different stretch so the measured state is past its warm-up.
     let mut group = c.benchmark_group("detector");
     group.throughput(Throughput::Elements(data.len() as u64));
-    for &(t, v) in data {
-        d.observe(t - 10_000_000, v);
+    // Enough passes to fill the largest window (65 536) twice.
+    let passes = 131_072usize.div_ceil(data.len()) as i64;
+    let span = data.len() as i64 * 1000;
+    for p in 0..passes {
+        for &(t, v) in data {
+            d.observe(t - (passes - p) * span, v);
+        }
     }
     let mut t0 = 0i64;
     group.bench_function(BenchmarkId::new(name, param), |b| {
@@ -87,6 +92,22 @@ fn detectors(c: &mut Criterion) {
             ..MadParams::default()
         });
         run(c, "mad", &format!("w{window}"), d, &data);
+    }
+    // Above 16 384 values the default layout is the treap.
+    for window in [4096, 16384, 65536] {
+        let d = Mad::new(MadParams {
+            window,
+            ..MadParams::default()
+        });
+        run(c, "mad", &format!("w{window}"), d, &data);
+    }
+    // The treap forced at sizes where the array is the default, to compare the layouts.
+    for window in [100, 1000, 16384] {
+        let d = Mad::new_tree_backed(MadParams {
+            window,
+            ..MadParams::default()
+        });
+        run(c, "mad_treap", &format!("w{window}"), d, &data);
     }
     let th = ThresholdParams {
         low: Some(0.0),

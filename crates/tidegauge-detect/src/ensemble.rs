@@ -13,7 +13,7 @@
 //!   the vote passes, and it grows with the conviction of the deciding member. Statistic:
 //!   the number of votes.
 //!
-//! Cost: O(m) for `Max` and `Mean`, O(m log m) for `Vote` over `m` members (tiny `m`).
+//! Cost: O(m) over `m` members (expected, for `Vote`); no allocation up to 16 members.
 
 use crate::judge;
 use crate::{ParamError, Verdict};
@@ -82,14 +82,30 @@ impl Combine {
                 judge::consistent(Some(mean), mean, mean > 0.5)
             }
             Combine::Vote { min_votes } => {
-                let mut s: Vec<f64> = scores.collect();
+                // Scores on the stack for the usual handful of members.
+                let mut stack = [0.0f64; 16];
+                let mut heap = Vec::new();
+                let s: &mut [f64] = if members.len() <= stack.len() {
+                    let mut n = 0;
+                    for x in scores {
+                        stack[n] = x;
+                        n += 1;
+                    }
+                    &mut stack[..n]
+                } else {
+                    heap.extend(scores);
+                    &mut heap
+                };
                 if s.is_empty() {
                     return Verdict::WARMING_UP;
                 }
                 let votes = s.iter().filter(|&&x| x > 0.5).count();
-                s.sort_by(|a, b| b.total_cmp(a));
                 let k = (min_votes.max(1) - 1) as usize;
-                let score = s.get(k).copied().unwrap_or(0.0);
+                let score = if k < s.len() {
+                    *s.select_nth_unstable_by(k, |a, b| b.total_cmp(a)).1
+                } else {
+                    0.0
+                };
                 let passed = votes >= min_votes.max(1) as usize;
                 judge::consistent(Some(votes as f64), score, passed)
             }
@@ -169,6 +185,21 @@ mod tests {
         assert_eq!((vote.score, vote.is_anomaly), (0.2, false));
         assert_eq!(c.explain(&m, &vote), "2 of 3 detectors agree (3 needed)");
         assert!(Combine::Vote { min_votes: 0 }.validate().is_err());
+    }
+
+    #[test]
+    fn many_members_vote() {
+        let mut m: Vec<Verdict> = (0..20).map(|i| v(f64::from(i) / 20.0)).collect();
+        m.push(Verdict::WARMING_UP);
+        // Scores 0.55..0.95 vote: 9 of them.
+        let c = Combine::Vote { min_votes: 9 };
+        let got = c.combine(&m);
+        assert_eq!(
+            (got.statistic, got.score, got.is_anomaly),
+            (Some(9.0), 0.55, true)
+        );
+        let got = Combine::Vote { min_votes: 10 }.combine(&m);
+        assert_eq!((got.score, got.is_anomaly), (0.5, false));
     }
 
     proptest! {
