@@ -387,6 +387,28 @@ mod tests {
         ]
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn checkpoint_restores_deadlines_and_reports() {
+        let mut t = tracker(100, 1.0);
+        t.touch(&1, 0);
+        t.touch(&2, 50);
+        assert_eq!(t.expired(101), vec![(1, 101)]);
+        t.touch(&3, 120);
+        assert!(t.remove(&2));
+        let mut r = DeadlineTracker::try_from(TrackerRepr::from(t.clone())).unwrap();
+        assert_eq!(r.len(), 2);
+        for now in [150, 221, 300, 1000] {
+            assert_eq!(t.expired(now), r.expired(now));
+        }
+        assert_eq!(t.touch(&1, 2000), r.touch(&1, 2000));
+        let dup = TrackerRepr {
+            params: HeartbeatParams::default(),
+            keys: vec![(1u32, 0, false), (1, 5, false)],
+        };
+        assert!(DeadlineTracker::try_from(dup).is_err());
+    }
+
     proptest! {
         #[test]
         fn matches_naive_scan(

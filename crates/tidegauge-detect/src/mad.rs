@@ -451,6 +451,37 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn checkpoint_restores_and_continues_identically() {
+        let wave = |i: i64| ((i * 37) % 11) as f64 + if i % 13 == 0 { 30.0 } else { 0.0 };
+        for tree in [false, true] {
+            let params = MadParams {
+                window: 7,
+                threshold: 3.5,
+            };
+            let mut d = if tree {
+                Mad::new_tree_backed(params)
+            } else {
+                Mad::new(params)
+            };
+            for i in 0..20 {
+                d.observe(i, wave(i));
+            }
+            let mut restored = Mad::try_from(MadRepr::from(d.clone())).unwrap();
+            for i in 20..80 {
+                assert_eq!(d.observe(i, wave(i)), restored.observe(i, wave(i)));
+            }
+        }
+        let bad = MadRepr {
+            params: MadParams::default(),
+            values: vec![1.0, f64::NAN],
+            last_median: 0.0,
+            last_mad: 0.0,
+        };
+        assert!(Mad::try_from(bad).is_err());
+    }
+
     proptest! {
         #[test]
         fn matches_naive_reference(

@@ -320,6 +320,32 @@ mod tests {
         assert_eq!(r.values().collect::<Vec<_>>(), vec![3.0, 4.0, 5.0]);
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn restore_rejects_broken_ring_buffers() {
+        let repr = |len, head| RollingStatsRepr {
+            buf: vec![1.0, 2.0, 3.0].into_boxed_slice(),
+            len,
+            head,
+            since_exact: 0,
+            mean: 0.0,
+            m2: 0.0,
+        };
+        assert!(RollingStats::try_from(repr(2, 2)).is_ok());
+        assert!(RollingStats::try_from(repr(3, 1)).is_ok());
+        assert!(RollingStats::try_from(repr(2, 1)).is_err());
+        assert!(RollingStats::try_from(repr(4, 0)).is_err());
+        assert!(RollingStats::try_from(repr(3, 3)).is_err());
+        let mut r = RollingStats::try_from(RollingStatsRepr {
+            mean: f64::NAN,
+            ..repr(3, 0)
+        })
+        .unwrap();
+        assert_eq!(r.mean(), 2.0); // recomputed from the values
+        r.push(4.0);
+        assert_eq!(r.values().collect::<Vec<_>>(), vec![2.0, 3.0, 4.0]);
+    }
+
     proptest! {
         #[test]
         fn matches_naive_reference(
