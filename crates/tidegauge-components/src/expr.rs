@@ -319,7 +319,11 @@ impl Compiler<'_> {
     }
 
     fn comparison(&self, l: &Sql, op: CmpOp, r: &Sql) -> Result<Node, String> {
-        let (ln, rn, _) = self.unify(self.compile(l)?, self.compile(r)?)?;
+        let (lc, rc) = (self.compile(l)?, self.compile(r)?);
+        let (lt, rt) = (lc.1.clone(), rc.1.clone());
+        let (ln, rn, _) = self
+            .unify(lc, rc)
+            .map_err(|_| format!("cannot compare `{l}` ({lt}) with `{r}` ({rt})"))?;
         Ok(Node::Cmp(op, Box::new(ln), Box::new(rn)))
     }
 
@@ -682,7 +686,9 @@ mod tests {
         let b = batch();
         let err = |text: &str| Expression::compile(text, &b.schema()).unwrap_err();
         assert!(err("valu > 3").contains("unknown field `valu`"));
-        assert!(err("sensor_id > 3").contains("cannot combine Utf8 with Int64"));
+        assert!(
+            err("sensor_id > 3").contains("cannot compare `sensor_id` (Utf8) with `3` (Int64)")
+        );
         assert!(err("value AND is_anomaly").contains("needs true/false"));
         assert!(err("sqrt(value) > 1").contains("unknown function"));
         assert!(err("value > ").contains("cannot parse"));

@@ -25,8 +25,9 @@ pub struct ComponentEntry {
     pub type_name: &'static str,
     /// Ids of the components whose output it takes (empty for sources).
     pub inputs: Vec<String>,
-    /// Typed settings.
-    pub config: AnyConfig,
+    /// Typed settings; `None` when they could not be parsed (the reason is among the
+    /// pipeline's errors), so the rest of the graph can still be checked.
+    pub config: Option<AnyConfig>,
 }
 
 /// A parsed pipeline file (not yet checked as a graph).
@@ -38,6 +39,8 @@ pub struct PipelineConfig {
     pub dead_letter: DeadLetterConfig,
     /// Where each setting sits in the file, for error messages.
     pub lines: LineIndex,
+    /// Problems found while parsing components; validation adds its own and reports all.
+    pub errors: Vec<ConfigError>,
 }
 
 /// Maps config paths (`transforms.spikes.window`) to 1-based line numbers.
@@ -174,8 +177,9 @@ pub fn process_env(name: &str) -> Option<String> {
 /// Top-level tables a pipeline file may have.
 const TOP_LEVEL: [&str; 4] = ["sources", "transforms", "sinks", "dead_letter"];
 
-/// Interpolates, parses and type-checks each component's settings. Every error found is
-/// returned, each with its path and line.
+/// Interpolates, parses and type-checks each component's settings. A file that cannot
+/// be read as TOML at all is an `Err`; problems in single components are collected in
+/// [`PipelineConfig::errors`] so the graph around them can still be checked.
 pub fn load(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
@@ -257,23 +261,19 @@ pub fn load(
                     "ids may only contain letters, digits, `_` and `-`",
                 ));
             }
-            match parse_component(kind, &id, body, &path, &starts) {
-                Ok(entry) => components.push(entry),
-                Err(mut e) => errors.append(&mut e),
-            }
+            let (entry, mut errs) = parse_component(kind, &id, body, &path, &starts);
+            components.push(entry);
+            errors.append(&mut errs);
         }
     }
 
     lines.locate(&mut errors);
-    if errors.is_empty() {
-        Ok(PipelineConfig {
-            components,
-            dead_letter,
-            lines,
-        })
-    } else {
-        Err(errors)
-    }
+    Ok(PipelineConfig {
+        components,
+        dead_letter,
+        lines,
+        errors,
+    })
 }
 
 fn index_table(table: &DeTable<'_>, prefix: &str, starts: &LineStarts, lines: &mut LineIndex) {
@@ -320,13 +320,21 @@ fn parse_component(
     body: &Spanned<DeValue<'_>>,
     path: &str,
     starts: &LineStarts,
-) -> Result<ComponentEntry, Vec<ConfigError>> {
+) -> (ComponentEntry, Vec<ConfigError>) {
     let here = |sub: &str, msg: String| ConfigError::new(sub, msg).prefixed(path);
+    let mut entry = ComponentEntry {
+        id: id.to_string(),
+        kind,
+        type_name: "?",
+        inputs: Vec::new(),
+        config: None,
+    };
     let DeValue::Table(table) = body.get_ref() else {
-        return Err(vec![here(
+        let e = here(
             "",
             format!("must be a table (`[{path}]`) with at least `type`"),
-        )]);
+        );
+        return (entry, vec![e]);
     };
     let mut errors = Vec::new();
 
@@ -407,16 +415,12 @@ fn parse_component(
         }
     });
 
-    match (descriptor, config) {
-        (Some(d), Some(config)) if errors.is_empty() => Ok(ComponentEntry {
-            id: id.to_string(),
-            kind,
-            type_name: d.type_name,
-            inputs,
-            config,
-        }),
-        _ => Err(errors),
+    if let Some(d) = descriptor {
+        entry.type_name = d.type_name;
     }
+    entry.inputs = inputs;
+    entry.config = config.filter(|_| errors.is_empty());
+    (entry, errors)
 }
 
 fn names_of(kind: ComponentKind) -> String {
@@ -489,7 +493,7 @@ mod tests {
     #[test]
     fn structural_errors_are_all_reported() {
         let text = "[sourcez]\n[sources.a]\ninputs = [\"b\"]\n[sinks.c]\ntype = \"nope\"\n[transforms.\"bad id\"]\ntype = 3\ninputs = []\n";
-        let errs = load(text, &env(&[])).unwrap_err();
+        let errs = load(text, &env(&[])).unwrap().errors;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         for p in [
             "sourcez",

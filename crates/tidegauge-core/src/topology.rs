@@ -91,8 +91,9 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         components,
         dead_letter,
         lines,
+        errors: parse_errors,
     } = config;
-    let mut errors = Vec::new();
+    let mut errors = parse_errors;
     let index: HashMap<&str, usize> = components
         .iter()
         .enumerate()
@@ -227,9 +228,9 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
             }
         };
         let result = match (&c.config, &input) {
-            (AnyConfig::Source(cfg), _) => cfg.validate().map(Some),
-            (AnyConfig::Transform(cfg), Some(input)) => cfg.validate(input).map(Some),
-            (AnyConfig::Sink(cfg), Some(input)) => cfg.validate(input).map(|_| None),
+            (Some(AnyConfig::Source(cfg)), _) => cfg.validate().map(Some),
+            (Some(AnyConfig::Transform(cfg)), Some(input)) => cfg.validate(input).map(Some),
+            (Some(AnyConfig::Sink(cfg)), Some(input)) => cfg.validate(input).map(|_| None),
             _ => Ok(None),
         };
         match result {
@@ -254,7 +255,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                 kind: c.kind,
                 type_name: c.type_name,
                 inputs: c.inputs,
-                config: c.config,
+                config: c.config?,
                 input_schema: inputs_of[i].take(),
                 output_schema: outputs[i].take(),
             })

@@ -118,14 +118,18 @@ impl EwStats {
 
     /// Learns finite `x` after the older weights were multiplied by `decay` (in `0..=1`).
     pub(crate) fn push(&mut self, x: f64, decay: f64) {
-        let w = self.weight * decay + 1.0;
+        let old = self.weight * decay;
+        let w = old + 1.0;
         let a = 1.0 / w;
+        // 1 − a, computed as old/w: `1.0 - a` cancels catastrophically when the history has
+        // decayed to almost nothing (a ≈ 1), e.g. after a long gap in event time.
+        let keep = old / w;
         let diff = x - self.mean;
         let mean = self.mean + a * diff;
-        let var = if a >= 1.0 {
+        let var = if old == 0.0 {
             0.0
         } else {
-            (1.0 - a) * (self.var + a * diff * diff)
+            keep * (self.var + a * diff * diff)
         };
         if mean.is_finite() && var.is_finite() {
             *self = EwStats {
@@ -154,6 +158,8 @@ pub struct Ewma {
     stats: EwStats,
     /// Latest event time seen (time mode), `None` before the first event.
     clock_ms: Option<i64>,
+    /// Decay per event in the events mode, `2^(−1/half_life)` (computed once).
+    event_decay: f64,
 }
 
 impl Ewma {
@@ -167,6 +173,10 @@ impl Ewma {
             params,
             stats: EwStats::default(),
             clock_ms: None,
+            event_decay: match params.half_life {
+                HalfLife::Events(h) => (-1.0 / h).exp2(),
+                HalfLife::Millis(_) => 1.0,
+            },
         }
     }
 
@@ -188,7 +198,7 @@ impl Ewma {
     /// Weight decay applied to the history when an event at `ts_ms` arrives.
     fn decay(&self, ts_ms: i64) -> f64 {
         match self.params.half_life {
-            HalfLife::Events(h) => (-1.0 / h).exp2(),
+            HalfLife::Events(_) => self.event_decay,
             HalfLife::Millis(h) => match self.clock_ms {
                 Some(clock) => {
                     let gap = judge::elapsed_ms(ts_ms, clock).max(0) as f64;
@@ -329,6 +339,21 @@ mod tests {
         d.observe(1000, 3.0);
         // weights 0.5 and 1: mean = 3 / 1.5 = 2
         assert!((d.mean() - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn long_gap_keeps_variance_precise() {
+        // After 5232 ms with a 150 ms half-life the old value weighs 2^-34.9; computing
+        // 1 − a as `1.0 - 1.0 / w` lost 6 digits here (z off by 2e-6 relative).
+        let mut d = ewma(HalfLife::Millis(150.0), 3.0, 2);
+        d.observe(0, 0.0);
+        d.observe(5232, -898.4809178551135);
+        let z = d.observe(5232, 0.0).statistic.unwrap();
+        let w0 = 2f64.powf(-5232.0 / 150.0);
+        let mean = -898.4809178551135 / (1.0 + w0);
+        let var = (w0 * mean * mean + (-898.4809178551135 - mean).powi(2)) / (1.0 + w0);
+        let want = -mean / var.sqrt();
+        assert!((z - want).abs() <= 1e-9 * want.abs(), "{z} vs {want}");
     }
 
     #[test]

@@ -220,7 +220,9 @@ fn load_or_report(origin: &str, text: &str) -> Option<Pipeline> {
 }
 
 fn report(origin: &str, errors: &[ConfigError]) {
-    for e in errors {
+    let mut errors: Vec<&ConfigError> = errors.iter().collect();
+    errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.path.clone()));
+    for e in &errors {
         match e.line {
             Some(line) => eprintln!("error: {origin}:{line}: {e}"),
             None => eprintln!("error: {origin}: {e}"),

@@ -27,12 +27,17 @@ impl JsonDecoder {
             names: &self.names,
             row,
         })
-        .map_err(|e| describe(&e))?;
-        de.end().map_err(|e| describe(&e))
+        .map_err(|e| describe(&e, line))?;
+        de.end().map_err(|e| describe(&e, line))
     }
 }
 
-fn describe(e: &serde_json::Error) -> String {
+fn describe(e: &serde_json::Error, line: &[u8]) -> String {
+    // serde_json calls bad UTF-8 inside a string an "invalid unicode code point"; say
+    // what it is, and where.
+    if let Err(u) = std::str::from_utf8(line) {
+        return format!("invalid UTF-8 at byte {}", u.valid_up_to() + 1);
+    }
     use serde_json::error::Category;
     let column = e.column();
     let what = match e.classify() {

@@ -147,7 +147,7 @@ pub(crate) fn validate_fields(
 
 enum Decoder {
     Json(JsonDecoder),
-    Csv(CsvDecoder),
+    Csv(Box<CsvDecoder>),
 }
 
 /// What the caller should do after a line.
@@ -179,11 +179,11 @@ impl LineDecoder {
         let names: Vec<String> = fields.keys().cloned().collect();
         let decoder = match format {
             Format::Jsonl => Decoder::Json(JsonDecoder::new(names)),
-            Format::Csv => Decoder::Csv(CsvDecoder::new(
+            Format::Csv => Decoder::Csv(Box::new(CsvDecoder::new(
                 names,
                 csv.delimiter_byte().unwrap_or(b','),
                 csv.header,
-            )),
+            ))),
         };
         LineDecoder {
             decoder,

@@ -383,7 +383,7 @@ impl Fleet {
     }
 
     /// The next event slot: a reading, or `None` when its sensor is silent.
-    pub fn next(&mut self) -> Option<Reading<'_>> {
+    pub fn next_reading(&mut self) -> Option<Reading<'_>> {
         let index = self.next;
         self.next += 1;
         let n = self.sensors.len();
@@ -531,7 +531,7 @@ impl SimulateSource {
                 total
             };
             while fleet.position() < due && b.rows < c.batch.rows {
-                if let Some(r) = fleet.next() {
+                if let Some(r) = fleet.next_reading() {
                     b.ids.append_value(r.sensor_id);
                     b.ts.append_value(start_ms + (r.index as f64 * ms_per_event) as i64);
                     b.values.append_value(r.value);
@@ -591,7 +591,7 @@ mod tests {
             let mut f = Fleet::new(c);
             (0..2000)
                 .filter_map(|_| {
-                    f.next()
+                    f.next_reading()
                         .map(|r| (r.sensor_id.to_string(), r.value.to_bits(), r.label))
                 })
                 .collect::<Vec<_>>()
@@ -610,7 +610,7 @@ mod tests {
         let mut silent = 0;
         let mut last: std::collections::HashMap<String, f64> = Default::default();
         for _ in 0..300_000 {
-            match f.next() {
+            match f.next_reading() {
                 None => silent += 1,
                 Some(r) => {
                     *counts.entry(r.label).or_insert(0u64) += 1;

@@ -1,0 +1,220 @@
+//! Bad input is counted and dead-lettered with its place and reason; the rest flows.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+
+fn write_bad_input(path: &std::path::Path) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(b"{\"sensor_id\":\"s-1\",\"ts\":1,\"value\":1.5}\n")
+        .unwrap();
+    f.write_all(b"{\"sensor_id\":\"s-1\",\"ts\":2,\"value\":}\n")
+        .unwrap();
+    f.write_all(b"{\"sensor_id\":\"s-1\",\"ts\":3,\"value\":\"high\"}\n")
+        .unwrap();
+    f.write_all(b"{\"sensor_id\":\"s-1\",\"ts\":4}\n").unwrap();
+    f.write_all(b"{\"sensor_id\":\"s-\xff\",\"ts\":5,\"value\":1.0}\n")
+        .unwrap();
+    // A 100 MB line.
+    f.write_all(b"{\"sensor_id\":\"s-1\",\"ts\":6,\"value\":1.0,\"pad\":\"")
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(b"\"}\n").unwrap();
+    f.write_all(b"[1,2,3]\n").unwrap();
+    f.write_all(b"{\"sensor_id\":\"s-2\",\"ts\":8,\"value\":-3}\n")
+        .unwrap();
+    f.write_all(b"{\"sensor_id\":{\"a\":1},\"ts\":9,\"value\":1.0}\n")
+        .unwrap();
+    f.write_all(b"{\"sensor_id\":\"s-3\",\"ts\":10,\"value\":2e3}")
+        .unwrap();
+}
+
+/// 64 MB of zeros in one line, gzip-compressed to a few tens of KB.
+fn write_gzip_bomb(path: &std::path::Path) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let zeros = vec![b'0'; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap();
+}
+
+#[test]
+fn every_kind_of_bad_line_is_dead_lettered_and_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_bad_input(&d.join("bad.jsonl"));
+    write_gzip_bomb(&d.join("bomb.jsonl.gz"));
+    std::fs::write(
+        d.join("after.jsonl"),
+        "{\"sensor_id\":\"s-4\",\"ts\":11,\"value\":4.0}\n",
+    )
+    .unwrap();
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{d}/bad.jsonl", "{d}/bomb.jsonl.gz", "{d}/after.jsonl"]
+max_decompressed_bytes = 20_000_000
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+        d = d.display()
+    );
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let got = keys(&std::fs::read_to_string(d.join("out.jsonl")).unwrap());
+    let want: Vec<(String, i64)> = vec![
+        ("s-1".into(), 1),
+        ("s-2".into(), 8),
+        ("s-3".into(), 10),
+        ("s-4".into(), 11),
+    ];
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), want);
+
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(d.join("dead.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |line: &str| {
+        dead.iter()
+            .find(|r| r["location"].as_str().unwrap().ends_with(line))
+            .unwrap_or_else(|| panic!("no dead letter for {line}: {dead:?}"))
+    };
+    let reason = |line: &str| find(line)["reason"].as_str().unwrap().to_string();
+    assert!(reason("bad.jsonl:2").contains("column"));
+    assert_eq!(
+        reason("bad.jsonl:3"),
+        "field `value`: expected a number, got \"high\""
+    );
+    assert_eq!(reason("bad.jsonl:4"), "missing field `value`");
+    assert!(reason("bad.jsonl:5").contains("UTF-8"));
+    assert!(reason("bad.jsonl:6").contains("exceeds max_line_bytes"));
+    assert_eq!(
+        find("bad.jsonl:6")["raw_bytes"],
+        1024,
+        "only the head is kept"
+    );
+    assert!(reason("bad.jsonl:7").contains("expected a JSON object"));
+    assert_eq!(
+        reason("bad.jsonl:9"),
+        "field `sensor_id`: expected a string, got an object"
+    );
+    let bomb = dead
+        .iter()
+        .find(|r| r["location"].as_str().unwrap().contains("bomb.jsonl.gz"))
+        .expect("the bomb is reported");
+    assert!(
+        bomb["reason"]
+            .as_str()
+            .unwrap()
+            .contains("decompressed size exceeds max_decompressed_bytes")
+    );
+    assert_eq!(dead.len(), 8, "{dead:#?}");
+    assert_eq!(dead[0]["component"], "in");
+
+    let summary = stderr(&out);
+    assert!(summary.contains("8 dead-lettered"), "{summary}");
+}
+
+#[test]
+fn a_gzip_bomb_under_default_limits_is_cut_at_the_line_limit_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_gzip_bomb(&d.join("bomb.gz"));
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{d}/bomb.gz"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+        d = d.display()
+    );
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
+    assert_eq!(dead.lines().count(), 1);
+    assert!(
+        dead.contains("line of 67108864 bytes exceeds max_line_bytes"),
+        "{dead}"
+    );
+}
+
+#[test]
+fn csv_with_a_header_and_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.csv"),
+        "datetime;Pressure;Current\n\
+         2020-03-09 10:14:33;0.25;1.5\n\
+         2020-03-09 10:14:34;oops;1.6\n\
+         2020-03-09 10:14:35;0.27\n\
+         not a time;0.28;1.7\n\
+         2020-03-09 10:14:37;\"0.29\";1.8\n",
+    )
+    .unwrap();
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{d}/in.csv"]
+csv = {{ delimiter = ";" }}
+fields = {{ datetime = "timestamp", Pressure = "float64" }}
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+        d = d.display()
+    );
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["datetime"], 1_583_748_873_000i64);
+    assert_eq!(rows[1]["Pressure"], 0.29);
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
+    assert!(
+        dead.contains("in.csv:3") && dead.contains("expected a number, got \\\"oops\\\""),
+        "{dead}"
+    );
+    assert!(
+        dead.contains("in.csv:4") && dead.contains("expected 3 columns"),
+        "{dead}"
+    );
+    assert!(
+        dead.contains("in.csv:5") && dead.contains("expected a timestamp"),
+        "{dead}"
+    );
+}

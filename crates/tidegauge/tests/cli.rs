@@ -1,0 +1,204 @@
+//! What a user reads: `check` errors, `describe`, `components`, `schema`, `--help`.
+
+mod common;
+
+use common::*;
+
+const BROKEN: &str = r#"[sources.fleet]
+type = "simulate"
+sensors = 0
+
+[sources.good]
+type = "simulate"
+
+[sources.unused]
+type = "simulate"
+
+[transforms.spikes]
+type = "zscore"
+inputs = ["good"]
+thresold = 3
+
+[transforms.z2]
+type = "zscore"
+inputs = ["good"]
+window = 0
+value_field = "temperature"
+
+[transforms.a]
+type = "filter"
+inputs = ["b"]
+condition = "is_anomaly"
+
+[transforms.b]
+type = "filter"
+inputs = ["a", "fleet"]
+condition = "is_anomaly"
+
+[transforms.picky]
+type = "filter"
+inputs = ["good"]
+condition = "value > 'high'"
+
+[sinks.out]
+type = "stdout"
+inputs = ["spikes", "missing", "picky"]
+
+[sinks.all]
+type = "jsonl"
+inputs = ["z2"]
+path = "${TG_TEST_UNSET_OUTPUT:-out.jsonl}"
+"#;
+
+#[test]
+fn check_reports_every_problem_with_place_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, BROKEN).unwrap();
+    let out = tidegauge().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "invalid pipeline exits 2");
+    let text = stderr(&out).replace(&path.display().to_string(), "broken.toml");
+    insta::assert_snapshot!("check_broken", text);
+}
+
+#[test]
+fn check_accepts_every_example() {
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = tidegauge()
+            .arg("check")
+            .arg(&path)
+            .env("W1_INPUT", "in.jsonl")
+            .env("W1_OUTPUT", "out.jsonl")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+        assert!(stdout(&out).contains(": ok ("));
+    }
+}
+
+#[test]
+fn unset_variables_are_reported_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tidegauge()
+        .arg("check")
+        .arg(root().join("examples/w1.toml"))
+        .env_remove("W1_INPUT")
+        .env_remove("W1_OUTPUT")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environment variable `W1_INPUT` is not set"),
+        "{err}"
+    );
+    assert!(
+        err.contains("environment variable `W1_OUTPUT` is not set"),
+        "{err}"
+    );
+    assert!(err.contains("w1.toml:8:"), "{err}");
+}
+
+#[test]
+fn describe_prints_parameters_from_the_config_struct() {
+    let out = run(&["describe", "zscore"]);
+    assert!(out.status.success());
+    insta::assert_snapshot!("describe_zscore", stdout(&out));
+}
+
+#[test]
+fn describe_json_is_a_json_schema() {
+    let out = run(&["describe", "file", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["properties"]["type"]["const"], "file");
+    assert_eq!(v["additionalProperties"], false);
+    assert_eq!(v["properties"]["max_line_bytes"]["default"], 1048576);
+    let required: Vec<&str> = v["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(required, vec!["type", "paths"]);
+}
+
+#[test]
+fn describe_an_unknown_component_says_what_exists() {
+    let out = run(&["describe", "zscor"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no component called `zscor` (known: "));
+}
+
+#[test]
+fn components_lists_every_registered_component() {
+    let out = run(&["components", "--json"]);
+    assert!(out.status.success());
+    let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<(&str, &str)> = list
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["name"].as_str().unwrap()))
+        .collect();
+    for want in [
+        ("source", "simulate"),
+        ("source", "file"),
+        ("source", "stdin"),
+        ("transform", "zscore"),
+        ("transform", "filter"),
+        ("sink", "jsonl"),
+        ("sink", "stdout"),
+    ] {
+        assert!(names.contains(&want), "{want:?} missing from {names:?}");
+    }
+    assert!(
+        list.iter()
+            .all(|c| !c["summary"].as_str().unwrap().is_empty())
+    );
+}
+
+#[test]
+fn pipeline_schema_covers_every_component() {
+    let out = run(&["schema"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let defs = v["$defs"].as_object().unwrap();
+    for name in [
+        "source_file",
+        "transform_zscore",
+        "sink_jsonl",
+        "source_simulate_InjectConfig",
+    ] {
+        assert!(defs.contains_key(name), "{name} missing");
+    }
+    // Every reference resolves.
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r.to_string());
+                }
+                m.values().for_each(|c| refs(c, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&v, &mut all);
+    for r in all {
+        let name = r.strip_prefix("#/$defs/").unwrap();
+        assert!(defs.contains_key(name), "dangling {r}");
+    }
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    insta::assert_snapshot!("help", stdout(&out));
+}

@@ -1,0 +1,220 @@
+//! Running pipelines as a user does: the default, stdin, following a file, Ctrl-C.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: sending SIGINT to a child process we started and still own; kill(2) has no
+    // memory-safety preconditions.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+}
+
+fn wait_for(path: &std::path::Path, what: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if what(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting on {}: {text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_default_pipeline_runs_and_stops_cleanly_on_ctrl_c() {
+    let child = tidegauge()
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("tidegauge: stopped after"), "{err}");
+    for id in ["fleet", "spikes", "anomalies", "console"] {
+        assert!(err.contains(id), "summary lacks {id}: {err}");
+    }
+    // About 500 events a second for 3 seconds.
+    let line = err.lines().find(|l| l.contains("events/s")).unwrap();
+    let events: u64 = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert!((800..=2500).contains(&events), "{line}");
+    // Every printed anomaly is a complete line with the detector's reason.
+    for l in stdout(&out).lines() {
+        assert!(l.contains("ANOMALY zscore: |z| "), "{l}");
+    }
+}
+
+#[test]
+fn stdin_to_json_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        r#"
+[sources.in]
+type = "stdin"
+
+[transforms.big]
+type = "filter"
+inputs = ["in"]
+condition = "value >= 10"
+
+[sinks.out]
+type = "stdout"
+inputs = ["big"]
+format = "json"
+"#,
+    )
+    .unwrap();
+    let mut child = tidegauge()
+        .arg("run")
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        for i in 0..1000 {
+            writeln!(
+                input,
+                "{{\"sensor_id\":\"s-{}\",\"ts\":{i},\"value\":{}}}",
+                i % 7,
+                i % 20
+            )
+            .unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 500);
+    assert!(lines.iter().all(|v| v["value"].as_f64().unwrap() >= 10.0));
+    assert_eq!(lines[0]["ts"], 10);
+}
+
+#[test]
+fn a_slow_stdin_stream_flows_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "[sources.in]\ntype = \"stdin\"\nbatch = { linger_ms = 50 }\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"in\"]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let mut child = tidegauge()
+        .arg("run")
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    for i in 0..3 {
+        writeln!(input, "{{\"sensor_id\":\"a\",\"ts\":{i},\"value\":1}}").unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        // One line in, one line out, while the input stays open.
+        std::io::BufRead::read_line(&mut output, &mut line).unwrap();
+        assert!(line.contains(&format!("\"ts\":{i}")), "{line}");
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn following_a_growing_file_then_ctrl_c_flushes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("live.jsonl");
+    std::fs::write(&input, "{\"sensor_id\":\"a\",\"ts\":1,\"value\":1}\n").unwrap();
+    let pipeline = d.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\nfollow = true\npoll_interval_ms = 20\n\
+             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\npath = \"{}\"\nflush_interval_ms = 20\n",
+            input.display(),
+            d.join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let child = tidegauge()
+        .arg("run")
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&d.join("out.jsonl"), |t| t.lines().count() == 1);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&input)
+            .unwrap();
+        for ts in 2..=100 {
+            writeln!(f, "{{\"sensor_id\":\"a\",\"ts\":{ts},\"value\":1}}").unwrap();
+        }
+        // A line still being written when we stop: not emitted until it is complete.
+        write!(f, "{{\"sensor_id\":\"a\",").unwrap();
+    }
+    wait_for(&d.join("out.jsonl"), |t| t.lines().count() == 100);
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    let ts: Vec<i64> = keys(&text).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(ts, (1..=100).collect::<Vec<_>>());
+    assert!(text.ends_with('\n'));
+}
+
+#[test]
+fn a_failing_sink_stops_the_pipeline_with_status_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"sensor_id\":\"a\",\"ts\":1,\"value\":1}\n",
+    )
+    .unwrap();
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let pipeline = format!(
+        "[sources.in]\ntype = \"file\"\npaths = [\"{}/in.jsonl\"]\n[sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\npath = \"/dev/full\"\nappend = false\n",
+        d.display()
+    );
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("component `out` failed"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,57 @@
+//! Feeds arbitrary bytes through line framing and both line decoders: they must never
+//! panic, and a rejected line must leave no row behind.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tidegauge_components::codec::csv::{CsvDecoder, CsvLine};
+use tidegauge_components::codec::json::JsonDecoder;
+use tidegauge_components::codec::lines::{Line, LineReader, Poll};
+use tidegauge_components::codec::{Columns, FieldType, Row, schema_for};
+
+fuzz_target!(|data: &[u8]| {
+    let mut fields = tidegauge_components::codec::default_fields();
+    fields.insert("ok".into(), FieldType::Bool);
+    fields.insert("n".into(), FieldType::Int64);
+    let optional = vec!["ok".to_string(), "n".to_string()];
+    let schema = schema_for(&fields, &optional);
+    let names: Vec<String> = fields.keys().cloned().collect();
+    let json = JsonDecoder::new(names.clone());
+    let mut csv = CsvDecoder::new(names, b',', data.first().is_some_and(|b| b % 2 == 0));
+    let mut columns = Columns::new(schema, &fields, 64);
+    let mut row = Row::new(fields.len());
+    let mut reader = LineReader::new(data, 4096);
+    loop {
+        let polled = reader.poll::<()>(true, |_, line| {
+            if let Line::Complete(text) = line {
+                for csv_turn in [false, true] {
+                    let before = columns.len();
+                    let decoded = if csv_turn {
+                        match csv.decode(text, &mut row) {
+                            Ok(CsvLine::Record) => Ok(true),
+                            Ok(CsvLine::Header) => Ok(false),
+                            Err(e) => Err(format!("{e:?}")),
+                        }
+                    } else {
+                        json.decode(text, &mut row).map(|()| true)
+                    };
+                    if decoded == Ok(true) {
+                        if columns.push(&mut row).is_err() {
+                            assert_eq!(columns.len(), before, "a rejected line left a row");
+                        }
+                    } else {
+                        assert_eq!(columns.len(), before, "a rejected line left a row");
+                    }
+                }
+                if columns.len() >= 64 {
+                    columns.finish().expect("builders agree with the schema");
+                }
+            }
+            Ok(())
+        });
+        match polled {
+            Ok(Ok(Poll::Read(_))) => continue,
+            _ => break,
+        }
+    }
+    columns.finish().expect("builders agree with the schema");
+});
