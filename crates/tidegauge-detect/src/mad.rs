@@ -28,7 +28,7 @@
 //!   slot): sliding O(log n) expected, each order statistic O(log n), so O(log² n)
 //!   expected per event for the MAD.
 //!
-//! Memory ≈ `16 × window` bytes (array) or `40 × window` bytes (treap).
+//! Memory ≈ `16 × window` bytes (array) or `32 × window` bytes (treap).
 
 use crate::judge::{self, NO_VERDICT};
 use crate::order_stats::OrderStats;
