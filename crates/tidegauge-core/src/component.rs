@@ -340,6 +340,37 @@ pub trait Transform: Send + 'static {
     fn tick(&mut self, _now: SystemTime, _cx: &mut TransformContext) -> Result<(), ComponentError> {
         Ok(())
     }
+
+    /// The state to checkpoint: everything needed to resume where this instance stands
+    /// (per-key detector state, open windows). `None` for stateless transforms.
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
+        Ok(None)
+    }
+
+    /// Restores what [`Transform::checkpoint`] produced; called before the first batch.
+    fn restore(&mut self, _state: &[u8]) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
+    /// Parameters that may be changed while running, with their current values.
+    fn tunables(&self) -> Vec<Tunable> {
+        Vec::new()
+    }
+
+    /// Changes a tunable parameter while running. The value is checked like config; on
+    /// error nothing changes and the message says why.
+    fn set_tunable(&mut self, name: &str, _value: &serde_json::Value) -> Result<(), String> {
+        Err(format!("`{name}` cannot be changed while running"))
+    }
+}
+
+/// A parameter that may be changed while a pipeline runs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Tunable {
+    /// Setting name, as in the config (`threshold`).
+    pub name: String,
+    /// Current value.
+    pub value: serde_json::Value,
 }
 
 /// A running sink: consumes its input until it ends, then flushes and closes. It releases

@@ -9,7 +9,8 @@
 //!   with their place);
 //! - [`topology`]: validate -> build -> run, with bounded channels on every edge;
 //! - [`telemetry`]: typed internal events and per-component counters;
-//! - [`dead_letter`]: where records that cannot be processed go, with the reason.
+//! - [`dead_letter`]: where records that cannot be processed go, with the reason;
+//! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers.
 #![deny(missing_docs)]
 
 pub mod ack;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod registry;
+pub mod resilience;
 pub mod schema;
 pub mod telemetry;
 pub mod topology;
