@@ -3,13 +3,14 @@
 //!
 //! A pipeline file has the tables `sources`, `transforms`, `sinks` (one sub-table per
 //! component, with `type` and, for transforms and sinks, `inputs`) and optionally
-//! `dead_letter`. Every problem found is reported, not only the first.
+//! `dead_letter` and `checkpoint`. Every problem found is reported, not only the first.
 
 use std::collections::{BTreeMap, HashMap};
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::checkpoint::CheckpointConfig;
 use crate::dead_letter::DeadLetterConfig;
 use crate::error::ConfigError;
 use crate::registry::{self, AnyConfig, ComponentKind};
@@ -37,6 +38,8 @@ pub struct PipelineConfig {
     pub components: Vec<ComponentEntry>,
     /// Where records that cannot be processed go.
     pub dead_letter: DeadLetterConfig,
+    /// Checkpoints and acknowledged positions, when `[checkpoint]` is given.
+    pub checkpoint: Option<CheckpointConfig>,
     /// Where each setting sits in the file, for error messages.
     pub lines: LineIndex,
     /// Problems found while parsing components; validation adds its own and reports all.
@@ -175,7 +178,13 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 /// Top-level tables a pipeline file may have.
-const TOP_LEVEL: [&str; 4] = ["sources", "transforms", "sinks", "dead_letter"];
+const TOP_LEVEL: [&str; 5] = [
+    "sources",
+    "transforms",
+    "sinks",
+    "dead_letter",
+    "checkpoint",
+];
 
 /// Interpolates, parses and type-checks each component's settings. A file that cannot
 /// be read as TOML at all is an `Err`; problems in single components are collected in
@@ -219,6 +228,20 @@ pub fn load(
             Err(e) => {
                 errors.push(spanned_error("dead_letter", e, &starts));
                 DeadLetterConfig::default()
+            }
+        },
+    };
+
+    let checkpoint = match root.get("checkpoint") {
+        None => None,
+        Some(v) => match parse_settings::<CheckpointConfig>(v.clone()) {
+            Ok(c) => {
+                errors.extend(c.validate());
+                Some(c)
+            }
+            Err(e) => {
+                errors.push(spanned_error("checkpoint", e, &starts));
+                None
             }
         },
     };
@@ -271,6 +294,7 @@ pub fn load(
     Ok(PipelineConfig {
         components,
         dead_letter,
+        checkpoint,
         lines,
         errors,
     })

@@ -9,12 +9,15 @@
 //!   with their place);
 //! - [`topology`]: validate -> build -> run, with bounded channels on every edge;
 //! - [`telemetry`]: typed internal events and per-component counters;
+//! - [`checkpoint`]: consistent snapshots (aligned barriers) and acknowledged source
+//!   positions, so a restart resumes without loss;
 //! - [`dead_letter`]: where records that cannot be processed go, with the reason;
 //! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers.
 #![deny(missing_docs)]
 
 pub mod ack;
 pub mod batch;
+pub mod checkpoint;
 pub mod component;
 pub mod config;
 pub mod dead_letter;
@@ -27,8 +30,8 @@ pub mod topology;
 
 pub use batch::Batch;
 pub use component::{
-    BuildContext, ComponentContext, Output, Sink, SinkConfig, SinkInput, Source, SourceConfig,
-    SourceContext, Transform, TransformConfig, TransformContext,
+    BuildContext, ComponentContext, Event, Message, Output, Sink, SinkConfig, SinkInput, Source,
+    SourceConfig, SourceContext, Transform, TransformConfig, TransformContext,
 };
 pub use error::{BuildError, ComponentError, ConfigError};
 pub use registry::{ComponentDescriptor, ComponentKind};

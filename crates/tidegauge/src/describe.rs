@@ -298,6 +298,12 @@ pub fn pipeline_schema() -> Value {
         obj.remove("$schema");
     }
     tables.insert("dead_letter".into(), dead_letter);
+    let mut checkpoint =
+        schemars::schema_for!(tidegauge_core::checkpoint::CheckpointConfig).to_value();
+    if let Some(obj) = checkpoint.as_object_mut() {
+        obj.remove("$schema");
+    }
+    tables.insert("checkpoint".into(), checkpoint);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "tidegauge pipeline",

@@ -2,6 +2,7 @@
 //! detector output columns here.
 
 pub mod filter;
+pub mod state;
 pub mod zscore;
 
 use std::sync::Arc;

@@ -185,6 +185,25 @@ impl Transform for ZScore {
         cx.emit(out.finish(&batch, &self.output, "z", "zscore")?);
         Ok(())
     }
+
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
+        super::state::encode_keyed(&self.keys, &self.states).map(Some)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), ComponentError> {
+        let (keys, states): (KeyInterner, Vec<RollingStats>) = super::state::decode_keyed(state)?;
+        if let Some(s) = states.iter().find(|s| s.window() != self.window) {
+            return Err(ComponentError::new(format!(
+                "the checkpoint was taken with window = {}, the pipeline now says {}; \
+                 set it back or remove the checkpoint directory",
+                s.window(),
+                self.window
+            )));
+        }
+        self.keys = keys;
+        self.states = states;
+        Ok(())
+    }
 }
 
 tidegauge_core::register_transform!(ZScoreConfig);
