@@ -40,9 +40,10 @@
 //! # What a restart resumes from
 //!
 //! Transforms restore the state of the last complete checkpoint. Sources resume from the
-//! checkpoint's positions when the checkpoint holds transform state (resuming further
-//! would skip events that state has not seen); in a pipeline without transform state,
-//! from their last acknowledged position when there is one (fewer duplicates). Delivery
+//! checkpoint's positions when the pipeline has a transform with state (one whose
+//! [`Transform::checkpoint`] gives bytes; resuming further would skip events that state
+//! has not seen) or the checkpoint holds some; otherwise from their last acknowledged
+//! position when there is one (fewer duplicates). Delivery
 //! is at least once: events after the resumed position may be written again.
 
 use std::collections::{BTreeMap, HashMap};
@@ -214,6 +215,7 @@ pub struct CheckpointStore {
     config: CheckpointConfig,
     manifest: Option<Manifest>,
     acked: HashMap<String, Value>,
+    stateful: bool,
 }
 
 impl CheckpointStore {
@@ -260,6 +262,7 @@ impl CheckpointStore {
             config: config.clone(),
             manifest,
             acked,
+            stateful: false,
         })
     }
 
@@ -280,6 +283,12 @@ impl CheckpointStore {
             .is_some_and(|m| !m.transforms.is_empty())
     }
 
+    /// Declares that the pipeline has transforms with state: sources then resume only
+    /// from complete checkpoints, never from acknowledged positions past them.
+    pub fn set_stateful(&mut self, stateful: bool) {
+        self.stateful = stateful;
+    }
+
     /// Where source `id` resumes (see the module documentation for the rule).
     pub fn source_position(&self, id: &str) -> Option<Value> {
         let from_manifest = self
@@ -288,7 +297,7 @@ impl CheckpointStore {
             .and_then(|m| m.sources.get(id))
             .filter(|v| !v.is_null())
             .cloned();
-        if self.has_transform_state() {
+        if self.stateful || self.has_transform_state() {
             return from_manifest;
         }
         self.acked.get(id).cloned().or(from_manifest)

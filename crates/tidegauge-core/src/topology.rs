@@ -392,7 +392,7 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
                 .unwrap_or_default()
         ))
     })?;
-    let checkpoints = match &pipeline.checkpoint {
+    let mut checkpoints = match &pipeline.checkpoint {
         None => None,
         Some(c) => Some(
             CheckpointStore::open(c)
@@ -433,7 +433,14 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
         telemetry.push(t);
         nodes.push((node, built));
     }
-    if let Some(store) = &checkpoints {
+    if let Some(store) = &mut checkpoints {
+        // A transform that has something to checkpoint when just built keeps state
+        // (asked only when the checkpoint does not already say so).
+        let stateful = store.has_transform_state()
+            || nodes.iter().any(|(_, rt)| {
+                matches!(rt, Runtime::Transform(t) if matches!(t.checkpoint(), Ok(Some(_))))
+            });
+        store.set_stateful(stateful);
         for id in store.transforms_with_state() {
             if !nodes
                 .iter()

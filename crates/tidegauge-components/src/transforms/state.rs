@@ -1,8 +1,10 @@
 //! Checkpoint bytes of keyed state: the keys in id order and one state per key, so a
 //! keyed transform restores both its [`KeyInterner`] and its per-key states in one call.
 //!
-//! Format: JSON `{"version":1,"keys":[...],"states":[...]}` — states serialize with their
-//! own serde derives (`tidegauge-detect`'s `serde` feature), floats exactly.
+//! Format: CBOR of `{"version":1,"keys":[...],"states":[...]}` — states serialize with
+//! their own serde derives (`tidegauge-detect`'s `serde` feature). CBOR keeps every float
+//! bit for bit (JSON text would need exact float parsing, which serde_json only does with
+//! a feature that slows every JSON decode), so a restored detector continues exactly.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,19 +42,24 @@ pub fn encode_keyed<S: Serialize>(
             states.len()
         )));
     }
-    serde_json::to_vec(&Out {
-        version: VERSION,
-        keys: ordered.into_iter().map(|(k, _)| k).collect(),
-        states,
-    })
-    .map_err(|e| ComponentError::new(format!("cannot encode state: {e}")))
+    let mut bytes = Vec::new();
+    ciborium::into_writer(
+        &Out {
+            version: VERSION,
+            keys: ordered.into_iter().map(|(k, _)| k).collect(),
+            states,
+        },
+        &mut bytes,
+    )
+    .map_err(|e| ComponentError::new(format!("cannot encode state: {e}")))?;
+    Ok(bytes)
 }
 
 /// Decodes what [`encode_keyed`] wrote: the interner (same ids) and the states.
 pub fn decode_keyed<S: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(KeyInterner, Vec<S>), ComponentError> {
-    let state: In<S> = serde_json::from_slice(bytes)
+    let state: In<S> = ciborium::from_reader(bytes)
         .map_err(|e| ComponentError::new(format!("not a keyed state: {e}")))?;
     if state.version != VERSION {
         return Err(ComponentError::new(format!(
@@ -110,10 +117,10 @@ mod tests {
 
     #[test]
     fn damaged_state_is_an_error() {
-        assert!(
-            decode_keyed::<RollingStats>(b"{\"version\":1,\"keys\":[\"a\"],\"states\":[]}")
-                .is_err()
-        );
+        let keys = KeyInterner::default();
+        let bytes = encode_keyed::<RollingStats>(&keys, &[]).unwrap();
+        assert!(decode_keyed::<RollingStats>(&bytes).unwrap().1.is_empty());
+        assert!(decode_keyed::<RollingStats>(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_keyed::<RollingStats>(b"garbage").is_err());
     }
 }
