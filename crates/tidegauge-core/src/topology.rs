@@ -733,14 +733,20 @@ fn run_transform(
             }
             None => input.blocking_next_event(),
         };
-        let finalizers = match next {
+        match next {
             Event::Batch(b) => {
+                cx.set_finalizers(b.finalizers);
                 transform.process(b.data, &mut cx)?;
-                b.finalizers
+                cx.set_finalizers(Finalizers::none());
             }
             Event::Barrier(id) => {
-                // Outputs of earlier batches have been forwarded: the state is exactly
-                // that of the events before the barrier.
+                // Work still in flight inside the transform is finished and its outputs
+                // sent before the barrier: state and outputs are then exactly those of
+                // the events before it.
+                transform.before_checkpoint(&mut cx)?;
+                if !forward(&mut cx, &mut out)? {
+                    return Ok(());
+                }
                 if let Some(port) = &reports {
                     port.send(Report::TransformBarrier {
                         node: port.node,
@@ -753,41 +759,38 @@ fn run_transform(
                     Err(SendError::Closed) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 }
-                Finalizers::none()
             }
-            Event::Idle => Finalizers::none(),
+            Event::Idle => {}
             Event::Closed => {
                 if let Some(port) = &reports {
+                    transform.before_checkpoint(&mut cx)?;
                     port.send(Report::TransformFinal {
                         node: port.node,
                         state: transform.checkpoint().map_err(|e| e.message),
                     });
                 }
                 transform.flush(&mut cx)?;
-                forward(&mut cx, &mut out, Finalizers::none())?;
+                forward(&mut cx, &mut out)?;
                 return Ok(());
             }
-        };
+        }
         if let Some(every) = transform.tick_interval()
             && last_tick.elapsed() >= every
         {
             last_tick = Instant::now();
             transform.tick(SystemTime::now(), &mut cx)?;
         }
-        if !forward(&mut cx, &mut out, finalizers)? {
+        if !forward(&mut cx, &mut out)? {
             return Ok(());
         }
     }
 }
 
-/// Sends what the transform emitted. `Ok(false)` when downstream has gone away.
-fn forward(
-    cx: &mut TransformContext,
-    out: &mut Output,
-    finalizers: Finalizers,
-) -> Result<bool, ComponentError> {
-    for data in cx.take_emitted() {
-        match out.blocking_send(Batch::with_finalizers(data, finalizers.clone())) {
+/// Sends what the transform emitted, each batch with its tokens. `Ok(false)` when
+/// downstream has gone away.
+fn forward(cx: &mut TransformContext, out: &mut Output) -> Result<bool, ComponentError> {
+    for (data, finalizers) in cx.take_emitted() {
+        match out.blocking_send(Batch::with_finalizers(data, finalizers)) {
             Ok(()) => {}
             Err(SendError::Closed) => return Ok(false),
             Err(e) => return Err(e.into()),

@@ -27,7 +27,7 @@ fn events(range: std::ops::Range<usize>) -> String {
     out
 }
 
-fn pipeline(input: &Path, out: &Path, state: Option<&Path>) -> String {
+fn pipeline(input: &Path, out: &Path, state: Option<&Path>, workers: usize) -> String {
     let mut p = format!(
         r#"
 [sources.in]
@@ -39,6 +39,7 @@ batch = {{ rows = 500 }}
 type = "zscore"
 inputs = ["in"]
 window = 30
+workers = {}
 
 [sinks.out]
 type = "jsonl"
@@ -47,6 +48,7 @@ path = "{}"
 flush_interval_ms = 20
 "#,
         input.display(),
+        workers,
         out.display()
     );
     if let Some(state) = state {
@@ -79,7 +81,7 @@ fn z_by_event(path: &Path) -> (BTreeMap<(String, i64), Vec<String>>, usize) {
 
 fn reference(dir: &Path, input: &Path) -> BTreeMap<(String, i64), Vec<String>> {
     let out = dir.join("reference.jsonl");
-    let o = run_pipeline(dir, &pipeline(input, &out, None), &[]);
+    let o = run_pipeline(dir, &pipeline(input, &out, None, 1), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     z_by_event(&out).0
 }
@@ -95,7 +97,8 @@ fn killed_and_restarted_zscore_matches_an_uninterrupted_run() {
 
     let out = d.join("out.jsonl");
     let state = d.join("state");
-    let text = pipeline(&input, &out, Some(&state));
+    // Keys sharded over two worker threads: each worker's state is checkpointed.
+    let text = pipeline(&input, &out, Some(&state), 2);
     let path = d.join("p.toml");
     std::fs::write(&path, &text).unwrap();
     // Kill at different moments: before the first checkpoint, between checkpoints, while
@@ -153,10 +156,12 @@ fn a_clean_stop_and_restart_continues_warm() {
     std::fs::write(&input, events(0..2_000)).unwrap();
     let out = d.join("out.jsonl");
     let state = d.join("state");
-    let text = pipeline(&input, &out, Some(&state));
+    let text = pipeline(&input, &out, Some(&state), 1);
     let o = run_pipeline(d, &text, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    // More data arrives; the second run reads only it, with the state of the first.
+    // More data arrives; the second run reads only it, with the state of the first,
+    // its keys dealt out to three worker threads.
+    let text = text.replace("workers = 1", "workers = 3");
     std::fs::OpenOptions::new()
         .append(true)
         .open(&input)
@@ -190,7 +195,7 @@ fn a_checkpoint_taken_with_another_window_is_refused() {
     std::fs::write(&input, events(0..500)).unwrap();
     let out = d.join("out.jsonl");
     let state = d.join("state");
-    let text = pipeline(&input, &out, Some(&state));
+    let text = pipeline(&input, &out, Some(&state), 1);
     assert!(run_pipeline(d, &text, &[]).status.success());
     let changed = text.replace("window = 30", "window = 31");
     let o = run_pipeline(d, &changed, &[]);

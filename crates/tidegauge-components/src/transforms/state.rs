@@ -83,6 +83,79 @@ pub fn decode_keyed<S: DeserializeOwned>(
     Ok((keys, state.states))
 }
 
+/// Several shards' blobs in one (CBOR list of byte strings).
+pub fn encode_shards(shards: &[Vec<u8>]) -> Result<Vec<u8>, ComponentError> {
+    let wrapped: Vec<serde_bytes_like::Bytes<'_>> =
+        shards.iter().map(|s| serde_bytes_like::Bytes(s)).collect();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&(VERSION, wrapped), &mut bytes)
+        .map_err(|e| ComponentError::new(format!("cannot encode state: {e}")))?;
+    Ok(bytes)
+}
+
+/// The shards' blobs [`encode_shards`] wrote.
+pub fn decode_shards(bytes: &[u8]) -> Result<Vec<Vec<u8>>, ComponentError> {
+    let (version, shards): (u32, Vec<serde_bytes_like::ByteBuf>) = ciborium::from_reader(bytes)
+        .map_err(|e| ComponentError::new(format!("not a sharded state: {e}")))?;
+    if version != VERSION {
+        return Err(ComponentError::new(format!(
+            "sharded state version {version} (this build reads {VERSION})"
+        )));
+    }
+    Ok(shards.into_iter().map(|b| b.0).collect())
+}
+
+/// The keys (in id order) paired with their states.
+pub fn into_pairs<S>(keys: KeyInterner, states: Vec<S>) -> Vec<(Box<str>, S)> {
+    let mut ordered: Vec<(Box<str>, u32)> = keys.ids.into_iter().collect();
+    ordered.sort_unstable_by_key(|&(_, id)| id);
+    ordered.into_iter().map(|(k, _)| k).zip(states).collect()
+}
+
+/// An interner and states from key/state pairs (ids in pair order).
+pub fn from_pairs<S>(pairs: Vec<(Box<str>, S)>) -> (KeyInterner, Vec<S>) {
+    let mut keys = KeyInterner::default();
+    let mut states = Vec::with_capacity(pairs.len());
+    for (k, s) in pairs {
+        if keys.id(&k).1 {
+            states.push(s);
+        }
+    }
+    (keys, states)
+}
+
+/// Byte strings as CBOR byte strings (not arrays of numbers).
+mod serde_bytes_like {
+    pub struct Bytes<'a>(pub &'a [u8]);
+
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    pub struct ByteBuf(pub Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
