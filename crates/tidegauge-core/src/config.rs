@@ -29,6 +29,8 @@ pub struct ComponentEntry {
     /// Typed settings; `None` when they could not be parsed (the reason is among the
     /// pipeline's errors), so the rest of the graph can still be checked.
     pub config: Option<AnyConfig>,
+    /// A sink's disk buffer (`buffer = { ... }`), when it has one.
+    pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
 
 /// A parsed pipeline file (not yet checked as a graph).
@@ -352,6 +354,7 @@ fn parse_component(
         type_name: "?",
         inputs: Vec::new(),
         config: None,
+        buffer: None,
     };
     let DeValue::Table(table) = body.get_ref() else {
         let e = here(
@@ -428,6 +431,18 @@ fn parse_component(
     let mut settings = table.clone();
     settings.remove("type");
     settings.remove("inputs");
+    if kind == ComponentKind::Sink
+        && let Some(b) = settings.remove("buffer")
+    {
+        match parse_settings::<crate::disk_buffer::DiskBufferConfig>(b) {
+            Ok(c) => {
+                let prefix = format!("{path}.buffer");
+                errors.extend(c.validate(&prefix));
+                entry.buffer = Some(c);
+            }
+            Err(e) => errors.push(spanned_error(&format!("{path}.buffer"), e, starts)),
+        }
+    }
     let config = descriptor.and_then(|d| {
         let value = Spanned::new(body.span(), DeValue::Table(settings));
         match d.parse(toml::de::ValueDeserializer::from(value)) {

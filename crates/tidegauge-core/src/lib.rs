@@ -11,6 +11,7 @@
 //! - [`telemetry`]: typed internal events and per-component counters;
 //! - [`checkpoint`]: consistent snapshots (aligned barriers) and acknowledged source
 //!   positions, so a restart resumes without loss;
+//! - [`disk_buffer`]: an optional, bounded, checksummed disk buffer in front of a sink;
 //! - [`dead_letter`]: where records that cannot be processed go, with the reason;
 //! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers.
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod checkpoint;
 pub mod component;
 pub mod config;
 pub mod dead_letter;
+pub mod disk_buffer;
 pub mod error;
 pub mod registry;
 pub mod resilience;

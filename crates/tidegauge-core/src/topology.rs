@@ -22,6 +22,7 @@ use crate::component::{
 };
 use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
+use crate::disk_buffer::DiskBuffer;
 use crate::error::{BuildError, ComponentError, ConfigError};
 use crate::registry::{AnyConfig, ComponentKind};
 use crate::schema;
@@ -48,6 +49,8 @@ pub struct Node {
     pub input_schema: Option<SchemaRef>,
     /// Schema of its output (sources and transforms).
     pub output_schema: Option<SchemaRef>,
+    /// A sink's disk buffer, when configured.
+    pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
 
 /// A pipeline whose every component config and every edge has been checked.
@@ -265,6 +268,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                 config: c.config?,
                 input_schema: inputs_of[i].take(),
                 output_schema: outputs[i].take(),
+                buffer: c.buffer,
             })
         })
         .collect();
@@ -330,6 +334,7 @@ pub struct BuiltPipeline {
     dead_letter: DeadLetter,
     edge_capacity: usize,
     checkpoints: Option<CheckpointStore>,
+    buffers: HashMap<String, Arc<DiskBuffer>>,
 }
 
 /// What a finished run reports.
@@ -400,6 +405,7 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
         ),
     };
     let runtime = tokio::runtime::Handle::current();
+    let mut buffers = HashMap::new();
     let mut nodes = Vec::with_capacity(pipeline.nodes.len());
     let mut telemetry = Vec::with_capacity(pipeline.nodes.len());
     for node in pipeline.nodes {
@@ -430,6 +436,31 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
         }
         .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))?;
         let built = restore(built, &node, &place, checkpoints.as_ref())?;
+        if let (Some(cfg), Some(input)) = (&node.buffer, &node.input_schema) {
+            let (buffer, recovery) = DiskBuffer::open(cfg, input.clone()).map_err(|e| {
+                BuildError::new(format!(
+                    "{place}.buffer: cannot open {}: {e}",
+                    cfg.path.display()
+                ))
+            })?;
+            let cx = ComponentContext::new(t.clone(), dead_letter.clone());
+            for (file, d) in &recovery.damage {
+                cx.dead_letter(
+                    &format!("{}:{}", file.display(), d.offset),
+                    &format!("disk buffer: {} ({} bytes)", d.reason, d.bytes),
+                    b"",
+                );
+            }
+            if recovery.records > 0 {
+                tracing::info!(
+                    component_id = %node.id,
+                    "disk buffer {}: {} batch(es) from an earlier run to deliver",
+                    cfg.path.display(),
+                    recovery.records
+                );
+            }
+            buffers.insert(node.id.clone(), buffer);
+        }
         telemetry.push(t);
         nodes.push((node, built));
     }
@@ -459,6 +490,7 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
         dead_letter,
         edge_capacity: DEFAULT_EDGE_CAPACITY,
         checkpoints,
+        buffers,
     })
 }
 
@@ -524,6 +556,7 @@ impl BuiltPipeline {
             dead_letter,
             edge_capacity,
             checkpoints,
+            mut buffers,
         } = self;
 
         let ids: HashMap<String, usize> = nodes
@@ -647,10 +680,32 @@ impl BuiltPipeline {
                 }
                 (Runtime::Sink(sink), None, Some(input)) => {
                     let cx = SinkContext {
-                        component,
+                        component: component.clone(),
                         runtime: runtime.clone(),
                     };
-                    tasks.spawn(async move { (i, sink.run(input, cx).await) });
+                    match buffers.remove(&node.id) {
+                        None => {
+                            tasks.spawn(async move { (i, sink.run(input, cx).await) });
+                        }
+                        Some(buffer) => {
+                            // input -> disk buffer -> sink. The sink's own input is not
+                            // counted again.
+                            let (tx, rx) = mpsc::channel(edge_capacity);
+                            let scratch = Arc::new(ComponentTelemetry::new(
+                                node.id.as_str(),
+                                ComponentKind::Sink,
+                                node.type_name,
+                            ));
+                            let inner = SinkInput::new(rx, scratch);
+                            tasks.spawn(async move {
+                                let (sunk, buffered) = tokio::join!(
+                                    sink.run(inner, cx),
+                                    buffer.run(input, tx, component)
+                                );
+                                (i, sunk.and(buffered))
+                            });
+                        }
+                    }
                 }
                 _ => {
                     tasks.spawn(async move {
