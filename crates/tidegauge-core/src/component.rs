@@ -814,3 +814,102 @@ pub trait SinkConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 'sta
         cx: BuildContext,
     ) -> impl Future<Output = Result<Box<dyn Sink>, BuildError>> + Send;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ComponentKind;
+    use arrow_array::Int64Array;
+    use arrow_schema::{DataType, Field, Schema};
+
+    fn batch(v: i64) -> Batch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        Batch::new(RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap())
+    }
+
+    fn value(e: &Event) -> String {
+        match e {
+            Event::Batch(b) => {
+                let v = b
+                    .data
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                format!("{}", v.value(0))
+            }
+            Event::Barrier(id) => format!("barrier {id}"),
+            Event::Idle => "idle".into(),
+            Event::Closed => "closed".into(),
+        }
+    }
+
+    fn telemetry() -> Arc<ComponentTelemetry> {
+        Arc::new(ComponentTelemetry::new(
+            "t",
+            ComponentKind::Transform,
+            "test",
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_barrier_is_aligned_over_every_input() {
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (b_tx, b_rx) = mpsc::channel(8);
+        let mut input = SinkInput::from_edges(vec![a_rx, b_rx], telemetry());
+        a_tx.send(Message::Batch(batch(1))).await.unwrap();
+        a_tx.send(Message::Barrier(7)).await.unwrap();
+        a_tx.send(Message::Batch(batch(2))).await.unwrap();
+        b_tx.send(Message::Batch(batch(10))).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(value(&input.next_event().await));
+        }
+        seen.sort();
+        assert_eq!(seen, vec!["1", "10"]);
+        // Input a is blocked behind its barrier: `2` must not come before b's barrier.
+        assert_eq!(
+            value(&input.next_event_timeout(Duration::from_millis(20)).await),
+            "idle"
+        );
+        b_tx.send(Message::Barrier(7)).await.unwrap();
+        assert_eq!(value(&input.next_event().await), "barrier 7");
+        assert_eq!(value(&input.next_event().await), "2");
+        drop(a_tx);
+        drop(b_tx);
+        assert_eq!(value(&input.next_event().await), "closed");
+    }
+
+    #[tokio::test]
+    async fn a_closed_input_counts_as_aligned() {
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (b_tx, b_rx) = mpsc::channel(8);
+        let mut input = SinkInput::from_edges(vec![a_rx, b_rx], telemetry());
+        a_tx.send(Message::Barrier(3)).await.unwrap();
+        b_tx.send(Message::Batch(batch(5))).await.unwrap();
+        drop(b_tx);
+        assert_eq!(value(&input.next_event().await), "5");
+        assert_eq!(value(&input.next_event().await), "barrier 3");
+        drop(a_tx);
+        assert_eq!(value(&input.next_event().await), "closed");
+    }
+
+    #[tokio::test]
+    async fn sinks_learn_when_an_epoch_is_released() {
+        let (tx, rx) = mpsc::channel(8);
+        let (acks, mut ack_rx) = crate::ack::ack_channel();
+        let mut input = SinkInput::new(rx, telemetry()).with_epochs(acks, 1);
+        tx.send(Message::Batch(batch(1))).await.unwrap();
+        tx.send(Message::Barrier(1)).await.unwrap();
+        tx.send(Message::Batch(batch(2))).await.unwrap();
+        let first = input.recv().await.unwrap();
+        let second = input.recv().await.unwrap(); // past barrier 1
+        assert!(ack_rx.try_recv().is_err(), "batch 1 is not released yet");
+        drop(first);
+        let ack = ack_rx.recv().await.unwrap();
+        assert_eq!((ack.id, ack.delivered), (1, true));
+        drop(second);
+        drop(input);
+        assert_eq!(ack_rx.recv().await.unwrap().id, 2);
+    }
+}
