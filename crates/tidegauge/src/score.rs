@@ -473,7 +473,7 @@ impl Group<'_> {
 /// Splits a file's channels between the detector every channel gets and those that
 /// `--channel-set` gives settings of their own.
 fn groups<'a>(
-    detector: &'a Detector,
+    detector: &'a Result<Detector, String>,
     per_channel: &'a [(String, Detector)],
     layout: &Layout,
     runtime: &tokio::runtime::Handle,
@@ -487,14 +487,19 @@ fn groups<'a>(
             );
         }
     }
-    let mut plan: Vec<(&Detector, Vec<usize>)> = vec![(detector, Vec::new())];
+    let mut plan: Vec<(&Detector, Vec<usize>)> = Vec::new();
+    let mut shared = Vec::new();
     for (c, (_, name)) in layout.values.iter().enumerate() {
         match per_channel.iter().find(|(n, _)| n == name) {
             Some((_, d)) => plan.push((d, vec![c])),
-            None => plan[0].1.push(c),
+            None => shared.push(c),
         }
     }
-    plan.retain(|(_, channels)| !channels.is_empty());
+    if !shared.is_empty() {
+        // Without settings of their own, channels need the detector --set describes.
+        let detector = detector.as_ref().map_err(|e| anyhow!("{e}"))?;
+        plan.insert(0, (detector, shared));
+    }
     plan.into_iter()
         .map(|(detector, channels)| {
             let telemetry = Arc::new(ComponentTelemetry::new(
@@ -528,7 +533,7 @@ fn groups<'a>(
 /// Scores one file into `out`. Returns (rows, anomalous rows).
 fn score_file(
     args: &ScoreArgs,
-    detectors: (&Detector, &[(String, Detector)]),
+    detectors: (&Result<Detector, String>, &[(String, Detector)]),
     input: &Path,
     out: &Path,
     runtime: &tokio::runtime::Handle,
@@ -643,7 +648,7 @@ fn score_file(
 }
 
 /// The detectors of the channels `--channel-set` gives settings of their own: each gets
-/// the `--set` settings, then its own (a later setting of a name wins).
+/// the `--set` settings, but those it sets itself.
 fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>> {
     let mut per_channel: Vec<(String, Vec<String>)> = Vec::new();
     for spec in &args.channel_set {
@@ -662,7 +667,15 @@ fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>
     per_channel
         .into_iter()
         .map(|(channel, own)| {
-            let set: Vec<String> = args.set.iter().cloned().chain(own).collect();
+            let key = |s: &String| s.split_once('=').map(|(k, _)| k.trim().to_string());
+            let overridden: Vec<Option<String>> = own.iter().map(key).collect();
+            let set: Vec<String> = args
+                .set
+                .iter()
+                .filter(|s| !overridden.contains(&key(s)))
+                .cloned()
+                .chain(own)
+                .collect();
             let mut d = resolve_detector(args, &set)
                 .with_context(|| format!("--channel-set for `{channel}`"))?;
             d.name = format!("{} [{channel}]", d.name);
@@ -673,8 +686,21 @@ fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>
 
 /// Runs `tidegauge score`.
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let detector = resolve_detector(&args, &args.set)?;
     let per_channel = channel_detectors(&args)?;
+    // With --channel-set, the --set settings alone may be incomplete (a required setting
+    // given per channel); that is an error only for a file with a channel left without.
+    let detector = match resolve_detector(&args, &args.set) {
+        Ok(d) => Ok(d),
+        Err(e) if !per_channel.is_empty() => Err(format!("{e:#}")),
+        Err(e) => return Err(e),
+    };
+    let mut name = match &detector {
+        Ok(d) => d.name.clone(),
+        Err(_) => args.detector.clone(),
+    };
+    if !per_channel.is_empty() {
+        name.push_str(" (with settings per channel)");
+    }
     let files = collect_inputs(&args.inputs)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -717,7 +743,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     eprintln!(
         "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
         files.len(),
-        detector.name,
+        name,
         args.out.display()
     );
     Ok(())
