@@ -243,7 +243,9 @@ impl SinkInput {
         runtime: &tokio::runtime::Handle,
         wait: Duration,
     ) -> Recv {
-        match runtime.block_on(tokio::time::timeout(wait, self.rx.recv())) {
+        // The timer must be created inside the runtime: this thread is not one of its.
+        let rx = &mut self.rx;
+        match runtime.block_on(async move { tokio::time::timeout(wait, rx.recv()).await }) {
             Ok(Some(b)) => match self.count(Some(b)) {
                 Some(b) => Recv::Batch(b),
                 None => Recv::Closed,
