@@ -186,10 +186,12 @@ impl Detector for Baseline {
     fn explain(&self, verdict: &Verdict) -> String {
         let (mu, sigma) = self.reference.unwrap_or((0.0, 0.0));
         format!(
-            "|z| {:.2} > {}: smoothed value {:.4} vs reference mean {mu:.4}, std {sigma:.4}",
+            "|z| {:.2} > {}: smoothed value {} vs reference mean {}, std {}",
             verdict.statistic.unwrap_or(0.0).abs(),
             self.params.threshold,
-            self.smoothed
+            judge::num(self.smoothed),
+            judge::num(mu),
+            judge::num(sigma)
         )
     }
 }
