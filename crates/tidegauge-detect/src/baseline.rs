@@ -28,7 +28,7 @@
 //! large one: the threshold is in units of what the sensor did while it was normal.
 //!
 //! A finite value so extreme that the sums overflow restarts the detector from that value
-//! (and so the warm-up). Cost: O(1) per event, 56 bytes of state.
+//! (and so the warm-up). Cost: O(1) per event, 96 bytes of state (parameters included).
 
 use crate::judge::{self, NO_VERDICT};
 use crate::{Detector, ParamError, Verdict};
@@ -291,6 +291,11 @@ mod tests {
         }
         let (mu, sigma) = d.reference().expect("warmed up again");
         assert!(mu.is_finite() && sigma.is_finite() && sigma > 0.0);
+    }
+
+    #[test]
+    fn state_is_as_small_as_documented() {
+        assert_eq!(std::mem::size_of::<Baseline>(), 96);
     }
 
     #[test]

@@ -18,7 +18,7 @@ detector_config! {
     /// sensor's smoothed level moved while it was normal. The default threshold comes from
     /// the SKAB training rows (see the SKAB section of the documentation); calibrate it on
     /// normal data of your own sensors. Adds `z`, `anomaly_score`, `is_anomaly`, `detector`
-    /// ("baseline") and `reason`. State per sensor: 56 bytes, O(1) per event.
+    /// ("baseline") and `reason`. State per sensor: 96 bytes, O(1) per event.
     pub struct BaselineConfig as "baseline" {
         /// Values that learn the reference (longer while they are all equal).
         #[schemars(range(min = 2))]
