@@ -96,29 +96,52 @@ fn bench(c: &mut Criterion) {
             group.bench_function(format!("{kind}/workers={workers}"), |b| {
                 b.iter_batched(
                     || transform(&runtime, kind, &format!("{settings}, workers = {workers}")),
-                    |mut t| {
-                        let telemetry = Arc::new(ComponentTelemetry::new(
-                            "bench",
-                            ComponentKind::Transform,
-                            "bench",
-                        ));
-                        let mut cx = TransformContext::new(ComponentContext::new(
-                            telemetry,
-                            DeadLetter::stderr(),
-                        ));
-                        for batch in &input {
-                            t.process(batch.clone(), &mut cx).expect("process");
-                            cx.take_emitted().for_each(drop);
-                        }
-                        t.flush(&mut cx).expect("flush");
-                        cx.take_emitted().count()
-                    },
+                    |mut t| run(&mut *t, &input),
                     criterion::BatchSize::LargeInput,
                 )
             });
         }
     }
+    // The machine's own ceiling for two threads: two independent one-worker stages, each
+    // over the whole input, side by side (twice the work). Sharding cannot beat this
+    // ratio to `workers=1`; on shared or SMT cores it is well under 2.
+    group.throughput(Throughput::Elements((2 * ROWS * BATCHES) as u64));
+    group.bench_function("zscore/two-independent-stages", |b| {
+        b.iter_batched(
+            || {
+                (
+                    transform(&runtime, "zscore", "window = 100"),
+                    transform(&runtime, "zscore", "window = 100"),
+                )
+            },
+            |(mut t1, mut t2)| {
+                std::thread::scope(|s| {
+                    let input = &input;
+                    let a = s.spawn(move || run(&mut *t1, input));
+                    let b = run(&mut *t2, input);
+                    a.join().expect("stage thread") + b
+                })
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
     group.finish();
+}
+
+/// Every batch of `input` through `t`; the number of batches emitted.
+fn run(t: &mut dyn tidegauge_core::Transform, input: &[RecordBatch]) -> usize {
+    let telemetry = Arc::new(ComponentTelemetry::new(
+        "bench",
+        ComponentKind::Transform,
+        "bench",
+    ));
+    let mut cx = TransformContext::new(ComponentContext::new(telemetry, DeadLetter::stderr()));
+    for batch in input {
+        t.process(batch.clone(), &mut cx).expect("process");
+        cx.take_emitted().for_each(drop);
+    }
+    t.flush(&mut cx).expect("flush");
+    cx.take_emitted().count()
 }
 
 criterion_group!(benches, bench);

@@ -20,9 +20,8 @@ pub mod zscore;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
-use arrow_buffer::NullBuffer;
+use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer};
 use arrow_schema::{ArrowError, DataType, Field, SchemaRef};
 use tidegauge_detect::Verdict;
 
@@ -151,32 +150,14 @@ impl DetectorColumns {
             self.statistic.into(),
             (nulls.null_count() > 0).then_some(nulls),
         );
-        let reason: ArrayRef = if self.reasons.is_empty() {
-            Arc::new(StringArray::new_null(n))
-        } else {
-            self.reasons.sort_unstable_by_key(|(row, _)| *row);
-            let bytes = self.reasons.iter().map(|(_, r)| r.len()).sum();
-            let mut b = StringBuilder::with_capacity(n, bytes);
-            let mut next = self.reasons.iter().peekable();
-            for row in 0..n as u32 {
-                match next.next_if(|(r, _)| *r == row) {
-                    Some((_, text)) => b.append_value(text),
-                    None => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        };
+        self.reasons.sort_unstable_by_key(|(row, _)| *row);
+        let reason = sparse_strings(n, &self.reasons)?;
         let added: [(&str, ArrayRef); 5] = [
             (statistic, Arc::new(statistic_array)),
             ("anomaly_score", Arc::new(Float64Array::from(self.score))),
             ("is_anomaly", Arc::new(BooleanArray::from(self.is_anomaly))),
-            (
-                "detector",
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    detector, n,
-                ))),
-            ),
-            ("reason", reason),
+            ("detector", Arc::new(repeated(detector, n)?)),
+            ("reason", Arc::new(reason)),
         ];
         let input_schema = input.schema();
         let columns = output
@@ -193,5 +174,75 @@ impl DetectorColumns {
             })
             .collect::<Result<Vec<_>, _>>()?;
         RecordBatch::try_new(output.clone(), columns)
+    }
+}
+
+/// `text` `n` times, built in one pass over flat buffers.
+fn repeated(text: &str, n: usize) -> Result<StringArray, ArrowError> {
+    let len = i32::try_from(text.len())
+        .map_err(|_| ArrowError::InvalidArgumentError("string too long".into()))?;
+    let offsets: Vec<i32> = (0..=n as i32).map(|i| i * len).collect();
+    let values = text.as_bytes().repeat(n);
+    StringArray::try_new(
+        OffsetBuffer::new(offsets.into()),
+        Buffer::from_vec(values),
+        None,
+    )
+}
+
+/// `n` strings, null but for the rows of `texts` (sorted by row, each row once).
+fn sparse_strings(n: usize, texts: &[(u32, String)]) -> Result<StringArray, ArrowError> {
+    if texts.is_empty() {
+        return Ok(StringArray::new_null(n));
+    }
+    let mut offsets = vec![0i32; n + 1];
+    let mut valid = vec![false; n];
+    let mut values = Vec::with_capacity(texts.iter().map(|(_, t)| t.len()).sum());
+    let mut filled = 0; // offsets[..=filled] are set
+    for (row, text) in texts {
+        let row = *row as usize;
+        let end = values.len() as i32;
+        offsets[filled + 1..=row].fill(end);
+        values.extend_from_slice(text.as_bytes());
+        offsets[row + 1] = i32::try_from(values.len())
+            .map_err(|_| ArrowError::InvalidArgumentError("reasons too long".into()))?;
+        valid[row] = true;
+        filled = row + 1;
+    }
+    let end = values.len() as i32;
+    offsets[filled + 1..].fill(end);
+    StringArray::try_new(
+        OffsetBuffer::new(offsets.into()),
+        Buffer::from_vec(values),
+        Some(NullBuffer::from(valid)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::Array;
+
+    use super::*;
+
+    #[test]
+    fn sparse_strings_match_a_builder() {
+        let cases: [&[(u32, &str)]; 5] = [
+            &[],
+            &[(0, "a")],
+            &[(4, "last")],
+            &[(0, "x"), (1, ""), (2, "yz")],
+            &[(1, "b"), (3, "dd")],
+        ];
+        for texts in cases {
+            let owned: Vec<(u32, String)> =
+                texts.iter().map(|(r, t)| (*r, t.to_string())).collect();
+            let got = sparse_strings(5, &owned).unwrap();
+            let want: StringArray = (0..5u32)
+                .map(|row| texts.iter().find(|(r, _)| *r == row).map(|(_, t)| *t))
+                .collect();
+            assert_eq!(got, want, "{texts:?}");
+        }
+        assert_eq!(repeated("ab", 3).unwrap(), StringArray::from(vec!["ab"; 3]));
+        assert_eq!(repeated("ab", 0).unwrap().len(), 0);
     }
 }
