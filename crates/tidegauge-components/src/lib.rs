@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod expr;
+pub mod secret;
 pub mod sinks;
 pub mod sources;
 pub mod transforms;

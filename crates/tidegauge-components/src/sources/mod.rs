@@ -1,6 +1,14 @@
 //! Sources: where events come from. One file per source; shared line decoding here.
 
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
+pub mod message;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod simulate;
 pub mod stdin;
 
