@@ -14,7 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
-use tidegauge_core::component::SinkContext;
+use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::telemetry::{BytesSent, EventsSent};
 use tidegauge_core::{
     BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
@@ -243,7 +243,24 @@ impl KafkaSink {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut buf = Vec::with_capacity(1 << 16);
         let result: Result<(), ComponentError> = async {
-            while let Some(batch) = input.recv().await {
+            loop {
+                // Wait for input only when nothing is pending; otherwise take what is
+                // ready and settle the rest as soon as the input is quiet.
+                let wait = if pending.is_empty() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::ZERO
+                };
+                let batch = match input.recv_timeout(wait).await {
+                    Recv::Batch(b) => b,
+                    Recv::Idle => {
+                        while let Some(p) = pending.pop_front() {
+                            self.settle(&component, &origin, p).await?;
+                        }
+                        continue;
+                    }
+                    Recv::Closed => break,
+                };
                 buf.clear();
                 self.encoder.encode_batch(&batch.data, &mut buf)?;
                 let keys: Option<Vec<Option<String>>> = match self.key_index {

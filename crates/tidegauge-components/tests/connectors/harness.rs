@@ -306,6 +306,32 @@ impl RunningSource {
         got
     }
 
+    /// Receives batches until every event of `want` has arrived (at-least-once: some
+    /// may come twice); returns the distinct events received.
+    pub async fn take_covering(&mut self, want: &[Event]) -> Vec<Event> {
+        let mut got: Vec<Event> = Vec::new();
+        let missing = |got: &[Event]| want.iter().filter(|e| !got.contains(e)).count();
+        while missing(&got) > 0 {
+            let b = tokio::time::timeout(PATIENCE, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {} events never arrived again",
+                        missing(&got),
+                        want.len()
+                    )
+                })
+                .expect("source stopped early");
+            for e in rows(&[b.data]) {
+                if !got.contains(&e) {
+                    got.push(e);
+                }
+            }
+            self.held.push(b.finalizers);
+        }
+        got
+    }
+
     /// Acknowledges (as delivered) every batch received so far.
     pub fn ack_all(&mut self) {
         self.held.drain(..).for_each(Finalizers::release);

@@ -1,0 +1,126 @@
+//! Connectors through the real binary: secrets never reach output, logs or errors.
+#![cfg(all(feature = "mqtt", feature = "postgres", feature = "http"))]
+
+mod common;
+
+use common::*;
+
+/// A test server's address (see scripts/services); panics with the command to run
+/// when it is missing, unless TIDEGAUGE_TEST_SERVERS=optional.
+fn server(var: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(var) {
+        return Some(v);
+    }
+    let file = root().join("target/services/env");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        for line in text.lines() {
+            if let Some((k, v)) = line.trim_start_matches("export ").split_once('=')
+                && k == var
+            {
+                return Some(v.trim_matches('\'').to_string());
+            }
+        }
+    }
+    if std::env::var("TIDEGAUGE_TEST_SERVERS").as_deref() == Ok("optional") {
+        eprintln!("SKIPPED: {var} is not set and TIDEGAUGE_TEST_SERVERS=optional");
+        return None;
+    }
+    panic!("{var} is not set: run `scripts/services start` first (scripts/test does)");
+}
+
+const SECRET: &str = "s3cr3t-never-shown-81723";
+
+fn assert_hidden(o: &std::process::Output) {
+    let all = format!("{}{}", stdout(o), stderr(o));
+    assert!(!all.contains(SECRET), "the secret leaked:\n{all}");
+}
+
+#[test]
+fn describe_shows_no_secret_and_marks_secret_settings() {
+    for name in ["mqtt", "postgres", "http", "nats"] {
+        let o = run(&["describe", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stdout(&o);
+        assert!(text.contains("never logged or printed"), "{name}: {text}");
+        let o = run(&["describe", name, "--json"]);
+        assert!(stdout(&o).contains("\"writeOnly\": true"), "{name}");
+    }
+}
+
+#[test]
+fn secrets_stay_out_of_errors_and_debug_logs() {
+    let Some(pg) = server("TIDEGAUGE_TEST_POSTGRES") else {
+        return;
+    };
+    let Some(mqtt_tls) = server("TIDEGAUGE_TEST_MQTT_TLS") else {
+        return;
+    };
+    let ca = server("TIDEGAUGE_TEST_MQTT_CA").unwrap();
+    let user = server("TIDEGAUGE_TEST_MQTT_USER").unwrap();
+    let (mqtt_host, mqtt_port) = mqtt_tls.rsplit_once(':').unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TG_SECRET", SECRET), ("TIDEGAUGE_LOG", "trace")];
+
+    // Wrong database password, given through the environment: refused at build.
+    let o = run_pipeline(
+        dir.path(),
+        &format!(
+            "[sources.s]\ntype = \"simulate\"\nevents = 10\nrealtime = false\n\n[sinks.pg]\ntype = \"postgres\"\ninputs = [\"s\"]\nconnection = \"{pg}\"\npassword = \"${{TG_SECRET}}\"\ntable = \"t\"\n"
+        ),
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("password authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_hidden(&o);
+
+    // Wrong broker password: the sink keeps being refused, then gives up.
+    let o = run_pipeline(
+        dir.path(),
+        &format!(
+            "[sources.s]\ntype = \"simulate\"\nevents = 10\nrealtime = false\n\n[sinks.m]\ntype = \"mqtt\"\ninputs = [\"s\"]\nhost = \"{mqtt_host}\"\nport = {mqtt_port}\nusername = \"{user}\"\npassword = \"{SECRET}\"\ntls = {{ ca_file = \"{ca}\" }}\ntopic = \"x\"\ndrain_timeout_ms = 1500\n"
+        ),
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("refused"), "{}", stderr(&o));
+    assert_hidden(&o);
+
+    // An endpoint that is not there: events dead-lettered (to standard error here).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = run_pipeline(
+        dir.path(),
+        &format!(
+            "[sources.s]\ntype = \"simulate\"\nevents = 3\nrealtime = false\n\n[sinks.h]\ntype = \"http\"\ninputs = [\"s\"]\nurl = \"http://127.0.0.1:{port}/hook\"\nauth_header_value = \"Bearer ${{TG_SECRET}}\"\nretry = {{ max_attempts = 2, initial_backoff_ms = 1 }}\n"
+        ),
+        &env,
+    );
+    assert!(stderr(&o).contains("cannot connect"), "{}", stderr(&o));
+    assert_hidden(&o);
+
+    // `check` on a file with a secret and a mistake next to it.
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sources.s]\ntype = \"simulate\"\n\n[sinks.h]\ntype = \"http\"\ninputs = [\"s\"]\nurl = \"ftp://x\"\nauth_header_value = \"{SECRET}\"\nmax_events = 0\n"
+        ),
+    )
+    .unwrap();
+    let o = tidegauge()
+        .arg("check")
+        .arg(&path)
+        .env("TIDEGAUGE_LOG", "trace")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("max_events"), "{}", stderr(&o));
+    assert_hidden(&o);
+}
