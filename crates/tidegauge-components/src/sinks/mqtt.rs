@@ -344,6 +344,7 @@ impl MqttSink {
                 unsent: rows,
                 unacked: HashSet::new(),
             });
+            #[allow(clippy::needless_range_loop)] // `topics` is empty for a fixed topic
             for row in 0..rows {
                 let payload = lines.next().unwrap_or_default();
                 let topic = match &static_topic {

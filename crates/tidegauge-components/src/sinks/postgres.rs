@@ -343,7 +343,8 @@ impl PostgresSink {
             batch.finalizers.into_iter().for_each(Finalizers::release);
             return Ok(());
         }
-        let mut stack = vec![0..batch.lines.len()];
+        let mut stack: Vec<std::ops::Range<usize>> = Vec::new();
+        stack.push(0..batch.lines.len());
         let mut written = 0u64;
         let mut bytes = 0u64;
         while let Some(range) = stack.pop() {
