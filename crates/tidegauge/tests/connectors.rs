@@ -40,7 +40,7 @@ fn describe_shows_no_secret_and_marks_secret_settings() {
     for name in ["mqtt", "postgres", "http", "nats"] {
         let o = run(&["describe", name]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let text = stdout(&o);
+        let text = stdout(&o).split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(text.contains("never logged or printed"), "{name}: {text}");
         let o = run(&["describe", name, "--json"]);
         assert!(stdout(&o).contains("\"writeOnly\": true"), "{name}");

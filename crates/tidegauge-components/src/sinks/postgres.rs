@@ -169,7 +169,7 @@ impl SinkConfig for PostgresSinkConfig {
         let client = conn
             .client()
             .await
-            .map_err(|e| BuildError::new(format!("{target}: cannot connect: {e}")))?;
+            .map_err(|e| BuildError::new(format!("{target}: cannot connect: {}", classify(e))))?;
         if self.create_table {
             let cols: Vec<String> = input
                 .fields()
@@ -188,10 +188,9 @@ impl SinkConfig for PostgresSinkConfig {
                 quote_table(&self.table),
                 cols.join(", ")
             );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| BuildError::new(format!("{target}: cannot create table: {e}")))?;
+            client.batch_execute(&sql).await.map_err(|e| {
+                BuildError::new(format!("{target}: cannot create table: {}", classify(e)))
+            })?;
         }
         let copy = format!(
             "COPY {} ({}) FROM STDIN",
@@ -265,7 +264,10 @@ fn classify(e: tokio_postgres::Error) -> CopyError {
             CopyError::Data(format!("{}: {}", db.code().code(), db.message()))
         }
         Some(db) => CopyError::Connection(format!("{}: {}", db.code().code(), db.message())),
-        None => CopyError::Connection(e.to_string()),
+        None => CopyError::Connection(match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        }),
     }
 }
 
