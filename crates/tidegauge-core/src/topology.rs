@@ -588,38 +588,36 @@ fn run_transform(
                 None => Recv::Closed,
             },
         };
-        let finalizers = match next {
+        match next {
             Recv::Batch(b) => {
+                cx.set_finalizers(b.finalizers);
                 transform.process(b.data, &mut cx)?;
-                b.finalizers
+                cx.set_finalizers(Finalizers::none());
             }
-            Recv::Idle => Finalizers::none(),
+            Recv::Idle => {}
             Recv::Closed => {
                 transform.flush(&mut cx)?;
-                forward(&mut cx, &mut out, Finalizers::none())?;
+                forward(&mut cx, &mut out)?;
                 return Ok(());
             }
-        };
+        }
         if let Some(every) = transform.tick_interval()
             && last_tick.elapsed() >= every
         {
             last_tick = Instant::now();
             transform.tick(SystemTime::now(), &mut cx)?;
         }
-        if !forward(&mut cx, &mut out, finalizers)? {
+        if !forward(&mut cx, &mut out)? {
             return Ok(());
         }
     }
 }
 
-/// Sends what the transform emitted. `Ok(false)` when downstream has gone away.
-fn forward(
-    cx: &mut TransformContext,
-    out: &mut Output,
-    finalizers: Finalizers,
-) -> Result<bool, ComponentError> {
-    for data in cx.take_emitted() {
-        match out.blocking_send(Batch::with_finalizers(data, finalizers.clone())) {
+/// Sends what the transform emitted, each batch with its tokens. `Ok(false)` when
+/// downstream has gone away.
+fn forward(cx: &mut TransformContext, out: &mut Output) -> Result<bool, ComponentError> {
+    for (data, finalizers) in cx.take_emitted() {
+        match out.blocking_send(Batch::with_finalizers(data, finalizers)) {
             Ok(()) => {}
             Err(SendError::Closed) => return Ok(false),
             Err(e) => return Err(e.into()),
