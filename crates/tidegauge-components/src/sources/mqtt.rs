@@ -316,8 +316,11 @@ async fn drive(
                 let filters = topics
                     .iter()
                     .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
-                if client.try_subscribe_many(filters).is_err() {
-                    return;
+                if let Err(e) = client.try_subscribe_many(filters) {
+                    let text = format!("cannot subscribe: {e}");
+                    if tx.send(Inbound::Error(text)).await.is_err() {
+                        return;
+                    }
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
