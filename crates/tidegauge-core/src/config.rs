@@ -3,13 +3,14 @@
 //!
 //! A pipeline file has the tables `sources`, `transforms`, `sinks` (one sub-table per
 //! component, with `type` and, for transforms and sinks, `inputs`) and optionally
-//! `dead_letter`. Every problem found is reported, not only the first.
+//! `dead_letter` and `checkpoint`. Every problem found is reported, not only the first.
 
 use std::collections::{BTreeMap, HashMap};
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::checkpoint::CheckpointConfig;
 use crate::dead_letter::DeadLetterConfig;
 use crate::error::ConfigError;
 use crate::registry::{self, AnyConfig, ComponentKind};
@@ -28,6 +29,8 @@ pub struct ComponentEntry {
     /// Typed settings; `None` when they could not be parsed (the reason is among the
     /// pipeline's errors), so the rest of the graph can still be checked.
     pub config: Option<AnyConfig>,
+    /// A sink's disk buffer (`buffer = { ... }`), when it has one.
+    pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
 
 /// A parsed pipeline file (not yet checked as a graph).
@@ -37,6 +40,8 @@ pub struct PipelineConfig {
     pub components: Vec<ComponentEntry>,
     /// Where records that cannot be processed go.
     pub dead_letter: DeadLetterConfig,
+    /// Checkpoints and acknowledged positions, when `[checkpoint]` is given.
+    pub checkpoint: Option<CheckpointConfig>,
     /// Where each setting sits in the file, for error messages.
     pub lines: LineIndex,
     /// Problems found while parsing components; validation adds its own and reports all.
@@ -175,7 +180,13 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 /// Top-level tables a pipeline file may have.
-const TOP_LEVEL: [&str; 4] = ["sources", "transforms", "sinks", "dead_letter"];
+const TOP_LEVEL: [&str; 5] = [
+    "sources",
+    "transforms",
+    "sinks",
+    "dead_letter",
+    "checkpoint",
+];
 
 /// Interpolates, parses and type-checks each component's settings. A file that cannot
 /// be read as TOML at all is an `Err`; problems in single components are collected in
@@ -219,6 +230,20 @@ pub fn load(
             Err(e) => {
                 errors.push(spanned_error("dead_letter", e, &starts));
                 DeadLetterConfig::default()
+            }
+        },
+    };
+
+    let checkpoint = match root.get("checkpoint") {
+        None => None,
+        Some(v) => match parse_settings::<CheckpointConfig>(v.clone()) {
+            Ok(c) => {
+                errors.extend(c.validate());
+                Some(c)
+            }
+            Err(e) => {
+                errors.push(spanned_error("checkpoint", e, &starts));
+                None
             }
         },
     };
@@ -271,6 +296,7 @@ pub fn load(
     Ok(PipelineConfig {
         components,
         dead_letter,
+        checkpoint,
         lines,
         errors,
     })
@@ -328,6 +354,7 @@ fn parse_component(
         type_name: "?",
         inputs: Vec::new(),
         config: None,
+        buffer: None,
     };
     let DeValue::Table(table) = body.get_ref() else {
         let e = here(
@@ -404,6 +431,18 @@ fn parse_component(
     let mut settings = table.clone();
     settings.remove("type");
     settings.remove("inputs");
+    if kind == ComponentKind::Sink
+        && let Some(b) = settings.remove("buffer")
+    {
+        match parse_settings::<crate::disk_buffer::DiskBufferConfig>(b) {
+            Ok(c) => {
+                let prefix = format!("{path}.buffer");
+                errors.extend(c.validate(&prefix));
+                entry.buffer = Some(c);
+            }
+            Err(e) => errors.push(spanned_error(&format!("{path}.buffer"), e, starts)),
+        }
+    }
     let config = descriptor.and_then(|d| {
         let value = Spanned::new(body.span(), DeValue::Table(settings));
         match d.parse(toml::de::ValueDeserializer::from(value)) {

@@ -9,15 +9,20 @@
 //!   with their place);
 //! - [`topology`]: validate -> build -> run, with bounded channels on every edge;
 //! - [`telemetry`]: typed internal events and per-component counters;
+//! - [`checkpoint`]: consistent snapshots (aligned barriers) and acknowledged source
+//!   positions, so a restart resumes without loss;
+//! - [`disk_buffer`]: an optional, bounded, checksummed disk buffer in front of a sink;
 //! - [`dead_letter`]: where records that cannot be processed go, with the reason;
 //! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers.
 #![deny(missing_docs)]
 
 pub mod ack;
 pub mod batch;
+pub mod checkpoint;
 pub mod component;
 pub mod config;
 pub mod dead_letter;
+pub mod disk_buffer;
 pub mod error;
 pub mod registry;
 pub mod resilience;
@@ -27,8 +32,8 @@ pub mod topology;
 
 pub use batch::Batch;
 pub use component::{
-    BuildContext, ComponentContext, Output, Sink, SinkConfig, SinkInput, Source, SourceConfig,
-    SourceContext, Transform, TransformConfig, TransformContext,
+    BuildContext, ComponentContext, Event, Message, Output, Sink, SinkConfig, SinkInput, Source,
+    SourceConfig, SourceContext, Transform, TransformConfig, TransformContext,
 };
 pub use error::{BuildError, ComponentError, ConfigError};
 pub use registry::{ComponentDescriptor, ComponentKind};

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::registry::ComponentKind;
+use crate::resilience::BreakerState;
 
 /// Counters of one component. Cheap to update from any thread.
 #[derive(Debug)]
@@ -27,7 +28,21 @@ pub struct ComponentTelemetry {
     errors: AtomicU64,
     dead_lettered: AtomicU64,
     anomalies: AtomicU64,
+    stale_events: AtomicU64,
+    missing_readings: AtomicU64,
+    breaker_transitions: AtomicU64,
+    /// Per endpoint (network sources and sinks): breaker state and whether data is missing.
+    endpoints: Mutex<std::collections::BTreeMap<String, EndpointHealth>>,
     log_gate: Mutex<LogGate>,
+}
+
+/// How one endpoint of a component fares (a gauge per endpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointHealth {
+    /// State of its circuit breaker.
+    pub breaker: BreakerState,
+    /// Whether its data is missing (failing for longer than stale readings may stand in).
+    pub missing: bool,
 }
 
 /// A point-in-time copy of a component's counters.
@@ -53,6 +68,12 @@ pub struct TelemetrySnapshot {
     pub dead_lettered: u64,
     /// Events flagged as anomalies (detectors).
     pub anomalies: u64,
+    /// Stale readings emitted in place of fresh ones (polled sources).
+    pub stale_events: u64,
+    /// Polls whose endpoint had neither a fresh nor a recent enough reading.
+    pub missing_readings: u64,
+    /// Circuit-breaker state changes.
+    pub breaker_transitions: u64,
 }
 
 impl ComponentTelemetry {
@@ -69,6 +90,10 @@ impl ComponentTelemetry {
             errors: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             anomalies: AtomicU64::new(0),
+            stale_events: AtomicU64::new(0),
+            missing_readings: AtomicU64::new(0),
+            breaker_transitions: AtomicU64::new(0),
+            endpoints: Mutex::new(Default::default()),
             log_gate: Mutex::new(LogGate::default()),
         }
     }
@@ -91,7 +116,33 @@ impl ComponentTelemetry {
             errors: self.errors.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             anomalies: self.anomalies.load(Ordering::Relaxed),
+            stale_events: self.stale_events.load(Ordering::Relaxed),
+            missing_readings: self.missing_readings.load(Ordering::Relaxed),
+            breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
         }
+    }
+
+    /// Health of every endpoint the component has reported on, by endpoint.
+    pub fn endpoints(&self) -> Vec<(String, EndpointHealth)> {
+        self.lock_endpoints()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    fn lock_endpoints(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, EndpointHealth>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn endpoint(&self, endpoint: &str, f: impl FnOnce(&mut EndpointHealth)) {
+        let mut map = self.lock_endpoints();
+        let health = map.entry(endpoint.to_string()).or_insert(EndpointHealth {
+            breaker: BreakerState::Closed,
+            missing: false,
+        });
+        f(health);
     }
 
     /// Whether a repeated warning may be logged now; at most one per second per
@@ -229,6 +280,89 @@ impl InternalEvent for ComponentErrorOccurred<'_> {
         t.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = t.log_allowed() {
             tracing::warn!(component_id = %t.id, suppressed, "{}", self.error);
+        }
+    }
+}
+
+/// An endpoint's circuit breaker changed state.
+pub struct BreakerTransitioned<'a> {
+    /// The endpoint (URL or id).
+    pub endpoint: &'a str,
+    /// Before.
+    pub from: BreakerState,
+    /// After.
+    pub to: BreakerState,
+}
+
+impl InternalEvent for BreakerTransitioned<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.breaker_transitions.fetch_add(1, Ordering::Relaxed);
+        t.endpoint(self.endpoint, |h| h.breaker = self.to);
+        let (from, to) = (self.from, self.to);
+        if to == BreakerState::Open {
+            tracing::warn!(component_id = %t.id, endpoint = self.endpoint, ?from, ?to, "circuit breaker opened");
+        } else {
+            tracing::info!(component_id = %t.id, endpoint = self.endpoint, ?from, ?to, "circuit breaker changed state");
+        }
+    }
+}
+
+/// Stale readings (last good values, flagged `stale`) were emitted for failing endpoints.
+pub struct StaleReadingsEmitted {
+    /// Number of stale readings.
+    pub count: u64,
+}
+
+impl InternalEvent for StaleReadingsEmitted {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.stale_events.fetch_add(self.count, Ordering::Relaxed);
+    }
+}
+
+/// A poll of an endpoint gave no reading, and its last good one is too old (or there is
+/// none): the endpoint's data is missing.
+pub struct EndpointDataMissing<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// Age of the last good reading, if any, in milliseconds.
+    pub last_good_age_ms: Option<u64>,
+}
+
+impl InternalEvent for EndpointDataMissing<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.missing_readings.fetch_add(1, Ordering::Relaxed);
+        let mut newly = false;
+        t.endpoint(self.endpoint, |h| {
+            newly = !h.missing;
+            h.missing = true;
+        });
+        if newly {
+            match self.last_good_age_ms {
+                Some(age) => {
+                    tracing::warn!(component_id = %t.id, endpoint = self.endpoint, "data missing: last good reading is {age} ms old, past max_stale_ms; no readings until it recovers")
+                }
+                None => {
+                    tracing::warn!(component_id = %t.id, endpoint = self.endpoint, "data missing: no good reading yet")
+                }
+            }
+        }
+    }
+}
+
+/// An endpoint whose data was missing answered again.
+pub struct EndpointRecovered<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+}
+
+impl InternalEvent for EndpointRecovered<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        let was = t
+            .lock_endpoints()
+            .get_mut(self.endpoint)
+            .is_some_and(|h| std::mem::replace(&mut h.missing, false));
+        if was {
+            tracing::info!(component_id = %t.id, endpoint = self.endpoint, "data flows again");
         }
     }
 }

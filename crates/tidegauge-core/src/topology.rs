@@ -10,14 +10,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Finalizers;
+use crate::ack::{Finalizers, ack_channel};
 use crate::batch::Batch;
+use crate::checkpoint::{
+    CheckpointConfig, CheckpointStore, CheckpointSummary, Coordinator, Report, ReportPort,
+    SourceCheckpoint,
+};
 use crate::component::{
-    BuildContext, ComponentContext, Output, Recv, SendError, Sink, SinkContext, SinkInput, Source,
-    SourceContext, Transform, TransformContext,
+    BarrierPort, BuildContext, ComponentContext, Event, Message, Output, SendError, Sink,
+    SinkContext, SinkInput, Source, SourceContext, Transform, TransformContext,
 };
 use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
+use crate::disk_buffer::DiskBuffer;
 use crate::error::{BuildError, ComponentError, ConfigError};
 use crate::registry::{AnyConfig, ComponentKind};
 use crate::schema;
@@ -44,6 +49,8 @@ pub struct Node {
     pub input_schema: Option<SchemaRef>,
     /// Schema of its output (sources and transforms).
     pub output_schema: Option<SchemaRef>,
+    /// A sink's disk buffer, when configured.
+    pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
 
 /// A pipeline whose every component config and every edge has been checked.
@@ -53,6 +60,8 @@ pub struct Pipeline {
     pub nodes: Vec<Node>,
     /// Where records that cannot be processed go.
     pub dead_letter: DeadLetterConfig,
+    /// Checkpoints, when configured.
+    pub checkpoint: Option<CheckpointConfig>,
     /// Where settings sit in the file.
     pub lines: LineIndex,
 }
@@ -90,6 +99,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
     let PipelineConfig {
         components,
         dead_letter,
+        checkpoint,
         lines,
         errors: parse_errors,
     } = config;
@@ -258,12 +268,14 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                 config: c.config?,
                 input_schema: inputs_of[i].take(),
                 output_schema: outputs[i].take(),
+                buffer: c.buffer,
             })
         })
         .collect();
     Ok(Pipeline {
         nodes,
         dead_letter,
+        checkpoint,
         lines,
     })
 }
@@ -321,6 +333,8 @@ pub struct BuiltPipeline {
     telemetry: Vec<Arc<ComponentTelemetry>>,
     dead_letter: DeadLetter,
     edge_capacity: usize,
+    checkpoints: Option<CheckpointStore>,
+    buffers: HashMap<String, Arc<DiskBuffer>>,
 }
 
 /// What a finished run reports.
@@ -334,6 +348,8 @@ pub struct RunReport {
     pub failures: Vec<(String, String)>,
     /// Whether the run ended because shutdown was requested (rather than end of input).
     pub interrupted: bool,
+    /// Checkpoints taken, when the pipeline has a `[checkpoint]` table.
+    pub checkpoints: Option<CheckpointSummary>,
 }
 
 impl RunReport {
@@ -381,7 +397,15 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
                 .unwrap_or_default()
         ))
     })?;
+    let mut checkpoints = match &pipeline.checkpoint {
+        None => None,
+        Some(c) => Some(
+            CheckpointStore::open(c)
+                .map_err(|e| BuildError::new(format!("checkpoint: cannot open: {e}")))?,
+        ),
+    };
     let runtime = tokio::runtime::Handle::current();
+    let mut buffers = HashMap::new();
     let mut nodes = Vec::with_capacity(pipeline.nodes.len());
     let mut telemetry = Vec::with_capacity(pipeline.nodes.len());
     for node in pipeline.nodes {
@@ -411,15 +435,95 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
             }
         }
         .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))?;
+        let built = restore(built, &node, &place, checkpoints.as_ref())?;
+        if let (Some(cfg), Some(input)) = (&node.buffer, &node.input_schema) {
+            let (buffer, recovery) = DiskBuffer::open(cfg, input.clone()).map_err(|e| {
+                BuildError::new(format!(
+                    "{place}.buffer: cannot open {}: {e}",
+                    cfg.path.display()
+                ))
+            })?;
+            let cx = ComponentContext::new(t.clone(), dead_letter.clone());
+            for (file, d) in &recovery.damage {
+                cx.dead_letter(
+                    &format!("{}:{}", file.display(), d.offset),
+                    &format!("disk buffer: {} ({} bytes)", d.reason, d.bytes),
+                    b"",
+                );
+            }
+            if recovery.records > 0 {
+                tracing::info!(
+                    component_id = %node.id,
+                    "disk buffer {}: {} batch(es) from an earlier run to deliver",
+                    cfg.path.display(),
+                    recovery.records
+                );
+            }
+            buffers.insert(node.id.clone(), buffer);
+        }
         telemetry.push(t);
         nodes.push((node, built));
+    }
+    if let Some(store) = &mut checkpoints {
+        // A transform that has something to checkpoint when just built keeps state
+        // (asked only when the checkpoint does not already say so).
+        let stateful = store.has_transform_state()
+            || nodes.iter().any(|(_, rt)| {
+                matches!(rt, Runtime::Transform(t) if matches!(t.checkpoint(), Ok(Some(_))))
+            });
+        store.set_stateful(stateful);
+        for id in store.transforms_with_state() {
+            if !nodes
+                .iter()
+                .any(|(n, _)| n.id == id && n.kind == ComponentKind::Transform)
+            {
+                tracing::warn!(
+                    "checkpoint {} holds state of transform `{id}`, which the pipeline no longer has; ignored",
+                    store.last_id()
+                );
+            }
+        }
     }
     Ok(BuiltPipeline {
         nodes,
         telemetry,
         dead_letter,
         edge_capacity: DEFAULT_EDGE_CAPACITY,
+        checkpoints,
+        buffers,
     })
+}
+
+/// Gives a transform the state it had at the last checkpoint.
+fn restore(
+    built: Runtime,
+    node: &Node,
+    place: &str,
+    store: Option<&CheckpointStore>,
+) -> Result<Runtime, BuildError> {
+    let (mut t, store) = match (built, store) {
+        (Runtime::Transform(t), Some(store)) => (t, store),
+        (other, _) => return Ok(other),
+    };
+    let state = store
+        .transform_state(&node.id)
+        .map_err(|e| BuildError::new(format!("{place}: cannot read its checkpoint: {e}")))?;
+    if let Some(state) = state {
+        t.restore(&state).map_err(|e| {
+            BuildError::new(format!(
+                "{place}: cannot restore checkpoint {}: {}",
+                store.last_id(),
+                e.message
+            ))
+        })?;
+        tracing::info!(
+            component_id = %node.id,
+            "restored state of checkpoint {} ({} bytes)",
+            store.last_id(),
+            state.len()
+        );
+    }
+    Ok(Runtime::Transform(t))
 }
 
 fn missing(place: &str) -> BuildError {
@@ -441,7 +545,8 @@ impl BuiltPipeline {
     }
 
     /// Runs until every source has finished (end of input) or `shutdown` is cancelled,
-    /// then drains: transforms flush, sinks flush and close.
+    /// then drains: transforms flush, sinks flush and close. With checkpoints configured,
+    /// takes them while running and a final one after a clean end.
     pub async fn run(self, shutdown: CancellationToken) -> RunReport {
         let start = Instant::now();
         let runtime = tokio::runtime::Handle::current();
@@ -450,6 +555,8 @@ impl BuiltPipeline {
             telemetry,
             dead_letter,
             edge_capacity,
+            checkpoints,
+            mut buffers,
         } = self;
 
         let ids: HashMap<String, usize> = nodes
@@ -457,27 +564,55 @@ impl BuiltPipeline {
             .enumerate()
             .map(|(i, (n, _))| (n.id.clone(), i))
             .collect();
-        let mut senders: Vec<Option<mpsc::Sender<Batch>>> = Vec::with_capacity(nodes.len());
-        let mut receivers: Vec<Option<mpsc::Receiver<Batch>>> = Vec::with_capacity(nodes.len());
-        for (n, _) in &nodes {
-            if n.kind == ComponentKind::Source {
-                senders.push(None);
-                receivers.push(None);
-            } else {
-                let (tx, rx) = mpsc::channel(edge_capacity);
-                senders.push(Some(tx));
-                receivers.push(Some(rx));
-            }
-        }
-        let mut targets: Vec<Vec<mpsc::Sender<Batch>>> = vec![Vec::new(); nodes.len()];
+        // One bounded channel per edge: a consumer can stop reading one input while it
+        // aligns a checkpoint barrier.
+        let mut targets: Vec<Vec<mpsc::Sender<Message>>> = vec![Vec::new(); nodes.len()];
+        let mut edges: Vec<Vec<mpsc::Receiver<Message>>> =
+            (0..nodes.len()).map(|_| Vec::new()).collect();
         for (i, (n, _)) in nodes.iter().enumerate() {
+            let mut seen = BTreeSet::new();
             for input in &n.inputs {
-                if let (Some(&j), Some(tx)) = (ids.get(input), senders[i].as_ref()) {
-                    targets[j].push(tx.clone());
+                if let Some(&j) = ids.get(input)
+                    && seen.insert(j)
+                {
+                    let (tx, rx) = mpsc::channel(edge_capacity);
+                    targets[j].push(tx);
+                    edges[i].push(rx);
                 }
             }
         }
-        drop(senders);
+
+        // Checkpoint coordinator: barrier requests to sources, reports from everyone.
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let mut barrier_ports: HashMap<usize, BarrierPort> = HashMap::new();
+        let mut source_checkpoints: HashMap<usize, SourceCheckpoint> = HashMap::new();
+        let mut coordinator = None;
+        let mut first_barrier = 0;
+        if let Some(store) = checkpoints {
+            let mut requests = HashMap::new();
+            for (i, (n, _)) in nodes.iter().enumerate() {
+                if n.kind == ComponentKind::Source {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    requests.insert(i, tx);
+                    let port = ReportPort {
+                        node: i,
+                        tx: report_tx.clone(),
+                    };
+                    barrier_ports.insert(i, BarrierPort::new(rx, port));
+                    source_checkpoints.insert(i, store.source_handle(&n.id));
+                }
+            }
+            let kinds = nodes.iter().map(|(n, _)| (n.id.clone(), n.kind)).collect();
+            let c = Coordinator::new(store, kinds, requests);
+            first_barrier = c.first_id();
+            coordinator = Some(tokio::spawn(c.run(report_rx)));
+        }
+        let reports_for = |i: usize| {
+            coordinator.as_ref().map(|_| ReportPort {
+                node: i,
+                tx: report_tx.clone(),
+            })
+        };
 
         let source_stop = shutdown.child_token();
         let mut tasks: JoinSet<(usize, Result<(), ComponentError>)> = JoinSet::new();
@@ -485,11 +620,34 @@ impl BuiltPipeline {
         for (i, ((node, rt), t)) in nodes.into_iter().zip(telemetry.iter()).enumerate() {
             names.push(node.id.clone());
             let component = ComponentContext::new(t.clone(), dead_letter.clone());
-            let out = node
-                .output_schema
-                .clone()
-                .map(|s| Output::new(s, std::mem::take(&mut targets[i]), t.clone()));
-            let input = receivers[i].take().map(|rx| SinkInput::new(rx, t.clone()));
+            let reports = reports_for(i);
+            let out = node.output_schema.clone().map(|s| {
+                let out = Output::new(s, std::mem::take(&mut targets[i]), t.clone());
+                match barrier_ports.remove(&i) {
+                    Some(port) => out.with_barriers(port),
+                    None => out,
+                }
+            });
+            let input = (node.kind != ComponentKind::Source).then(|| {
+                let input = SinkInput::from_edges(std::mem::take(&mut edges[i]), t.clone());
+                match (&reports, node.kind) {
+                    (Some(port), ComponentKind::Sink) => {
+                        let (acks, mut rx) = ack_channel();
+                        let port = port.clone();
+                        tokio::spawn(async move {
+                            while let Some(ack) = rx.recv().await {
+                                port.send(Report::SinkEpoch {
+                                    node: port.node,
+                                    id: ack.id,
+                                    delivered: ack.delivered,
+                                });
+                            }
+                        });
+                        input.with_epochs(acks, first_barrier)
+                    }
+                    _ => input,
+                }
+            });
             match (rt, out, input) {
                 (Runtime::Source(src), Some(out), None) => {
                     let cx = SourceContext {
@@ -497,6 +655,7 @@ impl BuiltPipeline {
                         out,
                         shutdown: source_stop.clone(),
                         runtime: runtime.clone(),
+                        checkpoint: source_checkpoints.remove(&i).unwrap_or_default(),
                     };
                     tasks.spawn(async move { (i, src.run(cx).await) });
                 }
@@ -506,7 +665,7 @@ impl BuiltPipeline {
                     let spawned = std::thread::Builder::new()
                         .name(format!("tg-{}", node.id))
                         .spawn(move || {
-                            let r = run_transform(tr, input, out, component, &rt);
+                            let r = run_transform(tr, input, out, component, &rt, reports);
                             let _ = done_tx.send(r);
                         });
                     tasks.spawn(async move {
@@ -521,10 +680,32 @@ impl BuiltPipeline {
                 }
                 (Runtime::Sink(sink), None, Some(input)) => {
                     let cx = SinkContext {
-                        component,
+                        component: component.clone(),
                         runtime: runtime.clone(),
                     };
-                    tasks.spawn(async move { (i, sink.run(input, cx).await) });
+                    match buffers.remove(&node.id) {
+                        None => {
+                            tasks.spawn(async move { (i, sink.run(input, cx).await) });
+                        }
+                        Some(buffer) => {
+                            // input -> disk buffer -> sink. The sink's own input is not
+                            // counted again.
+                            let (tx, rx) = mpsc::channel(edge_capacity);
+                            let scratch = Arc::new(ComponentTelemetry::new(
+                                node.id.as_str(),
+                                ComponentKind::Sink,
+                                node.type_name,
+                            ));
+                            let inner = SinkInput::new(rx, scratch);
+                            tasks.spawn(async move {
+                                let (sunk, buffered) = tokio::join!(
+                                    sink.run(inner, cx),
+                                    buffer.run(input, tx, component)
+                                );
+                                (i, sunk.and(buffered))
+                            });
+                        }
+                    }
                 }
                 _ => {
                     tasks.spawn(async move {
@@ -538,15 +719,23 @@ impl BuiltPipeline {
                 }
             }
         }
+        drop(targets);
 
         let mut failures = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((_, Ok(()))) => {}
-                Ok((i, Err(e))) => {
-                    tracing::error!(component_id = %names[i], "component failed: {e}");
-                    failures.push((names[i].clone(), e.message));
-                    source_stop.cancel();
+                Ok((i, r)) => {
+                    if let Some(port) = reports_for(i) {
+                        port.send(Report::Finished {
+                            node: i,
+                            ok: r.is_ok(),
+                        });
+                    }
+                    if let Err(e) = r {
+                        tracing::error!(component_id = %names[i], "component failed: {e}");
+                        failures.push((names[i].clone(), e.message));
+                        source_stop.cancel();
+                    }
                 }
                 Err(e) => {
                     failures.push(("?".to_string(), format!("component task died: {e}")));
@@ -557,23 +746,37 @@ impl BuiltPipeline {
         if let Err(e) = dead_letter.flush() {
             failures.push(("dead_letter".into(), format!("cannot flush: {e}")));
         }
+        let _ = report_tx.send(Report::End {
+            clean: failures.is_empty(),
+        });
+        drop(report_tx);
+        let checkpoints = match coordinator {
+            Some(c) => Some(c.await.unwrap_or_else(|e| CheckpointSummary {
+                errors: vec![format!("checkpoint coordinator stopped: {e}")],
+                ..Default::default()
+            })),
+            None => None,
+        };
         RunReport {
             elapsed: start.elapsed(),
             components: telemetry.iter().map(|t| t.snapshot()).collect(),
             failures,
             interrupted: shutdown.is_cancelled(),
+            checkpoints,
         }
     }
 }
 
 /// The loop of a transform's thread: process each batch, send its outputs with the
-/// input's finalizers, tick on silence, flush at the end.
+/// input's finalizers, snapshot state at checkpoint barriers, tick on silence, flush at
+/// the end.
 fn run_transform(
     mut transform: Box<dyn Transform>,
     mut input: SinkInput,
     mut out: Output,
     component: ComponentContext,
     runtime: &tokio::runtime::Handle,
+    reports: Option<ReportPort>,
 ) -> Result<(), ComponentError> {
     let mut cx = TransformContext::new(component);
     let mut last_tick = Instant::now();
@@ -581,21 +784,46 @@ fn run_transform(
         let next = match transform.tick_interval() {
             Some(every) => {
                 let wait = every.saturating_sub(last_tick.elapsed());
-                input.blocking_recv_timeout(runtime, wait.max(Duration::from_millis(1)))
+                input.blocking_next_event_timeout(runtime, wait.max(Duration::from_millis(1)))
             }
-            None => match input.blocking_recv() {
-                Some(b) => Recv::Batch(b),
-                None => Recv::Closed,
-            },
+            None => input.blocking_next_event(),
         };
         match next {
-            Recv::Batch(b) => {
+            Event::Batch(b) => {
                 cx.set_finalizers(b.finalizers);
                 transform.process(b.data, &mut cx)?;
                 cx.set_finalizers(Finalizers::none());
             }
-            Recv::Idle => {}
-            Recv::Closed => {
+            Event::Barrier(id) => {
+                // Work still in flight inside the transform is finished and its outputs
+                // sent before the barrier: state and outputs are then exactly those of
+                // the events before it.
+                transform.before_checkpoint(&mut cx)?;
+                if !forward(&mut cx, &mut out)? {
+                    return Ok(());
+                }
+                if let Some(port) = &reports {
+                    port.send(Report::TransformBarrier {
+                        node: port.node,
+                        id,
+                        state: transform.checkpoint().map_err(|e| e.message),
+                    });
+                }
+                match out.blocking_send_barrier(id) {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Event::Idle => {}
+            Event::Closed => {
+                if let Some(port) = &reports {
+                    transform.before_checkpoint(&mut cx)?;
+                    port.send(Report::TransformFinal {
+                        node: port.node,
+                        state: transform.checkpoint().map_err(|e| e.message),
+                    });
+                }
                 transform.flush(&mut cx)?;
                 forward(&mut cx, &mut out)?;
                 return Ok(());

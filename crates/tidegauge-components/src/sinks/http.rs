@@ -218,6 +218,8 @@ impl SinkConfig for HttpSinkConfig {
             reqwest::header::CONTENT_TYPE,
             reqwest::header::HeaderValue::from_static(content_type),
         );
+        #[cfg(feature = "http-tls")]
+        crate::tls::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(Duration::from_millis(self.timeout_ms))

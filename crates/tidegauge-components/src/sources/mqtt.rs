@@ -180,6 +180,7 @@ pub(crate) fn mqtt_options(
         );
     }
     if let Some(tls) = tls {
+        crate::tls::ensure_crypto_provider();
         let read = |p: &PathBuf| {
             std::fs::read(p)
                 .map_err(|e| BuildError::new(format!("tls: cannot read {}: {e}", p.display())))

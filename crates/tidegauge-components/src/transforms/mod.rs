@@ -12,6 +12,7 @@ pub mod keyed;
 pub mod mad;
 pub mod rate_of_change;
 pub mod seasonal;
+pub mod state;
 pub mod threshold;
 pub mod window;
 pub mod zscore;

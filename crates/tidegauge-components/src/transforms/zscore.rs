@@ -9,7 +9,9 @@ use arrow_schema::DataType;
 use tidegauge_core::{ComponentError, ConfigError};
 use tidegauge_detect::{ZScore, ZScoreParams};
 
+use super::KeyInterner;
 use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
     /// Per-sensor rolling z-score: flags a value more than `threshold` standard deviations
@@ -53,6 +55,30 @@ impl DetectorSpec for ZScoreConfig {
 
     fn new_state(&self) -> ZScore {
         ZScore::new(self.params())
+    }
+
+    fn save_states(
+        &self,
+        keys: &KeyInterner,
+        states: &[ZScore],
+    ) -> Option<Result<Vec<u8>, ComponentError>> {
+        Some(encode_keyed(keys, states))
+    }
+
+    fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<ZScore>), ComponentError> {
+        let (keys, states): (KeyInterner, Vec<ZScore>) = decode_keyed(bytes)?;
+        if let Some(s) = states.iter().find(|s| s.params() != &self.params()) {
+            return Err(ComponentError::new(format!(
+                "the checkpoint was taken with window = {}, threshold = {}; the pipeline now \
+                 says window = {}, threshold = {}: set them back or remove the checkpoint \
+                 directory",
+                s.params().window,
+                s.params().threshold,
+                self.window,
+                self.threshold
+            )));
+        }
+        Ok((keys, states))
     }
 }
 

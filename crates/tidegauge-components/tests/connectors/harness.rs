@@ -21,7 +21,8 @@ use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef;
 use tidegauge_core::ack::{Ack, AckReceiver, Finalizers, ack_channel};
-use tidegauge_core::component::{SinkContext, SourceContext};
+use tidegauge_core::checkpoint::SourceCheckpoint;
+use tidegauge_core::component::{Message, SinkContext, SourceContext};
 use tidegauge_core::dead_letter::{DeadLetter, DeadLetterConfig};
 use tidegauge_core::registry::{AnyConfig, ComponentKind};
 use tidegauge_core::telemetry::{ComponentTelemetry, TelemetrySnapshot};
@@ -272,6 +273,7 @@ impl SourceUnderTest {
             ),
             shutdown: shutdown.clone(),
             runtime: tokio::runtime::Handle::current(),
+            checkpoint: SourceCheckpoint::disabled(),
         };
         let handle = tokio::spawn(source.run(cx));
         RunningSource {
@@ -283,8 +285,18 @@ impl SourceUnderTest {
     }
 }
 
+/// The next batch on an edge (checkpoint barriers are passed over), `None` once closed.
+async fn next_batch(rx: &mut mpsc::Receiver<Message>) -> Option<Batch> {
+    loop {
+        match rx.recv().await? {
+            Message::Batch(b) => return Some(b),
+            Message::Barrier(_) => {}
+        }
+    }
+}
+
 pub struct RunningSource {
-    rx: mpsc::Receiver<Batch>,
+    rx: mpsc::Receiver<Message>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<Result<(), tidegauge_core::ComponentError>>>,
     /// Finalizers of received batches not yet acknowledged.
@@ -296,7 +308,7 @@ impl RunningSource {
     pub async fn take(&mut self, n: usize) -> Vec<Event> {
         let mut got = Vec::new();
         while got.len() < n {
-            let b = tokio::time::timeout(PATIENCE, self.rx.recv())
+            let b = tokio::time::timeout(PATIENCE, next_batch(&mut self.rx))
                 .await
                 .unwrap_or_else(|_| panic!("only {} of {n} events arrived", got.len()))
                 .expect("source stopped early");
@@ -312,7 +324,7 @@ impl RunningSource {
         let mut got: Vec<Event> = Vec::new();
         let missing = |got: &[Event]| want.iter().filter(|e| !got.contains(e)).count();
         while missing(&got) > 0 {
-            let b = tokio::time::timeout(PATIENCE, self.rx.recv())
+            let b = tokio::time::timeout(PATIENCE, next_batch(&mut self.rx))
                 .await
                 .unwrap_or_else(|_| {
                     panic!(
@@ -359,7 +371,7 @@ impl RunningSource {
                     r.expect("source task").expect("source returned an error");
                     break;
                 }
-                Some(b) = self.rx.recv() => {
+                Some(b) = next_batch(&mut self.rx) => {
                     tail.extend(rows(&[b.data]));
                     if !ack {
                         b.finalizers.fail();
@@ -367,7 +379,8 @@ impl RunningSource {
                 }
             }
         }
-        while let Ok(b) = self.rx.try_recv() {
+        while let Ok(m) = self.rx.try_recv() {
+            let Message::Batch(b) = m else { continue };
             tail.extend(rows(&[b.data]));
             if !ack {
                 b.finalizers.fail();
@@ -419,7 +432,7 @@ impl SinkUnderTest {
 }
 
 pub struct RunningSink {
-    tx: Option<mpsc::Sender<Batch>>,
+    tx: Option<mpsc::Sender<Message>>,
     handle: JoinHandle<Result<(), tidegauge_core::ComponentError>>,
     ack_tx: tidegauge_core::ack::AckSender,
     pub acks: AckReceiver,
@@ -436,7 +449,7 @@ impl RunningSink {
         self.tx
             .as_ref()
             .expect("input open")
-            .send(batch)
+            .send(Message::Batch(batch))
             .await
             .expect("sink is running");
         id
