@@ -291,12 +291,16 @@ impl HttpSink {
             let wait = flush_every.saturating_sub(since.elapsed());
             let closed = match input.recv_timeout(wait.max(Duration::from_millis(1))).await {
                 Recv::Batch(b) => {
-                    for r in 0..b.num_rows() {
+                    pending.finalizers.push(b.finalizers);
+                    for r in 0..b.data.num_rows() {
                         row.clear();
-                        self.encoder.encode_row(&b.data, r, &mut row)?;
+                        if let Err(e) = self.encoder.encode_row(&b.data, r, &mut row) {
+                            // Nothing held counts as delivered once the sink fails.
+                            pending.finalizers.iter().for_each(Finalizers::fail);
+                            return Err(e.into());
+                        }
                         pending.events.push(row.clone());
                     }
-                    pending.finalizers.push(b.finalizers);
                     false
                 }
                 Recv::Idle => false,

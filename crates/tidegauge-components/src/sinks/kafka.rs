@@ -15,7 +15,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::component::{Recv, SinkContext};
-use tidegauge_core::telemetry::{BytesSent, EventsSent};
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
+use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
     SinkConfig, SinkInput,
@@ -71,6 +72,11 @@ pub struct KafkaSinkConfig {
     /// Further librdkafka producer properties (`partitioner`, `security.protocol`, ...).
     #[serde(default)]
     pub options: IndexMap<String, String>,
+    /// Producing again the messages of a batch that were not delivered within
+    /// `message_timeout_ms` (backoff with full jitter, shared budget); when the attempts
+    /// are spent the batch counts as not delivered and the sink fails.
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 /// Compression codecs.
@@ -148,6 +154,7 @@ impl SinkConfig for KafkaSinkConfig {
             ));
         }
         validate_options(&self.options, &RESERVED, &mut errors);
+        errors.extend(self.retry.validate("retry"));
         if errors.is_empty() {
             Ok(())
         } else {
@@ -196,6 +203,7 @@ impl SinkConfig for KafkaSinkConfig {
         })?;
         let key_index = self.key_field.as_ref().and_then(|k| input.index_of(k).ok());
         Ok(Box::new(KafkaSink {
+            resilience: Resilience::new(self.retry.clone()),
             config: self.clone(),
             producer,
             encoder: JsonEncoder::new(&input),
@@ -209,14 +217,16 @@ struct KafkaSink {
     producer: FutureProducer,
     encoder: JsonEncoder,
     key_index: Option<usize>,
+    resilience: Resilience,
 }
+
+/// A message: key and payload, kept to produce again or dead-letter.
+type Msg = (Option<String>, Vec<u8>);
 
 /// A batch whose messages are on their way.
 struct Pending {
     finalizers: Finalizers,
-    deliveries: Vec<(DeliveryFuture, usize)>,
-    /// Payloads kept for dead letters, indexed by the second member of `deliveries`.
-    payloads: Vec<Vec<u8>>,
+    deliveries: Vec<(DeliveryFuture, Msg)>,
 }
 
 /// Batches being delivered at once; the producer batches across them.
@@ -261,33 +271,24 @@ impl KafkaSink {
                     }
                     Recv::Closed => break,
                 };
-                buf.clear();
-                self.encoder.encode_batch(&batch.data, &mut buf)?;
-                let keys: Option<Vec<Option<String>>> = match self.key_index {
-                    Some(i) => {
-                        let col = batch.data.column(i);
-                        let f = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
-                        Some(
-                            (0..col.len())
-                                .map(|r| col.is_valid(r).then(|| f.value(r).to_string()))
-                                .collect(),
-                        )
-                    }
-                    None => None,
-                };
                 let mut p = Pending {
                     finalizers: batch.finalizers,
                     deliveries: Vec::with_capacity(batch.data.num_rows()),
-                    payloads: Vec::new(),
                 };
-                for (row, payload) in buf
-                    .split(|&b| b == b'\n')
-                    .take(batch.data.num_rows())
-                    .enumerate()
+                // Whatever fails from here on, the batch is failed, never released.
+                if let Err(e) = self
+                    .produce_batch(
+                        &component,
+                        &origin,
+                        &batch.data,
+                        &mut buf,
+                        &mut p,
+                        &mut pending,
+                    )
+                    .await
                 {
-                    let key = keys.as_ref().and_then(|k| k[row].as_deref());
-                    self.produce(&component, &origin, key, payload, &mut p, &mut pending)
-                        .await?;
+                    p.finalizers.fail();
+                    return Err(e);
                 }
                 pending.push_back(p);
                 while pending.len() > MAX_PENDING_BATCHES {
@@ -311,58 +312,96 @@ impl KafkaSink {
         result
     }
 
-    /// Hands one message to the producer, waiting for older batches while its queue is
-    /// full.
+    /// Encodes a batch and hands each message to the producer.
+    async fn produce_batch(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        data: &arrow_array::RecordBatch,
+        buf: &mut Vec<u8>,
+        p: &mut Pending,
+        pending: &mut VecDeque<Pending>,
+    ) -> Result<(), ComponentError> {
+        buf.clear();
+        self.encoder.encode_batch(data, buf)?;
+        let keys: Option<Vec<Option<String>>> = match self.key_index {
+            Some(i) => {
+                let col = data.column(i);
+                let f = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
+                Some(
+                    (0..col.len())
+                        .map(|r| col.is_valid(r).then(|| f.value(r).to_string()))
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        for (row, payload) in buf.split(|&b| b == b'\n').take(data.num_rows()).enumerate() {
+            let key = keys.as_ref().and_then(|k| k[row].clone());
+            if payload.len() + key.as_ref().map_or(0, String::len) + 64
+                > self.config.max_message_bytes
+            {
+                component.dead_letter(
+                    origin,
+                    &format!(
+                        "message of {} bytes exceeds max_message_bytes ({})",
+                        payload.len(),
+                        self.config.max_message_bytes
+                    ),
+                    payload,
+                );
+                continue;
+            }
+            let msg = (key, payload.to_vec());
+            let d = self.produce(component, origin, &msg, pending).await?;
+            p.deliveries.push((d, msg));
+        }
+        Ok(())
+    }
+
+    /// Hands one message to the producer, settling older batches (or waiting) while its
+    /// queue is full.
     async fn produce(
         &self,
         component: &ComponentContext,
         origin: &str,
-        key: Option<&str>,
-        payload: &[u8],
-        p: &mut Pending,
+        msg: &Msg,
         pending: &mut VecDeque<Pending>,
-    ) -> Result<(), ComponentError> {
-        if payload.len() + key.map_or(0, str::len) + 64 > self.config.max_message_bytes {
-            component.dead_letter(
-                origin,
-                &format!(
-                    "message of {} bytes exceeds max_message_bytes ({})",
-                    payload.len(),
-                    self.config.max_message_bytes
-                ),
-                payload,
-            );
-            return Ok(());
-        }
+    ) -> Result<DeliveryFuture, ComponentError> {
         loop {
-            let mut record = FutureRecord::to(&self.config.topic).payload(payload);
-            if let Some(k) = key {
-                record = record.key(k);
+            if let Some(d) = self.try_produce(origin, msg)? {
+                return Ok(d);
             }
-            match self.producer.send_result(record) {
-                Ok(d) => {
-                    p.deliveries.push((d, p.payloads.len()));
-                    p.payloads.push(payload.to_vec());
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    match pending.pop_front() {
-                        Some(older) => self.settle(component, origin, older).await?,
-                        None => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                }
-                Err((e, _)) => {
-                    p.finalizers.fail();
-                    return Err(ComponentError::new(redact(
-                        &format!("{origin}: cannot produce: {e}"),
-                        self.config.sasl_password.as_ref(),
-                    )));
-                }
+            match pending.pop_front() {
+                Some(older) => self.settle(component, origin, older).await?,
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     }
 
-    /// Waits for every message of a batch; releases its finalizers when all arrived.
+    /// Hands one message to the producer; `None` when its queue is full.
+    fn try_produce(
+        &self,
+        origin: &str,
+        msg: &Msg,
+    ) -> Result<Option<DeliveryFuture>, ComponentError> {
+        let mut record = FutureRecord::to(&self.config.topic).payload(&msg.1);
+        if let Some(k) = &msg.0 {
+            record = record.key(k.as_str());
+        }
+        match self.producer.send_result(record) {
+            Ok(d) => Ok(Some(d)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(None),
+            Err((e, _)) => Err(ComponentError::new(redact(
+                &format!("{origin}: cannot produce: {e}"),
+                self.config.sasl_password.as_ref(),
+            ))),
+        }
+    }
+
+    /// Waits for every message of a batch; produces those not delivered again, through
+    /// the shared retry layer; releases the batch's finalizers when all arrived, fails
+    /// them when the attempts are spent.
     async fn settle(
         &self,
         component: &ComponentContext,
@@ -371,33 +410,52 @@ impl KafkaSink {
     ) -> Result<(), ComponentError> {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
-        for (d, i) in p.deliveries {
-            match d.await {
-                Ok(Ok(_)) => {
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (d, msg) in p.deliveries {
+            match self.outcome(component, origin, d, &msg).await {
+                Outcome::Delivered => {
                     delivered += 1;
-                    bytes += p.payloads[i].len() as u64;
+                    bytes += msg.1.len() as u64;
                 }
-                Ok(Err((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                ))) => {
-                    component.dead_letter(
-                        origin,
-                        "message too large for the broker",
-                        &p.payloads[i],
-                    );
+                Outcome::DeadLettered => {}
+                Outcome::Failed(e) => {
+                    first_error.get_or_insert(e);
+                    failed.push(msg);
                 }
-                Ok(Err((e, _))) => {
-                    p.finalizers.fail();
-                    return Err(ComponentError::new(redact(
-                        &format!("{origin}: message not delivered: {e}"),
-                        self.config.sasl_password.as_ref(),
-                    )));
+            }
+        }
+        if !failed.is_empty() {
+            component.emit(ComponentErrorOccurred {
+                error: &format!(
+                    "{origin}: {} message(s) not delivered: {}; producing again",
+                    failed.len(),
+                    first_error.as_deref().unwrap_or("unknown error")
+                ),
+            });
+            let left = tokio::sync::Mutex::new(failed);
+            let left = &left;
+            let result = self
+                .resilience
+                .call(
+                    None,
+                    move |_| async move {
+                        let mut left = left.lock().await;
+                        self.produce_again(component, origin, &mut left).await
+                    },
+                    |_| true,
+                    |_| {},
+                )
+                .await;
+            match result {
+                Ok((n, b)) => {
+                    delivered += n;
+                    bytes += b;
                 }
-                Err(_) => {
+                Err(e) => {
                     p.finalizers.fail();
                     return Err(ComponentError::new(format!(
-                        "{origin}: producer closed before delivery"
+                        "{origin}: messages not delivered: {e}"
                     )));
                 }
             }
@@ -407,6 +465,79 @@ impl KafkaSink {
         p.finalizers.release();
         Ok(())
     }
+
+    /// What became of one message.
+    async fn outcome(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        d: DeliveryFuture,
+        msg: &Msg,
+    ) -> Outcome {
+        match d.await {
+            Ok(Ok(_)) => Outcome::Delivered,
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => {
+                component.dead_letter(origin, "message too large for the broker", &msg.1);
+                Outcome::DeadLettered
+            }
+            Ok(Err((e, _))) => {
+                Outcome::Failed(redact(&e.to_string(), self.config.sasl_password.as_ref()))
+            }
+            Err(_) => Outcome::Failed("producer closed before delivery".into()),
+        }
+    }
+
+    /// Produces `left` and waits for each; keeps those not delivered. Returns messages
+    /// and bytes delivered when all were, the first error otherwise.
+    async fn produce_again(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        left: &mut Vec<Msg>,
+    ) -> Result<(u64, u64), String> {
+        let mut deliveries = Vec::with_capacity(left.len());
+        for msg in left.drain(..) {
+            // Older batches wait for this one: a full queue is waited out.
+            let d = loop {
+                match self.try_produce(origin, &msg) {
+                    Ok(Some(d)) => break Ok(d),
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(e) => break Err(e),
+                }
+            };
+            deliveries.push((d, msg));
+        }
+        let (mut count, mut bytes) = (0, 0);
+        let mut first_error = None;
+        for (d, msg) in deliveries {
+            let outcome = match d {
+                Ok(d) => self.outcome(component, origin, d, &msg).await,
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            match outcome {
+                Outcome::Delivered => {
+                    count += 1;
+                    bytes += msg.1.len() as u64;
+                }
+                Outcome::DeadLettered => {}
+                Outcome::Failed(e) => {
+                    first_error.get_or_insert(e);
+                    left.push(msg);
+                }
+            }
+        }
+        match first_error {
+            None => Ok((count, bytes)),
+            Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
+        }
+    }
+}
+
+/// What became of one message handed to the producer.
+enum Outcome {
+    Delivered,
+    DeadLettered,
+    Failed(String),
 }
 
 tidegauge_core::register_sink!(KafkaSinkConfig);

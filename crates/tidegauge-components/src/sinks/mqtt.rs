@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::component::{Recv, SinkContext};
-use tidegauge_core::resilience::RetryPolicy;
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 use super::message::Template;
 use crate::codec::encode::JsonEncoder;
 use crate::secret::Secret;
-use crate::sources::mqtt::{MqttTls, describe_error, mqtt_options, validate_connection};
+use crate::sources::mqtt::{
+    MqttTls, default_reconnect, describe_error, mqtt_options, reconnect, validate_connection,
+};
 
 /// Publishes each event as a JSON object (every field) to an MQTT topic.
 ///
@@ -70,8 +72,10 @@ pub struct MqttSinkConfig {
     #[serde(default = "default_inflight")]
     #[schemars(range(min = 1))]
     pub inflight: u16,
-    /// Waits between reconnection attempts (backoff with jitter).
-    #[serde(default)]
+    /// Reconnection after a lost connection: attempts and backoff with full jitter
+    /// (default 30 attempts, waits up to 10 s); when they are spent the sink fails and
+    /// its unacknowledged batches count as not delivered.
+    #[serde(default = "default_reconnect")]
     pub retry: RetryPolicy,
     /// At shutdown, how long to wait for the broker's acknowledgements, in milliseconds;
     /// batches still unacknowledged then are reported as not delivered.
@@ -180,31 +184,30 @@ enum Report {
     Sent(u16),
     /// The broker acknowledged a QoS 1 message.
     Acked(u16),
+    /// The connection failed (it is being re-established).
     Error(String),
+    /// The connection could not be re-established: the sink fails.
+    GaveUp(String),
 }
 
 async fn drive(
     mut eventloop: EventLoop,
-    retry: RetryPolicy,
+    resilience: Resilience,
     password: Option<Secret>,
     tx: mpsc::UnboundedSender<Report>,
 ) {
-    let mut failures: u32 = 0;
     loop {
         let report = match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                failures = 0;
-                continue;
-            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
             Ok(Event::Incoming(Incoming::PubAck(a))) => Report::Acked(a.pkid),
             Ok(_) => continue,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                failures = failures.saturating_add(1);
                 let _ = tx.send(Report::Error(describe_error(&e, password.as_ref())));
-                tokio::time::sleep(retry.backoff(failures).max(Duration::from_millis(50))).await;
-                continue;
+                match reconnect(&mut eventloop, &resilience, password.as_ref()).await {
+                    Ok(()) => continue,
+                    Err(text) => Report::GaveUp(text),
+                }
             }
         };
         if tx.send(report).is_err() {
@@ -248,7 +251,7 @@ impl Ledger {
                     }
                 }
             }
-            Report::Error(_) => {}
+            Report::Error(_) | Report::GaveUp(_) => {}
         }
     }
 
@@ -285,36 +288,85 @@ impl Sink for MqttSink {
 }
 
 impl MqttSink {
-    async fn run_async(self, mut input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
+    async fn run_async(self, input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
         let component = cx.component;
-        let qos1 = self.config.qos == 1;
-        let qos = if qos1 {
-            QoS::AtLeastOnce
-        } else {
-            QoS::AtMostOnce
-        };
         let (client, eventloop) = AsyncClient::new(self.options.clone(), 1024);
         let (tx, mut reports) = mpsc::unbounded_channel();
         let conn = tokio::spawn(drive(
             eventloop,
-            self.config.retry.clone(),
+            Resilience::new(self.config.retry.clone()),
             self.config.password.clone(),
             tx,
         ));
         let broker = format!("mqtt://{}:{}", self.config.host, self.config.port);
         let mut ledger = Ledger::default();
+        let mut result = self
+            .publish_all(
+                input,
+                &component,
+                &client,
+                &mut reports,
+                &broker,
+                &mut ledger,
+            )
+            .await;
+
+        // End of input (or failure): wait until the broker has everything, then
+        // disconnect. Whatever it has not acknowledged counts as not delivered.
+        if result.is_ok() {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
+            ledger.release();
+            while !ledger.batches.is_empty() {
+                match tokio::time::timeout_at(deadline, reports.recv()).await {
+                    Ok(Some(r)) => {
+                        if let Err(e) = self.note(&component, &broker, &mut ledger, r) {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let undelivered = ledger.fail_all();
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        result?;
+        if undelivered > 0 {
+            return Err(ComponentError::new(format!(
+                "{broker}: {undelivered} batch(es) not acknowledged by the broker within drain_timeout_ms"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Publishes every batch of the input; each is in the ledger before anything of it
+    /// can fail, so an error leaves its finalizers to be failed, never released.
+    async fn publish_all(
+        &self,
+        mut input: SinkInput,
+        component: &tidegauge_core::ComponentContext,
+        client: &AsyncClient,
+        reports: &mut mpsc::UnboundedReceiver<Report>,
+        broker: &str,
+        ledger: &mut Ledger,
+    ) -> Result<(), ComponentError> {
+        let qos = if self.config.qos == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
         let mut buf = Vec::with_capacity(1 << 16);
         let static_topic = self.topic.is_static().then(|| self.config.topic.clone());
         let max_bytes = self.config.max_packet_bytes;
-
-        let mut input_open = true;
-        while input_open {
+        loop {
             // Take the connection's reports first, so acknowledgements flow while the
             // input is quiet.
             let next = tokio::select! {
                 biased;
                 Some(r) = reports.recv() => {
-                    self.note(&component, &broker, &mut ledger, r, qos1);
+                    self.note(component, broker, ledger, r)?;
                     continue;
                 }
                 b = input.recv_timeout(Duration::from_millis(200)) => b,
@@ -322,12 +374,16 @@ impl MqttSink {
             let batch = match next {
                 Recv::Batch(b) => b,
                 Recv::Idle => continue,
-                Recv::Closed => {
-                    input_open = false;
-                    continue;
-                }
+                Recv::Closed => return Ok(()),
             };
             let rows = batch.num_rows();
+            // Register the batch before anything else: reports for its messages may
+            // come back while later messages are still being handed to the client.
+            ledger.batches.push_back(InFlight {
+                finalizers: batch.finalizers,
+                unsent: rows,
+                unacked: HashSet::new(),
+            });
             let topics = match &static_topic {
                 Some(_) => Vec::new(),
                 None => self.topic.render_all(&batch.data)?,
@@ -337,13 +393,6 @@ impl MqttSink {
             let mut published = 0usize;
             let mut bytes = 0u64;
             let mut lines = buf.split(|&b| b == b'\n');
-            // Register the batch before publishing: reports for its messages may come
-            // back while later messages are still being handed to the client.
-            ledger.batches.push_back(InFlight {
-                finalizers: batch.finalizers,
-                unsent: rows,
-                unacked: HashSet::new(),
-            });
             #[allow(clippy::needless_range_loop)] // `topics` is empty for a fixed topic
             for row in 0..rows {
                 let payload = lines.next().unwrap_or_default();
@@ -378,7 +427,7 @@ impl MqttSink {
                             r.map_err(|e| ComponentError::new(format!("{broker}: cannot publish: {e}")))?;
                             break;
                         }
-                        Some(r) = reports.recv() => self.note(&component, &broker, &mut ledger, r, qos1),
+                        Some(r) = reports.recv() => self.note(component, broker, ledger, r)?,
                     }
                 }
                 published += 1;
@@ -390,26 +439,6 @@ impl MqttSink {
             component.emit(BytesSent { bytes });
             ledger.release();
         }
-
-        // End of input: wait until the broker has everything, then disconnect.
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
-        ledger.release();
-        while !ledger.batches.is_empty() {
-            match tokio::time::timeout_at(deadline, reports.recv()).await {
-                Ok(Some(r)) => self.note(&component, &broker, &mut ledger, r, qos1),
-                _ => break,
-            }
-        }
-        let undelivered = ledger.fail_all();
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-        if undelivered > 0 {
-            return Err(ComponentError::new(format!(
-                "{broker}: {undelivered} batch(es) not acknowledged by the broker within drain_timeout_ms"
-            )));
-        }
-        Ok(())
     }
 
     fn note(
@@ -418,15 +447,17 @@ impl MqttSink {
         broker: &str,
         ledger: &mut Ledger,
         report: Report,
-        qos1: bool,
-    ) {
-        if let Report::Error(e) = &report {
-            component.emit(ComponentErrorOccurred {
+    ) -> Result<(), ComponentError> {
+        match &report {
+            Report::Error(e) => component.emit(ComponentErrorOccurred {
                 error: &format!("{broker}: {e}; reconnecting"),
-            });
+            }),
+            Report::GaveUp(e) => return Err(ComponentError::new(format!("{broker}: {e}"))),
+            _ => {}
         }
-        ledger.on_report(&report, qos1);
+        ledger.on_report(&report, self.config.qos == 1);
         ledger.release();
+        Ok(())
     }
 }
 

@@ -11,7 +11,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::component::{Recv, SinkContext};
-use tidegauge_core::telemetry::{BytesSent, EventsSent};
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
+use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
     SinkConfig, SinkInput,
@@ -57,6 +58,11 @@ pub struct NatsSinkConfig {
     /// PEM file of the certificate authorities for TLS; setting it requires TLS.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// Connection attempts at start, and publishing again the messages of a batch that
+    /// the stream did not store (backoff with full jitter, shared budget); when the
+    /// attempts are spent the batch counts as not delivered and the sink fails.
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 fn default_max_in_flight() -> usize {
@@ -95,6 +101,7 @@ impl SinkConfig for NatsSinkConfig {
         if self.max_in_flight == 0 {
             errors.push(ConfigError::new("max_in_flight", "expected at least 1"));
         }
+        errors.extend(self.retry.validate("retry"));
         if errors.is_empty() {
             Ok(())
         } else {
@@ -113,6 +120,7 @@ impl SinkConfig for NatsSinkConfig {
             self.password.as_ref(),
             self.token.as_ref(),
             self.tls_ca_file.as_ref(),
+            &self.retry,
         )
         .await?;
         let js = jetstream::new(client);
@@ -126,6 +134,7 @@ impl SinkConfig for NatsSinkConfig {
             .map_err(|e| BuildError::new(format!("cannot create stream `{name}`: {e}")))?;
         }
         Ok(Box::new(NatsSink {
+            resilience: Resilience::new(self.retry.clone()),
             subject: Template::parse(&self.subject).map_err(BuildError::new)?,
             config: self.clone(),
             js,
@@ -139,12 +148,26 @@ struct NatsSink {
     subject: Template,
     js: jetstream::Context,
     encoder: JsonEncoder,
+    resilience: Resilience,
 }
+
+/// A message: subject and payload.
+type Msg = (String, bytes::Bytes);
 
 /// A batch whose messages await the stream's acknowledgement.
 struct Pending {
     finalizers: Finalizers,
-    acks: Vec<(PublishAckFuture, u64)>,
+    acks: Vec<(PublishAckFuture, Msg)>,
+    /// Messages the client did not take (to publish again when settling).
+    unsent: Vec<Msg>,
+    /// Why the first of them was not taken.
+    unsent_error: Option<String>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.acks.len() + self.unsent.len()
+    }
 }
 
 impl Sink for NatsSink {
@@ -181,7 +204,7 @@ impl NatsSink {
                     Recv::Batch(b) => b,
                     Recv::Idle => {
                         while let Some(p) = pending.pop_front() {
-                            in_flight -= p.acks.len();
+                            in_flight -= p.len();
                             self.settle(&component, &origin, p).await?;
                         }
                         continue;
@@ -189,15 +212,28 @@ impl NatsSink {
                     Recv::Closed => break,
                 };
                 let rows = batch.num_rows();
-                let subjects = match &static_subject {
-                    Some(_) => Vec::new(),
-                    None => self.subject.render_all(&batch.data)?,
-                };
-                buf.clear();
-                self.encoder.encode_batch(&batch.data, &mut buf)?;
                 let mut p = Pending {
                     finalizers: batch.finalizers,
                     acks: Vec::with_capacity(rows),
+                    unsent: Vec::new(),
+                    unsent_error: None,
+                };
+                // Whatever fails from here on, the batch is failed, never released.
+                let subjects = match &static_subject {
+                    Some(_) => Ok(Vec::new()),
+                    None => self.subject.render_all(&batch.data),
+                };
+                let encoded = subjects.and_then(|subjects| {
+                    buf.clear();
+                    self.encoder.encode_batch(&batch.data, &mut buf)?;
+                    Ok(subjects)
+                });
+                let subjects = match encoded {
+                    Ok(s) => s,
+                    Err(e) => {
+                        p.finalizers.fail();
+                        return Err(ComponentError::from(e));
+                    }
                 };
                 for (row, payload) in buf.split(|&b| b == b'\n').take(rows).enumerate() {
                     let subject = match &static_subject {
@@ -216,19 +252,20 @@ impl NatsSink {
                         let Some(older) = pending.pop_front() else {
                             break;
                         };
-                        in_flight -= older.acks.len();
-                        self.settle(&component, &origin, older).await?;
+                        in_flight -= older.len();
+                        if let Err(e) = self.settle(&component, &origin, older).await {
+                            p.finalizers.fail();
+                            return Err(e);
+                        }
                     }
-                    let ack = self
-                        .js
-                        .publish(subject.to_string(), bytes::Bytes::copy_from_slice(payload))
-                        .await
-                        .map_err(|e| {
-                            ComponentError::new(format!(
-                                "{origin}: cannot publish to {subject}: {e}"
-                            ))
-                        })?;
-                    p.acks.push((ack, payload.len() as u64));
+                    let msg = (subject.to_string(), bytes::Bytes::copy_from_slice(payload));
+                    match self.js.publish(msg.0.clone(), msg.1.clone()).await {
+                        Ok(ack) => p.acks.push((ack, msg)),
+                        Err(e) => {
+                            p.unsent_error.get_or_insert_with(|| e.to_string());
+                            p.unsent.push(msg);
+                        }
+                    }
                     in_flight += 1;
                 }
                 pending.push_back(p);
@@ -248,6 +285,9 @@ impl NatsSink {
         result
     }
 
+    /// Waits for the stream to store every message of a batch; publishes those it did
+    /// not store again, through the shared retry layer; releases the batch's finalizers
+    /// once all are stored, or fails them when the attempts are spent.
     async fn settle(
         &self,
         component: &ComponentContext,
@@ -256,20 +296,95 @@ impl NatsSink {
     ) -> Result<(), ComponentError> {
         let mut count = 0;
         let mut bytes = 0;
-        for (ack, len) in p.acks {
-            if let Err(e) = ack.await {
-                p.finalizers.fail();
-                return Err(ComponentError::new(format!(
-                    "{origin}: message not stored: {e}"
-                )));
+        let mut failed = p.unsent;
+        let mut first_error = p.unsent_error;
+        for (ack, msg) in p.acks {
+            match ack.await {
+                Ok(_) => {
+                    count += 1;
+                    bytes += msg.1.len() as u64;
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.to_string());
+                    failed.push(msg);
+                }
             }
-            count += 1;
-            bytes += len;
+        }
+        if !failed.is_empty() {
+            component.emit(ComponentErrorOccurred {
+                error: &format!(
+                    "{origin}: {} message(s) not stored: {}; publishing again",
+                    failed.len(),
+                    first_error.as_deref().unwrap_or("unknown error")
+                ),
+            });
+            let left = tokio::sync::Mutex::new(failed);
+            let left = &left;
+            let js = &self.js;
+            let result = self
+                .resilience
+                .call(
+                    None,
+                    move |_| async move {
+                        let mut left = left.lock().await;
+                        publish_again(js, &mut left).await
+                    },
+                    |_| true,
+                    |_| {},
+                )
+                .await;
+            match result {
+                Ok(stored) => {
+                    count += stored.0;
+                    bytes += stored.1;
+                }
+                Err(e) => {
+                    p.finalizers.fail();
+                    return Err(ComponentError::new(format!(
+                        "{origin}: messages not stored: {e}"
+                    )));
+                }
+            }
         }
         component.emit(EventsSent { count });
         component.emit(BytesSent { bytes });
         p.finalizers.release();
         Ok(())
+    }
+}
+
+/// Publishes `left` and waits for each to be stored; keeps those that were not. Returns
+/// the messages and bytes stored when all were, the first error otherwise.
+async fn publish_again(js: &jetstream::Context, left: &mut Vec<Msg>) -> Result<(u64, u64), String> {
+    let mut acks = Vec::with_capacity(left.len());
+    let mut still = Vec::new();
+    let mut first_error = None;
+    for msg in left.drain(..) {
+        match js.publish(msg.0.clone(), msg.1.clone()).await {
+            Ok(ack) => acks.push((ack, msg)),
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                still.push(msg);
+            }
+        }
+    }
+    let (mut count, mut bytes) = (0, 0);
+    for (ack, msg) in acks {
+        match ack.await {
+            Ok(_) => {
+                count += 1;
+                bytes += msg.1.len() as u64;
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                still.push(msg);
+            }
+        }
+    }
+    *left = still;
+    match first_error {
+        None => Ok((count, bytes)),
+        Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
     }
 }
 

@@ -300,8 +300,12 @@ impl PostgresSink {
             let wait = flush_every.saturating_sub(since.elapsed());
             let closed = match input.recv_timeout(wait.max(Duration::from_millis(1))).await {
                 Recv::Batch(b) => {
-                    encode_rows(&b.data, &mut pending.lines)?;
                     pending.finalizers.push(b.finalizers);
+                    if let Err(e) = encode_rows(&b.data, &mut pending.lines) {
+                        // Nothing held counts as delivered once the sink fails.
+                        pending.finalizers.iter().for_each(Finalizers::fail);
+                        return Err(e);
+                    }
                     false
                 }
                 Recv::Idle => false,

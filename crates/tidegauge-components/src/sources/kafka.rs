@@ -20,7 +20,7 @@ use tidegauge_core::{
     Source, SourceConfig, SourceContext,
 };
 
-use super::message::{AckTracker, MessageDecoder, Released};
+use super::message::{AckTracker, MessageDecoder, Released, barrier_ticker};
 use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, FieldType, default_fields, schema_for};
 use crate::secret::Secret;
@@ -364,6 +364,7 @@ impl KafkaSource {
         let mut held: Vec<Position> = Vec::new();
         let linger = Duration::from_millis(self.config.batch.linger_ms);
         let mut first_at: Option<Instant> = None;
+        let mut barriers = barrier_ticker();
 
         let result: Result<(), ComponentError> = loop {
             let wait = match first_at {
@@ -400,6 +401,16 @@ impl KafkaSource {
                             continue;
                         }
                     }
+                }
+                _ = barriers.tick() => {
+                    if let Some(o) = out.as_mut() {
+                        match o.serve_barriers().await {
+                            Ok(()) => {}
+                            Err(SendError::Closed) => break Ok(()),
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
+                    continue;
                 }
                 _ = tokio::time::sleep(wait), if first_at.is_some() => {}
             }

@@ -170,6 +170,14 @@ impl MessageDecoder {
     }
 }
 
+/// How often an idle broker source sends the checkpoint barriers asked of it (a busy
+/// one sends them with its batches).
+pub(crate) fn barrier_ticker() -> tokio::time::Interval {
+    let mut t = tokio::time::interval(std::time::Duration::from_millis(100));
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 /// Batches in flight and the broker positions each carries, in emission order. Positions
 /// are released for commit only as a contiguous prefix of acknowledged batches, so a
 /// commit never covers data that a sink has not made durable.

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::{AckReceiver, Finalizers, ack_channel};
 use tidegauge_core::component::SendError;
-use tidegauge_core::resilience::RetryPolicy;
+use tidegauge_core::resilience::{Resilience, RetryError, RetryPolicy};
 use tidegauge_core::telemetry::ComponentErrorOccurred;
 use tidegauge_core::{
     Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
@@ -20,7 +20,7 @@ use tidegauge_core::{
 };
 use tokio::sync::mpsc;
 
-use super::message::{AckTracker, KeyFromTopic, MessageDecoder};
+use super::message::{AckTracker, KeyFromTopic, MessageDecoder, barrier_ticker};
 use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, default_fields, schema_for};
 use crate::secret::Secret;
@@ -86,8 +86,9 @@ pub struct MqttSourceConfig {
     /// Batching of events.
     #[serde(default)]
     pub batch: BatchConfig,
-    /// Waits between reconnection attempts (backoff with jitter).
-    #[serde(default)]
+    /// Reconnection after a lost connection: attempts and backoff with full jitter
+    /// (default 30 attempts, waits up to 10 s); when they are spent the source fails.
+    #[serde(default = "default_reconnect")]
     pub retry: RetryPolicy,
     /// At shutdown, how long to wait for the sinks' acknowledgements of messages already
     /// sent on, in milliseconds, before disconnecting (unacknowledged ones are redelivered
@@ -298,48 +299,120 @@ enum Inbound {
     Message(Publish),
     /// The connection failed (it is being retried).
     Error(String),
+    /// The connection could not be re-established: the source fails.
+    GaveUp(String),
 }
 
-/// Polls the event loop, resubscribing on every (re)connection, until `stop`.
+/// Polls the event loop, resubscribing on every (re)connection, until `stop`. A lost
+/// connection is re-established through the shared retry layer; when its attempts are
+/// spent the source is told and stops.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     topics: Vec<(String, QoS)>,
-    retry: RetryPolicy,
+    resilience: Resilience,
     password: Option<Secret>,
     tx: mpsc::Sender<Inbound>,
 ) {
-    let mut failures: u32 = 0;
     loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                failures = 0;
-                let filters = topics
-                    .iter()
-                    .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
-                if let Err(e) = client.try_subscribe_many(filters) {
-                    let text = format!("cannot subscribe: {e}");
-                    if tx.send(Inbound::Error(text)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                if tx.send(Inbound::Message(p)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
+        let event = match eventloop.poll().await {
+            Ok(event) => event,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                failures = failures.saturating_add(1);
                 let text = describe_error(&e, password.as_ref());
                 if tx.send(Inbound::Error(text)).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(retry.backoff(failures).max(Duration::from_millis(50))).await;
+                match reconnect(&mut eventloop, &resilience, password.as_ref()).await {
+                    Ok(()) => Event::Incoming(Incoming::ConnAck(rumqttc::ConnAck::new(
+                        rumqttc::ConnectReturnCode::Success,
+                        false,
+                    ))),
+                    Err(text) => {
+                        let _ = tx.send(Inbound::GaveUp(text)).await;
+                        return;
+                    }
+                }
             }
+        };
+        let open = match event {
+            Event::Incoming(Incoming::ConnAck(_)) => {
+                let filters = topics
+                    .iter()
+                    .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
+                match client.try_subscribe_many(filters) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let text = format!("cannot subscribe: {e}");
+                        tx.send(Inbound::Error(text)).await.is_ok()
+                    }
+                }
+            }
+            Event::Incoming(Incoming::Publish(p)) => tx.send(Inbound::Message(p)).await.is_ok(),
+            _ => true,
+        };
+        if !open {
+            return;
         }
+    }
+}
+
+/// How the MQTT components reconnect unless `retry` says otherwise: up to 30 attempts,
+/// waits growing to 10 s with full jitter (an outage of a few minutes), then the
+/// component fails.
+pub(crate) fn default_reconnect() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 30,
+        ..RetryPolicy::default()
+    }
+}
+
+/// After a lost connection: reconnects through the shared retry layer (backoff with
+/// full jitter, the component's retry budget) until the broker accepts the connection.
+/// A refusal that cannot change by retrying (bad credentials, not authorized) and spent
+/// attempts end it with the last error, described without credentials.
+pub(crate) async fn reconnect(
+    eventloop: &mut EventLoop,
+    resilience: &Resilience,
+    password: Option<&Secret>,
+) -> Result<(), String> {
+    let cell = tokio::sync::Mutex::new(eventloop);
+    let cell = &cell;
+    let result = resilience
+        .call(
+            None,
+            move |n| async move {
+                if n == 1 {
+                    // A connection that breaks as soon as it is made (another client
+                    // with the same id) must not turn into a busy loop.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let mut eventloop = cell.lock().await;
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            },
+            |e| match e {
+                rumqttc::ConnectionError::RequestsDone => false,
+                rumqttc::ConnectionError::ConnectionRefused(code) => {
+                    matches!(code, rumqttc::ConnectReturnCode::ServiceUnavailable)
+                }
+                _ => true,
+            },
+            |_| {},
+        )
+        .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(RetryError::Failed { error, attempts }) => Err(format!(
+            "{} (gave up after {attempts} reconnection attempt(s))",
+            describe_error(&error, password)
+        )),
+        Err(RetryError::BreakerOpen) => Err("circuit breaker open".into()),
     }
 }
 
@@ -374,7 +447,7 @@ impl MqttSource {
             eventloop,
             client.clone(),
             topics,
-            self.config.retry.clone(),
+            Resilience::new(self.config.retry.clone()),
             self.config.password.clone(),
             tx,
         ));
@@ -397,6 +470,7 @@ impl MqttSource {
         let mut first_at: Option<Instant> = None;
         let mut out = Some(out);
         let manual = self.config.qos == 1;
+        let mut barriers = barrier_ticker();
 
         let result: Result<(), ComponentError> = loop {
             let wait = match first_at {
@@ -447,8 +521,21 @@ impl MqttSource {
                         });
                         continue;
                     }
+                    Some(Inbound::GaveUp(e)) => {
+                        break Err(ComponentError::new(format!("{broker}: {e}")));
+                    }
                     None => break Ok(()),
                 },
+                _ = barriers.tick() => {
+                    if let Some(o) = out.as_mut() {
+                        match o.serve_barriers().await {
+                            Ok(()) => {}
+                            Err(SendError::Closed) => break Ok(()),
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep(wait), if first_at.is_some() => {}
             }
             first_at = None;

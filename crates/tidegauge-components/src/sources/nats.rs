@@ -12,13 +12,14 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::{Finalizers, ack_channel};
 use tidegauge_core::component::SendError;
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
 use tidegauge_core::telemetry::ComponentErrorOccurred;
 use tidegauge_core::{
     Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
     Source, SourceConfig, SourceContext,
 };
 
-use super::message::{AckTracker, KeyFromTopic, MessageDecoder, Released};
+use super::message::{AckTracker, KeyFromTopic, MessageDecoder, Released, barrier_ticker};
 use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, default_fields, schema_for};
 use crate::secret::Secret;
@@ -83,6 +84,10 @@ pub struct NatsSourceConfig {
     /// At shutdown, how long to wait for the sinks' acknowledgements, in milliseconds.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Connection attempts at start (backoff with full jitter, shared budget); once
+    /// running, the client reconnects without end, waiting as this policy's backoff says.
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 fn default_ack_wait_ms() -> u64 {
@@ -120,26 +125,17 @@ pub(crate) fn validate_connection(
     }
 }
 
-/// Connects, with credentials and TLS as configured. Errors never show secrets.
+/// Connects, with credentials and TLS as configured, trying as `retry` allows through
+/// the shared retry layer. Reconnections of the running client wait as `retry`'s backoff
+/// says (full jitter), without end. Errors never show secrets.
 pub(crate) async fn connect(
     servers: &[String],
     username: Option<&String>,
     password: Option<&Secret>,
     token: Option<&Secret>,
     tls_ca_file: Option<&PathBuf>,
+    retry: &RetryPolicy,
 ) -> Result<async_nats::Client, BuildError> {
-    let mut o = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(10))
-        .max_reconnects(None);
-    if let (Some(u), Some(p)) = (username, password) {
-        o = o.user_and_password(u.clone(), p.expose().to_string());
-    }
-    if let Some(t) = token {
-        o = o.token(t.expose().to_string());
-    }
-    if let Some(ca) = tls_ca_file {
-        o = o.add_root_certificates(ca.clone()).require_tls(true);
-    }
     let addrs: Vec<async_nats::ServerAddr> = servers
         .iter()
         .map(|s| {
@@ -147,13 +143,50 @@ pub(crate) async fn connect(
                 .map_err(|e| BuildError::new(format!("servers: `{s}`: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    o.connect(addrs).await.map_err(|e| {
-        let mut text = format!("cannot connect to {}: {e}", servers.join(", "));
-        for s in [password, token].into_iter().flatten() {
-            text = s.redact(&text);
+    let options = || {
+        let backoff = retry.clone();
+        let mut o = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(10))
+            .max_reconnects(None)
+            .reconnect_delay_callback(move |attempts| {
+                backoff.backoff(u32::try_from(attempts).unwrap_or(u32::MAX))
+            });
+        if let (Some(u), Some(p)) = (username, password) {
+            o = o.user_and_password(u.clone(), p.expose().to_string());
         }
-        BuildError::new(text)
-    })
+        if let Some(t) = token {
+            o = o.token(t.expose().to_string());
+        }
+        if let Some(ca) = tls_ca_file {
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        o
+    };
+    let resilience = Resilience::new(retry.clone());
+    let addrs = &addrs;
+    let options = &options;
+    resilience
+        .call(
+            None,
+            move |_| async move { options().connect(addrs.clone()).await },
+            |e| {
+                !matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::Authentication
+                        | async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Tls
+                )
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| {
+            let mut text = format!("cannot connect to {}: {e}", servers.join(", "));
+            for s in [password, token].into_iter().flatten() {
+                text = s.redact(&text);
+            }
+            BuildError::new(text)
+        })
 }
 
 impl SourceConfig for NatsSourceConfig {
@@ -185,6 +218,7 @@ impl SourceConfig for NatsSourceConfig {
             k.validate("key_from_subject", &self.fields, &mut errors);
         }
         self.batch.validate(&mut errors);
+        errors.extend(self.retry.validate("retry"));
         if errors.is_empty() {
             Ok(schema_for(&self.fields, &self.optional_fields))
         } else {
@@ -203,6 +237,7 @@ impl SourceConfig for NatsSourceConfig {
             self.password.as_ref(),
             self.token.as_ref(),
             self.tls_ca_file.as_ref(),
+            &self.retry,
         )
         .await?;
         let js = jetstream::new(client.clone());
@@ -316,6 +351,7 @@ impl NatsSource {
         let mut held: Vec<jetstream::Message> = Vec::new();
         let linger = Duration::from_millis(self.config.batch.linger_ms);
         let mut first_at: Option<Instant> = None;
+        let mut barriers = barrier_ticker();
 
         let result: Result<(), ComponentError> = loop {
             let wait = match first_at {
@@ -355,6 +391,16 @@ impl NatsSource {
                     }
                     None => break Ok(()),
                 },
+                _ = barriers.tick() => {
+                    if let Some(o) = out.as_mut() {
+                        match o.serve_barriers().await {
+                            Ok(()) => {}
+                            Err(SendError::Closed) => break Ok(()),
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep(wait), if first_at.is_some() => {}
             }
             first_at = None;
