@@ -124,3 +124,54 @@ fn secrets_stay_out_of_errors_and_debug_logs() {
     assert!(stderr(&o).contains("max_events"), "{}", stderr(&o));
     assert_hidden(&o);
 }
+
+/// The README's connector example is a pipeline that `check` accepts as written, with
+/// the feature names and settings the README gives.
+#[test]
+fn readme_connector_example_passes_check() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("### Connectors")
+        .expect("README has a Connectors section");
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |i| i + 4)];
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").expect("closed code block")])
+        .collect();
+    assert!(
+        !blocks.is_empty(),
+        "the Connectors section shows a pipeline"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        let path = dir.path().join(format!("connectors-{i}.toml"));
+        std::fs::write(&path, block).unwrap();
+        let o = tidegauge()
+            .arg("check")
+            .arg(&path)
+            .env("MQTT_PASSWORD", SECRET)
+            .env("ALERT_TOKEN", SECRET)
+            .env("PG_PASSWORD", SECRET)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "README connector example {i} fails check:\n{}{}\n{block}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert_hidden(&o);
+    }
+    // The features the README names are the binary's.
+    let manifest = std::fs::read_to_string(root().join("crates/tidegauge/Cargo.toml")).unwrap();
+    for feature in ["mqtt", "nats", "postgres", "parquet", "http", "kafka"] {
+        assert!(
+            section.contains(&format!("`{feature}`"))
+                && manifest.contains(&format!("\n{feature} = [")),
+            "feature `{feature}` in README and Cargo.toml"
+        );
+    }
+}
