@@ -175,3 +175,68 @@ fn readme_connector_example_passes_check() {
         );
     }
 }
+
+/// Broker sources that receive nothing still pass checkpoint barriers: checkpoints of a
+/// pipeline reading idle MQTT and NATS sources complete, one after another.
+#[test]
+fn idle_broker_sources_let_checkpoints_complete() {
+    let Some(mqtt) = server("TIDEGAUGE_TEST_MQTT") else {
+        return;
+    };
+    let Some(nats) = server("TIDEGAUGE_TEST_NATS") else {
+        return;
+    };
+    let (host, port) = mqtt.rsplit_once(':').unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!(
+        "idle{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let state = dir.path().join("state");
+    let text = format!(
+        "[checkpoint]\ndir = \"{}\"\ninterval_ms = 100\n\n\
+         [sources.m]\ntype = \"mqtt\"\nhost = \"{host}\"\nport = {port}\ntopics = [\"{name}/#\"]\n\n\
+         [sources.n]\ntype = \"nats\"\nservers = [\"nats://{nats}\"]\nstream = \"{name}\"\nsubjects = [\"{name}.>\"]\n\n\
+         [sinks.out]\ntype = \"jsonl\"\ninputs = [\"m\", \"n\"]\npath = \"{}\"\n",
+        state.display(),
+        dir.path().join("out.jsonl").display()
+    );
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = tidegauge()
+        .arg("run")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let manifest = state.join("checkpoint.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last_id = 0;
+    while last_id < 3 && std::time::Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&manifest)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            last_id = v["id"].as_u64().unwrap_or(0);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the pipeline stopped early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: `child.id()` is the pid of a child this test spawned and has not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        last_id >= 3,
+        "checkpoints stalled at {last_id} with idle broker sources:\n{}",
+        stderr(&out)
+    );
+}
