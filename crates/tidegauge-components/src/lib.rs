@@ -4,8 +4,11 @@
 
 pub mod codec;
 pub mod expr;
+pub mod secret;
 pub mod sinks;
 pub mod sources;
+#[cfg(any(feature = "mqtt", feature = "http-tls"))]
+pub(crate) mod tls;
 pub mod transforms;
 
 /// Names of every component type this crate registers. Calling it also guarantees the

@@ -1,7 +1,21 @@
 //! Sinks: where events go. One file per sink; the loop shared by sinks that write
 //! synchronously (files, the terminal) is here.
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod jsonl;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
+pub mod message;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "parquet")]
+pub mod parquet;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod stdout;
 
 use std::io;

@@ -229,6 +229,8 @@ impl SourceConfig for HttpPollConfig {
         schema: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Source>, BuildError> {
+        #[cfg(feature = "http-tls")]
+        crate::tls::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(self.timeout_ms))
             .pool_max_idle_per_host(4)

@@ -2,6 +2,14 @@
 
 pub mod file;
 pub mod http_poll;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
+pub mod message;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod simulate;
 pub mod stdin;
 

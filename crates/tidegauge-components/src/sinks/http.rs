@@ -1,0 +1,443 @@
+//! `http` sink: events POSTed in batches to a URL (webhooks for alerts), with retries and
+//! a circuit breaker from the shared resilience layer. The auth header's value is a
+//! secret: it is sent, never printed.
+
+use std::time::{Duration, Instant};
+
+use arrow_schema::SchemaRef;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::{Recv, SinkContext};
+use tidegauge_core::resilience::{
+    BreakerConfig, CircuitBreaker, Resilience, RetryError, RetryPolicy,
+};
+use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
+use tidegauge_core::{
+    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
+    SinkConfig, SinkInput,
+};
+
+use crate::codec::encode::JsonEncoder;
+use crate::secret::Secret;
+
+/// Sends events to an HTTP endpoint in batches: a JSON array of objects (or JSON Lines)
+/// per request.
+///
+/// Failed requests (connection errors, timeouts, 408, 429 and 5xx answers) are retried
+/// with backoff and jitter within a retry budget; a circuit breaker stops calling an
+/// endpoint that keeps failing. Events the endpoint refuses (other 4xx answers), or that
+/// could not be sent when retries ran out or the breaker was open, are dead-lettered with
+/// the reason. Error messages and dead letters name the endpoint by scheme, host and port
+/// only (webhook URLs often carry tokens in their path).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Endpoint URL (`http://` or `https://`).
+    pub url: String,
+    /// Request method.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Body format.
+    #[serde(default)]
+    pub encoding: HttpEncoding,
+    /// Extra request headers (not secret; use `auth_header_value` for credentials).
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Name of the header carrying credentials.
+    #[serde(default = "default_auth_header_name")]
+    pub auth_header_name: String,
+    /// Value of the credentials header, e.g. `Bearer ${WEBHOOK_TOKEN}`; never logged or
+    /// printed.
+    #[serde(default)]
+    pub auth_header_value: Option<Secret>,
+    /// Most events per request.
+    #[serde(default = "default_max_events")]
+    #[schemars(range(min = 1))]
+    pub max_events: usize,
+    /// Longest time an event waits for its request, in milliseconds.
+    #[serde(default = "default_flush_interval_ms")]
+    #[schemars(range(min = 1))]
+    pub flush_interval_ms: u64,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: u64,
+    /// Retries of failed requests.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Circuit breaker around the endpoint.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// HTTP method.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// POST.
+    #[default]
+    Post,
+    /// PUT.
+    Put,
+}
+
+/// Request body format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpEncoding {
+    /// `[{...},{...}]`, `Content-Type: application/json`.
+    #[default]
+    JsonArray,
+    /// One object per line, `Content-Type: application/x-ndjson`.
+    Ndjson,
+}
+
+fn default_auth_header_name() -> String {
+    "Authorization".into()
+}
+fn default_max_events() -> usize {
+    1000
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `scheme://host:port` of a URL: what errors may show.
+fn endpoint(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or("?"),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    )
+}
+
+impl SinkConfig for HttpSinkConfig {
+    const TYPE: &'static str = "http";
+
+    fn validate(&self, _input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                if !u.username().is_empty() || u.password().is_some() {
+                    errors.push(ConfigError::new(
+                        "url",
+                        "put credentials in auth_header_value, not in the URL",
+                    ));
+                }
+            }
+            Ok(_) => errors.push(ConfigError::new(
+                "url",
+                "expected an http:// or https:// URL",
+            )),
+            Err(e) => errors.push(ConfigError::new("url", format!("not a URL: {e}"))),
+        }
+        for (name, value) in &self.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.push(ConfigError::new(
+                    format!("headers.{name}"),
+                    "not a header name",
+                ));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                errors.push(ConfigError::new(
+                    format!("headers.{name}"),
+                    "not a header value",
+                ));
+            }
+            if name.eq_ignore_ascii_case(&self.auth_header_name) {
+                errors.push(ConfigError::new(
+                    format!("headers.{name}"),
+                    "credentials go in auth_header_value, which is never printed",
+                ));
+            }
+        }
+        if reqwest::header::HeaderName::from_bytes(self.auth_header_name.as_bytes()).is_err() {
+            errors.push(ConfigError::new("auth_header_name", "not a header name"));
+        }
+        if let Some(v) = &self.auth_header_value
+            && reqwest::header::HeaderValue::from_str(v.expose()).is_err()
+        {
+            // The message must not quote the value.
+            errors.push(ConfigError::new(
+                "auth_header_value",
+                "not a valid header value (control characters?)",
+            ));
+        }
+        for (name, v) in [
+            ("max_events", self.max_events as u64),
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("timeout_ms", self.timeout_ms),
+        ] {
+            if v == 0 {
+                errors.push(ConfigError::new(name, "expected a positive integer"));
+            }
+        }
+        errors.extend(self.retry.validate("retry"));
+        errors.extend(self.breaker.validate("breaker"));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    async fn build(
+        &self,
+        input: SchemaRef,
+        _cx: BuildContext,
+    ) -> Result<Box<dyn Sink>, BuildError> {
+        let url =
+            reqwest::Url::parse(&self.url).map_err(|e| BuildError::new(format!("url: {e}")))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &self.headers {
+            let n = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| BuildError::new(format!("headers.{name}: {e}")))?;
+            let v = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|e| BuildError::new(format!("headers.{name}: {e}")))?;
+            headers.insert(n, v);
+        }
+        if let Some(secret) = &self.auth_header_value {
+            let n = reqwest::header::HeaderName::from_bytes(self.auth_header_name.as_bytes())
+                .map_err(|e| BuildError::new(format!("auth_header_name: {e}")))?;
+            let mut v = reqwest::header::HeaderValue::from_str(secret.expose())
+                .map_err(|_| BuildError::new("auth_header_value: not a valid header value"))?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
+        }
+        let content_type = match self.encoding {
+            HttpEncoding::JsonArray => "application/json",
+            HttpEncoding::Ndjson => "application/x-ndjson",
+        };
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static(content_type),
+        );
+        #[cfg(feature = "http-tls")]
+        crate::tls::ensure_crypto_provider();
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .user_agent(concat!("tidegauge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BuildError::new(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Box::new(HttpSink {
+            endpoint: endpoint(&url),
+            url,
+            config: self.clone(),
+            client,
+            encoder: JsonEncoder::new(&input),
+        }))
+    }
+}
+
+struct HttpSink {
+    config: HttpSinkConfig,
+    url: reqwest::Url,
+    endpoint: String,
+    client: reqwest::Client,
+    encoder: JsonEncoder,
+}
+
+/// Why a request failed.
+#[derive(Debug)]
+enum RequestError {
+    /// Worth trying again: no answer, a timeout, 408, 429, 5xx.
+    Transient(String),
+    /// The endpoint refused the events.
+    Refused(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Transient(e) | RequestError::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Events waiting for the next request: one encoded object each.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Vec<u8>>,
+    finalizers: Vec<Finalizers>,
+}
+
+impl Sink for HttpSink {
+    fn run(
+        self: Box<Self>,
+        input: SinkInput,
+        cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(self.run_async(input, cx))
+    }
+}
+
+impl HttpSink {
+    async fn run_async(self, mut input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
+        let component = cx.component;
+        let resilience = Resilience::new(self.config.retry.clone());
+        let breaker = CircuitBreaker::new(self.config.breaker.clone());
+        let flush_every = Duration::from_millis(self.config.flush_interval_ms);
+        let mut pending = Pending::default();
+        let mut since = Instant::now();
+        let mut row = Vec::new();
+        loop {
+            let wait = flush_every.saturating_sub(since.elapsed());
+            let closed = match input.recv_timeout(wait.max(Duration::from_millis(1))).await {
+                Recv::Batch(b) => {
+                    pending.finalizers.push(b.finalizers);
+                    for r in 0..b.data.num_rows() {
+                        row.clear();
+                        if let Err(e) = self.encoder.encode_row(&b.data, r, &mut row) {
+                            // Nothing held counts as delivered once the sink fails.
+                            pending.finalizers.iter().for_each(Finalizers::fail);
+                            return Err(e.into());
+                        }
+                        pending.events.push(row.clone());
+                    }
+                    false
+                }
+                Recv::Idle => false,
+                Recv::Closed => true,
+            };
+            if closed
+                || pending.events.len() >= self.config.max_events
+                || since.elapsed() >= flush_every
+            {
+                let batch = std::mem::take(&mut pending);
+                for chunk in batch.events.chunks(self.config.max_events) {
+                    self.send(&component, &resilience, &breaker, chunk).await;
+                }
+                // Every event is now either accepted or dead-lettered.
+                batch.finalizers.into_iter().for_each(Finalizers::release);
+                since = Instant::now();
+            }
+            if closed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one request's worth of events; what cannot be delivered is dead-lettered.
+    async fn send(
+        &self,
+        component: &ComponentContext,
+        resilience: &Resilience,
+        breaker: &CircuitBreaker,
+        events: &[Vec<u8>],
+    ) {
+        let mut body = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        match self.config.encoding {
+            HttpEncoding::JsonArray => {
+                body.push(b'[');
+                for (i, e) in events.iter().enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(e);
+                }
+                body.push(b']');
+            }
+            HttpEncoding::Ndjson => {
+                for e in events {
+                    body.extend_from_slice(e);
+                    body.push(b'\n');
+                }
+            }
+        }
+        let body = bytes::Bytes::from(body);
+        let method = match self.config.method {
+            HttpMethod::Post => reqwest::Method::POST,
+            HttpMethod::Put => reqwest::Method::PUT,
+        };
+        let result = resilience
+            .call(
+                Some(breaker),
+                |attempt| {
+                    let request = self
+                        .client
+                        .request(method.clone(), self.url.clone())
+                        .body(body.clone());
+                    async move {
+                        let r = self.request(request).await;
+                        if let Err(RequestError::Transient(e)) = &r {
+                            component.emit(ComponentErrorOccurred {
+                                error: &format!("{}: attempt {attempt}: {e}", self.endpoint),
+                            });
+                        }
+                        r
+                    }
+                },
+                |e| matches!(e, RequestError::Transient(_)),
+                |t| {
+                    component.emit(ComponentErrorOccurred {
+                        error: &format!(
+                            "{}: circuit breaker {:?} -> {:?}",
+                            self.endpoint, t.from, t.to
+                        ),
+                    })
+                },
+            )
+            .await;
+        let reason = match result {
+            Ok(()) => {
+                component.emit(EventsSent {
+                    count: events.len() as u64,
+                });
+                component.emit(BytesSent {
+                    bytes: body.len() as u64,
+                });
+                return;
+            }
+            Err(RetryError::BreakerOpen) => "not sent: circuit breaker open".to_string(),
+            Err(RetryError::Failed { error, attempts }) => match error {
+                RequestError::Refused(e) => format!("refused: {e}"),
+                RequestError::Transient(e) => format!("not sent after {attempts} attempt(s): {e}"),
+            },
+        };
+        for e in events {
+            component.dead_letter(&self.endpoint, &reason, e);
+        }
+    }
+
+    async fn request(&self, request: reqwest::RequestBuilder) -> Result<(), RequestError> {
+        let response = request.send().await.map_err(|e| {
+            // reqwest's message includes the full URL: keep only what may be shown.
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            RequestError::Transient(what.to_string())
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let snippet: String = text.chars().take(200).collect();
+        let what = format!("HTTP {status}: {snippet}");
+        let what = match &self.config.auth_header_value {
+            Some(s) => s.redact(&what),
+            None => what,
+        };
+        if status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        {
+            Err(RequestError::Transient(what))
+        } else {
+            Err(RequestError::Refused(what))
+        }
+    }
+}
+
+tidegauge_core::register_sink!(HttpSinkConfig);

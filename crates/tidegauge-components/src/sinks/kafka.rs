@@ -1,0 +1,543 @@
+//! `kafka` sink: each event as a JSON message on a Kafka topic, keyed by a field so that
+//! one sensor's events land in one partition, in order. A batch counts as delivered once
+//! the brokers have acknowledged every one of its messages.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use arrow_array::Array;
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::SchemaRef;
+use indexmap::IndexMap;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::{Recv, SinkContext};
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
+use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
+use tidegauge_core::{
+    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
+    SinkConfig, SinkInput,
+};
+
+use crate::codec::encode::JsonEncoder;
+use crate::secret::Secret;
+use crate::sources::kafka::{client_config, redact, validate_options};
+
+/// Writes each event as a JSON object (every field) to a Kafka topic.
+///
+/// Messages are keyed by `key_field`, so the partitioner sends one key's events to one
+/// partition. The producer batches (`linger_ms`, `batch_messages`) and compresses
+/// (`compression`); a batch of events is acknowledged upstream once the brokers have
+/// acknowledged all its messages (`acks = all`). Events too large for the broker are
+/// dead-lettered.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topic to write to.
+    pub topic: String,
+    /// Field whose value keys each message (and so picks its partition); unset: no key,
+    /// messages spread over partitions.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Compression of message batches.
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// How long the producer waits to fill a batch, in milliseconds.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Most messages per producer batch.
+    #[serde(default = "default_batch_messages")]
+    #[schemars(range(min = 1))]
+    pub batch_messages: u32,
+    /// How long the producer keeps retrying a message before reporting it undelivered,
+    /// in milliseconds.
+    #[serde(default = "default_message_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub message_timeout_ms: u64,
+    /// Largest message in bytes; larger events are dead-lettered.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1000))]
+    pub max_message_bytes: usize,
+    /// SASL user name.
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// SASL password (use `${ENV_VAR}`); never logged or printed.
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// Further librdkafka producer properties (`partitioner`, `security.protocol`, ...).
+    #[serde(default)]
+    pub options: IndexMap<String, String>,
+    /// Producing again the messages of a batch that were not delivered within
+    /// `message_timeout_ms` (backoff with full jitter, shared budget); when the attempts
+    /// are spent the batch counts as not delivered and the sink fails.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// Compression codecs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    #[default]
+    Lz4,
+}
+
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_batch_messages() -> u32 {
+    10_000
+}
+fn default_message_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_message_bytes() -> usize {
+    1_000_000
+}
+
+const RESERVED: [&str; 9] = [
+    "bootstrap.servers",
+    "compression.type",
+    "linger.ms",
+    "batch.num.messages",
+    "message.timeout.ms",
+    "message.max.bytes",
+    "sasl.password",
+    "sasl.username",
+    "acks",
+];
+
+impl SinkConfig for KafkaSinkConfig {
+    const TYPE: &'static str = "kafka";
+
+    fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
+            errors.push(ConfigError::new("brokers", "list at least one `host:port`"));
+        }
+        if self.topic.trim().is_empty() {
+            errors.push(ConfigError::new("topic", "expected a topic name"));
+        }
+        if let Some(k) = &self.key_field
+            && input.field_with_name(k).is_err()
+        {
+            errors.push(ConfigError::new(
+                "key_field",
+                format!("the input has no field `{k}`"),
+            ));
+        }
+        if self.batch_messages == 0 {
+            errors.push(ConfigError::new("batch_messages", "expected at least 1"));
+        }
+        if self.max_message_bytes < 1000 {
+            errors.push(ConfigError::new(
+                "max_message_bytes",
+                "expected at least 1000",
+            ));
+        }
+        if self.sasl_password.is_some() && self.sasl_username.is_none() {
+            errors.push(ConfigError::new(
+                "sasl_password",
+                "a password needs sasl_username",
+            ));
+        }
+        validate_options(&self.options, &RESERVED, &mut errors);
+        errors.extend(self.retry.validate("retry"));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    async fn build(
+        &self,
+        input: SchemaRef,
+        _cx: BuildContext,
+    ) -> Result<Box<dyn Sink>, BuildError> {
+        let mut c = client_config(
+            &self.brokers,
+            self.sasl_username.as_ref(),
+            self.sasl_password.as_ref(),
+            &self.options,
+        );
+        c.set(
+            "compression.type",
+            match self.compression {
+                KafkaCompression::None => "none",
+                KafkaCompression::Gzip => "gzip",
+                KafkaCompression::Snappy => "snappy",
+                KafkaCompression::Lz4 => "lz4",
+            },
+        )
+        .set("linger.ms", self.linger_ms.to_string())
+        .set("batch.num.messages", self.batch_messages.to_string())
+        .set("message.timeout.ms", self.message_timeout_ms.to_string())
+        .set(
+            "message.max.bytes",
+            self.max_message_bytes.max(1000).to_string(),
+        )
+        .set("acks", "all");
+        if !self.options.contains_key("partitioner") {
+            // The Java client's partitioner: the same key lands in the same partition
+            // whichever client wrote it.
+            c.set("partitioner", "murmur2_random");
+        }
+        let producer: FutureProducer = c.create().map_err(|e| {
+            BuildError::new(redact(
+                &format!("cannot create Kafka producer: {e}"),
+                self.sasl_password.as_ref(),
+            ))
+        })?;
+        let key_index = self.key_field.as_ref().and_then(|k| input.index_of(k).ok());
+        Ok(Box::new(KafkaSink {
+            resilience: Resilience::new(self.retry.clone()),
+            config: self.clone(),
+            producer,
+            encoder: JsonEncoder::new(&input),
+            key_index,
+        }))
+    }
+}
+
+struct KafkaSink {
+    config: KafkaSinkConfig,
+    producer: FutureProducer,
+    encoder: JsonEncoder,
+    key_index: Option<usize>,
+    resilience: Resilience,
+}
+
+/// A message: key and payload, kept to produce again or dead-letter.
+type Msg = (Option<String>, Vec<u8>);
+
+/// A batch whose messages are on their way.
+struct Pending {
+    finalizers: Finalizers,
+    deliveries: Vec<(DeliveryFuture, Msg)>,
+}
+
+/// Batches being delivered at once; the producer batches across them.
+const MAX_PENDING_BATCHES: usize = 8;
+
+impl Sink for KafkaSink {
+    fn run(
+        self: Box<Self>,
+        input: SinkInput,
+        cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(self.run_async(input, cx))
+    }
+}
+
+impl KafkaSink {
+    async fn run_async(self, mut input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
+        let component = cx.component;
+        let origin = format!(
+            "kafka://{}/{}",
+            self.config.brokers.join(","),
+            self.config.topic
+        );
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut buf = Vec::with_capacity(1 << 16);
+        let result: Result<(), ComponentError> = async {
+            loop {
+                // Wait for input only when nothing is pending; otherwise take what is
+                // ready and settle the rest as soon as the input is quiet.
+                let wait = if pending.is_empty() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::ZERO
+                };
+                let batch = match input.recv_timeout(wait).await {
+                    Recv::Batch(b) => b,
+                    Recv::Idle => {
+                        while let Some(p) = pending.pop_front() {
+                            self.settle(&component, &origin, p).await?;
+                        }
+                        continue;
+                    }
+                    Recv::Closed => break,
+                };
+                let mut p = Pending {
+                    finalizers: batch.finalizers,
+                    deliveries: Vec::with_capacity(batch.data.num_rows()),
+                };
+                // Whatever fails from here on, the batch is failed, never released.
+                if let Err(e) = self
+                    .produce_batch(
+                        &component,
+                        &origin,
+                        &batch.data,
+                        &mut buf,
+                        &mut p,
+                        &mut pending,
+                    )
+                    .await
+                {
+                    p.finalizers.fail();
+                    return Err(e);
+                }
+                pending.push_back(p);
+                while pending.len() > MAX_PENDING_BATCHES {
+                    if let Some(p) = pending.pop_front() {
+                        self.settle(&component, &origin, p).await?;
+                    }
+                }
+            }
+            while let Some(p) = pending.pop_front() {
+                self.settle(&component, &origin, p).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            for p in pending {
+                p.finalizers.fail();
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(10));
+        result
+    }
+
+    /// Encodes a batch and hands each message to the producer.
+    async fn produce_batch(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        data: &arrow_array::RecordBatch,
+        buf: &mut Vec<u8>,
+        p: &mut Pending,
+        pending: &mut VecDeque<Pending>,
+    ) -> Result<(), ComponentError> {
+        buf.clear();
+        self.encoder.encode_batch(data, buf)?;
+        let keys: Option<Vec<Option<String>>> = match self.key_index {
+            Some(i) => {
+                let col = data.column(i);
+                let f = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
+                Some(
+                    (0..col.len())
+                        .map(|r| col.is_valid(r).then(|| f.value(r).to_string()))
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        for (row, payload) in buf.split(|&b| b == b'\n').take(data.num_rows()).enumerate() {
+            let key = keys.as_ref().and_then(|k| k[row].clone());
+            if payload.len() + key.as_ref().map_or(0, String::len) + 64
+                > self.config.max_message_bytes
+            {
+                component.dead_letter(
+                    origin,
+                    &format!(
+                        "message of {} bytes exceeds max_message_bytes ({})",
+                        payload.len(),
+                        self.config.max_message_bytes
+                    ),
+                    payload,
+                );
+                continue;
+            }
+            let msg = (key, payload.to_vec());
+            let d = self.produce(component, origin, &msg, pending).await?;
+            p.deliveries.push((d, msg));
+        }
+        Ok(())
+    }
+
+    /// Hands one message to the producer, settling older batches (or waiting) while its
+    /// queue is full.
+    async fn produce(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        msg: &Msg,
+        pending: &mut VecDeque<Pending>,
+    ) -> Result<DeliveryFuture, ComponentError> {
+        loop {
+            if let Some(d) = self.try_produce(origin, msg)? {
+                return Ok(d);
+            }
+            match pending.pop_front() {
+                Some(older) => self.settle(component, origin, older).await?,
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    /// Hands one message to the producer; `None` when its queue is full.
+    fn try_produce(
+        &self,
+        origin: &str,
+        msg: &Msg,
+    ) -> Result<Option<DeliveryFuture>, ComponentError> {
+        let mut record = FutureRecord::to(&self.config.topic).payload(&msg.1);
+        if let Some(k) = &msg.0 {
+            record = record.key(k.as_str());
+        }
+        match self.producer.send_result(record) {
+            Ok(d) => Ok(Some(d)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(None),
+            Err((e, _)) => Err(ComponentError::new(redact(
+                &format!("{origin}: cannot produce: {e}"),
+                self.config.sasl_password.as_ref(),
+            ))),
+        }
+    }
+
+    /// Waits for every message of a batch; produces those not delivered again, through
+    /// the shared retry layer; releases the batch's finalizers when all arrived, fails
+    /// them when the attempts are spent.
+    async fn settle(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        p: Pending,
+    ) -> Result<(), ComponentError> {
+        let mut delivered = 0u64;
+        let mut bytes = 0u64;
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (d, msg) in p.deliveries {
+            match self.outcome(component, origin, d, &msg).await {
+                Outcome::Delivered => {
+                    delivered += 1;
+                    bytes += msg.1.len() as u64;
+                }
+                Outcome::DeadLettered => {}
+                Outcome::Failed(e) => {
+                    first_error.get_or_insert(e);
+                    failed.push(msg);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            component.emit(ComponentErrorOccurred {
+                error: &format!(
+                    "{origin}: {} message(s) not delivered: {}; producing again",
+                    failed.len(),
+                    first_error.as_deref().unwrap_or("unknown error")
+                ),
+            });
+            let left = tokio::sync::Mutex::new(failed);
+            let left = &left;
+            let result = self
+                .resilience
+                .call(
+                    None,
+                    move |_| async move {
+                        let mut left = left.lock().await;
+                        self.produce_again(component, origin, &mut left).await
+                    },
+                    |_| true,
+                    |_| {},
+                )
+                .await;
+            match result {
+                Ok((n, b)) => {
+                    delivered += n;
+                    bytes += b;
+                }
+                Err(e) => {
+                    p.finalizers.fail();
+                    return Err(ComponentError::new(format!(
+                        "{origin}: messages not delivered: {e}"
+                    )));
+                }
+            }
+        }
+        component.emit(EventsSent { count: delivered });
+        component.emit(BytesSent { bytes });
+        p.finalizers.release();
+        Ok(())
+    }
+
+    /// What became of one message.
+    async fn outcome(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        d: DeliveryFuture,
+        msg: &Msg,
+    ) -> Outcome {
+        match d.await {
+            Ok(Ok(_)) => Outcome::Delivered,
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => {
+                component.dead_letter(origin, "message too large for the broker", &msg.1);
+                Outcome::DeadLettered
+            }
+            Ok(Err((e, _))) => {
+                Outcome::Failed(redact(&e.to_string(), self.config.sasl_password.as_ref()))
+            }
+            Err(_) => Outcome::Failed("producer closed before delivery".into()),
+        }
+    }
+
+    /// Produces `left` and waits for each; keeps those not delivered. Returns messages
+    /// and bytes delivered when all were, the first error otherwise.
+    async fn produce_again(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        left: &mut Vec<Msg>,
+    ) -> Result<(u64, u64), String> {
+        let mut deliveries = Vec::with_capacity(left.len());
+        for msg in left.drain(..) {
+            // Older batches wait for this one: a full queue is waited out.
+            let d = loop {
+                match self.try_produce(origin, &msg) {
+                    Ok(Some(d)) => break Ok(d),
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(e) => break Err(e),
+                }
+            };
+            deliveries.push((d, msg));
+        }
+        let (mut count, mut bytes) = (0, 0);
+        let mut first_error = None;
+        for (d, msg) in deliveries {
+            let outcome = match d {
+                Ok(d) => self.outcome(component, origin, d, &msg).await,
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            match outcome {
+                Outcome::Delivered => {
+                    count += 1;
+                    bytes += msg.1.len() as u64;
+                }
+                Outcome::DeadLettered => {}
+                Outcome::Failed(e) => {
+                    first_error.get_or_insert(e);
+                    left.push(msg);
+                }
+            }
+        }
+        match first_error {
+            None => Ok((count, bytes)),
+            Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
+        }
+    }
+}
+
+/// What became of one message handed to the producer.
+enum Outcome {
+    Delivered,
+    DeadLettered,
+    Failed(String),
+}
+
+tidegauge_core::register_sink!(KafkaSinkConfig);

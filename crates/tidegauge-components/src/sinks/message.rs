@@ -1,0 +1,146 @@
+//! What message-broker sinks share: topic (subject) templates filled from each event's
+//! fields, and events encoded one JSON object per message.
+
+use arrow_array::RecordBatch;
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::{ArrowError, Schema};
+
+/// A topic or subject with `{field}` placeholders, e.g. `alerts/{sensor_id}`.
+#[derive(Clone, Debug)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug)]
+enum Part {
+    Text(String),
+    Field(String),
+}
+
+impl Template {
+    /// Parses `text`; `{{` and `}}` stand for literal braces.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed `{{` in `{text}`")),
+                        }
+                    }
+                    if name.trim().is_empty() {
+                        return Err(format!("empty `{{}}` in `{text}`"));
+                    }
+                    if !lit.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Field(name.trim().to_string()));
+                }
+                '}' => return Err(format!("unmatched `}}` in `{text}`")),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Text(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Fields named by placeholders that `schema` lacks.
+    pub fn missing_fields(&self, schema: &Schema) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Field(f) if schema.field_with_name(f).is_err() => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the template has no placeholder (the same text for every event).
+    pub fn is_static(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    /// The text of every row of `batch` (null fields render as empty text).
+    pub fn render_all(&self, batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
+        let options = FormatOptions::default().with_null("");
+        let schema = batch.schema();
+        let formatters: Vec<Option<ArrayFormatter<'_>>> = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(_) => Ok(None),
+                Part::Field(f) => {
+                    let i = schema.index_of(f)?;
+                    ArrayFormatter::try_new(batch.column(i).as_ref(), &options).map(Some)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let mut s = String::new();
+            for (p, f) in self.parts.iter().zip(&formatters) {
+                match (p, f) {
+                    (Part::Text(t), _) => s.push_str(t),
+                    (Part::Field(_), Some(f)) => {
+                        use std::fmt::Write;
+                        let _ = write!(s, "{}", f.value(row));
+                    }
+                    (Part::Field(_), None) => {}
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float64Array, StringArray};
+    use arrow_schema::{DataType, Field};
+    use std::sync::Arc;
+
+    #[test]
+    fn renders_fields_per_row() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sensor_id", DataType::Utf8, true),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), None])),
+                Arc::new(Float64Array::from(vec![1.5, 2.0])),
+            ],
+        )
+        .unwrap();
+        let t = Template::parse("alerts/{sensor_id}/{{x}}").unwrap();
+        assert!(t.missing_fields(&schema).is_empty());
+        assert_eq!(
+            t.render_all(&batch).unwrap(),
+            vec!["alerts/a/{x}", "alerts//{x}"]
+        );
+        assert_eq!(
+            Template::parse("a/{nope}").unwrap().missing_fields(&schema),
+            vec!["nope"]
+        );
+        assert!(Template::parse("a/{x").is_err());
+    }
+}

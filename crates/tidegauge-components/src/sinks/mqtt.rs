@@ -1,0 +1,464 @@
+//! `mqtt` sink: publishes each event as a JSON object to an MQTT topic (fixed, or built
+//! from the event's fields). With `qos = 1` a batch counts as delivered once the broker
+//! has acknowledged every one of its messages.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use arrow_schema::SchemaRef;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::{Recv, SinkContext};
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
+use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
+use tidegauge_core::{
+    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
+};
+use tokio::sync::mpsc;
+
+use super::message::Template;
+use crate::codec::encode::JsonEncoder;
+use crate::secret::Secret;
+use crate::sources::mqtt::{
+    MqttTls, default_reconnect, describe_error, mqtt_options, reconnect, validate_connection,
+};
+
+/// Publishes each event as a JSON object (every field) to an MQTT topic.
+///
+/// `topic` may name fields in braces (`alerts/{sensor_id}`). With `qos = 1` a batch is
+/// acknowledged upstream only when the broker has acknowledged all its messages; on a
+/// lost connection the client reconnects and resends what was not acknowledged.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Topic to publish to; `{field}` is replaced by the event's value of that field.
+    pub topic: String,
+    /// Quality of service: 0 (fire and forget) or 1 (acknowledged by the broker).
+    #[serde(default = "default_qos")]
+    #[schemars(range(min = 0, max = 1))]
+    pub qos: u8,
+    /// Ask the broker to keep the last message of each topic for new subscribers.
+    #[serde(default)]
+    pub retain: bool,
+    /// Client identifier; two connections with one identifier push each other off the
+    /// broker. Unset: `tidegauge-<component id>-<process id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name, if the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (use `${ENV_VAR}`); never logged or printed.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// TLS settings; unset: plain TCP.
+    #[serde(default)]
+    pub tls: Option<MqttTls>,
+    /// Keep-alive interval in seconds.
+    #[serde(default = "default_keep_alive_secs")]
+    #[schemars(range(min = 5))]
+    pub keep_alive_secs: u64,
+    /// Largest message in bytes; larger events are dead-lettered.
+    #[serde(default = "default_max_packet_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_packet_bytes: usize,
+    /// Messages published but not yet acknowledged, at most.
+    #[serde(default = "default_inflight")]
+    #[schemars(range(min = 1))]
+    pub inflight: u16,
+    /// Reconnection after a lost connection: attempts and backoff with full jitter
+    /// (default 30 attempts, waits up to 10 s); when they are spent the sink fails and
+    /// its unacknowledged batches count as not delivered.
+    #[serde(default = "default_reconnect")]
+    pub retry: RetryPolicy,
+    /// At shutdown, how long to wait for the broker's acknowledgements, in milliseconds;
+    /// batches still unacknowledged then are reported as not delivered.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_max_packet_bytes() -> usize {
+    1 << 20
+}
+fn default_inflight() -> u16 {
+    1000
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
+impl SinkConfig for MqttSinkConfig {
+    const TYPE: &'static str = "mqtt";
+
+    fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        validate_connection(
+            &self.host,
+            self.qos,
+            self.keep_alive_secs,
+            self.tls.as_ref(),
+            self.username.as_ref(),
+            self.password.as_ref(),
+            &mut errors,
+        );
+        match Template::parse(&self.topic) {
+            Ok(t) => {
+                for f in t.missing_fields(input) {
+                    errors.push(ConfigError::new(
+                        "topic",
+                        format!("`{{{f}}}` names a field the input does not have"),
+                    ));
+                }
+            }
+            Err(e) => errors.push(ConfigError::new("topic", e)),
+        }
+        if self.topic.contains(['+', '#']) {
+            errors.push(ConfigError::new(
+                "topic",
+                "wildcards `+` and `#` are for subscribing, not publishing",
+            ));
+        }
+        if self.inflight == 0 {
+            errors.push(ConfigError::new("inflight", "expected at least 1"));
+        }
+        errors.extend(self.retry.validate("retry"));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    async fn build(&self, input: SchemaRef, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("tidegauge-{}-{}", cx.component.id(), std::process::id()));
+        let mut options = mqtt_options(
+            client_id,
+            &self.host,
+            self.port,
+            self.keep_alive_secs,
+            self.max_packet_bytes,
+            self.username.as_ref(),
+            self.password.as_ref(),
+            self.tls.as_ref(),
+        )?;
+        options.set_inflight(self.inflight);
+        options.set_clean_session(true);
+        let topic = Template::parse(&self.topic).map_err(BuildError::new)?;
+        Ok(Box::new(MqttSink {
+            config: self.clone(),
+            options,
+            encoder: JsonEncoder::new(&input),
+            topic,
+        }))
+    }
+}
+
+struct MqttSink {
+    config: MqttSinkConfig,
+    options: MqttOptions,
+    encoder: JsonEncoder,
+    topic: Template,
+}
+
+/// What the connection task reports.
+enum Report {
+    /// A message went out (packet id; 0 for QoS 0).
+    Sent(u16),
+    /// The broker acknowledged a QoS 1 message.
+    Acked(u16),
+    /// The connection failed (it is being re-established).
+    Error(String),
+    /// The connection could not be re-established: the sink fails.
+    GaveUp(String),
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    resilience: Resilience,
+    password: Option<Secret>,
+    tx: mpsc::UnboundedSender<Report>,
+) {
+    loop {
+        let report = match eventloop.poll().await {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
+            Ok(Event::Incoming(Incoming::PubAck(a))) => Report::Acked(a.pkid),
+            Ok(_) => continue,
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                let _ = tx.send(Report::Error(describe_error(&e, password.as_ref())));
+                match reconnect(&mut eventloop, &resilience, password.as_ref()).await {
+                    Ok(()) => continue,
+                    Err(text) => Report::GaveUp(text),
+                }
+            }
+        };
+        if tx.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+/// A batch on its way: messages not yet written, packet ids not yet acknowledged.
+struct InFlight {
+    finalizers: Finalizers,
+    unsent: usize,
+    unacked: HashSet<u16>,
+}
+
+/// Batches in publication order; the connection reports map onto them in that order.
+#[derive(Default)]
+struct Ledger {
+    batches: VecDeque<InFlight>,
+}
+
+impl Ledger {
+    fn on_report(&mut self, report: &Report, qos1: bool) {
+        match *report {
+            Report::Sent(pkid) => {
+                // A resend after reconnecting repeats a packet id already waiting.
+                if qos1 && self.batches.iter().any(|b| b.unacked.contains(&pkid)) {
+                    return;
+                }
+                if let Some(b) = self.batches.iter_mut().find(|b| b.unsent > 0) {
+                    b.unsent -= 1;
+                    if qos1 {
+                        b.unacked.insert(pkid);
+                    }
+                }
+            }
+            Report::Acked(pkid) => {
+                for b in self.batches.iter_mut() {
+                    if b.unacked.remove(&pkid) {
+                        break;
+                    }
+                }
+            }
+            Report::Error(_) | Report::GaveUp(_) => {}
+        }
+    }
+
+    /// Releases the finalizers of every leading batch that is fully delivered.
+    fn release(&mut self) {
+        while self
+            .batches
+            .front()
+            .is_some_and(|b| b.unsent == 0 && b.unacked.is_empty())
+        {
+            if let Some(b) = self.batches.pop_front() {
+                b.finalizers.release();
+            }
+        }
+    }
+
+    fn fail_all(&mut self) -> usize {
+        let n = self.batches.len();
+        for b in self.batches.drain(..) {
+            b.finalizers.fail();
+        }
+        n
+    }
+}
+
+impl Sink for MqttSink {
+    fn run(
+        self: Box<Self>,
+        input: SinkInput,
+        cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(self.run_async(input, cx))
+    }
+}
+
+impl MqttSink {
+    async fn run_async(self, input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
+        let component = cx.component;
+        let (client, eventloop) = AsyncClient::new(self.options.clone(), 1024);
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let conn = tokio::spawn(drive(
+            eventloop,
+            Resilience::new(self.config.retry.clone()),
+            self.config.password.clone(),
+            tx,
+        ));
+        let broker = format!("mqtt://{}:{}", self.config.host, self.config.port);
+        let mut ledger = Ledger::default();
+        let mut result = self
+            .publish_all(
+                input,
+                &component,
+                &client,
+                &mut reports,
+                &broker,
+                &mut ledger,
+            )
+            .await;
+
+        // End of input (or failure): wait until the broker has everything, then
+        // disconnect. Whatever it has not acknowledged counts as not delivered.
+        if result.is_ok() {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
+            ledger.release();
+            while !ledger.batches.is_empty() {
+                match tokio::time::timeout_at(deadline, reports.recv()).await {
+                    Ok(Some(r)) => {
+                        if let Err(e) = self.note(&component, &broker, &mut ledger, r) {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let undelivered = ledger.fail_all();
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        result?;
+        if undelivered > 0 {
+            return Err(ComponentError::new(format!(
+                "{broker}: {undelivered} batch(es) not acknowledged by the broker within drain_timeout_ms"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Publishes every batch of the input; each is in the ledger before anything of it
+    /// can fail, so an error leaves its finalizers to be failed, never released.
+    async fn publish_all(
+        &self,
+        mut input: SinkInput,
+        component: &tidegauge_core::ComponentContext,
+        client: &AsyncClient,
+        reports: &mut mpsc::UnboundedReceiver<Report>,
+        broker: &str,
+        ledger: &mut Ledger,
+    ) -> Result<(), ComponentError> {
+        let qos = if self.config.qos == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        let mut buf = Vec::with_capacity(1 << 16);
+        let static_topic = self.topic.is_static().then(|| self.config.topic.clone());
+        let max_bytes = self.config.max_packet_bytes;
+        loop {
+            // Take the connection's reports first, so acknowledgements flow while the
+            // input is quiet.
+            let next = tokio::select! {
+                biased;
+                Some(r) = reports.recv() => {
+                    self.note(component, broker, ledger, r)?;
+                    continue;
+                }
+                b = input.recv_timeout(Duration::from_millis(200)) => b,
+            };
+            let batch = match next {
+                Recv::Batch(b) => b,
+                Recv::Idle => continue,
+                Recv::Closed => return Ok(()),
+            };
+            let rows = batch.num_rows();
+            // Register the batch before anything else: reports for its messages may
+            // come back while later messages are still being handed to the client.
+            ledger.batches.push_back(InFlight {
+                finalizers: batch.finalizers,
+                unsent: rows,
+                unacked: HashSet::new(),
+            });
+            let topics = match &static_topic {
+                Some(_) => Vec::new(),
+                None => self.topic.render_all(&batch.data)?,
+            };
+            buf.clear();
+            self.encoder.encode_batch(&batch.data, &mut buf)?;
+            let mut published = 0usize;
+            let mut bytes = 0u64;
+            let mut lines = buf.split(|&b| b == b'\n');
+            #[allow(clippy::needless_range_loop)] // `topics` is empty for a fixed topic
+            for row in 0..rows {
+                let payload = lines.next().unwrap_or_default();
+                let topic = match &static_topic {
+                    Some(t) => t.as_str(),
+                    None => topics[row].as_str(),
+                };
+                let reject = if payload.len() + topic.len() + 16 > max_bytes {
+                    Some(format!(
+                        "message of {} bytes exceeds max_packet_bytes",
+                        payload.len()
+                    ))
+                } else if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                    Some(format!("`{topic}` is not a topic one can publish to"))
+                } else {
+                    None
+                };
+                if let Some(reason) = reject {
+                    component.dead_letter(&format!("{broker}/{topic}"), &reason, payload);
+                    if let Some(b) = ledger.batches.back_mut() {
+                        b.unsent -= 1;
+                    }
+                    continue;
+                }
+                // Publishing waits while the client's queue is full; keep reading the
+                // connection's reports meanwhile.
+                let publish = client.publish(topic, qos, self.config.retain, payload.to_vec());
+                tokio::pin!(publish);
+                loop {
+                    tokio::select! {
+                        r = &mut publish => {
+                            r.map_err(|e| ComponentError::new(format!("{broker}: cannot publish: {e}")))?;
+                            break;
+                        }
+                        Some(r) = reports.recv() => self.note(component, broker, ledger, r)?,
+                    }
+                }
+                published += 1;
+                bytes += payload.len() as u64;
+            }
+            component.emit(EventsSent {
+                count: published as u64,
+            });
+            component.emit(BytesSent { bytes });
+            ledger.release();
+        }
+    }
+
+    fn note(
+        &self,
+        component: &tidegauge_core::ComponentContext,
+        broker: &str,
+        ledger: &mut Ledger,
+        report: Report,
+    ) -> Result<(), ComponentError> {
+        match &report {
+            Report::Error(e) => component.emit(ComponentErrorOccurred {
+                error: &format!("{broker}: {e}; reconnecting"),
+            }),
+            Report::GaveUp(e) => return Err(ComponentError::new(format!("{broker}: {e}"))),
+            _ => {}
+        }
+        ledger.on_report(&report, self.config.qos == 1);
+        ledger.release();
+        Ok(())
+    }
+}
+
+tidegauge_core::register_sink!(MqttSinkConfig);

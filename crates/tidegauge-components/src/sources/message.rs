@@ -1,0 +1,285 @@
+//! What message-broker sources (MQTT, Kafka, NATS) share: decoding a message payload into
+//! rows of the declared fields, and knowing which broker positions may be committed once
+//! the sinks have acknowledged the batches that carried them.
+
+use std::collections::VecDeque;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tidegauge_core::ComponentContext;
+use tidegauge_core::ConfigError;
+use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred, EventsReceived};
+
+use crate::codec::json::JsonDecoder;
+use crate::codec::{Columns, FieldMap, FieldType, Row};
+
+/// Where a field's value comes from instead of the payload: a level of the message's
+/// subject (MQTT topic, NATS subject) or its key (Kafka).
+#[derive(Clone, Debug, Deserialize, JsonSchema, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFromTopic {
+    /// Declared string field that receives the value (e.g. `sensor_id`).
+    pub field: String,
+    /// 0-based level of the topic (`plant/3/pump-7/temp` has levels 0..3; level 2 is
+    /// `pump-7`). Negative counts from the end (-1 is the last level).
+    pub level: i32,
+}
+
+impl KeyFromTopic {
+    /// Checks that the field is declared and a string.
+    pub fn validate(&self, prefix: &str, fields: &FieldMap, errors: &mut Vec<ConfigError>) {
+        match fields.get(&self.field) {
+            None => errors.push(ConfigError::new(
+                format!("{prefix}.field"),
+                format!("`{}` is not one of the declared fields", self.field),
+            )),
+            Some(FieldType::String) => {}
+            Some(_) => errors.push(ConfigError::new(
+                format!("{prefix}.field"),
+                format!("`{}` must be declared as a string field", self.field),
+            )),
+        }
+    }
+
+    /// The topic level this mapping picks, if the topic has it. `separator` is `/` for
+    /// MQTT and `.` for NATS.
+    pub fn pick<'t>(&self, topic: &'t str, separator: char) -> Option<&'t str> {
+        if self.level >= 0 {
+            topic.split(separator).nth(self.level as usize)
+        } else {
+            let back = (-(self.level as i64) - 1) as usize;
+            topic.rsplit(separator).nth(back)
+        }
+    }
+}
+
+/// Decodes message payloads (one JSON object, or several as JSON Lines) into batches.
+/// Records that cannot be decoded are dead-lettered with their origin.
+pub struct MessageDecoder {
+    json: JsonDecoder,
+    row: Row,
+    columns: Columns,
+    key_index: Option<usize>,
+    batch_rows: usize,
+}
+
+impl MessageDecoder {
+    /// A decoder for `fields` (with `schema` from [`crate::codec::schema_for`]); `key_field`
+    /// is the declared field that the message key or topic level fills, if any.
+    pub fn new(
+        fields: &FieldMap,
+        schema: SchemaRef,
+        key_field: Option<&str>,
+        batch_rows: usize,
+    ) -> Self {
+        let names: Vec<String> = fields.keys().cloned().collect();
+        let key_index = key_field.and_then(|k| names.iter().position(|n| n == k));
+        MessageDecoder {
+            json: JsonDecoder::new(names),
+            row: Row::new(fields.len()),
+            columns: Columns::new(schema, fields, batch_rows),
+            key_index,
+            batch_rows,
+        }
+    }
+
+    /// Decodes one message. `key` fills the key field (when one is configured); a payload
+    /// may hold several records as JSON Lines. `origin` names the message for dead letters
+    /// (broker, topic, partition, offset); for multi-record payloads the line is appended.
+    /// Returns the number of rows added.
+    pub fn decode(
+        &mut self,
+        cx: &ComponentContext,
+        origin: &dyn Fn() -> String,
+        key: Option<&str>,
+        payload: &[u8],
+    ) -> usize {
+        cx.emit(BytesReceived {
+            bytes: payload.len() as u64,
+        });
+        let mut added = 0;
+        let multi = memchr::memchr(b'\n', payload.trim_ascii_end()).is_some();
+        for (i, line) in payload.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let result = self.json.decode(line, &mut self.row).and_then(|()| {
+                if let Some(k) = self.key_index {
+                    match key {
+                        Some(key) => self.row.set_text(k, key, true),
+                        None => return Err("message has no key to fill the key field".into()),
+                    }
+                }
+                self.columns.push(&mut self.row)
+            });
+            match result {
+                Ok(()) => added += 1,
+                Err(reason) => {
+                    let place = if multi {
+                        format!("{}:{}", origin(), i + 1)
+                    } else {
+                        origin()
+                    };
+                    cx.dead_letter(&place, &reason, line);
+                }
+            }
+        }
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            cx.dead_letter(&origin(), "empty message", payload);
+        }
+        added
+    }
+
+    /// Rows waiting.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether no row waits.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Whether a full batch is ready.
+    pub fn is_full(&self) -> bool {
+        self.columns.len() >= self.batch_rows
+    }
+
+    /// The rows decoded so far as a batch (none if there are none); counts them in.
+    pub fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
+        if self.columns.is_empty() {
+            return None;
+        }
+        match self.columns.finish() {
+            Ok(b) => {
+                cx.emit(EventsReceived {
+                    count: b.num_rows() as u64,
+                });
+                Some(b)
+            }
+            Err(e) => {
+                // Builders always produce columns of equal length and declared types.
+                cx.emit(ComponentErrorOccurred {
+                    error: &format!("cannot assemble batch: {e}"),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// How often an idle broker source sends the checkpoint barriers asked of it (a busy
+/// one sends them with its batches).
+pub(crate) fn barrier_ticker() -> tokio::time::Interval {
+    let mut t = tokio::time::interval(std::time::Duration::from_millis(100));
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Batches in flight and the broker positions each carries, in emission order. Positions
+/// are released for commit only as a contiguous prefix of acknowledged batches, so a
+/// commit never covers data that a sink has not made durable.
+pub struct AckTracker<P> {
+    next_id: u64,
+    /// (batch id, positions, outcome once known) in emission order.
+    in_flight: VecDeque<(u64, Vec<P>, Option<bool>)>,
+    failed: u64,
+}
+
+impl<P> Default for AckTracker<P> {
+    fn default() -> Self {
+        AckTracker {
+            next_id: 0,
+            in_flight: VecDeque::new(),
+            failed: 0,
+        }
+    }
+}
+
+impl<P> AckTracker<P> {
+    /// Registers a batch carrying `positions`; returns the id for its ack token.
+    pub fn push(&mut self, positions: Vec<P>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.in_flight.push_back((id, positions, None));
+        id
+    }
+
+    /// Records the outcome of batch `id`; returns the positions that may now be
+    /// committed (delivered) and those of batches that failed (to be redelivered), in
+    /// emission order.
+    pub fn ack(&mut self, id: u64, delivered: bool) -> Released<P> {
+        if let Some(entry) = self.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
+            entry.2 = Some(delivered);
+        }
+        let mut released = Released {
+            delivered: Vec::new(),
+            failed: Vec::new(),
+        };
+        while let Some((_, _, Some(_))) = self.in_flight.front() {
+            let Some((_, positions, Some(ok))) = self.in_flight.pop_front() else {
+                break;
+            };
+            if ok {
+                released.delivered.extend(positions);
+            } else {
+                self.failed += 1;
+                released.failed.extend(positions);
+            }
+        }
+        released
+    }
+
+    /// Batches whose outcome is not known yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Batches that were reported as not delivered so far.
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+}
+
+/// What an acknowledgement released.
+pub struct Released<P> {
+    /// Positions of delivered batches: commit them.
+    pub delivered: Vec<P>,
+    /// Positions of batches a sink failed to deliver: do not commit; let the broker
+    /// redeliver them.
+    pub failed: Vec<P>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_contiguous_acknowledged_prefix_is_released() {
+        let mut t = AckTracker::default();
+        let a = t.push(vec![1]);
+        let b = t.push(vec![2, 3]);
+        let c = t.push(vec![4]);
+        assert!(t.ack(b, true).delivered.is_empty(), "a is still in flight");
+        let r = t.ack(a, true);
+        assert_eq!(r.delivered, vec![1, 2, 3]);
+        let r = t.ack(c, false);
+        assert_eq!((r.delivered, r.failed), (vec![], vec![4]));
+        assert_eq!((t.in_flight(), t.failed()), (0, 1));
+    }
+
+    #[test]
+    fn topic_levels_from_either_end() {
+        let k = KeyFromTopic {
+            field: "sensor_id".into(),
+            level: 2,
+        };
+        assert_eq!(k.pick("plant/3/pump-7/temp", '/'), Some("pump-7"));
+        let k = KeyFromTopic { level: -1, ..k };
+        assert_eq!(k.pick("plant.3.pump-7", '.'), Some("pump-7"));
+        let k = KeyFromTopic { level: 9, ..k };
+        assert_eq!(k.pick("a/b", '/'), None);
+    }
+}

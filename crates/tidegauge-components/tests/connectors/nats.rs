@@ -1,0 +1,134 @@
+//! `nats` source and sink against nats-server with JetStream.
+
+use async_nats::jetstream;
+use futures_util::{FutureExt, StreamExt};
+
+use crate::harness::{
+    self, Event, Harness, PATIENCE, SOURCE_BATCH, check_sink, check_source, unique,
+};
+
+fn server() -> Option<String> {
+    harness::server("TIDEGAUGE_TEST_NATS").map(|a| format!("nats://{a}"))
+}
+
+async fn context(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_source_compliance() {
+    let Some(url) = server() else { return };
+    let stream = unique("TG").replace('-', "_");
+    let subject = format!("{stream}.plant.pump-7");
+    let h = Harness::new();
+    let source = h.source(&format!(
+        "type = \"nats\"\nservers = [\"{url}\"]\nstream = \"{stream}\"\nsubjects = [\"{stream}.>\"]\ndurable = \"{}\"\nack_wait_ms = 2000\ndrain_timeout_ms = 2000\n{SOURCE_BATCH}",
+        unique("durable")
+    ));
+    // Building creates the stream; start once so it exists before publishing.
+    let mut probe = source.start().await;
+    probe.stop(true).await;
+    let js = context(&url).await;
+    let publish = |payloads: Vec<Vec<u8>>| {
+        let (js, subject) = (&js, &subject);
+        async move {
+            for p in payloads {
+                js.publish(subject.clone(), p.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+        .boxed()
+    };
+    check_source(&h, &source, &publish, &subject).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_source_maps_subject_token_to_key() {
+    let Some(url) = server() else { return };
+    let stream = unique("TGK").replace('-', "_");
+    let h = Harness::new();
+    let source = h.source(&format!(
+        "type = \"nats\"\nservers = [\"{url}\"]\nstream = \"{stream}\"\nsubjects = [\"{stream}.>\"]\nfilter_subject = \"{stream}.*.temp\"\nkey_from_subject = {{ field = \"sensor_id\", level = 1 }}\nbatch = {{ rows = 2, linger_ms = 600000 }}"
+    ));
+    let mut run = source.start().await;
+    let js = context(&url).await;
+    for (subject, ts) in [
+        ("pump-1.temp", 1),
+        ("pump-1.pressure", 2),
+        ("pump-2.temp", 3),
+    ] {
+        let body = format!("{{\"sensor_id\":\"x\",\"ts\":{ts},\"value\":0.5}}");
+        js.publish(format!("{stream}.{subject}"), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let got = harness::sorted(run.take(2).await);
+    run.ack_all();
+    run.stop(true).await;
+    let want: Vec<Event> = vec![("pump-1".into(), 1, 0.5), ("pump-2".into(), 3, 0.5)];
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_sink_compliance() {
+    let Some(url) = server() else { return };
+    let stream = unique("TGS").replace('-', "_");
+    let h = Harness::new();
+    let sink = h.sink(&format!(
+        "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{stream}.{{sensor_id}}\"\nstream = \"{stream}\"\nstream_subjects = [\"{stream}.>\"]"
+    ));
+    let read_back = |_expect: usize| {
+        let (url, stream) = (url.clone(), stream.clone());
+        async move {
+            read_stream(&url, &stream)
+                .await
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect()
+        }
+        .boxed()
+    };
+    check_sink(&sink, &read_back).await;
+    for (subject, e) in read_stream(&url, &stream).await {
+        assert_eq!(subject, format!("{stream}.{}", e.0));
+    }
+}
+
+/// Every message stored in the stream, with its subject (read with an ephemeral
+/// consumer: JetStream acknowledged them, so they are stored).
+async fn read_stream(url: &str, stream: &str) -> Vec<(String, Event)> {
+    let js = context(url).await;
+    let mut s = js.get_stream(stream).await.unwrap();
+    let total = s.info().await.unwrap().state.messages as usize;
+    let consumer: jetstream::consumer::PullConsumer = s
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < total {
+        let m = tokio::time::timeout(PATIENCE, messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        out.push((
+            m.subject.to_string(),
+            (
+                v["sensor_id"].as_str().unwrap().to_string(),
+                v["ts"].as_i64().unwrap(),
+                v["value"].as_f64().unwrap(),
+            ),
+        ));
+    }
+    out
+}
