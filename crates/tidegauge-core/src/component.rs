@@ -9,8 +9,8 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -24,7 +24,8 @@ use crate::batch::Batch;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BuildError, ComponentError, ConfigError};
 use crate::telemetry::{
-    ComponentTelemetry, EventsReceived, EventsSent, InternalEvent, RecordDeadLettered,
+    BatchProcessed, ComponentTelemetry, EventsReceived, EventsSent, InternalEvent,
+    RecordDeadLettered, Waited,
 };
 
 /// What every component gets at build time.
@@ -93,11 +94,85 @@ impl From<SendError> for ComponentError {
     }
 }
 
+/// The downstream queues of a component's output. Shared between the running component
+/// and the topology, so a running pipeline can be rewired (hot reload): the topology
+/// swaps the list, and a queue nobody lists any more closes once in-flight sends are done.
+#[derive(Clone, Default)]
+pub struct Fanout(Arc<Mutex<FanoutInner>>);
+
+#[derive(Default)]
+struct FanoutInner {
+    targets: Arc<Vec<mpsc::Sender<Batch>>>,
+    /// Set when the output is dropped: its component has finished, nothing more is sent.
+    closed: bool,
+}
+
+impl Fanout {
+    /// A fan-out to `targets`.
+    pub fn new(targets: Vec<mpsc::Sender<Batch>>) -> Self {
+        Fanout(Arc::new(Mutex::new(FanoutInner {
+            targets: Arc::new(targets),
+            closed: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FanoutInner> {
+        // The list is replaced in one assignment: a panicking holder cannot leave it torn.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The queues batches go to now.
+    pub fn current(&self) -> Arc<Vec<mpsc::Sender<Batch>>> {
+        self.lock().targets.clone()
+    }
+
+    /// Replaces the list of queues; `false` (and nothing kept) once the output is gone.
+    pub fn replace(&self, targets: Vec<mpsc::Sender<Batch>>) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.targets = Arc::new(targets);
+        true
+    }
+
+    /// Whether the output has been dropped (its component finished).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    fn remove(&self, gone: &[mpsc::Sender<Batch>]) -> usize {
+        let mut inner = self.lock();
+        let kept: Vec<_> = inner
+            .targets
+            .iter()
+            .filter(|t| !gone.iter().any(|g| g.same_channel(t)))
+            .cloned()
+            .collect();
+        let n = kept.len();
+        inner.targets = Arc::new(kept);
+        n
+    }
+
+    fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.targets = Arc::new(Vec::new());
+    }
+}
+
 /// The outgoing edges of a component: every batch goes to each downstream component.
 pub struct Output {
     schema: SchemaRef,
-    targets: Vec<mpsc::Sender<Batch>>,
+    fanout: Fanout,
     telemetry: Arc<ComponentTelemetry>,
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Downstream queues close once every output feeding them is gone.
+        self.fanout.close();
+    }
 }
 
 impl Output {
@@ -107,9 +182,18 @@ impl Output {
         targets: Vec<mpsc::Sender<Batch>>,
         telemetry: Arc<ComponentTelemetry>,
     ) -> Self {
+        Self::with_fanout(schema, Fanout::new(targets), telemetry)
+    }
+
+    /// An output sending to the queues of `fanout`, which the topology may rewire.
+    pub fn with_fanout(
+        schema: SchemaRef,
+        fanout: Fanout,
+        telemetry: Arc<ComponentTelemetry>,
+    ) -> Self {
         Output {
             schema,
-            targets,
+            fanout,
             telemetry,
         }
     }
@@ -141,20 +225,22 @@ impl Output {
         }
         self.check(&batch)?;
         let rows = batch.num_rows() as u64;
-        let last = self.targets.len().saturating_sub(1);
+        let targets = self.fanout.current();
+        let started = self.telemetry.profiling().then(Instant::now);
+        let last = targets.len().saturating_sub(1);
         let mut closed = Vec::new();
         let mut batch = Some(batch);
-        for (i, tx) in self.targets.iter().enumerate() {
+        for (i, tx) in targets.iter().enumerate() {
             let b = if i == last {
                 batch.take().ok_or(SendError::Closed)?
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
             if tx.send(b).await.is_err() {
-                closed.push(i);
+                closed.push(tx.clone());
             }
         }
-        self.finish_send(rows, closed)
+        self.finish_send(rows, started, closed)
     }
 
     /// Like [`Output::send`], for components running on their own thread.
@@ -164,27 +250,41 @@ impl Output {
         }
         self.check(&batch)?;
         let rows = batch.num_rows() as u64;
-        let last = self.targets.len().saturating_sub(1);
+        let targets = self.fanout.current();
+        let started = self.telemetry.profiling().then(Instant::now);
+        let last = targets.len().saturating_sub(1);
         let mut closed = Vec::new();
         let mut batch = Some(batch);
-        for (i, tx) in self.targets.iter().enumerate() {
+        for (i, tx) in targets.iter().enumerate() {
             let b = if i == last {
                 batch.take().ok_or(SendError::Closed)?
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
             if tx.blocking_send(b).is_err() {
-                closed.push(i);
+                closed.push(tx.clone());
             }
         }
-        self.finish_send(rows, closed)
+        self.finish_send(rows, started, closed)
     }
 
-    fn finish_send(&mut self, rows: u64, closed: Vec<usize>) -> Result<(), SendError> {
-        for i in closed.into_iter().rev() {
-            self.targets.remove(i);
+    fn finish_send(
+        &mut self,
+        rows: u64,
+        started: Option<Instant>,
+        closed: Vec<mpsc::Sender<Batch>>,
+    ) -> Result<(), SendError> {
+        if let Some(t) = started {
+            self.telemetry.emit(Waited {
+                elapsed: t.elapsed(),
+            });
         }
-        if self.targets.is_empty() {
+        let remaining = if closed.is_empty() {
+            self.fanout.current().len()
+        } else {
+            self.fanout.remove(&closed)
+        };
+        if remaining == 0 {
             return Err(SendError::Closed);
         }
         self.telemetry.emit(EventsSent { count: rows });
@@ -203,35 +303,79 @@ pub enum Recv {
     Closed,
 }
 
-/// The incoming edge of a transform or sink (all its inputs merged). Counts what it hands out.
+/// The incoming edge of a transform or sink (all its inputs merged). Counts what it hands
+/// out; when asked, measures the time from handing out a batch to the next request as the
+/// batch's processing time, and (when profiling) the time spent waiting for input.
 pub struct SinkInput {
     rx: mpsc::Receiver<Batch>,
     telemetry: Arc<ComponentTelemetry>,
+    measure_latency: bool,
+    handed_out: Option<Instant>,
+    wait_started: Option<Instant>,
 }
 
 impl SinkInput {
     /// An input reading `rx`, counting into `telemetry`.
     pub fn new(rx: mpsc::Receiver<Batch>, telemetry: Arc<ComponentTelemetry>) -> Self {
-        SinkInput { rx, telemetry }
+        SinkInput {
+            rx,
+            telemetry,
+            measure_latency: false,
+            handed_out: None,
+            wait_started: None,
+        }
     }
 
-    fn count(&self, b: Option<Batch>) -> Option<Batch> {
+    /// Records, for each batch, the time until the next one is asked for (what a sink
+    /// spends writing it) as [`BatchProcessed`].
+    pub fn measuring_latency(mut self) -> Self {
+        self.measure_latency = true;
+        self
+    }
+
+    fn before_wait(&mut self) {
+        if !self.measure_latency && !self.telemetry.profiling() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(t) = self.handed_out.take() {
+            self.telemetry.emit(BatchProcessed {
+                elapsed: now.saturating_duration_since(t),
+            });
+        }
+        if self.telemetry.profiling() {
+            self.wait_started = Some(now);
+        }
+    }
+
+    fn count(&mut self, b: Option<Batch>) -> Option<Batch> {
+        let now = (self.measure_latency || self.wait_started.is_some()).then(Instant::now);
+        if let (Some(start), Some(now)) = (self.wait_started.take(), now) {
+            self.telemetry.emit(Waited {
+                elapsed: now.saturating_duration_since(start),
+            });
+        }
         if let Some(b) = &b {
             self.telemetry.emit(EventsReceived {
                 count: b.num_rows() as u64,
             });
+            if self.measure_latency {
+                self.handed_out = now;
+            }
         }
         b
     }
 
     /// The next batch, or `None` once every upstream component has finished.
     pub async fn recv(&mut self) -> Option<Batch> {
+        self.before_wait();
         let b = self.rx.recv().await;
         self.count(b)
     }
 
     /// The next batch, from a thread outside the async runtime.
     pub fn blocking_recv(&mut self) -> Option<Batch> {
+        self.before_wait();
         let b = self.rx.blocking_recv();
         self.count(b)
     }
@@ -242,25 +386,25 @@ impl SinkInput {
         runtime: &tokio::runtime::Handle,
         wait: Duration,
     ) -> Recv {
-        match runtime.block_on(tokio::time::timeout(wait, self.rx.recv())) {
-            Ok(Some(b)) => match self.count(Some(b)) {
-                Some(b) => Recv::Batch(b),
-                None => Recv::Closed,
-            },
-            Ok(None) => Recv::Closed,
-            Err(_) => Recv::Idle,
-        }
+        runtime.block_on(self.recv_timeout(wait))
     }
 
     /// The next batch or [`Recv::Idle`] after `wait`.
     pub async fn recv_timeout(&mut self, wait: Duration) -> Recv {
+        self.before_wait();
         match tokio::time::timeout(wait, self.rx.recv()).await {
             Ok(Some(b)) => match self.count(Some(b)) {
                 Some(b) => Recv::Batch(b),
                 None => Recv::Closed,
             },
-            Ok(None) => Recv::Closed,
-            Err(_) => Recv::Idle,
+            Ok(None) => {
+                self.count(None);
+                Recv::Closed
+            }
+            Err(_) => {
+                self.count(None);
+                Recv::Idle
+            }
         }
     }
 }

@@ -10,15 +10,24 @@
 //! - [`topology`]: validate -> build -> run, with bounded channels on every edge;
 //! - [`telemetry`]: typed internal events and per-component counters;
 //! - [`dead_letter`]: where records that cannot be processed go, with the reason;
-//! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers.
+//! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers;
+//! - [`live`]: a running pipeline that can be inspected, tuned and rewired (hot reload);
+//! - [`control`]: requests to running transforms (tunable parameters);
+//! - [`metrics`]: the Prometheus exposition of the telemetry counters;
+//! - [`admin`]: settings of the admin API.
 #![deny(missing_docs)]
 
 pub mod ack;
+pub mod admin;
 pub mod batch;
 pub mod component;
 pub mod config;
+pub mod control;
 pub mod dead_letter;
 pub mod error;
+pub mod live;
+pub mod metrics;
+pub mod params;
 pub mod registry;
 pub mod resilience;
 pub mod schema;
@@ -27,7 +36,7 @@ pub mod topology;
 
 pub use batch::Batch;
 pub use component::{
-    BuildContext, ComponentContext, Output, Sink, SinkConfig, SinkInput, Source, SourceConfig,
+    BuildContext, ComponentContext, Fanout, Output, Sink, SinkConfig, SinkInput, Source, SourceConfig,
     SourceContext, Transform, TransformConfig, TransformContext,
 };
 pub use error::{BuildError, ComponentError, ConfigError};

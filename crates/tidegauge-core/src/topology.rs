@@ -3,22 +3,15 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Finalizers;
-use crate::batch::Batch;
-use crate::component::{
-    BuildContext, ComponentContext, Output, Recv, SendError, Sink, SinkContext, SinkInput, Source,
-    SourceContext, Transform, TransformContext,
-};
+use crate::component::{BuildContext, ComponentContext, Sink, Source, Transform};
 use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
-use crate::error::{BuildError, ComponentError, ConfigError};
+use crate::error::{BuildError, ConfigError};
 use crate::registry::{AnyConfig, ComponentKind};
 use crate::schema;
 use crate::telemetry::{ComponentTelemetry, TelemetrySnapshot};
@@ -40,6 +33,8 @@ pub struct Node {
     pub inputs: Vec<String>,
     /// Typed settings.
     pub config: AnyConfig,
+    /// The settings as written, as JSON.
+    pub settings: serde_json::Value,
     /// Schema of its input (transforms and sinks).
     pub input_schema: Option<SchemaRef>,
     /// Schema of its output (sources and transforms).
@@ -53,6 +48,8 @@ pub struct Pipeline {
     pub nodes: Vec<Node>,
     /// Where records that cannot be processed go.
     pub dead_letter: DeadLetterConfig,
+    /// The admin API settings, when `[admin]` is present.
+    pub admin: Option<crate::admin::AdminConfig>,
     /// Where settings sit in the file.
     pub lines: LineIndex,
 }
@@ -90,6 +87,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
     let PipelineConfig {
         components,
         dead_letter,
+        admin,
         lines,
         errors: parse_errors,
     } = config;
@@ -256,6 +254,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                 type_name: c.type_name,
                 inputs: c.inputs,
                 config: c.config?,
+                settings: c.settings,
                 input_schema: inputs_of[i].take(),
                 output_schema: outputs[i].take(),
             })
@@ -264,6 +263,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
     Ok(Pipeline {
         nodes,
         dead_letter,
+        admin,
         lines,
     })
 }
@@ -309,7 +309,7 @@ pub fn load(
     validate(crate::config::load(text, env)?)
 }
 
-enum Runtime {
+pub(crate) enum Runtime {
     Source(Box<dyn Source>),
     Transform(Box<dyn Transform>),
     Sink(Box<dyn Sink>),
@@ -317,10 +317,10 @@ enum Runtime {
 
 /// A built pipeline, ready to run: components constructed, resources open.
 pub struct BuiltPipeline {
-    nodes: Vec<(Node, Runtime)>,
-    telemetry: Vec<Arc<ComponentTelemetry>>,
-    dead_letter: DeadLetter,
-    edge_capacity: usize,
+    pub(crate) nodes: Vec<(Node, Runtime)>,
+    pub(crate) telemetry: Vec<Arc<ComponentTelemetry>>,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) edge_capacity: usize,
 }
 
 /// What a finished run reports.
@@ -394,23 +394,7 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
             component: ComponentContext::new(t.clone(), dead_letter.clone()),
             runtime: runtime.clone(),
         };
-        let place = format!("{}.{}", node.kind.table(), node.id);
-        let built = match &node.config {
-            AnyConfig::Source(c) => {
-                let schema = node.output_schema.clone().ok_or_else(|| missing(&place))?;
-                c.build(schema, cx).await.map(Runtime::Source)
-            }
-            AnyConfig::Transform(c) => {
-                let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
-                let output = node.output_schema.clone().ok_or_else(|| missing(&place))?;
-                c.build(input, output, cx).map(Runtime::Transform)
-            }
-            AnyConfig::Sink(c) => {
-                let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
-                c.build(input, cx).await.map(Runtime::Sink)
-            }
-        }
-        .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))?;
+        let built = build_node(&node, cx).await?;
         telemetry.push(t);
         nodes.push((node, built));
     }
@@ -420,6 +404,27 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
         dead_letter,
         edge_capacity: DEFAULT_EDGE_CAPACITY,
     })
+}
+
+/// Builds one component of a validated pipeline.
+pub(crate) async fn build_node(node: &Node, cx: BuildContext) -> Result<Runtime, BuildError> {
+    let place = format!("{}.{}", node.kind.table(), node.id);
+    match &node.config {
+        AnyConfig::Source(c) => {
+            let schema = node.output_schema.clone().ok_or_else(|| missing(&place))?;
+            c.build(schema, cx).await.map(Runtime::Source)
+        }
+        AnyConfig::Transform(c) => {
+            let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
+            let output = node.output_schema.clone().ok_or_else(|| missing(&place))?;
+            c.build(input, output, cx).map(Runtime::Transform)
+        }
+        AnyConfig::Sink(c) => {
+            let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
+            c.build(input, cx).await.map(Runtime::Sink)
+        }
+    }
+    .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))
 }
 
 fn missing(place: &str) -> BuildError {
@@ -441,189 +446,10 @@ impl BuiltPipeline {
     }
 
     /// Runs until every source has finished (end of input) or `shutdown` is cancelled,
-    /// then drains: transforms flush, sinks flush and close.
+    /// then drains: transforms flush, sinks flush and close. See [`crate::live`] for a run
+    /// that can be watched, tuned and reloaded.
     pub async fn run(self, shutdown: CancellationToken) -> RunReport {
-        let start = Instant::now();
-        let runtime = tokio::runtime::Handle::current();
-        let BuiltPipeline {
-            nodes,
-            telemetry,
-            dead_letter,
-            edge_capacity,
-        } = self;
-
-        let ids: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.id.clone(), i))
-            .collect();
-        let mut senders: Vec<Option<mpsc::Sender<Batch>>> = Vec::with_capacity(nodes.len());
-        let mut receivers: Vec<Option<mpsc::Receiver<Batch>>> = Vec::with_capacity(nodes.len());
-        for (n, _) in &nodes {
-            if n.kind == ComponentKind::Source {
-                senders.push(None);
-                receivers.push(None);
-            } else {
-                let (tx, rx) = mpsc::channel(edge_capacity);
-                senders.push(Some(tx));
-                receivers.push(Some(rx));
-            }
-        }
-        let mut targets: Vec<Vec<mpsc::Sender<Batch>>> = vec![Vec::new(); nodes.len()];
-        for (i, (n, _)) in nodes.iter().enumerate() {
-            for input in &n.inputs {
-                if let (Some(&j), Some(tx)) = (ids.get(input), senders[i].as_ref()) {
-                    targets[j].push(tx.clone());
-                }
-            }
-        }
-        drop(senders);
-
-        let source_stop = shutdown.child_token();
-        let mut tasks: JoinSet<(usize, Result<(), ComponentError>)> = JoinSet::new();
-        let mut names = Vec::with_capacity(nodes.len());
-        for (i, ((node, rt), t)) in nodes.into_iter().zip(telemetry.iter()).enumerate() {
-            names.push(node.id.clone());
-            let component = ComponentContext::new(t.clone(), dead_letter.clone());
-            let out = node
-                .output_schema
-                .clone()
-                .map(|s| Output::new(s, std::mem::take(&mut targets[i]), t.clone()));
-            let input = receivers[i].take().map(|rx| SinkInput::new(rx, t.clone()));
-            match (rt, out, input) {
-                (Runtime::Source(src), Some(out), None) => {
-                    let cx = SourceContext {
-                        component,
-                        out,
-                        shutdown: source_stop.clone(),
-                        runtime: runtime.clone(),
-                    };
-                    tasks.spawn(async move { (i, src.run(cx).await) });
-                }
-                (Runtime::Transform(tr), Some(out), Some(input)) => {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    let rt = runtime.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("tg-{}", node.id))
-                        .spawn(move || {
-                            let r = run_transform(tr, input, out, component, &rt);
-                            let _ = done_tx.send(r);
-                        });
-                    tasks.spawn(async move {
-                        let r = match spawned {
-                            Err(e) => Err(ComponentError::new(format!("cannot start thread: {e}"))),
-                            Ok(_) => done_rx.await.unwrap_or_else(|_| {
-                                Err(ComponentError::new("transform thread panicked"))
-                            }),
-                        };
-                        (i, r)
-                    });
-                }
-                (Runtime::Sink(sink), None, Some(input)) => {
-                    let cx = SinkContext {
-                        component,
-                        runtime: runtime.clone(),
-                    };
-                    tasks.spawn(async move { (i, sink.run(input, cx).await) });
-                }
-                _ => {
-                    tasks.spawn(async move {
-                        (
-                            i,
-                            Err(ComponentError::new(
-                                "component wiring does not match its kind",
-                            )),
-                        )
-                    });
-                }
-            }
-        }
-
-        let mut failures = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, Ok(()))) => {}
-                Ok((i, Err(e))) => {
-                    tracing::error!(component_id = %names[i], "component failed: {e}");
-                    failures.push((names[i].clone(), e.message));
-                    source_stop.cancel();
-                }
-                Err(e) => {
-                    failures.push(("?".to_string(), format!("component task died: {e}")));
-                    source_stop.cancel();
-                }
-            }
-        }
-        if let Err(e) = dead_letter.flush() {
-            failures.push(("dead_letter".into(), format!("cannot flush: {e}")));
-        }
-        RunReport {
-            elapsed: start.elapsed(),
-            components: telemetry.iter().map(|t| t.snapshot()).collect(),
-            failures,
-            interrupted: shutdown.is_cancelled(),
-        }
+        let (_, run) = crate::live::start(self, shutdown, crate::live::RunOptions::default());
+        run.await
     }
-}
-
-/// The loop of a transform's thread: process each batch, send its outputs with the
-/// input's finalizers, tick on silence, flush at the end.
-fn run_transform(
-    mut transform: Box<dyn Transform>,
-    mut input: SinkInput,
-    mut out: Output,
-    component: ComponentContext,
-    runtime: &tokio::runtime::Handle,
-) -> Result<(), ComponentError> {
-    let mut cx = TransformContext::new(component);
-    let mut last_tick = Instant::now();
-    loop {
-        let next = match transform.tick_interval() {
-            Some(every) => {
-                let wait = every.saturating_sub(last_tick.elapsed());
-                input.blocking_recv_timeout(runtime, wait.max(Duration::from_millis(1)))
-            }
-            None => match input.blocking_recv() {
-                Some(b) => Recv::Batch(b),
-                None => Recv::Closed,
-            },
-        };
-        let finalizers = match next {
-            Recv::Batch(b) => {
-                transform.process(b.data, &mut cx)?;
-                b.finalizers
-            }
-            Recv::Idle => Finalizers::none(),
-            Recv::Closed => {
-                transform.flush(&mut cx)?;
-                forward(&mut cx, &mut out, Finalizers::none())?;
-                return Ok(());
-            }
-        };
-        if let Some(every) = transform.tick_interval()
-            && last_tick.elapsed() >= every
-        {
-            last_tick = Instant::now();
-            transform.tick(SystemTime::now(), &mut cx)?;
-        }
-        if !forward(&mut cx, &mut out, finalizers)? {
-            return Ok(());
-        }
-    }
-}
-
-/// Sends what the transform emitted. `Ok(false)` when downstream has gone away.
-fn forward(
-    cx: &mut TransformContext,
-    out: &mut Output,
-    finalizers: Finalizers,
-) -> Result<bool, ComponentError> {
-    for data in cx.take_emitted() {
-        match out.blocking_send(Batch::with_finalizers(data, finalizers.clone())) {
-            Ok(()) => {}
-            Err(SendError::Closed) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(true)
 }

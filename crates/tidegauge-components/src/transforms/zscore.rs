@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::schema::{extend, require_field};
 use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::component::Tunable;
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -57,20 +58,34 @@ fn default_threshold() -> f64 {
     3.0
 }
 
+const WINDOW_RANGE: std::ops::RangeInclusive<usize> = 2..=10_000_000;
+
+fn check_window(window: usize) -> Result<(), ConfigError> {
+    if WINDOW_RANGE.contains(&window) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "window",
+            "expected an integer from 2 to 10000000",
+        ))
+    }
+}
+
+fn check_threshold(threshold: f64) -> Result<(), ConfigError> {
+    if threshold.is_finite() && threshold > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::new("threshold", "expected a positive number"))
+    }
+}
+
 impl TransformConfig for ZScoreConfig {
     const TYPE: &'static str = "zscore";
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        if !(2..=10_000_000).contains(&self.window) {
-            errors.push(ConfigError::new(
-                "window",
-                "expected an integer from 2 to 10000000",
-            ));
-        }
-        if !(self.threshold.is_finite() && self.threshold > 0.0) {
-            errors.push(ConfigError::new("threshold", "expected a positive number"));
-        }
+        errors.extend(check_window(self.window).err());
+        errors.extend(check_threshold(self.threshold).err());
         if let Err(e) = require_field(input, "key_field", &self.key_field, &[DataType::Utf8]) {
             errors.push(e);
         }
@@ -184,6 +199,127 @@ impl Transform for ZScore {
         });
         cx.emit(out.finish(&batch, &self.output, "z", "zscore")?);
         Ok(())
+    }
+
+    fn tunables(&self) -> Vec<Tunable> {
+        vec![
+            Tunable {
+                name: "threshold".into(),
+                value: self.threshold.into(),
+            },
+            Tunable {
+                name: "window".into(),
+                value: self.window.into(),
+            },
+        ]
+    }
+
+    /// `threshold` applies from the next event. `window` keeps each sensor's most recent
+    /// values (up to the new length), so a longer window fills up from what is held and a
+    /// shorter one starts full.
+    fn set_tunable(&mut self, name: &str, value: &serde_json::Value) -> Result<(), String> {
+        match name {
+            "threshold" => {
+                let t = value
+                    .as_f64()
+                    .ok_or_else(|| "threshold: expected a number".to_string())?;
+                check_threshold(t).map_err(|e| e.to_string())?;
+                self.threshold = t;
+                Ok(())
+            }
+            "window" => {
+                let w = value
+                    .as_u64()
+                    .and_then(|w| usize::try_from(w).ok())
+                    .ok_or_else(|| "window: expected a non-negative integer".to_string())?;
+                check_window(w).map_err(|e| e.to_string())?;
+                for state in &mut self.states {
+                    let mut resized = RollingStats::new(w);
+                    let skip = state.len().saturating_sub(w);
+                    state.values().skip(skip).for_each(|v| resized.push(v));
+                    *state = resized;
+                }
+                self.window = w;
+                Ok(())
+            }
+            other => Err(format!("`{other}` cannot be changed while running")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Float64Array, StringArray};
+    use arrow_schema::{Field, Schema};
+    use tidegauge_core::ComponentContext;
+    use tidegauge_core::dead_letter::DeadLetter;
+    use tidegauge_core::registry::ComponentKind;
+    use tidegauge_core::telemetry::ComponentTelemetry;
+
+    use super::*;
+
+    fn zscore(window: usize, threshold: f64) -> (Box<dyn Transform>, SchemaRef) {
+        let input: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("sensor_id", DataType::Utf8, false),
+            Field::new("value", DataType::Float64, true),
+        ]));
+        let config = ZScoreConfig {
+            key_field: default_key_field(),
+            value_field: default_value_field(),
+            window,
+            threshold,
+        };
+        let output = config.validate(&input).unwrap();
+        let t = Arc::new(ComponentTelemetry::new("z", ComponentKind::Transform, "zscore"));
+        let cx = BuildContext {
+            component: ComponentContext::new(t, DeadLetter::stderr()),
+            runtime: tokio::runtime::Runtime::new().unwrap().handle().clone(),
+        };
+        (config.build(input.clone(), output, cx).unwrap(), input)
+    }
+
+    fn anomalies(t: &mut Box<dyn Transform>, input: &SchemaRef, values: &[f64]) -> Vec<bool> {
+        let batch = RecordBatch::try_new(
+            input.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["s"; values.len()])),
+                Arc::new(Float64Array::from(values.to_vec())),
+            ],
+        )
+        .unwrap();
+        let tel = Arc::new(ComponentTelemetry::new("z", ComponentKind::Transform, "zscore"));
+        let mut cx = TransformContext::new(ComponentContext::new(tel, DeadLetter::stderr()));
+        t.process(batch, &mut cx).unwrap();
+        let out: Vec<RecordBatch> = cx.take_emitted().collect();
+        let flags = out[0]
+            .column_by_name("is_anomaly")
+            .unwrap()
+            .as_boolean()
+            .clone();
+        (0..flags.len()).map(|i| flags.value(i)).collect()
+    }
+
+    #[test]
+    fn threshold_and_window_change_while_keeping_state() {
+        let (mut t, input) = zscore(4, 3.0);
+        // 1, 2, 1, 2 then 3: z = (3 - 1.5) / 0.5 = 3, not above 3.
+        assert_eq!(
+            anomalies(&mut t, &input, &[1.0, 2.0, 1.0, 2.0, 3.0]),
+            [false; 5]
+        );
+        t.set_tunable("threshold", &serde_json::json!(1.0)).unwrap();
+        // Window now 2, 1, 2, 3: mean 2, std 0.707; 4 gives z 2.83 > 1.
+        assert_eq!(anomalies(&mut t, &input, &[4.0]), [true]);
+        // Shrinking keeps the most recent values: [3, 4] -> 3.5 ± 0.5; 4.2 gives z 1.4.
+        t.set_tunable("window", &serde_json::json!(2)).unwrap();
+        assert_eq!(anomalies(&mut t, &input, &[4.2]), [true]);
+        assert!(t.set_tunable("threshold", &serde_json::json!(-1)).is_err());
+        assert!(t.set_tunable("window", &serde_json::json!(1)).is_err());
+        assert!(t.set_tunable("key_field", &serde_json::json!("x")).is_err());
+        let values: Vec<_> = t.tunables().into_iter().map(|t| t.value).collect();
+        assert_eq!(values, [serde_json::json!(1.0), serde_json::json!(2)]);
     }
 }
 

@@ -1,0 +1,1030 @@
+//! A running pipeline that can be watched, tuned and rewired while it runs.
+//!
+//! [`start`] spawns every component of a built pipeline (sources and sinks as tasks,
+//! transforms on threads of their own) joined by bounded queues, and returns a
+//! [`LiveHandle`] and the future that drives the run to its end.
+//!
+//! - Each component's output is a [`Fanout`] shared with the runner, so the graph can be
+//!   rewired without stopping anything: a queue nobody lists any more closes once the
+//!   sends in flight are done, and its consumer drains, flushes and ends.
+//! - Each transform answers [`ControlRequest`]s between batches (its tunable parameters).
+//! - A reload ([`ReloadRequest`]) compares the new pipeline with the running one: unchanged
+//!   components keep running with their state; components whose only changes are tunable
+//!   parameters are changed in place (state kept); the rest are built anew (first, so a
+//!   failing build leaves the running pipeline untouched) and swapped in, the old
+//!   instances draining into their old targets.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arrow_schema::SchemaRef;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::Finalizers;
+use crate::batch::Batch;
+use crate::component::{
+    BuildContext, ComponentContext, Fanout, Output, Recv, SendError, SinkContext, SinkInput,
+    SourceContext, Transform, TransformContext,
+};
+use crate::control::{self, ControlError, ControlRequest, TransformControl};
+use crate::dead_letter::DeadLetter;
+use crate::error::{ComponentError, ConfigError};
+use crate::registry::{self, AnyConfig, ComponentKind};
+use crate::telemetry::{
+    BatchProcessed, ComponentStarted, ComponentStopped, ComponentTelemetry, QueueFill,
+    TelemetrySnapshot,
+};
+use crate::topology::{BuiltPipeline, Node, Pipeline, RunReport, Runtime, build_node};
+
+/// How to run.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Measure waits per stage (the profiler).
+    pub profile: bool,
+    /// Where reload requests arrive; `None` for a pipeline that is never reloaded.
+    pub reloads: Option<mpsc::Receiver<ReloadRequest>>,
+}
+
+/// A request to replace the running pipeline with `pipeline` (already validated).
+pub struct ReloadRequest {
+    /// The new pipeline.
+    pub pipeline: Pipeline,
+    /// What was done, or why nothing was.
+    pub reply: oneshot::Sender<Result<ReloadSummary, String>>,
+}
+
+/// What a reload did, by component id.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ReloadSummary {
+    /// Running on, untouched.
+    pub kept: Vec<String>,
+    /// Running on with parameters changed in place (state kept).
+    pub retuned: Vec<String>,
+    /// Built anew and swapped in.
+    pub rebuilt: Vec<String>,
+    /// New components.
+    pub added: Vec<String>,
+    /// Components no longer in the pipeline (drained and stopped).
+    pub removed: Vec<String>,
+    /// The parameters changed in place, old and new values.
+    pub changes: Vec<ParamChange>,
+}
+
+impl ReloadSummary {
+    /// Whether the reload changed nothing.
+    pub fn is_noop(&self) -> bool {
+        self.retuned.is_empty()
+            && self.rebuilt.is_empty()
+            && self.added.is_empty()
+            && self.removed.is_empty()
+    }
+}
+
+/// One parameter changed while running.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ParamChange {
+    /// Component id.
+    pub component: String,
+    /// Parameter name.
+    pub parameter: String,
+    /// Value before.
+    pub old: Value,
+    /// Value after.
+    pub new: Value,
+}
+
+/// Why a parameter change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamError {
+    /// No component has this id.
+    #[error("no component `{0}`")]
+    UnknownComponent(String),
+    /// The parameter cannot be changed while running.
+    #[error("{0}")]
+    NotTunable(String),
+    /// The new value does not pass validation.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ConfigError>),
+    /// The component is not running (any more).
+    #[error("component `{0}` is not running")]
+    Stopped(String),
+    /// The component refused the value.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A component of the running pipeline, as others see it.
+#[derive(Clone)]
+pub struct ComponentView {
+    /// Id as written in the file.
+    pub id: String,
+    /// Kind.
+    pub kind: ComponentKind,
+    /// Registered type.
+    pub type_name: &'static str,
+    /// Ids it reads from.
+    pub inputs: Vec<String>,
+    /// Schema of its input (transforms and sinks).
+    pub input_schema: Option<SchemaRef>,
+    /// Schema of its output (sources and transforms).
+    pub output_schema: Option<SchemaRef>,
+    /// Settings now in force: as written, with parameters changed since applied.
+    pub settings: Value,
+    /// Its counters.
+    pub telemetry: Arc<ComponentTelemetry>,
+    /// Requests to it (transforms).
+    pub control: Option<TransformControl>,
+}
+
+struct LiveState {
+    components: RwLock<Vec<ComponentView>>,
+    started: Instant,
+    profiling: bool,
+    /// Serializes changes (parameter changes and reloads).
+    changing: tokio::sync::Mutex<()>,
+}
+
+/// A shared view of a running pipeline: what runs, its counters, and the way to change
+/// its parameters. Clone freely.
+#[derive(Clone)]
+pub struct LiveHandle(Arc<LiveState>);
+
+impl LiveHandle {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<ComponentView>> {
+        // The list is replaced whole: a panicking writer cannot leave it torn.
+        self.0.components.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<ComponentView>> {
+        self.0.components.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every component, in topological order.
+    pub fn components(&self) -> Vec<ComponentView> {
+        self.read().clone()
+    }
+
+    /// The component called `id`.
+    pub fn component(&self, id: &str) -> Option<ComponentView> {
+        self.read().iter().find(|c| c.id == id).cloned()
+    }
+
+    /// Current counters of every component.
+    pub fn snapshot(&self) -> Vec<TelemetrySnapshot> {
+        self.read().iter().map(|c| c.telemetry.snapshot()).collect()
+    }
+
+    /// Time since the run started.
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
+    }
+
+    /// Whether the run measures waits per stage.
+    pub fn profiling(&self) -> bool {
+        self.0.profiling
+    }
+
+    /// Changes parameters of a running transform: each must be tunable; the settings
+    /// with the new values must pass the component's validation against its input, and
+    /// must not change its output schema. Returns what changed.
+    pub async fn set_params(
+        &self,
+        id: &str,
+        patch: &Map<String, Value>,
+    ) -> Result<Vec<ParamChange>, ParamError> {
+        let _serial = self.0.changing.lock().await;
+        let view = self
+            .component(id)
+            .ok_or_else(|| ParamError::UnknownComponent(id.to_string()))?;
+        let Some(control) = view.control.clone() else {
+            return Err(ParamError::NotTunable(format!(
+                "{} `{id}` has no parameters that can be changed while running",
+                view.kind
+            )));
+        };
+        let stopped = |_| ParamError::Stopped(id.to_string());
+        let tunables = control.tunables().await.map_err(stopped)?;
+        let names: Vec<&str> = tunables.iter().map(|t| t.name.as_str()).collect();
+        for name in patch.keys() {
+            if !names.contains(&name.as_str()) {
+                return Err(ParamError::NotTunable(format!(
+                    "`{name}` of `{id}` cannot be changed while running (can be: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        }
+        let mut settings = match &view.settings {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        for (k, v) in patch {
+            settings.insert(k.clone(), v.clone());
+        }
+        check_settings(&view, Value::Object(settings.clone()))?;
+
+        let mut changes = Vec::new();
+        for (name, value) in patch {
+            let old = tunables
+                .iter()
+                .find(|t| &t.name == name)
+                .map(|t| t.value.clone())
+                .unwrap_or(Value::Null);
+            control
+                .set(name, value.clone())
+                .await
+                .map_err(|e| match e {
+                    ControlError::Stopped => ParamError::Stopped(id.to_string()),
+                    ControlError::Rejected(m) => ParamError::Rejected(m),
+                })?;
+            self.update_setting(id, name, value);
+            changes.push(ParamChange {
+                component: id.to_string(),
+                parameter: name.clone(),
+                old,
+                new: value.clone(),
+            });
+        }
+        Ok(changes)
+    }
+
+    fn update_setting(&self, id: &str, name: &str, value: &Value) {
+        let mut list = self.write();
+        if let Some(c) = list.iter_mut().find(|c| c.id == id) {
+            if !c.settings.is_object() {
+                c.settings = Value::Object(Map::new());
+            }
+            if let Value::Object(m) = &mut c.settings {
+                m.insert(name.to_string(), value.clone());
+            }
+        }
+    }
+}
+
+/// Parses `settings` as the component's config and validates it against the component's
+/// input; the output schema must stay as it is.
+fn check_settings(view: &ComponentView, settings: Value) -> Result<(), ParamError> {
+    let descriptor = registry::find(view.kind, view.type_name)
+        .ok_or_else(|| ParamError::UnknownComponent(view.id.clone()))?;
+    let config = descriptor.parse_json(settings).map_err(|e| {
+        ParamError::Invalid(vec![ConfigError::new(e.path, e.message)])
+    })?;
+    let AnyConfig::Transform(config) = config else {
+        return Err(ParamError::NotTunable(format!("`{}` is not a transform", view.id)));
+    };
+    let (Some(input), Some(output)) = (&view.input_schema, &view.output_schema) else {
+        return Err(ParamError::Stopped(view.id.clone()));
+    };
+    let new_output = config.validate(input).map_err(ParamError::Invalid)?;
+    if new_output.fields() != output.fields() {
+        return Err(ParamError::Invalid(vec![ConfigError::new(
+            "",
+            format!(
+                "the change would alter the events `{}` emits ({} instead of {}); change it in the pipeline file and reload",
+                view.id,
+                crate::schema::describe(&new_output),
+                crate::schema::describe(output)
+            ),
+        )]));
+    }
+    Ok(())
+}
+
+/// A component in the running graph.
+struct Running {
+    id: String,
+    kind: ComponentKind,
+    type_name: &'static str,
+    inputs: Vec<String>,
+    input_schema: Option<SchemaRef>,
+    output_schema: Option<SchemaRef>,
+    /// Settings as written in the file it was loaded from.
+    file_settings: Value,
+    telemetry: Arc<ComponentTelemetry>,
+    /// Its input queue (transforms and sinks); weak, so the queue closes when the last
+    /// output feeding it goes.
+    queue: Option<mpsc::WeakSender<Batch>>,
+    /// Its output (sources and transforms).
+    fanout: Option<Fanout>,
+    /// Stops it (sources).
+    stop: Option<CancellationToken>,
+    control: Option<TransformControl>,
+    /// The task running this instance.
+    task: u64,
+}
+
+struct Runner {
+    runtime: tokio::runtime::Handle,
+    dead_letter: DeadLetter,
+    edge_capacity: usize,
+    profile: bool,
+    source_stop: CancellationToken,
+    nodes: Vec<Running>,
+    tasks: JoinSet<(u64, Result<(), ComponentError>)>,
+    /// Task id -> component id and counters, for every task ever started.
+    owners: HashMap<u64, (String, Arc<ComponentTelemetry>)>,
+    next_task: u64,
+    /// Every component's counters in the order they first ran, for the report.
+    report_order: Vec<Arc<ComponentTelemetry>>,
+    handle: LiveHandle,
+}
+
+/// Starts every component of `built`; returns the handle on the running pipeline and the
+/// future that runs it to its end (end of input, failure, or `shutdown`). Must be called
+/// inside a tokio runtime.
+pub fn start(
+    built: BuiltPipeline,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> (LiveHandle, impl Future<Output = RunReport> + Send + 'static) {
+    let runtime = tokio::runtime::Handle::current();
+    let BuiltPipeline {
+        nodes,
+        telemetry,
+        dead_letter,
+        edge_capacity,
+    } = built;
+    let handle = LiveHandle(Arc::new(LiveState {
+        components: RwLock::new(Vec::new()),
+        started: Instant::now(),
+        profiling: options.profile,
+        changing: tokio::sync::Mutex::new(()),
+    }));
+    let mut runner = Runner {
+        runtime,
+        dead_letter,
+        edge_capacity,
+        profile: options.profile,
+        source_stop: shutdown.child_token(),
+        nodes: Vec::new(),
+        tasks: JoinSet::new(),
+        owners: HashMap::new(),
+        next_task: 0,
+        report_order: telemetry.clone(),
+        handle: handle.clone(),
+    };
+
+    // Queues first, so every output knows its targets before anything runs.
+    let mut senders: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
+    let mut receivers: Vec<Option<mpsc::Receiver<Batch>>> = Vec::new();
+    for (n, _) in &nodes {
+        if n.kind == ComponentKind::Source {
+            receivers.push(None);
+        } else {
+            let (tx, rx) = mpsc::channel(edge_capacity);
+            senders.insert(n.id.clone(), tx);
+            receivers.push(Some(rx));
+        }
+    }
+    let metas: Vec<(String, Vec<String>)> = nodes
+        .iter()
+        .map(|(n, _)| (n.id.clone(), n.inputs.clone()))
+        .collect();
+    for (((node, rt), t), rx) in nodes.into_iter().zip(telemetry).zip(receivers) {
+        let targets = consumers_of(&node.id, &metas)
+            .filter_map(|c| senders.get(c).cloned())
+            .collect();
+        let queue = senders.get(&node.id).map(|tx| tx.downgrade());
+        runner.spawn(node, rt, t, rx, queue, targets);
+    }
+    drop(senders);
+    runner.publish();
+
+    let run = runner.run(shutdown, options.reloads);
+    (handle, run)
+}
+
+/// Ids of the components that read from `id`.
+fn consumers_of<'a>(
+    id: &'a str,
+    metas: &'a [(String, Vec<String>)],
+) -> impl Iterator<Item = &'a String> + 'a {
+    metas
+        .iter()
+        .filter(move |(_, inputs)| inputs.iter().any(|i| i == id))
+        .map(|(c, _)| c)
+}
+
+fn queue_probe(queue: &mpsc::WeakSender<Batch>) -> crate::telemetry::QueueProbe {
+    let queue = queue.clone();
+    Box::new(move || {
+        queue.upgrade().map(|tx| QueueFill {
+            queued: tx.max_capacity() - tx.capacity(),
+            capacity: tx.max_capacity(),
+        })
+    })
+}
+
+fn same_fields(a: &Option<SchemaRef>, b: &Option<SchemaRef>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.fields() == b.fields(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+enum Plan {
+    Keep(usize),
+    Retune(usize, Vec<(String, Value)>),
+    Build(Option<usize>),
+}
+
+impl Runner {
+    /// Starts one component instance; records it as the current one for its id.
+    fn spawn(
+        &mut self,
+        node: Node,
+        rt: Runtime,
+        t: Arc<ComponentTelemetry>,
+        rx: Option<mpsc::Receiver<Batch>>,
+        queue: Option<mpsc::WeakSender<Batch>>,
+        targets: Vec<mpsc::Sender<Batch>>,
+    ) {
+        let task = self.next_task;
+        self.next_task += 1;
+        self.owners.insert(task, (node.id.clone(), t.clone()));
+        if !self.report_order.iter().any(|r| Arc::ptr_eq(r, &t)) {
+            self.report_order.push(t.clone());
+        }
+        t.set_profiling(self.profile);
+        t.emit(ComponentStarted);
+        if let Some(q) = &queue {
+            t.set_queue_probe(Some(queue_probe(q)));
+        }
+        let component = ComponentContext::new(t.clone(), self.dead_letter.clone());
+        let fanout = node.output_schema.as_ref().map(|_| Fanout::new(targets));
+        let out = node
+            .output_schema
+            .clone()
+            .zip(fanout.clone())
+            .map(|(s, f)| Output::with_fanout(s, f, t.clone()));
+        let mut stop = None;
+        let mut control = None;
+        let runtime = self.runtime.clone();
+        match (rt, out, rx) {
+            (Runtime::Source(src), Some(out), None) => {
+                let token = self.source_stop.child_token();
+                stop = Some(token.clone());
+                let cx = SourceContext {
+                    component,
+                    out,
+                    shutdown: token,
+                    runtime,
+                };
+                self.tasks.spawn(async move { (task, src.run(cx).await) });
+            }
+            (Runtime::Transform(tr), Some(out), Some(rx)) => {
+                let (handle, requests) = control::channel();
+                control = Some(handle);
+                let input = SinkInput::new(rx, t.clone());
+                let (done_tx, done_rx) = oneshot::channel();
+                let input_schema = node.input_schema.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("tg-{}", node.id))
+                    .spawn(move || {
+                        let r = run_transform(
+                            tr,
+                            input,
+                            out,
+                            component,
+                            &runtime,
+                            requests,
+                            input_schema,
+                        );
+                        let _ = done_tx.send(r);
+                    });
+                self.tasks.spawn(async move {
+                    let r = match spawned {
+                        Err(e) => Err(ComponentError::new(format!("cannot start thread: {e}"))),
+                        Ok(_) => done_rx.await.unwrap_or_else(|_| {
+                            Err(ComponentError::new("transform thread panicked"))
+                        }),
+                    };
+                    (task, r)
+                });
+            }
+            (Runtime::Sink(sink), None, Some(rx)) => {
+                let input = SinkInput::new(rx, t.clone()).measuring_latency();
+                let cx = SinkContext { component, runtime };
+                self.tasks
+                    .spawn(async move { (task, sink.run(input, cx).await) });
+            }
+            _ => {
+                self.tasks.spawn(async move {
+                    (
+                        task,
+                        Err(ComponentError::new(
+                            "component wiring does not match its kind",
+                        )),
+                    )
+                });
+            }
+        }
+        let running = Running {
+            id: node.id,
+            kind: node.kind,
+            type_name: node.type_name,
+            inputs: node.inputs,
+            input_schema: node.input_schema,
+            output_schema: node.output_schema,
+            file_settings: node.settings,
+            telemetry: t,
+            queue,
+            fanout,
+            stop,
+            control,
+            task,
+        };
+        match self.nodes.iter_mut().find(|n| n.id == running.id) {
+            Some(slot) => *slot = running,
+            None => self.nodes.push(running),
+        }
+    }
+
+    /// Publishes the current graph to the handle, keeping parameters changed live on
+    /// components that kept running.
+    fn publish(&self) {
+        let old = self.handle.components();
+        let views = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let settings = old
+                    .iter()
+                    .find(|o| o.id == n.id && same_control(&o.control, &n.control))
+                    .map(|o| o.settings.clone())
+                    .unwrap_or_else(|| n.file_settings.clone());
+                ComponentView {
+                    id: n.id.clone(),
+                    kind: n.kind,
+                    type_name: n.type_name,
+                    inputs: n.inputs.clone(),
+                    input_schema: n.input_schema.clone(),
+                    output_schema: n.output_schema.clone(),
+                    settings,
+                    telemetry: n.telemetry.clone(),
+                    control: n.control.clone(),
+                }
+            })
+            .collect();
+        *self.handle.write() = views;
+    }
+
+    async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        mut reloads: Option<mpsc::Receiver<ReloadRequest>>,
+    ) -> RunReport {
+        let start = Instant::now();
+        let mut failures = Vec::new();
+        loop {
+            let reload = async {
+                match reloads.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = self.tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok((task, result))) => self.finished(task, result, &mut failures),
+                    Some(Err(e)) => {
+                        failures.push(("?".to_string(), format!("component task died: {e}")));
+                        self.source_stop.cancel();
+                    }
+                },
+                request = reload => match request {
+                    None => reloads = None,
+                    Some(ReloadRequest { pipeline, reply }) => {
+                        let outcome = if self.source_stop.is_cancelled() {
+                            Err("the pipeline is shutting down".to_string())
+                        } else {
+                            self.reload(pipeline).await
+                        };
+                        let _ = reply.send(outcome);
+                    }
+                },
+            }
+        }
+        if let Err(e) = self.dead_letter.flush() {
+            failures.push(("dead_letter".into(), format!("cannot flush: {e}")));
+        }
+        RunReport {
+            elapsed: start.elapsed(),
+            components: self.report_order.iter().map(|t| t.snapshot()).collect(),
+            failures,
+            interrupted: shutdown.is_cancelled(),
+        }
+    }
+
+    fn finished(
+        &mut self,
+        task: u64,
+        result: Result<(), ComponentError>,
+        failures: &mut Vec<(String, String)>,
+    ) {
+        let Some((id, t)) = self.owners.remove(&task) else {
+            return;
+        };
+        let current = self.nodes.iter().position(|n| n.task == task);
+        if current.is_some() {
+            t.emit(ComponentStopped);
+        }
+        if let Err(e) = result {
+            tracing::error!(component_id = %id, "component failed: {e}");
+            failures.push((id, e.message));
+            self.source_stop.cancel();
+        }
+    }
+
+    /// Swaps in `new`: see the module documentation.
+    async fn reload(&mut self, new: Pipeline) -> Result<ReloadSummary, String> {
+        let old_index: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.as_str(), i))
+            .collect();
+        let mut plans = Vec::with_capacity(new.nodes.len());
+        for n in &new.nodes {
+            let plan = match old_index.get(n.id.as_str()) {
+                None => Plan::Build(None),
+                Some(&o) => {
+                    let old = &self.nodes[o];
+                    let same_inputs = old.inputs.iter().collect::<HashSet<_>>()
+                        == n.inputs.iter().collect::<HashSet<_>>();
+                    let alive = self.owners.contains_key(&old.task);
+                    if old.kind != n.kind
+                        || old.type_name != n.type_name
+                        || !same_inputs
+                        || !same_fields(&old.input_schema, &n.input_schema)
+                        || !same_fields(&old.output_schema, &n.output_schema)
+                        || !alive
+                    {
+                        Plan::Build(Some(o))
+                    } else if old.file_settings == n.settings {
+                        Plan::Keep(o)
+                    } else {
+                        match self.tunable_diff(old, &n.settings).await {
+                            Some(diff) => Plan::Retune(o, diff),
+                            None => Plan::Build(Some(o)),
+                        }
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+
+        // Build everything new before touching the running graph.
+        let mut built: Vec<Option<(Runtime, Arc<ComponentTelemetry>)>> = Vec::new();
+        for (n, plan) in new.nodes.iter().zip(&plans) {
+            let Plan::Build(old) = plan else {
+                built.push(None);
+                continue;
+            };
+            let t = old
+                .map(|o| &self.nodes[o])
+                .filter(|o| o.kind == n.kind && o.type_name == n.type_name)
+                .map(|o| o.telemetry.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(ComponentTelemetry::new(n.id.as_str(), n.kind, n.type_name))
+                });
+            let cx = BuildContext {
+                component: ComponentContext::new(t.clone(), self.dead_letter.clone()),
+                runtime: self.runtime.clone(),
+            };
+            let rt = build_node(n, cx).await.map_err(|e| e.message)?;
+            built.push(Some((rt, t)));
+        }
+
+        let mut summary = ReloadSummary::default();
+        // Parameters changed in place.
+        for (n, plan) in new.nodes.iter().zip(&plans) {
+            let Plan::Retune(o, diff) = plan else {
+                continue;
+            };
+            let old = &self.nodes[*o];
+            let Some(control) = old.control.clone() else {
+                continue;
+            };
+            let before = control.tunables().await.unwrap_or_default();
+            for (name, value) in diff {
+                control
+                    .set(name, value.clone())
+                    .await
+                    .map_err(|e| format!("transforms.{}.{name}: {e}", n.id))?;
+                self.handle.update_setting(&n.id, name, value);
+                summary.changes.push(ParamChange {
+                    component: n.id.clone(),
+                    parameter: name.clone(),
+                    old: before
+                        .iter()
+                        .find(|t| &t.name == name)
+                        .map(|t| t.value.clone())
+                        .unwrap_or(Value::Null),
+                    new: value.clone(),
+                });
+            }
+        }
+
+        // New queues for new consumers; the queues of kept consumers stay.
+        let mut senders: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
+        let mut receivers: HashMap<String, mpsc::Receiver<Batch>> = HashMap::new();
+        for (n, plan) in new.nodes.iter().zip(&plans) {
+            if n.kind == ComponentKind::Source {
+                continue;
+            }
+            match plan {
+                Plan::Build(_) => {
+                    let (tx, rx) = mpsc::channel(self.edge_capacity);
+                    senders.insert(n.id.clone(), tx);
+                    receivers.insert(n.id.clone(), rx);
+                }
+                Plan::Keep(o) | Plan::Retune(o, _) => {
+                    if let Some(tx) = self.nodes[*o].queue.as_ref().and_then(|q| q.upgrade()) {
+                        senders.insert(n.id.clone(), tx);
+                    }
+                }
+            }
+        }
+        let metas: Vec<(String, Vec<String>)> = new
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.inputs.clone()))
+            .collect();
+        let targets_of = |id: &str| -> Vec<mpsc::Sender<Batch>> {
+            consumers_of(id, &metas)
+                .filter_map(|c| senders.get(c).cloned())
+                .collect()
+        };
+
+        // Rewire the components that keep running.
+        for (n, plan) in new.nodes.iter().zip(&plans) {
+            if let Plan::Keep(o) | Plan::Retune(o, _) = plan
+                && let Some(f) = &self.nodes[*o].fanout
+            {
+                f.replace(targets_of(&n.id));
+            }
+        }
+
+        // Retire what is replaced or gone: sources are stopped; transforms and sinks
+        // drain once nothing feeds their queue.
+        let new_ids: HashSet<&str> = new.nodes.iter().map(|n| n.id.as_str()).collect();
+        let mut retired = Vec::new();
+        for (n, plan) in new.nodes.iter().zip(&plans) {
+            if let Plan::Build(Some(o)) = plan {
+                retired.push(*o);
+                summary.rebuilt.push(n.id.clone());
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !new_ids.contains(n.id.as_str()) {
+                retired.push(i);
+                summary.removed.push(n.id.clone());
+            }
+        }
+        for &i in &retired {
+            if let Some(stop) = &self.nodes[i].stop {
+                stop.cancel();
+            }
+        }
+
+        // Start the new instances, in topological order.
+        let mut old_nodes: Vec<Option<Running>> =
+            std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+        for ((n, plan), b) in new.nodes.into_iter().zip(plans).zip(built) {
+            match (plan, b) {
+                (Plan::Keep(o), _) => {
+                    summary.kept.push(n.id.clone());
+                    if let Some(mut r) = old_nodes[o].take() {
+                        r.file_settings = n.settings;
+                        self.nodes.push(r);
+                    }
+                }
+                (Plan::Retune(o, _), _) => {
+                    summary.retuned.push(n.id.clone());
+                    if let Some(mut r) = old_nodes[o].take() {
+                        r.file_settings = n.settings;
+                        self.nodes.push(r);
+                    }
+                }
+                (Plan::Build(old), Some((rt, t))) => {
+                    if old.is_none() {
+                        summary.added.push(n.id.clone());
+                    }
+                    let targets = targets_of(&n.id);
+                    let rx = receivers.remove(&n.id);
+                    let queue = senders.get(&n.id).map(|tx| tx.downgrade());
+                    self.spawn(n, rt, t, rx, queue, targets);
+                }
+                (Plan::Build(_), None) => {}
+            }
+        }
+        drop(senders);
+        self.publish();
+        tracing::info!(
+            kept = summary.kept.len(),
+            retuned = summary.retuned.len(),
+            rebuilt = summary.rebuilt.len(),
+            added = summary.added.len(),
+            removed = summary.removed.len(),
+            "pipeline reloaded"
+        );
+        Ok(summary)
+    }
+
+    /// The settings that differ between `old` (as loaded) and `new`, when every one of
+    /// them is a tunable parameter of the running transform.
+    async fn tunable_diff(&self, old: &Running, new: &Value) -> Option<Vec<(String, Value)>> {
+        let control = old.control.as_ref()?;
+        let (Value::Object(before), Value::Object(after)) = (&old.file_settings, new) else {
+            return None;
+        };
+        // A setting removed falls back to its default: rebuild rather than guess it.
+        if before.keys().any(|k| !after.contains_key(k)) {
+            return None;
+        }
+        let diff: Vec<(String, Value)> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let tunables = control.tunables().await.ok()?;
+        diff.iter()
+            .all(|(k, _)| tunables.iter().any(|t| &t.name == k))
+            .then_some(diff)
+    }
+}
+
+fn same_control(a: &Option<TransformControl>, b: &Option<TransformControl>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.same(b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+enum Step {
+    Control(ControlRequest),
+    Input(Recv),
+}
+
+/// The loop of a transform's thread: process each batch, send its outputs with the
+/// input's finalizers, answer control requests between batches, tick on silence, flush
+/// at the end.
+fn run_transform(
+    mut transform: Box<dyn Transform>,
+    mut input: SinkInput,
+    mut out: Output,
+    component: ComponentContext,
+    runtime: &tokio::runtime::Handle,
+    mut requests: mpsc::Receiver<ControlRequest>,
+    input_schema: Option<SchemaRef>,
+) -> Result<(), ComponentError> {
+    let telemetry = component.telemetry().clone();
+    let tap = AnomalyTap::new(out.schema(), input_schema.as_ref());
+    let mut cx = TransformContext::new(component);
+    let mut last_tick = Instant::now();
+    loop {
+        let tick = transform.tick_interval();
+        let since_tick = last_tick.elapsed();
+        let step = runtime.block_on(async {
+            tokio::select! {
+                biased;
+                Some(request) = requests.recv() => Step::Control(request),
+                next = async {
+                    match tick {
+                        Some(every) => {
+                            let wait = every.saturating_sub(since_tick);
+                            input.recv_timeout(wait.max(Duration::from_millis(1))).await
+                        }
+                        None => match input.recv().await {
+                            Some(b) => Recv::Batch(b),
+                            None => Recv::Closed,
+                        },
+                    }
+                } => Step::Input(next),
+            }
+        });
+        let next = match step {
+            Step::Control(request) => {
+                control::answer(&telemetry.id, transform.as_mut(), request);
+                continue;
+            }
+            Step::Input(next) => next,
+        };
+        let finalizers = match next {
+            Recv::Batch(b) => {
+                let started = Instant::now();
+                transform.process(b.data, &mut cx)?;
+                telemetry.emit(BatchProcessed {
+                    elapsed: started.elapsed(),
+                });
+                b.finalizers
+            }
+            Recv::Idle => Finalizers::none(),
+            Recv::Closed => {
+                transform.flush(&mut cx)?;
+                forward(&mut cx, &mut out, tap.as_ref(), Finalizers::none())?;
+                return Ok(());
+            }
+        };
+        if let Some(every) = transform.tick_interval()
+            && last_tick.elapsed() >= every
+        {
+            last_tick = Instant::now();
+            transform.tick(SystemTime::now(), &mut cx)?;
+        }
+        if !forward(&mut cx, &mut out, tap.as_ref(), finalizers)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Picks the latest flagged rows out of a detector's output, for live views. Only for
+/// transforms that add `is_anomaly` (a filter passing it on is no detector).
+struct AnomalyTap {
+    flag: usize,
+    key: Option<usize>,
+    reason: Option<usize>,
+}
+
+impl AnomalyTap {
+    fn new(output: &SchemaRef, input: Option<&SchemaRef>) -> Option<AnomalyTap> {
+        use arrow_schema::DataType;
+        if input.is_some_and(|i| i.index_of("is_anomaly").is_ok()) {
+            return None;
+        }
+        let typed = |name: &str, ty: DataType| {
+            output
+                .index_of(name)
+                .ok()
+                .filter(|&i| output.field(i).data_type() == &ty)
+        };
+        Some(AnomalyTap {
+            flag: typed("is_anomaly", DataType::Boolean)?,
+            key: typed("sensor_id", DataType::Utf8),
+            reason: typed("reason", DataType::Utf8),
+        })
+    }
+
+    fn scan(&self, batch: &arrow_array::RecordBatch, telemetry: &ComponentTelemetry) {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        let Some(flags) = batch.column(self.flag).as_boolean_opt() else {
+            return;
+        };
+        if flags.true_count() == 0 {
+            return;
+        }
+        let rows: Vec<usize> = flags.values().set_indices().collect();
+        let from = rows.len().saturating_sub(crate::telemetry::RECENT_ANOMALIES);
+        let time_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let text = |col: Option<usize>, row: usize| {
+            let c = batch.column(col?).as_string_opt::<i32>()?;
+            (!c.is_null(row)).then(|| c.value(row).to_string())
+        };
+        let records = rows[from..]
+            .iter()
+            .filter(|&&r| flags.is_valid(r))
+            .map(|&r| crate::telemetry::AnomalyRecord {
+                time_ms,
+                key: text(self.key, r),
+                reason: text(self.reason, r),
+            })
+            .collect();
+        telemetry.emit(crate::telemetry::AnomaliesSeen { records });
+    }
+}
+
+/// Sends what the transform emitted. `Ok(false)` when downstream has gone away.
+fn forward(
+    cx: &mut TransformContext,
+    out: &mut Output,
+    tap: Option<&AnomalyTap>,
+    finalizers: Finalizers,
+) -> Result<bool, ComponentError> {
+    let telemetry = cx.component().telemetry().clone();
+    for data in cx.take_emitted() {
+        if let Some(tap) = tap {
+            tap.scan(&data, &telemetry);
+        }
+        match out.blocking_send(Batch::with_finalizers(data, finalizers.clone())) {
+            Ok(()) => {}
+            Err(SendError::Closed) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
