@@ -110,9 +110,16 @@ mod tests {
         assert!(c.validate().is_empty());
         let errs = parse("address = \"0.0.0.0:80\"").validate();
         assert_eq!(errs[0].path, "address");
-        assert!(parse("address = \"0.0.0.0:80\"\ntoken_env = \"T\"").validate().is_empty());
+        assert!(
+            parse("address = \"0.0.0.0:80\"\ntoken_env = \"T\"")
+                .validate()
+                .is_empty()
+        );
         assert_eq!(parse("address = \"nowhere\"").validate().len(), 1);
-        assert_eq!(parse("token = \"a\"\ntoken_env = \"T\"").validate().len(), 1);
+        assert_eq!(
+            parse("token = \"a\"\ntoken_env = \"T\"").validate().len(),
+            1
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ pub mod topology;
 
 pub use batch::Batch;
 pub use component::{
-    BuildContext, ComponentContext, Fanout, Output, Sink, SinkConfig, SinkInput, Source, SourceConfig,
-    SourceContext, Transform, TransformConfig, TransformContext,
+    BuildContext, ComponentContext, Fanout, Output, Sink, SinkConfig, SinkInput, Source,
+    SourceConfig, SourceContext, Transform, TransformConfig, TransformContext,
 };
 pub use error::{BuildError, ComponentError, ConfigError};
 pub use registry::{ComponentDescriptor, ComponentKind};

@@ -274,11 +274,14 @@ impl LiveHandle {
 fn check_settings(view: &ComponentView, settings: Value) -> Result<(), ParamError> {
     let descriptor = registry::find(view.kind, view.type_name)
         .ok_or_else(|| ParamError::UnknownComponent(view.id.clone()))?;
-    let config = descriptor.parse_json(settings).map_err(|e| {
-        ParamError::Invalid(vec![ConfigError::new(e.path, e.message)])
-    })?;
+    let config = descriptor
+        .parse_json(settings)
+        .map_err(|e| ParamError::Invalid(vec![ConfigError::new(e.path, e.message)]))?;
     let AnyConfig::Transform(config) = config else {
-        return Err(ParamError::NotTunable(format!("`{}` is not a transform", view.id)));
+        return Err(ParamError::NotTunable(format!(
+            "`{}` is not a transform",
+            view.id
+        )));
     };
     let (Some(input), Some(output)) = (&view.input_schema, &view.output_schema) else {
         return Err(ParamError::Stopped(view.id.clone()));
@@ -798,8 +801,10 @@ impl Runner {
         }
 
         // Start the new instances, in topological order.
-        let mut old_nodes: Vec<Option<Running>> =
-            std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+        let mut old_nodes: Vec<Option<Running>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
         for ((n, plan), b) in new.nodes.into_iter().zip(plans).zip(built) {
             match (plan, b) {
                 (Plan::Keep(o), _) => {
@@ -891,6 +896,7 @@ fn run_transform(
 ) -> Result<(), ComponentError> {
     let telemetry = component.telemetry().clone();
     let tap = AnomalyTap::new(out.schema(), input_schema.as_ref());
+    telemetry.set_detector(tap.is_some());
     let mut cx = TransformContext::new(component);
     let mut last_tick = Instant::now();
     loop {
@@ -986,7 +992,9 @@ impl AnomalyTap {
             return;
         }
         let rows: Vec<usize> = flags.values().set_indices().collect();
-        let from = rows.len().saturating_sub(crate::telemetry::RECENT_ANOMALIES);
+        let from = rows
+            .len()
+            .saturating_sub(crate::telemetry::RECENT_ANOMALIES);
         let time_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -142,8 +142,10 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
         process.parameter_changes,
     );
 
-    let labelled: Vec<(String, &TelemetrySnapshot)> =
-        components.iter().map(|c| (component_labels(c), c)).collect();
+    let labelled: Vec<(String, &TelemetrySnapshot)> = components
+        .iter()
+        .map(|c| (component_labels(c), c))
+        .collect();
     let all = |v: u64| Some(v.to_string());
     per_component(
         f,
@@ -223,7 +225,7 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
     // Anomalies by detector: a detector transform's type names its detector.
     let detectors: Vec<(String, &TelemetrySnapshot)> = labelled
         .iter()
-        .filter(|(_, c)| c.kind == ComponentKind::Transform)
+        .filter(|(_, c)| c.detector)
         .map(|(l, c)| (format!("{l},detector=\"{}\"", escape(&c.type_name)), *c))
         .collect();
     per_component(
@@ -385,6 +387,7 @@ mod tests {
     #[test]
     fn exposition_has_help_type_and_labelled_samples() {
         let t = ComponentTelemetry::new("spikes", ComponentKind::Transform, "zscore");
+        t.set_detector(true);
         t.emit(EventsReceived { count: 42 });
         t.emit(BatchProcessed {
             elapsed: Duration::from_micros(20),

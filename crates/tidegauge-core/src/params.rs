@@ -32,9 +32,17 @@ pub fn is_secret(name: &str, schema: &Value) -> bool {
         return false;
     }
     schema.get("writeOnly").and_then(Value::as_bool) == Some(true)
-        || ["password", "passwd", "secret", "token", "credentials", "api_key", "private_key"]
-            .iter()
-            .any(|s| leaf.contains(s))
+        || [
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "credentials",
+            "api_key",
+            "private_key",
+        ]
+        .iter()
+        .any(|s| leaf.contains(s))
 }
 
 fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
@@ -181,7 +189,6 @@ pub fn params(d: &ComponentDescriptor) -> Vec<Param> {
     collect(&schema, &schema, "", &mut out);
     out
 }
-
 
 #[cfg(test)]
 mod tests {

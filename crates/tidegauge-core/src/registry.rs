@@ -255,9 +255,7 @@ fn parse_source_json<T: SourceConfig>(v: serde_json::Value) -> Result<AnyConfig,
     parse_json_any::<T>(v, |c| AnyConfig::Source(Box::new(c)))
 }
 
-fn parse_transform_json<T: TransformConfig>(
-    v: serde_json::Value,
-) -> Result<AnyConfig, ParseError> {
+fn parse_transform_json<T: TransformConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
     parse_json_any::<T>(v, |c| AnyConfig::Transform(Box::new(c)))
 }
 

@@ -45,6 +45,8 @@ pub struct ComponentTelemetry {
     queue_probe: ProbeSlot,
     /// The latest anomalies a detector flagged, newest last.
     recent_anomalies: Mutex<std::collections::VecDeque<AnomalyRecord>>,
+    /// Whether the component is a detector (adds `is_anomaly` to its events).
+    detector: AtomicBool,
 }
 
 /// Anomalies kept per detector for live views.
@@ -127,11 +129,15 @@ pub struct TelemetrySnapshot {
     pub latency: LatencySnapshot,
     /// Time the component's task has been running (to now, or to its end), in ns.
     pub active_ns: u64,
+    /// Whether its task runs now.
+    pub running: bool,
     /// Time spent waiting for input or for room downstream, in ns (measured only when
     /// profiling; 0 otherwise).
     pub waited_ns: u64,
     /// The latest anomalies flagged (detectors), newest last.
     pub recent_anomalies: Vec<AnomalyRecord>,
+    /// Whether the component is a detector (adds `is_anomaly` to its events).
+    pub detector: bool,
 }
 
 impl TelemetrySnapshot {
@@ -166,12 +172,18 @@ impl ComponentTelemetry {
             breaker_transitions: AtomicU64::new(0),
             queue_probe: ProbeSlot::default(),
             recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
+            detector: AtomicBool::new(false),
         }
     }
 
     /// Turns wait measurement (the per-stage profiler) on or off.
     pub fn set_profiling(&self, on: bool) {
         self.profiling.store(on, Ordering::Relaxed);
+    }
+
+    /// Marks the component as a detector (the topology does, from its schemas).
+    pub fn set_detector(&self, yes: bool) {
+        self.detector.store(yes, Ordering::Relaxed);
     }
 
     /// Whether waits are being measured.
@@ -228,8 +240,13 @@ impl ComponentTelemetry {
             queue: self.queue_fill(),
             latency: self.latency.snapshot(),
             active_ns: self.active_ns(),
+            running: {
+                let a = lock(&self.active);
+                a.started.is_some() && a.finished.is_none()
+            },
             waited_ns: self.waited_ns.load(Ordering::Relaxed),
             recent_anomalies: lock(&self.recent_anomalies).iter().cloned().collect(),
+            detector: self.detector.load(Ordering::Relaxed),
         }
     }
 
@@ -610,7 +627,10 @@ mod tests {
             },
         });
         let s = t.snapshot();
-        assert_eq!((s.breaker, s.breaker_transitions), (Some(BreakerState::Open), 1));
+        assert_eq!(
+            (s.breaker, s.breaker_transitions),
+            (Some(BreakerState::Open), 1)
+        );
     }
 
     #[test]

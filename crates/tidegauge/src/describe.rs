@@ -138,6 +138,11 @@ pub fn pipeline_schema() -> Value {
         obj.remove("$schema");
     }
     tables.insert("dead_letter".into(), dead_letter);
+    let mut admin = schemars::schema_for!(tidegauge_core::admin::AdminConfig).to_value();
+    if let Some(obj) = admin.as_object_mut() {
+        obj.remove("$schema");
+    }
+    tables.insert("admin".into(), admin);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "tidegauge pipeline",

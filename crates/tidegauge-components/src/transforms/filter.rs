@@ -40,8 +40,8 @@ impl TransformConfig for FilterConfig {
         _output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        let expr = compile_condition(&self.condition, &input)
-            .map_err(|e| BuildError::new(e.message))?;
+        let expr =
+            compile_condition(&self.condition, &input).map_err(|e| BuildError::new(e.message))?;
         Ok(Box::new(Filter {
             encoder: JsonEncoder::new(&input),
             expr,

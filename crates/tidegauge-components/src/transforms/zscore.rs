@@ -8,9 +8,9 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tidegauge_core::component::Tunable;
 use tidegauge_core::schema::{extend, require_field};
 use tidegauge_core::telemetry::AnomaliesDetected;
-use tidegauge_core::component::Tunable;
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -272,7 +272,11 @@ mod tests {
             threshold,
         };
         let output = config.validate(&input).unwrap();
-        let t = Arc::new(ComponentTelemetry::new("z", ComponentKind::Transform, "zscore"));
+        let t = Arc::new(ComponentTelemetry::new(
+            "z",
+            ComponentKind::Transform,
+            "zscore",
+        ));
         let cx = BuildContext {
             component: ComponentContext::new(t, DeadLetter::stderr()),
             runtime: tokio::runtime::Runtime::new().unwrap().handle().clone(),
@@ -289,7 +293,11 @@ mod tests {
             ],
         )
         .unwrap();
-        let tel = Arc::new(ComponentTelemetry::new("z", ComponentKind::Transform, "zscore"));
+        let tel = Arc::new(ComponentTelemetry::new(
+            "z",
+            ComponentKind::Transform,
+            "zscore",
+        ));
         let mut cx = TransformContext::new(ComponentContext::new(tel, DeadLetter::stderr()));
         t.process(batch, &mut cx).unwrap();
         let out: Vec<RecordBatch> = cx.take_emitted().collect();
