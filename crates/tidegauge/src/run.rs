@@ -136,6 +136,7 @@ pub fn run(
         if let Some(total) = progress_total {
             tokio::spawn(show_progress(live.clone(), total, stop_services.clone()));
         }
+        tracing::info!(pipeline = %origin, profile = args.profile, "pipeline started");
         if !args.quiet {
             eprintln!("tidegauge: running {origin}; Ctrl-C stops it");
         }
@@ -144,6 +145,16 @@ pub fn run(
             Err(e) => anyhow::bail!("the pipeline stopped abnormally: {e}"),
         };
         stop_services.cancel();
+        tracing::info!(
+            pipeline = %origin,
+            events = report.source_events(),
+            anomalies = report.anomalies(),
+            dead_lettered = report.dead_lettered(),
+            failures = report.failures.len(),
+            interrupted = report.interrupted,
+            "pipeline {}",
+            if report.interrupted { "stopped" } else { "finished" }
+        );
         if !args.quiet {
             eprint!("{}", summary(&report));
         }
