@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use tidegauge_components::codec::csv::{CsvDecoder, CsvLine};
 use tidegauge_components::codec::json::JsonDecoder;
 use tidegauge_components::codec::lines::{Line, LineReader, Poll};
-use tidegauge_components::codec::{Columns, FieldType, Row, schema_for};
+use tidegauge_components::codec::{Columns, FieldType, Row, flat_json, schema_for};
 
 fuzz_target!(|data: &[u8]| {
     let mut fields = tidegauge_components::codec::default_fields();
@@ -23,6 +23,16 @@ fuzz_target!(|data: &[u8]| {
     loop {
         let polled = reader.poll::<()>(true, |_, line| {
             if let Line::Complete(text) = line {
+                // The fast path must decode exactly as serde_json does, or step aside.
+                let name_bytes: Vec<Box<[u8]>> = fields.keys().map(|n| n.as_bytes().into()).collect();
+                let mut fast = Row::new(fields.len());
+                if flat_json::decode(text, &name_bytes, &mut fast) {
+                    let mut general = Row::new(fields.len());
+                    json.decode_general(text, &mut general)
+                        .expect("the fast path accepted what serde_json rejects");
+                    assert_eq!(fast.slots, general.slots);
+                    assert_eq!(fast.scratch, general.scratch);
+                }
                 for csv_turn in [false, true] {
                     let before = columns.len();
                     let decoded = if csv_turn {

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::BoxFuture;
+use crate::ack::Finalizers;
 use crate::batch::Batch;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BuildError, ComponentError, ConfigError};
@@ -431,7 +432,8 @@ pub trait Source: Send + 'static {
 /// What a transform gets while processing: where outputs go, and its component context.
 pub struct TransformContext {
     component: ComponentContext,
-    pending: Vec<RecordBatch>,
+    current: Finalizers,
+    pending: Vec<(RecordBatch, Finalizers)>,
 }
 
 impl TransformContext {
@@ -439,13 +441,34 @@ impl TransformContext {
     pub fn new(component: ComponentContext) -> Self {
         TransformContext {
             component,
+            current: Finalizers::none(),
             pending: Vec::new(),
         }
     }
 
-    /// Emits an output batch (with the transform's declared output schema).
+    /// Emits an output batch (with the transform's declared output schema). It carries the
+    /// acknowledgement tokens of the input batch being processed.
     pub fn emit(&mut self, batch: RecordBatch) {
-        self.pending.push(batch);
+        let f = self.current.clone();
+        self.pending.push((batch, f));
+    }
+
+    /// Emits a batch with explicit tokens: for transforms that hold data back (windows,
+    /// pipelined workers) and emit it while processing a later batch.
+    pub fn emit_with(&mut self, batch: RecordBatch, finalizers: Finalizers) {
+        self.pending.push((batch, finalizers));
+    }
+
+    /// Takes the tokens of the input batch being processed, so they can travel with data
+    /// emitted later through [`TransformContext::emit_with`]. Outputs emitted afterwards
+    /// with [`TransformContext::emit`] for this batch carry none.
+    pub fn take_finalizers(&mut self) -> Finalizers {
+        std::mem::take(&mut self.current)
+    }
+
+    /// Sets the tokens of the input batch about to be processed (the runtime does this).
+    pub fn set_finalizers(&mut self, finalizers: Finalizers) {
+        self.current = finalizers;
     }
 
     /// The component's identity, counters and dead-letter output.
@@ -453,8 +476,8 @@ impl TransformContext {
         &self.component
     }
 
-    /// Takes the batches emitted so far.
-    pub fn take_emitted(&mut self) -> std::vec::Drain<'_, RecordBatch> {
+    /// Takes the batches emitted so far, each with its tokens.
+    pub fn take_emitted(&mut self) -> std::vec::Drain<'_, (RecordBatch, Finalizers)> {
         self.pending.drain(..)
     }
 }

@@ -927,29 +927,30 @@ fn run_transform(
             }
             Step::Input(next) => next,
         };
-        let finalizers = match next {
+        match next {
             Recv::Batch(b) => {
                 let started = Instant::now();
+                cx.set_finalizers(b.finalizers);
                 transform.process(b.data, &mut cx)?;
+                cx.set_finalizers(Finalizers::none());
                 telemetry.emit(BatchProcessed {
                     elapsed: started.elapsed(),
                 });
-                b.finalizers
             }
-            Recv::Idle => Finalizers::none(),
+            Recv::Idle => {}
             Recv::Closed => {
                 transform.flush(&mut cx)?;
-                forward(&mut cx, &mut out, tap.as_ref(), Finalizers::none())?;
+                forward(&mut cx, &mut out, tap.as_ref())?;
                 return Ok(());
             }
-        };
+        }
         if let Some(every) = transform.tick_interval()
             && last_tick.elapsed() >= every
         {
             last_tick = Instant::now();
             transform.tick(SystemTime::now(), &mut cx)?;
         }
-        if !forward(&mut cx, &mut out, tap.as_ref(), finalizers)? {
+        if !forward(&mut cx, &mut out, tap.as_ref())? {
             return Ok(());
         }
     }
@@ -1016,19 +1017,19 @@ impl AnomalyTap {
     }
 }
 
-/// Sends what the transform emitted. `Ok(false)` when downstream has gone away.
+/// Sends what the transform emitted, each batch with its tokens. `Ok(false)` when
+/// downstream has gone away.
 fn forward(
     cx: &mut TransformContext,
     out: &mut Output,
     tap: Option<&AnomalyTap>,
-    finalizers: Finalizers,
 ) -> Result<bool, ComponentError> {
     let telemetry = cx.component().telemetry().clone();
-    for data in cx.take_emitted() {
+    for (data, finalizers) in cx.take_emitted() {
         if let Some(tap) = tap {
             tap.scan(&data, &telemetry);
         }
-        match out.blocking_send(Batch::with_finalizers(data, finalizers.clone())) {
+        match out.blocking_send(Batch::with_finalizers(data, finalizers)) {
             Ok(()) => {}
             Err(SendError::Closed) => return Ok(false),
             Err(e) => return Err(e.into()),

@@ -153,8 +153,8 @@ impl Detector for Flatline {
         match self.run {
             Some(r) => format!(
                 "stuck at {} (±{}) for {} over {} values",
-                r.anchor,
-                self.params.epsilon,
+                judge::num(r.anchor),
+                judge::num(self.params.epsilon),
                 judge::human_ms(r.duration_ms()),
                 r.events
             ),

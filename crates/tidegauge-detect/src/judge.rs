@@ -146,3 +146,32 @@ mod tests {
         assert_eq!(elapsed_ms(10, 3), 7);
     }
 }
+
+/// A number for a human reason: four decimals at most, trailing zeros dropped; very large
+/// or very small magnitudes in scientific notation.
+pub(crate) fn num(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && !(1e-3..1e7).contains(&a) {
+        return format!("{x:.3e}");
+    }
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod num_tests {
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(super::num(35.604320266602414), "35.6043");
+        assert_eq!(super::num(2.0), "2");
+        assert_eq!(super::num(0.42188598884465733), "0.4219");
+        assert_eq!(super::num(-0.00001), "-1.000e-5");
+        assert_eq!(super::num(0.0), "0");
+        assert_eq!(super::num(123456789.0), "1.235e8");
+    }
+}

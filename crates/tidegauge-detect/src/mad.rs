@@ -310,8 +310,8 @@ impl Detector for Mad {
                 "|robust z| {:.2} > {} (median {}, MAD {} of last {} values)",
                 z.abs(),
                 self.params.threshold,
-                self.last_median,
-                self.last_mad,
+                judge::num(self.last_median),
+                judge::num(self.last_mad),
                 self.params.window
             ),
             None => String::from("no robust z-score"),

@@ -152,19 +152,30 @@ impl Detector for Threshold {
     fn explain(&self, _verdict: &Verdict) -> String {
         let x = self.last_value;
         let h = self.params.hysteresis;
+        let n = judge::num;
         if let Some(high) = self.params.high.filter(|&b| x > b) {
-            return format!("value {x} above high {high} by {}", x - high);
+            return format!("value {} above high {} by {}", n(x), n(high), n(x - high));
         }
         if let Some(low) = self.params.low.filter(|&b| x < b) {
-            return format!("value {x} below low {low} by {}", low - x);
+            return format!("value {} below low {} by {}", n(x), n(low), n(low - x));
         }
         if let Some(high) = self.params.high.filter(|&b| x > b - h) {
-            return format!("value {x} not yet {h} below high {high} (alarm holds)");
+            return format!(
+                "value {} not yet {} below high {} (alarm holds)",
+                n(x),
+                n(h),
+                n(high)
+            );
         }
         if let Some(low) = self.params.low.filter(|&b| x < b + h) {
-            return format!("value {x} not yet {h} above low {low} (alarm holds)");
+            return format!(
+                "value {} not yet {} above low {} (alarm holds)",
+                n(x),
+                n(h),
+                n(low)
+            );
         }
-        format!("value {x} within bounds")
+        format!("value {} within bounds", n(x))
     }
 }
 

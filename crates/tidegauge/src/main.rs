@@ -3,6 +3,7 @@
 mod describe;
 mod logs;
 mod run;
+mod score;
 mod top;
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,55 @@ enum Command {
         /// Time between updates, e.g. `1s`, `500ms`.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
+    },
+    /// Score recorded data with a detector: one verdict per row, written as CSV.
+    ///
+    /// Each row's value columns are judged as separate channels by the same transform a
+    /// pipeline would run (state per channel, and per key with --key-column); the row's
+    /// anomaly_score is the highest of its channels', and it is an anomaly when at least
+    /// --min-channels of them are. Every file starts from fresh state. For each input
+    /// the output directory gets a CSV under the same relative path with the input's
+    /// time column, anomaly_score and is_anomaly (0/1), same rows, same order.
+    #[command(
+        after_help = "Example (SKAB):\n  tidegauge score --detector zscore --set window=100 --delimiter ';' \\\n      --ignore-columns anomaly,changepoint --out pred data/skab/valve1 data/skab/valve2 data/skab/other"
+    )]
+    Score {
+        /// Detector type (`zscore`, `mad`, `ensemble`, ...) or a pipeline file holding one.
+        #[arg(long, short)]
+        detector: String,
+        /// With a pipeline file: the id of the transform that judges.
+        #[arg(long)]
+        transform: Option<String>,
+        /// A detector setting, NAME=VALUE (repeatable), e.g. `--set window=50`.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// CSV or JSON Lines files, or directories of them.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Directory for the results.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Time column (default: datetime, timestamp, time or ts, whichever exists).
+        #[arg(long)]
+        time_column: Option<String>,
+        /// Value columns (default: every numeric column but the time, key and ignored ones).
+        #[arg(long, value_delimiter = ',')]
+        value_columns: Option<Vec<String>>,
+        /// Columns never used as values (e.g. labels).
+        #[arg(long, value_delimiter = ',')]
+        ignore_columns: Vec<String>,
+        /// Column naming the series when a file holds several.
+        #[arg(long)]
+        key_column: Option<String>,
+        /// CSV field separator.
+        #[arg(long, default_value = ",")]
+        delimiter: String,
+        /// Channels that must flag a row for it to count as an anomaly.
+        #[arg(long, default_value_t = 1)]
+        min_channels: usize,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
     },
 }
 
@@ -360,6 +410,47 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                     print!("{}", describe::describe_text(d));
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Score {
+            detector,
+            transform,
+            set,
+            inputs,
+            out,
+            time_column,
+            value_columns,
+            ignore_columns,
+            key_column,
+            delimiter,
+            min_channels,
+            no_progress,
+        } => {
+            let delimiter = match delimiter.as_bytes() {
+                [b] if b.is_ascii() => *b,
+                _ => {
+                    eprintln!("error: --delimiter takes one ASCII character, got {delimiter:?}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            if min_channels == 0 {
+                eprintln!("error: --min-channels must be at least 1");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            score::run(score::ScoreArgs {
+                detector,
+                transform,
+                set,
+                inputs,
+                out,
+                time_column,
+                value_columns,
+                ignore_columns,
+                key_column,
+                delimiter,
+                min_channels,
+                progress: !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -291,7 +291,6 @@ async fn reload_once(
             for e in &errors {
                 let place = e.line.map(|l| format!(":{l}")).unwrap_or_default();
                 tracing::error!(file = %origin, "invalid pipeline: {origin}{place}: {e}");
-                eprintln!("error: {origin}{place}: {e}");
             }
             return reject(format!("{} problem(s) found", errors.len()));
         }

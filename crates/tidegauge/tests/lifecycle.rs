@@ -218,3 +218,65 @@ fn a_failing_sink_stops_the_pipeline_with_status_1() {
         stderr(&out)
     );
 }
+
+#[test]
+fn heartbeat_on_the_wall_clock_reports_silence_while_nothing_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        r#"
+[sources.in]
+type = "stdin"
+batch = { linger_ms = 20 }
+
+[transforms.silent]
+type = "heartbeat"
+inputs = ["in"]
+expected_interval_ms = 100
+tolerance = 2
+clock = "wall"
+
+[transforms.alerts]
+type = "filter"
+inputs = ["silent"]
+condition = "is_anomaly"
+
+[sinks.out]
+type = "stdout"
+inputs = ["alerts"]
+format = "json"
+"#,
+    )
+    .unwrap();
+    let mut child = tidegauge()
+        .arg("run")
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    writeln!(
+        input,
+        "{{\"sensor_id\":\"pump-7\",\"ts\":{now},\"value\":1}}"
+    )
+    .unwrap();
+    input.flush().unwrap();
+    // Nothing more arrives; the input stays open. The silence is reported on its own.
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut output, &mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["sensor_id"], "pump-7");
+    assert_eq!(v["detector"], "heartbeat");
+    assert!(v["silent_ms"].as_f64().unwrap() > 200.0, "{line}");
+    drop(input);
+    assert!(child.wait().unwrap().success());
+}

@@ -101,6 +101,12 @@ impl CsvDecoder {
             .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
     }
 
+    /// Every field of one line as text (for readers that discover the columns).
+    pub fn fields(&mut self, line: &[u8]) -> Result<Vec<String>, String> {
+        let n = self.split(line)?;
+        (0..n).map(|i| self.field(i).map(str::to_string)).collect()
+    }
+
     /// Decodes one line (without its newline).
     pub fn decode(&mut self, line: &[u8], row: &mut Row) -> Result<CsvLine, CsvError> {
         let n = self.split(line).map_err(CsvError::Record)?;

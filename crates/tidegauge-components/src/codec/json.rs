@@ -11,16 +11,30 @@ use super::{Row, Slot};
 /// Decodes JSON Lines records into rows of the declared fields.
 pub struct JsonDecoder {
     names: Vec<String>,
+    name_bytes: Vec<Box<[u8]>>,
 }
 
 impl JsonDecoder {
     /// A decoder extracting the fields `names` (in this order).
     pub fn new(names: Vec<String>) -> Self {
-        JsonDecoder { names }
+        let name_bytes = names.iter().map(|n| n.as_bytes().into()).collect();
+        JsonDecoder { names, name_bytes }
     }
 
     /// Fills `row` from one line (without its newline). On error the row is undefined.
+    ///
+    /// Flat objects take a fast single pass ([`super::flat_json`]); anything else goes
+    /// through `serde_json`, with the same result.
     pub fn decode(&self, line: &[u8], row: &mut Row) -> Result<(), String> {
+        row.reset();
+        if super::flat_json::decode(line, &self.name_bytes, row) {
+            return Ok(());
+        }
+        self.decode_general(line, row)
+    }
+
+    /// Decodes with `serde_json` only (the reference for the fast path).
+    pub fn decode_general(&self, line: &[u8], row: &mut Row) -> Result<(), String> {
         row.reset();
         let mut de = serde_json::Deserializer::from_slice(line);
         de.deserialize_map(RecordVisitor {

@@ -8,6 +8,7 @@
 
 pub mod csv;
 pub mod encode;
+pub mod flat_json;
 pub mod json;
 pub mod lines;
 

@@ -1,7 +1,18 @@
 //! Transforms: filters and detectors. One file per transform; shared keyed state and
 //! detector output columns here.
 
+pub mod changepoint;
+pub mod ensemble;
+pub mod ewma;
 pub mod filter;
+pub mod flatline;
+pub mod heartbeat;
+pub mod keyed;
+pub mod mad;
+pub mod rate_of_change;
+pub mod seasonal;
+pub mod threshold;
+pub mod window;
 pub mod zscore;
 
 use std::sync::Arc;

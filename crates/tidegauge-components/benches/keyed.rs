@@ -1,0 +1,125 @@
+//! Throughput of keyed detector stages alone (no decoding): W1-shaped batches of 1000
+//! sensors through a detector transform with 1, 2 and 4 worker threads.
+//!
+//! `cargo bench -p tidegauge-components --bench keyed`
+
+use std::sync::Arc;
+
+use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tidegauge_components::sources::simulate::SplitMix64;
+use tidegauge_core::component::{BuildContext, ComponentContext, TransformContext};
+use tidegauge_core::dead_letter::DeadLetter;
+use tidegauge_core::registry::{self, AnyConfig, ComponentKind};
+use tidegauge_core::telemetry::ComponentTelemetry;
+
+const ROWS: usize = 8192;
+const BATCHES: usize = 32;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("sensor_id", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+    ]))
+}
+
+fn batches() -> Vec<RecordBatch> {
+    let ids: Vec<String> = (0..1000).map(|i| format!("s-{i:04}")).collect();
+    let mut rng = SplitMix64::new(42);
+    let mut ts = 1_700_000_000_000i64;
+    (0..BATCHES)
+        .map(|_| {
+            let mut keys = Vec::with_capacity(ROWS);
+            let mut times = Vec::with_capacity(ROWS);
+            let mut values = Vec::with_capacity(ROWS);
+            for _ in 0..ROWS {
+                let s = (rng.next_u64() % 1000) as usize;
+                ts += 2;
+                keys.push(ids[s].as_str());
+                times.push(ts);
+                values.push(50.0 + s as f64 + 3.0 * rng.normal());
+            }
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from(keys)),
+                    Arc::new(Int64Array::from(times)),
+                    Arc::new(Float64Array::from(values)),
+                ],
+            )
+            .expect("columns match the schema")
+        })
+        .collect()
+}
+
+fn transform(
+    runtime: &tokio::runtime::Runtime,
+    kind: &str,
+    settings: &str,
+) -> Box<dyn tidegauge_core::Transform> {
+    let d = registry::find(ComponentKind::Transform, kind).expect("registered");
+    let text = format!("{{ {settings} }}");
+    let de = toml::de::ValueDeserializer::parse(&text).expect("valid TOML");
+    let Ok(AnyConfig::Transform(config)) = d.parse(de) else {
+        panic!("{kind} settings do not parse");
+    };
+    let output = config.validate(&schema()).expect("valid config");
+    let telemetry = Arc::new(ComponentTelemetry::new(
+        "bench",
+        ComponentKind::Transform,
+        "bench",
+    ));
+    config
+        .build(
+            schema(),
+            output,
+            BuildContext {
+                component: ComponentContext::new(telemetry, DeadLetter::stderr()),
+                runtime: runtime.handle().clone(),
+            },
+        )
+        .expect("builds")
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let input = batches();
+    let mut group = c.benchmark_group("keyed_stage");
+    group.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
+    group.sample_size(10);
+    for (kind, settings) in [("zscore", "window = 100"), ("mad", "window = 100")] {
+        for workers in [1, 2, 4] {
+            group.bench_function(format!("{kind}/workers={workers}"), |b| {
+                b.iter_batched(
+                    || transform(&runtime, kind, &format!("{settings}, workers = {workers}")),
+                    |mut t| {
+                        let telemetry = Arc::new(ComponentTelemetry::new(
+                            "bench",
+                            ComponentKind::Transform,
+                            "bench",
+                        ));
+                        let mut cx = TransformContext::new(ComponentContext::new(
+                            telemetry,
+                            DeadLetter::stderr(),
+                        ));
+                        for batch in &input {
+                            t.process(batch.clone(), &mut cx).expect("process");
+                            cx.take_emitted().for_each(drop);
+                        }
+                        t.flush(&mut cx).expect("flush");
+                        cx.take_emitted().count()
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

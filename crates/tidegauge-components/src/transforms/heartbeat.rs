@@ -1,0 +1,310 @@
+//! `heartbeat` transform: sensors that have gone silent.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tidegauge_core::schema::require_field;
+use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::{
+    BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
+    TransformContext,
+};
+use tidegauge_detect::{DeadlineTracker, HeartbeatParams, score_from_ratio};
+
+use super::keyed::param_errors;
+use super::{KeyInterner, detector_fields};
+
+/// Which clock tells that time has passed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// Event time: the latest `ts` seen across all sensors. Right for recorded data and
+    /// for streams that keep flowing; a completely silent stream never reports.
+    #[default]
+    Event,
+    /// The wall clock of this machine, checked even when no event arrives. Right for live
+    /// sources whose `ts` is close to now.
+    Wall,
+}
+
+/// Missing data: emits an event for each sensor that stays silent longer than
+/// `expected_interval_ms × tolerance`, once per silence.
+///
+/// Events pass through unchanged (with `is_anomaly = false`). A silence produces an extra
+/// event with the sensor's key, `ts` the time it was noticed, every other input field
+/// null, `silent_ms`, `is_anomaly = true`, `detector` ("heartbeat") and a `reason`.
+/// State per sensor: the time it was last seen; O(log n) per event.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Field naming the sensor.
+    pub key_field: String,
+    /// Field holding the event time in epoch milliseconds (Int64).
+    pub ts_field: String,
+    /// How often a sensor normally reports, in milliseconds.
+    #[schemars(range(min = 1))]
+    pub expected_interval_ms: i64,
+    /// Expected intervals of silence tolerated before a sensor is reported.
+    #[schemars(range(min = 0.0))]
+    pub tolerance: f64,
+    /// The clock that measures silence.
+    pub clock: Clock,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            key_field: "sensor_id".into(),
+            ts_field: "ts".into(),
+            expected_interval_ms: 60_000,
+            tolerance: 3.0,
+            clock: Clock::Event,
+        }
+    }
+}
+
+impl HeartbeatConfig {
+    fn params(&self) -> HeartbeatParams {
+        HeartbeatParams {
+            expected_interval_ms: self.expected_interval_ms,
+            tolerance: self.tolerance,
+        }
+    }
+}
+
+/// Every field of `input` made nullable (a silence event has only a key and a time),
+/// then the detector's columns.
+fn output_schema(input: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = input
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    for f in detector_fields("silent_ms") {
+        match fields.iter().position(|g| g.name() == f.name()) {
+            Some(i) => fields[i] = f,
+            None => fields.push(f),
+        }
+    }
+    Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()))
+}
+
+impl TransformConfig for HeartbeatConfig {
+    const TYPE: &'static str = "heartbeat";
+
+    fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
+        let mut errors = param_errors(self.params().validate());
+        if let Err(e) = require_field(input, "key_field", &self.key_field, &[DataType::Utf8]) {
+            errors.push(e);
+        }
+        if let Err(e) = require_field(input, "ts_field", &self.ts_field, &[DataType::Int64]) {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(output_schema(input))
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn build(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        _cx: BuildContext,
+    ) -> Result<Box<dyn Transform>, BuildError> {
+        let find = |name: &str| {
+            input
+                .index_of(name)
+                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
+        };
+        Ok(Box::new(Heartbeat {
+            key: find(&self.key_field)?,
+            ts: find(&self.ts_field)?,
+            tracker: DeadlineTracker::new(self.params()),
+            keys: KeyInterner::default(),
+            names: Vec::new(),
+            limit_ms: self.params().limit_ms(),
+            interval_ms: self.expected_interval_ms,
+            clock: self.clock,
+            watermark: i64::MIN,
+            input,
+            output,
+        }))
+    }
+}
+
+struct Heartbeat {
+    key: usize,
+    ts: usize,
+    tracker: DeadlineTracker<u32>,
+    keys: KeyInterner,
+    names: Vec<Box<str>>,
+    limit_ms: i64,
+    interval_ms: i64,
+    clock: Clock,
+    watermark: i64,
+    input: SchemaRef,
+    output: SchemaRef,
+}
+
+impl Heartbeat {
+    /// The input batch with every event marked normal.
+    fn pass_through(&self, batch: &RecordBatch) -> Result<RecordBatch, ComponentError> {
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let added: [ArrayRef; 5] = [
+            new_null_array(&DataType::Float64, n),
+            Arc::new(arrow_array::Float64Array::from(vec![0.0; n])),
+            Arc::new(arrow_array::BooleanArray::from(vec![false; n])),
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                std::iter::repeat_n("heartbeat", n),
+            )),
+            new_null_array(&DataType::Utf8, n),
+        ];
+        columns.truncate(self.input.fields().len());
+        self.place(columns, added)
+    }
+
+    /// Puts the detector's columns where the output schema has them.
+    fn place(
+        &self,
+        mut columns: Vec<ArrayRef>,
+        added: [ArrayRef; 5],
+    ) -> Result<RecordBatch, ComponentError> {
+        let names = [
+            "silent_ms",
+            "anomaly_score",
+            "is_anomaly",
+            "detector",
+            "reason",
+        ];
+        for (name, array) in names.iter().zip(added) {
+            match self.input.index_of(name) {
+                Ok(i) => columns[i] = array,
+                Err(_) => columns.push(array),
+            }
+        }
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+
+    /// One event per sensor silent at `now_ms`.
+    fn silences(&mut self, now_ms: i64, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        let silent = self
+            .tracker
+            .expired(now_ms)
+            .into_iter()
+            .map(|(key, gap)| (key, gap, now_ms))
+            .collect();
+        self.emit_silences(silent, cx)
+    }
+
+    /// Events for silences: (key, how long silent, when noticed).
+    fn emit_silences(
+        &mut self,
+        silent: Vec<(u32, i64, i64)>,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        if silent.is_empty() {
+            return Ok(());
+        }
+        let n = silent.len();
+        let mut keys = StringBuilder::new();
+        let mut ts = Int64Builder::new();
+        let mut silent_ms = Float64Builder::new();
+        let mut score = Float64Builder::new();
+        let mut flag = BooleanBuilder::new();
+        let mut reason = StringBuilder::new();
+        for (key, gap, noticed) in &silent {
+            keys.append_value(&self.names[*key as usize]);
+            ts.append_value(*noticed);
+            silent_ms.append_value(*gap as f64);
+            score.append_value(score_from_ratio(*gap as f64 / self.limit_ms.max(1) as f64));
+            flag.append_value(true);
+            reason.append_value(format!(
+                "no data for {:.1} s (expected every {:.1} s)",
+                *gap as f64 / 1000.0,
+                self.interval_ms as f64 / 1000.0
+            ));
+        }
+        let mut columns: Vec<ArrayRef> = self
+            .input
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), n))
+            .collect();
+        columns[self.key] = Arc::new(keys.finish());
+        columns[self.ts] = Arc::new(ts.finish());
+        let added: [ArrayRef; 5] = [
+            Arc::new(silent_ms.finish()),
+            Arc::new(score.finish()),
+            Arc::new(flag.finish()),
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                std::iter::repeat_n("heartbeat", n),
+            )),
+            Arc::new(reason.finish()),
+        ];
+        cx.component().emit(AnomaliesDetected { count: n as u64 });
+        let batch = self.place(columns, added)?;
+        cx.emit_with(batch, tidegauge_core::ack::Finalizers::none());
+        Ok(())
+    }
+}
+
+impl Transform for Heartbeat {
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        let keys = batch.column(self.key).as_string::<i32>();
+        let ts = batch.column(self.ts).as_primitive::<Int64Type>();
+        let mut silent: Vec<(u32, i64, i64)> = Vec::new();
+        for row in 0..batch.num_rows() {
+            if keys.is_null(row) || ts.is_null(row) {
+                continue;
+            }
+            let t = ts.value(row);
+            if self.clock == Clock::Event && t > self.watermark {
+                // Time has moved on: who has been silent too long by now?
+                self.watermark = t;
+                silent.extend(
+                    self.tracker
+                        .expired(t)
+                        .into_iter()
+                        .map(|(key, gap)| (key, gap, t)),
+                );
+            }
+            let key = keys.value(row);
+            let (id, new) = self.keys.id(key);
+            if new {
+                self.names.push(key.into());
+            }
+            self.tracker.touch(&(id as u32), t);
+        }
+        cx.emit(self.pass_through(&batch)?);
+        self.emit_silences(silent, cx)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        (self.clock == Clock::Wall)
+            .then(|| Duration::from_millis((self.interval_ms / 4).clamp(50, 10_000) as u64))
+    }
+
+    fn tick(&mut self, now: SystemTime, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.silences(now_ms, cx)
+    }
+}
+
+tidegauge_core::register_transform!(HeartbeatConfig);

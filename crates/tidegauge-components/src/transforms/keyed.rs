@@ -1,0 +1,639 @@
+//! The machinery every per-sensor detector shares: settings common to all of them, one
+//! detector state per key, the warm-up rule (the detector's own), the output columns,
+//! and sharding of keys across worker threads.
+//!
+//! Sharding: with `workers = N > 1`, each row goes to the worker that owns its key
+//! (hash of the key), so a key's events are always seen by the same state in their
+//! order; each worker returns the verdicts for its rows and the batch is reassembled in
+//! row order. Results are therefore identical to one worker. One batch is in flight
+//! while the next is split, so splitting and reassembly overlap with detection.
+
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Schema, SchemaRef};
+use rustc_hash::FxHasher;
+use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::Tunable;
+use tidegauge_core::schema::{extend, require_field};
+use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
+use tidegauge_detect::{Detector, ParamError, Verdict};
+
+use super::zscore::float_values;
+use super::{DetectorColumns, KeyInterner, detector_fields};
+
+/// Settings every detector has (resolved defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Common {
+    /// Field naming the sensor.
+    pub key_field: String,
+    /// Field holding the reading.
+    pub value_field: String,
+    /// Field holding the event time (epoch ms).
+    pub ts_field: String,
+    /// Worker threads (1 = process inline).
+    pub workers: usize,
+}
+
+impl Common {
+    /// From the optional settings of a config, with the documented defaults.
+    pub fn resolve(
+        key_field: &Option<String>,
+        value_field: &Option<String>,
+        ts_field: &Option<String>,
+        workers: Option<usize>,
+    ) -> Self {
+        Common {
+            key_field: key_field.clone().unwrap_or_else(|| "sensor_id".into()),
+            value_field: value_field.clone().unwrap_or_else(|| "value".into()),
+            ts_field: ts_field.clone().unwrap_or_else(|| "ts".into()),
+            workers: match workers {
+                Some(0) => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                Some(n) => n,
+                None => 1,
+            },
+        }
+    }
+}
+
+/// A detector as configured in a pipeline: how to make a fresh state for a new key.
+///
+/// Parameters named in [`DetectorSpec::TUNABLE`] can be changed while the pipeline runs
+/// (admin API, reload): the config is re-read with the new value, checked like the
+/// pipeline file, and every key's state is brought in line by
+/// [`DetectorSpec::retune_state`] before the next batch.
+pub trait DetectorSpec:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+    /// Per-key state.
+    type State: Detector;
+    /// Value of the `detector` column.
+    const NAME: &'static str;
+    /// Name of the column holding the detector's statistic.
+    const STATISTIC: &'static str;
+    /// Whether verdicts depend on event time (then `ts_field` is required).
+    fn needs_time(&self) -> bool;
+    /// Checks the detector's own parameters; paths are setting names.
+    fn check(&self) -> Vec<ConfigError>;
+    /// A state with no history.
+    fn new_state(&self) -> Self::State;
+    /// Settings that may change while running.
+    const TUNABLE: &'static [&'static str] = &[];
+    /// Brings a key's state in line with this spec's parameters (after a change of a
+    /// tunable one), keeping its history where it can.
+    fn retune_state(&self, _state: &mut Self::State) {}
+}
+
+/// The spec in force, replaced whole when a parameter changes while running. Each shard
+/// notices a new generation at its next batch and retunes its keys' states then.
+struct SpecCell<S> {
+    current: std::sync::Mutex<(u64, Arc<S>)>,
+}
+
+impl<S: DetectorSpec> SpecCell<S> {
+    fn new(spec: S) -> Self {
+        SpecCell {
+            current: std::sync::Mutex::new((0, Arc::new(spec))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<S>)> {
+        // Replaced in one assignment: a panicking holder cannot leave it torn.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation and spec in force (read once per batch).
+    fn get(&self) -> (u64, Arc<S>) {
+        let c = self.lock();
+        (c.0, c.1.clone())
+    }
+
+    fn tunables(&self) -> Vec<Tunable> {
+        let spec = self.get().1;
+        let settings = serde_json::to_value(&*spec).unwrap_or_default();
+        S::TUNABLE
+            .iter()
+            .map(|name| Tunable {
+                name: name.to_string(),
+                value: settings.get(name).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The spec with `name` set to `value`, checked; it takes effect from the next batch.
+    fn set(&self, name: &str, value: &serde_json::Value) -> Result<(), String> {
+        if !S::TUNABLE.contains(&name) {
+            return Err(format!("`{name}` cannot be changed while running"));
+        }
+        let mut settings =
+            serde_json::to_value(&*self.get().1).map_err(|e| format!("{name}: {e}"))?;
+        if let Some(m) = settings.as_object_mut() {
+            m.insert(name.to_string(), value.clone());
+        }
+        let spec: S = serde_json::from_value(settings).map_err(|e| format!("{name}: {e}"))?;
+        let errors = spec.check();
+        if !errors.is_empty() {
+            return Err(errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        let mut c = self.lock();
+        *c = (c.0 + 1, Arc::new(spec));
+        Ok(())
+    }
+}
+
+/// `ParamError`s of the detection library as config errors at their setting.
+pub fn param_errors(result: Result<(), Vec<ParamError>>) -> Vec<ConfigError> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_iter()
+            .map(|e| ConfigError::new(e.field, e.message))
+            .collect(),
+    }
+}
+
+/// Validation shared by every keyed detector: the fields exist with usable types and the
+/// detector's parameters are in range. Returns the output schema.
+pub fn validate<S: DetectorSpec>(
+    spec: &S,
+    common: &Common,
+    input: &SchemaRef,
+) -> Result<SchemaRef, Vec<ConfigError>> {
+    let mut errors = spec.check();
+    if common.workers > 1024 {
+        errors.push(ConfigError::new("workers", "expected at most 1024"));
+    }
+    if let Err(e) = require_field(input, "key_field", &common.key_field, &[DataType::Utf8]) {
+        errors.push(e);
+    }
+    if let Err(e) = require_field(
+        input,
+        "value_field",
+        &common.value_field,
+        &[DataType::Float64, DataType::Int64],
+    ) {
+        errors.push(e);
+    }
+    if (spec.needs_time() || input.index_of(&common.ts_field).is_ok())
+        && let Err(e) = require_field(input, "ts_field", &common.ts_field, &[DataType::Int64])
+    {
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        Ok(extend(input, &detector_fields(S::STATISTIC)))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Where the fields are in the input.
+#[derive(Clone, Copy, Debug)]
+struct Columns {
+    key: usize,
+    value: usize,
+    ts: Option<usize>,
+}
+
+fn locate(common: &Common, input: &Schema) -> Result<Columns, BuildError> {
+    let find = |name: &str| {
+        input
+            .index_of(name)
+            .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
+    };
+    Ok(Columns {
+        key: find(&common.key_field)?,
+        value: find(&common.value_field)?,
+        ts: input.index_of(&common.ts_field).ok(),
+    })
+}
+
+/// Builds the runtime transform for a validated detector.
+pub fn build<S: DetectorSpec>(
+    spec: S,
+    common: &Common,
+    input: &SchemaRef,
+    output: SchemaRef,
+) -> Result<Box<dyn Transform>, BuildError> {
+    let columns = locate(common, input)?;
+    let spec = Arc::new(SpecCell::new(spec));
+    let engine = if common.workers <= 1 {
+        Engine::Inline(Shard::default())
+    } else {
+        Engine::Pool(Pool::start(spec.clone(), columns, common.workers)?)
+    };
+    Ok(Box::new(KeyedDetector {
+        spec,
+        columns,
+        output,
+        engine,
+        in_flight: None,
+    }))
+}
+
+/// The states of the keys one thread owns.
+struct Shard<D> {
+    keys: KeyInterner,
+    states: Vec<D>,
+    /// The spec generation the states are in line with.
+    generation: u64,
+}
+
+impl<D> Default for Shard<D> {
+    fn default() -> Self {
+        Shard {
+            keys: KeyInterner::default(),
+            states: Vec::new(),
+            generation: 0,
+        }
+    }
+}
+
+/// One row's verdict, with its reason when it is an anomaly.
+type RowVerdict = Option<(Verdict, Option<String>)>;
+
+impl<D: Detector> Shard<D> {
+    /// Verdicts for `rows` of `batch` (all rows when `None`), in order.
+    fn judge<S: DetectorSpec<State = D>>(
+        &mut self,
+        spec: &SpecCell<S>,
+        columns: Columns,
+        batch: &RecordBatch,
+        rows: Option<&[u32]>,
+        out: &mut Vec<RowVerdict>,
+    ) -> Result<(), ComponentError> {
+        let (generation, spec) = spec.get();
+        if generation != self.generation {
+            for state in &mut self.states {
+                spec.retune_state(state);
+            }
+            self.generation = generation;
+        }
+        let spec = &*spec;
+        let keys: &StringArray = batch.column(columns.key).as_string::<i32>();
+        let value_column = batch.column(columns.value);
+        let values = float_values(value_column.as_ref())?;
+        let ts = columns
+            .ts
+            .map(|i| batch.column(i).as_primitive::<Int64Type>());
+        let mut one = |row: usize| -> RowVerdict {
+            if value_column.is_null(row) {
+                return None;
+            }
+            let t = match ts {
+                Some(t) if t.is_null(row) => return None,
+                Some(t) => t.value(row),
+                None => 0,
+            };
+            let key = if keys.is_null(row) {
+                ""
+            } else {
+                keys.value(row)
+            };
+            let (id, new) = self.keys.id(key);
+            if new {
+                self.states.push(spec.new_state());
+            }
+            let state = &mut self.states[id];
+            let verdict = state.observe(t, values[row]);
+            let reason = verdict.is_anomaly.then(|| state.explain(&verdict));
+            Some((verdict, reason))
+        };
+        match rows {
+            None => out.extend((0..batch.num_rows()).map(&mut one)),
+            Some(rows) => out.extend(rows.iter().map(|&r| one(r as usize))),
+        }
+        Ok(())
+    }
+}
+
+/// Work for one pool worker: its rows of a batch.
+struct Job {
+    batch: RecordBatch,
+    rows: Vec<u32>,
+}
+
+type JobResult = Result<Vec<RowVerdict>, ComponentError>;
+
+/// Worker threads, each owning the keys that hash to it.
+struct Pool {
+    jobs: Vec<mpsc::SyncSender<Job>>,
+    results: Vec<mpsc::Receiver<JobResult>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    key_column: usize,
+}
+
+impl Pool {
+    fn start<S: DetectorSpec>(
+        spec: Arc<SpecCell<S>>,
+        columns: Columns,
+        workers: usize,
+    ) -> Result<Self, BuildError> {
+        let mut pool = Pool {
+            jobs: Vec::new(),
+            results: Vec::new(),
+            threads: Vec::new(),
+            key_column: columns.key,
+        };
+        for w in 0..workers {
+            let (job_tx, job_rx) = mpsc::sync_channel::<Job>(2);
+            let (res_tx, res_rx) = mpsc::sync_channel::<JobResult>(2);
+            let spec = spec.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("tg-{}-{w}", S::NAME))
+                .spawn(move || {
+                    let mut shard = Shard::<S::State>::default();
+                    while let Ok(job) = job_rx.recv() {
+                        let mut out = Vec::with_capacity(job.rows.len());
+                        let r = shard
+                            .judge(&*spec, columns, &job.batch, Some(&job.rows), &mut out)
+                            .map(|()| out);
+                        if res_tx.send(r).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| BuildError::new(format!("cannot start worker thread: {e}")))?;
+            pool.jobs.push(job_tx);
+            pool.results.push(res_rx);
+            pool.threads.push(handle);
+        }
+        Ok(pool)
+    }
+
+    /// Splits the batch's rows by key and hands them to the workers.
+    fn submit(&self, batch: &RecordBatch) -> Result<Vec<Vec<u32>>, ComponentError> {
+        let n = self.jobs.len();
+        let keys = batch.column(self.key_column).as_string::<i32>();
+        let mut parts: Vec<Vec<u32>> = (0..n)
+            .map(|_| Vec::with_capacity(batch.num_rows() / n + 16))
+            .collect();
+        for row in 0..batch.num_rows() {
+            let key = if keys.is_null(row) {
+                ""
+            } else {
+                keys.value(row)
+            };
+            parts[shard_of(key, n)].push(row as u32);
+        }
+        for (w, rows) in parts.iter().enumerate() {
+            self.jobs[w]
+                .send(Job {
+                    batch: batch.clone(),
+                    rows: rows.clone(),
+                })
+                .map_err(|_| ComponentError::new("a detector worker stopped"))?;
+        }
+        Ok(parts)
+    }
+
+    /// Collects the workers' verdicts for a submitted batch, in row order.
+    fn collect(
+        &self,
+        parts: Vec<Vec<u32>>,
+        num_rows: usize,
+    ) -> Result<Vec<RowVerdict>, ComponentError> {
+        let mut all: Vec<RowVerdict> = vec![None; num_rows];
+        for (w, rows) in parts.into_iter().enumerate() {
+            let verdicts = self.results[w]
+                .recv()
+                .map_err(|_| ComponentError::new("a detector worker stopped"))??;
+            for (row, v) in rows.into_iter().zip(verdicts) {
+                all[row as usize] = v;
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Which of `n` workers owns `key`.
+pub fn shard_of(key: &str, n: usize) -> usize {
+    let mut h = FxHasher::default();
+    h.write(key.as_bytes());
+    // The high bits of an Fx hash are the well-mixed ones.
+    ((h.finish() >> 32) as usize) % n
+}
+
+enum Engine<D> {
+    Inline(Shard<D>),
+    Pool(Pool),
+}
+
+/// A batch handed to the pool whose verdicts are not collected yet.
+struct InFlight {
+    batch: RecordBatch,
+    parts: Vec<Vec<u32>>,
+    finalizers: Finalizers,
+}
+
+/// The runtime of every keyed detector.
+struct KeyedDetector<S: DetectorSpec> {
+    spec: Arc<SpecCell<S>>,
+    columns: Columns,
+    output: SchemaRef,
+    engine: Engine<S::State>,
+    in_flight: Option<InFlight>,
+}
+
+impl<S: DetectorSpec> KeyedDetector<S> {
+    fn emit(
+        &self,
+        batch: &RecordBatch,
+        verdicts: Vec<RowVerdict>,
+        cx: &mut TransformContext,
+        finalizers: Option<Finalizers>,
+    ) -> Result<(), ComponentError> {
+        let mut out = DetectorColumns::with_capacity(batch.num_rows());
+        for v in verdicts {
+            match v {
+                None => out.push_none(),
+                Some((verdict, reason)) => {
+                    out.push(verdict.statistic, verdict.score, verdict.is_anomaly, || {
+                        reason.unwrap_or_default()
+                    })
+                }
+            }
+        }
+        cx.component().emit(AnomaliesDetected {
+            count: out.anomalies(),
+        });
+        let result = out.finish(batch, &self.output, S::STATISTIC, S::NAME)?;
+        match finalizers {
+            Some(f) => cx.emit_with(result, f),
+            None => cx.emit(result),
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if let (Some(f), Engine::Pool(pool)) = (self.in_flight.take(), &self.engine) {
+            let verdicts = pool.collect(f.parts, f.batch.num_rows())?;
+            self.emit(&f.batch, verdicts, cx, Some(f.finalizers))?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: DetectorSpec> Transform for KeyedDetector<S> {
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        match &mut self.engine {
+            Engine::Inline(shard) => {
+                let mut verdicts = Vec::with_capacity(batch.num_rows());
+                shard.judge(&*self.spec, self.columns, &batch, None, &mut verdicts)?;
+                self.emit(&batch, verdicts, cx, None)
+            }
+            Engine::Pool(pool) => {
+                let parts = pool.submit(&batch)?;
+                let next = InFlight {
+                    batch,
+                    parts,
+                    finalizers: cx.take_finalizers(),
+                };
+                // The previous batch's verdicts were computed while this one was split.
+                self.drain(cx)?;
+                self.in_flight = Some(next);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        self.drain(cx)
+    }
+
+    fn tunables(&self) -> Vec<Tunable> {
+        self.spec.tunables()
+    }
+
+    fn set_tunable(&mut self, name: &str, value: &serde_json::Value) -> Result<(), String> {
+        self.spec.set(name, value)
+    }
+}
+
+/// Declares a keyed detector's config struct: the settings every detector shares
+/// (`key_field`, `value_field`, `ts_field`, `workers`) followed by its own, each with
+/// its default; implements `TransformConfig` through [`validate`] and [`build`] (the
+/// struct must implement [`DetectorSpec`]) and registers the transform.
+macro_rules! detector_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident as $type_name:literal {
+            $( $(#[$fmeta:meta])* pub $field:ident : $fty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            /// Field naming the sensor; state is kept per distinct value.
+            #[schemars(extend("default" = "sensor_id"))]
+            pub key_field: Option<String>,
+            /// Field holding the reading (Float64 or Int64).
+            #[schemars(extend("default" = "value"))]
+            pub value_field: Option<String>,
+            /// Field holding the event time in epoch milliseconds (Int64).
+            #[schemars(extend("default" = "ts"))]
+            pub ts_field: Option<String>,
+            /// Threads the sensors are spread over; each sensor stays on one, so results are
+            /// identical to one thread. 0 = one per core.
+            #[schemars(extend("default" = 1))]
+            pub workers: Option<usize>,
+            $( $(#[$fmeta])* pub $field: $fty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    key_field: None,
+                    value_field: None,
+                    ts_field: None,
+                    workers: None,
+                    $( $field: $default, )*
+                }
+            }
+        }
+
+        impl $name {
+            /// The shared settings with their defaults applied.
+            pub fn common(&self) -> $crate::transforms::keyed::Common {
+                $crate::transforms::keyed::Common::resolve(
+                    &self.key_field,
+                    &self.value_field,
+                    &self.ts_field,
+                    self.workers,
+                )
+            }
+
+            /// Whether any shared setting is given (an ensemble member must not).
+            pub fn sets_common(&self) -> bool {
+                self.key_field.is_some()
+                    || self.value_field.is_some()
+                    || self.ts_field.is_some()
+                    || self.workers.is_some()
+            }
+        }
+
+        impl tidegauge_core::TransformConfig for $name {
+            const TYPE: &'static str = $type_name;
+
+            fn validate(
+                &self,
+                input: &arrow_schema::SchemaRef,
+            ) -> Result<arrow_schema::SchemaRef, Vec<tidegauge_core::ConfigError>> {
+                $crate::transforms::keyed::validate(self, &self.common(), input)
+            }
+
+            fn build(
+                &self,
+                input: arrow_schema::SchemaRef,
+                output: arrow_schema::SchemaRef,
+                _cx: tidegauge_core::BuildContext,
+            ) -> Result<Box<dyn tidegauge_core::Transform>, tidegauge_core::BuildError> {
+                $crate::transforms::keyed::build(self.clone(), &self.common(), &input, output)
+            }
+        }
+
+        tidegauge_core::register_transform!($name);
+    };
+}
+
+pub(crate) use detector_config;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spread_over_shards() {
+        let mut counts = [0usize; 4];
+        for i in 0..10_000 {
+            counts[shard_of(&format!("s-{i:04}"), 4)] += 1;
+        }
+        for c in counts {
+            assert!((2000..3000).contains(&c), "{counts:?}");
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! `window` transform: tumbling, sliding and session windows per sensor, with aggregates.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tidegauge_core::ack::Finalizers;
+use tidegauge_core::schema::require_field;
+use tidegauge_core::telemetry::ComponentErrorOccurred;
+use tidegauge_core::{
+    BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
+    TransformContext,
+};
+use tidegauge_detect::{Accumulator, Aggregate};
+
+use super::KeyInterner;
+use super::keyed::param_errors;
+use super::zscore::float_values;
+
+/// The shape of the windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// Back-to-back windows of `size_ms`: each event in exactly one.
+    #[default]
+    Tumbling,
+    /// Windows of `size_ms` starting every `slide_ms`: each event in `size_ms / slide_ms`.
+    Sliding,
+    /// A window per burst of activity: it closes after `gap_ms` without events.
+    Session,
+}
+
+/// Which time places an event in its window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeKind {
+    /// The event's own time (`ts_field`), with a watermark: windows close once the latest
+    /// time seen minus `allowed_lateness_ms` passes their end.
+    #[default]
+    Event,
+    /// The wall clock when the event arrives; windows close on the wall clock.
+    Processing,
+}
+
+/// What happens to an event for a window that has already closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Drop it and count it (the component's error count).
+    #[default]
+    Drop,
+    /// Emit it alone as a window row with `late = true` (route it on with a `filter`).
+    Emit,
+}
+
+/// Windows per sensor with aggregates of a value: count, sum, mean, min, max, std,
+/// first, last and quantiles (`p50`, `p99`, `p99.9`, from a mergeable DDSketch).
+///
+/// Emits one event per closed window: the key, `window_start`, `window_end` (epoch ms,
+/// end exclusive), one column per aggregate (named as in `aggregates`), and `late`.
+/// Windows close in event time with a watermark (the latest time seen minus
+/// `allowed_lateness_ms`), or in processing time; when the input ends, every open window
+/// is emitted. State: the open windows, each one accumulator per aggregate.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Field naming the sensor; windows are per distinct value.
+    pub key_field: String,
+    /// Field aggregated (Float64 or Int64).
+    pub value_field: String,
+    /// Field holding the event time in epoch milliseconds (Int64).
+    pub ts_field: String,
+    /// Window shape.
+    pub kind: WindowKind,
+    /// Window length in milliseconds (tumbling and sliding).
+    #[schemars(range(min = 1))]
+    pub size_ms: i64,
+    /// Step between sliding windows in milliseconds; `size_ms` must be a multiple of it.
+    pub slide_ms: Option<i64>,
+    /// Silence that ends a session, in milliseconds.
+    #[schemars(range(min = 1))]
+    pub gap_ms: i64,
+    /// Aggregates to compute: `count`, `sum`, `mean`, `min`, `max`, `std`, `first`,
+    /// `last`, or a quantile `pNN` (`p50`, `p95`, `p99.9`).
+    pub aggregates: Vec<String>,
+    /// Relative accuracy of quantiles (0.01 = within 1 %).
+    pub quantile_accuracy: f64,
+    /// Event time or processing time.
+    pub time: TimeKind,
+    /// How far behind the latest event time an event may arrive and still count, in ms.
+    #[schemars(range(min = 0))]
+    pub allowed_lateness_ms: i64,
+    /// What to do with events for windows that have closed.
+    pub late: LatePolicy,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            key_field: "sensor_id".into(),
+            value_field: "value".into(),
+            ts_field: "ts".into(),
+            kind: WindowKind::Tumbling,
+            size_ms: 60_000,
+            slide_ms: None,
+            gap_ms: 30_000,
+            aggregates: vec!["count".into(), "mean".into(), "min".into(), "max".into()],
+            quantile_accuracy: 0.01,
+            time: TimeKind::Event,
+            allowed_lateness_ms: 0,
+            late: LatePolicy::Drop,
+        }
+    }
+}
+
+/// Parses an aggregate name.
+fn aggregate(name: &str, accuracy: f64) -> Result<Aggregate, String> {
+    Ok(match name {
+        "count" => Aggregate::Count,
+        "sum" => Aggregate::Sum,
+        "mean" => Aggregate::Mean,
+        "min" => Aggregate::Min,
+        "max" => Aggregate::Max,
+        "std" => Aggregate::Std,
+        "first" => Aggregate::First,
+        "last" => Aggregate::Last,
+        p if p.starts_with('p') => {
+            let pct: f64 = p[1..]
+                .parse()
+                .map_err(|_| format!("`{p}` is not a quantile (write e.g. `p99`)"))?;
+            if !(0.0..=100.0).contains(&pct) {
+                return Err(format!("`{p}`: quantiles go from p0 to p100"));
+            }
+            Aggregate::Quantile {
+                q: pct / 100.0,
+                relative_accuracy: accuracy,
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown aggregate `{other}` (count, sum, mean, min, max, std, first, last, pNN)"
+            ));
+        }
+    })
+}
+
+impl WindowConfig {
+    fn aggregates(&self) -> Result<Vec<Aggregate>, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        for (i, name) in self.aggregates.iter().enumerate() {
+            match aggregate(name, self.quantile_accuracy) {
+                Ok(a) => {
+                    errors.extend(
+                        param_errors(a.validate())
+                            .into_iter()
+                            .map(|e| ConfigError::new("quantile_accuracy", e.message)),
+                    );
+                    out.push(a);
+                }
+                Err(e) => errors.push(ConfigError::new(format!("aggregates[{i}]"), e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn slide(&self) -> i64 {
+        self.slide_ms.unwrap_or(self.size_ms)
+    }
+}
+
+impl TransformConfig for WindowConfig {
+    const TYPE: &'static str = "window";
+
+    fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if let Err(mut e) = self.aggregates() {
+            errors.append(&mut e);
+        }
+        if self.aggregates.is_empty() {
+            errors.push(ConfigError::new(
+                "aggregates",
+                "list at least one aggregate",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, a) in self.aggregates.iter().enumerate() {
+            if !seen.insert(a) {
+                errors.push(ConfigError::new(
+                    format!("aggregates[{i}]"),
+                    format!("`{a}` is listed twice"),
+                ));
+            }
+            if ["window_start", "window_end", "late"].contains(&a.as_str()) || *a == self.key_field
+            {
+                errors.push(ConfigError::new(
+                    format!("aggregates[{i}]"),
+                    format!("`{a}` clashes with an output field"),
+                ));
+            }
+        }
+        if self.size_ms <= 0 {
+            errors.push(ConfigError::new("size_ms", "expected a positive integer"));
+        }
+        if self.gap_ms <= 0 {
+            errors.push(ConfigError::new("gap_ms", "expected a positive integer"));
+        }
+        if self.allowed_lateness_ms < 0 {
+            errors.push(ConfigError::new(
+                "allowed_lateness_ms",
+                "expected 0 or more",
+            ));
+        }
+        match (self.kind, self.slide_ms) {
+            (WindowKind::Sliding, None) => {
+                errors.push(ConfigError::new("slide_ms", "required for sliding windows"))
+            }
+            (WindowKind::Sliding, Some(s)) if s <= 0 || self.size_ms % s != 0 => errors.push(
+                ConfigError::new("slide_ms", "must be positive and divide size_ms"),
+            ),
+            (WindowKind::Sliding, Some(s)) if self.size_ms / s > 1000 => {
+                errors.push(ConfigError::new(
+                    "slide_ms",
+                    "at most 1000 windows may overlap (size_ms / slide_ms)",
+                ))
+            }
+            (WindowKind::Tumbling | WindowKind::Session, Some(_)) => errors.push(ConfigError::new(
+                "slide_ms",
+                "only sliding windows have a slide",
+            )),
+            _ => {}
+        }
+        if let Err(e) = require_field(input, "key_field", &self.key_field, &[DataType::Utf8]) {
+            errors.push(e);
+        }
+        if let Err(e) = require_field(
+            input,
+            "value_field",
+            &self.value_field,
+            &[DataType::Float64, DataType::Int64],
+        ) {
+            errors.push(e);
+        }
+        if self.time == TimeKind::Event
+            && let Err(e) = require_field(input, "ts_field", &self.ts_field, &[DataType::Int64])
+        {
+            errors.push(e);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut fields = vec![
+            Field::new(&self.key_field, DataType::Utf8, false),
+            Field::new("window_start", DataType::Int64, false),
+            Field::new("window_end", DataType::Int64, false),
+        ];
+        for a in &self.aggregates {
+            if a == "count" {
+                fields.push(Field::new(a, DataType::Int64, false));
+            } else {
+                fields.push(Field::new(a, DataType::Float64, true));
+            }
+        }
+        fields.push(Field::new("late", DataType::Boolean, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn build(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        _cx: BuildContext,
+    ) -> Result<Box<dyn Transform>, BuildError> {
+        let find = |name: &str| {
+            input
+                .index_of(name)
+                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
+        };
+        let aggregates = self
+            .aggregates()
+            .map_err(|e| BuildError::new(format!("{e:?}")))?;
+        Ok(Box::new(Window {
+            key: find(&self.key_field)?,
+            value: find(&self.value_field)?,
+            ts: if self.time == TimeKind::Event {
+                Some(find(&self.ts_field)?)
+            } else {
+                None
+            },
+            config: self.clone(),
+            aggregates,
+            output,
+            keys: KeyInterner::default(),
+            names: Vec::new(),
+            windows: HashMap::new(),
+            closing: BTreeSet::new(),
+            sessions: HashMap::new(),
+            session_ends: BTreeSet::new(),
+            max_ts: i64::MIN,
+            batch_seq: 0,
+        }))
+    }
+}
+
+/// One open window.
+struct Open {
+    accumulators: Vec<Accumulator>,
+    finalizers: Finalizers,
+    /// The last input batch whose tokens were added (each batch's once).
+    last_batch: u64,
+}
+
+/// A session: its span so far and its window.
+struct Session {
+    start: i64,
+    last: i64,
+    open: Open,
+}
+
+struct Window {
+    key: usize,
+    value: usize,
+    ts: Option<usize>,
+    config: WindowConfig,
+    aggregates: Vec<Aggregate>,
+    output: SchemaRef,
+    keys: KeyInterner,
+    names: Vec<Box<str>>,
+    /// Tumbling/sliding windows by (key, start).
+    windows: HashMap<(u32, i64), Open>,
+    /// (end, key, start) of every open window, to close them in order.
+    closing: BTreeSet<(i64, u32, i64)>,
+    sessions: HashMap<u32, Session>,
+    /// (last + gap, key) of every open session, to close them in order.
+    session_ends: BTreeSet<(i64, u32)>,
+    max_ts: i64,
+    batch_seq: u64,
+}
+
+/// Rows to emit, built column by column.
+struct Rows {
+    keys: StringBuilder,
+    start: Int64Builder,
+    end: Int64Builder,
+    values: Vec<Float64Builder>,
+    count: Vec<Option<Int64Builder>>,
+    late: BooleanBuilder,
+    finalizers: Finalizers,
+    n: usize,
+}
+
+impl Rows {
+    fn new(aggregates: &[Aggregate]) -> Self {
+        Rows {
+            keys: StringBuilder::new(),
+            start: Int64Builder::new(),
+            end: Int64Builder::new(),
+            values: aggregates.iter().map(|_| Float64Builder::new()).collect(),
+            count: aggregates
+                .iter()
+                .map(|a| matches!(a, Aggregate::Count).then(Int64Builder::new))
+                .collect(),
+            late: BooleanBuilder::new(),
+            finalizers: Finalizers::none(),
+            n: 0,
+        }
+    }
+
+    fn push(&mut self, key: &str, start: i64, end: i64, open: Open, late: bool) {
+        self.keys.append_value(key);
+        self.start.append_value(start);
+        self.end.append_value(end);
+        for (i, acc) in open.accumulators.iter().enumerate() {
+            let v = acc.finish();
+            match &mut self.count[i] {
+                Some(c) => c.append_value(v.unwrap_or(0.0) as i64),
+                None => self.values[i].append_option(v),
+            }
+        }
+        self.late.append_value(late);
+        self.finalizers.merge(open.finalizers);
+        self.n += 1;
+    }
+
+    fn finish(
+        mut self,
+        output: &SchemaRef,
+    ) -> Result<Option<(RecordBatch, Finalizers)>, ComponentError> {
+        if self.n == 0 {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.keys.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.end.finish()),
+        ];
+        for (v, c) in self.values.iter_mut().zip(self.count.iter_mut()) {
+            columns.push(match c {
+                Some(c) => Arc::new(c.finish()),
+                None => Arc::new(v.finish()),
+            });
+        }
+        columns.push(Arc::new(self.late.finish()));
+        Ok(Some((
+            RecordBatch::try_new(output.clone(), columns)?,
+            self.finalizers,
+        )))
+    }
+}
+
+impl Window {
+    fn new_open(&self) -> Open {
+        Open {
+            accumulators: self.aggregates.iter().map(Aggregate::accumulator).collect(),
+            finalizers: Finalizers::none(),
+            last_batch: u64::MAX,
+        }
+    }
+
+    fn watermark(&self) -> i64 {
+        self.max_ts.saturating_sub(self.config.allowed_lateness_ms)
+    }
+
+    fn add(open: &mut Open, ts: i64, v: f64, seq: u64, tokens: &Finalizers) {
+        for a in &mut open.accumulators {
+            a.update(ts, v);
+        }
+        if open.last_batch != seq {
+            open.last_batch = seq;
+            open.finalizers.merge(tokens.clone());
+        }
+    }
+
+    /// Windows (start) an event at `ts` belongs to.
+    fn starts(&self, ts: i64) -> impl Iterator<Item = i64> + use<> {
+        let size = self.config.size_ms;
+        let slide = self.config.slide();
+        let last = ts.div_euclid(slide) * slide;
+        let count = size / slide;
+        (0..count)
+            .map(move |i| last - i * slide)
+            .filter(move |s| s + size > ts)
+    }
+
+    fn late(&mut self, rows: &mut Rows, key: u32, ts: i64, v: f64, cx: &TransformContext) {
+        match self.config.late {
+            LatePolicy::Drop => cx.component().emit(ComponentErrorOccurred {
+                error: &format!(
+                    "late event dropped: ts {ts} is behind the watermark {}",
+                    self.watermark()
+                ),
+            }),
+            LatePolicy::Emit => {
+                let mut open = self.new_open();
+                Self::add(&mut open, ts, v, u64::MAX - 1, &Finalizers::none());
+                let (start, end) = match self.config.kind {
+                    WindowKind::Session => (ts, ts + self.config.gap_ms),
+                    _ => {
+                        let s = ts.div_euclid(self.config.slide()) * self.config.slide();
+                        (s, s + self.config.size_ms)
+                    }
+                };
+                rows.push(&self.names[key as usize], start, end, open, true);
+            }
+        }
+    }
+
+    /// Closes every window that ends at or before `now`.
+    fn close(&mut self, now: i64, rows: &mut Rows) {
+        while let Some(&(end, key, start)) = self.closing.first() {
+            if end > now {
+                break;
+            }
+            self.closing.pop_first();
+            if let Some(open) = self.windows.remove(&(key, start)) {
+                rows.push(&self.names[key as usize], start, end, open, false);
+            }
+        }
+        let gap = self.config.gap_ms;
+        while let Some(&(end, key)) = self.session_ends.first() {
+            if end > now {
+                break;
+            }
+            self.session_ends.pop_first();
+            if let Some(s) = self.sessions.remove(&key) {
+                rows.push(
+                    &self.names[key as usize],
+                    s.start,
+                    s.last + gap,
+                    s.open,
+                    false,
+                );
+            }
+        }
+    }
+
+    fn emit(&self, rows: Rows, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if let Some((batch, finalizers)) = rows.finish(&self.output)? {
+            cx.emit_with(batch, finalizers);
+        }
+        Ok(())
+    }
+}
+
+fn wall_ms(now: SystemTime) -> i64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Transform for Window {
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        let tokens = cx.take_finalizers();
+        self.batch_seq += 1;
+        let seq = self.batch_seq;
+        let keys = batch.column(self.key).as_string::<i32>();
+        let value_column = batch.column(self.value);
+        let values = float_values(value_column.as_ref())?;
+        let ts = self.ts.map(|i| batch.column(i).as_primitive::<Int64Type>());
+        let arrival = wall_ms(SystemTime::now());
+        let mut rows = Rows::new(&self.aggregates);
+        for row in 0..batch.num_rows() {
+            if keys.is_null(row) || value_column.is_null(row) {
+                continue;
+            }
+            let t = match ts {
+                Some(c) if c.is_null(row) => continue,
+                Some(c) => c.value(row),
+                None => arrival,
+            };
+            let v = values[row];
+            let name = keys.value(row);
+            let (id, new) = self.keys.id(name);
+            if new {
+                self.names.push(name.into());
+            }
+            let key = id as u32;
+            let watermark = self.watermark();
+            match self.config.kind {
+                WindowKind::Session => {
+                    let gap = self.config.gap_ms;
+                    match self.sessions.get_mut(&key) {
+                        Some(s) if t >= s.start - gap && t <= s.last + gap => {
+                            self.session_ends.remove(&(s.last + gap, key));
+                            s.start = s.start.min(t);
+                            s.last = s.last.max(t);
+                            Self::add(&mut s.open, t, v, seq, &tokens);
+                            self.session_ends.insert((s.last + gap, key));
+                        }
+                        Some(s) if t < s.start - gap => self.late(&mut rows, key, t, v, cx),
+                        _ => {
+                            if t.saturating_add(gap) <= watermark {
+                                self.late(&mut rows, key, t, v, cx);
+                            } else {
+                                if let Some(old) = self.sessions.remove(&key) {
+                                    self.session_ends.remove(&(old.last + gap, key));
+                                    rows.push(name, old.start, old.last + gap, old.open, false);
+                                }
+                                let mut open = self.new_open();
+                                Self::add(&mut open, t, v, seq, &tokens);
+                                self.sessions.insert(
+                                    key,
+                                    Session {
+                                        start: t,
+                                        last: t,
+                                        open,
+                                    },
+                                );
+                                self.session_ends.insert((t + gap, key));
+                            }
+                        }
+                    }
+                }
+                WindowKind::Tumbling | WindowKind::Sliding => {
+                    let size = self.config.size_ms;
+                    let mut placed = false;
+                    for start in self.starts(t).collect::<Vec<_>>() {
+                        let end = start + size;
+                        if end <= watermark {
+                            continue;
+                        }
+                        placed = true;
+                        let open = match self.windows.get_mut(&(key, start)) {
+                            Some(o) => o,
+                            None => {
+                                let o = self.new_open();
+                                self.closing.insert((end, key, start));
+                                self.windows.entry((key, start)).or_insert(o)
+                            }
+                        };
+                        Self::add(open, t, v, seq, &tokens);
+                    }
+                    if !placed {
+                        self.late(&mut rows, key, t, v, cx);
+                    }
+                }
+            }
+            if self.config.time == TimeKind::Event && t > self.max_ts {
+                // The watermark moved: close what ended before it, in event order.
+                self.max_ts = t;
+                let w = self.watermark();
+                self.close(w, &mut rows);
+            }
+        }
+        // Tokens of events that landed in no open window (dropped as late) are released
+        // now; the others travel with their windows.
+        drop(tokens);
+        self.emit(rows, cx)
+    }
+
+    fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        let mut rows = Rows::new(&self.aggregates);
+        self.close(i64::MAX, &mut rows);
+        self.emit(rows, cx)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        (self.config.time == TimeKind::Processing).then(|| {
+            let step = match self.config.kind {
+                WindowKind::Session => self.config.gap_ms,
+                _ => self.config.slide(),
+            };
+            Duration::from_millis((step / 10).clamp(10, 1000) as u64)
+        })
+    }
+
+    fn tick(&mut self, now: SystemTime, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        let mut rows = Rows::new(&self.aggregates);
+        self.close(wall_ms(now), &mut rows);
+        self.emit(rows, cx)
+    }
+}
+
+tidegauge_core::register_transform!(WindowConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> WindowConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn sliding_windows_cover_each_event_size_over_slide_times() {
+        let c = config("kind = \"sliding\"\nsize_ms = 100\nslide_ms = 25");
+        let w = Window {
+            key: 0,
+            value: 0,
+            ts: None,
+            aggregates: vec![],
+            output: Arc::new(Schema::empty()),
+            keys: KeyInterner::default(),
+            names: vec![],
+            windows: HashMap::new(),
+            closing: BTreeSet::new(),
+            sessions: HashMap::new(),
+            session_ends: BTreeSet::new(),
+            max_ts: i64::MIN,
+            batch_seq: 0,
+            config: c,
+        };
+        assert_eq!(w.starts(130).collect::<Vec<_>>(), vec![125, 100, 75, 50]);
+        assert_eq!(w.starts(-10).collect::<Vec<_>>(), vec![-25, -50, -75, -100]);
+    }
+
+    #[test]
+    fn aggregate_names() {
+        assert_eq!(
+            aggregate("p99", 0.01).unwrap(),
+            Aggregate::Quantile {
+                q: 0.99,
+                relative_accuracy: 0.01
+            }
+        );
+        assert!(aggregate("p101", 0.01).is_err());
+        assert!(
+            aggregate("median", 0.01)
+                .unwrap_err()
+                .contains("unknown aggregate")
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! `tidegauge score`: recorded data through the detectors of live pipelines.
+
+mod common;
+
+use common::*;
+
+fn read_csv(path: &std::path::Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn score_gives_the_live_pipelines_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    w1_events(100_000, 7, &d.join("events.jsonl"));
+    // Live: file -> mad -> jsonl, every event.
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{d}/events.jsonl"]
+
+[transforms.det]
+type = "mad"
+inputs = ["in"]
+window = 30
+threshold = 3.0
+
+[sinks.out]
+type = "jsonl"
+inputs = ["det"]
+path = "{d}/live.jsonl"
+"#,
+        d = d.display()
+    );
+    std::fs::write(d.join("pipeline.toml"), &pipeline).unwrap();
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let live: Vec<serde_json::Value> = std::fs::read_to_string(d.join("live.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    // Recorded: the same events, the same detector taken from the pipeline file.
+    let out = tidegauge()
+        .args(["score", "--detector"])
+        .arg(d.join("pipeline.toml"))
+        .args([
+            "--key-column",
+            "sensor_id",
+            "--value-columns",
+            "value",
+            "--time-column",
+            "ts",
+            "--out",
+        ])
+        .arg(d.join("scored"))
+        .arg(d.join("events.jsonl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scored = read_csv(&d.join("scored/events.csv"));
+    assert_eq!(scored[0], vec!["ts", "anomaly_score", "is_anomaly"]);
+    assert_eq!(scored.len() - 1, live.len());
+    let mut anomalies = 0;
+    for (row, ev) in scored[1..].iter().zip(&live) {
+        assert_eq!(row[0], ev["ts"].to_string());
+        let score: f64 = row[1].parse().unwrap();
+        assert_eq!(
+            score,
+            ev["anomaly_score"].as_f64().unwrap(),
+            "exact, every digit"
+        );
+        assert_eq!(row[2] == "1", ev["is_anomaly"].as_bool().unwrap());
+        anomalies += usize::from(row[2] == "1");
+    }
+    assert!(anomalies > 50, "{anomalies}");
+}
+
+#[test]
+fn skab_layout_in_skab_layout_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let skab = shared().join("data/skab");
+    let out = tidegauge()
+        .args([
+            "score",
+            "--detector",
+            "zscore",
+            "--set",
+            "window=100",
+            "--delimiter",
+            ";",
+        ])
+        .args(["--ignore-columns", "anomaly,changepoint", "--out"])
+        .arg(dir.path())
+        .arg(skab.join("valve1"))
+        .arg(skab.join("valve2"))
+        .arg(skab.join("other"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("scored 34 file(s), 37401 rows"),
+        "{}",
+        stderr(&out)
+    );
+    let eval = std::process::Command::new("python3")
+        .arg(shared().join("eval/skab_eval.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        eval.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    // The data README's reference baseline for this detector: F1 0.17, MAR 90.46 %.
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with("F1=0.17 "), "{last}");
+    assert!(last.contains("MAR=90.4"), "{last}");
+}
+
+#[test]
+fn score_reports_bad_usage_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.csv"), "time,label\n1,x\n").unwrap();
+    let out = tidegauge()
+        .args(["score", "--detector", "zscore", "--out"])
+        .arg(dir.path().join("o"))
+        .arg(dir.path().join("a.csv"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no numeric value columns"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tidegauge()
+        .args([
+            "score",
+            "--detector",
+            "zscore",
+            "--set",
+            "window=1",
+            "--out",
+        ])
+        .arg(dir.path().join("o"))
+        .arg(dir.path().join("a.csv"))
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("window"), "{}", stderr(&out));
+}
