@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 /// `[admin]`: serves the admin API (health, components, topology, parameters, changes,
 /// metrics) while the pipeline runs. Present means on, on the loopback interface unless
 /// `address` says otherwise.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Set to false to keep the table but not serve.
@@ -34,6 +34,19 @@ pub struct AdminConfig {
     /// (`changes.jsonl`). Default: beside the pipeline file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+}
+
+/// Shows everything but the token.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "(secret)"))
+            .field("token_env", &self.token_env)
+            .field("state_dir", &self.state_dir)
+            .finish()
+    }
 }
 
 fn default_enabled() -> bool {
@@ -119,6 +132,16 @@ mod tests {
         assert_eq!(
             parse("token = \"a\"\ntoken_env = \"T\"").validate().len(),
             1
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let c = parse("token = \"s3cret\"");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("(secret)"),
+            "{shown}"
         );
     }
 

@@ -175,6 +175,11 @@ fn pipeline_schema_covers_every_component() {
     ] {
         assert!(defs.contains_key(name), "{name} missing");
     }
+    let admin = &v["properties"]["admin"]["properties"];
+    for setting in ["address", "token", "token_env", "state_dir", "enabled"] {
+        assert!(admin.get(setting).is_some(), "admin.{setting} missing");
+    }
+    assert_eq!(admin["token"]["writeOnly"], true);
     // Every reference resolves.
     fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
         match v {
