@@ -280,3 +280,39 @@ format = "json"
     drop(input);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn every_live_example_runs_until_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        // w1 reads a file to its end: the W1 test runs it.
+        if !name.ends_with(".toml") || name == "w1.toml" {
+            continue;
+        }
+        let child = tidegauge()
+            .arg("run")
+            .arg(&path)
+            .current_dir(dir.path())
+            .env("WINDOWS_OUTPUT", dir.path().join("windows.jsonl"))
+            .env("TIDEGAUGE_TOKEN", "example-token")
+            .env("TIDEGAUGE_ADMIN", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        interrupt(&child);
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{name}: {err}");
+        assert!(err.contains("tidegauge: stopped after"), "{name}: {err}");
+        assert!(!err.contains("failed"), "{name}: {err}");
+    }
+    let windows = std::fs::read_to_string(dir.path().join("windows.jsonl")).unwrap();
+    assert!(
+        windows.lines().count() >= 5,
+        "one-second windows of 5 sensors: {windows}"
+    );
+}

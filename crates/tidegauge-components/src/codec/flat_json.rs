@@ -31,18 +31,14 @@ pub fn decode(line: &[u8], names: &[Box<[u8]>], row: &mut Row) -> bool {
             return false;
         }
         p.ws();
-        let field = names.iter().position(|n| **n == *key);
+        let field = names.iter().position(|n| same(n, key.as_bytes()));
         match p.peek() {
             Some(b'"') => {
                 let Some(text) = p.plain_string() else {
                     return false;
                 };
                 if let Some(i) = field {
-                    // `plain_string` checked the bytes are UTF-8.
-                    match std::str::from_utf8(text) {
-                        Ok(t) => row.set_text(i, t, true),
-                        Err(_) => return false,
-                    }
+                    row.set_text(i, text, true);
                 }
             }
             Some(b't') => {
@@ -86,6 +82,33 @@ pub fn decode(line: &[u8], names: &[Box<[u8]>], row: &mut Row) -> bool {
             _ => return false,
         }
     }
+}
+
+/// Byte equality for short keys, without a call to `memcmp`.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// Exact powers of ten: every one up to 1e22 is a double.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The correctly rounded value of `mantissa × 10^exp10` when one IEEE operation gives it
+/// (Clinger's fast path: both operands exact, so the single rounding is the right one).
+#[inline]
+fn exact_decimal(mantissa: u64, exp10: i32) -> Option<f64> {
+    if mantissa > 1 << 53 || !(-22..=22).contains(&exp10) {
+        return None;
+    }
+    let m = mantissa as f64;
+    Some(if exp10 >= 0 {
+        m * POW10[exp10 as usize]
+    } else {
+        m / POW10[(-exp10) as usize]
+    })
 }
 
 struct Cursor<'a> {
@@ -133,8 +156,8 @@ impl<'a> Cursor<'a> {
         self.i == self.s.len()
     }
 
-    /// A string without escapes or control characters, valid UTF-8: its bytes.
-    fn plain_string(&mut self) -> Option<&'a [u8]> {
+    /// A string without escapes or control characters, valid UTF-8.
+    fn plain_string(&mut self) -> Option<&'a str> {
         if !self.eat(b'"') {
             return None;
         }
@@ -146,12 +169,9 @@ impl<'a> Cursor<'a> {
         if rest[end] != b'"' {
             return None;
         }
-        let bytes = &rest[..end];
-        if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
-            return None;
-        }
+        let text = std::str::from_utf8(&rest[..end]).ok()?;
         self.i = start + end + 1;
-        Some(bytes)
+        Some(text)
     }
 
     /// A JSON number, as serde_json reads it: integers to `I64` (or `U64` above
@@ -160,23 +180,35 @@ impl<'a> Cursor<'a> {
     fn number(&mut self) -> Option<Slot> {
         let start = self.i;
         let neg = self.eat(b'-');
-        let int_start = self.i;
+        let mut mantissa: u64 = 0;
+        let mut digits = 1u32;
         match self.next()? {
             b'0' => {}
-            b'1'..=b'9' => {
-                while let Some(b'0'..=b'9') = self.peek() {
+            d @ b'1'..=b'9' => {
+                mantissa = (d - b'0') as u64;
+                while let Some(d @ b'0'..=b'9') = self.peek() {
                     self.i += 1;
+                    digits += 1;
+                    if digits <= 19 {
+                        mantissa = mantissa * 10 + (d - b'0') as u64;
+                    }
                 }
             }
             _ => return None,
         }
-        let int_end = self.i;
+        let int_digits = digits;
+        let mut exp10: i32 = 0;
         let mut float = false;
         if self.eat(b'.') {
             float = true;
             let frac = self.i;
-            while let Some(b'0'..=b'9') = self.peek() {
+            while let Some(d @ b'0'..=b'9') = self.peek() {
                 self.i += 1;
+                digits += 1;
+                if digits <= 19 {
+                    mantissa = mantissa * 10 + (d - b'0') as u64;
+                    exp10 -= 1;
+                }
             }
             if self.i == frac {
                 return None;
@@ -185,44 +217,58 @@ impl<'a> Cursor<'a> {
         if let Some(b'e' | b'E') = self.peek() {
             float = true;
             self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
+            let exp_neg = match self.peek() {
+                Some(b'-') => {
+                    self.i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    self.i += 1;
+                    false
+                }
+                _ => false,
+            };
             let exp = self.i;
-            while let Some(b'0'..=b'9') = self.peek() {
+            let mut e: i32 = 0;
+            while let Some(d @ b'0'..=b'9') = self.peek() {
                 self.i += 1;
+                e = e.saturating_mul(10).saturating_add((d - b'0') as i32);
             }
             if self.i == exp {
                 return None;
             }
+            exp10 = exp10.saturating_add(if exp_neg { -e } else { e });
         }
-        let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
         if float {
-            let v: f64 = text.parse().ok()?;
+            // More than 19 significant digits, or exponents beyond exact powers: std.
+            let v = match exact_decimal(mantissa, exp10).filter(|_| digits <= 19) {
+                Some(v) if neg => -v,
+                Some(v) => v,
+                // The text includes its sign.
+                None => std::str::from_utf8(&self.s[start..self.i])
+                    .ok()?
+                    .parse()
+                    .ok()?,
+            };
             return v.is_finite().then_some(Slot::F64(v));
         }
-        let digits = &self.s[int_start..int_end];
-        if digits.len() > 19 {
+        if int_digits > 19 {
             return None;
         }
-        let mut magnitude: u64 = 0;
-        for &d in digits {
-            magnitude = magnitude.checked_mul(10)?.checked_add((d - b'0') as u64)?;
-        }
         if neg {
-            if magnitude == 0 {
+            if mantissa == 0 {
                 // serde_json reads `-0` as the float -0.0.
                 return Some(Slot::F64(-0.0));
             }
-            if magnitude <= i64::MAX as u64 + 1 {
-                Some(Slot::I64((magnitude as i128).wrapping_neg() as i64))
+            if mantissa <= i64::MAX as u64 + 1 {
+                Some(Slot::I64((mantissa as i128).wrapping_neg() as i64))
             } else {
                 None
             }
-        } else if magnitude <= i64::MAX as u64 {
-            Some(Slot::I64(magnitude as i64))
+        } else if mantissa <= i64::MAX as u64 {
+            Some(Slot::I64(mantissa as i64))
         } else {
-            Some(Slot::U64(magnitude))
+            Some(Slot::U64(mantissa))
         }
     }
 }
@@ -348,6 +394,26 @@ mod tests {
                     "fast path accepted what serde_json rejects: {}", String::from_utf8_lossy(&bytes));
                 prop_assert_eq!(&row.slots, &slots);
                 prop_assert_eq!(&row.scratch, &scratch);
+            }
+        }
+
+        #[test]
+        fn numbers_agree_with_serde_json(
+            text in r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?",
+            bits in any::<u64>(),
+        ) {
+            let random = f64::from_bits(bits);
+            for t in [text, format!("{random}"), format!("{random:e}"), format!("{:.17}", random)] {
+                let line = format!("{{\"value\":{t}}}");
+                if let Some((slots, _)) = fast(line.as_bytes()) {
+                    let general = JsonDecoder::new(vec!["sensor_id".into(), "ts".into(), "value".into(), "ok".into()]);
+                    let mut row = Row::new(4);
+                    prop_assert!(general.decode_general(line.as_bytes(), &mut row).is_ok(), "{}", line);
+                    match (row.slots[2], slots[2]) {
+                        (Slot::F64(a), Slot::F64(b)) => prop_assert_eq!(a.to_bits(), b.to_bits(), "{}", line),
+                        (a, b) => prop_assert_eq!(a, b, "{}", line),
+                    }
+                }
             }
         }
 
