@@ -137,11 +137,6 @@ impl Fanout {
         true
     }
 
-    /// Whether the output has been dropped (its component finished).
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     fn remove(&self, gone: &[mpsc::Sender<Batch>]) -> usize {
         let mut inner = self.lock();
         let kept: Vec<_> = inner

@@ -329,14 +329,18 @@ async fn reload_once(
                     v.join(", ")
                 }
             };
-            let text = format!(
-                "kept: {}; retuned: {}; rebuilt: {}; added: {}; removed: {}",
-                list(&summary.kept),
-                list(&summary.retuned),
-                list(&summary.rebuilt),
-                list(&summary.added),
-                list(&summary.removed)
-            );
+            let text = if summary.is_noop() {
+                "nothing changed".to_string()
+            } else {
+                format!(
+                    "kept: {}; retuned: {}; rebuilt: {}; added: {}; removed: {}",
+                    list(&summary.kept),
+                    list(&summary.retuned),
+                    list(&summary.rebuilt),
+                    list(&summary.added),
+                    list(&summary.removed)
+                )
+            };
             tracing::info!(file = %origin, trigger = why, "reloaded: {text}");
             if !quiet {
                 eprintln!("tidegauge: reloaded {origin} ({why}): {text}");
