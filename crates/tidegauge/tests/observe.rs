@@ -83,6 +83,26 @@ impl Running {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// Parameter `name` of component `id`, as `/components/{id}/params` lists it.
+    fn param(&self, id: &str, name: &str) -> Value {
+        let params = self.get(&format!("/components/{id}/params"));
+        params["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} has no parameter {name}: {params}"))
+    }
+
+    /// The Prometheus exposition.
+    fn metrics(&self) -> String {
+        self.runtime
+            .block_on(self.client().request("GET", "/metrics", None))
+            .unwrap()
+            .text()
+    }
+
     fn request(&self, client: AdminClient, method: &str, path: &str, body: &str) -> Reply {
         self.runtime
             .block_on(client.request(method, path, Some(body.as_bytes().to_vec())))
@@ -181,16 +201,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
         "{fields:?}"
     );
 
-    let params = tg.get("/components/spikes/params");
-    let param = |name: &str| {
-        params["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap()
-    };
+    let param = |name: &str| tg.param("spikes", name);
     assert_eq!(param("threshold")["value"], json!(4.0));
     assert_eq!(param("threshold")["tunable"], true);
     assert_eq!(param("window")["value"], json!(50));
@@ -236,15 +247,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     assert_eq!(change["old"], json!(4.0));
     assert_eq!(change["new"], json!(5.5));
     assert_eq!(change["actor"], "alice");
-    assert_eq!(
-        tg.get(path)["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "threshold")
-            .unwrap()["value"],
-        json!(5.5)
-    );
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(5.5));
     // Validated like config; not every parameter is tunable; unknown ids; limits.
     let reply = tg.request(alice.clone(), "PATCH", path, r#"{"threshold": -1}"#);
     assert_eq!(reply.status, 422);
@@ -287,11 +290,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     wait_until("events to flow", || {
         tg.get("/components")[0]["events_out"].as_u64().unwrap() > 0
     });
-    let metrics = tg
-        .runtime
-        .block_on(tg.client().request("GET", "/metrics", None))
-        .unwrap()
-        .text();
+    let metrics = tg.metrics();
     for needle in [
         "# TYPE tidegauge_component_received_events_total counter",
         "tidegauge_component_sent_events_total{component_id=\"fleet\",component_kind=\"source\",component_type=\"simulate\"}",
@@ -338,15 +337,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     assert_eq!(changes.as_array().unwrap().len(), 1);
     assert_eq!(changes[0]["new"], json!(5.5));
     // A restart runs the file's values again.
-    let params = tg.get("/components/spikes/params");
-    let threshold = params["params"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "threshold")
-        .unwrap()["value"]
-        .clone();
-    assert_eq!(threshold, json!(4.0));
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(4.0));
     let logs = tg.stop().1;
     assert!(!logs.contains(TOKEN));
     // Nothing in the log files carries the token either.
@@ -429,14 +420,7 @@ fn reload_keeps_unchanged_state_and_rejects_invalid_files() {
         warm >= 3,
         "first events per sensor with a z: {first_seen:?}"
     );
-    let params = tg.get("/components/spikes/params");
-    assert!(
-        params["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "threshold" && p["value"] == json!(3.5))
-    );
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(3.5));
     let changes = tg.get("/changes");
     assert_eq!(changes[0]["actor"], "reload");
     assert_eq!(changes[0]["old"], json!(4.0));
@@ -456,11 +440,7 @@ fn reload_keeps_unchanged_state_and_rejects_invalid_files() {
     wait_until("the old pipeline to go on", || {
         lines(&out2).len() > before + 50
     });
-    let metrics = tg
-        .runtime
-        .block_on(tg.client().request("GET", "/metrics", None))
-        .unwrap()
-        .text();
+    let metrics = tg.metrics();
     assert!(metrics.contains("tidegauge_config_reloads_total{result=\"applied\"} 1"));
     assert!(!metrics.contains("tidegauge_config_reloads_total{result=\"rejected\"} 0"));
 
@@ -487,14 +467,7 @@ fn sighup_reloads_when_file_watching_is_off() {
     tg.signal(libc::SIGHUP);
     let err = tg.wait_stderr(|s| s.contains("tidegauge: reloaded"));
     assert!(err.contains("(SIGHUP)"), "{err}");
-    let params = tg.get("/components/spikes/params");
-    assert!(
-        params["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "threshold" && p["value"] == json!(6.0))
-    );
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(6.0));
     let (code, _) = tg.stop();
     assert_eq!(code, Some(0));
 }
