@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::BoxFuture;
-use crate::ack::Finalizers;
+use crate::ack::{AckSender, Finalizers};
 use crate::batch::Batch;
+use crate::checkpoint::{Report, ReportPort, SourceCheckpoint};
 use crate::dead_letter::DeadLetter;
 use crate::error::{BuildError, ComponentError, ConfigError};
 use crate::telemetry::{
@@ -95,22 +96,48 @@ impl From<SendError> for ComponentError {
     }
 }
 
-/// The downstream queues of a component's output. Shared between the running component
-/// and the topology, so a running pipeline can be rewired (hot reload): the topology
-/// swaps the list, and a queue nobody lists any more closes once in-flight sends are done.
+/// What travels along an edge: batches, and the checkpoint barriers between them.
+#[derive(Debug)]
+pub enum Message {
+    /// Events.
+    Batch(Batch),
+    /// Checkpoint barrier `n`: everything sent before it belongs to checkpoint `n`.
+    Barrier(u64),
+}
+
+/// Barrier requests a source's output serves, and where it reports them.
+pub(crate) struct BarrierPort {
+    requests: mpsc::UnboundedReceiver<u64>,
+    reports: ReportPort,
+    position: Option<serde_json::Value>,
+}
+
+impl BarrierPort {
+    pub(crate) fn new(requests: mpsc::UnboundedReceiver<u64>, reports: ReportPort) -> Self {
+        BarrierPort {
+            requests,
+            reports,
+            position: None,
+        }
+    }
+}
+
+/// The downstream edges of a component's output. Shared between the running component
+/// and the runner, so a running pipeline can be rewired (hot reload): the runner swaps
+/// the list, and an edge nobody lists any more closes once the sends in flight are done.
 #[derive(Clone, Default)]
 pub struct Fanout(Arc<Mutex<FanoutInner>>);
 
 #[derive(Default)]
 struct FanoutInner {
-    targets: Arc<Vec<mpsc::Sender<Batch>>>,
+    targets: Arc<Vec<mpsc::Sender<Message>>>,
     /// Set when the output is dropped: its component has finished, nothing more is sent.
     closed: bool,
 }
 
 impl Fanout {
     /// A fan-out to `targets`.
-    pub fn new(targets: Vec<mpsc::Sender<Batch>>) -> Self {
+    pub fn new(targets: Vec<mpsc::Sender<Message>>) -> Self {
         Fanout(Arc::new(Mutex::new(FanoutInner {
             targets: Arc::new(targets),
             closed: false,
@@ -122,13 +149,13 @@ impl Fanout {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The queues batches go to now.
-    pub fn current(&self) -> Arc<Vec<mpsc::Sender<Batch>>> {
+    /// The edges batches go to now.
+    pub fn current(&self) -> Arc<Vec<mpsc::Sender<Message>>> {
         self.lock().targets.clone()
     }
 
-    /// Replaces the list of queues; `false` (and nothing kept) once the output is gone.
-    pub fn replace(&self, targets: Vec<mpsc::Sender<Batch>>) -> bool {
+    /// Replaces the list of edges; `false` (and nothing kept) once the output is gone.
+    pub fn replace(&self, targets: Vec<mpsc::Sender<Message>>) -> bool {
         let mut inner = self.lock();
         if inner.closed {
             return false;
@@ -137,7 +164,7 @@ impl Fanout {
         true
     }
 
-    fn remove(&self, gone: &[mpsc::Sender<Batch>]) -> usize {
+    fn remove(&self, gone: &[mpsc::Sender<Message>]) -> usize {
         let mut inner = self.lock();
         let kept: Vec<_> = inner
             .targets
@@ -162,26 +189,20 @@ pub struct Output {
     schema: SchemaRef,
     fanout: Fanout,
     telemetry: Arc<ComponentTelemetry>,
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        // Downstream queues close once every output feeding them is gone.
-        self.fanout.close();
-    }
+    barriers: Option<BarrierPort>,
 }
 
 impl Output {
     /// An output with the declared `schema`, sending to `targets`.
     pub fn new(
         schema: SchemaRef,
-        targets: Vec<mpsc::Sender<Batch>>,
+        targets: Vec<mpsc::Sender<Message>>,
         telemetry: Arc<ComponentTelemetry>,
     ) -> Self {
         Self::with_fanout(schema, Fanout::new(targets), telemetry)
     }
 
-    /// An output sending to the queues of `fanout`, which the topology may rewire.
+    /// An output sending to the edges of `fanout`, which the runner may rewire.
     pub fn with_fanout(
         schema: SchemaRef,
         fanout: Fanout,
@@ -191,7 +212,14 @@ impl Output {
             schema,
             fanout,
             telemetry,
+            barriers: None,
         }
+    }
+
+    /// A source's output that sends checkpoint barriers when asked.
+    pub(crate) fn with_barriers(mut self, port: BarrierPort) -> Self {
+        self.barriers = Some(port);
+        self
     }
 
     /// The schema every batch sent here must have.
@@ -213,9 +241,27 @@ impl Output {
         }
     }
 
+    /// Barriers asked for since the last call, reported with the position reached.
+    fn take_barriers(&mut self) -> Vec<u64> {
+        let Some(port) = &mut self.barriers else {
+            return Vec::new();
+        };
+        let mut ids = Vec::new();
+        while let Ok(id) = port.requests.try_recv() {
+            port.reports.send(Report::SourceBarrier {
+                node: port.reports.node,
+                id,
+                position: port.position.clone(),
+            });
+            ids.push(id);
+        }
+        ids
+    }
+
     /// Sends a batch to every downstream component, waiting while any of them is full
     /// (backpressure). Empty batches are not sent (their finalizers are released).
     pub async fn send(&mut self, batch: Batch) -> Result<(), SendError> {
+        self.serve_barriers().await?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -232,15 +278,76 @@ impl Output {
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
-            if tx.send(b).await.is_err() {
+            if tx.send(Message::Batch(b)).await.is_err() {
                 closed.push(tx.clone());
             }
         }
         self.finish_send(rows, started, closed)
+    }
+
+    /// Like [`Output::send`], then records `position` as where the source stands once
+    /// this batch is sent: a checkpoint barrier sent after it reports that position, and
+    /// a restart from that checkpoint resumes there.
+    pub async fn send_at(
+        &mut self,
+        batch: Batch,
+        position: serde_json::Value,
+    ) -> Result<(), SendError> {
+        self.send(batch).await?;
+        self.set_position(position);
+        Ok(())
+    }
+
+    /// Records where the source stands when nothing more is sent (e.g. after lines that
+    /// were all dead-lettered).
+    pub fn set_position(&mut self, position: serde_json::Value) {
+        if let Some(port) = &mut self.barriers {
+            port.position = Some(position);
+        }
+    }
+
+    /// Sends any checkpoint barrier asked for. Sources call this while idle (waiting for
+    /// input) so checkpoints complete; sending a batch does it too.
+    pub async fn serve_barriers(&mut self) -> Result<(), SendError> {
+        for id in self.take_barriers() {
+            self.send_barrier(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Output::serve_barriers`], from a thread outside the async runtime.
+    pub fn blocking_serve_barriers(&mut self) -> Result<(), SendError> {
+        for id in self.take_barriers() {
+            self.blocking_send_barrier(id)?;
+        }
+        Ok(())
+    }
+
+    /// Sends barrier `id` downstream (a transform forwarding it).
+    pub(crate) async fn send_barrier(&mut self, id: u64) -> Result<(), SendError> {
+        let mut closed = Vec::new();
+        for tx in self.fanout.current().iter() {
+            if tx.send(Message::Barrier(id)).await.is_err() {
+                closed.push(tx.clone());
+            }
+        }
+        self.drop_closed(closed)
+    }
+
+    /// Sends barrier `id` downstream from a thread outside the async runtime.
+    pub(crate) fn blocking_send_barrier(&mut self, id: u64) -> Result<(), SendError> {
+        let mut closed = Vec::new();
+        for tx in self.fanout.current().iter() {
+            if tx.blocking_send(Message::Barrier(id)).is_err() {
+                closed.push(tx.clone());
+            }
+        }
+        self.drop_closed(closed)
     }
 
     /// Like [`Output::send`], for components running on their own thread.
     pub fn blocking_send(&mut self, batch: Batch) -> Result<(), SendError> {
+        self.blocking_serve_barriers()?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -257,24 +364,25 @@ impl Output {
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
-            if tx.blocking_send(b).is_err() {
+            if tx.blocking_send(Message::Batch(b)).is_err() {
                 closed.push(tx.clone());
             }
         }
         self.finish_send(rows, started, closed)
     }
 
-    fn finish_send(
+    /// Like [`Output::send_at`], for components running on their own thread.
+    pub fn blocking_send_at(
         &mut self,
-        rows: u64,
-        started: Option<Instant>,
-        closed: Vec<mpsc::Sender<Batch>>,
+        batch: Batch,
+        position: serde_json::Value,
     ) -> Result<(), SendError> {
-        if let Some(t) = started {
-            self.telemetry.emit(Waited {
-                elapsed: t.elapsed(),
-            });
-        }
+        self.blocking_send(batch)?;
+        self.set_position(position);
+        Ok(())
+    }
+
+    fn drop_closed(&mut self, closed: Vec<mpsc::Sender<Message>>) -> Result<(), SendError> {
         let remaining = if closed.is_empty() {
             self.fanout.current().len()
         } else {
@@ -283,8 +391,37 @@ impl Output {
         if remaining == 0 {
             return Err(SendError::Closed);
         }
+        Ok(())
+    }
+
+    fn finish_send(
+        &mut self,
+        rows: u64,
+        started: Option<Instant>,
+        closed: Vec<mpsc::Sender<Message>>,
+    ) -> Result<(), SendError> {
+        if let Some(t) = started {
+            self.telemetry.emit(Waited {
+                elapsed: t.elapsed(),
+            });
+        }
+        self.drop_closed(closed)?;
         self.telemetry.emit(EventsSent { count: rows });
         Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Downstream edges close once every output feeding them is gone.
+        self.fanout.close();
+        // A source's output going away: everything it will ever send has been sent.
+        if let Some(port) = self.barriers.take() {
+            port.reports.send(Report::SourceFinal {
+                node: port.reports.node,
+                position: port.position,
+            });
+        }
     }
 }
 
@@ -299,11 +436,44 @@ pub enum Recv {
     Closed,
 }
 
-/// The incoming edge of a transform or sink (all its inputs merged). Counts what it hands
-/// out; when asked, measures the time from handing out a batch to the next request as the
+/// What [`SinkInput::next_event`] gave.
+#[derive(Debug)]
+pub enum Event {
+    /// A batch arrived.
+    Batch(Batch),
+    /// Checkpoint barrier `n` has arrived on every open input (aligned): everything
+    /// before it on every input has been handed out, nothing after it.
+    Barrier(u64),
+    /// Nothing arrived in time; the input is still open.
+    Idle,
+    /// Every upstream component has finished.
+    Closed,
+}
+
+struct Port {
+    rx: mpsc::Receiver<Message>,
+    /// Delivered the barrier being aligned; not read until the others have too.
+    blocked: bool,
+    closed: bool,
+}
+
+/// Tags the batches a sink receives with the token of the current epoch (between two
+/// barriers), so the coordinator learns when a sink has released all of them.
+struct Epochs {
+    acks: AckSender,
+    current: Finalizers,
+}
+
+/// The incoming edges of a transform or sink (one channel per upstream component, read
+/// in turn). Counts what it hands out; aligns checkpoint barriers.
+///
+/// When asked, measures the time from handing out a batch to the next request as the
 /// batch's processing time, and (when profiling) the time spent waiting for input.
 pub struct SinkInput {
-    rx: mpsc::Receiver<Batch>,
+    ports: Vec<Port>,
+    cursor: usize,
+    aligning: Option<u64>,
+    epochs: Option<Epochs>,
     telemetry: Arc<ComponentTelemetry>,
     measure_latency: bool,
     handed_out: Option<Instant>,
@@ -312,9 +482,27 @@ pub struct SinkInput {
 
 impl SinkInput {
     /// An input reading `rx`, counting into `telemetry`.
-    pub fn new(rx: mpsc::Receiver<Batch>, telemetry: Arc<ComponentTelemetry>) -> Self {
+    pub fn new(rx: mpsc::Receiver<Message>, telemetry: Arc<ComponentTelemetry>) -> Self {
+        SinkInput::from_edges(vec![rx], telemetry)
+    }
+
+    /// An input reading several edges.
+    pub fn from_edges(
+        edges: Vec<mpsc::Receiver<Message>>,
+        telemetry: Arc<ComponentTelemetry>,
+    ) -> Self {
         SinkInput {
-            rx,
+            ports: edges
+                .into_iter()
+                .map(|rx| Port {
+                    rx,
+                    blocked: false,
+                    closed: false,
+                })
+                .collect(),
+            cursor: 0,
+            aligning: None,
+            epochs: None,
             telemetry,
             measure_latency: false,
             handed_out: None,
@@ -344,36 +532,164 @@ impl SinkInput {
         }
     }
 
-    fn count(&mut self, b: Option<Batch>) -> Option<Batch> {
+    /// A sink's input that tracks epochs for checkpoints: acknowledgements with the
+    /// barrier id go to `acks`; the first epoch ends at barrier `first_id`.
+    pub(crate) fn with_epochs(mut self, acks: AckSender, first_id: u64) -> Self {
+        self.epochs = Some(Epochs {
+            current: Finalizers::one(acks.token(first_id)),
+            acks,
+        });
+        self
+    }
+
+    fn aligned(&self) -> bool {
+        self.ports.iter().all(|p| p.closed || p.blocked)
+    }
+
+    fn release_alignment(&mut self) -> Option<u64> {
+        let id = self.aligning.take()?;
+        for p in &mut self.ports {
+            p.blocked = false;
+        }
+        Some(id)
+    }
+
+    fn poll_event(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Event> {
+        use std::task::Poll;
+        let n = self.ports.len();
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            let port = &mut self.ports[i];
+            if port.closed || port.blocked {
+                continue;
+            }
+            match port.rx.poll_recv(cx) {
+                Poll::Ready(Some(Message::Batch(b))) => {
+                    self.cursor = (i + 1) % n;
+                    return Poll::Ready(Event::Batch(b));
+                }
+                Poll::Ready(Some(Message::Barrier(id))) => {
+                    port.blocked = true;
+                    if self.aligning.is_some_and(|a| a != id) {
+                        tracing::warn!(
+                            component_id = %self.telemetry.id,
+                            "barrier {id} arrived while aligning another"
+                        );
+                    }
+                    self.aligning = Some(id);
+                    if self.aligned()
+                        && let Some(id) = self.release_alignment()
+                    {
+                        return Poll::Ready(Event::Barrier(id));
+                    }
+                }
+                Poll::Ready(None) => {
+                    port.closed = true;
+                    if self.aligned()
+                        && let Some(id) = self.release_alignment()
+                    {
+                        return Poll::Ready(Event::Barrier(id));
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        if self.ports.iter().all(|p| p.closed) {
+            Poll::Ready(Event::Closed)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Counts a batch; for sinks, tags it with the epoch token.
+    fn hand_out(&mut self, event: Event) -> Event {
         let now = (self.measure_latency || self.wait_started.is_some()).then(Instant::now);
         if let (Some(start), Some(now)) = (self.wait_started.take(), now) {
             self.telemetry.emit(Waited {
                 elapsed: now.saturating_duration_since(start),
             });
         }
-        if let Some(b) = &b {
-            self.telemetry.emit(EventsReceived {
-                count: b.num_rows() as u64,
-            });
-            if self.measure_latency {
-                self.handed_out = now;
+        match event {
+            Event::Batch(mut b) => {
+                self.telemetry.emit(EventsReceived {
+                    count: b.num_rows() as u64,
+                });
+                if self.measure_latency {
+                    self.handed_out = now;
+                }
+                if let Some(e) = &self.epochs {
+                    b.finalizers.merge(e.current.clone());
+                }
+                Event::Batch(b)
             }
+            Event::Barrier(id) => {
+                if let Some(e) = &mut self.epochs {
+                    // Dropping the old epoch's token: once every batch of the epoch is
+                    // released too, the coordinator hears `id`.
+                    e.current = Finalizers::one(e.acks.token(id + 1));
+                }
+                Event::Barrier(id)
+            }
+            other => other,
         }
-        b
     }
 
-    /// The next batch, or `None` once every upstream component has finished.
-    pub async fn recv(&mut self) -> Option<Batch> {
+    /// The next batch, barrier or the end of input.
+    pub async fn next_event(&mut self) -> Event {
         self.before_wait();
-        let b = self.rx.recv().await;
-        self.count(b)
+        let e = std::future::poll_fn(|cx| self.poll_event(cx)).await;
+        self.hand_out(e)
+    }
+
+    /// The next batch, barrier, the end of input, or [`Event::Idle`] after `wait`.
+    pub async fn next_event_timeout(&mut self, wait: Duration) -> Event {
+        self.before_wait();
+        let e = match tokio::time::timeout(wait, std::future::poll_fn(|cx| self.poll_event(cx)))
+            .await
+        {
+            Ok(e) => e,
+            Err(_) => Event::Idle,
+        };
+        self.hand_out(e)
+    }
+
+    /// Like [`SinkInput::next_event`], from a thread outside the async runtime.
+    pub fn blocking_next_event(&mut self) -> Event {
+        self.before_wait();
+        let e = block_on(std::future::poll_fn(|cx| self.poll_event(cx)));
+        self.hand_out(e)
+    }
+
+    /// Like [`SinkInput::next_event_timeout`], from a thread outside the runtime.
+    pub fn blocking_next_event_timeout(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        wait: Duration,
+    ) -> Event {
+        runtime.block_on(self.next_event_timeout(wait))
+    }
+
+    /// The next batch, or `None` once every upstream component has finished. Barriers
+    /// are handled here (a sink need not know of them).
+    pub async fn recv(&mut self) -> Option<Batch> {
+        loop {
+            match self.next_event().await {
+                Event::Batch(b) => return Some(b),
+                Event::Closed => return None,
+                Event::Barrier(_) | Event::Idle => {}
+            }
+        }
     }
 
     /// The next batch, from a thread outside the async runtime.
     pub fn blocking_recv(&mut self) -> Option<Batch> {
-        self.before_wait();
-        let b = self.rx.blocking_recv();
-        self.count(b)
+        loop {
+            match self.blocking_next_event() {
+                Event::Batch(b) => return Some(b),
+                Event::Closed => return None,
+                Event::Barrier(_) | Event::Idle => {}
+            }
+        }
     }
 
     /// The next batch or [`Recv::Idle`] after `wait`, from a thread outside the runtime.
@@ -387,20 +703,37 @@ impl SinkInput {
 
     /// The next batch or [`Recv::Idle`] after `wait`.
     pub async fn recv_timeout(&mut self, wait: Duration) -> Recv {
-        self.before_wait();
-        match tokio::time::timeout(wait, self.rx.recv()).await {
-            Ok(Some(b)) => match self.count(Some(b)) {
-                Some(b) => Recv::Batch(b),
-                None => Recv::Closed,
-            },
-            Ok(None) => {
-                self.count(None);
-                Recv::Closed
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event_timeout(left).await {
+                Event::Batch(b) => return Recv::Batch(b),
+                Event::Closed => return Recv::Closed,
+                Event::Idle => return Recv::Idle,
+                Event::Barrier(_) => {}
             }
-            Err(_) => {
-                self.count(None);
-                Recv::Idle
-            }
+        }
+    }
+}
+
+/// Runs a future to completion on this thread (parking between wake-ups).
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => return v,
+            std::task::Poll::Pending => std::thread::park(),
         }
     }
 }
@@ -415,6 +748,8 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// The runtime, for sources that read on their own thread.
     pub runtime: tokio::runtime::Handle,
+    /// Where to resume, and where to commit acknowledged positions.
+    pub checkpoint: SourceCheckpoint,
 }
 
 /// A running source: produces batches until its input ends or shutdown is requested.
@@ -500,6 +835,14 @@ pub trait Transform: Send + 'static {
 
     /// Wall-clock timer, for transforms that act on silence (missing data, window timeouts).
     fn tick(&mut self, _now: SystemTime, _cx: &mut TransformContext) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
+    /// Called at a checkpoint barrier, before [`Transform::checkpoint`]: finish work still
+    /// in flight (a batch handed to worker threads) and emit its outputs, so that state
+    /// and outputs reflect exactly the events received so far. Unlike `flush`, open
+    /// windows stay open.
+    fn before_checkpoint(&mut self, _cx: &mut TransformContext) -> Result<(), ComponentError> {
         Ok(())
     }
 
@@ -603,4 +946,103 @@ pub trait SinkConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 'sta
         input: SchemaRef,
         cx: BuildContext,
     ) -> impl Future<Output = Result<Box<dyn Sink>, BuildError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ComponentKind;
+    use arrow_array::Int64Array;
+    use arrow_schema::{DataType, Field, Schema};
+
+    fn batch(v: i64) -> Batch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        Batch::new(RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap())
+    }
+
+    fn value(e: &Event) -> String {
+        match e {
+            Event::Batch(b) => {
+                let v = b
+                    .data
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                format!("{}", v.value(0))
+            }
+            Event::Barrier(id) => format!("barrier {id}"),
+            Event::Idle => "idle".into(),
+            Event::Closed => "closed".into(),
+        }
+    }
+
+    fn telemetry() -> Arc<ComponentTelemetry> {
+        Arc::new(ComponentTelemetry::new(
+            "t",
+            ComponentKind::Transform,
+            "test",
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_barrier_is_aligned_over_every_input() {
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (b_tx, b_rx) = mpsc::channel(8);
+        let mut input = SinkInput::from_edges(vec![a_rx, b_rx], telemetry());
+        a_tx.send(Message::Batch(batch(1))).await.unwrap();
+        a_tx.send(Message::Barrier(7)).await.unwrap();
+        a_tx.send(Message::Batch(batch(2))).await.unwrap();
+        b_tx.send(Message::Batch(batch(10))).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(value(&input.next_event().await));
+        }
+        seen.sort();
+        assert_eq!(seen, vec!["1", "10"]);
+        // Input a is blocked behind its barrier: `2` must not come before b's barrier.
+        assert_eq!(
+            value(&input.next_event_timeout(Duration::from_millis(20)).await),
+            "idle"
+        );
+        b_tx.send(Message::Barrier(7)).await.unwrap();
+        assert_eq!(value(&input.next_event().await), "barrier 7");
+        assert_eq!(value(&input.next_event().await), "2");
+        drop(a_tx);
+        drop(b_tx);
+        assert_eq!(value(&input.next_event().await), "closed");
+    }
+
+    #[tokio::test]
+    async fn a_closed_input_counts_as_aligned() {
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (b_tx, b_rx) = mpsc::channel(8);
+        let mut input = SinkInput::from_edges(vec![a_rx, b_rx], telemetry());
+        a_tx.send(Message::Barrier(3)).await.unwrap();
+        b_tx.send(Message::Batch(batch(5))).await.unwrap();
+        drop(b_tx);
+        assert_eq!(value(&input.next_event().await), "5");
+        assert_eq!(value(&input.next_event().await), "barrier 3");
+        drop(a_tx);
+        assert_eq!(value(&input.next_event().await), "closed");
+    }
+
+    #[tokio::test]
+    async fn sinks_learn_when_an_epoch_is_released() {
+        let (tx, rx) = mpsc::channel(8);
+        let (acks, mut ack_rx) = crate::ack::ack_channel();
+        let mut input = SinkInput::new(rx, telemetry()).with_epochs(acks, 1);
+        tx.send(Message::Batch(batch(1))).await.unwrap();
+        tx.send(Message::Barrier(1)).await.unwrap();
+        tx.send(Message::Batch(batch(2))).await.unwrap();
+        let first = input.recv().await.unwrap();
+        let second = input.recv().await.unwrap(); // past barrier 1
+        assert!(ack_rx.try_recv().is_err(), "batch 1 is not released yet");
+        drop(first);
+        let ack = ack_rx.recv().await.unwrap();
+        assert_eq!((ack.id, ack.delivered), (1, true));
+        drop(second);
+        drop(input);
+        assert_eq!(ack_rx.recv().await.unwrap().id, 2);
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! A pipeline file has the tables `sources`, `transforms`, `sinks` (one sub-table per
 //! component, with `type` and, for transforms and sinks, `inputs`) and optionally
-//! `dead_letter`. Every problem found is reported, not only the first.
+//! `dead_letter` and `checkpoint`. Every problem found is reported, not only the first.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,6 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::admin::AdminConfig;
+use crate::checkpoint::CheckpointConfig;
 use crate::dead_letter::DeadLetterConfig;
 use crate::error::ConfigError;
 use crate::registry::{self, AnyConfig, ComponentKind};
@@ -32,6 +33,8 @@ pub struct ComponentEntry {
     /// The settings as written (without `type` and `inputs`), as JSON: what a running
     /// pipeline compares on reload and reports as the component's parameters.
     pub settings: serde_json::Value,
+    /// A sink's disk buffer (`buffer = { ... }`), when it has one.
+    pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
 
 /// A parsed pipeline file (not yet checked as a graph).
@@ -43,6 +46,8 @@ pub struct PipelineConfig {
     pub dead_letter: DeadLetterConfig,
     /// The admin API, when `[admin]` is present.
     pub admin: Option<AdminConfig>,
+    /// Checkpoints and acknowledged positions, when `[checkpoint]` is given.
+    pub checkpoint: Option<CheckpointConfig>,
     /// Where each setting sits in the file, for error messages.
     pub lines: LineIndex,
     /// Problems found while parsing components; validation adds its own and reports all.
@@ -181,7 +186,14 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 /// Top-level tables a pipeline file may have.
-const TOP_LEVEL: [&str; 5] = ["sources", "transforms", "sinks", "dead_letter", "admin"];
+const TOP_LEVEL: [&str; 6] = [
+    "sources",
+    "transforms",
+    "sinks",
+    "dead_letter",
+    "checkpoint",
+    "admin",
+];
 
 /// Interpolates, parses and type-checks each component's settings. A file that cannot
 /// be read as TOML at all is an `Err`; problems in single components are collected in
@@ -243,6 +255,20 @@ pub fn load(
         },
     };
 
+    let checkpoint = match root.get("checkpoint") {
+        None => None,
+        Some(v) => match parse_settings::<CheckpointConfig>(v.clone()) {
+            Ok(c) => {
+                errors.extend(c.validate());
+                Some(c)
+            }
+            Err(e) => {
+                errors.push(spanned_error("checkpoint", e, &starts));
+                None
+            }
+        },
+    };
+
     let mut components = Vec::new();
     let mut seen: BTreeMap<String, ComponentKind> = BTreeMap::new();
     for kind in [
@@ -292,6 +318,7 @@ pub fn load(
         components,
         dead_letter,
         admin,
+        checkpoint,
         lines,
         errors,
     })
@@ -350,6 +377,7 @@ fn parse_component(
         inputs: Vec::new(),
         config: None,
         settings: serde_json::Value::Null,
+        buffer: None,
     };
     let DeValue::Table(table) = body.get_ref() else {
         let e = here(
@@ -427,6 +455,18 @@ fn parse_component(
     settings.remove("type");
     settings.remove("inputs");
     entry.settings = settings_json(&settings, body.span());
+    if kind == ComponentKind::Sink
+        && let Some(b) = settings.remove("buffer")
+    {
+        match parse_settings::<crate::disk_buffer::DiskBufferConfig>(b) {
+            Ok(c) => {
+                let prefix = format!("{path}.buffer");
+                errors.extend(c.validate(&prefix));
+                entry.buffer = Some(c);
+            }
+            Err(e) => errors.push(spanned_error(&format!("{path}.buffer"), e, starts)),
+        }
+    }
     let config = descriptor.and_then(|d| {
         let value = Spanned::new(body.span(), DeValue::Table(settings));
         match d.parse(toml::de::ValueDeserializer::from(value)) {

@@ -1,18 +1,35 @@
-//! A running pipeline that can be watched, tuned and rewired while it runs.
+//! A running pipeline that can be watched, tuned and rewired while it runs. This is the
+//! one runner: [`BuiltPipeline::run`] is [`start`] without a handle.
 //!
 //! [`start`] spawns every component of a built pipeline (sources and sinks as tasks,
-//! transforms on threads of their own) joined by bounded queues, and returns a
-//! [`LiveHandle`] and the future that drives the run to its end.
+//! transforms on threads of their own) joined by one bounded channel per edge, and
+//! returns a [`LiveHandle`] and the future that drives the run to its end.
 //!
 //! - Each component's output is a [`Fanout`] shared with the runner, so the graph can be
-//!   rewired without stopping anything: a queue nobody lists any more closes once the
+//!   rewired without stopping anything: an edge nobody lists any more closes once the
 //!   sends in flight are done, and its consumer drains, flushes and ends.
-//! - Each transform answers [`ControlRequest`]s between batches (its tunable parameters).
+//! - Each transform answers [`ControlRequest`]s between batches (its tunable parameters),
+//!   and at a checkpoint barrier snapshots its state and forwards the barrier (see
+//!   [`crate::checkpoint`]: barriers are aligned across a component's input edges, sinks
+//!   close an epoch per barrier and release its acknowledgements once durable).
 //! - A reload ([`ReloadRequest`]) compares the new pipeline with the running one: unchanged
-//!   components keep running with their state; components whose only changes are tunable
-//!   parameters are changed in place (state kept); the rest are built anew (first, so a
-//!   failing build leaves the running pipeline untouched) and swapped in, the old
-//!   instances draining into their old targets.
+//!   components keep running with their state and their input edges; components whose
+//!   only changes are tunable parameters are changed in place (state kept); the rest are
+//!   built anew (first, so a failing build leaves the running pipeline untouched) and
+//!   swapped in, the old instances draining into their old edges.
+//!
+//! # Reload and checkpoints
+//!
+//! With a `[checkpoint]` table, the graph changes only between two checkpoints: a reload
+//! that replaces, adds or removes components first waits for the checkpoint in flight to
+//! complete (giving up, with nothing changed, after 30 s), and no checkpoint starts again
+//! until every replaced instance has drained and ended. A checkpoint therefore never
+//! mixes old and new instances, and every barrier crosses one graph. A replaced source
+//! stops, waits for every batch it sent to be acknowledged and commits that position;
+//! its successor starts only then, from that position, so nothing acknowledged is lost
+//! and nothing is read twice by the transforms that kept running. A replaced sink with a
+//! disk buffer hands the buffer's files over the same way. Without checkpoints a
+//! rebuilt source starts as a freshly built one does.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,21 +42,24 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Finalizers;
+use crate::ack::{Finalizers, ack_channel};
 use crate::batch::Batch;
+use crate::checkpoint::SourceCheckpoint;
+use crate::checkpoint::{CheckpointStore, CheckpointSummary, Coordinator, Report, ReportPort};
 use crate::component::{
-    BuildContext, ComponentContext, Fanout, Output, Recv, SendError, SinkContext, SinkInput,
-    SourceContext, Transform, TransformContext,
+    BarrierPort, BuildContext, ComponentContext, Event, Fanout, Message, Output, SendError,
+    SinkContext, SinkInput, SourceContext, Transform, TransformContext,
 };
 use crate::control::{self, ControlError, ControlRequest, TransformControl};
 use crate::dead_letter::DeadLetter;
+use crate::disk_buffer::DiskBuffer;
 use crate::error::{ComponentError, ConfigError};
 use crate::registry::{self, AnyConfig, ComponentKind};
 use crate::telemetry::{
     BatchProcessed, ComponentStarted, ComponentStopped, ComponentTelemetry, QueueFill,
     TelemetrySnapshot,
 };
-use crate::topology::{BuiltPipeline, Node, Pipeline, RunReport, Runtime, build_node};
+use crate::topology::{BuiltPipeline, Node, Pipeline, RunReport, Runtime, build_node, open_buffer};
 
 /// How to run.
 #[derive(Default)]
@@ -302,6 +322,7 @@ fn check_settings(view: &ComponentView, settings: Value) -> Result<(), ParamErro
 }
 
 /// A component in the running graph.
+/// A component instance in the running graph.
 struct Running {
     id: String,
     kind: ComponentKind,
@@ -312,9 +333,9 @@ struct Running {
     /// Settings as written in the file it was loaded from.
     file_settings: Value,
     telemetry: Arc<ComponentTelemetry>,
-    /// Its input queue (transforms and sinks); weak, so the queue closes when the last
-    /// output feeding it goes.
-    queue: Option<mpsc::WeakSender<Batch>>,
+    /// Its input edges, by upstream id (transforms and sinks); weak, so an edge closes
+    /// when the last output feeding it goes.
+    edges: Vec<(String, mpsc::WeakSender<Message>)>,
     /// Its output (sources and transforms).
     fanout: Option<Fanout>,
     /// Stops it (sources).
@@ -322,6 +343,44 @@ struct Running {
     control: Option<TransformControl>,
     /// The task running this instance.
     task: u64,
+    /// Its slot at the checkpoint coordinator.
+    slot: usize,
+    /// Cancelled once the instance's task has ended.
+    ended: CancellationToken,
+}
+
+/// Checkpointing of the running pipeline (a `[checkpoint]` table).
+struct Checkpoints {
+    reports: mpsc::UnboundedSender<Report>,
+    store: Arc<std::sync::Mutex<CheckpointStore>>,
+    coordinator: tokio::task::JoinHandle<CheckpointSummary>,
+    /// Paused by a reload; resumed once the replaced instances have drained.
+    paused: bool,
+}
+
+/// An input edge as its consumer gets it.
+struct InEdge {
+    from: String,
+    weak: mpsc::WeakSender<Message>,
+    rx: mpsc::Receiver<Message>,
+}
+
+/// How a component instance starts.
+#[derive(Default)]
+struct Start {
+    /// Its slot at the checkpoint coordinator.
+    slot: usize,
+    /// Id of the first barrier it will see (a sink numbers its epochs from it).
+    first_barrier: u64,
+    /// A source's barrier requests (with checkpoints).
+    barriers: Option<BarrierPort>,
+    /// Where a source resumes, when known now.
+    source_checkpoint: Option<SourceCheckpoint>,
+    /// A sink's disk buffer, when opened already.
+    buffer: Option<Arc<DiskBuffer>>,
+    /// The instance this one replaces, to wait for: a source then resumes at the
+    /// position that one committed, a sink reopens the disk buffer that one closed.
+    after: Option<CancellationToken>,
 }
 
 struct Runner {
@@ -335,9 +394,13 @@ struct Runner {
     /// Task id -> component id and counters, for every task ever started.
     owners: HashMap<u64, (String, Arc<ComponentTelemetry>)>,
     next_task: u64,
+    next_slot: usize,
     /// Every component's counters in the order they first ran, for the report.
     report_order: Vec<Arc<ComponentTelemetry>>,
     handle: LiveHandle,
+    checkpoints: Option<Checkpoints>,
+    /// Tasks of instances a reload replaced that have not ended yet.
+    draining: HashSet<u64>,
 }
 
 /// Starts every component of `built`; returns the handle on the running pipeline and the
@@ -354,6 +417,8 @@ pub fn start(
         telemetry,
         dead_letter,
         edge_capacity,
+        checkpoints,
+        mut buffers,
     } = built;
     let handle = LiveHandle(Arc::new(LiveState {
         components: RwLock::new(Vec::new()),
@@ -361,6 +426,43 @@ pub fn start(
         profiling: options.profile,
         changing: tokio::sync::Mutex::new(()),
     }));
+
+    // Checkpoint coordinator: barrier requests to sources, reports from everyone. The
+    // slot of each first instance is its place in the pipeline.
+    let mut starts: Vec<Start> = (0..nodes.len())
+        .map(|slot| Start {
+            slot,
+            ..Start::default()
+        })
+        .collect();
+    let checkpoints = checkpoints.map(|store| {
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let mut requests = HashMap::new();
+        for (i, (n, _)) in nodes.iter().enumerate() {
+            if n.kind == ComponentKind::Source {
+                let (tx, rx) = mpsc::unbounded_channel();
+                requests.insert(i, tx);
+                let port = ReportPort {
+                    node: i,
+                    tx: report_tx.clone(),
+                };
+                starts[i].barriers = Some(BarrierPort::new(rx, port));
+                starts[i].source_checkpoint = Some(store.source_handle(&n.id));
+            }
+        }
+        let kinds = nodes.iter().map(|(n, _)| (n.id.clone(), n.kind)).collect();
+        let c = Coordinator::new(store, kinds, requests);
+        for s in &mut starts {
+            s.first_barrier = c.first_id();
+        }
+        Checkpoints {
+            reports: report_tx,
+            store: c.store(),
+            coordinator: tokio::spawn(c.run(report_rx)),
+            paused: false,
+        }
+    });
+
     let mut runner = Runner {
         runtime,
         dead_letter,
@@ -371,32 +473,30 @@ pub fn start(
         tasks: JoinSet::new(),
         owners: HashMap::new(),
         next_task: 0,
+        next_slot: nodes.len(),
         report_order: telemetry.clone(),
         handle: handle.clone(),
+        checkpoints,
+        draining: HashSet::new(),
     };
 
-    // Queues first, so every output knows its targets before anything runs.
-    let mut senders: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
-    let mut receivers: Vec<Option<mpsc::Receiver<Batch>>> = Vec::new();
-    for (n, _) in &nodes {
-        if n.kind == ComponentKind::Source {
-            receivers.push(None);
-        } else {
-            let (tx, rx) = mpsc::channel(edge_capacity);
-            senders.insert(n.id.clone(), tx);
-            receivers.push(Some(rx));
-        }
-    }
+    // One bounded channel per edge (a consumer can stop reading one input while it
+    // aligns a checkpoint barrier), all made before anything runs.
     let metas: Vec<(String, Vec<String>)> = nodes
         .iter()
         .map(|(n, _)| (n.id.clone(), n.inputs.clone()))
         .collect();
-    for (((node, rt), t), rx) in nodes.into_iter().zip(telemetry).zip(receivers) {
-        let targets = consumers_of(&node.id, &metas)
-            .filter_map(|c| senders.get(c).cloned())
-            .collect();
-        let queue = senders.get(&node.id).map(|tx| tx.downgrade());
-        runner.spawn(node, rt, t, rx, queue, targets);
+    let mut senders: HashMap<(String, String), mpsc::Sender<Message>> = HashMap::new();
+    let mut in_edges: Vec<Vec<InEdge>> = Vec::new();
+    for (n, _) in &nodes {
+        in_edges.push(runner.new_edges(&n.id, &n.inputs, &mut senders));
+    }
+    for ((((node, rt), t), edges), mut start) in
+        nodes.into_iter().zip(telemetry).zip(in_edges).zip(starts)
+    {
+        start.buffer = buffers.remove(&node.id);
+        let targets = targets_of(&node.id, &metas, &senders);
+        runner.spawn(node, rt, t, edges, targets, start);
     }
     drop(senders);
     runner.publish();
@@ -416,13 +516,27 @@ fn consumers_of<'a>(
         .map(|(c, _)| c)
 }
 
-fn queue_probe(queue: &mpsc::WeakSender<Batch>) -> crate::telemetry::QueueProbe {
-    let queue = queue.clone();
+/// The edges out of `id`, one per consumer.
+fn targets_of(
+    id: &str,
+    metas: &[(String, Vec<String>)],
+    senders: &HashMap<(String, String), mpsc::Sender<Message>>,
+) -> Vec<mpsc::Sender<Message>> {
+    consumers_of(id, metas)
+        .filter_map(|c| senders.get(&(id.to_string(), c.clone())).cloned())
+        .collect()
+}
+
+/// Reads how full a component's input edges are, together.
+fn queue_probe(edges: Vec<mpsc::WeakSender<Message>>) -> crate::telemetry::QueueProbe {
     Box::new(move || {
-        queue.upgrade().map(|tx| QueueFill {
-            queued: tx.max_capacity() - tx.capacity(),
-            capacity: tx.max_capacity(),
-        })
+        let mut fill: Option<QueueFill> = None;
+        for tx in edges.iter().filter_map(|e| e.upgrade()) {
+            let f = fill.get_or_insert_with(QueueFill::default);
+            f.queued += tx.max_capacity() - tx.capacity();
+            f.capacity += tx.max_capacity();
+        }
+        fill
     })
 }
 
@@ -440,16 +554,49 @@ enum Plan {
     Build(Option<usize>),
 }
 
+/// Longest a reload waits for a checkpoint in flight to complete before giving up.
+const RELOAD_CHECKPOINT_WAIT: Duration = Duration::from_secs(30);
+
 impl Runner {
+    /// New channels for each distinct input of `id`; their senders go to `senders`.
+    fn new_edges(
+        &self,
+        id: &str,
+        inputs: &[String],
+        senders: &mut HashMap<(String, String), mpsc::Sender<Message>>,
+    ) -> Vec<InEdge> {
+        let mut edges: Vec<InEdge> = Vec::new();
+        for from in inputs {
+            if edges.iter().any(|e| &e.from == from) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(self.edge_capacity);
+            edges.push(InEdge {
+                from: from.clone(),
+                weak: tx.downgrade(),
+                rx,
+            });
+            senders.insert((from.clone(), id.to_string()), tx);
+        }
+        edges
+    }
+
+    fn report_port(&self, slot: usize) -> Option<ReportPort> {
+        self.checkpoints.as_ref().map(|c| ReportPort {
+            node: slot,
+            tx: c.reports.clone(),
+        })
+    }
+
     /// Starts one component instance; records it as the current one for its id.
     fn spawn(
         &mut self,
         node: Node,
         rt: Runtime,
         t: Arc<ComponentTelemetry>,
-        rx: Option<mpsc::Receiver<Batch>>,
-        queue: Option<mpsc::WeakSender<Batch>>,
-        targets: Vec<mpsc::Sender<Batch>>,
+        inputs: Vec<InEdge>,
+        targets: Vec<mpsc::Sender<Message>>,
+        start: Start,
     ) {
         let task = self.next_task;
         self.next_task += 1;
@@ -459,35 +606,99 @@ impl Runner {
         }
         t.set_profiling(self.profile);
         t.emit(ComponentStarted);
-        if let Some(q) = &queue {
-            t.set_queue_probe(Some(queue_probe(q)));
+        let edges: Vec<(String, mpsc::WeakSender<Message>)> = inputs
+            .iter()
+            .map(|e| (e.from.clone(), e.weak.clone()))
+            .collect();
+        if node.kind != ComponentKind::Source {
+            t.set_queue_probe(Some(queue_probe(
+                edges.iter().map(|(_, w)| w.clone()).collect(),
+            )));
         }
+        let receivers: Vec<mpsc::Receiver<Message>> = inputs.into_iter().map(|e| e.rx).collect();
         let component = ComponentContext::new(t.clone(), self.dead_letter.clone());
+        let reports = self.report_port(start.slot);
         let fanout = node.output_schema.as_ref().map(|_| Fanout::new(targets));
+        let Start {
+            slot,
+            first_barrier,
+            barriers,
+            source_checkpoint,
+            buffer,
+            after,
+        } = start;
         let out = node
             .output_schema
             .clone()
             .zip(fanout.clone())
-            .map(|(s, f)| Output::with_fanout(s, f, t.clone()));
+            .map(|(s, f)| {
+                let out = Output::with_fanout(s, f, t.clone());
+                match barriers {
+                    Some(port) => out.with_barriers(port),
+                    None => out,
+                }
+            });
+        let ended = CancellationToken::new();
+        // Runs when the instance's task ends, whatever the outcome.
+        let finish = {
+            let reports = reports.clone();
+            let ended = ended.clone();
+            move |r: &Result<(), ComponentError>| {
+                if let Some(port) = &reports {
+                    port.send(Report::Finished {
+                        node: port.node,
+                        ok: r.is_ok(),
+                    });
+                }
+                ended.cancel();
+            }
+        };
         let mut stop = None;
         let mut control = None;
         let runtime = self.runtime.clone();
-        match (rt, out, rx) {
-            (Runtime::Source(src), Some(out), None) => {
+        match (rt, out, node.kind) {
+            (Runtime::Source(src), Some(out), ComponentKind::Source) => {
                 let token = self.source_stop.child_token();
                 stop = Some(token.clone());
-                let cx = SourceContext {
-                    component,
-                    out,
-                    shutdown: token,
-                    runtime,
-                };
-                self.tasks.spawn(async move { (task, src.run(cx).await) });
+                let store = self.checkpoints.as_ref().map(|c| c.store.clone());
+                let id = node.id.clone();
+                self.tasks.spawn(async move {
+                    let checkpoint = match (after, store) {
+                        (Some(previous), Some(store)) => {
+                            previous.cancelled().await;
+                            let handle = store
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .takeover_handle(&id);
+                            match handle {
+                                Ok(h) => h,
+                                Err(e) => {
+                                    let r = Err(ComponentError::new(format!(
+                                        "cannot read where to resume: {e}"
+                                    )));
+                                    finish(&r);
+                                    return (task, r);
+                                }
+                            }
+                        }
+                        _ => source_checkpoint.unwrap_or_default(),
+                    };
+                    let cx = SourceContext {
+                        component,
+                        out,
+                        shutdown: token,
+                        runtime,
+                        checkpoint,
+                    };
+                    let r = src.run(cx).await;
+                    finish(&r);
+                    (task, r)
+                });
             }
-            (Runtime::Transform(tr), Some(out), Some(rx)) => {
+            (Runtime::Transform(tr), Some(out), ComponentKind::Transform) => {
                 let (handle, requests) = control::channel();
                 control = Some(handle);
-                let input = SinkInput::new(rx, t.clone());
+                let input = SinkInput::from_edges(receivers, t.clone());
                 let (done_tx, done_rx) = oneshot::channel();
                 let input_schema = node.input_schema.clone();
                 let spawned = std::thread::Builder::new()
@@ -495,11 +706,14 @@ impl Runner {
                     .spawn(move || {
                         let r = run_transform(
                             tr,
-                            input,
-                            out,
+                            TransformIo {
+                                input,
+                                out,
+                                requests,
+                                reports,
+                            },
                             component,
                             &runtime,
-                            requests,
                             input_schema,
                         );
                         let _ = done_tx.send(r);
@@ -511,24 +725,86 @@ impl Runner {
                             Err(ComponentError::new("transform thread panicked"))
                         }),
                     };
+                    finish(&r);
                     (task, r)
                 });
             }
-            (Runtime::Sink(sink), None, Some(rx)) => {
-                let input = SinkInput::new(rx, t.clone()).measuring_latency();
-                let cx = SinkContext { component, runtime };
-                self.tasks
-                    .spawn(async move { (task, sink.run(input, cx).await) });
+            (Runtime::Sink(sink), None, ComponentKind::Sink) => {
+                let input = SinkInput::from_edges(receivers, t.clone()).measuring_latency();
+                let input = match &reports {
+                    Some(port) => {
+                        let (acks, mut rx) = ack_channel();
+                        let port = port.clone();
+                        tokio::spawn(async move {
+                            while let Some(ack) = rx.recv().await {
+                                port.send(Report::SinkEpoch {
+                                    node: port.node,
+                                    id: ack.id,
+                                    delivered: ack.delivered,
+                                });
+                            }
+                        });
+                        input.with_epochs(acks, first_barrier)
+                    }
+                    None => input,
+                };
+                let cx = SinkContext {
+                    component: component.clone(),
+                    runtime,
+                };
+                let reopen = match (&buffer, &after, &node.buffer, &node.input_schema) {
+                    (None, Some(previous), Some(cfg), Some(schema)) => {
+                        Some((previous.clone(), cfg.clone(), schema.clone()))
+                    }
+                    _ => None,
+                };
+                let edge_capacity = self.edge_capacity;
+                let id = node.id.clone();
+                let type_name = node.type_name;
+                self.tasks.spawn(async move {
+                    let buffer = match (buffer, reopen) {
+                        (Some(b), _) => Some(b),
+                        (None, Some((previous, cfg, schema))) => {
+                            // The instance this one replaces holds the buffer's files.
+                            previous.cancelled().await;
+                            match open_buffer(&id, &cfg, &schema, &component) {
+                                Ok(b) => Some(b),
+                                Err(e) => {
+                                    let r = Err(ComponentError::new(e.message));
+                                    finish(&r);
+                                    return (task, r);
+                                }
+                            }
+                        }
+                        (None, None) => None,
+                    };
+                    let r = match buffer {
+                        None => sink.run(input, cx).await,
+                        Some(buffer) => {
+                            // input -> disk buffer -> sink. The sink's own input is not
+                            // counted again.
+                            let (tx, rx) = mpsc::channel(edge_capacity);
+                            let scratch = Arc::new(ComponentTelemetry::new(
+                                id.as_str(),
+                                ComponentKind::Sink,
+                                type_name,
+                            ));
+                            let inner = SinkInput::new(rx, scratch);
+                            let (sunk, buffered) =
+                                tokio::join!(sink.run(inner, cx), buffer.run(input, tx, component));
+                            sunk.and(buffered)
+                        }
+                    };
+                    finish(&r);
+                    (task, r)
+                });
             }
             _ => {
-                self.tasks.spawn(async move {
-                    (
-                        task,
-                        Err(ComponentError::new(
-                            "component wiring does not match its kind",
-                        )),
-                    )
-                });
+                let r = Err(ComponentError::new(
+                    "component wiring does not match its kind",
+                ));
+                finish(&r);
+                self.tasks.spawn(async move { (task, r) });
             }
         }
         let running = Running {
@@ -540,14 +816,16 @@ impl Runner {
             output_schema: node.output_schema,
             file_settings: node.settings,
             telemetry: t,
-            queue,
+            edges,
             fanout,
             stop,
             control,
             task,
+            slot,
+            ended,
         };
         match self.nodes.iter_mut().find(|n| n.id == running.id) {
-            Some(slot) => *slot = running,
+            Some(current) => *current = running,
             None => self.nodes.push(running),
         }
     }
@@ -620,11 +898,25 @@ impl Runner {
         if let Err(e) = self.dead_letter.flush() {
             failures.push(("dead_letter".into(), format!("cannot flush: {e}")));
         }
+        let checkpoints = match self.checkpoints.take() {
+            None => None,
+            Some(c) => {
+                let _ = c.reports.send(Report::End {
+                    clean: failures.is_empty(),
+                });
+                drop(c.reports);
+                Some(c.coordinator.await.unwrap_or_else(|e| CheckpointSummary {
+                    errors: vec![format!("checkpoint coordinator stopped: {e}")],
+                    ..Default::default()
+                }))
+            }
+        };
         RunReport {
             elapsed: start.elapsed(),
             components: self.report_order.iter().map(|t| t.snapshot()).collect(),
             failures,
             interrupted: shutdown.is_cancelled(),
+            checkpoints,
         }
     }
 
@@ -637,14 +929,51 @@ impl Runner {
         let Some((id, t)) = self.owners.remove(&task) else {
             return;
         };
-        let current = self.nodes.iter().position(|n| n.task == task);
-        if current.is_some() {
+        if self.nodes.iter().any(|n| n.task == task) {
             t.emit(ComponentStopped);
         }
         if let Err(e) = result {
             tracing::error!(component_id = %id, "component failed: {e}");
             failures.push((id, e.message));
             self.source_stop.cancel();
+        }
+        if self.draining.remove(&task) {
+            self.resume_checkpoints();
+        }
+    }
+
+    /// Lets checkpoints go on once no replaced instance is left draining.
+    fn resume_checkpoints(&mut self) {
+        if !self.draining.is_empty() {
+            return;
+        }
+        if let Some(c) = self.checkpoints.as_mut().filter(|c| c.paused) {
+            c.paused = false;
+            let _ = c.reports.send(Report::Resume);
+            tracing::debug!("replaced components drained; checkpoints go on");
+        }
+    }
+
+    /// Stops checkpoints from starting and waits until none is in flight; returns the
+    /// id the next barrier will have (`0` without checkpoints).
+    async fn pause_checkpoints(&mut self) -> Result<u64, String> {
+        let Some(c) = self.checkpoints.as_mut() else {
+            return Ok(0);
+        };
+        let (reply, answer) = oneshot::channel();
+        let _ = c.reports.send(Report::Pause { reply });
+        c.paused = true;
+        match tokio::time::timeout(RELOAD_CHECKPOINT_WAIT, answer).await {
+            Ok(Ok(next)) => Ok(next),
+            Ok(Err(_)) => Err("the pipeline is shutting down".to_string()),
+            Err(_) => {
+                self.resume_checkpoints();
+                Err(format!(
+                    "a checkpoint in progress did not complete within {} s (is a sink \
+                     failing to deliver?); nothing was changed, try again",
+                    RELOAD_CHECKPOINT_WAIT.as_secs()
+                ))
+            }
         }
     }
 
@@ -656,7 +985,11 @@ impl Runner {
             .enumerate()
             .map(|(i, n)| (n.id.as_str(), i))
             .collect();
-        let mut plans = Vec::with_capacity(new.nodes.len());
+        // Edges into components that may keep running, held open while the reload
+        // awaits so none can close under it.
+        let mut held: HashMap<(String, String), mpsc::Sender<Message>> = HashMap::new();
+        let mut plans: Vec<Plan> = Vec::with_capacity(new.nodes.len());
+        let mut plan_of: HashMap<&str, usize> = HashMap::new();
         for n in &new.nodes {
             let plan = match old_index.get(n.id.as_str()) {
                 None => Plan::Build(None),
@@ -665,12 +998,25 @@ impl Runner {
                     let same_inputs = old.inputs.iter().collect::<HashSet<_>>()
                         == n.inputs.iter().collect::<HashSet<_>>();
                     let alive = self.owners.contains_key(&old.task);
-                    if old.kind != n.kind
+                    // A new upstream instance needs the edge into this one open.
+                    let edges: Vec<(String, Option<mpsc::Sender<Message>>)> = old
+                        .edges
+                        .iter()
+                        .map(|(from, w)| (from.clone(), w.upgrade()))
+                        .collect();
+                    let fed = edges.iter().all(|(from, tx)| {
+                        tx.is_some()
+                            || !plan_of
+                                .get(from.as_str())
+                                .is_some_and(|&p| matches!(plans[p], Plan::Build(_)))
+                    });
+                    let plan = if old.kind != n.kind
                         || old.type_name != n.type_name
                         || !same_inputs
                         || !same_fields(&old.input_schema, &n.input_schema)
                         || !same_fields(&old.output_schema, &n.output_schema)
                         || !alive
+                        || !fed
                     {
                         Plan::Build(Some(o))
                     } else if old.file_settings == n.settings {
@@ -680,14 +1026,24 @@ impl Runner {
                             Some(diff) => Plan::Retune(o, diff),
                             None => Plan::Build(Some(o)),
                         }
+                    };
+                    if !matches!(plan, Plan::Build(_)) {
+                        for (from, tx) in edges {
+                            if let Some(tx) = tx {
+                                held.insert((from, n.id.clone()), tx);
+                            }
+                        }
                     }
+                    plan
                 }
             };
+            plan_of.insert(n.id.as_str(), plans.len());
             plans.push(plan);
         }
 
         // Build everything new before touching the running graph.
         let mut built: Vec<Option<(Runtime, Arc<ComponentTelemetry>)>> = Vec::new();
+        let mut buffers: HashMap<String, Arc<DiskBuffer>> = HashMap::new();
         for (n, plan) in new.nodes.iter().zip(&plans) {
             let Plan::Build(old) = plan else {
                 built.push(None);
@@ -700,15 +1056,35 @@ impl Runner {
                 .unwrap_or_else(|| {
                     Arc::new(ComponentTelemetry::new(n.id.as_str(), n.kind, n.type_name))
                 });
+            let component = ComponentContext::new(t.clone(), self.dead_letter.clone());
             let cx = BuildContext {
-                component: ComponentContext::new(t.clone(), self.dead_letter.clone()),
+                component: component.clone(),
                 runtime: self.runtime.clone(),
             };
             let rt = build_node(n, cx).await.map_err(|e| e.message)?;
+            // A new sink's disk buffer opens now; one that replaces a running sink reopens
+            // it once that one has closed it.
+            if let (None, Some(cfg), Some(input)) = (old, &n.buffer, &n.input_schema) {
+                let b = open_buffer(&n.id, cfg, input, &component).map_err(|e| e.message)?;
+                buffers.insert(n.id.clone(), b);
+            }
             built.push(Some((rt, t)));
         }
 
         let mut summary = ReloadSummary::default();
+        let changes_graph = plans.iter().any(|p| matches!(p, Plan::Build(_)))
+            || self
+                .nodes
+                .iter()
+                .any(|o| !new.nodes.iter().any(|n| n.id == o.id));
+        // With checkpoints, the graph changes between two checkpoints: none in flight,
+        // none started until the replaced instances have drained.
+        let next_barrier = if changes_graph {
+            self.pause_checkpoints().await?
+        } else {
+            0
+        };
+
         // Parameters changed in place.
         for (n, plan) in new.nodes.iter().zip(&plans) {
             let Plan::Retune(o, diff) = plan else {
@@ -738,24 +1114,13 @@ impl Runner {
             }
         }
 
-        // New queues for new consumers; the queues of kept consumers stay.
-        let mut senders: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
-        let mut receivers: HashMap<String, mpsc::Receiver<Batch>> = HashMap::new();
+        // New edges into new instances; the edges into kept ones stay.
+        let mut senders = held;
+        let mut in_edges: HashMap<String, Vec<InEdge>> = HashMap::new();
         for (n, plan) in new.nodes.iter().zip(&plans) {
-            if n.kind == ComponentKind::Source {
-                continue;
-            }
-            match plan {
-                Plan::Build(_) => {
-                    let (tx, rx) = mpsc::channel(self.edge_capacity);
-                    senders.insert(n.id.clone(), tx);
-                    receivers.insert(n.id.clone(), rx);
-                }
-                Plan::Keep(o) | Plan::Retune(o, _) => {
-                    if let Some(tx) = self.nodes[*o].queue.as_ref().and_then(|q| q.upgrade()) {
-                        senders.insert(n.id.clone(), tx);
-                    }
-                }
+            if n.kind != ComponentKind::Source && matches!(plan, Plan::Build(_)) {
+                let edges = self.new_edges(&n.id, &n.inputs, &mut senders);
+                in_edges.insert(n.id.clone(), edges);
             }
         }
         let metas: Vec<(String, Vec<String>)> = new
@@ -763,23 +1128,18 @@ impl Runner {
             .iter()
             .map(|n| (n.id.clone(), n.inputs.clone()))
             .collect();
-        let targets_of = |id: &str| -> Vec<mpsc::Sender<Batch>> {
-            consumers_of(id, &metas)
-                .filter_map(|c| senders.get(c).cloned())
-                .collect()
-        };
 
         // Rewire the components that keep running.
         for (n, plan) in new.nodes.iter().zip(&plans) {
             if let Plan::Keep(o) | Plan::Retune(o, _) = plan
                 && let Some(f) = &self.nodes[*o].fanout
             {
-                f.replace(targets_of(&n.id));
+                f.replace(targets_of(&n.id, &metas, &senders));
             }
         }
 
         // Retire what is replaced or gone: sources are stopped; transforms and sinks
-        // drain once nothing feeds their queue.
+        // drain once nothing feeds their edges.
         let new_ids: HashSet<&str> = new.nodes.iter().map(|n| n.id.as_str()).collect();
         let mut retired = Vec::new();
         for (n, plan) in new.nodes.iter().zip(&plans) {
@@ -794,10 +1154,61 @@ impl Runner {
                 summary.removed.push(n.id.clone());
             }
         }
+        let mut predecessors: HashMap<String, CancellationToken> = HashMap::new();
         for &i in &retired {
-            if let Some(stop) = &self.nodes[i].stop {
+            let old = &self.nodes[i];
+            if let Some(stop) = &old.stop {
                 stop.cancel();
             }
+            if self.owners.contains_key(&old.task) {
+                self.draining.insert(old.task);
+            }
+            predecessors.insert(old.id.clone(), old.ended.clone());
+        }
+
+        // Slots for the new instances; the coordinator learns the graph before they run.
+        let mut starts: HashMap<String, Start> = HashMap::new();
+        let mut requests = HashMap::new();
+        let mut graph = Vec::new();
+        for (n, plan) in new.nodes.iter().zip(&plans) {
+            let slot = match plan {
+                Plan::Keep(o) | Plan::Retune(o, _) => self.nodes[*o].slot,
+                Plan::Build(old) => {
+                    let slot = self.next_slot;
+                    self.next_slot += 1;
+                    let mut start = Start {
+                        slot,
+                        first_barrier: next_barrier,
+                        buffer: buffers.remove(&n.id),
+                        ..Start::default()
+                    };
+                    if let Some(reports) = self.report_port(slot) {
+                        if n.kind == ComponentKind::Source {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            requests.insert(slot, tx);
+                            start.barriers = Some(BarrierPort::new(rx, reports));
+                        }
+                        // A source resumes where the instance it replaces stopped.
+                        if n.kind == ComponentKind::Source && old.is_some() {
+                            start.after = predecessors.get(&n.id).cloned();
+                        }
+                    }
+                    if n.kind == ComponentKind::Sink && n.buffer.is_some() && old.is_some() {
+                        start.after = predecessors.get(&n.id).cloned();
+                    }
+                    starts.insert(n.id.clone(), start);
+                    slot
+                }
+            };
+            graph.push((slot, n.id.clone(), n.kind));
+        }
+        if let Some(c) = &self.checkpoints
+            && changes_graph
+        {
+            let _ = c.reports.send(Report::Regraph {
+                nodes: graph,
+                requests,
+            });
         }
 
         // Start the new instances, in topological order.
@@ -825,15 +1236,18 @@ impl Runner {
                     if old.is_none() {
                         summary.added.push(n.id.clone());
                     }
-                    let targets = targets_of(&n.id);
-                    let rx = receivers.remove(&n.id);
-                    let queue = senders.get(&n.id).map(|tx| tx.downgrade());
-                    self.spawn(n, rt, t, rx, queue, targets);
+                    let targets = targets_of(&n.id, &metas, &senders);
+                    let edges = in_edges.remove(&n.id).unwrap_or_default();
+                    let start = starts.remove(&n.id).unwrap_or_default();
+                    self.spawn(n, rt, t, edges, targets, start);
                 }
                 (Plan::Build(_), None) => {}
             }
         }
         drop(senders);
+        if changes_graph {
+            self.resume_checkpoints();
+        }
         self.publish();
         tracing::info!(
             kept = summary.kept.len(),
@@ -879,21 +1293,33 @@ fn same_control(a: &Option<TransformControl>, b: &Option<TransformControl>) -> b
 
 enum Step {
     Control(ControlRequest),
-    Input(Recv),
+    Input(Event),
+}
+
+/// What a transform's thread reads from and writes to.
+struct TransformIo {
+    input: SinkInput,
+    out: Output,
+    requests: mpsc::Receiver<ControlRequest>,
+    reports: Option<ReportPort>,
 }
 
 /// The loop of a transform's thread: process each batch, send its outputs with the
-/// input's finalizers, answer control requests between batches, tick on silence, flush
-/// at the end.
+/// input's finalizers, snapshot state at checkpoint barriers, answer control requests
+/// between batches, tick on silence, flush at the end.
 fn run_transform(
     mut transform: Box<dyn Transform>,
-    mut input: SinkInput,
-    mut out: Output,
+    io: TransformIo,
     component: ComponentContext,
     runtime: &tokio::runtime::Handle,
-    mut requests: mpsc::Receiver<ControlRequest>,
     input_schema: Option<SchemaRef>,
 ) -> Result<(), ComponentError> {
+    let TransformIo {
+        mut input,
+        mut out,
+        mut requests,
+        reports,
+    } = io;
     let telemetry = component.telemetry().clone();
     let tap = AnomalyTap::new(out.schema(), input_schema.as_ref());
     telemetry.set_detector(tap.is_some());
@@ -910,12 +1336,9 @@ fn run_transform(
                     match tick {
                         Some(every) => {
                             let wait = every.saturating_sub(since_tick);
-                            input.recv_timeout(wait.max(Duration::from_millis(1))).await
+                            input.next_event_timeout(wait.max(Duration::from_millis(1))).await
                         }
-                        None => match input.recv().await {
-                            Some(b) => Recv::Batch(b),
-                            None => Recv::Closed,
-                        },
+                        None => input.next_event().await,
                     }
                 } => Step::Input(next),
             }
@@ -928,7 +1351,7 @@ fn run_transform(
             Step::Input(next) => next,
         };
         match next {
-            Recv::Batch(b) => {
+            Event::Batch(b) => {
                 let started = Instant::now();
                 cx.set_finalizers(b.finalizers);
                 transform.process(b.data, &mut cx)?;
@@ -937,8 +1360,36 @@ fn run_transform(
                     elapsed: started.elapsed(),
                 });
             }
-            Recv::Idle => {}
-            Recv::Closed => {
+            Event::Barrier(id) => {
+                // Work still in flight inside the transform is finished and its outputs
+                // sent before the barrier: state and outputs are then exactly those of
+                // the events before it.
+                transform.before_checkpoint(&mut cx)?;
+                if !forward(&mut cx, &mut out, tap.as_ref())? {
+                    return Ok(());
+                }
+                if let Some(port) = &reports {
+                    port.send(Report::TransformBarrier {
+                        node: port.node,
+                        id,
+                        state: transform.checkpoint().map_err(|e| e.message),
+                    });
+                }
+                match out.blocking_send_barrier(id) {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Event::Idle => {}
+            Event::Closed => {
+                if let Some(port) = &reports {
+                    transform.before_checkpoint(&mut cx)?;
+                    port.send(Report::TransformFinal {
+                        node: port.node,
+                        state: transform.checkpoint().map_err(|e| e.message),
+                    });
+                }
                 transform.flush(&mut cx)?;
                 forward(&mut cx, &mut out, tap.as_ref())?;
                 return Ok(());

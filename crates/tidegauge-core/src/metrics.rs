@@ -216,6 +216,22 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
     per_component(
         f,
         &labelled,
+        "tidegauge_component_stale_events_total",
+        "counter",
+        "Last good readings re-emitted, flagged stale, for failing endpoints (polled sources).",
+        |c| all(c.stale_events),
+    );
+    per_component(
+        f,
+        &labelled,
+        "tidegauge_component_missing_readings_total",
+        "counter",
+        "Polls whose endpoint had neither a fresh nor a recent enough reading.",
+        |c| all(c.missing_readings),
+    );
+    per_component(
+        f,
+        &labelled,
         "tidegauge_component_watermark_lag_seconds",
         "gauge",
         "How far the component's event-time watermark trails the wall clock.",

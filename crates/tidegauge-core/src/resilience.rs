@@ -593,6 +593,51 @@ impl Resilience {
     }
 }
 
+impl Resilience {
+    /// Like [`Resilience::call`], for code running on a thread of its own (a sink writing
+    /// files): waits by sleeping the thread.
+    pub fn call_blocking<T, E>(
+        &self,
+        breaker: Option<&CircuitBreaker>,
+        mut attempt: impl FnMut(u32) -> Result<T, E>,
+        retryable: impl Fn(&E) -> bool,
+        mut on_transition: impl FnMut(Transition),
+    ) -> Result<T, RetryError<E>> {
+        self.budget.deposit();
+        let mut n = 1;
+        loop {
+            if let Some(b) = breaker {
+                match b.acquire() {
+                    Ok(Some(t)) => on_transition(t),
+                    Ok(None) => {}
+                    Err(BreakerOpen) => return Err(RetryError::BreakerOpen),
+                }
+            }
+            let result = attempt(n);
+            if let Some(b) = breaker
+                && let Some(t) = b.record(result.is_ok())
+            {
+                on_transition(t);
+            }
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let may_retry =
+                        n < self.policy.max_attempts && retryable(&e) && self.budget.try_withdraw();
+                    if !may_retry {
+                        return Err(RetryError::Failed {
+                            error: e,
+                            attempts: n,
+                        });
+                    }
+                    std::thread::sleep(self.policy.backoff(n));
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,6 +765,30 @@ mod tests {
             .call(None, |_| async { Err("fatal") }, |_| false, |_| {})
             .await;
         assert!(matches!(out, Err(RetryError::Failed { attempts: 1, .. })));
+    }
+
+    #[test]
+    fn blocking_calls_retry_the_same_way() {
+        let r = Resilience::new(RetryPolicy {
+            initial_backoff_ms: 1,
+            max_backoff_ms: 2,
+            ..RetryPolicy::default()
+        });
+        let mut calls = 0;
+        let out: Result<u32, RetryError<&str>> = r.call_blocking(
+            None,
+            |n| {
+                calls += 1;
+                if n < 3 { Err("down") } else { Ok(n) }
+            },
+            |_| true,
+            |_| {},
+        );
+        assert_eq!(out.unwrap(), 3);
+        assert_eq!(calls, 3);
+        let out: Result<u32, RetryError<&str>> =
+            r.call_blocking(None, |_| Err("down"), |_| true, |_| {});
+        assert!(matches!(out, Err(RetryError::Failed { attempts: 4, .. })));
     }
 
     #[tokio::test(start_paused = true)]

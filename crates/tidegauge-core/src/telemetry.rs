@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::registry::ComponentKind;
-use crate::resilience::{BreakerState, Transition};
+use crate::resilience::BreakerState;
 
 /// Counters of one component. Cheap to update from any thread.
 #[derive(Debug)]
@@ -28,6 +28,11 @@ pub struct ComponentTelemetry {
     errors: AtomicU64,
     dead_lettered: AtomicU64,
     anomalies: AtomicU64,
+    stale_events: AtomicU64,
+    missing_readings: AtomicU64,
+    breaker_transitions: AtomicU64,
+    /// Per endpoint (network sources and sinks): breaker state and whether data is missing.
+    endpoints: Mutex<std::collections::BTreeMap<String, EndpointHealth>>,
     log_gate: Mutex<LogGate>,
     /// Time per batch spent processing (transforms) or writing (sinks).
     latency: LatencyHistogram,
@@ -40,7 +45,6 @@ pub struct ComponentTelemetry {
     watermark_lag_ms: AtomicU64,
     /// `BreakerState::as_gauge`, or `NO_BREAKER`.
     breaker_state: AtomicU64,
-    breaker_transitions: AtomicU64,
     /// Reads the fill of the component's input queue (set by the topology).
     queue_probe: ProbeSlot,
     /// The latest anomalies a detector flagged, newest last.
@@ -92,6 +96,15 @@ struct ActiveTime {
     finished: Option<Instant>,
 }
 
+/// How one endpoint of a component fares (a gauge per endpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointHealth {
+    /// State of its circuit breaker.
+    pub breaker: BreakerState,
+    /// Whether its data is missing (failing for longer than stale readings may stand in).
+    pub missing: bool,
+}
+
 /// A point-in-time copy of a component's counters.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TelemetrySnapshot {
@@ -138,6 +151,10 @@ pub struct TelemetrySnapshot {
     pub recent_anomalies: Vec<AnomalyRecord>,
     /// Whether the component is a detector (adds `is_anomaly` to its events).
     pub detector: bool,
+    /// Stale readings emitted in place of fresh ones (polled sources).
+    pub stale_events: u64,
+    /// Polls whose endpoint had neither a fresh nor a recent enough reading.
+    pub missing_readings: u64,
 }
 
 impl TelemetrySnapshot {
@@ -161,6 +178,10 @@ impl ComponentTelemetry {
             errors: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             anomalies: AtomicU64::new(0),
+            stale_events: AtomicU64::new(0),
+            missing_readings: AtomicU64::new(0),
+            breaker_transitions: AtomicU64::new(0),
+            endpoints: Mutex::new(Default::default()),
             log_gate: Mutex::new(LogGate::default()),
             latency: LatencyHistogram::default(),
             profiling: AtomicBool::new(false),
@@ -169,7 +190,6 @@ impl ComponentTelemetry {
             stale_readings: AtomicU64::new(0),
             watermark_lag_ms: AtomicU64::new(0),
             breaker_state: AtomicU64::new(NO_BREAKER),
-            breaker_transitions: AtomicU64::new(0),
             queue_probe: ProbeSlot::default(),
             recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
             detector: AtomicBool::new(false),
@@ -201,6 +221,22 @@ impl ComponentTelemetry {
         lock(&self.queue_probe.0).as_ref().and_then(|p| p())
     }
 
+    /// The breaker state to show: the worst over the component's endpoints, else the
+    /// state of its single breaker, if it has one.
+    fn breaker(&self) -> Option<BreakerState> {
+        let worst = self
+            .lock_endpoints()
+            .values()
+            .map(|h| h.breaker)
+            .max_by_key(|b| b.as_gauge());
+        worst.or(match self.breaker_state.load(Ordering::Relaxed) {
+            0 => Some(BreakerState::Closed),
+            1 => Some(BreakerState::HalfOpen),
+            2 => Some(BreakerState::Open),
+            _ => None,
+        })
+    }
+
     fn active_ns(&self) -> u64 {
         let a = lock(&self.active);
         match (a.started, a.finished) {
@@ -230,12 +266,7 @@ impl ComponentTelemetry {
             anomalies: self.anomalies.load(Ordering::Relaxed),
             stale_readings: self.stale_readings.load(Ordering::Relaxed),
             watermark_lag_ms: self.watermark_lag_ms.load(Ordering::Relaxed),
-            breaker: match self.breaker_state.load(Ordering::Relaxed) {
-                0 => Some(BreakerState::Closed),
-                1 => Some(BreakerState::HalfOpen),
-                2 => Some(BreakerState::Open),
-                _ => None,
-            },
+            breaker: self.breaker(),
             breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
             queue: self.queue_fill(),
             latency: self.latency.snapshot(),
@@ -247,7 +278,32 @@ impl ComponentTelemetry {
             waited_ns: self.waited_ns.load(Ordering::Relaxed),
             recent_anomalies: lock(&self.recent_anomalies).iter().cloned().collect(),
             detector: self.detector.load(Ordering::Relaxed),
+            stale_events: self.stale_events.load(Ordering::Relaxed),
+            missing_readings: self.missing_readings.load(Ordering::Relaxed),
         }
+    }
+
+    /// Health of every endpoint the component has reported on, by endpoint.
+    pub fn endpoints(&self) -> Vec<(String, EndpointHealth)> {
+        self.lock_endpoints()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    fn lock_endpoints(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, EndpointHealth>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn endpoint(&self, endpoint: &str, f: impl FnOnce(&mut EndpointHealth)) {
+        let mut map = self.lock_endpoints();
+        let health = map.entry(endpoint.to_string()).or_insert(EndpointHealth {
+            breaker: BreakerState::Closed,
+            missing: false,
+        });
+        f(health);
     }
 
     /// Whether a repeated warning may be logged now; at most one per second per
@@ -544,6 +600,29 @@ impl InternalEvent for AnomaliesSeen {
     }
 }
 
+/// An endpoint's circuit breaker changed state.
+pub struct BreakerTransitioned<'a> {
+    /// The endpoint (URL or id).
+    pub endpoint: &'a str,
+    /// Before.
+    pub from: BreakerState,
+    /// After.
+    pub to: BreakerState,
+}
+
+impl InternalEvent for BreakerTransitioned<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.breaker_transitions.fetch_add(1, Ordering::Relaxed);
+        t.endpoint(self.endpoint, |h| h.breaker = self.to);
+        let (from, to) = (self.from, self.to);
+        if to == BreakerState::Open {
+            tracing::warn!(component_id = %t.id, endpoint = self.endpoint, ?from, ?to, "circuit breaker opened");
+        } else {
+            tracing::info!(component_id = %t.id, endpoint = self.endpoint, ?from, ?to, "circuit breaker changed state");
+        }
+    }
+}
+
 /// Readings arrived (or failed to arrive) later than allowed.
 pub struct StaleReadings {
     /// How many.
@@ -582,23 +661,63 @@ impl InternalEvent for BreakerReady {
     }
 }
 
-/// A component's circuit breaker changed state (what `Resilience::call` reports).
-pub struct BreakerTransitioned {
-    /// From and to.
-    pub transition: Transition,
+/// Stale readings (last good values, flagged `stale`) were emitted for failing endpoints.
+pub struct StaleReadingsEmitted {
+    /// Number of stale readings.
+    pub count: u64,
 }
 
-impl InternalEvent for BreakerTransitioned {
+impl InternalEvent for StaleReadingsEmitted {
     fn emit(self, t: &ComponentTelemetry) {
-        t.breaker_state
-            .store(self.transition.to.as_gauge(), Ordering::Relaxed);
-        t.breaker_transitions.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            component_id = %t.id,
-            from = ?self.transition.from,
-            to = ?self.transition.to,
-            "circuit breaker changed state"
-        );
+        t.stale_events.fetch_add(self.count, Ordering::Relaxed);
+    }
+}
+
+/// A poll of an endpoint gave no reading, and its last good one is too old (or there is
+/// none): the endpoint's data is missing.
+pub struct EndpointDataMissing<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// Age of the last good reading, if any, in milliseconds.
+    pub last_good_age_ms: Option<u64>,
+}
+
+impl InternalEvent for EndpointDataMissing<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.missing_readings.fetch_add(1, Ordering::Relaxed);
+        let mut newly = false;
+        t.endpoint(self.endpoint, |h| {
+            newly = !h.missing;
+            h.missing = true;
+        });
+        if newly {
+            match self.last_good_age_ms {
+                Some(age) => {
+                    tracing::warn!(component_id = %t.id, endpoint = self.endpoint, "data missing: last good reading is {age} ms old, past max_stale_ms; no readings until it recovers")
+                }
+                None => {
+                    tracing::warn!(component_id = %t.id, endpoint = self.endpoint, "data missing: no good reading yet")
+                }
+            }
+        }
+    }
+}
+
+/// An endpoint whose data was missing answered again.
+pub struct EndpointRecovered<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+}
+
+impl InternalEvent for EndpointRecovered<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        let was = t
+            .lock_endpoints()
+            .get_mut(self.endpoint)
+            .is_some_and(|h| std::mem::replace(&mut h.missing, false));
+        if was {
+            tracing::info!(component_id = %t.id, endpoint = self.endpoint, "data flows again");
+        }
     }
 }
 
@@ -621,10 +740,9 @@ mod tests {
         assert_eq!((s.dead_lettered, s.errors), (1, 1));
         assert_eq!(s.breaker, None);
         t.emit(BreakerTransitioned {
-            transition: Transition {
-                from: BreakerState::Closed,
-                to: BreakerState::Open,
-            },
+            endpoint: "http://a",
+            from: BreakerState::Closed,
+            to: BreakerState::Open,
         });
         let s = t.snapshot();
         assert_eq!(

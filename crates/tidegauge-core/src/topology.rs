@@ -8,9 +8,11 @@ use std::time::Duration;
 use arrow_schema::SchemaRef;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{CheckpointConfig, CheckpointStore, CheckpointSummary};
 use crate::component::{BuildContext, ComponentContext, Sink, Source, Transform};
 use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
+use crate::disk_buffer::{DiskBuffer, DiskBufferConfig};
 use crate::error::{BuildError, ConfigError};
 use crate::registry::{AnyConfig, ComponentKind};
 use crate::schema;
@@ -39,6 +41,8 @@ pub struct Node {
     pub input_schema: Option<SchemaRef>,
     /// Schema of its output (sources and transforms).
     pub output_schema: Option<SchemaRef>,
+    /// A sink's disk buffer, when configured.
+    pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
 
 /// A pipeline whose every component config and every edge has been checked.
@@ -48,6 +52,8 @@ pub struct Pipeline {
     pub nodes: Vec<Node>,
     /// Where records that cannot be processed go.
     pub dead_letter: DeadLetterConfig,
+    /// Checkpoints, when configured.
+    pub checkpoint: Option<CheckpointConfig>,
     /// The admin API settings, when `[admin]` is present.
     pub admin: Option<crate::admin::AdminConfig>,
     /// Where settings sit in the file.
@@ -87,6 +93,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
     let PipelineConfig {
         components,
         dead_letter,
+        checkpoint,
         admin,
         lines,
         errors: parse_errors,
@@ -257,12 +264,14 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                 settings: c.settings,
                 input_schema: inputs_of[i].take(),
                 output_schema: outputs[i].take(),
+                buffer: c.buffer,
             })
         })
         .collect();
     Ok(Pipeline {
         nodes,
         dead_letter,
+        checkpoint,
         admin,
         lines,
     })
@@ -321,6 +330,8 @@ pub struct BuiltPipeline {
     pub(crate) telemetry: Vec<Arc<ComponentTelemetry>>,
     pub(crate) dead_letter: DeadLetter,
     pub(crate) edge_capacity: usize,
+    pub(crate) checkpoints: Option<CheckpointStore>,
+    pub(crate) buffers: HashMap<String, Arc<DiskBuffer>>,
 }
 
 /// What a finished run reports.
@@ -334,6 +345,8 @@ pub struct RunReport {
     pub failures: Vec<(String, String)>,
     /// Whether the run ended because shutdown was requested (rather than end of input).
     pub interrupted: bool,
+    /// Checkpoints taken, when the pipeline has a `[checkpoint]` table.
+    pub checkpoints: Option<CheckpointSummary>,
 }
 
 impl RunReport {
@@ -381,7 +394,15 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
                 .unwrap_or_default()
         ))
     })?;
+    let mut checkpoints = match &pipeline.checkpoint {
+        None => None,
+        Some(c) => Some(
+            CheckpointStore::open(c)
+                .map_err(|e| BuildError::new(format!("checkpoint: cannot open: {e}")))?,
+        ),
+    };
     let runtime = tokio::runtime::Handle::current();
+    let mut buffers = HashMap::new();
     let mut nodes = Vec::with_capacity(pipeline.nodes.len());
     let mut telemetry = Vec::with_capacity(pipeline.nodes.len());
     for node in pipeline.nodes {
@@ -394,15 +415,43 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
             component: ComponentContext::new(t.clone(), dead_letter.clone()),
             runtime: runtime.clone(),
         };
+        let place = format!("{}.{}", node.kind.table(), node.id);
         let built = build_node(&node, cx).await?;
+        let built = restore(built, &node, &place, checkpoints.as_ref())?;
+        if let (Some(cfg), Some(input)) = (&node.buffer, &node.input_schema) {
+            let cx = ComponentContext::new(t.clone(), dead_letter.clone());
+            buffers.insert(node.id.clone(), open_buffer(&node.id, cfg, input, &cx)?);
+        }
         telemetry.push(t);
         nodes.push((node, built));
+    }
+    if let Some(store) = &mut checkpoints {
+        // A transform that has something to checkpoint when just built keeps state
+        // (asked only when the checkpoint does not already say so).
+        let stateful = store.has_transform_state()
+            || nodes.iter().any(|(_, rt)| {
+                matches!(rt, Runtime::Transform(t) if matches!(t.checkpoint(), Ok(Some(_))))
+            });
+        store.set_stateful(stateful);
+        for id in store.transforms_with_state() {
+            if !nodes
+                .iter()
+                .any(|(n, _)| n.id == id && n.kind == ComponentKind::Transform)
+            {
+                tracing::warn!(
+                    "checkpoint {} holds state of transform `{id}`, which the pipeline no longer has; ignored",
+                    store.last_id()
+                );
+            }
+        }
     }
     Ok(BuiltPipeline {
         nodes,
         telemetry,
         dead_letter,
         edge_capacity: DEFAULT_EDGE_CAPACITY,
+        checkpoints,
+        buffers,
     })
 }
 
@@ -427,6 +476,71 @@ pub(crate) async fn build_node(node: &Node, cx: BuildContext) -> Result<Runtime,
     .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))
 }
 
+/// Opens a sink's disk buffer, when it has one; damaged records found in it are
+/// dead-lettered.
+pub(crate) fn open_buffer(
+    id: &str,
+    cfg: &DiskBufferConfig,
+    input: &SchemaRef,
+    cx: &ComponentContext,
+) -> Result<Arc<DiskBuffer>, BuildError> {
+    let place = format!("{}.{id}", ComponentKind::Sink.table());
+    let (buffer, recovery) = DiskBuffer::open(cfg, input.clone()).map_err(|e| {
+        BuildError::new(format!(
+            "{place}.buffer: cannot open {}: {e}",
+            cfg.path.display()
+        ))
+    })?;
+    for (file, d) in &recovery.damage {
+        cx.dead_letter(
+            &format!("{}:{}", file.display(), d.offset),
+            &format!("disk buffer: {} ({} bytes)", d.reason, d.bytes),
+            b"",
+        );
+    }
+    if recovery.records > 0 {
+        tracing::info!(
+            component_id = %id,
+            "disk buffer {}: {} batch(es) from an earlier run to deliver",
+            cfg.path.display(),
+            recovery.records
+        );
+    }
+    Ok(buffer)
+}
+
+/// Gives a transform the state it had at the last checkpoint.
+fn restore(
+    built: Runtime,
+    node: &Node,
+    place: &str,
+    store: Option<&CheckpointStore>,
+) -> Result<Runtime, BuildError> {
+    let (mut t, store) = match (built, store) {
+        (Runtime::Transform(t), Some(store)) => (t, store),
+        (other, _) => return Ok(other),
+    };
+    let state = store
+        .transform_state(&node.id)
+        .map_err(|e| BuildError::new(format!("{place}: cannot read its checkpoint: {e}")))?;
+    if let Some(state) = state {
+        t.restore(&state).map_err(|e| {
+            BuildError::new(format!(
+                "{place}: cannot restore checkpoint {}: {}",
+                store.last_id(),
+                e.message
+            ))
+        })?;
+        tracing::info!(
+            component_id = %node.id,
+            "restored state of checkpoint {} ({} bytes)",
+            store.last_id(),
+            state.len()
+        );
+    }
+    Ok(Runtime::Transform(t))
+}
+
 fn missing(place: &str) -> BuildError {
     BuildError::new(format!(
         "{place}: schema missing (pipeline was not validated)"
@@ -446,8 +560,9 @@ impl BuiltPipeline {
     }
 
     /// Runs until every source has finished (end of input) or `shutdown` is cancelled,
-    /// then drains: transforms flush, sinks flush and close. See [`crate::live`] for a run
-    /// that can be watched, tuned and reloaded.
+    /// then drains: transforms flush, sinks flush and close. With checkpoints configured,
+    /// takes them while running and a final one after a clean end. See [`crate::live`]
+    /// for a run that can be watched, tuned and reloaded.
     pub async fn run(self, shutdown: CancellationToken) -> RunReport {
         let (_, run) = crate::live::start(self, shutdown, crate::live::RunOptions::default());
         run.await

@@ -9,10 +9,10 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tidegauge_detect::{
-    Aggregate, ChangePoint, ChangePointMethod, ChangePointParams, Combine, DeadlineTracker,
-    Detector, Ewma, EwmaParams, Flatline, FlatlineParams, HalfLife, HeartbeatParams, Mad,
-    MadParams, Rate, RateParams, Seasonal, SeasonalParams, Threshold, ThresholdParams, Verdict,
-    ZScore, ZScoreParams,
+    Aggregate, Baseline, BaselineParams, ChangePoint, ChangePointMethod, ChangePointParams,
+    Combine, DeadlineTracker, Detector, Ewma, EwmaParams, Flatline, FlatlineParams, HalfLife,
+    HeartbeatParams, Mad, MadParams, Rate, RateParams, Seasonal, SeasonalParams, Threshold,
+    ThresholdParams, Verdict, ZScore, ZScoreParams,
 };
 
 const EVENTS: usize = 10_000;
@@ -147,6 +147,13 @@ fn detectors(c: &mut Criterion) {
         });
         run(c, "changepoint", name, d, &data);
     }
+    run(
+        c,
+        "baseline",
+        "default",
+        Baseline::new(BaselineParams::default()),
+        &data,
+    );
 }
 
 fn others(c: &mut Criterion) {

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod baseline;
 pub mod changepoint;
 pub mod ensemble;
 pub mod ewma;
@@ -25,6 +26,7 @@ pub mod threshold;
 pub mod zscore;
 
 pub use aggregate::{Accumulator, Aggregate, AggregateMismatch};
+pub use baseline::{Baseline, BaselineParams};
 pub use changepoint::{ChangePoint, ChangePointMethod, ChangePointParams};
 pub use ensemble::Combine;
 pub use ewma::{Ewma, EwmaParams, HalfLife};

@@ -5,9 +5,9 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tidegauge_detect::{
-    ChangePoint, ChangePointMethod, ChangePointParams, Detector, Ewma, EwmaParams, Flatline,
-    FlatlineParams, HalfLife, Mad, MadParams, Rate, RateParams, Seasonal, SeasonalParams,
-    Threshold, ThresholdParams, Verdict, ZScore, ZScoreParams,
+    Baseline, BaselineParams, ChangePoint, ChangePointMethod, ChangePointParams, Detector, Ewma,
+    EwmaParams, Flatline, FlatlineParams, HalfLife, Mad, MadParams, Rate, RateParams, Seasonal,
+    SeasonalParams, Threshold, ThresholdParams, Verdict, ZScore, ZScoreParams,
 };
 
 /// Checks one detector on one stream of (timestamp, value).
@@ -140,6 +140,12 @@ proptest! {
         let params = ChangePointParams { method, min_events: 5, h: 3.0, ..ChangePointParams::default() };
         check(ChangePoint::new(params), &events)?;
     }
+
+    #[test]
+    fn baseline(events in stream(), half_life in prop_oneof![Just(0.5), Just(3.0)]) {
+        let params = BaselineParams { warmup: 5, half_life, threshold: 3.0 };
+        check(Baseline::new(params), &events)?;
+    }
 }
 
 #[test]
@@ -151,6 +157,7 @@ fn every_default_is_valid() {
     assert!(FlatlineParams::default().validate().is_ok());
     assert!(SeasonalParams::default().validate().is_ok());
     assert!(ChangePointParams::default().validate().is_ok());
+    assert!(BaselineParams::default().validate().is_ok());
     assert!(
         tidegauge_detect::HeartbeatParams::default()
             .validate()

@@ -22,6 +22,9 @@ pub fn describe_text(d: &ComponentDescriptor) -> String {
     if d.kind != ComponentKind::Source {
         out.push_str("  inputs  list of string  required\n      Ids of the sources or transforms whose events this component takes.\n");
     }
+    if d.kind == ComponentKind::Sink {
+        out.push_str("  buffer  table  optional\n      A disk buffer in front of the sink: `{ path = \"dir\", max_bytes = 268435456 }`.\n      Batches are fsynced there before upstream counts them delivered, survive a\n      restart, and a damaged record is reported and skipped.\n");
+    }
     for p in params(d) {
         let mut head = format!("  {}  {}", p.name, p.kind);
         if p.required {
@@ -56,6 +59,15 @@ pub fn component_schema(d: &ComponentDescriptor) -> Value {
                 "type".into(),
                 json!({ "const": d.type_name, "description": "Selects this component." }),
             );
+            if d.kind == ComponentKind::Sink {
+                let mut buffer =
+                    schemars::schema_for!(tidegauge_core::disk_buffer::DiskBufferConfig).to_value();
+                if let Some(b) = buffer.as_object_mut() {
+                    b.remove("$schema");
+                    b.remove("title");
+                }
+                props.insert("buffer".into(), buffer);
+            }
             if d.kind != ComponentKind::Source {
                 props.insert(
                     "inputs".into(),
@@ -143,6 +155,12 @@ pub fn pipeline_schema() -> Value {
         obj.remove("$schema");
     }
     tables.insert("admin".into(), admin);
+    let mut checkpoint =
+        schemars::schema_for!(tidegauge_core::checkpoint::CheckpointConfig).to_value();
+    if let Some(obj) = checkpoint.as_object_mut() {
+        obj.remove("$schema");
+    }
+    tables.insert("checkpoint".into(), checkpoint);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "tidegauge pipeline",

@@ -45,6 +45,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline until its input ends or Ctrl-C; prints a summary at the end.
@@ -161,6 +163,10 @@ enum Command {
         /// A detector setting, NAME=VALUE (repeatable), e.g. `--set window=50`.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// A setting for one value column only, CHANNEL:NAME=VALUE (repeatable), on top of
+        /// --set: e.g. `--channel-set Temperature:threshold=20` when sensors differ.
+        #[arg(long = "channel-set", value_name = "CHANNEL:NAME=VALUE")]
+        channel_set: Vec<String>,
         /// CSV or JSON Lines files, or directories of them.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
@@ -416,6 +422,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             detector,
             transform,
             set,
+            channel_set,
             inputs,
             out,
             time_column,
@@ -441,6 +448,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 detector,
                 transform,
                 set,
+                channel_set,
                 inputs,
                 out,
                 time_column,

@@ -478,6 +478,15 @@ pub fn summary(r: &RunReport) -> String {
         thousands(r.anomalies()),
         thousands(r.dead_lettered())
     ));
+    if let Some(c) = &r.checkpoints {
+        out.push_str(&format!(
+            "  checkpoints: {} taken, last is #{}\n",
+            c.completed, c.last_id
+        ));
+        for e in &c.errors {
+            out.push_str(&format!("  checkpoint problem: {e}\n"));
+        }
+    }
     out
 }
 

@@ -35,6 +35,8 @@ pub struct ScoreArgs {
     pub transform: Option<String>,
     /// `key=value` settings for a detector given by name.
     pub set: Vec<String>,
+    /// `channel:key=value` settings for one channel, on top of `set`.
+    pub channel_set: Vec<String>,
     /// Files or directories.
     pub inputs: Vec<PathBuf>,
     /// Output directory.
@@ -71,11 +73,14 @@ fn long_schema() -> SchemaRef {
     ]))
 }
 
-fn resolve_detector(args: &ScoreArgs) -> anyhow::Result<Detector> {
+/// The detector with the settings `set` (`key=value` each).
+fn resolve_detector(args: &ScoreArgs, set: &[String]) -> anyhow::Result<Detector> {
     let path = Path::new(&args.detector);
     let (name, config) = if args.detector.ends_with(".toml") || path.is_file() {
-        if !args.set.is_empty() {
-            bail!("--set applies to a detector given by name; edit the pipeline file instead");
+        if !set.is_empty() {
+            bail!(
+                "--set and --channel-set apply to a detector given by name; edit the pipeline file instead"
+            );
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -119,7 +124,7 @@ fn resolve_detector(args: &ScoreArgs) -> anyhow::Result<Detector> {
             )
         })?;
         let mut table = String::new();
-        for s in &args.set {
+        for s in set {
             let (k, v) = s
                 .split_once('=')
                 .ok_or_else(|| anyhow!("--set wants key=value, got `{s}`"))?;
@@ -432,10 +437,103 @@ fn csv_field(out: &mut impl Write, text: &str) -> std::io::Result<()> {
 
 const CHUNK_ROWS: usize = 4096;
 
+/// The channels one detector instance judges, and the verdicts it gave that are not yet
+/// written (in row order, then channel order).
+struct Group<'a> {
+    detector: &'a Detector,
+    /// Positions in `Layout::values`.
+    channels: Vec<usize>,
+    transform: Box<dyn tidegauge_core::Transform>,
+    cx: TransformContext,
+    verdicts: VecDeque<(f64, bool)>,
+}
+
+impl Group<'_> {
+    /// Moves the verdicts of the batches the transform emitted into the queue.
+    fn collect(&mut self) -> anyhow::Result<()> {
+        let score_col = self.detector.output.index_of("anomaly_score")?;
+        let flag_col = self.detector.output.index_of("is_anomaly")?;
+        for (batch, _) in self.cx.take_emitted() {
+            let scores = batch.column(score_col).as_primitive::<Float64Type>();
+            let flags = batch.column(flag_col).as_boolean();
+            for i in 0..batch.num_rows() {
+                let s = if scores.is_valid(i) {
+                    scores.value(i)
+                } else {
+                    0.0
+                };
+                self.verdicts
+                    .push_back((s, flags.is_valid(i) && flags.value(i)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a file's channels between the detector every channel gets and those that
+/// `--channel-set` gives settings of their own.
+fn groups<'a>(
+    detector: &'a Result<Detector, String>,
+    per_channel: &'a [(String, Detector)],
+    layout: &Layout,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Vec<Group<'a>>> {
+    for (name, _) in per_channel {
+        if !layout.values.iter().any(|(_, c)| c == name) {
+            let names: Vec<&str> = layout.values.iter().map(|(_, c)| c.as_str()).collect();
+            bail!(
+                "--channel-set names `{name}`, which is not a value column (value columns: {})",
+                names.join(", ")
+            );
+        }
+    }
+    let mut plan: Vec<(&Detector, Vec<usize>)> = Vec::new();
+    let mut shared = Vec::new();
+    for (c, (_, name)) in layout.values.iter().enumerate() {
+        match per_channel.iter().find(|(n, _)| n == name) {
+            Some((_, d)) => plan.push((d, vec![c])),
+            None => shared.push(c),
+        }
+    }
+    if !shared.is_empty() {
+        // Without settings of their own, channels need the detector --set describes.
+        let detector = detector.as_ref().map_err(|e| anyhow!("{e}"))?;
+        plan.insert(0, (detector, shared));
+    }
+    plan.into_iter()
+        .map(|(detector, channels)| {
+            let telemetry = Arc::new(ComponentTelemetry::new(
+                detector.name.as_str(),
+                ComponentKind::Transform,
+                "score",
+            ));
+            let component = ComponentContext::new(telemetry, DeadLetter::stderr());
+            let transform = detector
+                .config
+                .build(
+                    detector.input.clone(),
+                    detector.output.clone(),
+                    BuildContext {
+                        component: component.clone(),
+                        runtime: runtime.clone(),
+                    },
+                )
+                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+            Ok(Group {
+                detector,
+                channels,
+                transform,
+                cx: TransformContext::new(component),
+                verdicts: VecDeque::new(),
+            })
+        })
+        .collect()
+}
+
 /// Scores one file into `out`. Returns (rows, anomalous rows).
 fn score_file(
     args: &ScoreArgs,
-    detector: &Detector,
+    detectors: (&Result<Detector, String>, &[(String, Detector)]),
     input: &Path,
     out: &Path,
     runtime: &tokio::runtime::Handle,
@@ -446,24 +544,7 @@ fn score_file(
     let mut rows: Vec<Row> = Vec::new();
     let first = reader.next_fields()?;
     let layout = layout(args, &columns, first.as_deref())?;
-    let telemetry = Arc::new(ComponentTelemetry::new(
-        detector.name.as_str(),
-        ComponentKind::Transform,
-        "score",
-    ));
-    let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-    let mut transform = detector
-        .config
-        .build(
-            detector.input.clone(),
-            detector.output.clone(),
-            BuildContext {
-                component: component.clone(),
-                runtime: runtime.clone(),
-            },
-        )
-        .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-    let mut cx = TransformContext::new(component);
+    let mut groups = groups(detectors.0, detectors.1, &layout, runtime)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -472,49 +553,11 @@ fn score_file(
     csv_field(&mut w, &layout.time_name)?;
     writeln!(w, ",anomaly_score,is_anomaly")?;
 
-    let channels = layout.values.len();
-    let score_col = detector.output.index_of("anomaly_score")?;
-    let flag_col = detector.output.index_of("is_anomaly")?;
-    // Rows judged but not yet written, and per-channel verdicts gathered for the first.
+    // Rows judged but not yet written.
     let mut waiting: VecDeque<Row> = VecDeque::new();
-    let mut verdicts: Vec<(f64, bool)> = Vec::with_capacity(channels);
     let (mut total, mut flagged) = (0u64, 0u64);
     let mut index = 0u64;
     let mut next = first;
-    let mut write_verdicts = |batch: &RecordBatch,
-                              waiting: &mut VecDeque<Row>,
-                              verdicts: &mut Vec<(f64, bool)>,
-                              w: &mut BufWriter<File>|
-     -> anyhow::Result<()> {
-        let scores = batch.column(score_col).as_primitive::<Float64Type>();
-        let flags = batch.column(flag_col).as_boolean();
-        for i in 0..batch.num_rows() {
-            let s = if scores.is_valid(i) {
-                scores.value(i)
-            } else {
-                0.0
-            };
-            verdicts.push((s, flags.is_valid(i) && flags.value(i)));
-            if verdicts.len() == channels {
-                let row = waiting
-                    .pop_front()
-                    .ok_or_else(|| anyhow!("the detector emitted more events than it was given"))?;
-                let score = verdicts.iter().map(|v| v.0).fold(0.0f64, f64::max);
-                let anomalous = verdicts.iter().filter(|v| v.1).count() >= args.min_channels;
-                csv_field(w, &row.time_text)?;
-                writeln!(
-                    w,
-                    ",{},{}",
-                    ryu::Buffer::new().format(score),
-                    u8::from(anomalous)
-                )?;
-                total += 1;
-                flagged += u64::from(anomalous);
-                verdicts.clear();
-            }
-        }
-        Ok(())
-    };
     loop {
         while rows.len() < CHUNK_ROWS {
             let Some(fields) = next.take() else { break };
@@ -523,44 +566,75 @@ fn score_file(
             next = reader.next_fields()?;
         }
         let done = rows.is_empty();
-        if !done {
-            let mut keys = StringBuilder::new();
-            let mut ts = Int64Builder::new();
-            let mut values = Float64Builder::new();
-            for row in &rows {
-                for (c, (_, name)) in layout.values.iter().enumerate() {
-                    if layout.key.is_some() {
-                        keys.append_value(format!("{}/{name}", row.key));
-                    } else {
-                        keys.append_value(name);
+        for g in &mut groups {
+            if done {
+                g.transform
+                    .flush(&mut g.cx)
+                    .map_err(|e| anyhow!("{}: {e}", g.detector.name))?;
+            } else {
+                let mut keys = StringBuilder::new();
+                let mut ts = Int64Builder::new();
+                let mut values = Float64Builder::new();
+                for row in &rows {
+                    for &c in &g.channels {
+                        let name = &layout.values[c].1;
+                        if layout.key.is_some() {
+                            keys.append_value(format!("{}/{name}", row.key));
+                        } else {
+                            keys.append_value(name);
+                        }
+                        ts.append_value(row.ts);
+                        values.append_option(row.values[c]);
                     }
-                    ts.append_value(row.ts);
-                    values.append_option(row.values[c]);
                 }
+                let batch = RecordBatch::try_new(
+                    g.detector.input.clone(),
+                    vec![
+                        Arc::new(keys.finish()),
+                        Arc::new(ts.finish()),
+                        Arc::new(values.finish()),
+                    ],
+                )?;
+                g.transform
+                    .process(batch, &mut g.cx)
+                    .map_err(|e| anyhow!("{}: {e}", g.detector.name))?;
             }
-            let batch = RecordBatch::try_new(
-                detector.input.clone(),
-                vec![
-                    Arc::new(keys.finish()),
-                    Arc::new(ts.finish()),
-                    Arc::new(values.finish()),
-                ],
-            )?;
+            g.collect()?;
+        }
+        if !done {
             if let Some(p) = progress {
                 p.inc(rows.len() as u64);
             }
             waiting.extend(rows.drain(..));
-            transform
-                .process(batch, &mut cx)
-                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-        } else {
-            transform
-                .flush(&mut cx)
-                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
         }
-        let emitted: Vec<RecordBatch> = cx.take_emitted().map(|(b, _)| b).collect();
-        for b in &emitted {
-            write_verdicts(b, &mut waiting, &mut verdicts, &mut w)?;
+        // Write every row whose channels all have their verdicts.
+        while !waiting.is_empty() && groups.iter().all(|g| g.verdicts.len() >= g.channels.len()) {
+            let Some(row) = waiting.pop_front() else {
+                break;
+            };
+            let (mut score, mut votes) = (0.0f64, 0usize);
+            for g in &mut groups {
+                for (s, flag) in g.verdicts.drain(..g.channels.len()) {
+                    score = score.max(s);
+                    votes += usize::from(flag);
+                }
+            }
+            let anomalous = votes >= args.min_channels;
+            csv_field(&mut w, &row.time_text)?;
+            writeln!(
+                w,
+                ",{},{}",
+                ryu::Buffer::new().format(score),
+                u8::from(anomalous)
+            )?;
+            total += 1;
+            flagged += u64::from(anomalous);
+        }
+        if groups
+            .iter()
+            .any(|g| g.verdicts.len() > g.channels.len() * waiting.len())
+        {
+            bail!("the detector emitted more events than it was given");
         }
         if done {
             break;
@@ -573,9 +647,60 @@ fn score_file(
     Ok((total, flagged))
 }
 
+/// The detectors of the channels `--channel-set` gives settings of their own: each gets
+/// the `--set` settings, but those it sets itself.
+fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>> {
+    let mut per_channel: Vec<(String, Vec<String>)> = Vec::new();
+    for spec in &args.channel_set {
+        let (head, value) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--channel-set wants CHANNEL:NAME=VALUE, got `{spec}`"))?;
+        let (channel, key) = head
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--channel-set wants CHANNEL:NAME=VALUE, got `{spec}`"))?;
+        let setting = format!("{key}={value}");
+        match per_channel.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, set)) => set.push(setting),
+            None => per_channel.push((channel.to_string(), vec![setting])),
+        }
+    }
+    per_channel
+        .into_iter()
+        .map(|(channel, own)| {
+            let key = |s: &String| s.split_once('=').map(|(k, _)| k.trim().to_string());
+            let overridden: Vec<Option<String>> = own.iter().map(key).collect();
+            let set: Vec<String> = args
+                .set
+                .iter()
+                .filter(|s| !overridden.contains(&key(s)))
+                .cloned()
+                .chain(own)
+                .collect();
+            let mut d = resolve_detector(args, &set)
+                .with_context(|| format!("--channel-set for `{channel}`"))?;
+            d.name = format!("{} [{channel}]", d.name);
+            Ok((channel, d))
+        })
+        .collect()
+}
+
 /// Runs `tidegauge score`.
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let detector = resolve_detector(&args)?;
+    let per_channel = channel_detectors(&args)?;
+    // With --channel-set, the --set settings alone may be incomplete (a required setting
+    // given per channel); that is an error only for a file with a channel left without.
+    let detector = match resolve_detector(&args, &args.set) {
+        Ok(d) => Ok(d),
+        Err(e) if !per_channel.is_empty() => Err(format!("{e:#}")),
+        Err(e) => return Err(e),
+    };
+    let mut name = match &detector {
+        Ok(d) => d.name.clone(),
+        Err(_) => args.detector.clone(),
+    };
+    if !per_channel.is_empty() {
+        name.push_str(" (with settings per channel)");
+    }
     let files = collect_inputs(&args.inputs)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -600,8 +725,15 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
         if let Some(p) = &progress {
             p.set_message(rel.display().to_string());
         }
-        let (r, a) = score_file(&args, &detector, input, &out, runtime.handle(), &progress)
-            .with_context(|| input.display().to_string())?;
+        let (r, a) = score_file(
+            &args,
+            (&detector, &per_channel),
+            input,
+            &out,
+            runtime.handle(),
+            &progress,
+        )
+        .with_context(|| input.display().to_string())?;
         rows += r;
         anomalies += a;
     }
@@ -611,7 +743,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     eprintln!(
         "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
         files.len(),
-        detector.name,
+        name,
         args.out.display()
     );
     Ok(())

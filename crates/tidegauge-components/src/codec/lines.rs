@@ -74,6 +74,13 @@ impl<R: Read> LineReader<R> {
         self.end - self.start
     }
 
+    /// Bytes read from the input that belong to lines not handed out yet: held in the
+    /// buffer, or seen of an over-long line being skipped. Bytes read minus this is the
+    /// offset just after the last line handed out.
+    pub fn unfinished_bytes(&self) -> u64 {
+        (self.end - self.start) as u64 + self.skipping.as_ref().map_or(0, |(seen, _)| *seen)
+    }
+
     /// Reads once and hands every complete line to `on_line` (with its line number).
     /// At end of input, if `final_eof`, a last line without newline is handed over too;
     /// otherwise it is kept until more data arrives (a growing file).

@@ -10,11 +10,12 @@ use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::component::SinkContext;
+use tidegauge_core::resilience::RetryPolicy;
 use tidegauge_core::{
     BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
 };
 
-use super::{BatchWriter, run_writer};
+use super::{BatchWriter, run_writer_with_retry};
 use crate::codec::encode::JsonEncoder;
 
 /// Writes events to a file as JSON Lines, one object per event with every field.
@@ -22,7 +23,9 @@ use crate::codec::encode::JsonEncoder;
 /// Writes are buffered and flushed to disk (fsync) every `flush_interval_ms` and at
 /// shutdown; a batch counts as delivered only once it is on disk. Only whole lines are
 /// written: if a crash left a partial last line, it is cut off when the file is opened
-/// again.
+/// again. When a write or flush fails (a full disk), the file is cut back to what was
+/// last flushed and the batches since are written again, with backoff, as `retry`
+/// allows; meanwhile no more events are taken (backpressure).
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
@@ -35,6 +38,10 @@ pub struct JsonlSinkConfig {
     #[serde(default = "default_flush_interval_ms")]
     #[schemars(range(min = 1))]
     pub flush_interval_ms: u64,
+    /// Retries of a failed write or flush: backoff with full jitter and most attempts
+    /// (raise `max_attempts` to ride out a long outage).
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 fn default_append() -> bool {
@@ -59,6 +66,7 @@ impl SinkConfig for JsonlSinkConfig {
                 "expected a positive integer",
             ));
         }
+        errors.extend(self.retry.validate("retry"));
         if errors.is_empty() {
             Ok(())
         } else {
@@ -87,8 +95,11 @@ impl SinkConfig for JsonlSinkConfig {
                 encoder: JsonEncoder::new(&input),
                 buf: Vec::with_capacity(1 << 16),
                 path: self.path.clone(),
+                durable_len: file.len,
+                unflushed: 0,
             },
             flush_every: Duration::from_millis(self.flush_interval_ms),
+            retry: self.retry.clone(),
         }))
     }
 }
@@ -97,6 +108,8 @@ struct Opened {
     file: File,
     /// Bytes of a partial last line that were cut off.
     repaired: u64,
+    /// Length of the file as opened (where writing starts).
+    len: u64,
 }
 
 /// Opens for appending, cutting a partial last line; or creates/truncates.
@@ -106,7 +119,11 @@ fn open(path: &Path, append: bool) -> io::Result<Opened> {
     }
     if !append {
         let file = File::create(path)?;
-        return Ok(Opened { file, repaired: 0 });
+        return Ok(Opened {
+            file,
+            repaired: 0,
+            len: 0,
+        });
     }
     let mut file = OpenOptions::new()
         .read(true)
@@ -124,6 +141,7 @@ fn open(path: &Path, append: bool) -> io::Result<Opened> {
     Ok(Opened {
         file,
         repaired: len - keep,
+        len: keep,
     })
 }
 
@@ -149,6 +167,10 @@ struct JsonlWriter {
     encoder: JsonEncoder,
     buf: Vec<u8>,
     path: PathBuf,
+    /// Length of the file after the last successful flush.
+    durable_len: u64,
+    /// Bytes written since.
+    unflushed: u64,
 }
 
 impl BatchWriter for JsonlWriter {
@@ -158,22 +180,37 @@ impl BatchWriter for JsonlWriter {
             .encode_batch(batch, &mut self.buf)
             .map_err(io::Error::other)?;
         self.out.write_all(&self.buf)?;
+        self.unflushed += self.buf.len() as u64;
         Ok(self.buf.len() as u64)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()
+        self.out.get_ref().sync_data()?;
+        self.durable_len += std::mem::take(&mut self.unflushed);
+        Ok(())
     }
 
     fn target(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn rollback(&mut self) -> io::Result<()> {
+        let mut file = OpenOptions::new().write(true).open(&self.path)?;
+        file.set_len(self.durable_len)?;
+        file.seek(SeekFrom::Start(self.durable_len))?;
+        // The old buffer's bytes are dropped, not written.
+        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(1 << 20, file));
+        drop(old.into_parts());
+        self.unflushed = 0;
+        Ok(())
     }
 }
 
 struct JsonlSink {
     writer: JsonlWriter,
     flush_every: Duration,
+    retry: RetryPolicy,
 }
 
 impl Sink for JsonlSink {
@@ -182,7 +219,13 @@ impl Sink for JsonlSink {
         input: SinkInput,
         cx: SinkContext,
     ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(run_writer(self.writer, input, cx, self.flush_every))
+        Box::pin(run_writer_with_retry(
+            self.writer,
+            input,
+            cx,
+            self.flush_every,
+            self.retry,
+        ))
     }
 }
 
@@ -205,6 +248,51 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
+    }
+
+    #[test]
+    fn rollback_cuts_back_to_the_last_flush_and_writing_again_works() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"{\"a\":0}\n").unwrap();
+        let opened = open(&path, true).unwrap();
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "a",
+            arrow_schema::DataType::Int64,
+            false,
+        )]));
+        let batch = |v: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(arrow_array::Int64Array::from(vec![v]))],
+            )
+            .unwrap()
+        };
+        let mut w = JsonlWriter {
+            out: BufWriter::with_capacity(4, opened.file),
+            encoder: JsonEncoder::new(&schema),
+            buf: Vec::new(),
+            path: path.clone(),
+            durable_len: opened.len,
+            unflushed: 0,
+        };
+        w.write(&batch(1)).unwrap();
+        w.flush().unwrap();
+        // Written (the tiny buffer spills to the file) but not flushed: rolled back.
+        w.write(&batch(2)).unwrap();
+        w.rollback().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":0}\n{\"a\":1}\n"
+        );
+        w.write(&batch(2)).unwrap();
+        w.write(&batch(3)).unwrap();
+        w.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":0}\n{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
         );
     }
 

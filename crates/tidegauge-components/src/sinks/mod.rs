@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::component::{Recv, SinkContext};
-use tidegauge_core::telemetry::{BytesSent, EventsSent};
+use tidegauge_core::resilience::{Resilience, RetryPolicy};
+use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{ComponentError, SinkInput};
 
 /// A sink that writes batches with blocking I/O. Runs on a thread of its own.
@@ -21,39 +22,117 @@ pub(crate) trait BatchWriter: Send + 'static {
     fn flush(&mut self) -> io::Result<()>;
     /// What the writer writes to, for error messages.
     fn target(&self) -> String;
+    /// Goes back to where the last successful flush left the target, dropping whatever
+    /// was written since, so those batches can be written again after an error (a file
+    /// is cut back to its durable length). Writers that cannot return the error.
+    fn rollback(&mut self) -> io::Result<()> {
+        Err(io::Error::other(
+            "this output cannot be rolled back to retry",
+        ))
+    }
 }
 
 /// Drives `writer`: writes each batch, flushes every `flush_every` and at the end, and
-/// releases each batch's finalizers only after the flush that made it durable.
+/// releases each batch's finalizers only after the flush that made it durable. A write
+/// or flush that fails is not retried; the sink fails.
 pub(crate) async fn run_writer(
+    writer: impl BatchWriter,
+    input: SinkInput,
+    cx: SinkContext,
+    flush_every: Duration,
+) -> Result<(), ComponentError> {
+    let once = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    run_writer_with_retry(writer, input, cx, flush_every, once).await
+}
+
+/// Like [`run_writer`], but when a write or flush fails, the target is rolled back to
+/// its last durable state and every batch since is written again, with backoff, as
+/// `retry` allows (an outage: a full disk, a server down). Meanwhile nothing more is
+/// read: backpressure reaches the sources, memory stays bounded. When the attempts are
+/// spent the batches are marked failed and the sink fails.
+pub(crate) async fn run_writer_with_retry(
     mut writer: impl BatchWriter,
     mut input: SinkInput,
     cx: SinkContext,
     flush_every: Duration,
+    retry: RetryPolicy,
 ) -> Result<(), ComponentError> {
     let runtime = cx.runtime.clone();
     let component = cx.component;
     let task = tokio::task::spawn_blocking(move || {
-        let mut pending: Vec<Finalizers> = Vec::new();
+        let resilience = Resilience::new(retry);
+        // Batches written since the last successful flush, kept to write again.
+        let mut pending: Vec<(RecordBatch, Finalizers)> = Vec::new();
         let mut last_flush = Instant::now();
-        let fail = |pending: Vec<Finalizers>, what: &str, e: io::Error, target: String| {
-            for f in &pending {
-                f.fail();
+        // Rolls back and writes every pending batch again, then flushes.
+        let recover = |writer: &mut dyn BatchWriterDyn,
+                       pending: &mut Vec<(RecordBatch, Finalizers)>,
+                       what: &str,
+                       first: io::Error|
+         -> Result<(), ComponentError> {
+            component.emit(ComponentErrorOccurred {
+                error: &format!(
+                    "cannot {what} {}: {first}; retrying {} batch(es)",
+                    writer.target_dyn(),
+                    pending.len()
+                ),
+            });
+            let result = resilience.call_blocking(
+                None,
+                |n| {
+                    if n > 1 {
+                        tracing::debug!(attempt = n, "retrying {}", writer.target_dyn());
+                    }
+                    writer.rollback_dyn()?;
+                    for (batch, _) in pending.iter() {
+                        writer.write_dyn(batch)?;
+                    }
+                    writer.flush_dyn()
+                },
+                |_| true,
+                |_| {},
+            );
+            match result {
+                Ok(()) => {
+                    tracing::info!(
+                        component_id = component.id(),
+                        "{} accepts writes again",
+                        writer.target_dyn()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    for (_, f) in pending.iter() {
+                        f.fail();
+                    }
+                    Err(ComponentError::new(format!(
+                        "cannot {what} {}: {e}",
+                        writer.target_dyn()
+                    )))
+                }
             }
-            ComponentError::new(format!("{what} {target}: {e}"))
         };
         loop {
             let wait = flush_every.saturating_sub(last_flush.elapsed());
             match input.blocking_recv_timeout(&runtime, wait.max(Duration::from_millis(1))) {
                 Recv::Batch(batch) => {
                     let rows = batch.num_rows() as u64;
-                    pending.push(batch.finalizers);
-                    match writer.write(&batch.data) {
+                    let written = writer.write(&batch.data);
+                    pending.push((batch.data, batch.finalizers));
+                    match written {
                         Ok(bytes) => {
                             component.emit(EventsSent { count: rows });
                             component.emit(BytesSent { bytes });
                         }
-                        Err(e) => return Err(fail(pending, "cannot write to", e, writer.target())),
+                        Err(e) => {
+                            recover(&mut writer, &mut pending, "write to", e)?;
+                            component.emit(EventsSent { count: rows });
+                            release(&mut pending);
+                            last_flush = Instant::now();
+                        }
                     }
                 }
                 Recv::Idle => {}
@@ -61,18 +140,46 @@ pub(crate) async fn run_writer(
             }
             if last_flush.elapsed() >= flush_every {
                 if let Err(e) = writer.flush() {
-                    return Err(fail(pending, "cannot flush", e, writer.target()));
+                    recover(&mut writer, &mut pending, "flush", e)?;
                 }
-                pending.drain(..).for_each(Finalizers::release);
+                release(&mut pending);
                 last_flush = Instant::now();
             }
         }
         if let Err(e) = writer.flush() {
-            return Err(fail(pending, "cannot flush", e, writer.target()));
+            recover(&mut writer, &mut pending, "flush", e)?;
         }
-        pending.drain(..).for_each(Finalizers::release);
+        release(&mut pending);
         Ok(())
     });
     task.await
         .map_err(|e| ComponentError::new(format!("writer stopped: {e}")))?
+}
+
+/// The batches are durable: their sources may hear so.
+fn release(pending: &mut Vec<(RecordBatch, Finalizers)>) {
+    pending.drain(..).for_each(|(_, f)| f.release());
+}
+
+/// [`BatchWriter`] as a trait object (the recovery closure takes any writer).
+trait BatchWriterDyn {
+    fn write_dyn(&mut self, batch: &RecordBatch) -> io::Result<u64>;
+    fn flush_dyn(&mut self) -> io::Result<()>;
+    fn rollback_dyn(&mut self) -> io::Result<()>;
+    fn target_dyn(&self) -> String;
+}
+
+impl<W: BatchWriter> BatchWriterDyn for W {
+    fn write_dyn(&mut self, batch: &RecordBatch) -> io::Result<u64> {
+        self.write(batch)
+    }
+    fn flush_dyn(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+    fn rollback_dyn(&mut self) -> io::Result<()> {
+        self.rollback()
+    }
+    fn target_dyn(&self) -> String {
+        self.target()
+    }
 }

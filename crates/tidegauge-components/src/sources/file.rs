@@ -1,23 +1,26 @@
 //! `file` source: JSON Lines or CSV files, plain or gzip-compressed, read to their end or
 //! followed as they grow.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tidegauge_core::ack::{Ack, AckReceiver, AckSender, Finalizers, ack_channel};
+use tidegauge_core::checkpoint::SourceCheckpoint;
 use tidegauge_core::component::SendError;
 use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig,
-    SourceContext,
+    Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
+    Output, Source, SourceConfig, SourceContext,
 };
 
 use super::{BatchConfig, CsvOptions, Format, LineDecoder, LineOutcome, validate_fields};
-use crate::codec::lines::{LineReader, Poll};
+use crate::codec::lines::{Line, LineReader, Poll};
 use crate::codec::{FieldMap, default_fields, schema_for};
 
 /// Reads events from files: JSON Lines or CSV, optionally gzip-compressed, optionally
@@ -236,6 +239,20 @@ impl<R: Read> Read for Limited<R> {
     }
 }
 
+/// Counts the bytes read through it: the offset in the (decompressed) stream.
+struct Counted {
+    inner: Box<dyn Read + Send>,
+    offset: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 enum Ended {
     /// The file was read to its end (or skipped after an error); go on.
     Done,
@@ -243,8 +260,206 @@ enum Ended {
     Stop,
 }
 
+/// Why line handling stopped a read early.
+enum Halt {
+    /// A batch is full: send it, with the position just after its last line.
+    Full,
+    /// The rest of this input cannot be read with this config.
+    Skip,
+}
+
+/// How far one file has been read: the bytes of its (decompressed) content and the lines
+/// before the next one to read. `dev`/`ino` identify the file, so a replaced file is read
+/// from its start.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilePosition {
+    /// Path as listed or matched.
+    pub path: String,
+    /// Device of the file when it was read.
+    #[serde(default)]
+    pub dev: Option<u64>,
+    /// Inode of the file when it was read.
+    #[serde(default)]
+    pub ino: Option<u64>,
+    /// Bytes consumed (whole lines only).
+    pub offset: u64,
+    /// Lines consumed.
+    pub lines: u64,
+}
+
+/// The position of a `file` source: every file started, in reading order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilesPosition {
+    /// One entry per file started.
+    pub files: Vec<FilePosition>,
+}
+
+impl FilesPosition {
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Batches in flight, and the position to commit once each is acknowledged.
+struct Acks {
+    checkpoint: SourceCheckpoint,
+    tx: Option<AckSender>,
+    rx: AckReceiver,
+    next_seq: u64,
+    /// (sequence number, position after the batch, acknowledged), oldest first.
+    outstanding: VecDeque<(u64, serde_json::Value, bool)>,
+    /// Position to commit once nothing is outstanding (lines without events).
+    idle_position: Option<serde_json::Value>,
+    failed: bool,
+}
+
+impl Acks {
+    fn new(checkpoint: SourceCheckpoint) -> Self {
+        let (tx, rx) = ack_channel();
+        Acks {
+            checkpoint,
+            tx: Some(tx),
+            rx,
+            next_seq: 0,
+            outstanding: VecDeque::new(),
+            idle_position: None,
+            failed: false,
+        }
+    }
+
+    fn token(&mut self, position: serde_json::Value) -> Finalizers {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outstanding.push_back((seq, position, false));
+        match &self.tx {
+            Some(tx) => Finalizers::one(tx.token(seq)),
+            None => Finalizers::none(),
+        }
+    }
+
+    /// The position moved past lines that produced no event.
+    fn advance(&mut self, position: serde_json::Value) {
+        match self.outstanding.back_mut() {
+            Some(last) => last.1 = position,
+            None => self.idle_position = Some(position),
+        }
+    }
+
+    fn on_ack(&mut self, ack: Ack, component: &ComponentContext) {
+        if !ack.delivered {
+            if !self.failed {
+                component.emit(ComponentErrorOccurred {
+                    error: &format!(
+                        "batch {} was not delivered by every sink; its position is not committed",
+                        ack.id
+                    ),
+                });
+            }
+            self.failed = true;
+        }
+        if let Some(front) = self.outstanding.front().map(|o| o.0)
+            && let Some(entry) = ack
+                .id
+                .checked_sub(front)
+                .and_then(|i| self.outstanding.get_mut(i as usize))
+        {
+            entry.2 = true;
+        }
+    }
+
+    /// Commits the position up to which every batch is acknowledged.
+    fn commit(&mut self, component: &ComponentContext) {
+        if self.failed {
+            return;
+        }
+        let mut latest = self.idle_position.take();
+        while self.outstanding.front().is_some_and(|o| o.2) {
+            latest = self.outstanding.pop_front().map(|o| o.1);
+        }
+        let result = match latest {
+            Some(p) => self.checkpoint.commit(p),
+            None => self.checkpoint.tick(),
+        };
+        if let Err(e) = result {
+            component.emit(ComponentErrorOccurred {
+                error: &format!("cannot commit the acknowledged position: {e}"),
+            });
+        }
+    }
+
+    /// Takes the acknowledgements that have arrived, commits.
+    fn poll(&mut self, component: &ComponentContext) {
+        while let Ok(ack) = self.rx.try_recv() {
+            self.on_ack(ack, component);
+        }
+        self.commit(component);
+    }
+
+    /// After the last batch: waits for every acknowledgement, commits `last` if nothing
+    /// failed.
+    fn finish(mut self, last: serde_json::Value, component: &ComponentContext) {
+        self.tx = None;
+        while let Some(ack) = self.rx.blocking_recv() {
+            self.on_ack(ack, component);
+            self.commit(component);
+        }
+        self.advance(last);
+        self.commit(component);
+        if let Err(e) = self.checkpoint.flush() {
+            component.emit(ComponentErrorOccurred {
+                error: &format!("cannot commit the acknowledged position: {e}"),
+            });
+        }
+    }
+}
+
+/// Where the reader stands, and what it sends with each batch.
+struct Progress {
+    position: FilesPosition,
+    /// Where an earlier run stopped, by path.
+    restored: HashMap<String, FilePosition>,
+    /// `None` without checkpointing: no tokens, no positions.
+    acks: Option<Acks>,
+}
+
+impl Progress {
+    /// Sends what the decoder holds, with a token and the current position.
+    fn send(
+        &mut self,
+        dec: &mut LineDecoder,
+        component: &ComponentContext,
+        out: &mut Output,
+    ) -> Result<(), SendError> {
+        let batch = dec.take(component);
+        let Some(acks) = &mut self.acks else {
+            return match batch {
+                Some(b) => out.blocking_send(Batch::new(b)),
+                None => Ok(()),
+            };
+        };
+        let position = self.position.to_value();
+        match batch {
+            Some(b) => {
+                let finalizers = acks.token(position.clone());
+                out.blocking_send_at(Batch::with_finalizers(b, finalizers), position)?;
+            }
+            None => {
+                acks.advance(position.clone());
+                out.set_position(position);
+            }
+        }
+        acks.poll(component);
+        Ok(())
+    }
+
+    fn current(&mut self) -> Option<&mut FilePosition> {
+        self.position.files.last_mut()
+    }
+}
+
 impl FileSource {
-    fn open(&self, path: &Path) -> io::Result<(Box<dyn Read + Send>, bool)> {
+    /// Opens `path` for reading from byte `skip` of its (decompressed) content.
+    fn open(&self, path: &Path, skip: u64) -> io::Result<(Box<dyn Read + Send>, bool)> {
         let file = File::open(path)?;
         let mut reader = BufReader::with_capacity(64 * 1024, file);
         let gzip = match self.config.compression {
@@ -254,17 +469,46 @@ impl FileSource {
         };
         if gzip {
             let decoder = flate2::bufread::MultiGzDecoder::new(reader);
-            Ok((
-                Box::new(Limited {
-                    inner: decoder,
-                    read: 0,
-                    limit: self.config.max_decompressed_bytes,
-                }),
-                true,
-            ))
+            let mut limited = Limited {
+                inner: decoder,
+                read: 0,
+                limit: self.config.max_decompressed_bytes,
+            };
+            if skip > 0 {
+                let skipped = io::copy(&mut (&mut limited).take(skip), &mut io::sink())?;
+                if skipped < skip {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "shorter than the position to resume from",
+                    ));
+                }
+            }
+            Ok((Box::new(limited), true))
         } else {
+            if skip > 0 {
+                reader.seek(SeekFrom::Start(skip))?;
+            }
             Ok((Box::new(reader), false))
         }
+    }
+
+    /// The first line of `path` (a CSV header, when resuming past it).
+    fn first_line(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let (reader, _) = self.open(path, 0)?;
+        let mut lines = LineReader::new(reader, self.config.max_line_bytes);
+        let mut first = None;
+        while first.is_none() {
+            let polled = lines.poll(true, |_, line| {
+                if let Line::Complete(text) = line {
+                    first = Some(text.to_vec());
+                }
+                Err(())
+            })?;
+            if let Ok(Poll::Eof) = polled {
+                break;
+            }
+        }
+        Ok(first)
     }
 
     fn read_all(self, cx: SourceContext) -> Result<(), ComponentError> {
@@ -272,8 +516,19 @@ impl FileSource {
             component,
             mut out,
             shutdown,
+            checkpoint,
             ..
         } = cx;
+        let restored: HashMap<String, FilePosition> = checkpoint
+            .restored()
+            .and_then(|v| serde_json::from_value::<FilesPosition>(v.clone()).ok())
+            .map(|p| p.files.into_iter().map(|f| (f.path.clone(), f)).collect())
+            .unwrap_or_default();
+        let mut progress = Progress {
+            position: FilesPosition::default(),
+            restored,
+            acks: checkpoint.is_enabled().then(|| Acks::new(checkpoint)),
+        };
         // One decoder per format met; when the format changes between files, what the
         // previous one holds is sent first so events keep their file order.
         let mut decoders: [Option<LineDecoder>; 2] = [None, None];
@@ -282,13 +537,13 @@ impl FileSource {
             Format::Csv => 1,
         };
         let mut current: Option<Format> = None;
-        for (i, path) in self.files.iter().enumerate() {
+        'files: for (i, path) in self.files.iter().enumerate() {
             let format = self.config.format_of(path);
             if let Some(prev) = current.filter(|&p| p != format)
                 && let Some(d) = &mut decoders[slot(prev)]
-                && d.flush_to(&component, &mut out).is_err()
+                && progress.send(d, &component, &mut out).is_err()
             {
-                return Ok(());
+                break 'files;
             }
             current = Some(format);
             let dec = decoders[slot(format)].get_or_insert_with(|| {
@@ -301,32 +556,81 @@ impl FileSource {
                 )
             });
             let follow = self.config.follow && i + 1 == self.files.len();
-            if let Ended::Stop = self.read_file(path, follow, dec, &component, &mut out, &shutdown)
-            {
+            if let Ended::Stop = self.read_file(
+                path,
+                format,
+                follow,
+                dec,
+                &component,
+                &mut out,
+                &shutdown,
+                &mut progress,
+            ) {
                 break;
             }
         }
         for d in decoders.iter_mut().flatten() {
-            if d.flush_to(&component, &mut out).is_err() {
+            if progress.send(d, &component, &mut out).is_err() {
                 break;
             }
+        }
+        // Downstream may finish only once this output is gone; then the last
+        // acknowledgements come back.
+        drop(out);
+        if let Some(acks) = progress.acks.take() {
+            acks.finish(progress.position.to_value(), &component);
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn read_file(
         &self,
         path: &Path,
+        format: Format,
         follow: bool,
         dec: &mut LineDecoder,
-        component: &tidegauge_core::ComponentContext,
-        out: &mut tidegauge_core::Output,
+        component: &ComponentContext,
+        out: &mut Output,
         shutdown: &tokio_util::sync::CancellationToken,
+        progress: &mut Progress,
     ) -> Ended {
         let origin = path.display().to_string();
+        let key = path.to_string_lossy().into_owned();
+        let mut resume = progress.restored.remove(&key);
         'reopen: loop {
-            let (reader, compressed) = match self.open(path) {
+            let identity = file_identity(path);
+            let mut start = FilePosition {
+                path: key.clone(),
+                dev: identity.map(|i| i.0),
+                ino: identity.map(|i| i.1),
+                offset: 0,
+                lines: 0,
+            };
+            if let Some(r) = resume.take() {
+                let same = r.dev.is_none()
+                    || identity.is_none()
+                    || (r.dev, r.ino) == (start.dev, start.ino);
+                if same {
+                    start.offset = r.offset;
+                    start.lines = r.lines;
+                } else {
+                    tracing::info!(
+                        component_id = component.id(),
+                        "{origin} is not the file read before (another inode); reading it from the start"
+                    );
+                }
+            }
+            let opened = self.open(path, start.offset);
+            let (reader, compressed) = match opened {
                 Ok(r) => r,
+                Err(e) if start.offset > 0 && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    tracing::info!(
+                        component_id = component.id(),
+                        "{origin} is shorter than where reading stopped before; reading it from the start"
+                    );
+                    continue 'reopen;
+                }
                 Err(e) => {
                     component.emit(ComponentErrorOccurred {
                         error: &format!("cannot open {origin}: {e}; skipped"),
@@ -334,47 +638,102 @@ impl FileSource {
                     return Ended::Done;
                 }
             };
+            if !compressed
+                && start.offset > 0
+                && std::fs::metadata(path).is_ok_and(|m| m.len() < start.offset)
+            {
+                tracing::info!(
+                    component_id = component.id(),
+                    "{origin} is shorter than where reading stopped before; reading it from the start"
+                );
+                continue 'reopen;
+            }
+            if start.offset > 0 {
+                tracing::info!(
+                    component_id = component.id(),
+                    "resuming {origin} after line {} (byte {})",
+                    start.lines,
+                    start.offset
+                );
+            }
             dec.start_input();
-            let mut lines = LineReader::new(reader, self.config.max_line_bytes);
-            let mut position: u64 = 0;
-            let identity = file_identity(path);
+            if start.offset > 0 && format == Format::Csv && self.config.csv.header {
+                match self.first_line(path) {
+                    Ok(Some(header)) => {
+                        dec.line(component, &origin, 1, Line::Complete(&header));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        component.emit(ComponentErrorOccurred {
+                            error: &format!("cannot read the header of {origin}: {e}; skipped"),
+                        });
+                        return Ended::Done;
+                    }
+                }
+            }
+            let base_lines = start.lines;
+            let mut read_bytes = start.offset;
+            progress.position.files.retain(|f| f.path != key);
+            progress.position.files.push(start);
+            let mut lines = LineReader::new(
+                Counted {
+                    inner: reader,
+                    offset: read_bytes,
+                },
+                self.config.max_line_bytes,
+            );
             loop {
                 if shutdown.is_cancelled() {
                     return Ended::Stop;
                 }
-                let mut skip = false;
                 let polled = lines.poll(!follow, |line_no, line| {
-                    if dec.line(component, &origin, line_no, line) == LineOutcome::SkipInput {
-                        skip = true;
-                        return Err(SendError::Closed);
+                    if dec.line(component, &origin, base_lines + line_no, line)
+                        == LineOutcome::SkipInput
+                    {
+                        return Err(Halt::Skip);
                     }
                     if dec.is_full() {
-                        dec.flush_to(component, out)?;
+                        return Err(Halt::Full);
                     }
                     Ok(())
                 });
+                let offset = lines.get_mut().offset;
+                component.emit(BytesReceived {
+                    bytes: offset - read_bytes,
+                });
+                read_bytes = offset;
+                if let Some(cur) = progress.current() {
+                    cur.offset = offset - lines.unfinished_bytes();
+                    cur.lines = base_lines + lines.line_no() - 1;
+                }
                 match polled {
                     Err(e) => {
                         component.dead_letter(
-                            &format!("{origin}:{}", lines.line_no()),
+                            &format!("{origin}:{}", base_lines + lines.line_no()),
                             &format!("cannot read further: {e}"),
                             b"",
                         );
                         return Ended::Done;
                     }
-                    Ok(Err(_)) if skip => return Ended::Done,
-                    Ok(Err(_)) => return Ended::Stop,
-                    Ok(Ok(Poll::Read(n))) => {
-                        position += n as u64;
-                        component.emit(BytesReceived { bytes: n as u64 });
-                    }
-                    Ok(Ok(Poll::Eof)) if !follow => return Ended::Done,
-                    Ok(Ok(Poll::Eof)) => {
-                        if dec.flush_to(component, out).is_err() {
+                    Ok(Err(Halt::Skip)) => return Ended::Done,
+                    Ok(Err(Halt::Full)) => {
+                        if progress.send(dec, component, out).is_err() {
                             return Ended::Stop;
                         }
+                    }
+                    Ok(Ok(Poll::Read(_))) => {}
+                    Ok(Ok(Poll::Eof)) if !follow => return Ended::Done,
+                    Ok(Ok(Poll::Eof)) => {
+                        if progress.send(dec, component, out).is_err()
+                            || out.blocking_serve_barriers().is_err()
+                        {
+                            return Ended::Stop;
+                        }
+                        if let Some(acks) = &mut progress.acks {
+                            acks.poll(component);
+                        }
                         std::thread::sleep(Duration::from_millis(self.config.poll_interval_ms));
-                        if !compressed && was_replaced(path, identity, position) {
+                        if !compressed && was_replaced(path, identity, read_bytes) {
                             tracing::info!(
                                 component_id = component.id(),
                                 "{origin} was truncated or replaced; reading it from the start"

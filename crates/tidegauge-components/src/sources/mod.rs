@@ -1,6 +1,7 @@
 //! Sources: where events come from. One file per source; shared line decoding here.
 
 pub mod file;
+pub mod http_poll;
 pub mod simulate;
 pub mod stdin;
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Combine, Detector, Verdict};
 
+use super::baseline::BaselineConfig;
 use super::changepoint::ChangePointConfig;
 use super::ewma::EwmaConfig;
 use super::flatline::FlatlineConfig;
@@ -36,6 +37,8 @@ pub enum Member {
     Changepoint(ChangePointConfig),
     /// See `tidegauge describe seasonal`.
     Seasonal(SeasonalConfig),
+    /// See `tidegauge describe baseline`.
+    Baseline(BaselineConfig),
 }
 
 /// How member verdicts become one.
@@ -89,6 +92,8 @@ pub enum AnyDetector {
     Changepoint(tidegauge_detect::ChangePoint),
     /// Seasonal.
     Seasonal(tidegauge_detect::Seasonal),
+    /// Held reference.
+    Baseline(tidegauge_detect::Baseline),
 }
 
 macro_rules! each_detector {
@@ -102,6 +107,7 @@ macro_rules! each_detector {
             AnyDetector::Flatline($d) => $body,
             AnyDetector::Changepoint($d) => $body,
             AnyDetector::Seasonal($d) => $body,
+            AnyDetector::Baseline($d) => $body,
         }
     };
 }
@@ -128,6 +134,7 @@ impl AnyDetector {
             AnyDetector::Flatline(_) => FlatlineConfig::NAME,
             AnyDetector::Changepoint(_) => ChangePointConfig::NAME,
             AnyDetector::Seasonal(_) => SeasonalConfig::NAME,
+            AnyDetector::Baseline(_) => BaselineConfig::NAME,
         }
     }
 }
@@ -143,6 +150,7 @@ impl Member {
             Member::Flatline(c) => c.sets_common(),
             Member::Changepoint(c) => c.sets_common(),
             Member::Seasonal(c) => c.sets_common(),
+            Member::Baseline(c) => c.sets_common(),
         }
     }
 
@@ -156,6 +164,7 @@ impl Member {
             Member::Flatline(c) => c.check(),
             Member::Changepoint(c) => c.check(),
             Member::Seasonal(c) => c.check(),
+            Member::Baseline(c) => c.check(),
         }
     }
 
@@ -169,6 +178,7 @@ impl Member {
             Member::Flatline(c) => c.needs_time(),
             Member::Changepoint(c) => c.needs_time(),
             Member::Seasonal(c) => c.needs_time(),
+            Member::Baseline(c) => c.needs_time(),
         }
     }
 
@@ -183,6 +193,7 @@ impl Member {
             Member::Flatline(c) => AnyDetector::Flatline(c.new_state()),
             Member::Changepoint(c) => AnyDetector::Changepoint(c.new_state()),
             Member::Seasonal(c) => AnyDetector::Seasonal(c.new_state()),
+            Member::Baseline(c) => AnyDetector::Baseline(c.new_state()),
         }
     }
 }

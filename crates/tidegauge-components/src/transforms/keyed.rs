@@ -89,6 +89,27 @@ pub trait DetectorSpec:
     /// Brings a key's state in line with this spec's parameters (after a change of a
     /// tunable one), keeping its history where it can.
     fn retune_state(&self, _state: &mut Self::State) {}
+    /// Encodes the states of a shard's keys for a checkpoint (usually
+    /// [`encode_keyed`](super::state::encode_keyed)); `None`: this detector's state is not
+    /// checkpointed and restarts cold.
+    fn save_states(
+        &self,
+        _keys: &KeyInterner,
+        _states: &[Self::State],
+    ) -> Option<Result<Vec<u8>, ComponentError>> {
+        None
+    }
+    /// Decodes what [`DetectorSpec::save_states`] wrote (usually
+    /// [`decode_keyed`](super::state::decode_keyed)), checking it fits the parameters.
+    fn load_states(
+        &self,
+        _bytes: &[u8],
+    ) -> Result<(KeyInterner, Vec<Self::State>), ComponentError> {
+        Err(ComponentError::new(format!(
+            "{} does not restore checkpoints",
+            Self::NAME
+        )))
+    }
 }
 
 /// The spec in force, replaced whole when a parameter changes while running. Each shard
@@ -323,11 +344,21 @@ struct Job {
     rows: Vec<u32>,
 }
 
+/// What a pool worker is asked to do.
+enum Work {
+    /// Judge rows.
+    Rows(Job),
+    /// Encode its shard's states (checkpoint).
+    Save(mpsc::SyncSender<Option<Result<Vec<u8>, ComponentError>>>),
+    /// Replace its shard with these keys and states (restore).
+    Load(Box<dyn std::any::Any + Send>),
+}
+
 type JobResult = Result<Vec<RowVerdict>, ComponentError>;
 
 /// Worker threads, each owning the keys that hash to it.
 struct Pool {
-    jobs: Vec<mpsc::SyncSender<Job>>,
+    jobs: Vec<mpsc::SyncSender<Work>>,
     results: Vec<mpsc::Receiver<JobResult>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     key_column: usize,
@@ -346,14 +377,28 @@ impl Pool {
             key_column: columns.key,
         };
         for w in 0..workers {
-            let (job_tx, job_rx) = mpsc::sync_channel::<Job>(2);
+            let (job_tx, job_rx) = mpsc::sync_channel::<Work>(2);
             let (res_tx, res_rx) = mpsc::sync_channel::<JobResult>(2);
             let spec = spec.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tg-{}-{w}", S::NAME))
                 .spawn(move || {
                     let mut shard = Shard::<S::State>::default();
-                    while let Ok(job) = job_rx.recv() {
+                    while let Ok(work) = job_rx.recv() {
+                        let job = match work {
+                            Work::Rows(job) => job,
+                            Work::Save(reply) => {
+                                let saved = spec.get().1.save_states(&shard.keys, &shard.states);
+                                let _ = reply.send(saved);
+                                continue;
+                            }
+                            Work::Load(any) => {
+                                if let Ok(restored) = any.downcast::<Shard<S::State>>() {
+                                    shard = *restored;
+                                }
+                                continue;
+                            }
+                        };
                         let mut out = Vec::with_capacity(job.rows.len());
                         let r = shard
                             .judge(&*spec, columns, &job.batch, Some(&job.rows), &mut out)
@@ -388,10 +433,10 @@ impl Pool {
         }
         for (w, rows) in parts.iter().enumerate() {
             self.jobs[w]
-                .send(Job {
+                .send(Work::Rows(Job {
                     batch: batch.clone(),
                     rows: rows.clone(),
-                })
+                }))
                 .map_err(|_| ComponentError::new("a detector worker stopped"))?;
         }
         Ok(parts)
@@ -530,6 +575,77 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
 
     fn set_tunable(&mut self, name: &str, value: &serde_json::Value) -> Result<(), String> {
         self.spec.set(name, value)
+    }
+
+    fn before_checkpoint(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        self.drain(cx)
+    }
+
+    /// Every key's state, whichever worker owns it: one `(keys, states)` blob per shard,
+    /// so a restart with another number of workers can deal keys out again.
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
+        let shards: Vec<Vec<u8>> = match &self.engine {
+            Engine::Inline(shard) => {
+                match self.spec.get().1.save_states(&shard.keys, &shard.states) {
+                    None => return Ok(None),
+                    Some(bytes) => vec![bytes?],
+                }
+            }
+            Engine::Pool(pool) => {
+                let mut out = Vec::new();
+                for tx in &pool.jobs {
+                    let (reply, rx) = mpsc::sync_channel(1);
+                    tx.send(Work::Save(reply))
+                        .map_err(|_| ComponentError::new("a detector worker stopped"))?;
+                    match rx
+                        .recv()
+                        .map_err(|_| ComponentError::new("a detector worker stopped"))?
+                    {
+                        None => return Ok(None),
+                        Some(bytes) => out.push(bytes?),
+                    }
+                }
+                out
+            }
+        };
+        super::state::encode_shards(&shards).map(Some)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), ComponentError> {
+        // Restored states are brought in line with the parameters now in force.
+        let (generation, spec) = self.spec.get();
+        let mut pairs = Vec::new();
+        for shard in super::state::decode_shards(bytes)? {
+            let (keys, states) = spec.load_states(&shard)?;
+            pairs.extend(super::state::into_pairs(keys, states));
+        }
+        match &mut self.engine {
+            Engine::Inline(shard) => {
+                let (keys, states) = super::state::from_pairs(pairs);
+                *shard = Shard {
+                    keys,
+                    states,
+                    generation,
+                };
+            }
+            Engine::Pool(pool) => {
+                let n = pool.jobs.len();
+                let mut parts: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+                for (key, state) in pairs {
+                    parts[shard_of(&key, n)].push((key, state));
+                }
+                for (tx, part) in pool.jobs.iter().zip(parts) {
+                    let (keys, states) = super::state::from_pairs(part);
+                    tx.send(Work::Load(Box::new(Shard {
+                        keys,
+                        states,
+                        generation,
+                    })))
+                    .map_err(|_| ComponentError::new("a detector worker stopped"))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Transforms: filters and detectors. One file per transform; shared keyed state and
 //! detector output columns here.
 
+pub mod baseline;
 pub mod changepoint;
 pub mod ensemble;
 pub mod ewma;
@@ -11,6 +12,7 @@ pub mod keyed;
 pub mod mad;
 pub mod rate_of_change;
 pub mod seasonal;
+pub mod state;
 pub mod threshold;
 pub mod window;
 pub mod zscore;

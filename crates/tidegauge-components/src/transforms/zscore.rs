@@ -9,7 +9,9 @@ use arrow_schema::DataType;
 use tidegauge_core::{ComponentError, ConfigError};
 use tidegauge_detect::{ZScore, ZScoreParams};
 
+use super::KeyInterner;
 use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
     /// Per-sensor rolling z-score: flags a value more than `threshold` standard deviations
@@ -61,6 +63,35 @@ impl DetectorSpec for ZScoreConfig {
     /// recent values (up to its length).
     fn retune_state(&self, state: &mut ZScore) {
         state.set_params(self.params());
+    }
+
+    fn save_states(
+        &self,
+        keys: &KeyInterner,
+        states: &[ZScore],
+    ) -> Option<Result<Vec<u8>, ComponentError>> {
+        Some(encode_keyed(keys, states))
+    }
+
+    /// Both parameters can change while running, so a checkpoint taken with other values
+    /// (changed through the admin API, or in the file since) is brought in line with the
+    /// parameters now in force, as a change while running would be.
+    fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<ZScore>), ComponentError> {
+        let (keys, mut states): (KeyInterner, Vec<ZScore>) = decode_keyed(bytes)?;
+        if let Some(s) = states.iter().find(|s| s.params() != &self.params()) {
+            tracing::warn!(
+                "zscore state was checkpointed with window = {}, threshold = {}; continuing \
+                 with window = {}, threshold = {}",
+                s.params().window,
+                s.params().threshold,
+                self.window,
+                self.threshold
+            );
+            for s in &mut states {
+                self.retune_state(s);
+            }
+        }
+        Ok((keys, states))
     }
 }
 

@@ -1,0 +1,199 @@
+//! Checkpoint bytes of keyed state: the keys in id order and one state per key, so a
+//! keyed transform restores both its [`KeyInterner`] and its per-key states in one call.
+//!
+//! Format: CBOR of `{"version":1,"keys":[...],"states":[...]}` — states serialize with
+//! their own serde derives (`tidegauge-detect`'s `serde` feature). CBOR keeps every float
+//! bit for bit (JSON text would need exact float parsing, which serde_json only does with
+//! a feature that slows every JSON decode), so a restored detector continues exactly.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tidegauge_core::ComponentError;
+
+use super::KeyInterner;
+
+const VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct Out<'a, S> {
+    version: u32,
+    keys: Vec<&'a str>,
+    states: &'a [S],
+}
+
+#[derive(serde::Deserialize)]
+struct In<S> {
+    version: u32,
+    keys: Vec<String>,
+    states: Vec<S>,
+}
+
+/// Encodes `states[id]` of every key `keys` has interned.
+pub fn encode_keyed<S: Serialize>(
+    keys: &KeyInterner,
+    states: &[S],
+) -> Result<Vec<u8>, ComponentError> {
+    let mut ordered: Vec<(&str, u32)> = keys.ids.iter().map(|(k, &id)| (&**k, id)).collect();
+    ordered.sort_unstable_by_key(|&(_, id)| id);
+    if ordered.len() != states.len() {
+        return Err(ComponentError::new(format!(
+            "{} keys but {} states",
+            ordered.len(),
+            states.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(
+        &Out {
+            version: VERSION,
+            keys: ordered.into_iter().map(|(k, _)| k).collect(),
+            states,
+        },
+        &mut bytes,
+    )
+    .map_err(|e| ComponentError::new(format!("cannot encode state: {e}")))?;
+    Ok(bytes)
+}
+
+/// Decodes what [`encode_keyed`] wrote: the interner (same ids) and the states.
+pub fn decode_keyed<S: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(KeyInterner, Vec<S>), ComponentError> {
+    let state: In<S> = ciborium::from_reader(bytes)
+        .map_err(|e| ComponentError::new(format!("not a keyed state: {e}")))?;
+    if state.version != VERSION {
+        return Err(ComponentError::new(format!(
+            "keyed state version {} (this build reads {VERSION})",
+            state.version
+        )));
+    }
+    if state.keys.len() != state.states.len() {
+        return Err(ComponentError::new(format!(
+            "{} keys but {} states",
+            state.keys.len(),
+            state.states.len()
+        )));
+    }
+    let mut keys = KeyInterner::default();
+    for k in &state.keys {
+        if !keys.id(k).1 {
+            return Err(ComponentError::new(format!("key `{k}` appears twice")));
+        }
+    }
+    Ok((keys, state.states))
+}
+
+/// Several shards' blobs in one (CBOR list of byte strings).
+pub fn encode_shards(shards: &[Vec<u8>]) -> Result<Vec<u8>, ComponentError> {
+    let wrapped: Vec<serde_bytes_like::Bytes<'_>> =
+        shards.iter().map(|s| serde_bytes_like::Bytes(s)).collect();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&(VERSION, wrapped), &mut bytes)
+        .map_err(|e| ComponentError::new(format!("cannot encode state: {e}")))?;
+    Ok(bytes)
+}
+
+/// The shards' blobs [`encode_shards`] wrote.
+pub fn decode_shards(bytes: &[u8]) -> Result<Vec<Vec<u8>>, ComponentError> {
+    let (version, shards): (u32, Vec<serde_bytes_like::ByteBuf>) = ciborium::from_reader(bytes)
+        .map_err(|e| ComponentError::new(format!("not a sharded state: {e}")))?;
+    if version != VERSION {
+        return Err(ComponentError::new(format!(
+            "sharded state version {version} (this build reads {VERSION})"
+        )));
+    }
+    Ok(shards.into_iter().map(|b| b.0).collect())
+}
+
+/// The keys (in id order) paired with their states.
+pub fn into_pairs<S>(keys: KeyInterner, states: Vec<S>) -> Vec<(Box<str>, S)> {
+    let mut ordered: Vec<(Box<str>, u32)> = keys.ids.into_iter().collect();
+    ordered.sort_unstable_by_key(|&(_, id)| id);
+    ordered.into_iter().map(|(k, _)| k).zip(states).collect()
+}
+
+/// An interner and states from key/state pairs (ids in pair order).
+pub fn from_pairs<S>(pairs: Vec<(Box<str>, S)>) -> (KeyInterner, Vec<S>) {
+    let mut keys = KeyInterner::default();
+    let mut states = Vec::with_capacity(pairs.len());
+    for (k, s) in pairs {
+        if keys.id(&k).1 {
+            states.push(s);
+        }
+    }
+    (keys, states)
+}
+
+/// Byte strings as CBOR byte strings (not arrays of numbers).
+mod serde_bytes_like {
+    pub struct Bytes<'a>(pub &'a [u8]);
+
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    pub struct ByteBuf(pub Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidegauge_detect::RollingStats;
+
+    #[test]
+    fn keyed_rolling_stats_round_trip_bit_for_bit() {
+        let mut keys = KeyInterner::default();
+        let mut states = Vec::new();
+        for (i, k) in ["b", "a", "c", "a", "b"].iter().enumerate() {
+            let (id, new) = keys.id(k);
+            if new {
+                states.push(RollingStats::new(3));
+            }
+            states[id].push(i as f64 * 0.1 + 1e-9);
+        }
+        let bytes = encode_keyed(&keys, &states).unwrap();
+        let (mut keys2, mut states2): (KeyInterner, Vec<RollingStats>) =
+            decode_keyed(&bytes).unwrap();
+        assert_eq!(keys2.len(), 3);
+        for k in ["a", "b", "c"] {
+            let (a, _) = keys.id(k);
+            let (b, new) = keys2.id(k);
+            assert!(!new);
+            assert_eq!(a, b);
+            states[a].push(7.25);
+            states2[b].push(7.25);
+            assert_eq!(states[a].mean().to_bits(), states2[b].mean().to_bits());
+            assert_eq!(states[a].std().to_bits(), states2[b].std().to_bits());
+        }
+    }
+
+    #[test]
+    fn damaged_state_is_an_error() {
+        let keys = KeyInterner::default();
+        let bytes = encode_keyed::<RollingStats>(&keys, &[]).unwrap();
+        assert!(decode_keyed::<RollingStats>(&bytes).unwrap().1.is_empty());
+        assert!(decode_keyed::<RollingStats>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_keyed::<RollingStats>(b"garbage").is_err());
+    }
+}
