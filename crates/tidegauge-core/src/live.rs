@@ -27,9 +27,12 @@
 //! mixes old and new instances, and every barrier crosses one graph. A replaced source
 //! stops, waits for every batch it sent to be acknowledged and commits that position;
 //! its successor starts only then, from that position, so nothing acknowledged is lost
-//! and nothing is read twice by the transforms that kept running. A replaced sink with a
-//! disk buffer hands the buffer's files over the same way. Without checkpoints a
+//! and nothing is read twice by the transforms that kept running. Without checkpoints a
 //! rebuilt source starts as a freshly built one does.
+//!
+//! A sink that replaces a running one (with or without checkpoints) is built only once
+//! that one has drained, flushed and ended: both may write the same file, and a disk
+//! buffer has one owner. Meanwhile its input edges fill and backpressure holds upstream.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -496,7 +499,7 @@ pub fn start(
     {
         start.buffer = buffers.remove(&node.id);
         let targets = targets_of(&node.id, &metas, &senders);
-        runner.spawn(node, rt, t, edges, targets, start);
+        runner.spawn(node, Some(rt), t, edges, targets, start);
     }
     drop(senders);
     runner.publish();
@@ -588,11 +591,13 @@ impl Runner {
         })
     }
 
-    /// Starts one component instance; records it as the current one for its id.
+    /// Starts one component instance; records it as the current one for its id. `rt` is
+    /// `None` for a sink that replaces a running one: it is built once that one has ended
+    /// (it may write the same files).
     fn spawn(
         &mut self,
         node: Node,
-        rt: Runtime,
+        rt: Option<Runtime>,
         t: Arc<ComponentTelemetry>,
         inputs: Vec<InEdge>,
         targets: Vec<mpsc::Sender<Message>>,
@@ -657,7 +662,7 @@ impl Runner {
         let mut control = None;
         let runtime = self.runtime.clone();
         match (rt, out, node.kind) {
-            (Runtime::Source(src), Some(out), ComponentKind::Source) => {
+            (Some(Runtime::Source(src)), Some(out), ComponentKind::Source) => {
                 let token = self.source_stop.child_token();
                 stop = Some(token.clone());
                 let store = self.checkpoints.as_ref().map(|c| c.store.clone());
@@ -695,7 +700,7 @@ impl Runner {
                     (task, r)
                 });
             }
-            (Runtime::Transform(tr), Some(out), ComponentKind::Transform) => {
+            (Some(Runtime::Transform(tr)), Some(out), ComponentKind::Transform) => {
                 let (handle, requests) = control::channel();
                 control = Some(handle);
                 let input = SinkInput::from_edges(receivers, t.clone());
@@ -729,7 +734,11 @@ impl Runner {
                     (task, r)
                 });
             }
-            (Runtime::Sink(sink), None, ComponentKind::Sink) => {
+            (rt @ (None | Some(Runtime::Sink(_))), None, ComponentKind::Sink) => {
+                let ready = match rt {
+                    Some(Runtime::Sink(sink)) => Some(sink),
+                    _ => None,
+                };
                 let input = SinkInput::from_edges(receivers, t.clone()).measuring_latency();
                 let input = match &reports {
                     Some(port) => {
@@ -750,33 +759,59 @@ impl Runner {
                 };
                 let cx = SinkContext {
                     component: component.clone(),
-                    runtime,
+                    runtime: runtime.clone(),
                 };
-                let reopen = match (&buffer, &after, &node.buffer, &node.input_schema) {
-                    (None, Some(previous), Some(cfg), Some(schema)) => {
-                        Some((previous.clone(), cfg.clone(), schema.clone()))
-                    }
-                    _ => None,
-                };
+                // A sink built later needs its settings then.
+                let later = ready.is_none().then(|| Node {
+                    id: node.id.clone(),
+                    kind: node.kind,
+                    type_name: node.type_name,
+                    inputs: node.inputs.clone(),
+                    config: node.config,
+                    settings: Value::Null,
+                    input_schema: node.input_schema.clone(),
+                    output_schema: None,
+                    buffer: node.buffer.clone(),
+                });
                 let edge_capacity = self.edge_capacity;
                 let id = node.id.clone();
                 let type_name = node.type_name;
                 self.tasks.spawn(async move {
-                    let buffer = match (buffer, reopen) {
-                        (Some(b), _) => Some(b),
-                        (None, Some((previous, cfg, schema))) => {
-                            // The instance this one replaces holds the buffer's files.
-                            previous.cancelled().await;
-                            match open_buffer(&id, &cfg, &schema, &component) {
-                                Ok(b) => Some(b),
-                                Err(e) => {
-                                    let r = Err(ComponentError::new(e.message));
-                                    finish(&r);
-                                    return (task, r);
-                                }
+                    let fail = |message: String| {
+                        let r = Err(ComponentError::new(message));
+                        finish(&r);
+                        (task, r)
+                    };
+                    let (sink, buffer) = match (ready, later) {
+                        (Some(sink), _) => (sink, buffer),
+                        (None, Some(later)) => {
+                            // The instance this one replaces holds the files.
+                            if let Some(previous) = &after {
+                                previous.cancelled().await;
                             }
+                            let bcx = BuildContext {
+                                component: component.clone(),
+                                runtime,
+                            };
+                            let sink = match build_node(&later, bcx).await {
+                                Ok(Runtime::Sink(sink)) => sink,
+                                Ok(_) => {
+                                    return fail("component wiring does not match its kind".into());
+                                }
+                                Err(e) => return fail(e.message),
+                            };
+                            let buffer = match (&later.buffer, &later.input_schema) {
+                                (Some(cfg), Some(schema)) => {
+                                    match open_buffer(&id, cfg, schema, &component) {
+                                        Ok(b) => Some(b),
+                                        Err(e) => return fail(e.message),
+                                    }
+                                }
+                                _ => None,
+                            };
+                            (sink, buffer)
                         }
-                        (None, None) => None,
+                        (None, None) => return fail("sink was not built".into()),
                     };
                     let r = match buffer {
                         None => sink.run(input, cx).await,
@@ -1042,7 +1077,7 @@ impl Runner {
         }
 
         // Build everything new before touching the running graph.
-        let mut built: Vec<Option<(Runtime, Arc<ComponentTelemetry>)>> = Vec::new();
+        let mut built: Vec<Option<(Option<Runtime>, Arc<ComponentTelemetry>)>> = Vec::new();
         let mut buffers: HashMap<String, Arc<DiskBuffer>> = HashMap::new();
         for (n, plan) in new.nodes.iter().zip(&plans) {
             let Plan::Build(old) = plan else {
@@ -1061,14 +1096,18 @@ impl Runner {
                 component: component.clone(),
                 runtime: self.runtime.clone(),
             };
+            // A sink that replaces a running one is built once that one has ended: they
+            // may write the same files (and a disk buffer has one owner).
+            if n.kind == ComponentKind::Sink && old.is_some() {
+                built.push(Some((None, t)));
+                continue;
+            }
             let rt = build_node(n, cx).await.map_err(|e| e.message)?;
-            // A new sink's disk buffer opens now; one that replaces a running sink reopens
-            // it once that one has closed it.
-            if let (None, Some(cfg), Some(input)) = (old, &n.buffer, &n.input_schema) {
+            if let (Some(cfg), Some(input)) = (&n.buffer, &n.input_schema) {
                 let b = open_buffer(&n.id, cfg, input, &component).map_err(|e| e.message)?;
                 buffers.insert(n.id.clone(), b);
             }
-            built.push(Some((rt, t)));
+            built.push(Some((Some(rt), t)));
         }
 
         let mut summary = ReloadSummary::default();
@@ -1193,7 +1232,7 @@ impl Runner {
                             start.after = predecessors.get(&n.id).cloned();
                         }
                     }
-                    if n.kind == ComponentKind::Sink && n.buffer.is_some() && old.is_some() {
+                    if n.kind == ComponentKind::Sink && old.is_some() {
                         start.after = predecessors.get(&n.id).cloned();
                     }
                     starts.insert(n.id.clone(), start);
