@@ -1014,6 +1014,18 @@ impl Runner {
 
     /// Swaps in `new`: see the module documentation.
     async fn reload(&mut self, new: Pipeline) -> Result<ReloadSummary, String> {
+        let running = self.checkpoints.as_ref().map(|c| {
+            c.store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .config()
+                .clone()
+        });
+        if new.checkpoint != running {
+            tracing::warn!(
+                "the [checkpoint] table changed; it takes effect when the pipeline next starts"
+            );
+        }
         let old_index: HashMap<&str, usize> = self
             .nodes
             .iter()
@@ -1135,10 +1147,12 @@ impl Runner {
             };
             let before = control.tunables().await.unwrap_or_default();
             for (name, value) in diff {
-                control
-                    .set(name, value.clone())
-                    .await
-                    .map_err(|e| format!("transforms.{}.{name}: {e}", n.id))?;
+                if let Err(e) = control.set(name, value.clone()).await {
+                    if changes_graph {
+                        self.resume_checkpoints();
+                    }
+                    return Err(format!("transforms.{}.{name}: {e}", n.id));
+                }
                 self.handle.update_setting(&n.id, name, value);
                 summary.changes.push(ParamChange {
                     component: n.id.clone(),
