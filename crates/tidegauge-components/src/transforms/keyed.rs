@@ -2,13 +2,14 @@
 //! detector state per key, the warm-up rule (the detector's own), the output columns,
 //! and sharding of keys across worker threads.
 //!
-//! Sharding: with `workers = N > 1`, each row goes to the worker that owns its key
-//! (hash of the key), so a key's events are always seen by the same state in their
-//! order; each worker returns the verdicts for its rows and the batch is reassembled in
-//! row order. Results are therefore identical to one worker. One batch is in flight
-//! while the next is split, so splitting and reassembly overlap with detection.
+//! Sharding: with `workers = N > 1`, every worker reads the whole batch and judges the
+//! rows whose key it owns (hash of the key), so a key's events are always seen by the
+//! same state in their order; each worker returns the verdicts for its rows and they are
+//! put in place in the batch's columns. Results are therefore identical to one worker.
+//! The hash that picks the worker is the one its key table uses, so a key is hashed once
+//! per event. One batch is in flight while the previous one's columns are assembled, so
+//! assembly overlaps with detection.
 
-use std::hash::Hasher;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -16,7 +17,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Schema, SchemaRef};
-use rustc_hash::FxHasher;
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::component::Tunable;
 use tidegauge_core::schema::{extend, require_field};
@@ -25,7 +25,7 @@ use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, Transfo
 use tidegauge_detect::{Detector, ParamError, Verdict};
 
 use super::zscore::float_values;
-use super::{DetectorColumns, KeyInterner, detector_fields};
+use super::{DetectorColumns, KeyInterner, detector_fields, key_hash};
 
 /// Settings every detector has (resolved defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,18 +280,17 @@ impl<D> Default for Shard<D> {
     }
 }
 
-/// One row's verdict, with its reason when it is an anomaly.
-type RowVerdict = Option<(Verdict, Option<String>)>;
-
 impl<D: Detector> Shard<D> {
-    /// Verdicts for `rows` of `batch` (all rows when `None`), in order.
+    /// Judges the rows of `batch` (those whose key this shard owns, when `part` is
+    /// `Some((worker, workers))`), in order, handing each verdict and, for anomalies,
+    /// its reason to `record`. Rows without a value (or time) get no verdict.
     fn judge<S: DetectorSpec<State = D>>(
         &mut self,
         spec: &SpecCell<S>,
         columns: Columns,
         batch: &RecordBatch,
-        rows: Option<&[u32]>,
-        out: &mut Vec<RowVerdict>,
+        part: Option<(usize, usize)>,
+        mut record: impl FnMut(usize, Verdict, Option<String>),
     ) -> Result<(), ComponentError> {
         let (generation, spec) = spec.get();
         if generation != self.generation {
@@ -307,61 +306,63 @@ impl<D: Detector> Shard<D> {
         let ts = columns
             .ts
             .map(|i| batch.column(i).as_primitive::<Int64Type>());
-        let mut one = |row: usize| -> RowVerdict {
-            if value_column.is_null(row) {
-                return None;
-            }
-            let t = match ts {
-                Some(t) if t.is_null(row) => return None,
-                Some(t) => t.value(row),
-                None => 0,
-            };
+        for row in 0..batch.num_rows() {
             let key = if keys.is_null(row) {
                 ""
             } else {
                 keys.value(row)
             };
-            let (id, new) = self.keys.id(key);
+            let hash = key_hash(key);
+            if let Some((worker, workers)) = part
+                && shard_of_hash(hash, workers) != worker
+            {
+                continue;
+            }
+            if value_column.is_null(row) {
+                continue;
+            }
+            let t = match ts {
+                Some(t) if t.is_null(row) => continue,
+                Some(t) => t.value(row),
+                None => 0,
+            };
+            let (id, new) = self.keys.id_hashed(key, hash);
             if new {
                 self.states.push(spec.new_state());
             }
             let state = &mut self.states[id];
             let verdict = state.observe(t, values[row]);
             let reason = verdict.is_anomaly.then(|| state.explain(&verdict));
-            Some((verdict, reason))
-        };
-        match rows {
-            None => out.extend((0..batch.num_rows()).map(&mut one)),
-            Some(rows) => out.extend(rows.iter().map(|&r| one(r as usize))),
+            record(row, verdict, reason);
         }
         Ok(())
     }
 }
 
-/// Work for one pool worker: its rows of a batch.
-struct Job {
-    batch: RecordBatch,
-    rows: Vec<u32>,
+/// A worker's verdicts for the rows it owns in a batch, and the anomalies' reasons.
+#[derive(Default)]
+struct Part {
+    verdicts: Vec<(u32, Verdict)>,
+    reasons: Vec<(u32, String)>,
 }
 
 /// What a pool worker is asked to do.
 enum Work {
-    /// Judge rows.
-    Rows(Job),
+    /// Judge the rows of a batch this worker owns.
+    Rows(RecordBatch),
     /// Encode its shard's states (checkpoint).
     Save(mpsc::SyncSender<Option<Result<Vec<u8>, ComponentError>>>),
     /// Replace its shard with these keys and states (restore).
     Load(Box<dyn std::any::Any + Send>),
 }
 
-type JobResult = Result<Vec<RowVerdict>, ComponentError>;
+type JobResult = Result<Part, ComponentError>;
 
 /// Worker threads, each owning the keys that hash to it.
 struct Pool {
     jobs: Vec<mpsc::SyncSender<Work>>,
     results: Vec<mpsc::Receiver<JobResult>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    key_column: usize,
 }
 
 impl Pool {
@@ -374,7 +375,6 @@ impl Pool {
             jobs: Vec::new(),
             results: Vec::new(),
             threads: Vec::new(),
-            key_column: columns.key,
         };
         for w in 0..workers {
             let (job_tx, job_rx) = mpsc::sync_channel::<Work>(2);
@@ -385,8 +385,8 @@ impl Pool {
                 .spawn(move || {
                     let mut shard = Shard::<S::State>::default();
                     while let Ok(work) = job_rx.recv() {
-                        let job = match work {
-                            Work::Rows(job) => job,
+                        let batch = match work {
+                            Work::Rows(batch) => batch,
                             Work::Save(reply) => {
                                 let saved = spec.get().1.save_states(&shard.keys, &shard.states);
                                 let _ = reply.send(saved);
@@ -399,10 +399,24 @@ impl Pool {
                                 continue;
                             }
                         };
-                        let mut out = Vec::with_capacity(job.rows.len());
+                        let mut part = Part {
+                            verdicts: Vec::with_capacity(batch.num_rows() / workers + 64),
+                            reasons: Vec::new(),
+                        };
                         let r = shard
-                            .judge(&*spec, columns, &job.batch, Some(&job.rows), &mut out)
-                            .map(|()| out);
+                            .judge(
+                                &*spec,
+                                columns,
+                                &batch,
+                                Some((w, workers)),
+                                |row, v, why| {
+                                    part.verdicts.push((row as u32, v));
+                                    if let Some(why) = why {
+                                        part.reasons.push((row as u32, why));
+                                    }
+                                },
+                            )
+                            .map(|()| part);
                         if res_tx.send(r).is_err() {
                             break;
                         }
@@ -416,48 +430,30 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Splits the batch's rows by key and hands them to the workers.
-    fn submit(&self, batch: &RecordBatch) -> Result<Vec<Vec<u32>>, ComponentError> {
-        let n = self.jobs.len();
-        let keys = batch.column(self.key_column).as_string::<i32>();
-        let mut parts: Vec<Vec<u32>> = (0..n)
-            .map(|_| Vec::with_capacity(batch.num_rows() / n + 16))
-            .collect();
-        for row in 0..batch.num_rows() {
-            let key = if keys.is_null(row) {
-                ""
-            } else {
-                keys.value(row)
-            };
-            parts[shard_of(key, n)].push(row as u32);
-        }
-        for (w, rows) in parts.iter().enumerate() {
-            self.jobs[w]
-                .send(Work::Rows(Job {
-                    batch: batch.clone(),
-                    rows: rows.clone(),
-                }))
+    /// Hands the batch to every worker (each picks the rows it owns).
+    fn submit(&self, batch: &RecordBatch) -> Result<(), ComponentError> {
+        for job in &self.jobs {
+            job.send(Work::Rows(batch.clone()))
                 .map_err(|_| ComponentError::new("a detector worker stopped"))?;
         }
-        Ok(parts)
+        Ok(())
     }
 
-    /// Collects the workers' verdicts for a submitted batch, in row order.
-    fn collect(
-        &self,
-        parts: Vec<Vec<u32>>,
-        num_rows: usize,
-    ) -> Result<Vec<RowVerdict>, ComponentError> {
-        let mut all: Vec<RowVerdict> = vec![None; num_rows];
-        for (w, rows) in parts.into_iter().enumerate() {
-            let verdicts = self.results[w]
+    /// Collects the workers' verdicts for a submitted batch into its columns.
+    fn collect(&self, num_rows: usize) -> Result<DetectorColumns, ComponentError> {
+        let mut out = DetectorColumns::new(num_rows);
+        for results in &self.results {
+            let part = results
                 .recv()
                 .map_err(|_| ComponentError::new("a detector worker stopped"))??;
-            for (row, v) in rows.into_iter().zip(verdicts) {
-                all[row as usize] = v;
+            for (row, v) in part.verdicts {
+                out.set(row as usize, v);
+            }
+            for (row, why) in part.reasons {
+                out.reason(row as usize, why);
             }
         }
-        Ok(all)
+        Ok(out)
     }
 }
 
@@ -472,10 +468,14 @@ impl Drop for Pool {
 
 /// Which of `n` workers owns `key`.
 pub fn shard_of(key: &str, n: usize) -> usize {
-    let mut h = FxHasher::default();
-    h.write(key.as_bytes());
-    // The high bits of an Fx hash are the well-mixed ones.
-    ((h.finish() >> 32) as usize) % n
+    shard_of_hash(key_hash(key), n)
+}
+
+/// Which of `n` workers owns a key with this [`key_hash`].
+fn shard_of_hash(hash: u64, n: usize) -> usize {
+    // The high bits of an Fx hash are the well-mixed ones (the key table uses the low
+    // bits for its buckets and the top 7 for its tags; these are neither).
+    ((hash >> 32) as usize) % n
 }
 
 enum Engine<D> {
@@ -486,7 +486,6 @@ enum Engine<D> {
 /// A batch handed to the pool whose verdicts are not collected yet.
 struct InFlight {
     batch: RecordBatch,
-    parts: Vec<Vec<u32>>,
     finalizers: Finalizers,
 }
 
@@ -503,21 +502,10 @@ impl<S: DetectorSpec> KeyedDetector<S> {
     fn emit(
         &self,
         batch: &RecordBatch,
-        verdicts: Vec<RowVerdict>,
+        out: DetectorColumns,
         cx: &mut TransformContext,
         finalizers: Option<Finalizers>,
     ) -> Result<(), ComponentError> {
-        let mut out = DetectorColumns::with_capacity(batch.num_rows());
-        for v in verdicts {
-            match v {
-                None => out.push_none(),
-                Some((verdict, reason)) => {
-                    out.push(verdict.statistic, verdict.score, verdict.is_anomaly, || {
-                        reason.unwrap_or_default()
-                    })
-                }
-            }
-        }
         cx.component().emit(AnomaliesDetected {
             count: out.anomalies(),
         });
@@ -531,8 +519,8 @@ impl<S: DetectorSpec> KeyedDetector<S> {
 
     fn drain(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
         if let (Some(f), Engine::Pool(pool)) = (self.in_flight.take(), &self.engine) {
-            let verdicts = pool.collect(f.parts, f.batch.num_rows())?;
-            self.emit(&f.batch, verdicts, cx, Some(f.finalizers))?;
+            let out = pool.collect(f.batch.num_rows())?;
+            self.emit(&f.batch, out, cx, Some(f.finalizers))?;
         }
         Ok(())
     }
@@ -546,18 +534,22 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
     ) -> Result<(), ComponentError> {
         match &mut self.engine {
             Engine::Inline(shard) => {
-                let mut verdicts = Vec::with_capacity(batch.num_rows());
-                shard.judge(&*self.spec, self.columns, &batch, None, &mut verdicts)?;
-                self.emit(&batch, verdicts, cx, None)
+                let mut out = DetectorColumns::new(batch.num_rows());
+                shard.judge(&*self.spec, self.columns, &batch, None, |row, v, why| {
+                    out.set(row, v);
+                    if let Some(why) = why {
+                        out.reason(row, why);
+                    }
+                })?;
+                self.emit(&batch, out, cx, None)
             }
             Engine::Pool(pool) => {
-                let parts = pool.submit(&batch)?;
+                pool.submit(&batch)?;
                 let next = InFlight {
                     batch,
-                    parts,
                     finalizers: cx.take_finalizers(),
                 };
-                // The previous batch's verdicts were computed while this one was split.
+                // The workers judge this batch while the previous one is assembled.
                 self.drain(cx)?;
                 self.in_flight = Some(next);
                 Ok(())

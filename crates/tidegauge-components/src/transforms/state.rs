@@ -33,7 +33,7 @@ pub fn encode_keyed<S: Serialize>(
     keys: &KeyInterner,
     states: &[S],
 ) -> Result<Vec<u8>, ComponentError> {
-    let mut ordered: Vec<(&str, u32)> = keys.ids.iter().map(|(k, &id)| (&**k, id)).collect();
+    let mut ordered: Vec<(&str, u32)> = keys.iter().collect();
     ordered.sort_unstable_by_key(|&(_, id)| id);
     if ordered.len() != states.len() {
         return Err(ComponentError::new(format!(
@@ -107,9 +107,7 @@ pub fn decode_shards(bytes: &[u8]) -> Result<Vec<Vec<u8>>, ComponentError> {
 
 /// The keys (in id order) paired with their states.
 pub fn into_pairs<S>(keys: KeyInterner, states: Vec<S>) -> Vec<(Box<str>, S)> {
-    let mut ordered: Vec<(Box<str>, u32)> = keys.ids.into_iter().collect();
-    ordered.sort_unstable_by_key(|&(_, id)| id);
-    ordered.into_iter().map(|(k, _)| k).zip(states).collect()
+    keys.into_keys().into_iter().zip(states).collect()
 }
 
 /// An interner and states from key/state pairs (ids in pair order).
