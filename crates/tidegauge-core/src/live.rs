@@ -688,6 +688,13 @@ impl Runner {
                         }
                         _ => source_checkpoint.unwrap_or_default(),
                     };
+                    // A barrier served before the first batch stands where the source
+                    // resumes, not at "nowhere" (which a restart would read as the start,
+                    // with state restored that has seen everything before it).
+                    let mut out = out;
+                    if let Some(p) = checkpoint.restored() {
+                        out.set_position(p.clone());
+                    }
                     let cx = SourceContext {
                         component,
                         out,

@@ -101,7 +101,7 @@ fn unset_variables_are_reported_with_their_line() {
         err.contains("environment variable `W1_OUTPUT` is not set"),
         "{err}"
     );
-    assert!(err.contains("w1.toml:8:"), "{err}");
+    assert!(err.contains("w1.toml:10:"), "{err}");
 }
 
 #[test]
