@@ -56,7 +56,7 @@ use std::time::{Duration, Instant, SystemTime};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ConfigError;
 use crate::registry::ComponentKind;
@@ -342,13 +342,45 @@ impl CheckpointStore {
     pub fn source_handle(&self, id: &str) -> SourceCheckpoint {
         SourceCheckpoint {
             restored: self.source_position(id),
-            committer: Some(Arc::new(Mutex::new(Committer {
-                path: self.config.dir.join("acked").join(format!("{id}.json")),
-                every: Duration::from_millis(self.config.commit_interval_ms),
-                last_write: None,
-                pending: None,
-            }))),
+            committer: Some(self.committer(id)),
         }
+    }
+
+    /// The handle for a source instance that takes over from an earlier instance of the
+    /// same running pipeline (a reload rebuilt it), once that one has ended: it resumes
+    /// at the position the earlier instance committed as acknowledged, which is where
+    /// the running transforms' state stands. Without one, as [`Self::source_handle`].
+    pub fn takeover_handle(&mut self, id: &str) -> Result<SourceCheckpoint, CheckpointError> {
+        let path = self.config.dir.join("acked").join(format!("{id}.json"));
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let file: AckedFile =
+                    serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason: format!("not an acknowledged position: {e}"),
+                    })?;
+                self.acked.insert(id.to_string(), file.position);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        Ok(SourceCheckpoint {
+            restored: self
+                .acked
+                .get(id)
+                .cloned()
+                .or_else(|| self.source_position(id)),
+            committer: Some(self.committer(id)),
+        })
+    }
+
+    fn committer(&self, id: &str) -> Arc<Mutex<Committer>> {
+        Arc::new(Mutex::new(Committer {
+            path: self.config.dir.join("acked").join(format!("{id}.json")),
+            every: Duration::from_millis(self.config.commit_interval_ms),
+            last_write: None,
+            pending: None,
+        }))
     }
 
     /// Writes checkpoint `id`: state files first, then the manifest; then removes state
@@ -538,6 +570,17 @@ pub(crate) enum Report {
     Finished { node: usize, ok: bool },
     /// Every component has ended; write the final checkpoint if `clean`.
     End { clean: bool },
+    /// The graph is about to change (reload): start no checkpoint, and answer with the
+    /// id the next barrier will have once none is in flight.
+    Pause { reply: oneshot::Sender<u64> },
+    /// The graph now has these nodes (slot, id, kind); `requests` reach the sources that
+    /// are new. Reports of slots not listed are ignored from now on.
+    Regraph {
+        nodes: Vec<(usize, String, ComponentKind)>,
+        requests: HashMap<usize, mpsc::UnboundedSender<u64>>,
+    },
+    /// The replaced components have drained: checkpoints go on.
+    Resume,
 }
 
 /// Where a component sends its reports.
@@ -573,7 +616,11 @@ struct InFlight {
 /// Takes checkpoints while a pipeline runs. See the module documentation.
 pub(crate) struct Coordinator {
     store: Arc<Mutex<CheckpointStore>>,
-    nodes: Vec<(String, ComponentKind)>,
+    /// The running graph's components by slot (a slot is one component instance).
+    nodes: BTreeMap<usize, (String, ComponentKind)>,
+    /// While the graph changes: no checkpoint starts; these wait for the one in flight.
+    paused: bool,
+    pause_waiters: Vec<oneshot::Sender<u64>>,
     /// Barrier requests, per source node.
     requests: HashMap<usize, mpsc::UnboundedSender<u64>>,
     next_id: u64,
@@ -603,15 +650,18 @@ impl Coordinator {
         requests: HashMap<usize, mpsc::UnboundedSender<u64>>,
     ) -> Self {
         let first_id = store.last_id() + 1;
+        let nodes: BTreeMap<usize, (String, ComponentKind)> =
+            nodes.into_iter().enumerate().collect();
         let sink_epochs = nodes
             .iter()
-            .enumerate()
             .filter(|(_, (_, k))| *k == ComponentKind::Sink)
-            .map(|(i, _)| (i, (Default::default(), first_id - 1)))
+            .map(|(&i, _)| (i, (Default::default(), first_id - 1)))
             .collect();
         Coordinator {
             store: Arc::new(Mutex::new(store)),
             nodes,
+            paused: false,
+            pause_waiters: Vec::new(),
             requests,
             next_id: first_id,
             first_id,
@@ -625,6 +675,11 @@ impl Coordinator {
     /// The id the first barrier of this run will have (sinks number their epochs from it).
     pub(crate) fn first_id(&self) -> u64 {
         self.first_id
+    }
+
+    /// The checkpoint directory, shared with the runner (sources taking over on reload).
+    pub(crate) fn store(&self) -> Arc<Mutex<CheckpointStore>> {
+        self.store.clone()
     }
 
     pub(crate) async fn run(
@@ -666,6 +721,11 @@ impl Coordinator {
                     Some(r) => {
                         self.handle(r);
                         self.try_complete(&mut summary).await;
+                        if self.in_flight.is_none() {
+                            for w in self.pause_waiters.drain(..) {
+                                let _ = w.send(self.next_id);
+                            }
+                        }
                     }
                 },
             }
@@ -679,7 +739,7 @@ impl Coordinator {
     }
 
     fn start(&mut self) {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || self.paused {
             return;
         }
         let live_sources = self
@@ -707,13 +767,13 @@ impl Coordinator {
     /// Fills what finished components contribute; false if one of them failed.
     fn fill_from_finals(&self, cp: &mut InFlight) -> bool {
         let mut ok = true;
-        for (i, (_, kind)) in self.nodes.iter().enumerate() {
-            match (kind, self.finals.get(&i)) {
+        for (i, (_, kind)) in &self.nodes {
+            match (kind, self.finals.get(i)) {
                 (ComponentKind::Source, Some(Final::Position(p))) => {
-                    cp.positions.entry(i).or_insert_with(|| p.clone());
+                    cp.positions.entry(*i).or_insert_with(|| p.clone());
                 }
                 (ComponentKind::Transform, Some(Final::State(s))) => {
-                    cp.states.entry(i).or_insert_with(|| s.clone());
+                    cp.states.entry(*i).or_insert_with(|| s.clone());
                 }
                 (ComponentKind::Sink, Some(Final::SinkDone)) => {}
                 (_, Some(Final::Failed)) | (_, None) => ok = false,
@@ -723,7 +783,25 @@ impl Coordinator {
         ok
     }
 
+    fn name(&self, node: usize) -> &str {
+        self.nodes.get(&node).map_or("?", |n| n.0.as_str())
+    }
+
     fn handle(&mut self, report: Report) {
+        let slot = match &report {
+            Report::SourceBarrier { node, .. }
+            | Report::SourceFinal { node, .. }
+            | Report::TransformBarrier { node, .. }
+            | Report::TransformFinal { node, .. }
+            | Report::SinkEpoch { node, .. }
+            | Report::Finished { node, .. } => Some(*node),
+            _ => None,
+        };
+        if slot.is_some_and(|s| !self.nodes.contains_key(&s)) {
+            // An instance a reload replaced: it drains, it is no longer part of
+            // checkpoints.
+            return;
+        }
         match report {
             Report::SourceBarrier { node, id, position } => {
                 if let Some(cp) = self.in_flight.as_mut().filter(|c| c.id == id) {
@@ -734,6 +812,7 @@ impl Coordinator {
                 self.finals.insert(node, Final::Position(position));
             }
             Report::TransformBarrier { node, id, state } => {
+                let name = self.name(node).to_string();
                 if let Some(cp) = self.in_flight.as_mut().filter(|c| c.id == id) {
                     match state {
                         Ok(s) => {
@@ -741,8 +820,7 @@ impl Coordinator {
                         }
                         Err(e) => {
                             cp.failed = Some(format!(
-                                "checkpoint {id}: transform `{}` could not snapshot its state: {e}",
-                                self.nodes[node].0
+                                "checkpoint {id}: transform `{name}` could not snapshot its state: {e}"
                             ))
                         }
                     }
@@ -752,7 +830,7 @@ impl Coordinator {
                 let f = match state {
                     Ok(s) => Final::State(s),
                     Err(e) => {
-                        tracing::error!(component_id = %self.nodes[node].0, "cannot snapshot final state: {e}");
+                        tracing::error!(component_id = %self.name(node), "cannot snapshot final state: {e}");
                         Final::Failed
                     }
                 };
@@ -764,10 +842,11 @@ impl Coordinator {
                 delivered,
             } => {
                 if !delivered {
+                    let name = self.name(node).to_string();
                     if let Some(cp) = self.in_flight.as_mut() {
                         cp.failed = Some(format!(
-                            "checkpoint {}: sink `{}` did not deliver",
-                            cp.id, self.nodes[node].0
+                            "checkpoint {}: sink `{name}` did not deliver",
+                            cp.id
                         ));
                     }
                     return;
@@ -780,7 +859,9 @@ impl Coordinator {
                 }
             }
             Report::Finished { node, ok } => {
-                let kind = self.nodes[node].1;
+                let Some(kind) = self.nodes.get(&node).map(|n| n.1) else {
+                    return;
+                };
                 match (kind, ok) {
                     (ComponentKind::Sink, true) => {
                         self.finals.insert(node, Final::SinkDone);
@@ -793,6 +874,34 @@ impl Coordinator {
                 }
             }
             Report::End { .. } => {}
+            Report::Pause { reply } => {
+                self.paused = true;
+                if self.in_flight.is_none() {
+                    let _ = reply.send(self.next_id);
+                } else {
+                    self.pause_waiters.push(reply);
+                }
+            }
+            Report::Regraph { nodes, requests } => {
+                let nodes: BTreeMap<usize, (String, ComponentKind)> = nodes
+                    .into_iter()
+                    .map(|(slot, id, kind)| (slot, (id, kind)))
+                    .collect();
+                self.requests.retain(|slot, _| nodes.contains_key(slot));
+                self.requests.extend(requests);
+                self.finals.retain(|slot, _| nodes.contains_key(slot));
+                self.sink_epochs.retain(|slot, _| nodes.contains_key(slot));
+                for (slot, (_, kind)) in &nodes {
+                    if *kind == ComponentKind::Sink {
+                        // A new sink numbers its epochs from the next barrier.
+                        self.sink_epochs
+                            .entry(*slot)
+                            .or_insert_with(|| (Default::default(), self.next_id - 1));
+                    }
+                }
+                self.nodes = nodes;
+            }
+            Report::Resume => self.paused = false,
         }
     }
 
@@ -806,21 +915,20 @@ impl Coordinator {
             return;
         }
         let mut ready = true;
-        for (i, (_, kind)) in self.nodes.iter().enumerate() {
+        for (i, (_, kind)) in &self.nodes {
             let have = match kind {
                 ComponentKind::Source => {
-                    cp.positions.contains_key(&i)
-                        || matches!(self.finals.get(&i), Some(Final::Position(_)))
+                    cp.positions.contains_key(i)
+                        || matches!(self.finals.get(i), Some(Final::Position(_)))
                 }
                 ComponentKind::Transform => {
-                    cp.states.contains_key(&i)
-                        || matches!(self.finals.get(&i), Some(Final::State(_)))
+                    cp.states.contains_key(i) || matches!(self.finals.get(i), Some(Final::State(_)))
                 }
                 ComponentKind::Sink => {
-                    matches!(self.finals.get(&i), Some(Final::SinkDone))
+                    matches!(self.finals.get(i), Some(Final::SinkDone))
                         || self
                             .sink_epochs
-                            .get(&i)
+                            .get(i)
                             .is_some_and(|(_, upto)| *upto >= cp.id)
                 }
             };
@@ -836,14 +944,14 @@ impl Coordinator {
         self.fill_from_finals(&mut cp);
         let mut sources = BTreeMap::new();
         let mut states = BTreeMap::new();
-        for (i, (id, kind)) in self.nodes.iter().enumerate() {
+        for (i, (id, kind)) in &self.nodes {
             match kind {
                 ComponentKind::Source => {
-                    let p = cp.positions.remove(&i).flatten();
+                    let p = cp.positions.remove(i).flatten();
                     sources.insert(id.clone(), p.unwrap_or(Value::Null));
                 }
                 ComponentKind::Transform => {
-                    if let Some(Some(s)) = cp.states.remove(&i) {
+                    if let Some(Some(s)) = cp.states.remove(i) {
                         states.insert(id.clone(), s);
                     }
                 }

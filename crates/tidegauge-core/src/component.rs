@@ -9,8 +9,8 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -26,7 +26,8 @@ use crate::checkpoint::{Report, ReportPort, SourceCheckpoint};
 use crate::dead_letter::DeadLetter;
 use crate::error::{BuildError, ComponentError, ConfigError};
 use crate::telemetry::{
-    ComponentTelemetry, EventsReceived, EventsSent, InternalEvent, RecordDeadLettered,
+    BatchProcessed, ComponentTelemetry, EventsReceived, EventsSent, InternalEvent,
+    RecordDeadLettered, Waited,
 };
 
 /// What every component gets at build time.
@@ -121,10 +122,72 @@ impl BarrierPort {
     }
 }
 
+/// The downstream edges of a component's output. Shared between the running component
+/// and the runner, so a running pipeline can be rewired (hot reload): the runner swaps
+/// the list, and an edge nobody lists any more closes once the sends in flight are done.
+#[derive(Clone, Default)]
+pub struct Fanout(Arc<Mutex<FanoutInner>>);
+
+#[derive(Default)]
+struct FanoutInner {
+    targets: Arc<Vec<mpsc::Sender<Message>>>,
+    /// Set when the output is dropped: its component has finished, nothing more is sent.
+    closed: bool,
+}
+
+impl Fanout {
+    /// A fan-out to `targets`.
+    pub fn new(targets: Vec<mpsc::Sender<Message>>) -> Self {
+        Fanout(Arc::new(Mutex::new(FanoutInner {
+            targets: Arc::new(targets),
+            closed: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FanoutInner> {
+        // The list is replaced in one assignment: a panicking holder cannot leave it torn.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The edges batches go to now.
+    pub fn current(&self) -> Arc<Vec<mpsc::Sender<Message>>> {
+        self.lock().targets.clone()
+    }
+
+    /// Replaces the list of edges; `false` (and nothing kept) once the output is gone.
+    pub fn replace(&self, targets: Vec<mpsc::Sender<Message>>) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.targets = Arc::new(targets);
+        true
+    }
+
+    fn remove(&self, gone: &[mpsc::Sender<Message>]) -> usize {
+        let mut inner = self.lock();
+        let kept: Vec<_> = inner
+            .targets
+            .iter()
+            .filter(|t| !gone.iter().any(|g| g.same_channel(t)))
+            .cloned()
+            .collect();
+        let n = kept.len();
+        inner.targets = Arc::new(kept);
+        n
+    }
+
+    fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.targets = Arc::new(Vec::new());
+    }
+}
+
 /// The outgoing edges of a component: every batch goes to each downstream component.
 pub struct Output {
     schema: SchemaRef,
-    targets: Vec<mpsc::Sender<Message>>,
+    fanout: Fanout,
     telemetry: Arc<ComponentTelemetry>,
     barriers: Option<BarrierPort>,
 }
@@ -136,9 +199,18 @@ impl Output {
         targets: Vec<mpsc::Sender<Message>>,
         telemetry: Arc<ComponentTelemetry>,
     ) -> Self {
+        Self::with_fanout(schema, Fanout::new(targets), telemetry)
+    }
+
+    /// An output sending to the edges of `fanout`, which the runner may rewire.
+    pub fn with_fanout(
+        schema: SchemaRef,
+        fanout: Fanout,
+        telemetry: Arc<ComponentTelemetry>,
+    ) -> Self {
         Output {
             schema,
-            targets,
+            fanout,
             telemetry,
             barriers: None,
         }
@@ -195,20 +267,22 @@ impl Output {
         }
         self.check(&batch)?;
         let rows = batch.num_rows() as u64;
-        let last = self.targets.len().saturating_sub(1);
+        let targets = self.fanout.current();
+        let started = self.telemetry.profiling().then(Instant::now);
+        let last = targets.len().saturating_sub(1);
         let mut closed = Vec::new();
         let mut batch = Some(batch);
-        for (i, tx) in self.targets.iter().enumerate() {
+        for (i, tx) in targets.iter().enumerate() {
             let b = if i == last {
                 batch.take().ok_or(SendError::Closed)?
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
             if tx.send(Message::Batch(b)).await.is_err() {
-                closed.push(i);
+                closed.push(tx.clone());
             }
         }
-        self.finish_send(rows, closed)
+        self.finish_send(rows, started, closed)
     }
 
     /// Like [`Output::send`], then records `position` as where the source stands once
@@ -252,9 +326,9 @@ impl Output {
     /// Sends barrier `id` downstream (a transform forwarding it).
     pub(crate) async fn send_barrier(&mut self, id: u64) -> Result<(), SendError> {
         let mut closed = Vec::new();
-        for (i, tx) in self.targets.iter().enumerate() {
+        for tx in self.fanout.current().iter() {
             if tx.send(Message::Barrier(id)).await.is_err() {
-                closed.push(i);
+                closed.push(tx.clone());
             }
         }
         self.drop_closed(closed)
@@ -263,9 +337,9 @@ impl Output {
     /// Sends barrier `id` downstream from a thread outside the async runtime.
     pub(crate) fn blocking_send_barrier(&mut self, id: u64) -> Result<(), SendError> {
         let mut closed = Vec::new();
-        for (i, tx) in self.targets.iter().enumerate() {
+        for tx in self.fanout.current().iter() {
             if tx.blocking_send(Message::Barrier(id)).is_err() {
-                closed.push(i);
+                closed.push(tx.clone());
             }
         }
         self.drop_closed(closed)
@@ -279,20 +353,22 @@ impl Output {
         }
         self.check(&batch)?;
         let rows = batch.num_rows() as u64;
-        let last = self.targets.len().saturating_sub(1);
+        let targets = self.fanout.current();
+        let started = self.telemetry.profiling().then(Instant::now);
+        let last = targets.len().saturating_sub(1);
         let mut closed = Vec::new();
         let mut batch = Some(batch);
-        for (i, tx) in self.targets.iter().enumerate() {
+        for (i, tx) in targets.iter().enumerate() {
             let b = if i == last {
                 batch.take().ok_or(SendError::Closed)?
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
             if tx.blocking_send(Message::Batch(b)).is_err() {
-                closed.push(i);
+                closed.push(tx.clone());
             }
         }
-        self.finish_send(rows, closed)
+        self.finish_send(rows, started, closed)
     }
 
     /// Like [`Output::send_at`], for components running on their own thread.
@@ -306,17 +382,29 @@ impl Output {
         Ok(())
     }
 
-    fn drop_closed(&mut self, closed: Vec<usize>) -> Result<(), SendError> {
-        for i in closed.into_iter().rev() {
-            self.targets.remove(i);
-        }
-        if self.targets.is_empty() {
+    fn drop_closed(&mut self, closed: Vec<mpsc::Sender<Message>>) -> Result<(), SendError> {
+        let remaining = if closed.is_empty() {
+            self.fanout.current().len()
+        } else {
+            self.fanout.remove(&closed)
+        };
+        if remaining == 0 {
             return Err(SendError::Closed);
         }
         Ok(())
     }
 
-    fn finish_send(&mut self, rows: u64, closed: Vec<usize>) -> Result<(), SendError> {
+    fn finish_send(
+        &mut self,
+        rows: u64,
+        started: Option<Instant>,
+        closed: Vec<mpsc::Sender<Message>>,
+    ) -> Result<(), SendError> {
+        if let Some(t) = started {
+            self.telemetry.emit(Waited {
+                elapsed: t.elapsed(),
+            });
+        }
         self.drop_closed(closed)?;
         self.telemetry.emit(EventsSent { count: rows });
         Ok(())
@@ -325,6 +413,8 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
+        // Downstream edges close once every output feeding them is gone.
+        self.fanout.close();
         // A source's output going away: everything it will ever send has been sent.
         if let Some(port) = self.barriers.take() {
             port.reports.send(Report::SourceFinal {
@@ -376,12 +466,18 @@ struct Epochs {
 
 /// The incoming edges of a transform or sink (one channel per upstream component, read
 /// in turn). Counts what it hands out; aligns checkpoint barriers.
+///
+/// When asked, measures the time from handing out a batch to the next request as the
+/// batch's processing time, and (when profiling) the time spent waiting for input.
 pub struct SinkInput {
     ports: Vec<Port>,
     cursor: usize,
     aligning: Option<u64>,
     epochs: Option<Epochs>,
     telemetry: Arc<ComponentTelemetry>,
+    measure_latency: bool,
+    handed_out: Option<Instant>,
+    wait_started: Option<Instant>,
 }
 
 impl SinkInput {
@@ -408,6 +504,31 @@ impl SinkInput {
             aligning: None,
             epochs: None,
             telemetry,
+            measure_latency: false,
+            handed_out: None,
+            wait_started: None,
+        }
+    }
+
+    /// Records, for each batch, the time until the next one is asked for (what a sink
+    /// spends writing it) as [`BatchProcessed`].
+    pub fn measuring_latency(mut self) -> Self {
+        self.measure_latency = true;
+        self
+    }
+
+    fn before_wait(&mut self) {
+        if !self.measure_latency && !self.telemetry.profiling() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(t) = self.handed_out.take() {
+            self.telemetry.emit(BatchProcessed {
+                elapsed: now.saturating_duration_since(t),
+            });
+        }
+        if self.telemetry.profiling() {
+            self.wait_started = Some(now);
         }
     }
 
@@ -482,11 +603,20 @@ impl SinkInput {
 
     /// Counts a batch; for sinks, tags it with the epoch token.
     fn hand_out(&mut self, event: Event) -> Event {
+        let now = (self.measure_latency || self.wait_started.is_some()).then(Instant::now);
+        if let (Some(start), Some(now)) = (self.wait_started.take(), now) {
+            self.telemetry.emit(Waited {
+                elapsed: now.saturating_duration_since(start),
+            });
+        }
         match event {
             Event::Batch(mut b) => {
                 self.telemetry.emit(EventsReceived {
                     count: b.num_rows() as u64,
                 });
+                if self.measure_latency {
+                    self.handed_out = now;
+                }
                 if let Some(e) = &self.epochs {
                     b.finalizers.merge(e.current.clone());
                 }
@@ -506,12 +636,14 @@ impl SinkInput {
 
     /// The next batch, barrier or the end of input.
     pub async fn next_event(&mut self) -> Event {
+        self.before_wait();
         let e = std::future::poll_fn(|cx| self.poll_event(cx)).await;
         self.hand_out(e)
     }
 
     /// The next batch, barrier, the end of input, or [`Event::Idle`] after `wait`.
     pub async fn next_event_timeout(&mut self, wait: Duration) -> Event {
+        self.before_wait();
         let e = match tokio::time::timeout(wait, std::future::poll_fn(|cx| self.poll_event(cx)))
             .await
         {
@@ -523,6 +655,7 @@ impl SinkInput {
 
     /// Like [`SinkInput::next_event`], from a thread outside the async runtime.
     pub fn blocking_next_event(&mut self) -> Event {
+        self.before_wait();
         let e = block_on(std::future::poll_fn(|cx| self.poll_event(cx)));
         self.hand_out(e)
     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::admin::AdminConfig;
 use crate::checkpoint::CheckpointConfig;
 use crate::dead_letter::DeadLetterConfig;
 use crate::error::ConfigError;
@@ -29,6 +30,9 @@ pub struct ComponentEntry {
     /// Typed settings; `None` when they could not be parsed (the reason is among the
     /// pipeline's errors), so the rest of the graph can still be checked.
     pub config: Option<AnyConfig>,
+    /// The settings as written (without `type` and `inputs`), as JSON: what a running
+    /// pipeline compares on reload and reports as the component's parameters.
+    pub settings: serde_json::Value,
     /// A sink's disk buffer (`buffer = { ... }`), when it has one.
     pub buffer: Option<crate::disk_buffer::DiskBufferConfig>,
 }
@@ -40,6 +44,8 @@ pub struct PipelineConfig {
     pub components: Vec<ComponentEntry>,
     /// Where records that cannot be processed go.
     pub dead_letter: DeadLetterConfig,
+    /// The admin API, when `[admin]` is present.
+    pub admin: Option<AdminConfig>,
     /// Checkpoints and acknowledged positions, when `[checkpoint]` is given.
     pub checkpoint: Option<CheckpointConfig>,
     /// Where each setting sits in the file, for error messages.
@@ -180,12 +186,13 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 /// Top-level tables a pipeline file may have.
-const TOP_LEVEL: [&str; 5] = [
+const TOP_LEVEL: [&str; 6] = [
     "sources",
     "transforms",
     "sinks",
     "dead_letter",
     "checkpoint",
+    "admin",
 ];
 
 /// Interpolates, parses and type-checks each component's settings. A file that cannot
@@ -230,6 +237,20 @@ pub fn load(
             Err(e) => {
                 errors.push(spanned_error("dead_letter", e, &starts));
                 DeadLetterConfig::default()
+            }
+        },
+    };
+
+    let admin = match root.get("admin") {
+        None => None,
+        Some(v) => match parse_settings::<AdminConfig>(v.clone()) {
+            Ok(c) => {
+                errors.extend(c.validate().into_iter().map(|e| e.prefixed("admin")));
+                Some(c)
+            }
+            Err(e) => {
+                errors.push(spanned_error("admin", e, &starts));
+                None
             }
         },
     };
@@ -296,6 +317,7 @@ pub fn load(
     Ok(PipelineConfig {
         components,
         dead_letter,
+        admin,
         checkpoint,
         lines,
         errors,
@@ -354,6 +376,7 @@ fn parse_component(
         type_name: "?",
         inputs: Vec::new(),
         config: None,
+        settings: serde_json::Value::Null,
         buffer: None,
     };
     let DeValue::Table(table) = body.get_ref() else {
@@ -431,6 +454,7 @@ fn parse_component(
     let mut settings = table.clone();
     settings.remove("type");
     settings.remove("inputs");
+    entry.settings = settings_json(&settings, body.span());
     if kind == ComponentKind::Sink
         && let Some(b) = settings.remove("buffer")
     {
@@ -460,6 +484,13 @@ fn parse_component(
     entry.inputs = inputs;
     entry.config = config.filter(|_| errors.is_empty());
     (entry, errors)
+}
+
+/// A component's settings table as JSON (`Null` if it cannot be represented).
+fn settings_json(settings: &DeTable<'_>, span: std::ops::Range<usize>) -> serde_json::Value {
+    let value = Spanned::new(span, DeValue::Table(settings.clone()));
+    serde::Deserialize::deserialize(toml::de::ValueDeserializer::from(value))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 fn names_of(kind: ComponentKind) -> String {

@@ -13,17 +13,26 @@
 //!   positions, so a restart resumes without loss;
 //! - [`disk_buffer`]: an optional, bounded, checksummed disk buffer in front of a sink;
 //! - [`dead_letter`]: where records that cannot be processed go, with the reason;
-//! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers.
+//! - [`resilience`]: retries with backoff, jitter and a budget, and circuit breakers;
+//! - [`live`]: a running pipeline that can be inspected, tuned and rewired (hot reload);
+//! - [`control`]: requests to running transforms (tunable parameters);
+//! - [`metrics`]: the Prometheus exposition of the telemetry counters;
+//! - [`admin`]: settings of the admin API.
 #![deny(missing_docs)]
 
 pub mod ack;
+pub mod admin;
 pub mod batch;
 pub mod checkpoint;
 pub mod component;
 pub mod config;
+pub mod control;
 pub mod dead_letter;
 pub mod disk_buffer;
 pub mod error;
+pub mod live;
+pub mod metrics;
+pub mod params;
 pub mod registry;
 pub mod resilience;
 pub mod schema;
@@ -32,8 +41,8 @@ pub mod topology;
 
 pub use batch::Batch;
 pub use component::{
-    BuildContext, ComponentContext, Event, Message, Output, Sink, SinkConfig, SinkInput, Source,
-    SourceConfig, SourceContext, Transform, TransformConfig, TransformContext,
+    BuildContext, ComponentContext, Event, Fanout, Message, Output, Sink, SinkConfig, SinkInput,
+    Source, SourceConfig, SourceContext, Transform, TransformConfig, TransformContext,
 };
 pub use error::{BuildError, ComponentError, ConfigError};
 pub use registry::{ComponentDescriptor, ComponentKind};

@@ -164,6 +164,8 @@ impl<T: SinkConfig> ErasedSinkConfig for T {
 
 /// How the registry parses one component's settings.
 type ParseFn = fn(toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError>;
+/// How the registry parses one component's settings given as JSON.
+type ParseJsonFn = fn(serde_json::Value) -> Result<AnyConfig, ParseError>;
 
 /// One registered component type.
 pub struct ComponentDescriptor {
@@ -173,6 +175,7 @@ pub struct ComponentDescriptor {
     pub type_name: &'static str,
     json_schema: fn() -> schemars::Schema,
     parse: ParseFn,
+    parse_json: ParseJsonFn,
 }
 
 inventory::collect!(ComponentDescriptor);
@@ -230,6 +233,36 @@ fn friendly_serde_message(msg: &str) -> String {
     out
 }
 
+fn parse_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ParseError> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        ParseError {
+            path: if path == "." { String::new() } else { path },
+            message: friendly_serde_message(&e.into_inner().to_string()),
+            span: None,
+        }
+    })
+}
+
+fn parse_json_any<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    wrap: fn(T) -> AnyConfig,
+) -> Result<AnyConfig, ParseError> {
+    parse_json::<T>(value).map(wrap)
+}
+
+fn parse_source_json<T: SourceConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
+    parse_json_any::<T>(v, |c| AnyConfig::Source(Box::new(c)))
+}
+
+fn parse_transform_json<T: TransformConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
+    parse_json_any::<T>(v, |c| AnyConfig::Transform(Box::new(c)))
+}
+
+fn parse_sink_json<T: SinkConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
+    parse_json_any::<T>(v, |c| AnyConfig::Sink(Box::new(c)))
+}
+
 fn parse_source<T: SourceConfig>(
     de: toml::de::ValueDeserializer<'_>,
 ) -> Result<AnyConfig, ParseError> {
@@ -254,6 +287,7 @@ impl ComponentDescriptor {
             type_name: T::TYPE,
             json_schema: schema_of::<T>,
             parse: parse_source::<T>,
+            parse_json: parse_source_json::<T>,
         }
     }
 
@@ -264,6 +298,7 @@ impl ComponentDescriptor {
             type_name: T::TYPE,
             json_schema: schema_of::<T>,
             parse: parse_transform::<T>,
+            parse_json: parse_transform_json::<T>,
         }
     }
 
@@ -274,6 +309,7 @@ impl ComponentDescriptor {
             type_name: T::TYPE,
             json_schema: schema_of::<T>,
             parse: parse_sink::<T>,
+            parse_json: parse_sink_json::<T>,
         }
     }
 
@@ -301,6 +337,11 @@ impl ComponentDescriptor {
     /// Parses the component's settings.
     pub fn parse(&self, de: toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError> {
         (self.parse)(de)
+    }
+
+    /// Parses the component's settings given as JSON (a live parameter change).
+    pub fn parse_json(&self, settings: serde_json::Value) -> Result<AnyConfig, ParseError> {
+        (self.parse_json)(settings)
     }
 }
 

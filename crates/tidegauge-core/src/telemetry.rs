@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::registry::ComponentKind;
@@ -34,6 +34,66 @@ pub struct ComponentTelemetry {
     /// Per endpoint (network sources and sinks): breaker state and whether data is missing.
     endpoints: Mutex<std::collections::BTreeMap<String, EndpointHealth>>,
     log_gate: Mutex<LogGate>,
+    /// Time per batch spent processing (transforms) or writing (sinks).
+    latency: LatencyHistogram,
+    /// Profiling: whether waits are measured, and the waits measured so far.
+    profiling: AtomicBool,
+    waited_ns: AtomicU64,
+    /// Active time: from the first start to the last finish of the component's task.
+    active: Mutex<ActiveTime>,
+    stale_readings: AtomicU64,
+    watermark_lag_ms: AtomicU64,
+    /// `BreakerState::as_gauge`, or `NO_BREAKER`.
+    breaker_state: AtomicU64,
+    /// Reads the fill of the component's input queue (set by the topology).
+    queue_probe: ProbeSlot,
+    /// The latest anomalies a detector flagged, newest last.
+    recent_anomalies: Mutex<std::collections::VecDeque<AnomalyRecord>>,
+    /// Whether the component is a detector (adds `is_anomaly` to its events).
+    detector: AtomicBool,
+}
+
+/// Anomalies kept per detector for live views.
+pub const RECENT_ANOMALIES: usize = 16;
+
+/// One anomaly, as live views show it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AnomalyRecord {
+    /// When it was flagged, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The sensor (the event's `sensor_id`), when the event has one.
+    pub key: Option<String>,
+    /// The detector's reason.
+    pub reason: Option<String>,
+}
+
+#[derive(Default)]
+struct ProbeSlot(Mutex<Option<QueueProbe>>);
+
+impl std::fmt::Debug for ProbeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueProbe")
+    }
+}
+
+/// Reads how many batches sit in a component's input queue, and how many it holds.
+pub type QueueProbe = Box<dyn Fn() -> Option<QueueFill> + Send + Sync>;
+
+/// How full a bounded input queue is, in batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueFill {
+    /// Batches waiting.
+    pub queued: usize,
+    /// Batches the queue holds at most.
+    pub capacity: usize,
+}
+
+const NO_BREAKER: u64 = u64::MAX;
+
+#[derive(Debug, Default)]
+struct ActiveTime {
+    started: Option<Instant>,
+    finished: Option<Instant>,
 }
 
 /// How one endpoint of a component fares (a gauge per endpoint).
@@ -68,12 +128,40 @@ pub struct TelemetrySnapshot {
     pub dead_lettered: u64,
     /// Events flagged as anomalies (detectors).
     pub anomalies: u64,
+    /// Readings found stale (older than allowed, or missing when expected).
+    pub stale_readings: u64,
+    /// How far the component's event-time watermark trails the wall clock, in ms.
+    pub watermark_lag_ms: u64,
+    /// Circuit breaker state, for components that call out through one.
+    pub breaker: Option<BreakerState>,
+    /// Breaker state changes so far.
+    pub breaker_transitions: u64,
+    /// Input queue fill (transforms and sinks), when the component is running.
+    pub queue: Option<QueueFill>,
+    /// Per-batch processing time.
+    pub latency: LatencySnapshot,
+    /// Time the component's task has been running (to now, or to its end), in ns.
+    pub active_ns: u64,
+    /// Whether its task runs now.
+    pub running: bool,
+    /// Time spent waiting for input or for room downstream, in ns (measured only when
+    /// profiling; 0 otherwise).
+    pub waited_ns: u64,
+    /// The latest anomalies flagged (detectors), newest last.
+    pub recent_anomalies: Vec<AnomalyRecord>,
+    /// Whether the component is a detector (adds `is_anomaly` to its events).
+    pub detector: bool,
     /// Stale readings emitted in place of fresh ones (polled sources).
     pub stale_events: u64,
     /// Polls whose endpoint had neither a fresh nor a recent enough reading.
     pub missing_readings: u64,
-    /// Circuit-breaker state changes.
-    pub breaker_transitions: u64,
+}
+
+impl TelemetrySnapshot {
+    /// Time spent working: active time less waits (profiling only; else active time).
+    pub fn busy_ns(&self) -> u64 {
+        self.active_ns.saturating_sub(self.waited_ns)
+    }
 }
 
 impl ComponentTelemetry {
@@ -95,6 +183,66 @@ impl ComponentTelemetry {
             breaker_transitions: AtomicU64::new(0),
             endpoints: Mutex::new(Default::default()),
             log_gate: Mutex::new(LogGate::default()),
+            latency: LatencyHistogram::default(),
+            profiling: AtomicBool::new(false),
+            waited_ns: AtomicU64::new(0),
+            active: Mutex::new(ActiveTime::default()),
+            stale_readings: AtomicU64::new(0),
+            watermark_lag_ms: AtomicU64::new(0),
+            breaker_state: AtomicU64::new(NO_BREAKER),
+            queue_probe: ProbeSlot::default(),
+            recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
+            detector: AtomicBool::new(false),
+        }
+    }
+
+    /// Turns wait measurement (the per-stage profiler) on or off.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, Ordering::Relaxed);
+    }
+
+    /// Marks the component as a detector (the topology does, from its schemas).
+    pub fn set_detector(&self, yes: bool) {
+        self.detector.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether waits are being measured.
+    pub fn profiling(&self) -> bool {
+        self.profiling.load(Ordering::Relaxed)
+    }
+
+    /// Sets how the input queue's fill is read (the topology does, for transforms and
+    /// sinks); `None` once the component has stopped.
+    pub fn set_queue_probe(&self, probe: Option<QueueProbe>) {
+        *lock(&self.queue_probe.0) = probe;
+    }
+
+    fn queue_fill(&self) -> Option<QueueFill> {
+        lock(&self.queue_probe.0).as_ref().and_then(|p| p())
+    }
+
+    /// The breaker state to show: the worst over the component's endpoints, else the
+    /// state of its single breaker, if it has one.
+    fn breaker(&self) -> Option<BreakerState> {
+        let worst = self
+            .lock_endpoints()
+            .values()
+            .map(|h| h.breaker)
+            .max_by_key(|b| b.as_gauge());
+        worst.or(match self.breaker_state.load(Ordering::Relaxed) {
+            0 => Some(BreakerState::Closed),
+            1 => Some(BreakerState::HalfOpen),
+            2 => Some(BreakerState::Open),
+            _ => None,
+        })
+    }
+
+    fn active_ns(&self) -> u64 {
+        let a = lock(&self.active);
+        match (a.started, a.finished) {
+            (Some(s), Some(f)) => f.saturating_duration_since(s).as_nanos() as u64,
+            (Some(s), None) => s.elapsed().as_nanos() as u64,
+            _ => 0,
         }
     }
 
@@ -116,9 +264,22 @@ impl ComponentTelemetry {
             errors: self.errors.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             anomalies: self.anomalies.load(Ordering::Relaxed),
+            stale_readings: self.stale_readings.load(Ordering::Relaxed),
+            watermark_lag_ms: self.watermark_lag_ms.load(Ordering::Relaxed),
+            breaker: self.breaker(),
+            breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
+            queue: self.queue_fill(),
+            latency: self.latency.snapshot(),
+            active_ns: self.active_ns(),
+            running: {
+                let a = lock(&self.active);
+                a.started.is_some() && a.finished.is_none()
+            },
+            waited_ns: self.waited_ns.load(Ordering::Relaxed),
+            recent_anomalies: lock(&self.recent_anomalies).iter().cloned().collect(),
+            detector: self.detector.load(Ordering::Relaxed),
             stale_events: self.stale_events.load(Ordering::Relaxed),
             missing_readings: self.missing_readings.load(Ordering::Relaxed),
-            breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
         }
     }
 
@@ -148,11 +309,99 @@ impl ComponentTelemetry {
     /// Whether a repeated warning may be logged now; at most one per second per
     /// component, the rest counted and reported with the next one that passes.
     fn log_allowed(&self) -> Option<u64> {
-        let mut gate = match self.log_gate.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        gate.allow(Instant::now())
+        lock(&self.log_gate).allow(Instant::now())
+    }
+}
+
+/// Locks a mutex whose data stays consistent whatever a panicking holder did (counters
+/// and timestamps written in one step).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Upper bounds of the latency histogram's buckets, in nanoseconds (1 µs to 10 s).
+pub const LATENCY_BUCKETS_NS: [u64; 15] = [
+    1_000,
+    5_000,
+    10_000,
+    50_000,
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A fixed-bucket histogram of durations, updated with atomics.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_NS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn observe(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let i = LATENCY_BUCKETS_NS.partition_point(|&b| b < ns);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of a latency histogram.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LatencySnapshot {
+    /// Observations per bucket of [`LATENCY_BUCKETS_NS`] (not cumulative), then the
+    /// observations above the last bound.
+    pub buckets: Vec<u64>,
+    /// Sum of all observations, ns.
+    pub sum_ns: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl LatencySnapshot {
+    /// Mean per batch, ns (0 without observations).
+    pub fn mean_ns(&self) -> u64 {
+        self.sum_ns.checked_div(self.count).unwrap_or(0)
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (0..=1), ns; `None` without
+    /// observations or when it lies above the last bound.
+    pub fn quantile_bound_ns(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return LATENCY_BUCKETS_NS.get(i).copied();
+            }
+        }
+        None
     }
 }
 
@@ -284,6 +533,73 @@ impl InternalEvent for ComponentErrorOccurred<'_> {
     }
 }
 
+/// A batch was processed (transforms) or written (sinks) in `elapsed`.
+pub struct BatchProcessed {
+    /// Time the batch took.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for BatchProcessed {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.latency.observe(self.elapsed);
+    }
+}
+
+/// The component waited `elapsed` for input or for room downstream (profiling).
+pub struct Waited {
+    /// How long.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for Waited {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.waited_ns
+            .fetch_add(self.elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The component's task started (the first start counts; a rebuilt component goes on).
+pub struct ComponentStarted;
+
+impl InternalEvent for ComponentStarted {
+    fn emit(self, t: &ComponentTelemetry) {
+        let mut a = lock(&t.active);
+        a.started.get_or_insert_with(Instant::now);
+        a.finished = None;
+        drop(a);
+        tracing::debug!(component_id = %t.id, component_type = t.type_name, "started");
+    }
+}
+
+/// The component's task finished.
+pub struct ComponentStopped;
+
+impl InternalEvent for ComponentStopped {
+    fn emit(self, t: &ComponentTelemetry) {
+        lock(&t.active).finished = Some(Instant::now());
+        t.set_queue_probe(None);
+        tracing::debug!(component_id = %t.id, "stopped");
+    }
+}
+
+/// A detector flagged these anomalies (the latest of a batch, for live views).
+pub struct AnomaliesSeen {
+    /// The anomalies, oldest first.
+    pub records: Vec<AnomalyRecord>,
+}
+
+impl InternalEvent for AnomaliesSeen {
+    fn emit(self, t: &ComponentTelemetry) {
+        let mut recent = lock(&t.recent_anomalies);
+        for r in self.records {
+            if recent.len() == RECENT_ANOMALIES {
+                recent.pop_front();
+            }
+            recent.push_back(r);
+        }
+    }
+}
+
 /// An endpoint's circuit breaker changed state.
 pub struct BreakerTransitioned<'a> {
     /// The endpoint (URL or id).
@@ -304,6 +620,44 @@ impl InternalEvent for BreakerTransitioned<'_> {
         } else {
             tracing::info!(component_id = %t.id, endpoint = self.endpoint, ?from, ?to, "circuit breaker changed state");
         }
+    }
+}
+
+/// Readings arrived (or failed to arrive) later than allowed.
+pub struct StaleReadings {
+    /// How many.
+    pub count: u64,
+}
+
+impl InternalEvent for StaleReadings {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.stale_readings.fetch_add(self.count, Ordering::Relaxed);
+    }
+}
+
+/// Where the component's event-time watermark stands relative to the wall clock.
+pub struct WatermarkLag {
+    /// Wall clock minus watermark.
+    pub lag: Duration,
+}
+
+impl InternalEvent for WatermarkLag {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.watermark_lag_ms
+            .store(self.lag.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A component's circuit breaker exists and stands in `state` (reported once at build).
+pub struct BreakerReady {
+    /// Initial state.
+    pub state: BreakerState,
+}
+
+impl InternalEvent for BreakerReady {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.breaker_state
+            .store(self.state.as_gauge(), Ordering::Relaxed);
     }
 }
 
@@ -384,6 +738,38 @@ mod tests {
         let s = t.snapshot();
         assert_eq!((s.events_in, s.events_out, s.anomalies), (10, 4, 2));
         assert_eq!((s.dead_lettered, s.errors), (1, 1));
+        assert_eq!(s.breaker, None);
+        t.emit(BreakerTransitioned {
+            endpoint: "http://a",
+            from: BreakerState::Closed,
+            to: BreakerState::Open,
+        });
+        let s = t.snapshot();
+        assert_eq!(
+            (s.breaker, s.breaker_transitions),
+            (Some(BreakerState::Open), 1)
+        );
+    }
+
+    #[test]
+    fn latency_lands_in_its_bucket() {
+        let t = ComponentTelemetry::new("x", ComponentKind::Transform, "zscore");
+        t.emit(BatchProcessed {
+            elapsed: Duration::from_micros(3),
+        });
+        t.emit(BatchProcessed {
+            elapsed: Duration::from_micros(3),
+        });
+        t.emit(BatchProcessed {
+            elapsed: Duration::from_secs(20),
+        });
+        let l = t.snapshot().latency;
+        assert_eq!(l.count, 3);
+        assert_eq!(l.buckets[1], 2, "3 µs is in the (1 µs, 5 µs] bucket");
+        assert_eq!(*l.buckets.last().unwrap(), 1);
+        assert_eq!(l.quantile_bound_ns(0.5), Some(5_000));
+        assert_eq!(l.quantile_bound_ns(1.0), None);
+        assert_eq!(l.sum_ns, 20_000_006_000);
     }
 
     #[test]

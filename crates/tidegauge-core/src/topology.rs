@@ -3,27 +3,17 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::{Finalizers, ack_channel};
-use crate::batch::Batch;
-use crate::checkpoint::{
-    CheckpointConfig, CheckpointStore, CheckpointSummary, Coordinator, Report, ReportPort,
-    SourceCheckpoint,
-};
-use crate::component::{
-    BarrierPort, BuildContext, ComponentContext, Event, Message, Output, SendError, Sink,
-    SinkContext, SinkInput, Source, SourceContext, Transform, TransformContext,
-};
+use crate::checkpoint::{CheckpointConfig, CheckpointStore, CheckpointSummary};
+use crate::component::{BuildContext, ComponentContext, Sink, Source, Transform};
 use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
-use crate::disk_buffer::DiskBuffer;
-use crate::error::{BuildError, ComponentError, ConfigError};
+use crate::disk_buffer::{DiskBuffer, DiskBufferConfig};
+use crate::error::{BuildError, ConfigError};
 use crate::registry::{AnyConfig, ComponentKind};
 use crate::schema;
 use crate::telemetry::{ComponentTelemetry, TelemetrySnapshot};
@@ -45,6 +35,8 @@ pub struct Node {
     pub inputs: Vec<String>,
     /// Typed settings.
     pub config: AnyConfig,
+    /// The settings as written, as JSON.
+    pub settings: serde_json::Value,
     /// Schema of its input (transforms and sinks).
     pub input_schema: Option<SchemaRef>,
     /// Schema of its output (sources and transforms).
@@ -62,6 +54,8 @@ pub struct Pipeline {
     pub dead_letter: DeadLetterConfig,
     /// Checkpoints, when configured.
     pub checkpoint: Option<CheckpointConfig>,
+    /// The admin API settings, when `[admin]` is present.
+    pub admin: Option<crate::admin::AdminConfig>,
     /// Where settings sit in the file.
     pub lines: LineIndex,
 }
@@ -100,6 +94,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         components,
         dead_letter,
         checkpoint,
+        admin,
         lines,
         errors: parse_errors,
     } = config;
@@ -266,6 +261,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                 type_name: c.type_name,
                 inputs: c.inputs,
                 config: c.config?,
+                settings: c.settings,
                 input_schema: inputs_of[i].take(),
                 output_schema: outputs[i].take(),
                 buffer: c.buffer,
@@ -276,6 +272,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         nodes,
         dead_letter,
         checkpoint,
+        admin,
         lines,
     })
 }
@@ -321,7 +318,7 @@ pub fn load(
     validate(crate::config::load(text, env)?)
 }
 
-enum Runtime {
+pub(crate) enum Runtime {
     Source(Box<dyn Source>),
     Transform(Box<dyn Transform>),
     Sink(Box<dyn Sink>),
@@ -329,12 +326,12 @@ enum Runtime {
 
 /// A built pipeline, ready to run: components constructed, resources open.
 pub struct BuiltPipeline {
-    nodes: Vec<(Node, Runtime)>,
-    telemetry: Vec<Arc<ComponentTelemetry>>,
-    dead_letter: DeadLetter,
-    edge_capacity: usize,
-    checkpoints: Option<CheckpointStore>,
-    buffers: HashMap<String, Arc<DiskBuffer>>,
+    pub(crate) nodes: Vec<(Node, Runtime)>,
+    pub(crate) telemetry: Vec<Arc<ComponentTelemetry>>,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) edge_capacity: usize,
+    pub(crate) checkpoints: Option<CheckpointStore>,
+    pub(crate) buffers: HashMap<String, Arc<DiskBuffer>>,
 }
 
 /// What a finished run reports.
@@ -419,47 +416,11 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
             runtime: runtime.clone(),
         };
         let place = format!("{}.{}", node.kind.table(), node.id);
-        let built = match &node.config {
-            AnyConfig::Source(c) => {
-                let schema = node.output_schema.clone().ok_or_else(|| missing(&place))?;
-                c.build(schema, cx).await.map(Runtime::Source)
-            }
-            AnyConfig::Transform(c) => {
-                let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
-                let output = node.output_schema.clone().ok_or_else(|| missing(&place))?;
-                c.build(input, output, cx).map(Runtime::Transform)
-            }
-            AnyConfig::Sink(c) => {
-                let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
-                c.build(input, cx).await.map(Runtime::Sink)
-            }
-        }
-        .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))?;
+        let built = build_node(&node, cx).await?;
         let built = restore(built, &node, &place, checkpoints.as_ref())?;
         if let (Some(cfg), Some(input)) = (&node.buffer, &node.input_schema) {
-            let (buffer, recovery) = DiskBuffer::open(cfg, input.clone()).map_err(|e| {
-                BuildError::new(format!(
-                    "{place}.buffer: cannot open {}: {e}",
-                    cfg.path.display()
-                ))
-            })?;
             let cx = ComponentContext::new(t.clone(), dead_letter.clone());
-            for (file, d) in &recovery.damage {
-                cx.dead_letter(
-                    &format!("{}:{}", file.display(), d.offset),
-                    &format!("disk buffer: {} ({} bytes)", d.reason, d.bytes),
-                    b"",
-                );
-            }
-            if recovery.records > 0 {
-                tracing::info!(
-                    component_id = %node.id,
-                    "disk buffer {}: {} batch(es) from an earlier run to deliver",
-                    cfg.path.display(),
-                    recovery.records
-                );
-            }
-            buffers.insert(node.id.clone(), buffer);
+            buffers.insert(node.id.clone(), open_buffer(&node.id, cfg, input, &cx)?);
         }
         telemetry.push(t);
         nodes.push((node, built));
@@ -492,6 +453,60 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
         checkpoints,
         buffers,
     })
+}
+
+/// Builds one component of a validated pipeline.
+pub(crate) async fn build_node(node: &Node, cx: BuildContext) -> Result<Runtime, BuildError> {
+    let place = format!("{}.{}", node.kind.table(), node.id);
+    match &node.config {
+        AnyConfig::Source(c) => {
+            let schema = node.output_schema.clone().ok_or_else(|| missing(&place))?;
+            c.build(schema, cx).await.map(Runtime::Source)
+        }
+        AnyConfig::Transform(c) => {
+            let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
+            let output = node.output_schema.clone().ok_or_else(|| missing(&place))?;
+            c.build(input, output, cx).map(Runtime::Transform)
+        }
+        AnyConfig::Sink(c) => {
+            let input = node.input_schema.clone().ok_or_else(|| missing(&place))?;
+            c.build(input, cx).await.map(Runtime::Sink)
+        }
+    }
+    .map_err(|e| BuildError::new(format!("{place}: {}", e.message)))
+}
+
+/// Opens a sink's disk buffer, when it has one; damaged records found in it are
+/// dead-lettered.
+pub(crate) fn open_buffer(
+    id: &str,
+    cfg: &DiskBufferConfig,
+    input: &SchemaRef,
+    cx: &ComponentContext,
+) -> Result<Arc<DiskBuffer>, BuildError> {
+    let place = format!("{}.{id}", ComponentKind::Sink.table());
+    let (buffer, recovery) = DiskBuffer::open(cfg, input.clone()).map_err(|e| {
+        BuildError::new(format!(
+            "{place}.buffer: cannot open {}: {e}",
+            cfg.path.display()
+        ))
+    })?;
+    for (file, d) in &recovery.damage {
+        cx.dead_letter(
+            &format!("{}:{}", file.display(), d.offset),
+            &format!("disk buffer: {} ({} bytes)", d.reason, d.bytes),
+            b"",
+        );
+    }
+    if recovery.records > 0 {
+        tracing::info!(
+            component_id = %id,
+            "disk buffer {}: {} batch(es) from an earlier run to deliver",
+            cfg.path.display(),
+            recovery.records
+        );
+    }
+    Ok(buffer)
 }
 
 /// Gives a transform the state it had at the last checkpoint.
@@ -546,310 +561,10 @@ impl BuiltPipeline {
 
     /// Runs until every source has finished (end of input) or `shutdown` is cancelled,
     /// then drains: transforms flush, sinks flush and close. With checkpoints configured,
-    /// takes them while running and a final one after a clean end.
+    /// takes them while running and a final one after a clean end. See [`crate::live`]
+    /// for a run that can be watched, tuned and reloaded.
     pub async fn run(self, shutdown: CancellationToken) -> RunReport {
-        let start = Instant::now();
-        let runtime = tokio::runtime::Handle::current();
-        let BuiltPipeline {
-            nodes,
-            telemetry,
-            dead_letter,
-            edge_capacity,
-            checkpoints,
-            mut buffers,
-        } = self;
-
-        let ids: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.id.clone(), i))
-            .collect();
-        // One bounded channel per edge: a consumer can stop reading one input while it
-        // aligns a checkpoint barrier.
-        let mut targets: Vec<Vec<mpsc::Sender<Message>>> = vec![Vec::new(); nodes.len()];
-        let mut edges: Vec<Vec<mpsc::Receiver<Message>>> =
-            (0..nodes.len()).map(|_| Vec::new()).collect();
-        for (i, (n, _)) in nodes.iter().enumerate() {
-            let mut seen = BTreeSet::new();
-            for input in &n.inputs {
-                if let Some(&j) = ids.get(input)
-                    && seen.insert(j)
-                {
-                    let (tx, rx) = mpsc::channel(edge_capacity);
-                    targets[j].push(tx);
-                    edges[i].push(rx);
-                }
-            }
-        }
-
-        // Checkpoint coordinator: barrier requests to sources, reports from everyone.
-        let (report_tx, report_rx) = mpsc::unbounded_channel();
-        let mut barrier_ports: HashMap<usize, BarrierPort> = HashMap::new();
-        let mut source_checkpoints: HashMap<usize, SourceCheckpoint> = HashMap::new();
-        let mut coordinator = None;
-        let mut first_barrier = 0;
-        if let Some(store) = checkpoints {
-            let mut requests = HashMap::new();
-            for (i, (n, _)) in nodes.iter().enumerate() {
-                if n.kind == ComponentKind::Source {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    requests.insert(i, tx);
-                    let port = ReportPort {
-                        node: i,
-                        tx: report_tx.clone(),
-                    };
-                    barrier_ports.insert(i, BarrierPort::new(rx, port));
-                    source_checkpoints.insert(i, store.source_handle(&n.id));
-                }
-            }
-            let kinds = nodes.iter().map(|(n, _)| (n.id.clone(), n.kind)).collect();
-            let c = Coordinator::new(store, kinds, requests);
-            first_barrier = c.first_id();
-            coordinator = Some(tokio::spawn(c.run(report_rx)));
-        }
-        let reports_for = |i: usize| {
-            coordinator.as_ref().map(|_| ReportPort {
-                node: i,
-                tx: report_tx.clone(),
-            })
-        };
-
-        let source_stop = shutdown.child_token();
-        let mut tasks: JoinSet<(usize, Result<(), ComponentError>)> = JoinSet::new();
-        let mut names = Vec::with_capacity(nodes.len());
-        for (i, ((node, rt), t)) in nodes.into_iter().zip(telemetry.iter()).enumerate() {
-            names.push(node.id.clone());
-            let component = ComponentContext::new(t.clone(), dead_letter.clone());
-            let reports = reports_for(i);
-            let out = node.output_schema.clone().map(|s| {
-                let out = Output::new(s, std::mem::take(&mut targets[i]), t.clone());
-                match barrier_ports.remove(&i) {
-                    Some(port) => out.with_barriers(port),
-                    None => out,
-                }
-            });
-            let input = (node.kind != ComponentKind::Source).then(|| {
-                let input = SinkInput::from_edges(std::mem::take(&mut edges[i]), t.clone());
-                match (&reports, node.kind) {
-                    (Some(port), ComponentKind::Sink) => {
-                        let (acks, mut rx) = ack_channel();
-                        let port = port.clone();
-                        tokio::spawn(async move {
-                            while let Some(ack) = rx.recv().await {
-                                port.send(Report::SinkEpoch {
-                                    node: port.node,
-                                    id: ack.id,
-                                    delivered: ack.delivered,
-                                });
-                            }
-                        });
-                        input.with_epochs(acks, first_barrier)
-                    }
-                    _ => input,
-                }
-            });
-            match (rt, out, input) {
-                (Runtime::Source(src), Some(out), None) => {
-                    let cx = SourceContext {
-                        component,
-                        out,
-                        shutdown: source_stop.clone(),
-                        runtime: runtime.clone(),
-                        checkpoint: source_checkpoints.remove(&i).unwrap_or_default(),
-                    };
-                    tasks.spawn(async move { (i, src.run(cx).await) });
-                }
-                (Runtime::Transform(tr), Some(out), Some(input)) => {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    let rt = runtime.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("tg-{}", node.id))
-                        .spawn(move || {
-                            let r = run_transform(tr, input, out, component, &rt, reports);
-                            let _ = done_tx.send(r);
-                        });
-                    tasks.spawn(async move {
-                        let r = match spawned {
-                            Err(e) => Err(ComponentError::new(format!("cannot start thread: {e}"))),
-                            Ok(_) => done_rx.await.unwrap_or_else(|_| {
-                                Err(ComponentError::new("transform thread panicked"))
-                            }),
-                        };
-                        (i, r)
-                    });
-                }
-                (Runtime::Sink(sink), None, Some(input)) => {
-                    let cx = SinkContext {
-                        component: component.clone(),
-                        runtime: runtime.clone(),
-                    };
-                    match buffers.remove(&node.id) {
-                        None => {
-                            tasks.spawn(async move { (i, sink.run(input, cx).await) });
-                        }
-                        Some(buffer) => {
-                            // input -> disk buffer -> sink. The sink's own input is not
-                            // counted again.
-                            let (tx, rx) = mpsc::channel(edge_capacity);
-                            let scratch = Arc::new(ComponentTelemetry::new(
-                                node.id.as_str(),
-                                ComponentKind::Sink,
-                                node.type_name,
-                            ));
-                            let inner = SinkInput::new(rx, scratch);
-                            tasks.spawn(async move {
-                                let (sunk, buffered) = tokio::join!(
-                                    sink.run(inner, cx),
-                                    buffer.run(input, tx, component)
-                                );
-                                (i, sunk.and(buffered))
-                            });
-                        }
-                    }
-                }
-                _ => {
-                    tasks.spawn(async move {
-                        (
-                            i,
-                            Err(ComponentError::new(
-                                "component wiring does not match its kind",
-                            )),
-                        )
-                    });
-                }
-            }
-        }
-        drop(targets);
-
-        let mut failures = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((i, r)) => {
-                    if let Some(port) = reports_for(i) {
-                        port.send(Report::Finished {
-                            node: i,
-                            ok: r.is_ok(),
-                        });
-                    }
-                    if let Err(e) = r {
-                        tracing::error!(component_id = %names[i], "component failed: {e}");
-                        failures.push((names[i].clone(), e.message));
-                        source_stop.cancel();
-                    }
-                }
-                Err(e) => {
-                    failures.push(("?".to_string(), format!("component task died: {e}")));
-                    source_stop.cancel();
-                }
-            }
-        }
-        if let Err(e) = dead_letter.flush() {
-            failures.push(("dead_letter".into(), format!("cannot flush: {e}")));
-        }
-        let _ = report_tx.send(Report::End {
-            clean: failures.is_empty(),
-        });
-        drop(report_tx);
-        let checkpoints = match coordinator {
-            Some(c) => Some(c.await.unwrap_or_else(|e| CheckpointSummary {
-                errors: vec![format!("checkpoint coordinator stopped: {e}")],
-                ..Default::default()
-            })),
-            None => None,
-        };
-        RunReport {
-            elapsed: start.elapsed(),
-            components: telemetry.iter().map(|t| t.snapshot()).collect(),
-            failures,
-            interrupted: shutdown.is_cancelled(),
-            checkpoints,
-        }
+        let (_, run) = crate::live::start(self, shutdown, crate::live::RunOptions::default());
+        run.await
     }
-}
-
-/// The loop of a transform's thread: process each batch, send its outputs with the
-/// input's finalizers, snapshot state at checkpoint barriers, tick on silence, flush at
-/// the end.
-fn run_transform(
-    mut transform: Box<dyn Transform>,
-    mut input: SinkInput,
-    mut out: Output,
-    component: ComponentContext,
-    runtime: &tokio::runtime::Handle,
-    reports: Option<ReportPort>,
-) -> Result<(), ComponentError> {
-    let mut cx = TransformContext::new(component);
-    let mut last_tick = Instant::now();
-    loop {
-        let next = match transform.tick_interval() {
-            Some(every) => {
-                let wait = every.saturating_sub(last_tick.elapsed());
-                input.blocking_next_event_timeout(runtime, wait.max(Duration::from_millis(1)))
-            }
-            None => input.blocking_next_event(),
-        };
-        match next {
-            Event::Batch(b) => {
-                cx.set_finalizers(b.finalizers);
-                transform.process(b.data, &mut cx)?;
-                cx.set_finalizers(Finalizers::none());
-            }
-            Event::Barrier(id) => {
-                // Work still in flight inside the transform is finished and its outputs
-                // sent before the barrier: state and outputs are then exactly those of
-                // the events before it.
-                transform.before_checkpoint(&mut cx)?;
-                if !forward(&mut cx, &mut out)? {
-                    return Ok(());
-                }
-                if let Some(port) = &reports {
-                    port.send(Report::TransformBarrier {
-                        node: port.node,
-                        id,
-                        state: transform.checkpoint().map_err(|e| e.message),
-                    });
-                }
-                match out.blocking_send_barrier(id) {
-                    Ok(()) => {}
-                    Err(SendError::Closed) => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Event::Idle => {}
-            Event::Closed => {
-                if let Some(port) = &reports {
-                    transform.before_checkpoint(&mut cx)?;
-                    port.send(Report::TransformFinal {
-                        node: port.node,
-                        state: transform.checkpoint().map_err(|e| e.message),
-                    });
-                }
-                transform.flush(&mut cx)?;
-                forward(&mut cx, &mut out)?;
-                return Ok(());
-            }
-        }
-        if let Some(every) = transform.tick_interval()
-            && last_tick.elapsed() >= every
-        {
-            last_tick = Instant::now();
-            transform.tick(SystemTime::now(), &mut cx)?;
-        }
-        if !forward(&mut cx, &mut out)? {
-            return Ok(());
-        }
-    }
-}
-
-/// Sends what the transform emitted, each batch with its tokens. `Ok(false)` when
-/// downstream has gone away.
-fn forward(cx: &mut TransformContext, out: &mut Output) -> Result<bool, ComponentError> {
-    for (data, finalizers) in cx.take_emitted() {
-        match out.blocking_send(Batch::with_finalizers(data, finalizers)) {
-            Ok(()) => {}
-            Err(SendError::Closed) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(true)
 }

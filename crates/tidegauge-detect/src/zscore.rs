@@ -81,6 +81,22 @@ impl ZScore {
     pub fn params(&self) -> &ZScoreParams {
         &self.params
     }
+
+    /// Changes the parameters while keeping the history: a new window keeps the most
+    /// recent values, up to its length.
+    ///
+    /// # Panics
+    /// If `params.validate()` fails; validate first.
+    pub fn set_params(&mut self, params: ZScoreParams) {
+        judge::assert_valid("zscore", params.validate());
+        if params.window != self.params.window {
+            let mut stats = RollingStats::new(params.window);
+            let skip = self.stats.len().saturating_sub(params.window);
+            self.stats.values().skip(skip).for_each(|v| stats.push(v));
+            self.stats = stats;
+        }
+        self.params = params;
+    }
 }
 
 impl Detector for ZScore {

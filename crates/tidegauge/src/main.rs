@@ -1,15 +1,19 @@
 //! `tidegauge`: streaming analytics for sensor and machine telemetry.
 
 mod describe;
+mod logs;
 mod run;
 mod score;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tidegauge_core::ConfigError;
+use tidegauge_core::admin::AdminConfig;
 use tidegauge_core::registry::{self, ComponentKind};
 use tidegauge_core::topology::{self, Pipeline};
 
@@ -55,6 +59,17 @@ enum Command {
         /// Do not print the summary at the end.
         #[arg(long, short)]
         quiet: bool,
+        /// Measure per-stage time (ns/event, share, events/s); printed at the end and
+        /// served at the admin API's /profile.
+        #[arg(long)]
+        profile: bool,
+        /// Do not reload when the pipeline file changes (SIGHUP still reloads).
+        #[arg(long)]
+        no_watch: bool,
+        /// Directory for the change history and log files (default: `[admin] state_dir`,
+        /// else `<pipeline>.state` beside the pipeline file).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Validate a pipeline without running it: every problem, each with its place.
     Check {
@@ -80,6 +95,53 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files (for editor completion).
     Schema,
+    /// Show the history of parameter changes of a pipeline (who changed what, when).
+    Changes {
+        /// Pipeline file (its state directory holds the history).
+        pipeline: PathBuf,
+        /// State directory, when not the pipeline's own.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Only changes of this component.
+        #[arg(long)]
+        component: Option<String>,
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query the structured logs of a pipeline's runs.
+    Logs {
+        /// Pipeline file (its state directory holds the logs).
+        pipeline: PathBuf,
+        /// State directory, when not the pipeline's own.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Least severe level shown: error, warn, info, debug, trace.
+        #[arg(long)]
+        level: Option<tracing::Level>,
+        /// Only lines about this component.
+        #[arg(long)]
+        component: Option<String>,
+        /// Only lines newer than this, e.g. `10m`, `2h`, `1day`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Only lines containing this text.
+        #[arg(long)]
+        grep: Option<String>,
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live view of a running pipeline through its admin API: events/s, latency, queue
+    /// fill, errors, breakers, recent anomalies.
+    Top {
+        /// The admin API's address.
+        #[arg(long, env = "TIDEGAUGE_ADMIN", default_value = tidegauge_core::admin::DEFAULT_ADDRESS)]
+        address: String,
+        /// Time between updates, e.g. `1s`, `500ms`.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// Score recorded data with a detector: one verdict per row, written as CSV.
     ///
     /// Each row's value columns are judged as separate channels by the same transform a
@@ -137,8 +199,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
-    match dispatch(cli.command) {
+    match dispatch(cli.command, &cli.log) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -147,34 +208,148 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+/// Level of what goes into log files (the terminal gets `--log`).
+const FILE_LOG_LEVEL: &str = "info";
+
+/// Where a pipeline file's state (change history, logs) lives: `--state-dir`, else
+/// `[admin] state_dir`, else `<stem>.state` beside the file.
+fn state_dir(file: &Path, given: Option<PathBuf>, admin: Option<&AdminConfig>) -> PathBuf {
+    given
+        .or_else(|| admin.and_then(|a| a.state_dir.clone()))
+        .unwrap_or_else(|| {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into());
+            file.with_file_name(format!("{stem}.state"))
+        })
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// The state directory of a pipeline file, read without validating the whole pipeline
+/// (history and logs stay readable while the file is broken).
+fn state_dir_of(file: &Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if given.is_some() {
+        return Ok(state_dir(file, given, None));
+    }
+    let (_, text) = read_pipeline(Some(file))?;
+    let admin = tidegauge_core::config::load(&text, &tidegauge_core::config::process_env)
+        .ok()
+        .and_then(|c| c.admin);
+    Ok(state_dir(file, None, admin.as_ref()))
+}
+
+fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
     // The component registrations live in the components crate; touching it keeps it
     // linked in.
     let _ = tidegauge_components::registered_types;
+    let _guard = match &command {
+        Command::Run { .. } => None,
+        _ => Some(logs::init(log, None, FILE_LOG_LEVEL)),
+    };
     match command {
         Command::Run {
             pipeline,
             show_graph,
             quiet,
+            profile,
+            no_watch,
+            state_dir: given,
         } => {
             let (origin, text) = read_pipeline(pipeline.as_deref())?;
-            let Some(p) = load_or_report(&origin, &text) else {
-                return Ok(ExitCode::from(EXIT_INVALID));
+            let loaded = topology::load(&text, &tidegauge_core::config::process_env);
+            let state = pipeline.as_deref().map(|f| {
+                state_dir(
+                    f,
+                    given,
+                    loaded.as_ref().ok().and_then(|p| p.admin.as_ref()),
+                )
+            });
+            let _guard = logs::init(
+                log,
+                state.as_ref().map(|d| d.join("logs")).as_deref(),
+                FILE_LOG_LEVEL,
+            );
+            let p = match loaded {
+                Ok(p) => p,
+                Err(errors) => {
+                    report(&origin, &errors);
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
             };
             if show_graph {
                 eprint!("{}", p.describe());
             }
-            run::run(p, &origin, quiet)
+            run::run(
+                p,
+                &origin,
+                pipeline.as_deref(),
+                run::RunArgs {
+                    quiet,
+                    profile,
+                    watch: !no_watch,
+                    state_dir: state,
+                },
+            )
+        }
+        Command::Changes {
+            pipeline,
+            state_dir: given,
+            component,
+            json,
+        } => {
+            let dir = state_dir_of(&pipeline, given)?;
+            let path = dir.join(tidegauge_api::changes::FILE_NAME);
+            let all = tidegauge_api::changes::read(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let shown: Vec<_> = all
+                .into_iter()
+                .filter(|r| component.as_ref().is_none_or(|c| &r.component == c))
+                .collect();
+            if json {
+                for r in &shown {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else if shown.is_empty() {
+                println!("no parameter changes recorded in {}", path.display());
+            } else {
+                println!(
+                    "{:<24}  {:<14}  {:<12}  {:>12}  {:>12}  actor",
+                    "time", "component", "parameter", "old", "new"
+                );
+                for r in &shown {
+                    println!(
+                        "{:<24}  {:<14}  {:<12}  {:>12}  {:>12}  {}",
+                        r.time, r.component, r.parameter, r.old, r.new, r.actor
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            pipeline,
+            state_dir: given,
+            level,
+            component,
+            since,
+            grep,
+            json,
+        } => {
+            let dir = state_dir_of(&pipeline, given)?.join("logs");
+            let q = logs::Query {
+                level,
+                component,
+                since,
+                grep,
+            };
+            let shown = logs::query(&dir, &q, json, &mut std::io::stdout().lock())?;
+            if shown == 0 {
+                eprintln!("no log lines match (logs in {})", dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { address, interval } => {
+            top::run(&address, interval)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { pipeline } => {
             let (origin, text) = read_pipeline(Some(&pipeline))?;

@@ -188,7 +188,10 @@ fn a_clean_stop_and_restart_continues_warm() {
 }
 
 #[test]
-fn a_checkpoint_taken_with_another_window_is_refused() {
+fn a_checkpoint_taken_with_other_tunable_parameters_is_brought_in_line() {
+    // Window and threshold can change while running (admin API, reload), so a checkpoint
+    // may hold other values than the file: the restart goes on with the file's values,
+    // the restored state retuned as a change while running would be, and says so.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let input = d.join("in.jsonl");
@@ -199,10 +202,10 @@ fn a_checkpoint_taken_with_another_window_is_refused() {
     assert!(run_pipeline(d, &text, &[]).status.success());
     let changed = text.replace("window = 30", "window = 31");
     let o = run_pipeline(d, &changed, &[]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("window = 30"),
-        "the error names the checkpoint's window: {}",
+        stderr(&o).contains("window = 30") && stderr(&o).contains("window = 31"),
+        "the log names both windows: {}",
         stderr(&o)
     );
 }

@@ -5,6 +5,7 @@ use arrow_schema::{DataType, SchemaRef};
 use arrow_select::filter::filter_record_batch;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tidegauge_core::component::Tunable;
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -29,18 +30,7 @@ impl TransformConfig for FilterConfig {
     const TYPE: &'static str = "filter";
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
-        let expr = Expression::compile(&self.condition, input)
-            .map_err(|e| vec![ConfigError::new("condition", e)])?;
-        if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
-            return Err(vec![ConfigError::new(
-                "condition",
-                format!(
-                    "must be true or false for each event, but `{}` gives {}",
-                    self.condition,
-                    expr.data_type()
-                ),
-            )]);
-        }
+        compile_condition(&self.condition, input).map_err(|e| vec![e])?;
         Ok(input.clone())
     }
 
@@ -50,17 +40,38 @@ impl TransformConfig for FilterConfig {
         _output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        let expr = Expression::compile(&self.condition, &input).map_err(BuildError::new)?;
+        let expr =
+            compile_condition(&self.condition, &input).map_err(|e| BuildError::new(e.message))?;
         Ok(Box::new(Filter {
             encoder: JsonEncoder::new(&input),
             expr,
+            condition: self.condition.clone(),
+            input,
         }))
     }
+}
+
+/// Compiles `condition` against `input` and checks that it gives a boolean per event.
+fn compile_condition(condition: &str, input: &SchemaRef) -> Result<Expression, ConfigError> {
+    let expr =
+        Expression::compile(condition, input).map_err(|e| ConfigError::new("condition", e))?;
+    if !matches!(expr.data_type(), DataType::Boolean | DataType::Null) {
+        return Err(ConfigError::new(
+            "condition",
+            format!(
+                "must be true or false for each event, but `{condition}` gives {}",
+                expr.data_type()
+            ),
+        ));
+    }
+    Ok(expr)
 }
 
 struct Filter {
     expr: Expression,
     encoder: JsonEncoder,
+    condition: String,
+    input: SchemaRef,
 }
 
 impl Transform for Filter {
@@ -93,6 +104,27 @@ impl Transform for Filter {
         } else if keep.true_count() > 0 {
             cx.emit(filter_record_batch(&batch, &keep)?);
         }
+        Ok(())
+    }
+
+    fn tunables(&self) -> Vec<Tunable> {
+        vec![Tunable {
+            name: "condition".into(),
+            value: self.condition.clone().into(),
+        }]
+    }
+
+    /// A new condition is compiled and type-checked against the input like the one in
+    /// the config; it applies from the next batch.
+    fn set_tunable(&mut self, name: &str, value: &serde_json::Value) -> Result<(), String> {
+        if name != "condition" {
+            return Err(format!("`{name}` cannot be changed while running"));
+        }
+        let condition = value
+            .as_str()
+            .ok_or_else(|| "condition: expected a string".to_string())?;
+        self.expr = compile_condition(condition, &self.input).map_err(|e| e.to_string())?;
+        self.condition = condition.to_string();
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Schema, SchemaRef};
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::Tunable;
 use tidegauge_core::schema::{extend, require_field};
 use tidegauge_core::telemetry::AnomaliesDetected;
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
@@ -63,7 +64,14 @@ impl Common {
 }
 
 /// A detector as configured in a pipeline: how to make a fresh state for a new key.
-pub trait DetectorSpec: Send + Sync + 'static {
+///
+/// Parameters named in [`DetectorSpec::TUNABLE`] can be changed while the pipeline runs
+/// (admin API, reload): the config is re-read with the new value, checked like the
+/// pipeline file, and every key's state is brought in line by
+/// [`DetectorSpec::retune_state`] before the next batch.
+pub trait DetectorSpec:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
     /// Per-key state.
     type State: Detector;
     /// Value of the `detector` column.
@@ -76,6 +84,11 @@ pub trait DetectorSpec: Send + Sync + 'static {
     fn check(&self) -> Vec<ConfigError>;
     /// A state with no history.
     fn new_state(&self) -> Self::State;
+    /// Settings that may change while running.
+    const TUNABLE: &'static [&'static str] = &[];
+    /// Brings a key's state in line with this spec's parameters (after a change of a
+    /// tunable one), keeping its history where it can.
+    fn retune_state(&self, _state: &mut Self::State) {}
     /// Encodes the states of a shard's keys for a checkpoint (usually
     /// [`encode_keyed`](super::state::encode_keyed)); `None`: this detector's state is not
     /// checkpointed and restarts cold.
@@ -96,6 +109,67 @@ pub trait DetectorSpec: Send + Sync + 'static {
             "{} does not restore checkpoints",
             Self::NAME
         )))
+    }
+}
+
+/// The spec in force, replaced whole when a parameter changes while running. Each shard
+/// notices a new generation at its next batch and retunes its keys' states then.
+struct SpecCell<S> {
+    current: std::sync::Mutex<(u64, Arc<S>)>,
+}
+
+impl<S: DetectorSpec> SpecCell<S> {
+    fn new(spec: S) -> Self {
+        SpecCell {
+            current: std::sync::Mutex::new((0, Arc::new(spec))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<S>)> {
+        // Replaced in one assignment: a panicking holder cannot leave it torn.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation and spec in force (read once per batch).
+    fn get(&self) -> (u64, Arc<S>) {
+        let c = self.lock();
+        (c.0, c.1.clone())
+    }
+
+    fn tunables(&self) -> Vec<Tunable> {
+        let spec = self.get().1;
+        let settings = serde_json::to_value(&*spec).unwrap_or_default();
+        S::TUNABLE
+            .iter()
+            .map(|name| Tunable {
+                name: name.to_string(),
+                value: settings.get(name).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The spec with `name` set to `value`, checked; it takes effect from the next batch.
+    fn set(&self, name: &str, value: &serde_json::Value) -> Result<(), String> {
+        if !S::TUNABLE.contains(&name) {
+            return Err(format!("`{name}` cannot be changed while running"));
+        }
+        let mut settings =
+            serde_json::to_value(&*self.get().1).map_err(|e| format!("{name}: {e}"))?;
+        if let Some(m) = settings.as_object_mut() {
+            m.insert(name.to_string(), value.clone());
+        }
+        let spec: S = serde_json::from_value(settings).map_err(|e| format!("{name}: {e}"))?;
+        let errors = spec.check();
+        if !errors.is_empty() {
+            return Err(errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        let mut c = self.lock();
+        *c = (c.0 + 1, Arc::new(spec));
+        Ok(())
     }
 }
 
@@ -173,7 +247,7 @@ pub fn build<S: DetectorSpec>(
     output: SchemaRef,
 ) -> Result<Box<dyn Transform>, BuildError> {
     let columns = locate(common, input)?;
-    let spec = Arc::new(spec);
+    let spec = Arc::new(SpecCell::new(spec));
     let engine = if common.workers <= 1 {
         Engine::Inline(Shard::default())
     } else {
@@ -192,6 +266,8 @@ pub fn build<S: DetectorSpec>(
 struct Shard<D> {
     keys: KeyInterner,
     states: Vec<D>,
+    /// The spec generation the states are in line with.
+    generation: u64,
 }
 
 impl<D> Default for Shard<D> {
@@ -199,6 +275,7 @@ impl<D> Default for Shard<D> {
         Shard {
             keys: KeyInterner::default(),
             states: Vec::new(),
+            generation: 0,
         }
     }
 }
@@ -209,12 +286,20 @@ impl<D: Detector> Shard<D> {
     /// verdict.
     fn judge<S: DetectorSpec<State = D>>(
         &mut self,
-        spec: &S,
+        spec: &SpecCell<S>,
         columns: Columns,
         batch: &RecordBatch,
         rows: impl Iterator<Item = (usize, u64)>,
         mut record: impl FnMut(usize, Verdict, Option<String>),
     ) -> Result<(), ComponentError> {
+        let (generation, spec) = spec.get();
+        if generation != self.generation {
+            for state in &mut self.states {
+                spec.retune_state(state);
+            }
+            self.generation = generation;
+        }
+        let spec = &*spec;
         let keys: &StringArray = batch.column(columns.key).as_string::<i32>();
         let value_column = batch.column(columns.value);
         let values = float_values(value_column.as_ref())?;
@@ -295,7 +380,7 @@ struct Pool {
 
 impl Pool {
     fn start<S: DetectorSpec>(
-        spec: Arc<S>,
+        spec: Arc<SpecCell<S>>,
         columns: Columns,
         workers: usize,
     ) -> Result<Self, BuildError> {
@@ -317,7 +402,8 @@ impl Pool {
                         let job = match work {
                             Work::Rows(job) => job,
                             Work::Save(reply) => {
-                                let _ = reply.send(spec.save_states(&shard.keys, &shard.states));
+                                let saved = spec.get().1.save_states(&shard.keys, &shard.states);
+                                let _ = reply.send(saved);
                                 continue;
                             }
                             Work::Load(any) => {
@@ -430,7 +516,7 @@ struct InFlight {
 
 /// The runtime of every keyed detector.
 struct KeyedDetector<S: DetectorSpec> {
-    spec: Arc<S>,
+    spec: Arc<SpecCell<S>>,
     columns: Columns,
     output: SchemaRef,
     engine: Engine<S::State>,
@@ -501,6 +587,14 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         self.drain(cx)
     }
 
+    fn tunables(&self) -> Vec<Tunable> {
+        self.spec.tunables()
+    }
+
+    fn set_tunable(&mut self, name: &str, value: &serde_json::Value) -> Result<(), String> {
+        self.spec.set(name, value)
+    }
+
     fn before_checkpoint(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
         self.drain(cx)
     }
@@ -509,10 +603,12 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
     /// so a restart with another number of workers can deal keys out again.
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
         let shards: Vec<Vec<u8>> = match &self.engine {
-            Engine::Inline(shard) => match self.spec.save_states(&shard.keys, &shard.states) {
-                None => return Ok(None),
-                Some(bytes) => vec![bytes?],
-            },
+            Engine::Inline(shard) => {
+                match self.spec.get().1.save_states(&shard.keys, &shard.states) {
+                    None => return Ok(None),
+                    Some(bytes) => vec![bytes?],
+                }
+            }
             Engine::Pool(pool) => {
                 let mut out = Vec::new();
                 for tx in &pool.jobs {
@@ -534,15 +630,21 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), ComponentError> {
+        // Restored states are brought in line with the parameters now in force.
+        let (generation, spec) = self.spec.get();
         let mut pairs = Vec::new();
         for shard in super::state::decode_shards(bytes)? {
-            let (keys, states) = self.spec.load_states(&shard)?;
+            let (keys, states) = spec.load_states(&shard)?;
             pairs.extend(super::state::into_pairs(keys, states));
         }
         match &mut self.engine {
             Engine::Inline(shard) => {
                 let (keys, states) = super::state::from_pairs(pairs);
-                *shard = Shard { keys, states };
+                *shard = Shard {
+                    keys,
+                    states,
+                    generation,
+                };
             }
             Engine::Pool(pool) => {
                 let n = pool.jobs.len();
@@ -552,8 +654,12 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
                 }
                 for (tx, part) in pool.jobs.iter().zip(parts) {
                     let (keys, states) = super::state::from_pairs(part);
-                    tx.send(Work::Load(Box::new(Shard { keys, states })))
-                        .map_err(|_| ComponentError::new("a detector worker stopped"))?;
+                    tx.send(Work::Load(Box::new(Shard {
+                        keys,
+                        states,
+                        generation,
+                    })))
+                    .map_err(|_| ComponentError::new("a detector worker stopped"))?;
                 }
             }
         }

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::ComponentErrorOccurred;
+use tidegauge_core::telemetry::{ComponentErrorOccurred, StaleReadings, WatermarkLag};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -454,6 +454,7 @@ impl Window {
     }
 
     fn late(&mut self, rows: &mut Rows, key: u32, ts: i64, v: f64, cx: &TransformContext) {
+        cx.component().emit(StaleReadings { count: 1 });
         match self.config.late {
             LatePolicy::Drop => cx.component().emit(ComponentErrorOccurred {
                 error: &format!(
@@ -620,6 +621,15 @@ impl Transform for Window {
         // Tokens of events that landed in no open window (dropped as late) are released
         // now; the others travel with their windows.
         drop(tokens);
+        if self.config.time == TimeKind::Event && self.max_ts != i64::MIN {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            cx.component().emit(WatermarkLag {
+                lag: Duration::from_millis(now_ms.saturating_sub(self.watermark()).max(0) as u64),
+            });
+        }
         self.emit(rows, cx)
     }
 
@@ -694,5 +704,55 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown aggregate")
         );
+    }
+
+    #[test]
+    fn late_events_count_as_stale_and_the_watermark_lag_is_reported() {
+        use arrow_array::{Float64Array, Int64Array, StringArray};
+        use tidegauge_core::dead_letter::DeadLetter;
+        use tidegauge_core::registry::ComponentKind;
+        use tidegauge_core::telemetry::ComponentTelemetry;
+        use tidegauge_core::{BuildContext, ComponentContext, TransformConfig};
+
+        let input: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("sensor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("value", DataType::Float64, true),
+        ]));
+        let c = config("size_ms = 100\naggregates = [\"mean\"]");
+        let output = c.validate(&input).unwrap();
+        let telemetry = Arc::new(ComponentTelemetry::new(
+            "w",
+            ComponentKind::Transform,
+            "window",
+        ));
+        let component = ComponentContext::new(telemetry.clone(), DeadLetter::stderr());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut w = c
+            .build(
+                input.clone(),
+                output,
+                BuildContext {
+                    component: component.clone(),
+                    runtime: runtime.handle().clone(),
+                },
+            )
+            .unwrap();
+        let batch = RecordBatch::try_new(
+            input,
+            vec![
+                Arc::new(StringArray::from(vec!["s"; 3])),
+                // 1000 closes the window [0, 100); 50 then arrives behind the watermark.
+                Arc::new(Int64Array::from(vec![10, 1000, 50])),
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])),
+            ],
+        )
+        .unwrap();
+        let mut cx = TransformContext::new(component);
+        w.process(batch, &mut cx).unwrap();
+        let s = telemetry.snapshot();
+        assert_eq!(s.stale_readings, 1);
+        // Event time 1970 trails the wall clock by decades.
+        assert!(s.watermark_lag_ms > 1_000_000_000, "{}", s.watermark_lag_ms);
     }
 }

@@ -1,0 +1,436 @@
+//! The tidegauge admin HTTP API: what runs, how it is doing, and live parameter changes
+//! with their history.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | up, uptime, components running |
+//! | `GET /components` | every component with its counters |
+//! | `GET /topology` | the graph, each edge with the schema it carries |
+//! | `GET /components/{id}/params` | parameters: value, type, range, doc, tunable |
+//! | `PATCH /components/{id}/params` | change tunable parameters (bearer token) |
+//! | `GET /changes` | the history of parameter changes |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /profile` | per-stage time (when running with `--profile`) |
+//! | `GET /openapi.json` | this API, described |
+//!
+//! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused.
+#![deny(missing_docs)]
+
+pub mod changes;
+pub mod client;
+mod openapi;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+use tidegauge_core::live::{LiveHandle, ParamError};
+use tidegauge_core::metrics::{self, ProcessMetrics};
+use tidegauge_core::params;
+use tidegauge_core::registry;
+use tidegauge_core::schema;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use changes::{ChangeLog, ChangeRecord};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest a request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Header naming who makes a change (recorded in the history).
+pub const ACTOR_HEADER: &str = "x-tidegauge-actor";
+
+/// Counters of things the binary does around the pipeline (reloads), shown in `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProcessCounters {
+    /// Reloads applied.
+    pub reloads_applied: AtomicU64,
+    /// Reloads rejected.
+    pub reloads_rejected: AtomicU64,
+    /// Parameters changed while running.
+    pub parameter_changes: AtomicU64,
+}
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct AdminState {
+    live: LiveHandle,
+    token: Option<Arc<str>>,
+    changes: Arc<ChangeLog>,
+    counters: Arc<ProcessCounters>,
+}
+
+impl AdminState {
+    /// Serves `live`; changes need `token` (none: changes are refused) and are recorded in
+    /// `changes`.
+    pub fn new(
+        live: LiveHandle,
+        token: Option<String>,
+        changes: Arc<ChangeLog>,
+        counters: Arc<ProcessCounters>,
+    ) -> Self {
+        AdminState {
+            live,
+            token: token.map(Into::into),
+            changes,
+            counters,
+        }
+    }
+}
+
+/// The API's routes with their limits.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/components", get(components))
+        .route("/topology", get(topology))
+        .route(
+            "/components/{id}/params",
+            get(get_params).patch(patch_params),
+        )
+        .route("/changes", get(list_changes))
+        .route("/metrics", get(prometheus))
+        .route("/profile", get(profile))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// An error answer: status and `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such route; GET /openapi.json lists them".into(),
+    )
+}
+
+async fn health(State(s): State<AdminState>) -> Json<Value> {
+    let snapshot = s.live.snapshot();
+    let running = snapshot.iter().filter(|c| c.running).count();
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.live.uptime().as_secs_f64(),
+        "components": snapshot.len(),
+        "running": running,
+        "profiling": s.live.profiling(),
+    }))
+}
+
+async fn components(State(s): State<AdminState>) -> Json<Value> {
+    let list: Vec<Value> = s
+        .live
+        .components()
+        .into_iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(c.telemetry.snapshot()).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("inputs".into(), json!(c.inputs));
+                m.insert("tunable".into(), json!(c.control.is_some()));
+            }
+            v
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+fn fields(s: &arrow_schema::SchemaRef) -> Value {
+    Value::Array(
+        s.fields()
+            .iter()
+            .map(|f| {
+                json!({
+                    "name": f.name(),
+                    "type": f.data_type().to_string(),
+                    "nullable": f.is_nullable(),
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn topology(State(s): State<AdminState>) -> Json<Value> {
+    let comps = s.live.components();
+    let nodes: Vec<Value> = comps
+        .iter()
+        .map(|c| json!({ "id": c.id, "kind": c.kind, "type": c.type_name }))
+        .collect();
+    let mut edges = Vec::new();
+    for c in &comps {
+        for input in &c.inputs {
+            let from = comps.iter().find(|o| &o.id == input);
+            let schema = from
+                .and_then(|o| o.output_schema.as_ref())
+                .map(fields)
+                .unwrap_or(Value::Null);
+            let described = from
+                .and_then(|o| o.output_schema.as_ref())
+                .map(|s| schema::describe(s));
+            edges.push(
+                json!({ "from": input, "to": c.id, "schema": schema, "describe": described }),
+            );
+        }
+    }
+    Json(json!({ "nodes": nodes, "edges": edges }))
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no component `{id}`"))
+}
+
+async fn get_params(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let view = s.live.component(&id).ok_or_else(|| unknown(&id))?;
+    let descriptor = registry::find(view.kind, view.type_name).ok_or_else(|| unknown(&id))?;
+    let live: Vec<(String, Value)> = match &view.control {
+        Some(c) => c
+            .tunables()
+            .await
+            .map(|ts| ts.into_iter().map(|t| (t.name, t.value)).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let list: Vec<Value> = params::params(descriptor)
+        .into_iter()
+        .map(|p| {
+            let tunable = live.iter().find(|(n, _)| *n == p.name);
+            let value = if p.secret {
+                json!("(secret)")
+            } else if let Some((_, v)) = tunable {
+                v.clone()
+            } else {
+                setting(&view.settings, &p.name)
+                    .or_else(|| {
+                        p.default
+                            .as_deref()
+                            .and_then(|d| serde_json::from_str(d).ok())
+                    })
+                    .unwrap_or(Value::Null)
+            };
+            json!({
+                "name": p.name,
+                "value": value,
+                "type": p.kind,
+                "default": p.default.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
+                "required": p.required,
+                "range": p.range,
+                "doc": p.doc,
+                "tunable": tunable.is_some(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "component": view.id,
+        "kind": view.kind,
+        "type": view.type_name,
+        "params": list,
+    })))
+}
+
+/// The value at dotted `path` in `settings`.
+fn setting(settings: &Value, path: &str) -> Option<Value> {
+    path.split('.').try_fold(settings, |v, k| v.get(k)).cloned()
+}
+
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(given) = given else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "changes need `Authorization: Bearer <token>`".into(),
+        ));
+    };
+    match &s.token {
+        Some(expected) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError(StatusCode::FORBIDDEN, "wrong token".into())),
+        None => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "changes are disabled: the pipeline's [admin] table sets no token".into(),
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference (no timing hint of a matching
+/// prefix); only the length shows.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().chars().take(100).collect::<String>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "api".to_string())
+}
+
+async fn patch_params(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let patch: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("expected a JSON object of parameter names to new values: {e}"),
+        )
+    })?;
+    if patch.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "no parameter given".into(),
+        ));
+    }
+    let who = actor(&headers);
+    let changes = s.live.set_params(&id, &patch).await.map_err(|e| {
+        let status = match &e {
+            ParamError::UnknownComponent(_) => StatusCode::NOT_FOUND,
+            ParamError::NotTunable(_) => StatusCode::CONFLICT,
+            ParamError::Invalid(_) | ParamError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ParamError::Stopped(_) => StatusCode::CONFLICT,
+        };
+        let message = match &e {
+            ParamError::Invalid(errors) => errors
+                .iter()
+                .map(|c| {
+                    let c = c.clone().prefixed(&format!("transforms.{id}"));
+                    c.to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        ApiError(status, message)
+    })?;
+    let records: Vec<ChangeRecord> = changes
+        .into_iter()
+        .map(|c| ChangeRecord::now(c, &who))
+        .collect();
+    for r in &records {
+        tracing::info!(
+            component_id = %r.component,
+            parameter = %r.parameter,
+            old = %r.old,
+            new = %r.new,
+            actor = %r.actor,
+            "parameter changed through the admin API"
+        );
+    }
+    s.counters
+        .parameter_changes
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
+    s.changes.append(&records).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the change is applied but could not be recorded in {}: {e}",
+                s.changes.path().display()
+            ),
+        )
+    })?;
+    Ok(Json(json!({ "changes": records })))
+}
+
+#[derive(serde::Deserialize)]
+struct ChangesQuery {
+    component: Option<String>,
+}
+
+async fn list_changes(
+    State(s): State<AdminState>,
+    Query(q): Query<ChangesQuery>,
+) -> Result<Json<Vec<ChangeRecord>>, ApiError> {
+    let all = s
+        .changes
+        .read()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|r| q.component.as_ref().is_none_or(|c| &r.component == c))
+            .collect(),
+    ))
+}
+
+async fn prometheus(State(s): State<AdminState>) -> Response {
+    let process = ProcessMetrics {
+        uptime_seconds: s.live.uptime().as_secs_f64(),
+        reloads_applied: s.counters.reloads_applied.load(Ordering::Relaxed),
+        reloads_rejected: s.counters.reloads_rejected.load(Ordering::Relaxed),
+        parameter_changes: s.counters.parameter_changes.load(Ordering::Relaxed),
+    };
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&process, &s.live.snapshot()),
+    )
+        .into_response()
+}
+
+async fn profile(State(s): State<AdminState>) -> Json<Value> {
+    let stages = metrics::profile(&s.live.snapshot());
+    Json(json!({
+        "profiling": s.live.profiling(),
+        "note": if s.live.profiling() { "busy = running time less waits for input and for room downstream" } else { "run with --profile to measure waits; busy time is running time here" },
+        "stages": stages,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn dotted_settings() {
+        let v = json!({"batch": {"rows": 5}});
+        assert_eq!(setting(&v, "batch.rows"), Some(json!(5)));
+        assert_eq!(setting(&v, "batch.bytes"), None);
+    }
+}

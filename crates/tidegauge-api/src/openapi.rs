@@ -1,0 +1,128 @@
+//! The API described in OpenAPI 3.1, written by hand (a handful of routes; no generator
+//! dependency needed).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn json_ok(description: &str, schema: Value) -> Value {
+    json!({
+        "200": {
+            "description": description,
+            "content": { "application/json": { "schema": schema } }
+        }
+    })
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn document() -> Json<Value> {
+    Json(description())
+}
+
+pub(crate) fn description() -> Value {
+    let id_param = json!({
+        "name": "id", "in": "path", "required": true,
+        "description": "Component id as written in the pipeline file.",
+        "schema": { "type": "string" }
+    });
+    let mut patch_responses = json_ok(
+        "The changes made, as recorded in the history.",
+        json!({ "type": "object", "properties": { "changes": {
+            "type": "array", "items": { "$ref": "#/components/schemas/Change" } } } }),
+    );
+    if let Some(m) = patch_responses.as_object_mut() {
+        m.insert(
+            "400".into(),
+            error_response("The body is not a JSON object of parameters."),
+        );
+        m.insert("401".into(), error_response("No bearer token."));
+        m.insert(
+            "403".into(),
+            error_response("Wrong token, or changes are disabled (no token configured)."),
+        );
+        m.insert("404".into(), error_response("No such component."));
+        m.insert(
+            "409".into(),
+            error_response(
+                "The parameter cannot be changed while running, or the component has stopped.",
+            ),
+        );
+        m.insert("413".into(), error_response("The body is too large."));
+        m.insert(
+            "422".into(),
+            error_response("The new value does not pass validation."),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tidegauge admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "What a running tidegauge pipeline is doing, and live changes of its tunable parameters. Changes need `Authorization: Bearer <token>`; `X-Tidegauge-Actor` names who makes them."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Change": {
+                    "type": "object",
+                    "required": ["time", "component", "parameter", "old", "new", "actor"],
+                    "properties": {
+                        "time": { "type": "string", "format": "date-time" },
+                        "component": { "type": "string" },
+                        "parameter": { "type": "string" },
+                        "old": {}, "new": {},
+                        "actor": { "type": "string" }
+                    }
+                },
+                "Param": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string" }, "value": {}, "type": { "type": "string" },
+                        "default": {}, "required": { "type": "boolean" },
+                        "range": { "type": ["string", "null"] }, "doc": { "type": "string" },
+                        "tunable": { "type": "boolean" }
+                    }
+                }
+            }
+        },
+        "paths": {
+            "/health": { "get": { "summary": "Liveness, uptime and components running.",
+                "responses": json_ok("Up.", json!({ "type": "object" })) } },
+            "/components": { "get": { "summary": "Every component with its counters.",
+                "responses": json_ok("Components in topological order.", json!({ "type": "array", "items": { "type": "object" } })) } },
+            "/topology": { "get": { "summary": "The graph: nodes, and edges with the schema each carries.",
+                "responses": json_ok("The graph.", json!({ "type": "object", "properties": {
+                    "nodes": { "type": "array" }, "edges": { "type": "array" } } })) } },
+            "/components/{id}/params": {
+                "get": { "summary": "A component's parameters: value, type, default, range, doc, and whether it can be changed while running.",
+                    "parameters": [id_param.clone()],
+                    "responses": json_ok("Parameters.", json!({ "type": "object", "properties": {
+                        "params": { "type": "array", "items": { "$ref": "#/components/schemas/Param" } } } })) },
+                "patch": { "summary": "Change tunable parameters while running; validated like the pipeline file, recorded in the history.",
+                    "security": [{ "bearer": [] }],
+                    "parameters": [id_param, { "name": "X-Tidegauge-Actor", "in": "header", "required": false,
+                        "description": "Who makes the change (recorded).", "schema": { "type": "string" } }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "additionalProperties": true,
+                        "examples": [{ "threshold": 4.5 }] } } } },
+                    "responses": patch_responses }
+            },
+            "/changes": { "get": { "summary": "The history of parameter changes, oldest first; it outlives restarts.",
+                "parameters": [{ "name": "component", "in": "query", "required": false, "schema": { "type": "string" } }],
+                "responses": json_ok("Changes.", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Change" } })) } },
+            "/metrics": { "get": { "summary": "Prometheus text exposition.",
+                "responses": { "200": { "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/profile": { "get": { "summary": "Per-stage time: ns per event, share of the total, events per second.",
+                "responses": json_ok("Profile.", json!({ "type": "object" })) } },
+            "/openapi.json": { "get": { "summary": "This description.",
+                "responses": json_ok("OpenAPI 3.1.", json!({ "type": "object" })) } }
+        }
+    })
+}

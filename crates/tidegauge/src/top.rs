@@ -1,0 +1,304 @@
+//! `tidegauge top`: a live view of a running pipeline, through its admin API. Per
+//! component: events/s in and out, latency, queue fill, errors, breaker; then the latest
+//! anomalies. `q` or Esc quits.
+
+use std::time::{Duration, Instant};
+
+use ratatui::Frame;
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
+use serde_json::Value;
+use tidegauge_api::client::AdminClient;
+
+/// One poll of the API.
+struct Poll {
+    at: Instant,
+    health: Value,
+    components: Vec<Value>,
+}
+
+/// What is drawn: the last poll, rates against the one before, or why there is none.
+#[derive(Default)]
+struct View {
+    address: String,
+    last: Option<Poll>,
+    previous: Option<Poll>,
+    error: Option<String>,
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn rate(now: &Poll, before: Option<&Poll>, id: &str, key: &str) -> Option<f64> {
+    let before = before?;
+    let secs = now.at.duration_since(before.at).as_secs_f64();
+    let find = |p: &Poll| {
+        p.components
+            .iter()
+            .find(|c| s(c, "id") == id)
+            .map(|c| u(c, key))
+    };
+    let (a, b) = (find(before)?, find(now)?);
+    (secs > 0.0).then(|| b.saturating_sub(a) as f64 / secs)
+}
+
+fn human_rate(r: Option<f64>) -> String {
+    match r {
+        None => "…".into(),
+        Some(r) if r >= 1e6 => format!("{:.2}M", r / 1e6),
+        Some(r) if r >= 1e4 => format!("{:.1}k", r / 1e3),
+        Some(r) => format!("{r:.0}"),
+    }
+}
+
+fn human_ns(ns: u64) -> String {
+    match ns {
+        0 => "-".into(),
+        n if n >= 1_000_000_000 => format!("{:.2}s", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}ms", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.0}µs", n as f64 / 1e3),
+        n => format!("{n}ns"),
+    }
+}
+
+fn draw(frame: &mut Frame, view: &View) {
+    let [head, table, anomalies, foot] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(6),
+        Constraint::Length(10),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+
+    let title = match (&view.last, &view.error) {
+        (_, Some(e)) => format!("tidegauge top  {}  error: {e}", view.address),
+        (Some(p), None) => format!(
+            "tidegauge top  {}  up {}  {} components, {} running{}",
+            view.address,
+            humantime::format_duration(Duration::from_secs(
+                p.health
+                    .get("uptime_seconds")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0) as u64
+            )),
+            u(&p.health, "components"),
+            u(&p.health, "running"),
+            if p.health.get("profiling") == Some(&Value::Bool(true)) {
+                "  (profiling)"
+            } else {
+                ""
+            }
+        ),
+        (None, None) => format!("tidegauge top  {}  connecting…", view.address),
+    };
+    frame.render_widget(
+        Paragraph::new(title).style(Style::new().add_modifier(Modifier::BOLD)),
+        head,
+    );
+
+    let header = Row::new([
+        "component",
+        "kind",
+        "type",
+        "in/s",
+        "out/s",
+        "latency",
+        "queue",
+        "errors",
+        "dead",
+        "anomalies",
+        "breaker",
+    ])
+    .style(Style::new().add_modifier(Modifier::REVERSED));
+    let rows: Vec<Row> = view
+        .last
+        .as_ref()
+        .map(|p| {
+            p.components
+                .iter()
+                .map(|c| {
+                    let id = s(c, "id");
+                    let latency = c
+                        .get("latency")
+                        .map(|l| u(l, "sum_ns").checked_div(u(l, "count")).unwrap_or(0))
+                        .unwrap_or(0);
+                    let queue = c
+                        .get("queue")
+                        .filter(|q| !q.is_null())
+                        .map(|q| format!("{}/{}", u(q, "queued"), u(q, "capacity")))
+                        .unwrap_or_else(|| "-".into());
+                    let breaker = c
+                        .get("breaker")
+                        .and_then(Value::as_str)
+                        .unwrap_or("-")
+                        .to_string();
+                    let errors = u(c, "errors");
+                    let style = if errors > 0 || breaker == "open" {
+                        Style::new().fg(Color::Red)
+                    } else if c.get("running") == Some(&Value::Bool(false)) {
+                        Style::new().fg(Color::DarkGray)
+                    } else {
+                        Style::new()
+                    };
+                    Row::new([
+                        Cell::from(id.to_string()),
+                        Cell::from(s(c, "kind").to_string()),
+                        Cell::from(s(c, "type_name").to_string()),
+                        Cell::from(human_rate(rate(p, view.previous.as_ref(), id, "events_in"))),
+                        Cell::from(human_rate(rate(
+                            p,
+                            view.previous.as_ref(),
+                            id,
+                            "events_out",
+                        ))),
+                        Cell::from(human_ns(latency)),
+                        Cell::from(queue),
+                        Cell::from(errors.to_string()),
+                        Cell::from(u(c, "dead_lettered").to_string()),
+                        Cell::from(u(c, "anomalies").to_string()),
+                        Cell::from(breaker),
+                    ])
+                    .style(style)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths = [
+        Constraint::Min(12),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(9),
+        Constraint::Length(9),
+    ];
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(Block::bordered().title(" components ")),
+        table,
+    );
+
+    let mut recent: Vec<(u64, String)> = view
+        .last
+        .as_ref()
+        .map(|p| {
+            p.components
+                .iter()
+                .flat_map(|c| {
+                    let id = s(c, "id").to_string();
+                    c.get("recent_anomalies")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |a| {
+                            let t = u(&a, "time_ms");
+                            let when = humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + Duration::from_millis(t),
+                            );
+                            (
+                                t,
+                                format!(
+                                    "{when}  {:<10} {:<12} {}",
+                                    id,
+                                    s(&a, "key"),
+                                    s(&a, "reason")
+                                ),
+                            )
+                        })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    recent.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    let lines: Vec<Line> = recent
+        .into_iter()
+        .take(anomalies.height.saturating_sub(2) as usize)
+        .map(|(_, l)| Line::from(l))
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(" recent anomalies ")),
+        anomalies,
+    );
+    frame.render_widget(
+        Paragraph::new("q quits").style(Style::new().fg(Color::DarkGray)),
+        foot,
+    );
+}
+
+async fn poll(client: &AdminClient) -> Result<Poll, String> {
+    let health = client
+        .get_json("/health")
+        .await
+        .map_err(|e| e.to_string())?;
+    let components = client
+        .get_json("/components")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Poll {
+        at: Instant::now(),
+        health,
+        components: components.as_array().cloned().unwrap_or_default(),
+    })
+}
+
+/// Runs the view until `q`, Esc or Ctrl-C.
+pub fn run(address: &str, interval: Duration) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = AdminClient::new(address);
+    let mut view = View {
+        address: address.to_string(),
+        ..View::default()
+    };
+    let mut terminal = ratatui::init();
+    let result = (|| -> anyhow::Result<()> {
+        let mut next_poll = Instant::now();
+        loop {
+            if Instant::now() >= next_poll {
+                match runtime.block_on(poll(&client)) {
+                    Ok(p) => {
+                        view.previous = view.last.take();
+                        view.last = Some(p);
+                        view.error = None;
+                    }
+                    Err(e) => view.error = Some(e),
+                }
+                next_poll = Instant::now() + interval;
+                terminal.draw(|f| draw(f, &view))?;
+            }
+            let wait = next_poll.saturating_duration_since(Instant::now());
+            if event::poll(wait)? {
+                match event::read()? {
+                    Event::Key(k) if k.kind == KeyEventKind::Press => {
+                        let ctrl_c = k.code == KeyCode::Char('c')
+                            && k.modifiers.contains(KeyModifiers::CONTROL);
+                        if matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c {
+                            return Ok(());
+                        }
+                    }
+                    Event::Resize(..) => {
+                        terminal.draw(|f| draw(f, &view))?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })();
+    ratatui::restore();
+    result
+}

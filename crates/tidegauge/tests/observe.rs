@@ -1,0 +1,812 @@
+//! Watching and steering a running pipeline as an operator does: the admin API and its
+//! token, the change history across restarts, metrics, logs, reload, the profiler, top.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tidegauge_api::client::{AdminClient, Reply};
+
+const TOKEN: &str = "t0k3n-for-tests";
+
+/// A running `tidegauge run` with its admin API, its stderr collected.
+struct Running {
+    child: Child,
+    address: String,
+    stderr: Arc<Mutex<String>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Running {
+    /// Starts `tidegauge run <args>` and waits for the admin API to listen.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut c = tidegauge();
+        c.arg("run")
+            .args(args)
+            .env("TIDEGAUGE_ADMIN", "127.0.0.1:0")
+            .env("TIDEGAUGE_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("start tidegauge");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = collected.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut running = Running {
+            child,
+            address: String::new(),
+            stderr,
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+        };
+        let line = running.wait_stderr(|s| s.contains("admin API on http://"));
+        let start = line.find("admin API on http://").unwrap() + "admin API on http://".len();
+        running.address = line[start..].split_whitespace().next().unwrap().to_string();
+        running
+    }
+
+    /// Waits until stderr satisfies `what`; returns it.
+    fn wait_stderr(&self, what: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.stderr.lock().unwrap().clone();
+            if what(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out; stderr so far:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn client(&self) -> AdminClient {
+        AdminClient::new(self.address.clone())
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.runtime
+            .block_on(self.client().get_json(path))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Parameter `name` of component `id`, as `/components/{id}/params` lists it.
+    fn param(&self, id: &str, name: &str) -> Value {
+        let params = self.get(&format!("/components/{id}/params"));
+        params["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} has no parameter {name}: {params}"))
+    }
+
+    /// The Prometheus exposition.
+    fn metrics(&self) -> String {
+        self.runtime
+            .block_on(self.client().request("GET", "/metrics", None))
+            .unwrap()
+            .text()
+    }
+
+    fn request(&self, client: AdminClient, method: &str, path: &str, body: &str) -> Reply {
+        self.runtime
+            .block_on(client.request(method, path, Some(body.as_bytes().to_vec())))
+            .unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling a child process we started and still own; kill(2) has no
+        // memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Ctrl-C, then waits for the exit; returns the exit code and stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        self.signal(libc::SIGINT);
+        let status = self.child.wait().unwrap();
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(200));
+        let s = self.stderr.lock().unwrap().clone();
+        (status.code(), s)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn example() -> PathBuf {
+    root().join("examples/observed.toml")
+}
+
+#[test]
+fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = dir.path().join("alerts.jsonl");
+    let example = example();
+    let args = [
+        example.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let env = [("OBSERVED_OUTPUT", out.to_str().unwrap())];
+    let tg = Running::start(&args, &env);
+
+    let health = tg.get("/health");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["components"], 4);
+
+    let components = tg.get("/components");
+    let ids: Vec<&str> = components
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["fleet", "spikes", "anomalies", "alerts"]);
+    assert_eq!(components[1]["tunable"], true);
+    assert_eq!(components[0]["tunable"], false);
+
+    let topology = tg.get("/topology");
+    let edge = topology["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["from"] == "spikes" && e["to"] == "anomalies")
+        .expect("edge spikes -> anomalies");
+    let fields: Vec<&str> = edge["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"is_anomaly") && fields.contains(&"z"),
+        "{fields:?}"
+    );
+
+    let param = |name: &str| tg.param("spikes", name);
+    assert_eq!(param("threshold")["value"], json!(4.0));
+    assert_eq!(param("threshold")["tunable"], true);
+    assert_eq!(param("window")["value"], json!(50));
+    assert_eq!(param("window")["range"], "2..=4294967295");
+    assert_eq!(param("key_field")["tunable"], false);
+    assert!(!param("window")["doc"].as_str().unwrap().is_empty());
+
+    let openapi = tg.get("/openapi.json");
+    assert_eq!(openapi["openapi"], "3.1.0");
+    for path in [
+        "/health",
+        "/components",
+        "/topology",
+        "/components/{id}/params",
+        "/changes",
+        "/metrics",
+        "/profile",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path} undocumented");
+    }
+
+    // Changes: no token 401, wrong token 403, then a right one.
+    let path = "/components/spikes/params";
+    let anonymous = tg.client();
+    let wrong = tg.client().with_token(Some("nope".into()));
+    let alice = tg
+        .client()
+        .with_token(Some(TOKEN.into()))
+        .with_actor(Some("alice".into()));
+    assert_eq!(
+        tg.request(anonymous, "PATCH", path, r#"{"threshold": 5}"#)
+            .status,
+        401
+    );
+    assert_eq!(
+        tg.request(wrong, "PATCH", path, r#"{"threshold": 5}"#)
+            .status,
+        403
+    );
+    let reply = tg.request(alice.clone(), "PATCH", path, r#"{"threshold": 5.5}"#);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let change = &reply.json().unwrap()["changes"][0];
+    assert_eq!(change["old"], json!(4.0));
+    assert_eq!(change["new"], json!(5.5));
+    assert_eq!(change["actor"], "alice");
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(5.5));
+    // Validated like config; not every parameter is tunable; unknown ids; limits.
+    let reply = tg.request(alice.clone(), "PATCH", path, r#"{"threshold": -1}"#);
+    assert_eq!(reply.status, 422);
+    assert!(
+        reply.text().contains("transforms.spikes.threshold"),
+        "{}",
+        reply.text()
+    );
+    let reply = tg.request(alice.clone(), "PATCH", path, r#"{"key_field": "x"}"#);
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    let reply = tg.request(
+        alice.clone(),
+        "PATCH",
+        "/components/anomalies/params",
+        r#"{"condition": "value + 1"}"#,
+    );
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    let reply = tg.request(
+        alice.clone(),
+        "PATCH",
+        "/components/anomalies/params",
+        r#"{"condition": "is_anomaly AND abs(z) > 5"}"#,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        tg.request(
+            alice.clone(),
+            "PATCH",
+            "/components/nope/params",
+            r#"{"a": 1}"#
+        )
+        .status,
+        404
+    );
+    let big = format!(r#"{{"threshold": 5, "pad": "{}"}}"#, "x".repeat(100_000));
+    assert_eq!(tg.request(alice.clone(), "PATCH", path, &big).status, 413);
+    assert_eq!(tg.request(alice, "PATCH", path, "not json").status, 400);
+
+    // Metrics, scraped.
+    wait_until("events to flow", || {
+        tg.get("/components")[0]["events_out"].as_u64().unwrap() > 0
+    });
+    let metrics = tg.metrics();
+    for needle in [
+        "# TYPE tidegauge_component_received_events_total counter",
+        "tidegauge_component_sent_events_total{component_id=\"fleet\",component_kind=\"source\",component_type=\"simulate\"}",
+        "tidegauge_component_processing_seconds_bucket{component_id=\"spikes\",component_kind=\"transform\",component_type=\"zscore\",le=\"+Inf\"}",
+        "tidegauge_component_input_queue_capacity_batches{component_id=\"alerts\",component_kind=\"sink\",component_type=\"jsonl\"} 4",
+        "tidegauge_detector_anomalies_total{component_id=\"spikes\",component_kind=\"transform\",component_type=\"zscore\",detector=\"zscore\"}",
+        "tidegauge_component_errors_total{component_id=\"fleet\",component_kind=\"source\",component_type=\"simulate\",error_kind=\"record\"} 0",
+        "tidegauge_parameter_changes_total 2",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    // A counter that a source has moved is positive.
+    let sent = metrics
+        .lines()
+        .find(|l| l.starts_with("tidegauge_component_sent_events_total{component_id=\"fleet\""))
+        .unwrap();
+    assert!(sent.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 0.0);
+
+    let changes = tg.get("/changes");
+    assert_eq!(changes.as_array().unwrap().len(), 2);
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !err.contains(TOKEN),
+        "the token leaked into the output:\n{err}"
+    );
+
+    // The history outlives the process: on the command line and after a restart.
+    let listed = run(&[
+        "changes",
+        example.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let text = stdout(&listed);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(
+        text.contains("spikes") && text.contains("threshold") && text.contains("alice"),
+        "{text}"
+    );
+    assert!(text.contains("is_anomaly AND abs(z) > 5"), "{text}");
+    let tg = Running::start(&args, &env);
+    let changes = tg.get("/changes?component=spikes");
+    assert_eq!(changes.as_array().unwrap().len(), 1);
+    assert_eq!(changes[0]["new"], json!(5.5));
+    // A restart runs the file's values again.
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(4.0));
+    let logs = tg.stop().1;
+    assert!(!logs.contains(TOKEN));
+    // Nothing in the log files carries the token either.
+    for entry in std::fs::read_dir(state.join("logs")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!text.contains(TOKEN));
+    }
+}
+
+fn pipeline(threshold: &str, extra: &str, out: &Path) -> String {
+    format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+token_env = "TIDEGAUGE_TOKEN"
+
+[sources.fleet]
+type = "simulate"
+sensors = 5
+rate = 400
+
+[transforms.spikes]
+type = "zscore"
+inputs = ["fleet"]
+window = 20
+threshold = {threshold}
+
+[transforms.all]
+type = "filter"
+inputs = ["spikes"]
+condition = "true"
+
+[sinks.out]
+type = "jsonl"
+inputs = ["all"]
+path = "{}"
+flush_interval_ms = 50
+{extra}
+"#,
+        out.display()
+    )
+}
+
+#[test]
+fn reload_keeps_unchanged_state_and_rejects_invalid_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let out1 = dir.path().join("out1.jsonl");
+    let out2 = dir.path().join("out2.jsonl");
+    std::fs::write(&file, pipeline("4.0", "", &out1)).unwrap();
+    let tg = Running::start(&[file.to_str().unwrap()], &[]);
+    // Every sensor is past its 20-value warm-up.
+    wait_until("warm detectors", || lines(&out1).len() >= 300);
+
+    // A valid change: a tunable parameter and a new sink.
+    let added = format!(
+        "\n[sinks.more]\ntype = \"jsonl\"\ninputs = [\"spikes\"]\npath = \"{}\"\nflush_interval_ms = 50\n",
+        out2.display()
+    );
+    std::fs::write(&file, pipeline("3.5", &added, &out1)).unwrap();
+    let err = tg.wait_stderr(|s| s.contains("tidegauge: reloaded"));
+    let line = err.lines().find(|l| l.contains("reloaded")).unwrap();
+    assert!(line.contains("kept: fleet, all, out"), "{line}");
+    assert!(line.contains("retuned: spikes"), "{line}");
+    assert!(line.contains("added: more"), "{line}");
+    // The detector kept its per-sensor windows: no warm-up on the new sink. A detector
+    // built anew gives a null z for each sensor's first 20 events; one that kept its
+    // state gives a number from the first event on (unless the sensor is stuck: equal
+    // values have no z either, so most sensors, not all, are asked for).
+    wait_until("events on the new sink", || lines(&out2).len() >= 100);
+    let fresh = lines(&out2);
+    let mut first_seen = std::collections::BTreeMap::new();
+    for e in &fresh {
+        first_seen
+            .entry(e["sensor_id"].as_str().unwrap().to_string())
+            .or_insert_with(|| e["z"].is_number());
+    }
+    let warm = first_seen.values().filter(|&&w| w).count();
+    assert!(
+        warm >= 3,
+        "first events per sensor with a z: {first_seen:?}"
+    );
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(3.5));
+    let changes = tg.get("/changes");
+    assert_eq!(changes[0]["actor"], "reload");
+    assert_eq!(changes[0]["old"], json!(4.0));
+
+    // An invalid file: errors reported with their line, the running pipeline goes on.
+    std::fs::write(
+        &file,
+        pipeline("3.5", &added, &out1).replace("window = 20", "window = 1"),
+    )
+    .unwrap();
+    let err = tg.wait_stderr(|s| s.contains("rejected"));
+    assert!(
+        err.contains("p.toml:14: transforms.spikes.window: must be in 2..=4294967295, got 1"),
+        "{err}"
+    );
+    let before = lines(&out2).len();
+    wait_until("the old pipeline to go on", || {
+        lines(&out2).len() > before + 50
+    });
+    let metrics = tg.metrics();
+    assert!(metrics.contains("tidegauge_config_reloads_total{result=\"applied\"} 1"));
+    assert!(!metrics.contains("tidegauge_config_reloads_total{result=\"rejected\"} 0"));
+
+    // A change that needs a rebuild: the detector starts over (null z while warming up).
+    let rebuilt = pipeline("3.5", &added, &out1)
+        .replace("window = 20", "window = 20\nvalue_field = \"value\"");
+    std::fs::write(&file, rebuilt).unwrap();
+    tg.wait_stderr(|s| s.matches("tidegauge: reloaded").count() >= 2);
+    let err = tg.stderr.lock().unwrap().clone();
+    let line = err.lines().rfind(|l| l.contains("reloaded")).unwrap();
+    assert!(line.contains("rebuilt: spikes"), "{line}");
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn sighup_reloads_when_file_watching_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&file, pipeline("4.0", "", &out)).unwrap();
+    let tg = Running::start(&[file.to_str().unwrap(), "--no-watch"], &[]);
+    std::fs::write(&file, pipeline("6.0", "", &out)).unwrap();
+    tg.signal(libc::SIGHUP);
+    let err = tg.wait_stderr(|s| s.contains("tidegauge: reloaded"));
+    assert!(err.contains("(SIGHUP)"), "{err}");
+    assert_eq!(tg.param("spikes", "threshold")["value"], json!(6.0));
+    let (code, _) = tg.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn logs_are_queryable_by_level_component_time_and_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..50 {
+        text.push_str(&format!(
+            "{{\"sensor_id\":\"s-1\",\"ts\":{i},\"value\":{i}}}\n"
+        ));
+    }
+    text.push_str("{broken\n");
+    std::fs::write(&input, text).unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sources.src]\ntype = \"file\"\npaths = [\"{}\"]\n\n[sinks.out]\ntype = \"jsonl\"\ninputs = [\"src\"]\npath = \"{}\"\n",
+            input.display(),
+            dir.path().join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let done = run(&["run", "--quiet", file.to_str().unwrap()]);
+    assert!(done.status.success(), "{}", stderr(&done));
+
+    let logs = |args: &[&str]| {
+        let mut all = vec!["logs", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let warn = logs(&["--level", "warn", "--component", "src"]);
+    assert!(warn.contains("WARN [src] record dead-lettered"), "{warn}");
+    assert!(warn.contains("location="), "{warn}");
+    let recent = logs(&["--since", "10m", "--grep", "dead-lettered", "--json"]);
+    let parsed: Vec<Value> = recent
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed.len(), 1, "{recent}");
+    assert_eq!(parsed[0]["component_id"], "src");
+    assert_eq!(parsed[0]["level"], "WARN");
+    assert_eq!(logs(&["--level", "error"]), "");
+    assert_eq!(logs(&["--component", "nobody"]), "");
+    // Info lines: the run's start and end.
+    let info = logs(&["--level", "info", "--grep", "pipeline"]);
+    assert!(info.contains("INFO pipeline started"), "{info}");
+    assert!(info.contains("INFO pipeline finished"), "{info}");
+}
+
+#[test]
+fn profile_reports_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("w1.jsonl");
+    w1_events(20_000, 7, &input);
+    let out = dir.path().join("out.jsonl");
+    let o = tidegauge()
+        .args(["run", "--profile", "--quiet"])
+        .arg(root().join("examples/w1.toml"))
+        .env("W1_INPUT", &input)
+        .env("W1_OUTPUT", &out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let table: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.starts_with("profile"))
+        .skip(2)
+        .collect();
+    let ids: Vec<&str> = table
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(ids, ["w1", "zscore", "anomalies", "out"], "{err}");
+    let shares: f64 = table
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .find(|w| w.ends_with('%'))
+                .unwrap()
+                .trim_end_matches('%')
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert!((99.0..=101.0).contains(&shares), "{err}");
+    let zscore = table
+        .iter()
+        .find(|l| l.trim_start().starts_with("zscore"))
+        .unwrap();
+    assert!(zscore.contains("20,000"), "{zscore}");
+    // Not a terminal: no progress bar.
+    assert!(!err.contains("eta"), "{err}");
+}
+
+#[test]
+fn top_shows_components_and_anomalies_in_a_terminal() {
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("tmux is needed (scripts/test installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let example = example();
+    let state = dir.path().join("state");
+    let tg = Running::start(
+        &[
+            example.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[("OBSERVED_OUTPUT", out.to_str().unwrap())],
+    );
+    let session = format!("tg-top-{}", std::process::id());
+    let socket = dir.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let command = format!(
+        "{} top --address {} --interval 300ms",
+        env!("CARGO_BIN_EXE_tidegauge"),
+        tg.address
+    );
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "150",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    let mut screen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        screen = stdout(&tmux(&["capture-pane", "-p", "-t", &session]));
+        let rate_shown = screen
+            .lines()
+            .any(|l| l.contains("spikes") && l.contains("zscore") && !l.contains('…'));
+        if rate_shown && screen.contains("s-0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for needle in [
+        "tidegauge top",
+        "components",
+        "in/s",
+        "latency",
+        "queue",
+        "fleet",
+        "spikes",
+        "anomalies",
+        "alerts",
+        "recent anomalies",
+        "|z|",
+    ] {
+        assert!(screen.contains(needle), "{needle} not on screen:\n{screen}");
+    }
+    // The spikes row shows a rate and a queue fill of its 4-batch queue.
+    let row = screen
+        .lines()
+        .find(|l| l.contains("spikes") && l.contains("zscore"))
+        .unwrap();
+    assert!(row.contains("/4"), "{row}");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tmux(&["has-session", "-t", &session]).status.success() {
+        assert!(Instant::now() < deadline, "top did not quit on q");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = tg.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// Lines in a file, without parsing them.
+fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+fn checkpointed_pipeline(input: &Path, out: &Path, state: &Path, edit: &str) -> String {
+    let text = format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+token_env = "TIDEGAUGE_TOKEN"
+
+[checkpoint]
+dir = "{}"
+interval_ms = 40
+commit_interval_ms = 10
+
+[sources.in]
+type = "file"
+paths = ["{}"]
+follow = true
+poll_interval_ms = 10
+batch = {{ rows = 200 }}
+
+[transforms.spikes]
+type = "zscore"
+inputs = ["in"]
+window = 20
+
+[sinks.out]
+type = "jsonl"
+inputs = ["spikes"]
+path = "{}"
+flush_interval_ms = 20
+"#,
+        state.display(),
+        input.display(),
+        out.display()
+    );
+    match edit {
+        "" => text,
+        "sink" => text.replace("flush_interval_ms = 20", "flush_interval_ms = 30"),
+        "source" => text
+            .replace("flush_interval_ms = 20", "flush_interval_ms = 30")
+            .replace("rows = 200", "rows = 150"),
+        _ => text
+            .replace("flush_interval_ms = 20", "flush_interval_ms = 30")
+            .replace("rows = 200", "rows = 150")
+            .replace("window = 20", "window = 20\nvalue_field = \"value\""),
+    }
+}
+
+#[test]
+fn reloads_under_checkpoints_lose_no_acknowledged_event() {
+    // Events keep arriving while the sink, then the source, then the detector are
+    // replaced; then the process is killed. Every event the source had committed as
+    // acknowledged must be in the output, and replacing the source reads nothing twice.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("p.toml");
+    let input = d.join("live.jsonl");
+    let out = d.join("out.jsonl");
+    let state = d.join("state");
+    std::fs::write(&input, "").unwrap();
+    std::fs::write(&file, checkpointed_pipeline(&input, &out, &state, "")).unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (stop, written, input) = (stop.clone(), written.clone(), input.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&input)
+                .unwrap();
+            let mut seq = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut text = String::new();
+                for _ in 0..100 {
+                    let value = 20.0 + (seq * 7919 % 1000) as f64 / 100.0;
+                    text.push_str(&format!(
+                        "{{\"sensor_id\":\"s-{}\",\"ts\":{seq},\"value\":{value}}}\n",
+                        seq % 7
+                    ));
+                    seq += 1;
+                }
+                f.write_all(text.as_bytes()).unwrap();
+                f.flush().unwrap();
+                written.store(seq, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let tg = Running::start(&[file.to_str().unwrap()], &[]);
+    for (n, (edit, rebuilt)) in [("sink", "out"), ("source", "in"), ("detector", "spikes")]
+        .into_iter()
+        .enumerate()
+    {
+        let before = count_lines(&out);
+        wait_until("output to grow", || count_lines(&out) > before + 500);
+        std::fs::write(&file, checkpointed_pipeline(&input, &out, &state, edit)).unwrap();
+        let err = tg.wait_stderr(|s| s.matches("tidegauge: reloaded").count() > n);
+        let line = err
+            .lines()
+            .filter(|l| l.contains("reloaded"))
+            .nth(n)
+            .unwrap();
+        assert!(line.contains(&format!("rebuilt: {rebuilt}")), "{line}");
+    }
+    let before = count_lines(&out);
+    wait_until("output after the last reload", || {
+        count_lines(&out) > before + 500
+    });
+    drop(tg); // SIGKILL
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+
+    let acked: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("acked/in.json")).unwrap())
+            .unwrap();
+    let consumed = acked["position"]["files"][0]["lines"].as_u64().unwrap() as usize;
+    assert!(consumed > 1500, "acknowledged: {acked}");
+    assert!(consumed <= written.load(std::sync::atomic::Ordering::Relaxed));
+    // The kill may cut the output's last line: count whole lines only.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut seen = vec![0u32; consumed];
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let ts = v["ts"].as_u64().unwrap() as usize;
+        if ts < consumed {
+            seen[ts] += 1;
+        }
+    }
+    let lost: Vec<usize> = (0..consumed).filter(|&i| seen[i] == 0).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let twice = seen.iter().filter(|&&n| n > 1).count();
+    assert_eq!(twice, 0, "events written twice across the reloads");
+}
