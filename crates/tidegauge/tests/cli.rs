@@ -102,7 +102,10 @@ fn unset_variables_are_reported_with_their_line() {
         "{err}"
     );
     let text = std::fs::read_to_string(root().join("examples/w1.toml")).unwrap();
-    let line = 1 + text.lines().position(|l| l.contains("${W1_INPUT}")).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.contains("${W1_INPUT}"))
+        .unwrap();
     assert!(err.contains(&format!("w1.toml:{line}:")), "{err}");
 }
 
