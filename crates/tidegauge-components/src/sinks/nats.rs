@@ -42,9 +42,10 @@ pub struct NatsSinkConfig {
     /// Subjects of the stream to create (`alerts.>`).
     #[serde(default)]
     pub stream_subjects: Vec<String>,
-    /// Messages published and not yet stored, at most.
+    /// Messages published and not yet stored, at most (within a batch too: a batch larger
+    /// than this waits for its own first messages to be stored).
     #[serde(default = "default_max_in_flight")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_in_flight: usize,
     /// User name (with `password`).
     #[serde(default)]
@@ -68,6 +69,9 @@ pub struct NatsSinkConfig {
 fn default_max_in_flight() -> usize {
     4096
 }
+
+/// Largest `max_in_flight`: the client keeps a permit per awaited acknowledgement.
+const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
 
 impl SinkConfig for NatsSinkConfig {
     const TYPE: &'static str = "nats";
@@ -98,8 +102,11 @@ impl SinkConfig for NatsSinkConfig {
                 "list the subjects of the stream to create",
             ));
         }
-        if self.max_in_flight == 0 {
-            errors.push(ConfigError::new("max_in_flight", "expected at least 1"));
+        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.max_in_flight) {
+            errors.push(ConfigError::new(
+                "max_in_flight",
+                format!("expected 1 to {MAX_IN_FLIGHT_LIMIT}"),
+            ));
         }
         errors.extend(self.retry.validate("retry"));
         if errors.is_empty() {
@@ -123,7 +130,15 @@ impl SinkConfig for NatsSinkConfig {
             &self.retry,
         )
         .await?;
-        let js = jetstream::new(client);
+        // The client lets at most `max_ack_inflight` acknowledgements be awaited at once.
+        // The sink keeps at most `max_in_flight` for new batches plus as many for messages
+        // published again while settling, so the client's limit is never the one reached;
+        // if it were, publishing fails (and is retried, then reported) instead of waiting
+        // for ever on acknowledgements that only this task would await.
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(2 * self.max_in_flight)
+            .backpressure_on_inflight(false)
+            .build(client);
         if let Some(name) = &self.stream {
             js.get_or_create_stream(jetstream::stream::Config {
                 name: name.clone(),
@@ -154,19 +169,54 @@ struct NatsSink {
 /// A message: subject and payload.
 type Msg = (String, bytes::Bytes);
 
+/// What became of published messages: stored, or to publish again.
+#[derive(Default)]
+struct Tally {
+    stored: u64,
+    bytes: u64,
+    /// Messages not stored (or not taken by the client), to publish again.
+    failed: Vec<Msg>,
+    /// Why the first of them was not stored.
+    first_error: Option<String>,
+}
+
+impl Tally {
+    /// Waits for one message's acknowledgement.
+    async fn settle_one(&mut self, ack: PublishAckFuture, msg: Msg) {
+        match ack.await {
+            Ok(_) => {
+                self.stored += 1;
+                self.bytes += msg.1.len() as u64;
+            }
+            Err(e) => self.not_stored(msg, e.to_string()),
+        }
+    }
+
+    fn not_stored(&mut self, msg: Msg, error: String) {
+        self.first_error.get_or_insert(error);
+        self.failed.push(msg);
+    }
+}
+
 /// A batch whose messages await the stream's acknowledgement.
 struct Pending {
     finalizers: Finalizers,
-    acks: Vec<(PublishAckFuture, Msg)>,
-    /// Messages the client did not take (to publish again when settling).
-    unsent: Vec<Msg>,
-    /// Why the first of them was not taken.
-    unsent_error: Option<String>,
+    /// Messages published, oldest first, with their acknowledgements still to come.
+    acks: VecDeque<(PublishAckFuture, Msg)>,
+    /// What became of the messages whose acknowledgement already came.
+    tally: Tally,
 }
 
 impl Pending {
-    fn len(&self) -> usize {
-        self.acks.len() + self.unsent.len()
+    /// Waits for the oldest acknowledgement still to come; false when none is.
+    async fn settle_oldest(&mut self) -> bool {
+        match self.acks.pop_front() {
+            Some((ack, msg)) => {
+                self.tally.settle_one(ack, msg).await;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -204,7 +254,7 @@ impl NatsSink {
                     Recv::Batch(b) => b,
                     Recv::Idle => {
                         while let Some(p) = pending.pop_front() {
-                            in_flight -= p.len();
+                            in_flight -= p.acks.len();
                             self.settle(&component, &origin, p).await?;
                         }
                         continue;
@@ -214,9 +264,8 @@ impl NatsSink {
                 let rows = batch.num_rows();
                 let mut p = Pending {
                     finalizers: batch.finalizers,
-                    acks: Vec::with_capacity(rows),
-                    unsent: Vec::new(),
-                    unsent_error: None,
+                    acks: VecDeque::with_capacity(rows.min(self.config.max_in_flight)),
+                    tally: Tally::default(),
                 };
                 // Whatever fails from here on, the batch is failed, never released.
                 let subjects = match &static_subject {
@@ -248,25 +297,30 @@ impl NatsSink {
                         );
                         continue;
                     }
+                    // Room for one more acknowledgement: settle older batches first,
+                    // then this batch's own oldest messages (a batch may hold more
+                    // messages than may be in flight).
                     while in_flight >= self.config.max_in_flight {
-                        let Some(older) = pending.pop_front() else {
+                        if let Some(older) = pending.pop_front() {
+                            in_flight -= older.acks.len();
+                            if let Err(e) = self.settle(&component, &origin, older).await {
+                                p.finalizers.fail();
+                                return Err(e);
+                            }
+                        } else if p.settle_oldest().await {
+                            in_flight -= 1;
+                        } else {
                             break;
-                        };
-                        in_flight -= older.len();
-                        if let Err(e) = self.settle(&component, &origin, older).await {
-                            p.finalizers.fail();
-                            return Err(e);
                         }
                     }
                     let msg = (subject.to_string(), bytes::Bytes::copy_from_slice(payload));
                     match self.js.publish(msg.0.clone(), msg.1.clone()).await {
-                        Ok(ack) => p.acks.push((ack, msg)),
-                        Err(e) => {
-                            p.unsent_error.get_or_insert_with(|| e.to_string());
-                            p.unsent.push(msg);
+                        Ok(ack) => {
+                            p.acks.push_back((ack, msg));
+                            in_flight += 1;
                         }
+                        Err(e) => p.tally.not_stored(msg, e.to_string()),
                     }
-                    in_flight += 1;
                 }
                 pending.push_back(p);
             }
@@ -292,24 +346,15 @@ impl NatsSink {
         &self,
         component: &ComponentContext,
         origin: &str,
-        p: Pending,
+        mut p: Pending,
     ) -> Result<(), ComponentError> {
-        let mut count = 0;
-        let mut bytes = 0;
-        let mut failed = p.unsent;
-        let mut first_error = p.unsent_error;
-        for (ack, msg) in p.acks {
-            match ack.await {
-                Ok(_) => {
-                    count += 1;
-                    bytes += msg.1.len() as u64;
-                }
-                Err(e) => {
-                    first_error.get_or_insert_with(|| e.to_string());
-                    failed.push(msg);
-                }
-            }
-        }
+        while p.settle_oldest().await {}
+        let Tally {
+            stored: mut count,
+            mut bytes,
+            failed,
+            first_error,
+        } = p.tally;
         if !failed.is_empty() {
             component.emit(ComponentErrorOccurred {
                 error: &format!(
@@ -321,13 +366,14 @@ impl NatsSink {
             let left = tokio::sync::Mutex::new(failed);
             let left = &left;
             let js = &self.js;
+            let window = self.config.max_in_flight;
             let result = self
                 .resilience
                 .call(
                     None,
                     move |_| async move {
                         let mut left = left.lock().await;
-                        publish_again(js, &mut left).await
+                        publish_again(js, &mut left, window).await
                     },
                     |_| true,
                     |_| {},
@@ -353,37 +399,33 @@ impl NatsSink {
     }
 }
 
-/// Publishes `left` and waits for each to be stored; keeps those that were not. Returns
-/// the messages and bytes stored when all were, the first error otherwise.
-async fn publish_again(js: &jetstream::Context, left: &mut Vec<Msg>) -> Result<(u64, u64), String> {
-    let mut acks = Vec::with_capacity(left.len());
-    let mut still = Vec::new();
-    let mut first_error = None;
+/// Publishes `left`, with at most `window` acknowledgements awaited at once, and waits
+/// for each to be stored; keeps those that were not. Returns the messages and bytes
+/// stored when all were, the first error otherwise.
+async fn publish_again(
+    js: &jetstream::Context,
+    left: &mut Vec<Msg>,
+    window: usize,
+) -> Result<(u64, u64), String> {
+    let mut acks = VecDeque::with_capacity(left.len().min(window));
+    let mut tally = Tally::default();
     for msg in left.drain(..) {
+        if acks.len() >= window
+            && let Some((ack, msg)) = acks.pop_front()
+        {
+            tally.settle_one(ack, msg).await;
+        }
         match js.publish(msg.0.clone(), msg.1.clone()).await {
-            Ok(ack) => acks.push((ack, msg)),
-            Err(e) => {
-                first_error.get_or_insert_with(|| e.to_string());
-                still.push(msg);
-            }
+            Ok(ack) => acks.push_back((ack, msg)),
+            Err(e) => tally.not_stored(msg, e.to_string()),
         }
     }
-    let (mut count, mut bytes) = (0, 0);
     for (ack, msg) in acks {
-        match ack.await {
-            Ok(_) => {
-                count += 1;
-                bytes += msg.1.len() as u64;
-            }
-            Err(e) => {
-                first_error.get_or_insert_with(|| e.to_string());
-                still.push(msg);
-            }
-        }
+        tally.settle_one(ack, msg).await;
     }
-    *left = still;
-    match first_error {
-        None => Ok((count, bytes)),
+    *left = tally.failed;
+    match tally.first_error {
+        None => Ok((tally.stored, tally.bytes)),
         Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
     }
 }

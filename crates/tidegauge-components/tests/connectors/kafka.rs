@@ -159,6 +159,29 @@ async fn kafka_sink_compliance_with_keys_and_compression() {
     );
 }
 
+/// A sink that cannot deliver fails loudly and never acknowledges: the topic does not
+/// exist and the broker does not create it on first use (tansu never does; Kafka with
+/// `auto.create.topics.enable = false`), so every message comes back undelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_to_a_missing_topic_fails_and_never_acknowledges() {
+    let Some(brokers) = harness::server("TIDEGAUGE_TEST_KAFKA") else {
+        return;
+    };
+    let topic = unique("tg-missing");
+    let h = Harness::new();
+    let sink = h.sink(&format!(
+        "type = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"{topic}\"\nmessage_timeout_ms = 2000\nretry = {{ max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 20 }}"
+    ));
+    let mut running = sink.start().await;
+    running.send(&harness::events(0, 100)).await;
+    running.send(&harness::events(100, 200)).await;
+    let (result, acks) = running.finish().await;
+    let err = result.expect_err("the sink fails").to_string();
+    assert!(err.contains(&topic), "{err}");
+    assert!(acks.iter().all(|a| !a.delivered), "{acks:?}");
+    assert_eq!(sink.telemetry().events_out, 0);
+}
+
 fn parse(p: &[u8]) -> Event {
     let v: serde_json::Value = serde_json::from_slice(p).unwrap();
     (

@@ -99,6 +99,42 @@ async fn nats_sink_compliance() {
     }
 }
 
+/// One batch holding more messages than the client lets await their acknowledgement at
+/// once (async-nats: 5,000): the sink must wait for acknowledgements inside the batch,
+/// not only for older batches, or publishing blocks for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_sink_stores_one_batch_larger_than_the_client_ack_window() {
+    let Some(url) = server() else { return };
+    let stream = unique("TGB").replace('-', "_");
+    let h = Harness::new();
+    let sink = h.sink(&format!(
+        "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{stream}.{{sensor_id}}\"\nstream = \"{stream}\"\nstream_subjects = [\"{stream}.>\"]"
+    ));
+    let big = harness::events(0, 12_000);
+    let mut running = sink.start().await;
+    let id = running.send(&big).await;
+    let ack = running.next_ack().await;
+    assert_eq!(
+        ack,
+        tidegauge_core::ack::Ack {
+            id,
+            delivered: true
+        }
+    );
+    let (result, acks) = running.finish().await;
+    result.expect("sink finished without error");
+    assert!(acks.is_empty(), "{acks:?}");
+    let mut stored: Vec<Event> = read_stream(&url, &stream)
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    stored = harness::sorted(stored);
+    stored.dedup();
+    assert_eq!(stored, big, "the stream holds exactly the batch");
+    assert_eq!(sink.telemetry().events_out, 12_000);
+}
+
 /// Every message stored in the stream, with its subject (read with an ephemeral
 /// consumer: JetStream acknowledged them, so they are stored).
 async fn read_stream(url: &str, stream: &str) -> Vec<(String, Event)> {
