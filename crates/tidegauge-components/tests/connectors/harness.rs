@@ -568,8 +568,15 @@ pub async fn check_source(
     );
     assert_eq!(dead[1]["raw"], "not json at all");
 
-    // Telemetry: decoded events in, sent events out, dead letters counted.
-    let t = source.telemetry();
+    // Telemetry: decoded events in, sent events out, dead letters counted. A source
+    // counts a batch out once its send returns, which may be just after the batch was
+    // received here: give the counter a moment.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut t = source.telemetry();
+    while t.events_out < 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        t = source.telemetry();
+    }
     assert_eq!(
         (t.events_in, t.events_out, t.dead_lettered),
         (20, 20, 2),
