@@ -4,6 +4,7 @@
 use arrow_array::RecordBatch;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{ArrowError, Schema};
+use tidegauge_core::ConfigError;
 
 /// A topic or subject with `{field}` placeholders, e.g. `alerts/{sensor_id}`.
 #[derive(Clone, Debug)]
@@ -71,6 +72,20 @@ impl Template {
             .collect()
     }
 
+    /// Validation of the template in setting `setting`: it parses and names only fields
+    /// of `schema`; each problem becomes a config error at that setting.
+    pub fn check(setting: &str, text: &str, schema: &Schema, errors: &mut Vec<ConfigError>) {
+        match Template::parse(text) {
+            Ok(t) => errors.extend(t.missing_fields(schema).into_iter().map(|f| {
+                ConfigError::new(
+                    setting,
+                    format!("`{{{f}}}` names a field the input does not have"),
+                )
+            })),
+            Err(e) => errors.push(ConfigError::new(setting, e)),
+        }
+    }
+
     /// Whether the template has no placeholder (the same text for every event).
     pub fn is_static(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
@@ -116,6 +131,22 @@ mod tests {
     use arrow_array::{Float64Array, StringArray};
     use arrow_schema::{DataType, Field};
     use std::sync::Arc;
+
+    #[test]
+    fn check_reports_unknown_fields_and_bad_templates_at_the_setting() {
+        let schema = Schema::new(vec![Field::new("sensor_id", DataType::Utf8, false)]);
+        let mut errors = Vec::new();
+        Template::check("topic", "plant/{sensor_id}/{site}", &schema, &mut errors);
+        Template::check("subject", "plant/{sensor_id", &schema, &mut errors);
+        Template::check("topic", "plant/{sensor_id}", &schema, &mut errors);
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].contains("topic") && shown[0].contains("`{site}`"),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("subject"), "{shown:?}");
+    }
 
     #[test]
     fn renders_fields_per_row() {

@@ -116,17 +116,7 @@ impl SinkConfig for MqttSinkConfig {
             self.password.as_ref(),
             &mut errors,
         );
-        match Template::parse(&self.topic) {
-            Ok(t) => {
-                for f in t.missing_fields(input) {
-                    errors.push(ConfigError::new(
-                        "topic",
-                        format!("`{{{f}}}` names a field the input does not have"),
-                    ));
-                }
-            }
-            Err(e) => errors.push(ConfigError::new("topic", e)),
-        }
+        Template::check("topic", &self.topic, input, &mut errors);
         if self.topic.contains(['+', '#']) {
             errors.push(ConfigError::new(
                 "topic",

@@ -85,17 +85,7 @@ impl SinkConfig for NatsSinkConfig {
             self.token.as_ref(),
             &mut errors,
         );
-        match Template::parse(&self.subject) {
-            Ok(t) => {
-                for f in t.missing_fields(input) {
-                    errors.push(ConfigError::new(
-                        "subject",
-                        format!("`{{{f}}}` names a field the input does not have"),
-                    ));
-                }
-            }
-            Err(e) => errors.push(ConfigError::new("subject", e)),
-        }
+        Template::check("subject", &self.subject, input, &mut errors);
         if self.stream.is_some() && self.stream_subjects.is_empty() {
             errors.push(ConfigError::new(
                 "stream_subjects",
