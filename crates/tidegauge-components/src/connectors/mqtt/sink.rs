@@ -8,11 +8,12 @@ use std::time::Duration;
 use arrow_schema::SchemaRef;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::Resilience;
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
+    BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
 };
 use tokio::sync::mpsc;
 
@@ -92,12 +93,13 @@ impl SinkConfig for MqttSinkConfig {
         options.set_inflight(self.inflight);
         options.set_clean_session(true);
         let topic = Template::parse(&self.topic).map_err(BuildError::new)?;
-        Ok(Box::new(MqttSink {
+        let sink = MqttSink {
             config: self.clone(),
             options,
             encoder: JsonEncoder::new(&input),
             topic,
-        }))
+        };
+        Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
 }
 
@@ -204,16 +206,6 @@ impl Ledger {
             b.finalizers.fail();
         }
         n
-    }
-}
-
-impl Sink for MqttSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(input, cx))
     }
 }
 

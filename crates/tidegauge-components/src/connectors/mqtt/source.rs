@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Publish, QoS};
+use tidegauge_core::component::source_fn;
 use tidegauge_core::resilience::Resilience;
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Source,
-    SourceConfig, SourceContext,
+    BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Source, SourceConfig,
+    SourceContext,
 };
 use tokio::sync::mpsc;
 
@@ -102,11 +103,12 @@ impl SourceConfig for MqttSourceConfig {
         options.set_clean_session(self.clean_session);
         options.set_manual_acks(self.qos == 1);
         options.set_inflight(u16::MAX);
-        Ok(Box::new(MqttSource {
+        let source = MqttSource {
             config: self.clone(),
             options,
             schema,
-        }))
+        };
+        Ok(source_fn(move |cx| source.run_async(cx)))
     }
 }
 
@@ -176,12 +178,6 @@ async fn drive(
         if !open {
             return;
         }
-    }
-}
-
-impl Source for MqttSource {
-    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(cx))
     }
 }
 
