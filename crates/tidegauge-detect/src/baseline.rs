@@ -557,7 +557,11 @@ mod tests {
             ));
         }
         assert_eq!(flags[320], (true, true), "both flag the shift first");
-        assert_eq!(flags[1999], (false, true), "held flags for ever, adaptive stops");
+        assert_eq!(
+            flags[1999],
+            (false, true),
+            "held flags for ever, adaptive stops"
+        );
     }
 
     /// The threshold the naive reference expects from the warm-up's deviations.

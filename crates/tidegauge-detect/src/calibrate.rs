@@ -143,7 +143,7 @@ impl TailModel {
 
     /// Share of the history's weight above magnitude `m` (1 with no history).
     pub fn tail(&self, m: f64) -> f64 {
-        if !(self.total > 0.0) || m.is_nan() {
+        if self.total <= 0.0 || self.total.is_nan() || m.is_nan() {
             return 1.0;
         }
         if m <= 0.0 {
@@ -164,7 +164,10 @@ impl TailModel {
         }
         let i = rel as usize;
         let within = rel - i as f64;
-        let above: f64 = self.counts[i + 1..].iter().map(|&c| f64::from(c)).sum::<f64>()
+        let above: f64 = self.counts[i + 1..]
+            .iter()
+            .map(|&c| f64::from(c))
+            .sum::<f64>()
             + f64::from(self.counts[i]) * (1.0 - within);
         (above / self.total).clamp(0.0, 1.0)
     }
@@ -424,7 +427,10 @@ mod tests {
                 }
                 let lo = rates.iter().cloned().fold(f64::INFINITY, f64::min);
                 let hi = rates.iter().cloned().fold(0.0, f64::max);
-                assert!(lo > 0.0 && hi / lo <= 1.5, "{make} at {threshold}: {rates:?}");
+                assert!(
+                    lo > 0.0 && hi / lo <= 1.5,
+                    "{make} at {threshold}: {rates:?}"
+                );
                 if threshold == 0.5 {
                     for r in &rates {
                         assert!(
@@ -498,7 +504,9 @@ mod tests {
         let pos = bucket_position(m);
         if pos < f64::from(low) {
             let below: f64 = (0..n)
-                .filter(|&i| history[i] <= 0.0 || bucket_position(history[i]).floor() < f64::from(low))
+                .filter(|&i| {
+                    history[i] <= 0.0 || bucket_position(history[i]).floor() < f64::from(low)
+                })
                 .map(w)
                 .sum();
             return (total - below) / total;
