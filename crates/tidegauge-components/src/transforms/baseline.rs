@@ -5,7 +5,8 @@ use tidegauge_core::{ComponentError, ConfigError};
 use tidegauge_detect::{Baseline, BaselineParams};
 
 use super::KeyInterner;
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
