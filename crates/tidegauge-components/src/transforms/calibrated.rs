@@ -114,7 +114,11 @@ mod tests {
         let c = config(
             "detector = { type = \"zscore\", window = 20 }\nmin_events = 50\ntarget_alarm_rate = 0.01",
         );
-        assert!(DetectorSpec::check(&c).is_empty(), "{:?}", DetectorSpec::check(&c));
+        assert!(
+            DetectorSpec::check(&c).is_empty(),
+            "{:?}",
+            DetectorSpec::check(&c)
+        );
         let mut s = DetectorSpec::new_state(&c);
         let mut flagged = 0;
         for i in 0..5000i64 {
@@ -134,7 +138,10 @@ mod tests {
         let c = config("");
         assert_eq!(DetectorSpec::check(&c)[0].path, "detector");
         let c = config("detector = { type = \"zscore\", window = 1 }\ntarget_alarm_rate = 0.7");
-        let paths: Vec<String> = DetectorSpec::check(&c).into_iter().map(|e| e.path).collect();
+        let paths: Vec<String> = DetectorSpec::check(&c)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         assert!(
             paths.contains(&"target_alarm_rate".to_string()),
             "{paths:?}"
