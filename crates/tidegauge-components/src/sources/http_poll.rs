@@ -59,6 +59,7 @@ use crate::codec::{Columns, FieldMap, Row, default_fields, schema_for};
 pub struct HttpPollConfig {
     /// Endpoints: URLs, or tables `{ url = "http://...", id = "pump-7" }` (the id goes in
     /// `endpoint_field`; it defaults to the URL).
+    #[schemars(example = serde_json::json!([{ "url": "http://10.0.0.7/reading", "id": "pump-7" }]))]
     pub endpoints: Vec<Endpoint>,
     /// Time between two polls of an endpoint, in milliseconds. A poll still running
     /// (retrying) when the next is due skips it.
