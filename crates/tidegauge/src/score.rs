@@ -118,9 +118,14 @@ fn resolve_detector(args: &ScoreArgs, set: &[String]) -> anyhow::Result<Detector
         }
     } else {
         let d = registry::find(ComponentKind::Transform, &args.detector).ok_or_else(|| {
+            let known: Vec<&str> = tidegauge_components::transforms::detector::all()
+                .iter()
+                .map(|d| d.name)
+                .collect();
             anyhow!(
-                "no detector called `{}` (try `tidegauge components`)",
-                args.detector
+                "no detector called `{}` (detectors: {})",
+                args.detector,
+                known.join(", ")
             )
         })?;
         let mut table = String::new();

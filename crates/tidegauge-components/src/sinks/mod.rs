@@ -1,21 +1,10 @@
-//! Sinks: where events go. One file per sink; the loop shared by sinks that write
-//! synchronously (files, the terminal) is here.
+//! Sinks that write local output (files, the terminal). One file per sink; the loop
+//! shared by sinks that write synchronously is here. Network sinks live in
+//! [`crate::connectors`], grouped by the system they talk to.
 
-#[cfg(feature = "http")]
-pub mod http;
 pub mod jsonl;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
-pub mod message;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
-#[cfg(feature = "nats")]
-pub mod nats;
 #[cfg(feature = "parquet")]
 pub mod parquet;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 pub mod stdout;
 
 use std::io;

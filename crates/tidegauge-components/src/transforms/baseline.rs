@@ -4,7 +4,8 @@
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Baseline, BaselineParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Per-sensor held reference: learns each sensor's normal level and spread over its

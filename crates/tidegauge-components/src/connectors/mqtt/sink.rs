@@ -18,12 +18,12 @@ use tidegauge_core::{
 };
 use tokio::sync::mpsc;
 
-use super::message::Template;
-use crate::codec::encode::JsonEncoder;
-use crate::secret::Secret;
-use crate::sources::mqtt::{
+use super::source::{
     MqttTls, default_reconnect, describe_error, mqtt_options, reconnect, validate_connection,
 };
+use crate::codec::encode::JsonEncoder;
+use crate::connectors::template::Template;
+use crate::secret::Secret;
 
 /// Publishes each event as a JSON object (every field) to an MQTT topic.
 ///

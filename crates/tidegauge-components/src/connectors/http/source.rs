@@ -43,9 +43,9 @@ use tidegauge_core::{
 };
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{BatchConfig, validate_fields};
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, Row, default_fields, schema_for};
+use crate::sources::{BatchConfig, validate_fields};
 
 /// Polls HTTP endpoints on an interval; each response is one JSON object holding the
 /// declared fields.

@@ -18,10 +18,10 @@ use tidegauge_core::{
     SinkConfig, SinkInput,
 };
 
-use super::message::Template;
+use super::source::{connect, validate_connection};
 use crate::codec::encode::JsonEncoder;
+use crate::connectors::template::Template;
 use crate::secret::Secret;
-use crate::sources::nats::{connect, validate_connection};
 
 /// Publishes each event as a JSON object (every field) to a NATS JetStream subject.
 ///

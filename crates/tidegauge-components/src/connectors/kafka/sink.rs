@@ -22,9 +22,9 @@ use tidegauge_core::{
     SinkConfig, SinkInput,
 };
 
+use super::source::{client_config, redact, validate_options};
 use crate::codec::encode::JsonEncoder;
 use crate::secret::Secret;
-use crate::sources::kafka::{client_config, redact, validate_options};
 
 /// Writes each event as a JSON object (every field) to a Kafka topic.
 ///

@@ -20,10 +20,10 @@ use tidegauge_core::{
 };
 use tokio::sync::mpsc;
 
-use super::message::{AckTracker, KeyFromTopic, MessageDecoder, barrier_ticker};
-use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, default_fields, schema_for};
+use crate::connectors::inbound::{AckTracker, KeyFromTopic, MessageDecoder, barrier_ticker};
 use crate::secret::Secret;
+use crate::sources::{BatchConfig, validate_fields};
 
 /// Subscribes to MQTT topics and decodes each message's payload (a JSON object, or JSON
 /// Lines) into events.
@@ -618,7 +618,7 @@ fn take_batch(
 fn settle(
     client: &AsyncClient,
     component: &ComponentContext,
-    released: super::message::Released<Publish>,
+    released: crate::connectors::inbound::Released<Publish>,
 ) {
     for p in &released.delivered {
         if let Err(e) = client.try_ack(p) {
