@@ -745,7 +745,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    eprintln!(
+    ewriteln!(
         "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
         files.len(),
         name,

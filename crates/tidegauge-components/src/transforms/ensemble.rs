@@ -120,6 +120,10 @@ detector_config! {
     /// `members = [{ type = "zscore", window = 100 }, { type = "mad", window = 50 }]`.
     pub struct EnsembleConfig as "ensemble" {
         /// The detectors, each a table with `type` and its settings.
+        #[schemars(example = serde_json::json!([
+            { "type": "zscore", "window": 100 },
+            { "type": "mad", "window": 50 }
+        ]))]
         pub members: Vec<Member> = Vec::new(),
         /// How their verdicts are combined.
         pub combine: CombineMode = CombineMode::Max,

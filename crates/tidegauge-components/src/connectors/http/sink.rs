@@ -35,6 +35,7 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Endpoint URL (`http://` or `https://`).
+    #[schemars(example = &"https://hooks.example.com/alerts")]
     pub url: String,
     /// Request method.
     #[serde(default)]

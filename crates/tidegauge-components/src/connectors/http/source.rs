@@ -59,6 +59,7 @@ use crate::sources::{BatchConfig, validate_fields};
 pub struct HttpPollConfig {
     /// Endpoints: URLs, or tables `{ url = "http://...", id = "pump-7" }` (the id goes in
     /// `endpoint_field`; it defaults to the URL).
+    #[schemars(example = serde_json::json!([{ "url": "http://10.0.0.7/reading", "id": "pump-7" }]))]
     pub endpoints: Vec<Endpoint>,
     /// Time between two polls of an endpoint, in milliseconds. A poll still running
     /// (retrying) when the next is due skips it.

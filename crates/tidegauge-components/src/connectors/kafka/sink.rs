@@ -37,8 +37,10 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port`.
+    #[schemars(example = ["localhost:9092"])]
     pub brokers: Vec<String>,
     /// Topic to write to.
+    #[schemars(example = &"anomalies")]
     pub topic: String,
     /// Field whose value keys each message (and so picks its partition); unset: no key,
     /// messages spread over partitions.

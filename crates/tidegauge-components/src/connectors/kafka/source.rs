@@ -35,10 +35,13 @@ use crate::sources::{BatchConfig, validate_fields};
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port`.
+    #[schemars(example = ["localhost:9092"])]
     pub brokers: Vec<String>,
     /// Topics to consume.
+    #[schemars(example = ["readings"])]
     pub topics: Vec<String>,
     /// Consumer group; members share the topics' partitions.
+    #[schemars(example = &"tidegauge")]
     pub group_id: String,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     #[serde(default)]

@@ -34,11 +34,13 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
     /// Broker host name or address.
+    #[schemars(example = &"localhost")]
     pub host: String,
     /// Broker port.
     #[serde(default = "default_port")]
     pub port: u16,
     /// Topic to publish to; `{field}` is replaced by the event's value of that field.
+    #[schemars(example = &"alerts/{sensor_id}")]
     pub topic: String,
     /// Quality of service: 0 (fire and forget) or 1 (acknowledged by the broker).
     #[serde(default = "default_qos")]

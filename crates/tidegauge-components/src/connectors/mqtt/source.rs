@@ -38,11 +38,13 @@ use crate::sources::{BatchConfig, validate_fields};
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// Broker host name or address.
+    #[schemars(example = &"localhost")]
     pub host: String,
     /// Broker port (1883 plain, 8883 TLS by convention).
     #[serde(default = "default_port")]
     pub port: u16,
     /// Topic filters to subscribe to; `+` matches one level, `#` the rest.
+    #[schemars(example = ["plant/+/+/temp"])]
     pub topics: Vec<String>,
     /// Quality of service: 0 (at most once) or 1 (at least once, acknowledged after the
     /// sinks).

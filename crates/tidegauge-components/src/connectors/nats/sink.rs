@@ -32,8 +32,10 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// Server URLs (`nats://host:4222`, or `tls://...`).
+    #[schemars(example = ["nats://localhost:4222"])]
     pub servers: Vec<String>,
     /// Subject to publish to; `{field}` is replaced by the event's value of that field.
+    #[schemars(example = &"alerts.{sensor_id}")]
     pub subject: String,
     /// Stream to create when missing (with `stream_subjects`); unset: a stream capturing
     /// the subject must exist.

@@ -36,8 +36,10 @@ use crate::sources::{BatchConfig, validate_fields};
 #[serde(deny_unknown_fields)]
 pub struct NatsSourceConfig {
     /// Server URLs (`nats://host:4222`, or `tls://...`).
+    #[schemars(example = ["nats://localhost:4222"])]
     pub servers: Vec<String>,
     /// JetStream stream to read.
+    #[schemars(example = &"READINGS")]
     pub stream: String,
     /// Subjects of the stream, used to create it when it does not exist yet; unset: the
     /// stream must exist.
