@@ -46,7 +46,8 @@ pub struct HotellingParams {
     pub warmup: u32,
     /// Half-life of each reading's smoothing, in rows. Finite, above 0. Default 5.
     pub half_life: f64,
-    /// Lowest threshold on the distance `D`. Finite, above 0. Default 3.
+    /// Lowest threshold on the distance `D`. Finite, above 0. Default 8, derived from the
+    /// SKAB training rows without labels (`scripts/skab --derive-defaults`).
     pub threshold: f64,
     /// Share of normal rows the learnt threshold aims to flag, in `0..1`; 0 uses
     /// `threshold` alone. Default 0.001.
@@ -60,7 +61,7 @@ impl Default for HotellingParams {
         HotellingParams {
             warmup: 400,
             half_life: 5.0,
-            threshold: 3.0,
+            threshold: 8.0,
             target_alarm_rate: 0.001,
             ridge: 0.1,
         }
@@ -241,13 +242,12 @@ impl Hotelling {
             return NO_VERDICT;
         }
         if let Some(r) = &self.reference {
-            let diff: Vec<f64> = self
-                .smoothed
-                .iter()
-                .zip(&r.mean)
-                .map(|(s, m)| s - m)
-                .collect();
-            let (dist, top) = distance(&diff, &r.used, &r.chol);
+            // On the stack: no allocation per row.
+            let mut diff = [0.0f64; MAX_CHANNELS];
+            for ((x, s), m) in diff.iter_mut().zip(&self.smoothed).zip(&r.mean) {
+                *x = s - m;
+            }
+            let (dist, top) = distance(&diff[..d], &r.used, &r.chol);
             self.last = (dist, top);
             return judge::over_threshold(dist, dist, r.threshold);
         }
