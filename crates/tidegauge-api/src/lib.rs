@@ -13,12 +13,20 @@
 //! | `GET /profile` | per-stage time (when running with `--profile`) |
 //! | `GET /openapi.json` | this API, described |
 //!
-//! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused.
+//! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused;
+//! connections are bounded in number, time and memory ([`server`]).
+//!
+//! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`
+//! and `/profile` are open (liveness probes and Prometheus scrapers carry no token; they
+//! show counters, ids and field names, never a setting's value). Parameters
+//! (`/components/{id}/params`, which show settings) and the change history (`/changes`,
+//! which shows old and new values and who made them) need the bearer token, like changes.
 #![deny(missing_docs)]
 
 pub mod changes;
 pub mod client;
 mod openapi;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +48,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use changes::{ChangeLog, ChangeRecord};
+pub use server::{ConnectionCounters, Limits};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -66,6 +75,7 @@ pub struct AdminState {
     token: Option<Arc<str>>,
     changes: Arc<ChangeLog>,
     counters: Arc<ProcessCounters>,
+    connections: Arc<ConnectionCounters>,
 }
 
 impl AdminState {
@@ -82,6 +92,7 @@ impl AdminState {
             token: token.map(Into::into),
             changes,
             counters,
+            connections: Arc::default(),
         }
     }
 }
@@ -110,15 +121,24 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, within the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown`, within `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let connections = state.connections.clone();
+    server::serve(listener, router(state), limits, connections, shutdown).await
 }
 
 /// An error answer: status and `{"error": message}`.
@@ -214,7 +234,9 @@ fn unknown(id: &str) -> ApiError {
 async fn get_params(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, "reading parameters")?;
     let view = s.live.component(&id).ok_or_else(|| unknown(&id))?;
     let descriptor = registry::find(view.kind, view.type_name).ok_or_else(|| unknown(&id))?;
     let live: Vec<(String, Value)> = match &view.control {
@@ -267,7 +289,8 @@ fn setting(settings: &Value, path: &str) -> Option<Value> {
     path.split('.').try_fold(settings, |v, k| v.get(k)).cloned()
 }
 
-fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the bearer token for `what` ("changes", "reading parameters").
+fn authorize(s: &AdminState, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -275,7 +298,7 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(given) = given else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "changes need `Authorization: Bearer <token>`".into(),
+            format!("{what} needs `Authorization: Bearer <token>`"),
         ));
     };
     match &s.token {
@@ -283,7 +306,7 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
         Some(_) => Err(ApiError(StatusCode::FORBIDDEN, "wrong token".into())),
         None => Err(ApiError(
             StatusCode::FORBIDDEN,
-            "changes are disabled: the pipeline's [admin] table sets no token".into(),
+            format!("{what} is disabled: the pipeline's [admin] table sets no token"),
         )),
     }
 }
@@ -309,7 +332,7 @@ async fn patch_params(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&s, &headers)?;
+    authorize(&s, &headers, "changing parameters")?;
     let patch: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -380,7 +403,9 @@ struct ChangesQuery {
 async fn list_changes(
     State(s): State<AdminState>,
     Query(q): Query<ChangesQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<Vec<ChangeRecord>>, ApiError> {
+    authorize(&s, &headers, "reading the change history")?;
     let all = s
         .changes
         .read()
@@ -399,11 +424,40 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
         reloads_rejected: s.counters.reloads_rejected.load(Ordering::Relaxed),
         parameter_changes: s.counters.parameter_changes.load(Ordering::Relaxed),
     };
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&process, &s.live.snapshot()),
-    )
-        .into_response()
+    let mut text = metrics::render(&process, &s.live.snapshot());
+    connection_metrics(&mut text, &s.connections);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// The admin API's own connections, in the exposition format.
+fn connection_metrics(out: &mut String, c: &ConnectionCounters) {
+    use std::fmt::Write as _;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP tidegauge_admin_connections Connections to the admin API open now.\n\
+         # TYPE tidegauge_admin_connections gauge\n\
+         tidegauge_admin_connections {}",
+        load(&c.open)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tidegauge_admin_connections_total Connections to the admin API, by what became of them.\n\
+         # TYPE tidegauge_admin_connections_total counter"
+    );
+    for (outcome, v) in [
+        ("accepted", &c.accepted),
+        ("evicted_idle_for_room", &c.evicted),
+        ("refused_all_busy", &c.refused),
+        ("closed_idle", &c.idle_closed),
+        ("accept_error", &c.accept_errors),
+    ] {
+        let _ = writeln!(
+            out,
+            "tidegauge_admin_connections_total{{outcome=\"{outcome}\"}} {}",
+            load(v)
+        );
+    }
 }
 
 async fn profile(State(s): State<AdminState>) -> Json<Value> {

@@ -1,0 +1,309 @@
+//! Attacks on a running pipeline from the same host, one test per way in: the admin API's
+//! connections and token, requests that could crash the process, secrets that could
+//! leak, keys that could grow memory without bound.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tidegauge_api::client::{AdminClient, Reply};
+
+const TOKEN: &str = "security-test-token-0123456789";
+
+/// A running `tidegauge run` with its admin API, its stderr collected.
+struct Running {
+    child: Child,
+    address: String,
+    stderr: Arc<Mutex<String>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Running {
+    /// Writes `text` to `dir/pipeline.toml`, runs it and waits for the admin API.
+    fn start(dir: &Path, text: &str, env: &[(&str, &str)]) -> Running {
+        let path = dir.join("pipeline.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut c = tidegauge();
+        c.arg("run")
+            .arg(&path)
+            .env("TIDEGAUGE_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("start tidegauge");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = collected.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut running = Running {
+            child,
+            address: String::new(),
+            stderr,
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+        };
+        let marker = "admin API on http://";
+        let line = running.wait_stderr(|s| s.contains(marker));
+        let start = line.find(marker).unwrap() + marker.len();
+        running.address = line[start..].split_whitespace().next().unwrap().to_string();
+        running
+    }
+
+    /// Waits until stderr satisfies `what`; returns it.
+    fn wait_stderr(&self, what: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.stderr.lock().unwrap().clone();
+            if what(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out; stderr so far:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn request(&self, token: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let client = AdminClient::new(self.address.clone()).with_token(token.map(String::from));
+        self.runtime
+            .block_on(client.request(method, path, body.map(|b| b.as_bytes().to_vec())))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let reply = self.request(Some(TOKEN), "GET", path, None);
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text());
+        reply.json().unwrap()
+    }
+
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self.request(None, "GET", "/metrics", None).text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name_and_labels} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Ctrl-C, then waits for the exit; returns the exit code and stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: signalling a child process we started and still own; kill(2) has no
+        // memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(rc, 0);
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let s = self.stderr.lock().unwrap().clone();
+        (status.code(), s)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A small simulated fleet through a z-score and a filter into a file, admin API on.
+fn observed(dir: &Path) -> String {
+    format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+token_env = "TIDEGAUGE_TOKEN"
+state_dir = "{state}"
+
+[sources.fleet]
+type = "simulate"
+sensors = 5
+rate = 200
+
+[transforms.spikes]
+type = "zscore"
+inputs = ["fleet"]
+window = 20
+
+[transforms.anomalies]
+type = "filter"
+inputs = ["spikes"]
+condition = "is_anomaly"
+
+[sinks.out]
+type = "jsonl"
+inputs = ["anomalies"]
+path = "{out}"
+"#,
+        state = dir.join("state").display(),
+        out = dir.join("out.jsonl").display()
+    )
+}
+
+// ---- The admin API's connections -------------------------------------------------
+
+/// Headers sent one byte at a time, never finished: the server hangs up by itself.
+#[test]
+fn slow_headers_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&tg.address).unwrap())
+        .collect();
+    let request = b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while !slow.is_empty() {
+        assert!(Instant::now() < deadline, "slow connections kept open");
+        let byte = [request[i % request.len()]];
+        i += 1;
+        slow.retain_mut(|s| s.write_all(&byte).is_ok() && s.flush().is_ok());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tg.get("/health")["status"], "ok");
+}
+
+/// 200 connections each holding 400 KiB of an unfinished header: each is answered 431
+/// and closed once it passes the header limit.
+#[test]
+fn huge_unfinished_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let mut refused = 0;
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(&tg.address).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: ");
+        let chunk = [b'a'; 4096];
+        for _ in 0..100 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 431") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 200);
+    assert_eq!(tg.get("/health")["status"], "ok");
+}
+
+/// Far more idle, half-sent requests than the API keeps: it keeps at most its cap open
+/// and still answers a whole request at once.
+#[test]
+fn an_idle_connection_flood_leaves_health_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(&tg.address).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost");
+        flood.push(s);
+    }
+    assert_eq!(tg.get("/health")["status"], "ok");
+    let open = tg.metric("tidegauge_admin_connections");
+    assert!(open <= 64.0, "{open} connections open");
+    assert!(
+        tg.metric("tidegauge_admin_connections_total{outcome=\"evicted_idle_for_room\"}") > 900.0
+    );
+    drop(flood);
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+// ---- The token ---------------------------------------------------------------------
+
+/// Beyond loopback the API starts only with a token that resolves, and is long enough.
+#[test]
+fn beyond_loopback_an_unset_or_short_token_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |token: &str| {
+        format!(
+            "[admin]\naddress = \"0.0.0.0:0\"\n{token}\nstate_dir = \"{}\"\n\n\
+             [sources.fleet]\ntype = \"simulate\"\nsensors = 1\nrate = 10\n\n\
+             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"fleet\"]\npath = \"{}\"\n",
+            dir.path().join("state").display(),
+            dir.path().join("out.jsonl").display()
+        )
+    };
+    let unset = run_pipeline(
+        dir.path(),
+        &pipeline("token_env = \"TG_SECURITY_TEST_UNSET\""),
+        &[],
+    );
+    assert_eq!(unset.status.code(), Some(2), "{}", stderr(&unset));
+    assert!(
+        stderr(&unset).contains("`TG_SECURITY_TEST_UNSET` is not set"),
+        "{}",
+        stderr(&unset)
+    );
+    assert!(
+        !stderr(&unset).contains("admin API on"),
+        "{}",
+        stderr(&unset)
+    );
+    let short = run_pipeline(
+        dir.path(),
+        &pipeline("token_env = \"TG_SHORT\""),
+        &[("TG_SHORT", "hunter2")],
+    );
+    assert_eq!(short.status.code(), Some(2), "{}", stderr(&short));
+    assert!(stderr(&short).contains("at least 16"), "{}", stderr(&short));
+    assert!(!stderr(&short).contains("hunter2"), "{}", stderr(&short));
+    let check = run(&["check", dir.path().join("pipeline.toml").to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    std::fs::write(
+        dir.path().join("literal.toml"),
+        pipeline("token = \"short\""),
+    )
+    .unwrap();
+    let check = run(&["check", dir.path().join("literal.toml").to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(2));
+    assert!(stderr(&check).contains("admin.token"), "{}", stderr(&check));
+}
+
+/// Parameters and the change history need the token; health and metrics do not.
+#[test]
+fn parameters_and_changes_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    for path in ["/components/out/params", "/changes"] {
+        assert_eq!(tg.request(None, "GET", path, None).status, 401, "{path}");
+        assert_eq!(
+            tg.request(Some("wrong-token-wrong-token"), "GET", path, None)
+                .status,
+            403,
+            "{path}"
+        );
+        assert_eq!(tg.request(Some(TOKEN), "GET", path, None).status, 200);
+    }
+    for path in ["/health", "/metrics"] {
+        assert_eq!(tg.request(None, "GET", path, None).status, 200, "{path}");
+    }
+    wait_until("events", || {
+        tg.get("/components")[0]["events_out"].as_u64() > Some(0)
+    });
+}
