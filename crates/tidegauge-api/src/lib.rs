@@ -144,9 +144,19 @@ pub async fn serve_with(
 /// An error answer: status and `{"error": message}`.
 struct ApiError(StatusCode, String);
 
+/// Longest error message an answer carries: a rejected value (a 40 KB condition, say)
+/// is quoted in part, never echoed whole.
+const MAX_ERROR_CHARS: usize = 2000;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut message = self.1;
+        if message.chars().count() > MAX_ERROR_CHARS {
+            let len = message.len();
+            message = message.chars().take(MAX_ERROR_CHARS).collect();
+            message.push_str(&format!("… (message of {len} bytes cut)"));
+        }
+        (self.0, Json(json!({ "error": message }))).into_response()
     }
 }
 

@@ -68,7 +68,7 @@ pub struct ConnectionCounters {
     pub idle_closed: AtomicU64,
     /// Errors accepting (e.g. the process's file limit).
     pub accept_errors: AtomicU64,
-    /// Open now.
+    /// Open now (connections held; an evicted one stops counting when evicted).
     pub open: AtomicU64,
 }
 
@@ -191,6 +191,7 @@ pub async fn serve(
                     Some(v) => {
                         v.close.cancel();
                         counters.evicted.fetch_add(1, Ordering::Relaxed);
+                        counters.open.fetch_sub(1, Ordering::Relaxed);
                     }
                     None => {
                         counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -243,8 +244,9 @@ pub async fn serve(
             if idle {
                 counters.idle_closed.fetch_add(1, Ordering::Relaxed);
             }
-            lock(&table).conns.remove(&id);
-            counters.open.fetch_sub(1, Ordering::Relaxed);
+            if lock(&table).conns.remove(&id).is_some() {
+                counters.open.fetch_sub(1, Ordering::Relaxed);
+            }
         });
     }
     Ok(())

@@ -307,3 +307,89 @@ fn parameters_and_changes_need_the_token() {
         tg.get("/components")[0]["events_out"].as_u64() > Some(0)
     });
 }
+
+// ---- Requests that could crash the process -----------------------------------------
+
+/// `a = 1 OR a = 2 OR ...` as long as the text limit allows, or far longer.
+fn or_chain(bytes: usize) -> String {
+    let mut text = String::from("ts=0");
+    let mut i = 1;
+    while text.len() < bytes {
+        text.push_str(&format!(" OR ts={i}"));
+        i += 1;
+    }
+    text
+}
+
+/// A 3,000-item `IN` list (6 KB) is accepted and evaluated without recursion; a
+/// 7,000-term OR chain (56 KB) is refused without being echoed back; the process and
+/// its filter go on.
+#[test]
+fn long_conditions_through_the_api_cannot_crash_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let path = "/components/anomalies/params";
+    let items: Vec<String> = (0..3000).map(|i| i.to_string()).collect();
+    let in_list = format!("NOT is_anomaly OR ts IN ({})", items.join(","));
+    let body = serde_json::json!({ "condition": in_list }).to_string();
+    let reply = tg.request(Some(TOKEN), "PATCH", path, Some(&body));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // Events now pass the filter (most are not anomalies): it evaluates the list.
+    let out = dir.path().join("out.jsonl");
+    wait_until("events through the IN filter", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            > 20
+    });
+
+    let chain = or_chain(56_000);
+    assert!(chain.matches(" OR ").count() >= 5000);
+    let body = serde_json::json!({ "condition": chain }).to_string();
+    let reply = tg.request(Some(TOKEN), "PATCH", path, Some(&body));
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    let text = reply.text();
+    assert!(text.contains("at most 16384"), "{text}");
+    assert!(text.len() < 1000, "{} bytes answered", text.len());
+    // Nothing was recorded for the refused change; the accepted one is there.
+    let changes = tg.get("/changes");
+    assert_eq!(changes.as_array().unwrap().len(), 1, "{changes}");
+    assert_eq!(tg.get("/health")["status"], "ok");
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("overflowed"), "{err}");
+}
+
+/// The same conditions in a pipeline file: `check` and `run` agree, refusing the
+/// oversized one with the same error and running the long one that fits.
+#[test]
+fn check_and_run_agree_on_long_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |condition: &str| {
+        format!(
+            "[sources.fleet]\ntype = \"simulate\"\nsensors = 3\nevents = 300\nrealtime = false\n\n\
+             [transforms.pick]\ntype = \"filter\"\ninputs = [\"fleet\"]\ncondition = \"{condition}\"\n\n\
+             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"pick\"]\npath = \"{}\"\n",
+            dir.path().join("out.jsonl").display()
+        )
+    };
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, pipeline(&or_chain(56_000))).unwrap();
+    let check = run(&["check", path.to_str().unwrap()]);
+    let ran = run(&["run", path.to_str().unwrap()]);
+    for out in [&check, &ran] {
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+        assert!(stderr(out).contains("at most 16384"), "{}", stderr(out));
+        assert!(stderr(out).len() < 2000, "{}", stderr(out).len());
+    }
+    // 2,000 ORs fit: checked and run the same way, every event kept.
+    let fits = or_chain(16_000).replace("ts=0", "value = value");
+    std::fs::write(&path, pipeline(&fits)).unwrap();
+    let check = run(&["check", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let ran = run(&["run", path.to_str().unwrap()]);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let kept = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert!(kept.lines().count() > 250, "{}", kept.lines().count());
+}
