@@ -41,6 +41,7 @@ use serde_json::{Map, Value, json};
 use tidegauge_core::live::{LiveHandle, ParamError};
 use tidegauge_core::metrics::{self, ProcessMetrics};
 use tidegauge_core::params;
+use tidegauge_core::redact;
 use tidegauge_core::registry;
 use tidegauge_core::schema;
 use tokio_util::sync::CancellationToken;
@@ -112,6 +113,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/profile", get(profile))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(scrub_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -139,6 +141,33 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let connections = state.connections.clone();
     server::serve(listener, router(state), limits, connections, shutdown).await
+}
+
+/// Largest answer body scrubbed (anything larger is refused rather than sent unread).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Every answer, whatever route made it, with the secrets the process knows masked
+/// ([`redact::scrub`]): the last line of defence behind the redaction by schema.
+async fn scrub_response(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the answer could not be prepared".into(),
+            )
+            .into_response();
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    match redact::scrub(&text) {
+        std::borrow::Cow::Borrowed(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+        std::borrow::Cow::Owned(masked) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(masked))
+        }
+    }
 }
 
 /// An error answer: status and `{"error": message}`.
@@ -249,6 +278,8 @@ async fn get_params(
     authorize(&s, &headers, "reading parameters")?;
     let view = s.live.component(&id).ok_or_else(|| unknown(&id))?;
     let descriptor = registry::find(view.kind, view.type_name).ok_or_else(|| unknown(&id))?;
+    let schema = descriptor.json_schema().to_value();
+    let shown = redact::settings(&schema, &view.settings);
     let live: Vec<(String, Value)> = match &view.control {
         Some(c) => c
             .tunables()
@@ -261,12 +292,12 @@ async fn get_params(
         .into_iter()
         .map(|p| {
             let tunable = live.iter().find(|(n, _)| *n == p.name);
-            let value = if p.secret {
-                json!("(secret)")
-            } else if let Some((_, v)) = tunable {
-                v.clone()
+            // Settings as shown are masked by their schema: a secret reads `***` (or
+            // null when unset), a map of secrets keeps its keys.
+            let value = if let Some((name, v)) = tunable {
+                redact::settings(&schema, &json!({ name.as_str(): v }))[name.as_str()].clone()
             } else {
-                setting(&view.settings, &p.name)
+                setting(&shown, &p.name)
                     .or_else(|| {
                         p.default
                             .as_deref()
@@ -282,6 +313,7 @@ async fn get_params(
                 "required": p.required,
                 "range": p.range,
                 "doc": p.doc,
+                "secret": p.secret,
                 "tunable": tunable.is_some(),
             })
         })

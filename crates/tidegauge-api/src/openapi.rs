@@ -87,7 +87,7 @@ pub(crate) fn description() -> Value {
                         "name": { "type": "string" }, "value": {}, "type": { "type": "string" },
                         "default": {}, "required": { "type": "boolean" },
                         "range": { "type": ["string", "null"] }, "doc": { "type": "string" },
-                        "tunable": { "type": "boolean" }
+                        "secret": { "type": "boolean" }, "tunable": { "type": "boolean" }
                     }
                 }
             }

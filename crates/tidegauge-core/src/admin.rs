@@ -128,7 +128,10 @@ impl AdminConfig {
                 "the admin token from {source} is {} bytes; at least {MIN_TOKEN_BYTES} are needed",
                 t.len()
             )),
-            Some(t) => Ok(Some(t)),
+            Some(t) => {
+                crate::redact::remember(&t);
+                Ok(Some(t))
+            }
             None if !self.is_loopback() => Err(match &self.token_env {
                 Some(var) => format!(
                     "the admin API listens on {} (beyond loopback) and `{var}` is not set: \

@@ -393,3 +393,302 @@ fn check_and_run_agree_on_long_conditions() {
     let kept = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     assert!(kept.lines().count() > 250, "{}", kept.lines().count());
 }
+
+// ---- Secrets -------------------------------------------------------------------------
+
+/// A loopback HTTP server for the secrets test: `/reading...` answers a reading,
+/// `/fail...` answers 500, `/hook...` (a webhook receiver that echoes) answers 400 with
+/// the whole request head it got, which holds the URL's path and query and the headers.
+fn test_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read_exact(&mut byte).is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = conn.read_exact(&mut body);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis();
+                let (status, reply) = if path.starts_with("/reading") {
+                    (
+                        "200 OK",
+                        format!(r#"{{"sensor_id":"s-1","ts":{now},"value":1.5}}"#),
+                    )
+                } else if path.starts_with("/hook") {
+                    ("400 Bad Request", head.clone())
+                } else {
+                    ("500 Internal Server Error", "no".to_string())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Secrets planted in every secret-typed setting the test can run (auth header, request
+/// headers, the admin token), in URLs (user information, query values named like keys
+/// and tokens, token-like path segments) and passed through `${VAR}` with quotes and
+/// backslashes in them; then every API answer, log file and line, event, dead letter and
+/// error is searched for them.
+#[test]
+fn planted_secrets_never_leave_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = test_server();
+    let auth = r#"Pl4nted"Auth\Value-5"#;
+    let planted = [
+        "Pl4ntedUrlPassw0rd-1",
+        "Pl4ntedQueryKey-2",
+        "Xq7Vw2Lp9Rt4Ks8Mz3Bn6",
+        "Pl4ntedQueryToken-3",
+        "Hw5Kj8Qm2Zp7Tx4Ly9Rc3",
+        "Pl4ntedHookQuery-4",
+        auth,
+        "Pl4ntedHeaderValue-6",
+        "Pl4ntedAdminToken-7-0123456789",
+    ];
+    let (events, dead, state) = (
+        dir.path().join("events.jsonl"),
+        dir.path().join("dead.jsonl"),
+        dir.path().join("state"),
+    );
+    let pipeline = format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+token_env = "ADMIN_TOKEN"
+state_dir = "{state}"
+
+[dead_letter]
+path = "{dead}"
+
+[sources.poll]
+type = "http_poll"
+endpoints = [
+    "http://reader:Pl4ntedUrlPassw0rd-1@127.0.0.1:{port}/reading?api_key=Pl4ntedQueryKey-2&sensor=a",
+    "http://127.0.0.1:{port}/fail/Xq7Vw2Lp9Rt4Ks8Mz3Bn6?token=Pl4ntedQueryToken-3",
+]
+interval_ms = 50
+retry = {{ max_attempts = 1 }}
+breaker = {{ failure_threshold = 1 }}
+
+[sinks.events]
+type = "jsonl"
+inputs = ["poll"]
+path = "{events}"
+
+[sinks.hook]
+type = "http"
+inputs = ["poll"]
+url = "http://127.0.0.1:{port}/hook/Hw5Kj8Qm2Zp7Tx4Ly9Rc3?token=Pl4ntedHookQuery-4"
+auth_header_value = "Bearer ${{HOOK_AUTH}}"
+headers = {{ X-Api-Key = "${{HOOK_KEY}}" }}
+max_events = 5
+flush_interval_ms = 50
+retry = {{ max_attempts = 1 }}
+"#,
+        state = state.display(),
+        dead = dead.display(),
+        events = events.display(),
+    );
+    let env = [
+        ("ADMIN_TOKEN", planted[8]),
+        ("HOOK_AUTH", auth),
+        ("HOOK_KEY", planted[7]),
+    ];
+    let tg = Running::start(dir.path(), &pipeline, &env);
+    let token = Some(planted[8]);
+    wait_until("events, refused webhook calls and an open breaker", || {
+        let dead = std::fs::read_to_string(&dead).unwrap_or_default();
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+            && dead.contains("HTTP 400")
+            && tg.stderr.lock().unwrap().contains("circuit breaker opened")
+    });
+
+    // Every route, with and without the token, and error answers.
+    let mut seen = String::new();
+    for path in [
+        "/health",
+        "/components",
+        "/topology",
+        "/components/poll/params",
+        "/components/events/params",
+        "/components/hook/params",
+        "/changes",
+        "/metrics",
+        "/profile",
+        "/openapi.json",
+        "/components/nope/params",
+    ] {
+        for t in [None, token] {
+            seen.push_str(&tg.request(t, "GET", path, None).text());
+        }
+    }
+    let refused = tg.request(
+        token,
+        "PATCH",
+        "/components/hook/params",
+        Some(r#"{"url": "x"}"#),
+    );
+    assert_eq!(refused.status, 409);
+    seen.push_str(&refused.text());
+    let params = tg
+        .request(token, "GET", "/components/hook/params", None)
+        .json()
+        .unwrap();
+    let value = |name: &str| {
+        params["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["value"].clone())
+            .unwrap()
+    };
+    assert_eq!(value("auth_header_value"), "***");
+    assert_eq!(value("headers"), serde_json::json!({ "X-Api-Key": "***" }));
+    assert_eq!(value("url"), format!("http://127.0.0.1:{port}/***?***"));
+
+    let (code, stderr_text) = tg.stop();
+    assert_eq!(code, Some(0), "{stderr_text}");
+    seen.push_str(&stderr_text);
+
+    // The events name the endpoint by its URL with the secrets masked.
+    let events_text = std::fs::read_to_string(&events).unwrap();
+    let first: Value = serde_json::from_str(events_text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["endpoint"],
+        format!("http://reader:***@127.0.0.1:{port}/reading?api_key=***&sensor=a")
+    );
+    seen.push_str(&events_text);
+    // The echoing receiver's replies are in the dead letters, masked.
+    let dead_text = std::fs::read_to_string(&dead).unwrap();
+    assert!(dead_text.contains("POST /***?*** HTTP/1.1"), "{dead_text}");
+    seen.push_str(&dead_text);
+    // Log files and what `tidegauge logs` shows.
+    for entry in std::fs::read_dir(state.join("logs")).unwrap() {
+        seen.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let pipeline_path = dir.path().join("pipeline.toml");
+    let pipeline_arg = pipeline_path.to_str().unwrap();
+    let state_arg = state.to_str().unwrap();
+    for args in [
+        vec!["logs", pipeline_arg, "--state-dir", state_arg],
+        vec!["logs", pipeline_arg, "--state-dir", state_arg, "--json"],
+    ] {
+        let mut c = tidegauge();
+        c.args(&args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        seen.push_str(&stdout(&out));
+        seen.push_str(&stderr(&out));
+    }
+    assert!(seen.contains("circuit breaker"), "the logs were searched");
+    // `check` of the file, `describe` of the components.
+    let mut c = tidegauge();
+    c.args(["check", pipeline_arg]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    seen.push_str(&stdout(&out));
+    seen.push_str(&stderr(&out));
+    for component in ["http", "http_poll"] {
+        let out = run(&["describe", component]);
+        seen.push_str(&stdout(&out));
+    }
+
+    let json_escaped = serde_json::to_string(auth).unwrap();
+    for secret in planted
+        .iter()
+        .copied()
+        .chain([&json_escaped[1..json_escaped.len() - 1]])
+    {
+        if let Some(at) = seen.find(secret) {
+            let from = seen[..at]
+                .char_indices()
+                .rev()
+                .nth(200)
+                .map_or(0, |(i, _)| i);
+            panic!(
+                "{secret} leaked: …{}…",
+                &seen[from..(at + 100).min(seen.len())]
+            );
+        }
+    }
+}
+
+/// `${VAR}` values cannot change the file: quotes and backslashes are kept as they are,
+/// a value cannot add tables, and errors keep their lines.
+#[test]
+fn interpolated_values_cannot_change_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join(r#"o"ut\n.jsonl"#);
+    let pipeline = "[sources.fleet]\ntype = \"simulate\"\nsensors = ${SENSORS}\nevents = 10\nrealtime = false\n\n\
+                    [sinks.out]\ntype = \"jsonl\"\ninputs = [\"fleet\"]\npath = \"${OUT}\"\n";
+    let ran = run_pipeline(
+        dir.path(),
+        pipeline,
+        &[("SENSORS", "2"), ("OUT", odd.to_str().unwrap())],
+    );
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    assert_eq!(std::fs::read_to_string(&odd).unwrap().lines().count(), 10);
+    // A value trying to add a sink stays inside its string.
+    let injected = format!(
+        "{}\"\n[sinks.evil]\ntype = \"stdout\"\ninputs = [\"fleet\"]\n#",
+        odd.display()
+    );
+    let ran = run_pipeline(
+        dir.path(),
+        pipeline,
+        &[("SENSORS", "2"), ("OUT", &injected)],
+    );
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    assert_eq!(stdout(&ran), "", "an injected stdout sink ran");
+    assert!(std::path::Path::new(&injected).exists());
+    // Outside quotes only a number, boolean or date goes in; the error has its line.
+    let ran = run_pipeline(
+        dir.path(),
+        pipeline,
+        &[("SENSORS", "2\n[sinks.evil]"), ("OUT", "x.jsonl")],
+    );
+    assert_eq!(ran.status.code(), Some(2));
+    assert!(
+        stderr(&ran).contains("pipeline.toml:3:") && stderr(&ran).contains("`SENSORS`"),
+        "{}",
+        stderr(&ran)
+    );
+    assert!(!stderr(&ran).contains("[sinks.evil]"), "{}", stderr(&ran));
+}
