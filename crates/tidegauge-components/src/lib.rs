@@ -3,6 +3,7 @@
 //! `filter`.
 
 pub mod codec;
+pub mod connectors;
 pub mod expr;
 pub mod secret;
 pub mod sinks;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use tidegauge_components::sources::http_poll::HttpPollConfig;
+use tidegauge_components::connectors::http::source::HttpPollConfig;
 use tidegauge_core::checkpoint::SourceCheckpoint;
 use tidegauge_core::dead_letter::{DeadLetter, DeadLetterConfig};
 use tidegauge_core::registry::ComponentKind;

@@ -141,7 +141,9 @@ impl DeadLetter {
             }),
         };
         if let Err(e) = result {
-            eprintln!(
+            // Not `eprintln!`: a closed standard error must not become a panic.
+            let _ = writeln!(
+                io::stderr().lock(),
                 "tidegauge: cannot write dead-letter record ({e}); it was: {reason} at {location}"
             );
         }

@@ -80,6 +80,9 @@ impl BuildError {
 pub struct ComponentError {
     /// What went wrong, naming the resource.
     pub message: String,
+    /// The sink's reader went away (a closed pipe, as with `tidegauge run | head`): the
+    /// pipeline stops in order, as at the end of its input, and the run is no failure.
+    pub reader_gone: bool,
 }
 
 impl ComponentError {
@@ -87,6 +90,7 @@ impl ComponentError {
     pub fn new(message: impl Into<String>) -> Self {
         ComponentError {
             message: message.into(),
+            reader_gone: false,
         }
     }
 
@@ -94,6 +98,15 @@ impl ComponentError {
     pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
         ComponentError {
             message: format!("{context}: {err}"),
+            reader_gone: false,
+        }
+    }
+
+    /// The reader of a sink's output went away; `what` names the output.
+    pub fn reader_gone(what: impl fmt::Display) -> Self {
+        ComponentError {
+            message: format!("the reader of {what} went away"),
+            reader_gone: true,
         }
     }
 }

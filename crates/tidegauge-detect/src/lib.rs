@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod baseline;
+pub mod calibrate;
 pub mod changepoint;
 pub mod ensemble;
 pub mod ewma;
@@ -27,6 +28,7 @@ pub mod zscore;
 
 pub use aggregate::{Accumulator, Aggregate, AggregateMismatch};
 pub use baseline::{Baseline, BaselineParams};
+pub use calibrate::{Calibrated, CalibrationParams, TailModel};
 pub use changepoint::{ChangePoint, ChangePointMethod, ChangePointParams};
 pub use ensemble::Combine;
 pub use ewma::{Ewma, EwmaParams, HalfLife};

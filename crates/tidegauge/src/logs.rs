@@ -61,7 +61,10 @@ pub fn init(stderr_filter: &str, dir: Option<&Path>, file_filter: &str) -> LogGu
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(ScrubbingWriters(std::io::stderr))
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(crate::colours(std::io::stderr().is_terminal()))
+        // A closed standard error must not turn into a panic (the default reports the
+        // failed write on standard error itself, with `eprintln!`).
+        .log_internal_errors(false)
         .with_filter(filter(stderr_filter, "warn"));
     let mut guard = None;
     let file = dir.and_then(|dir| {
@@ -92,7 +95,7 @@ pub fn init(stderr_filter: &str, dir: Option<&Path>, file_filter: &str) -> LogGu
                 )
             }
             Err(e) => {
-                eprintln!(
+                ewriteln!(
                     "tidegauge: cannot write logs to {}: {e}; logging to standard error only",
                     dir.display()
                 );

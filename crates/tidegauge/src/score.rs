@@ -118,9 +118,14 @@ fn resolve_detector(args: &ScoreArgs, set: &[String]) -> anyhow::Result<Detector
         }
     } else {
         let d = registry::find(ComponentKind::Transform, &args.detector).ok_or_else(|| {
+            let known: Vec<&str> = tidegauge_components::transforms::detector::all()
+                .iter()
+                .map(|d| d.name)
+                .collect();
             anyhow!(
-                "no detector called `{}` (try `tidegauge components`)",
-                args.detector
+                "no detector called `{}` (detectors: {})",
+                args.detector,
+                known.join(", ")
             )
         })?;
         let mut table = String::new();
@@ -740,7 +745,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    eprintln!(
+    ewriteln!(
         "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
         files.len(),
         name,

@@ -1,21 +1,10 @@
-//! Sinks: where events go. One file per sink; the loop shared by sinks that write
-//! synchronously (files, the terminal) is here.
+//! Sinks that write local output (files, the terminal). One file per sink; the loop
+//! shared by sinks that write synchronously is here. Network sinks live in
+//! [`crate::connectors`], grouped by the system they talk to.
 
-#[cfg(feature = "http")]
-pub mod http;
 pub mod jsonl;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
-pub mod message;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
-#[cfg(feature = "nats")]
-pub mod nats;
 #[cfg(feature = "parquet")]
 pub mod parquet;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 pub mod stdout;
 
 use std::io;
@@ -129,6 +118,15 @@ pub(crate) async fn run_writer_with_retry(
                 }
             }
         };
+        // The reader of the output went away (a closed pipe): what was written since the
+        // last flush is not delivered, and the sink ends without retrying.
+        let reader_gone = |writer: &dyn BatchWriterDyn,
+                           pending: &mut Vec<(RecordBatch, Finalizers)>| {
+            for (_, f) in pending.drain(..) {
+                f.fail();
+            }
+            ComponentError::reader_gone(writer.target_dyn())
+        };
         loop {
             let wait = flush_every.saturating_sub(last_flush.elapsed());
             match input.blocking_recv_timeout(&runtime, wait.max(Duration::from_millis(1))) {
@@ -140,6 +138,9 @@ pub(crate) async fn run_writer_with_retry(
                         Ok(bytes) => {
                             component.emit(EventsSent { count: rows });
                             component.emit(BytesSent { bytes });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                            return Err(reader_gone(&writer, &mut pending));
                         }
                         Err(e) => {
                             recover(&mut writer, &mut pending, "write to", e)?;
@@ -153,15 +154,23 @@ pub(crate) async fn run_writer_with_retry(
                 Recv::Closed => break,
             }
             if last_flush.elapsed() >= flush_every {
-                if let Err(e) = writer.flush() {
-                    recover(&mut writer, &mut pending, "flush", e)?;
+                match writer.flush() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Err(reader_gone(&writer, &mut pending));
+                    }
+                    Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
                 }
                 release(&mut pending);
                 last_flush = Instant::now();
             }
         }
-        if let Err(e) = writer.flush() {
-            recover(&mut writer, &mut pending, "flush", e)?;
+        match writer.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                return Err(reader_gone(&writer, &mut pending));
+            }
+            Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
         }
         release(&mut pending);
         Ok(())

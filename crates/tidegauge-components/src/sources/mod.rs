@@ -1,15 +1,8 @@
-//! Sources: where events come from. One file per source; shared line decoding here.
+//! Sources that read local input (the simulator, files, stdin). One file per source;
+//! line decoding and the batch settings every source shares are here. Network sources
+//! live in [`crate::connectors`], grouped by the system they talk to.
 
 pub mod file;
-pub mod http_poll;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
-pub mod message;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
-#[cfg(feature = "nats")]
-pub mod nats;
 pub mod simulate;
 pub mod stdin;
 

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{ChangePoint, ChangePointMethod, ChangePointParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 /// The change-point test.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -1,44 +1,100 @@
 //! `ensemble` transform: several detectors per sensor, their verdicts combined.
 
-use schemars::JsonSchema;
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Combine, Detector, Verdict};
 
-use super::baseline::BaselineConfig;
-use super::changepoint::ChangePointConfig;
-use super::ewma::EwmaConfig;
-use super::flatline::FlatlineConfig;
-use super::keyed::{DetectorSpec, detector_config, param_errors};
-use super::mad::MadConfig;
-use super::rate_of_change::RateOfChangeConfig;
-use super::seasonal::SeasonalConfig;
-use super::threshold::ThresholdConfig;
-use super::zscore::ZScoreConfig;
+use super::detector::{self, BoxedDetector, DetectorFactory, detector_config};
+use super::keyed::{DetectorSpec, param_errors};
 
-/// One member of an ensemble: a detector and its settings, as in its own transform
-/// (without `key_field`, `value_field`, `ts_field` or `workers`, which the ensemble sets).
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Member {
-    /// See `tidegauge describe zscore`.
-    Zscore(ZScoreConfig),
-    /// See `tidegauge describe ewma`.
-    Ewma(EwmaConfig),
-    /// See `tidegauge describe mad`.
-    Mad(MadConfig),
-    /// See `tidegauge describe threshold`.
-    Threshold(ThresholdConfig),
-    /// See `tidegauge describe rate_of_change`.
-    RateOfChange(RateOfChangeConfig),
-    /// See `tidegauge describe flatline`.
-    Flatline(FlatlineConfig),
-    /// See `tidegauge describe changepoint`.
-    Changepoint(ChangePointConfig),
-    /// See `tidegauge describe seasonal`.
-    Seasonal(SeasonalConfig),
-    /// See `tidegauge describe baseline`.
-    Baseline(BaselineConfig),
+/// One member of an ensemble: a registered detector and its settings, as in its own
+/// transform (without `key_field`, `value_field`, `ts_field` or `workers`, which the
+/// ensemble sets). Any detector declared with `detector_config!` can be a member.
+#[derive(Debug)]
+pub struct Member(Box<dyn DetectorFactory>);
+
+impl Member {
+    /// The member's detector config.
+    pub fn factory(&self) -> &dyn DetectorFactory {
+        &*self.0
+    }
+}
+
+impl Clone for Member {
+    fn clone(&self) -> Self {
+        Member(self.0.clone_box())
+    }
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut settings = serde_json::Map::<String, serde_json::Value>::deserialize(de)?;
+        let known = || {
+            detector::all()
+                .iter()
+                .map(|d| d.name)
+                .filter(|n| *n != EnsembleConfig::NAME)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let name = match settings.remove("type") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(_) => return Err(D::Error::custom("`type` must be a string")),
+            None => {
+                return Err(D::Error::custom(format!(
+                    "missing `type`: one of {}",
+                    known()
+                )));
+            }
+        };
+        if name == EnsembleConfig::NAME {
+            return Err(D::Error::custom(
+                "an ensemble cannot be a member of an ensemble",
+            ));
+        }
+        let d = detector::find(&name).ok_or_else(|| {
+            D::Error::custom(format!("unknown detector `{name}` (known: {})", known()))
+        })?;
+        d.parse(serde_json::Value::Object(settings))
+            .map(Member)
+            .map_err(D::Error::custom)
+    }
+}
+
+impl Serialize for Member {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut settings = match self.0.settings() {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        settings.insert("type".into(), self.0.name().into());
+        settings.retain(|_, v| !v.is_null());
+        settings.serialize(ser)
+    }
+}
+
+impl JsonSchema for Member {
+    fn schema_name() -> Cow<'static, str> {
+        "Member".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = detector::all()
+            .iter()
+            .map(|d| d.name)
+            .filter(|n| *n != EnsembleConfig::NAME)
+            .collect();
+        json_schema!({
+            "type": "object",
+            "description": "A detector: `type` and its settings (see `tidegauge describe <type>`).",
+            "properties": { "type": { "enum": names } },
+            "required": ["type"],
+        })
+    }
 }
 
 /// How member verdicts become one.
@@ -64,137 +120,16 @@ detector_config! {
     /// `members = [{ type = "zscore", window = 100 }, { type = "mad", window = 50 }]`.
     pub struct EnsembleConfig as "ensemble" {
         /// The detectors, each a table with `type` and its settings.
+        #[schemars(example = serde_json::json!([
+            { "type": "zscore", "window": 100 },
+            { "type": "mad", "window": 50 }
+        ]))]
         pub members: Vec<Member> = Vec::new(),
         /// How their verdicts are combined.
         pub combine: CombineMode = CombineMode::Max,
         /// Votes needed for an anomaly (`combine = "vote"`).
         #[schemars(range(min = 1))]
         pub min_votes: u32 = 2,
-    }
-}
-
-/// Any single detector's state.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum AnyDetector {
-    /// z-score.
-    Zscore(tidegauge_detect::ZScore),
-    /// EWMA.
-    Ewma(tidegauge_detect::Ewma),
-    /// MAD.
-    Mad(tidegauge_detect::Mad),
-    /// Threshold.
-    Threshold(tidegauge_detect::Threshold),
-    /// Rate of change.
-    RateOfChange(tidegauge_detect::Rate),
-    /// Flatline.
-    Flatline(tidegauge_detect::Flatline),
-    /// Change point.
-    Changepoint(tidegauge_detect::ChangePoint),
-    /// Seasonal.
-    Seasonal(tidegauge_detect::Seasonal),
-    /// Held reference.
-    Baseline(tidegauge_detect::Baseline),
-}
-
-macro_rules! each_detector {
-    ($value:expr, $d:ident => $body:expr) => {
-        match $value {
-            AnyDetector::Zscore($d) => $body,
-            AnyDetector::Ewma($d) => $body,
-            AnyDetector::Mad($d) => $body,
-            AnyDetector::Threshold($d) => $body,
-            AnyDetector::RateOfChange($d) => $body,
-            AnyDetector::Flatline($d) => $body,
-            AnyDetector::Changepoint($d) => $body,
-            AnyDetector::Seasonal($d) => $body,
-            AnyDetector::Baseline($d) => $body,
-        }
-    };
-}
-
-impl Detector for AnyDetector {
-    fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict {
-        each_detector!(self, d => d.observe(ts_ms, value))
-    }
-
-    fn explain(&self, verdict: &Verdict) -> String {
-        each_detector!(self, d => d.explain(verdict))
-    }
-}
-
-impl AnyDetector {
-    /// The detector's name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            AnyDetector::Zscore(_) => ZScoreConfig::NAME,
-            AnyDetector::Ewma(_) => EwmaConfig::NAME,
-            AnyDetector::Mad(_) => MadConfig::NAME,
-            AnyDetector::Threshold(_) => ThresholdConfig::NAME,
-            AnyDetector::RateOfChange(_) => RateOfChangeConfig::NAME,
-            AnyDetector::Flatline(_) => FlatlineConfig::NAME,
-            AnyDetector::Changepoint(_) => ChangePointConfig::NAME,
-            AnyDetector::Seasonal(_) => SeasonalConfig::NAME,
-            AnyDetector::Baseline(_) => BaselineConfig::NAME,
-        }
-    }
-}
-
-impl Member {
-    fn sets_common(&self) -> bool {
-        match self {
-            Member::Zscore(c) => c.sets_common(),
-            Member::Ewma(c) => c.sets_common(),
-            Member::Mad(c) => c.sets_common(),
-            Member::Threshold(c) => c.sets_common(),
-            Member::RateOfChange(c) => c.sets_common(),
-            Member::Flatline(c) => c.sets_common(),
-            Member::Changepoint(c) => c.sets_common(),
-            Member::Seasonal(c) => c.sets_common(),
-            Member::Baseline(c) => c.sets_common(),
-        }
-    }
-
-    fn check(&self) -> Vec<ConfigError> {
-        match self {
-            Member::Zscore(c) => c.check(),
-            Member::Ewma(c) => c.check(),
-            Member::Mad(c) => c.check(),
-            Member::Threshold(c) => c.check(),
-            Member::RateOfChange(c) => c.check(),
-            Member::Flatline(c) => c.check(),
-            Member::Changepoint(c) => c.check(),
-            Member::Seasonal(c) => c.check(),
-            Member::Baseline(c) => c.check(),
-        }
-    }
-
-    fn needs_time(&self) -> bool {
-        match self {
-            Member::Zscore(c) => c.needs_time(),
-            Member::Ewma(c) => c.needs_time(),
-            Member::Mad(c) => c.needs_time(),
-            Member::Threshold(c) => c.needs_time(),
-            Member::RateOfChange(c) => c.needs_time(),
-            Member::Flatline(c) => c.needs_time(),
-            Member::Changepoint(c) => c.needs_time(),
-            Member::Seasonal(c) => c.needs_time(),
-            Member::Baseline(c) => c.needs_time(),
-        }
-    }
-
-    /// A state with no history.
-    pub fn new_state(&self) -> AnyDetector {
-        match self {
-            Member::Zscore(c) => AnyDetector::Zscore(c.new_state()),
-            Member::Ewma(c) => AnyDetector::Ewma(c.new_state()),
-            Member::Mad(c) => AnyDetector::Mad(c.new_state()),
-            Member::Threshold(c) => AnyDetector::Threshold(c.new_state()),
-            Member::RateOfChange(c) => AnyDetector::RateOfChange(c.new_state()),
-            Member::Flatline(c) => AnyDetector::Flatline(c.new_state()),
-            Member::Changepoint(c) => AnyDetector::Changepoint(c.new_state()),
-            Member::Seasonal(c) => AnyDetector::Seasonal(c.new_state()),
-            Member::Baseline(c) => AnyDetector::Baseline(c.new_state()),
-        }
     }
 }
 
@@ -211,10 +146,9 @@ impl EnsembleConfig {
 }
 
 /// Per-sensor state of an ensemble: the members' states and their last verdicts.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct EnsembleState {
-    members: Vec<AnyDetector>,
-    #[serde(skip)]
+    members: Vec<(&'static str, BoxedDetector)>,
     last: Vec<Verdict>,
     combine: Combine,
 }
@@ -222,7 +156,7 @@ pub struct EnsembleState {
 impl Detector for EnsembleState {
     fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict {
         self.last.clear();
-        for m in &mut self.members {
+        for (_, m) in &mut self.members {
             self.last.push(m.observe(ts_ms, value));
         }
         self.combine.combine(&self.last)
@@ -234,7 +168,7 @@ impl Detector for EnsembleState {
             .iter()
             .zip(&self.last)
             .filter(|(_, v)| v.is_anomaly)
-            .map(|(m, v)| format!("{}: {}", m.name(), m.explain(v)))
+            .map(|((name, m), v)| format!("{name}: {}", m.explain(v)))
             .collect();
         let summary = self.combine.explain(&self.last, verdict);
         if flagged.is_empty() {
@@ -251,7 +185,7 @@ impl DetectorSpec for EnsembleConfig {
     const STATISTIC: &'static str = "combined";
 
     fn needs_time(&self) -> bool {
-        self.members.iter().any(Member::needs_time)
+        self.members.iter().any(|m| m.0.needs_time())
     }
 
     fn check(&self) -> Vec<ConfigError> {
@@ -263,14 +197,14 @@ impl DetectorSpec for EnsembleConfig {
             ));
         }
         for (i, m) in self.members.iter().enumerate() {
-            if m.sets_common() {
+            if m.0.sets_common() {
                 errors.push(ConfigError::new(
                     format!("members[{i}]"),
                     "key_field, value_field, ts_field and workers belong to the ensemble, not to its members",
                 ));
             }
             errors.extend(
-                m.check()
+                m.0.check()
                     .into_iter()
                     .map(|e| e.prefixed(&format!("members[{i}]"))),
             );
@@ -289,7 +223,11 @@ impl DetectorSpec for EnsembleConfig {
 
     fn new_state(&self) -> EnsembleState {
         EnsembleState {
-            members: self.members.iter().map(Member::new_state).collect(),
+            members: self
+                .members
+                .iter()
+                .map(|m| (m.0.name(), m.0.new_state()))
+                .collect(),
             last: Vec::with_capacity(self.members.len()),
             combine: self.combine(),
         }

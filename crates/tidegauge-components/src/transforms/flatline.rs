@@ -3,7 +3,8 @@
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Flatline, FlatlineParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Stuck sensor: flags values while a sensor has not moved by more than `epsilon` for

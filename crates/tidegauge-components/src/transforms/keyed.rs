@@ -24,8 +24,7 @@ use tidegauge_core::telemetry::AnomaliesDetected;
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
 use tidegauge_detect::{Detector, ParamError, Verdict};
 
-use super::zscore::float_values;
-use super::{DetectorColumns, KeyInterner, detector_fields, key_hash};
+use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
 
 /// Settings every detector has (resolved defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -666,95 +665,6 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         Ok(())
     }
 }
-
-/// Declares a keyed detector's config struct: the settings every detector shares
-/// (`key_field`, `value_field`, `ts_field`, `workers`) followed by its own, each with
-/// its default; implements `TransformConfig` through [`validate`] and [`build`] (the
-/// struct must implement [`DetectorSpec`]) and registers the transform.
-macro_rules! detector_config {
-    (
-        $(#[$meta:meta])*
-        pub struct $name:ident as $type_name:literal {
-            $( $(#[$fmeta:meta])* pub $field:ident : $fty:ty = $default:expr, )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name {
-            /// Field naming the sensor; state is kept per distinct value.
-            #[schemars(extend("default" = "sensor_id"))]
-            pub key_field: Option<String>,
-            /// Field holding the reading (Float64 or Int64).
-            #[schemars(extend("default" = "value"))]
-            pub value_field: Option<String>,
-            /// Field holding the event time in epoch milliseconds (Int64).
-            #[schemars(extend("default" = "ts"))]
-            pub ts_field: Option<String>,
-            /// Threads the sensors are spread over; each sensor stays on one, so results are
-            /// identical to one thread. 0 = one per core.
-            #[schemars(extend("default" = 1))]
-            pub workers: Option<usize>,
-            $( $(#[$fmeta])* pub $field: $fty, )*
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                $name {
-                    key_field: None,
-                    value_field: None,
-                    ts_field: None,
-                    workers: None,
-                    $( $field: $default, )*
-                }
-            }
-        }
-
-        impl $name {
-            /// The shared settings with their defaults applied.
-            pub fn common(&self) -> $crate::transforms::keyed::Common {
-                $crate::transforms::keyed::Common::resolve(
-                    &self.key_field,
-                    &self.value_field,
-                    &self.ts_field,
-                    self.workers,
-                )
-            }
-
-            /// Whether any shared setting is given (an ensemble member must not).
-            pub fn sets_common(&self) -> bool {
-                self.key_field.is_some()
-                    || self.value_field.is_some()
-                    || self.ts_field.is_some()
-                    || self.workers.is_some()
-            }
-        }
-
-        impl tidegauge_core::TransformConfig for $name {
-            const TYPE: &'static str = $type_name;
-
-            fn validate(
-                &self,
-                input: &arrow_schema::SchemaRef,
-            ) -> Result<arrow_schema::SchemaRef, Vec<tidegauge_core::ConfigError>> {
-                $crate::transforms::keyed::validate(self, &self.common(), input)
-            }
-
-            fn build(
-                &self,
-                input: arrow_schema::SchemaRef,
-                output: arrow_schema::SchemaRef,
-                _cx: tidegauge_core::BuildContext,
-            ) -> Result<Box<dyn tidegauge_core::Transform>, tidegauge_core::BuildError> {
-                $crate::transforms::keyed::build(self.clone(), &self.common(), &input, output)
-            }
-        }
-
-        tidegauge_core::register_transform!($name);
-    };
-}
-
-pub(crate) use detector_config;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,8 @@
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Mad, MadParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Per-sensor robust z-score: distance from the rolling median in units of the median

@@ -2,7 +2,9 @@
 //! detector output columns here.
 
 pub mod baseline;
+pub mod calibrated;
 pub mod changepoint;
+pub mod detector;
 pub mod ensemble;
 pub mod ewma;
 pub mod filter;
@@ -17,12 +19,16 @@ pub mod threshold;
 pub mod window;
 pub mod zscore;
 
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer};
 use arrow_schema::{ArrowError, DataType, Field, SchemaRef};
+use tidegauge_core::ComponentError;
 use tidegauge_detect::Verdict;
 
 /// Interns sensor keys to dense ids, so per-key state lives in a `Vec` indexed by id.
@@ -216,6 +222,24 @@ fn sparse_strings(n: usize, texts: &[(u32, String)]) -> Result<StringArray, Arro
         Buffer::from_vec(values),
         Some(NullBuffer::from(valid)),
     )
+}
+
+/// The values of a numeric column as f64 (Int64 converted).
+pub(crate) fn float_values(column: &dyn Array) -> Result<Cow<'_, [f64]>, ComponentError> {
+    match column.data_type() {
+        DataType::Float64 => Ok(Cow::Borrowed(column.as_primitive::<Float64Type>().values())),
+        DataType::Int64 => Ok(Cow::Owned(
+            column
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|&v| v as f64)
+                .collect(),
+        )),
+        other => Err(ComponentError::new(format!(
+            "expected a Float64 or Int64 column, got {other}"
+        ))),
+    }
 }
 
 #[cfg(test)]

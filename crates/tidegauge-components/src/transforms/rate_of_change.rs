@@ -3,7 +3,8 @@
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Rate, RateParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Rate of change: flags a value whose change from the sensor's previous value,
@@ -14,7 +15,7 @@ detector_config! {
     /// value and time.
     pub struct RateOfChangeConfig as "rate_of_change" {
         /// Largest normal change per second, in the value's units. Required.
-        #[schemars(range(min = 0.0))]
+        #[schemars(range(min = 0.0), example = 10.0)]
         pub max_rate_per_sec: Option<f64> = None,
     }
 }

@@ -3,7 +3,8 @@
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Seasonal, SeasonalParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Periodic baseline: each sensor learns a mean and spread per slot of a cycle (by

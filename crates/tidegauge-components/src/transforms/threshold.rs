@@ -3,7 +3,8 @@
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Threshold, ThresholdParams};
 
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Static bounds: a value below `low` or above `high` is an anomaly; the alarm ends only
@@ -17,6 +18,7 @@ detector_config! {
         /// Values below this are anomalous.
         pub low: Option<f64> = None,
         /// Values above this are anomalous.
+        #[schemars(example = 90.0)]
         pub high: Option<f64> = None,
         /// How far back inside the bounds a value must come to end an alarm.
         #[schemars(range(min = 0.0))]

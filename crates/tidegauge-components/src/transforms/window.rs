@@ -21,8 +21,8 @@ use tidegauge_core::{
 use tidegauge_detect::{Accumulator, Aggregate};
 
 use super::KeyInterner;
+use super::float_values;
 use super::keyed::param_errors;
-use super::zscore::float_values;
 
 /// The shape of the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

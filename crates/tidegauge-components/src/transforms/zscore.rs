@@ -1,16 +1,11 @@
 //! `zscore` transform: per-sensor rolling z-score.
 
-use std::borrow::Cow;
-
-use arrow_array::Array;
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type};
-use arrow_schema::DataType;
 use tidegauge_core::{ComponentError, ConfigError};
 use tidegauge_detect::{ZScore, ZScoreParams};
 
 use super::KeyInterner;
-use super::keyed::{DetectorSpec, detector_config, param_errors};
+use super::detector::detector_config;
+use super::keyed::{DetectorSpec, param_errors};
 use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
@@ -95,30 +90,13 @@ impl DetectorSpec for ZScoreConfig {
     }
 }
 
-/// The values of a numeric column as f64 (Int64 converted).
-pub(crate) fn float_values(column: &dyn Array) -> Result<Cow<'_, [f64]>, ComponentError> {
-    match column.data_type() {
-        DataType::Float64 => Ok(Cow::Borrowed(column.as_primitive::<Float64Type>().values())),
-        DataType::Int64 => Ok(Cow::Owned(
-            column
-                .as_primitive::<Int64Type>()
-                .values()
-                .iter()
-                .map(|&v| v as f64)
-                .collect(),
-        )),
-        other => Err(ComponentError::new(format!(
-            "expected a Float64 or Int64 column, got {other}"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use arrow_array::cast::AsArray;
     use arrow_array::{Float64Array, RecordBatch, StringArray};
-    use arrow_schema::{Field, Schema, SchemaRef};
+    use arrow_schema::{DataType, Field, Schema, SchemaRef};
     use tidegauge_core::dead_letter::DeadLetter;
     use tidegauge_core::registry::ComponentKind;
     use tidegauge_core::telemetry::ComponentTelemetry;

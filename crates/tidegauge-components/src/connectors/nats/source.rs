@@ -19,10 +19,12 @@ use tidegauge_core::{
     Source, SourceConfig, SourceContext,
 };
 
-use super::message::{AckTracker, KeyFromTopic, MessageDecoder, Released, barrier_ticker};
-use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, default_fields, schema_for};
+use crate::connectors::inbound::{
+    AckTracker, KeyFromTopic, MessageDecoder, Released, barrier_ticker,
+};
 use crate::secret::Secret;
+use crate::sources::{BatchConfig, validate_fields};
 
 /// Reads a NATS JetStream stream through a durable consumer and decodes each message's
 /// payload (a JSON object, or JSON Lines) into events.
@@ -34,8 +36,10 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct NatsSourceConfig {
     /// Server URLs (`nats://host:4222`, or `tls://...`).
+    #[schemars(example = ["nats://localhost:4222"])]
     pub servers: Vec<String>,
     /// JetStream stream to read.
+    #[schemars(example = &"READINGS")]
     pub stream: String,
     /// Subjects of the stream, used to create it when it does not exist yet; unset: the
     /// stream must exist.

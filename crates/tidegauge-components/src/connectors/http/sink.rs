@@ -37,6 +37,7 @@ pub struct HttpSinkConfig {
     /// Endpoint URL (`http://` or `https://`). Its path and query are treated as secret
     /// (webhook URLs carry their token there): shown as `https://host/***`.
     #[schemars(extend("x-secret-path" = true))]
+    #[schemars(example = &"https://hooks.example.com/alerts")]
     pub url: String,
     /// Request method.
     #[serde(default)]

@@ -43,9 +43,9 @@ use tidegauge_core::{
 };
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{BatchConfig, validate_fields};
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, Row, default_fields, schema_for};
+use crate::sources::{BatchConfig, validate_fields};
 
 /// Polls HTTP endpoints on an interval; each response is one JSON object holding the
 /// declared fields.
@@ -60,6 +60,7 @@ pub struct HttpPollConfig {
     /// Endpoints: URLs, or tables `{ url = "http://...", id = "pump-7" }` (the id goes in
     /// `endpoint_field`; it defaults to the URL with its secrets masked: user information,
     /// query values named like keys, tokens or passwords, token-like path segments).
+    #[schemars(example = serde_json::json!([{ "url": "http://10.0.0.7/reading", "id": "pump-7" }]))]
     pub endpoints: Vec<Endpoint>,
     /// Time between two polls of an endpoint, in milliseconds. A poll still running
     /// (retrying) when the next is due skips it.

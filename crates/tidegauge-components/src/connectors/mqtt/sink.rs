@@ -18,12 +18,12 @@ use tidegauge_core::{
 };
 use tokio::sync::mpsc;
 
-use super::message::Template;
-use crate::codec::encode::JsonEncoder;
-use crate::secret::Secret;
-use crate::sources::mqtt::{
+use super::source::{
     MqttTls, default_reconnect, describe_error, mqtt_options, reconnect, validate_connection,
 };
+use crate::codec::encode::JsonEncoder;
+use crate::connectors::template::Template;
+use crate::secret::Secret;
 
 /// Publishes each event as a JSON object (every field) to an MQTT topic.
 ///
@@ -34,11 +34,13 @@ use crate::sources::mqtt::{
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
     /// Broker host name or address.
+    #[schemars(example = &"localhost")]
     pub host: String,
     /// Broker port.
     #[serde(default = "default_port")]
     pub port: u16,
     /// Topic to publish to; `{field}` is replaced by the event's value of that field.
+    #[schemars(example = &"alerts/{sensor_id}")]
     pub topic: String,
     /// Quality of service: 0 (fire and forget) or 1 (acknowledged by the broker).
     #[serde(default = "default_qos")]

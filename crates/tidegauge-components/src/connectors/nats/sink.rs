@@ -18,10 +18,10 @@ use tidegauge_core::{
     SinkConfig, SinkInput,
 };
 
-use super::message::Template;
+use super::source::{connect, validate_connection};
 use crate::codec::encode::JsonEncoder;
+use crate::connectors::template::Template;
 use crate::secret::Secret;
-use crate::sources::nats::{connect, validate_connection};
 
 /// Publishes each event as a JSON object (every field) to a NATS JetStream subject.
 ///
@@ -32,8 +32,10 @@ use crate::sources::nats::{connect, validate_connection};
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// Server URLs (`nats://host:4222`, or `tls://...`).
+    #[schemars(example = ["nats://localhost:4222"])]
     pub servers: Vec<String>,
     /// Subject to publish to; `{field}` is replaced by the event's value of that field.
+    #[schemars(example = &"alerts.{sensor_id}")]
     pub subject: String,
     /// Stream to create when missing (with `stream_subjects`); unset: a stream capturing
     /// the subject must exist.

@@ -22,9 +22,9 @@ use tidegauge_core::{
     SinkConfig, SinkInput,
 };
 
+use super::source::{client_config, redact, validate_options};
 use crate::codec::encode::JsonEncoder;
 use crate::secret::Secret;
-use crate::sources::kafka::{client_config, redact, validate_options};
 
 /// Writes each event as a JSON object (every field) to a Kafka topic.
 ///
@@ -37,8 +37,10 @@ use crate::sources::kafka::{client_config, redact, validate_options};
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port`.
+    #[schemars(example = ["localhost:9092"])]
     pub brokers: Vec<String>,
     /// Topic to write to.
+    #[schemars(example = &"anomalies")]
     pub topic: String,
     /// Field whose value keys each message (and so picks its partition); unset: no key,
     /// messages spread over partitions.

@@ -20,10 +20,10 @@ use tidegauge_core::{
     Source, SourceConfig, SourceContext,
 };
 
-use super::message::{AckTracker, MessageDecoder, Released, barrier_ticker};
-use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, FieldType, default_fields, schema_for};
+use crate::connectors::inbound::{AckTracker, MessageDecoder, Released, barrier_ticker};
 use crate::secret::Secret;
+use crate::sources::{BatchConfig, validate_fields};
 
 /// Consumes Kafka topics as a member of a consumer group and decodes each message's
 /// payload (a JSON object, or JSON Lines) into events.
@@ -35,10 +35,13 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port`.
+    #[schemars(example = ["localhost:9092"])]
     pub brokers: Vec<String>,
     /// Topics to consume.
+    #[schemars(example = ["readings"])]
     pub topics: Vec<String>,
     /// Consumer group; members share the topics' partitions.
+    #[schemars(example = &"tidegauge")]
     pub group_id: String,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     #[serde(default)]

@@ -20,10 +20,10 @@ use tidegauge_core::{
 };
 use tokio::sync::mpsc;
 
-use super::message::{AckTracker, KeyFromTopic, MessageDecoder, barrier_ticker};
-use super::{BatchConfig, validate_fields};
 use crate::codec::{FieldMap, default_fields, schema_for};
+use crate::connectors::inbound::{AckTracker, KeyFromTopic, MessageDecoder, barrier_ticker};
 use crate::secret::Secret;
+use crate::sources::{BatchConfig, validate_fields};
 
 /// Subscribes to MQTT topics and decodes each message's payload (a JSON object, or JSON
 /// Lines) into events.
@@ -38,11 +38,13 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// Broker host name or address.
+    #[schemars(example = &"localhost")]
     pub host: String,
     /// Broker port (1883 plain, 8883 TLS by convention).
     #[serde(default = "default_port")]
     pub port: u16,
     /// Topic filters to subscribe to; `+` matches one level, `#` the rest.
+    #[schemars(example = ["plant/+/+/temp"])]
     pub topics: Vec<String>,
     /// Quality of service: 0 (at most once) or 1 (at least once, acknowledged after the
     /// sinks).
@@ -616,7 +618,7 @@ fn take_batch(
 fn settle(
     client: &AsyncClient,
     component: &ComponentContext,
-    released: super::message::Released<Publish>,
+    released: crate::connectors::inbound::Released<Publish>,
 ) {
     for p in &released.delivered {
         if let Err(e) = client.try_ack(p) {

@@ -1,0 +1,4 @@
+//! Kafka: source and sink.
+
+pub mod sink;
+pub mod source;

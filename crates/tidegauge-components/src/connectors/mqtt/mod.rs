@@ -1,0 +1,4 @@
+//! MQTT: source and sink.
+
+pub mod sink;
+pub mod source;

@@ -1,0 +1,4 @@
+//! NATS JetStream: source and sink.
+
+pub mod sink;
+pub mod source;
