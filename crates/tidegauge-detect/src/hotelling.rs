@@ -144,7 +144,7 @@ fn factor(cov: &[f64], d: usize, ridge: f64) -> Option<(Vec<usize>, Vec<f64>)> {
                 sum -= l[a * k + c] * l[b * k + c];
             }
             if a == b {
-                if !(sum > 0.0) || !sum.is_finite() {
+                if sum <= 0.0 || !sum.is_finite() {
                     return None;
                 }
                 l[a * k + a] = sum.sqrt();
@@ -257,19 +257,19 @@ impl Hotelling {
 
     fn learn(&mut self) {
         let d = self.smoothed.len();
-        if self.n >= u64::from(self.params.warmup / 2).max(2) && self.params.target_alarm_rate > 0.0
+        if self.n >= u64::from(self.params.warmup / 2).max(2)
+            && self.params.target_alarm_rate > 0.0
+            && let Some((used, l)) = factor(&self.covariance(), d, self.params.ridge)
         {
-            if let Some((used, l)) = factor(&self.covariance(), d, self.params.ridge) {
-                let diff: Vec<f64> = self
-                    .smoothed
-                    .iter()
-                    .zip(&self.mean)
-                    .map(|(s, m)| s - m)
-                    .collect();
-                let (dist, _) = distance(&diff, &used, &l);
-                if dist.is_finite() {
-                    self.deviations.push(dist as f32);
-                }
+            let diff: Vec<f64> = self
+                .smoothed
+                .iter()
+                .zip(&self.mean)
+                .map(|(s, m)| s - m)
+                .collect();
+            let (dist, _) = distance(&diff, &used, &l);
+            if dist.is_finite() {
+                self.deviations.push(dist as f32);
             }
         }
         self.n += 1;
@@ -289,9 +289,9 @@ impl Hotelling {
             .zip(&self.mean)
             .map(|(s, m)| s - m)
             .collect();
-        for a in 0..d {
-            for b in 0..d {
-                self.m2[a * d + b] += before[a] * after[b];
+        for (row, b) in self.m2.chunks_mut(d).zip(&before) {
+            for (m, a) in row.iter_mut().zip(&after) {
+                *m += b * a;
             }
         }
         if self.n >= u64::from(self.params.warmup)
@@ -354,6 +354,7 @@ mod tests {
         let params = HotellingParams {
             warmup: 300,
             half_life: 1.0,
+            threshold: 3.0,
             ..HotellingParams::default()
         };
         let mut d = Hotelling::new(params);

@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn judges_rows_per_machine_and_checkpoints() {
         let config: HotellingConfig = toml::from_str(
-            "key_field = \"machine\"\nvalue_fields = [\"flow\", \"pressure\"]\nwarmup = 50\nhalf_life_events = 1.0",
+            "key_field = \"machine\"\nvalue_fields = [\"flow\", \"pressure\"]\nwarmup = 50\nhalf_life_events = 1.0\nthreshold = 3.0",
         )
         .unwrap();
         let input = schema();
