@@ -9,10 +9,10 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tidegauge_detect::{
-    Aggregate, Baseline, BaselineParams, ChangePoint, ChangePointMethod, ChangePointParams,
-    Combine, DeadlineTracker, Detector, Ewma, EwmaParams, Flatline, FlatlineParams, HalfLife,
-    HeartbeatParams, Mad, MadParams, Rate, RateParams, Seasonal, SeasonalParams, Threshold,
-    ThresholdParams, Verdict, ZScore, ZScoreParams,
+    Aggregate, Baseline, BaselineParams, Calibrated, CalibrationParams, ChangePoint,
+    ChangePointMethod, ChangePointParams, Combine, DeadlineTracker, Detector, Ewma, EwmaParams,
+    Flatline, FlatlineParams, HalfLife, HeartbeatParams, Mad, MadParams, Rate, RateParams,
+    Seasonal, SeasonalParams, Threshold, ThresholdParams, Verdict, ZScore, ZScoreParams,
 };
 
 const EVENTS: usize = 10_000;
@@ -152,6 +152,34 @@ fn detectors(c: &mut Criterion) {
         "baseline",
         "default",
         Baseline::new(BaselineParams::default()),
+        &data,
+    );
+    run(
+        c,
+        "baseline",
+        "held",
+        Baseline::new(BaselineParams::held(400, 5.0, 12.8)),
+        &data,
+    );
+    // The calibration layer on top of a detector (its own cost is the difference).
+    run(
+        c,
+        "calibrated",
+        "zscore_w100",
+        Calibrated::new(
+            ZScore::new(ZScoreParams::default()),
+            CalibrationParams::default(),
+        ),
+        &data,
+    );
+    run(
+        c,
+        "calibrated",
+        "ewma",
+        Calibrated::new(
+            Ewma::new(EwmaParams::default()),
+            CalibrationParams::default(),
+        ),
         &data,
     );
 }

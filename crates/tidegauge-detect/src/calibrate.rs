@@ -4,8 +4,12 @@
 //!
 //! [`TailModel`] keeps the distribution of a statistic's magnitude `m = |statistic|` as an
 //! exponentially decayed histogram on a logarithmic scale: 4 buckets per octave (each
-//! about 19 % wide), 64 of them, so 16 octaves (a factor 65,536) of resolution below the
-//! largest magnitude seen; what falls below that window is kept as one mass, "below".
+//! about 19 % wide), 64 of them, so a window of 16 octaves (a factor 65,536); what falls
+//! below the window is kept as one mass, "below". The window starts with its top two
+//! octaves above the first magnitude and slides up for a larger one, unless that one lies
+//! more than 8 octaves above the window's top: such an extreme (a z-score of 10¹⁵ after a
+//! stuck stretch) counts in the top bucket instead of pushing the sensor's usual
+//! magnitudes out of the window.
 //! Each new magnitude weighs `2^(1/half_life)` times the one before (forward decay: the
 //! counts are never multiplied down, the weights of new values grow, and everything is
 //! rescaled once they get large), so the history's weight halves every `half_life`
@@ -13,7 +17,8 @@
 //!
 //! The tail probability of `m` is the share of the history's weight above it:
 //! the buckets above `m`'s, plus the part of `m`'s own bucket above `m` (linear in
-//! `log m` within the bucket). `p(0) = 1`; a magnitude above everything seen gets 0.
+//! `log m` within the bucket). `p(0) = 1`, and 1 below the window (a magnitude smaller than
+//! what the window holds is never rare); a magnitude above the window gets 0.
 //!
 //! [`Calibrated`] wraps any [`Detector`]: each verdict with a statistic is judged by the
 //! tail probability `p` of its magnitude under the history *before* it, then learnt.
@@ -38,6 +43,8 @@ use crate::{Detector, ParamError, Verdict};
 const PER_OCTAVE: f64 = 4.0;
 /// Buckets kept.
 const BUCKETS: usize = 64;
+/// Largest slide of the window, in buckets (8 octaves); beyond, a magnitude saturates.
+const MAX_SLIDE: i32 = 32;
 /// Weights are rescaled once the newest one exceeds this.
 const RESCALE_AT: f64 = 1e30;
 
@@ -156,8 +163,8 @@ impl TailModel {
         let pos = bucket_position(m);
         let rel = pos - f64::from(offset);
         if rel < 0.0 {
-            // Below the window: at most all but the "below" mass lies above.
-            return ((self.total - self.below) / self.total).clamp(0.0, 1.0);
+            // Below the window: among the smallest magnitudes seen, never rare.
+            return 1.0;
         }
         if rel >= BUCKETS as f64 {
             return 0.0;
@@ -183,10 +190,15 @@ impl TailModel {
         if m <= 0.0 {
             self.below += w;
         } else {
-            let idx = bucket_position(m).floor().clamp(-1e6, 1e6) as i32;
+            let mut idx = bucket_position(m).floor().clamp(-1e6, 1e6) as i32;
             let offset = *self
                 .offset
                 .get_or_insert(idx - BUCKETS as i32 + 2 * PER_OCTAVE as i32);
+            let top = offset + BUCKETS as i32 - 1;
+            if idx > top + MAX_SLIDE {
+                // An extreme: saturate rather than slide the usual magnitudes out.
+                idx = top;
+            }
             if idx >= offset + BUCKETS as i32 {
                 // Slide the window up: the lowest buckets join "below".
                 let shift = (idx - (offset + BUCKETS as i32 - 1)) as usize;
@@ -480,10 +492,19 @@ mod tests {
         }
         assert_eq!(m.tail(0.0), 1.0);
         assert_eq!(m.tail(1.0), 0.0);
+        // After a stuck stretch a z-score can be 10^15: it must not push the usual
+        // magnitudes out of the window (which would make every one of them look rare).
+        let mut m = TailModel::new(1000.0);
+        for i in 0..1000 {
+            m.learn(0.5 + (i % 10) as f64 / 5.0);
+        }
+        m.learn(1e15);
+        assert!(m.tail(1.0) > 0.5, "{}", m.tail(1.0));
+        assert!(m.tail(1e14) < 0.01);
     }
 
-    /// The naive reference: every magnitude with its weight, the tail by the same
-    /// bucketing, recomputed from scratch.
+    /// The naive reference: every magnitude with its weight and its bucket as the window
+    /// placed it (the window's moves replayed), the tail recomputed from scratch.
     fn naive_tail(history: &[f64], half_life: f64, m: f64) -> f64 {
         if history.is_empty() || m <= 0.0 {
             return 1.0;
@@ -491,41 +512,39 @@ mod tests {
         let n = history.len();
         let w = |i: usize| 2f64.powf(-((n - 1 - i) as f64) / half_life);
         let total: f64 = (0..n).map(w).sum();
-        let top = history
-            .iter()
-            .filter(|&&x| x > 0.0)
-            .map(|&x| bucket_position(x).floor() as i32)
-            .max();
-        let Some(top) = top else { return 0.0 };
-        // Lowest bucket of the window as the model slides it (never down).
-        let first = history.iter().position(|&x| x > 0.0).unwrap();
-        let start = (bucket_position(history[first]).floor() as i32) - BUCKETS as i32 + 8;
-        let low = start.max(top - (BUCKETS as i32 - 1));
+        // Replay the window: its lowest bucket, and each magnitude's bucket (None: 0).
+        let mut low: Option<i32> = None;
+        let mut buckets: Vec<Option<i32>> = Vec::new();
+        for &x in history {
+            if x <= 0.0 {
+                buckets.push(None);
+                continue;
+            }
+            let mut b = bucket_position(x).floor() as i32;
+            let l = *low.get_or_insert(b - BUCKETS as i32 + 8);
+            let top = l + BUCKETS as i32 - 1;
+            if b > top + 32 {
+                b = top;
+            }
+            if b > top {
+                low = Some(b - (BUCKETS as i32 - 1));
+            }
+            buckets.push(Some(b));
+        }
+        let Some(low) = low else { return 0.0 };
         let pos = bucket_position(m);
         if pos < f64::from(low) {
-            let below: f64 = (0..n)
-                .filter(|&i| {
-                    history[i] <= 0.0 || bucket_position(history[i]).floor() < f64::from(low)
-                })
-                .map(w)
-                .sum();
-            return (total - below) / total;
+            return 1.0;
         }
         if pos >= f64::from(low) + BUCKETS as f64 {
             return 0.0;
         }
-        let b = pos.floor();
+        let b = pos.floor() as i32;
         let above: f64 = (0..n)
-            .filter(|&i| history[i] > 0.0)
-            .map(|i| {
-                let bi = bucket_position(history[i]).floor();
-                if bi > b {
-                    w(i)
-                } else if bi == b {
-                    w(i) * (1.0 - (pos - b))
-                } else {
-                    0.0
-                }
+            .map(|i| match buckets[i] {
+                Some(bi) if bi >= low && bi > b => w(i),
+                Some(bi) if bi >= low && bi == b => w(i) * (1.0 - (pos - f64::from(b))),
+                _ => 0.0,
             })
             .sum();
         above / total

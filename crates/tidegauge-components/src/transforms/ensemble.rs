@@ -16,6 +16,13 @@ use super::keyed::{DetectorSpec, param_errors};
 #[derive(Debug)]
 pub struct Member(Box<dyn DetectorFactory>);
 
+impl Member {
+    /// The member's detector config.
+    pub fn factory(&self) -> &dyn DetectorFactory {
+        &*self.0
+    }
+}
+
 impl Clone for Member {
     fn clone(&self) -> Self {
         Member(self.0.clone_box())

@@ -2,6 +2,7 @@
 //! detector output columns here.
 
 pub mod baseline;
+pub mod calibrated;
 pub mod changepoint;
 pub mod detector;
 pub mod ensemble;
