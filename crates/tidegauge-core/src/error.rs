@@ -40,12 +40,15 @@ impl ConfigError {
     }
 }
 
+/// Errors show their message with secrets masked ([`crate::redact::scrub`]): a value
+/// that does not parse may be a password, a URL may carry a token.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = crate::redact::scrub(&self.message);
         if self.path.is_empty() {
-            write!(f, "{}", self.message)
+            write!(f, "{message}")
         } else {
-            write!(f, "{}: {}", self.path, self.message)
+            write!(f, "{}: {message}", self.path)
         }
     }
 }
@@ -53,8 +56,9 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// A component could not be built (a file that cannot be opened, a server that refuses).
+/// Shown with secrets masked.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{}", crate::redact::scrub(message))]
 pub struct BuildError {
     /// What went wrong, naming the resource.
     pub message: String,
@@ -69,9 +73,10 @@ impl BuildError {
     }
 }
 
-/// A component failed while running. The pipeline stops and reports it.
+/// A component failed while running. The pipeline stops and reports it. Shown with
+/// secrets masked.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{}", crate::redact::scrub(message))]
 pub struct ComponentError {
     /// What went wrong, naming the resource.
     pub message: String,

@@ -464,7 +464,7 @@ fn placeholder(root: &Value, schema: &Value, name: &str) -> String {
     {
         return first;
     }
-    if tidegauge_core::params::is_secret(name, schema) {
+    if tidegauge_core::params::is_secret(root, name, schema) {
         return format!("\"${{{}}}\"", name.to_ascii_uppercase());
     }
     let ty = match s.get("type") {

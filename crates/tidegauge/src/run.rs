@@ -43,6 +43,19 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let admin = pipeline.admin.clone().filter(|a| a.enabled);
+        // Resolved before anything runs: an API that would serve beyond loopback without
+        // a usable token does not start, and neither does the pipeline.
+        let token = match admin
+            .as_ref()
+            .map(|a| a.start_token(&tidegauge_core::config::process_env))
+            .transpose()
+        {
+            Ok(t) => t.flatten(),
+            Err(e) => {
+                eprintln!("error: {origin}: [admin] {e}");
+                return Ok(ExitCode::from(crate::EXIT_INVALID));
+            }
+        };
         let progress_total = if !args.quiet && std::io::stderr().is_terminal() {
             finite_input_bytes(&pipeline)
         } else {
@@ -95,13 +108,14 @@ pub fn run(
                 let _ = run.await;
                 return Ok(ExitCode::from(crate::EXIT_INVALID));
             };
-            let token = admin.resolve_token(&tidegauge_core::config::process_env);
             if token.is_none() {
                 let hint = match &admin.token_env {
                     Some(var) => format!("`{var}` is not set"),
                     None => "no token is configured".to_string(),
                 };
-                tracing::warn!("admin API: {hint}; parameter changes are refused");
+                tracing::warn!(
+                    "admin API: {hint}; parameter changes and reads of parameters and changes are refused"
+                );
             }
             let address = admin
                 .socket_addr()
