@@ -13,12 +13,20 @@
 //! | `GET /profile` | per-stage time (when running with `--profile`) |
 //! | `GET /openapi.json` | this API, described |
 //!
-//! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused.
+//! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused;
+//! connections are bounded in number, time and memory ([`server`]).
+//!
+//! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`
+//! and `/profile` are open (liveness probes and Prometheus scrapers carry no token; they
+//! show counters, ids and field names, never a setting's value). Parameters
+//! (`/components/{id}/params`, which show settings) and the change history (`/changes`,
+//! which shows old and new values and who made them) need the bearer token, like changes.
 #![deny(missing_docs)]
 
 pub mod changes;
 pub mod client;
 mod openapi;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +41,7 @@ use serde_json::{Map, Value, json};
 use tidegauge_core::live::{LiveHandle, ParamError};
 use tidegauge_core::metrics::{self, ProcessMetrics};
 use tidegauge_core::params;
+use tidegauge_core::redact;
 use tidegauge_core::registry;
 use tidegauge_core::schema;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +49,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use changes::{ChangeLog, ChangeRecord};
+pub use server::{ConnectionCounters, Limits};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -66,6 +76,7 @@ pub struct AdminState {
     token: Option<Arc<str>>,
     changes: Arc<ChangeLog>,
     counters: Arc<ProcessCounters>,
+    connections: Arc<ConnectionCounters>,
 }
 
 impl AdminState {
@@ -82,6 +93,7 @@ impl AdminState {
             token: token.map(Into::into),
             changes,
             counters,
+            connections: Arc::default(),
         }
     }
 }
@@ -101,6 +113,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/profile", get(profile))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(scrub_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -110,23 +123,69 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, within the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown`, within `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let connections = state.connections.clone();
+    server::serve(listener, router(state), limits, connections, shutdown).await
+}
+
+/// Largest answer body scrubbed (anything larger is refused rather than sent unread).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Every answer, whatever route made it, with the secrets the process knows masked
+/// ([`redact::scrub`]): the last line of defence behind the redaction by schema.
+async fn scrub_response(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the answer could not be prepared".into(),
+            )
+            .into_response();
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    match redact::scrub(&text) {
+        std::borrow::Cow::Borrowed(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+        std::borrow::Cow::Owned(masked) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(masked))
+        }
+    }
 }
 
 /// An error answer: status and `{"error": message}`.
 struct ApiError(StatusCode, String);
 
+/// Longest error message an answer carries: a rejected value (a 40 KB condition, say)
+/// is quoted in part, never echoed whole.
+const MAX_ERROR_CHARS: usize = 2000;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut message = self.1;
+        if message.chars().count() > MAX_ERROR_CHARS {
+            let len = message.len();
+            message = message.chars().take(MAX_ERROR_CHARS).collect();
+            message.push_str(&format!("… (message of {len} bytes cut)"));
+        }
+        (self.0, Json(json!({ "error": message }))).into_response()
     }
 }
 
@@ -214,9 +273,13 @@ fn unknown(id: &str) -> ApiError {
 async fn get_params(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, "reading parameters")?;
     let view = s.live.component(&id).ok_or_else(|| unknown(&id))?;
     let descriptor = registry::find(view.kind, view.type_name).ok_or_else(|| unknown(&id))?;
+    let schema = descriptor.json_schema().to_value();
+    let shown = redact::settings(&schema, &view.settings);
     let live: Vec<(String, Value)> = match &view.control {
         Some(c) => c
             .tunables()
@@ -229,12 +292,12 @@ async fn get_params(
         .into_iter()
         .map(|p| {
             let tunable = live.iter().find(|(n, _)| *n == p.name);
-            let value = if p.secret {
-                json!("(secret)")
-            } else if let Some((_, v)) = tunable {
-                v.clone()
+            // Settings as shown are masked by their schema: a secret reads `***` (or
+            // null when unset), a map of secrets keeps its keys.
+            let value = if let Some((name, v)) = tunable {
+                redact::settings(&schema, &json!({ name.as_str(): v }))[name.as_str()].clone()
             } else {
-                setting(&view.settings, &p.name)
+                setting(&shown, &p.name)
                     .or_else(|| {
                         p.default
                             .as_deref()
@@ -250,6 +313,7 @@ async fn get_params(
                 "required": p.required,
                 "range": p.range,
                 "doc": p.doc,
+                "secret": p.secret,
                 "tunable": tunable.is_some(),
             })
         })
@@ -267,7 +331,8 @@ fn setting(settings: &Value, path: &str) -> Option<Value> {
     path.split('.').try_fold(settings, |v, k| v.get(k)).cloned()
 }
 
-fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the bearer token for `what` ("changes", "reading parameters").
+fn authorize(s: &AdminState, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -275,7 +340,7 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(given) = given else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "changes need `Authorization: Bearer <token>`".into(),
+            format!("{what} needs `Authorization: Bearer <token>`"),
         ));
     };
     match &s.token {
@@ -283,7 +348,7 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
         Some(_) => Err(ApiError(StatusCode::FORBIDDEN, "wrong token".into())),
         None => Err(ApiError(
             StatusCode::FORBIDDEN,
-            "changes are disabled: the pipeline's [admin] table sets no token".into(),
+            format!("{what} is disabled: the pipeline's [admin] table sets no token"),
         )),
     }
 }
@@ -309,7 +374,7 @@ async fn patch_params(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&s, &headers)?;
+    authorize(&s, &headers, "changing parameters")?;
     let patch: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -380,7 +445,9 @@ struct ChangesQuery {
 async fn list_changes(
     State(s): State<AdminState>,
     Query(q): Query<ChangesQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<Vec<ChangeRecord>>, ApiError> {
+    authorize(&s, &headers, "reading the change history")?;
     let all = s
         .changes
         .read()
@@ -399,11 +466,40 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
         reloads_rejected: s.counters.reloads_rejected.load(Ordering::Relaxed),
         parameter_changes: s.counters.parameter_changes.load(Ordering::Relaxed),
     };
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&process, &s.live.snapshot()),
-    )
-        .into_response()
+    let mut text = metrics::render(&process, &s.live.snapshot());
+    connection_metrics(&mut text, &s.connections);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// The admin API's own connections, in the exposition format.
+fn connection_metrics(out: &mut String, c: &ConnectionCounters) {
+    use std::fmt::Write as _;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP tidegauge_admin_connections Connections to the admin API open now.\n\
+         # TYPE tidegauge_admin_connections gauge\n\
+         tidegauge_admin_connections {}",
+        load(&c.open)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tidegauge_admin_connections_total Connections to the admin API, by what became of them.\n\
+         # TYPE tidegauge_admin_connections_total counter"
+    );
+    for (outcome, v) in [
+        ("accepted", &c.accepted),
+        ("evicted_idle_for_room", &c.evicted),
+        ("refused_all_busy", &c.refused),
+        ("closed_idle", &c.idle_closed),
+        ("accept_error", &c.accept_errors),
+    ] {
+        let _ = writeln!(
+            out,
+            "tidegauge_admin_connections_total{{outcome=\"{outcome}\"}} {}",
+            load(v)
+        );
+    }
 }
 
 async fn profile(State(s): State<AdminState>) -> Json<Value> {

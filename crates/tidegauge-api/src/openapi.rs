@@ -64,7 +64,7 @@ pub(crate) fn description() -> Value {
         "info": {
             "title": "tidegauge admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "What a running tidegauge pipeline is doing, and live changes of its tunable parameters. Changes need `Authorization: Bearer <token>`; `X-Tidegauge-Actor` names who makes them."
+            "description": "What a running tidegauge pipeline is doing, and live changes of its tunable parameters. Changes, and reads of parameters and of the change history, need `Authorization: Bearer <token>`; health, components, topology, metrics and profile are open (they show counters, ids and field names, never a setting's value). `X-Tidegauge-Actor` names who makes a change."
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
@@ -87,7 +87,7 @@ pub(crate) fn description() -> Value {
                         "name": { "type": "string" }, "value": {}, "type": { "type": "string" },
                         "default": {}, "required": { "type": "boolean" },
                         "range": { "type": ["string", "null"] }, "doc": { "type": "string" },
-                        "tunable": { "type": "boolean" }
+                        "secret": { "type": "boolean" }, "tunable": { "type": "boolean" }
                     }
                 }
             }
@@ -101,7 +101,8 @@ pub(crate) fn description() -> Value {
                 "responses": json_ok("The graph.", json!({ "type": "object", "properties": {
                     "nodes": { "type": "array" }, "edges": { "type": "array" } } })) } },
             "/components/{id}/params": {
-                "get": { "summary": "A component's parameters: value, type, default, range, doc, and whether it can be changed while running.",
+                "get": { "summary": "A component's parameters: value, type, default, range, doc, and whether it can be changed while running. Secrets show as `***`.",
+                    "security": [{ "bearer": [] }],
                     "parameters": [id_param.clone()],
                     "responses": json_ok("Parameters.", json!({ "type": "object", "properties": {
                         "params": { "type": "array", "items": { "$ref": "#/components/schemas/Param" } } } })) },
@@ -115,6 +116,7 @@ pub(crate) fn description() -> Value {
                     "responses": patch_responses }
             },
             "/changes": { "get": { "summary": "The history of parameter changes, oldest first; it outlives restarts.",
+                "security": [{ "bearer": [] }],
                 "parameters": [{ "name": "component", "in": "query", "required": false, "schema": { "type": "string" } }],
                 "responses": json_ok("Changes.", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Change" } })) } },
             "/metrics": { "get": { "summary": "Prometheus text exposition.",

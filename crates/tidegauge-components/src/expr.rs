@@ -10,6 +10,14 @@
 //! `= != <> < <= > >=`, `+ - * / %` (`/` always divides as floating point), unary `-`,
 //! `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE`, `[NOT] BETWEEN`, `[NOT] IN (...)`,
 //! `[NOT] LIKE`, `[NOT] ILIKE`, and the function `abs(x)`.
+//!
+//! Limits, the same wherever an expression comes from (pipeline file, admin API, reload):
+//! at most [`MAX_EXPRESSION_BYTES`] of text, and at most [`MAX_DEPTH`] levels of nesting
+//! once chains of `AND`, chains of `OR` and `IN` lists are counted as one level each
+//! (they are evaluated as flat lists, so `a = 1 OR a = 2 OR ...` and `a IN (1, 2, ...)`
+//! may be as long as the text allows). Parsing runs on a thread of its own whose stack is
+//! sized for the deepest tree that the text limit allows, so no expression can overflow
+//! a caller's stack; evaluation recurses at most [`MAX_DEPTH`] deep whatever the input.
 
 use std::sync::Arc;
 
@@ -28,6 +36,31 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
+
+/// Longest expression text accepted, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 16 * 1024;
+/// Deepest nesting accepted (a chain of `AND`, a chain of `OR` or an `IN` list is one
+/// level).
+pub const MAX_DEPTH: usize = 64;
+/// Stack of the thread that parses and compiles: the parser's own recursion is bounded
+/// (sqlparser's limit of 50), but a chain of binary operators makes a tree as deep as
+/// the chain is long (up to `MAX_EXPRESSION_BYTES / 2` levels), which dropping and
+/// printing it walk recursively. The worst shapes at the text limit need between 2 and
+/// 4 MiB in a debug build (measured with `no_expression_can_exhaust_the_stack`); this
+/// leaves a wide margin, and only the pages touched are ever committed.
+const PARSE_STACK_BYTES: usize = 64 * 1024 * 1024;
+/// How much of an expression error messages quote.
+const QUOTED_CHARS: usize = 120;
+
+/// `text` as error messages quote it: whole when short, else its start and its length.
+pub fn excerpt(text: &str) -> String {
+    if text.chars().count() <= QUOTED_CHARS {
+        text.to_string()
+    } else {
+        let head: String = text.chars().take(QUOTED_CHARS).collect();
+        format!("{head}… ({} bytes)", text.len())
+    }
+}
 
 /// A compiled, type-checked expression.
 #[derive(Clone, Debug)]
@@ -62,7 +95,12 @@ enum Node {
     Cast(Box<Node>, DataType),
     Not(Box<Node>),
     And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    /// Every one of them (Kleene logic), a flattened chain of `AND`.
+    All(Vec<Node>),
+    /// Any one of them (Kleene logic), a flattened chain of `OR`.
+    Any(Vec<Node>),
+    /// `expr IN (list)`: equal to any item (Kleene logic).
+    InList(Box<Node>, Vec<Node>),
     Cmp(CmpOp, Box<Node>, Box<Node>),
     Arith(ArithOp, Box<Node>, Box<Node>),
     Neg(Box<Node>),
@@ -134,13 +172,75 @@ fn cast_to(node: Node, from: &DataType, to: &DataType) -> Node {
 
 struct Compiler<'s> {
     schema: &'s Schema,
+    /// Nesting of the node being compiled.
+    depth: std::cell::Cell<usize>,
 }
 
 type Typed = (Node, DataType);
 
+/// The common type two operands are widened to for comparison or arithmetic.
+fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
+    Some(match (a, b) {
+        (a, b) if a == b => a.clone(),
+        (DataType::Null, b) => b.clone(),
+        (a, DataType::Null) => a.clone(),
+        (a, b) if is_numeric(a) && is_numeric(b) => DataType::Float64,
+        _ => return None,
+    })
+}
+
 impl Compiler<'_> {
+    /// Compiles `e` one level deeper than its parent, refusing to go past [`MAX_DEPTH`].
     fn compile(&self, e: &Sql) -> Result<Typed, String> {
+        let depth = self.depth.get() + 1;
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "the expression is nested more than {MAX_DEPTH} levels deep (a chain of AND, \
+                 a chain of OR or an IN list counts as one level)"
+            ));
+        }
+        self.depth.set(depth);
+        let compiled = self.compile_at_this_depth(e);
+        self.depth.set(depth - 1);
+        compiled
+    }
+
+    /// The operands of a chain of `op` (`a OR b OR c`, however it is bracketed by the
+    /// parser), in order, gathered without recursion.
+    fn chain(&self, e: &Sql, op: &BinaryOperator) -> Result<Typed, String> {
+        let mut operands = Vec::new();
+        let mut stack = vec![e];
+        while let Some(x) = stack.pop() {
+            match x {
+                Sql::BinaryOp { left, op: o, right } if o == op => {
+                    stack.push(right);
+                    stack.push(left);
+                }
+                other => operands.push(other),
+            }
+        }
+        let mut nodes = Vec::with_capacity(operands.len());
+        for operand in operands {
+            let (n, t) = self.compile(operand)?;
+            self.expect_bool(&t, &op.to_string())?;
+            nodes.push(n);
+        }
+        Ok((
+            if *op == BinaryOperator::And {
+                Node::All(nodes)
+            } else {
+                Node::Any(nodes)
+            },
+            DataType::Boolean,
+        ))
+    }
+
+    fn compile_at_this_depth(&self, e: &Sql) -> Result<Typed, String> {
         match e {
+            Sql::BinaryOp {
+                op: op @ (BinaryOperator::And | BinaryOperator::Or),
+                ..
+            } => self.chain(e, op),
             Sql::Identifier(id) => self.column(&id.value),
             Sql::CompoundIdentifier(parts) => self.column(
                 &parts
@@ -221,15 +321,25 @@ impl Compiler<'_> {
                 if list.is_empty() {
                     return Err("`IN ()` needs at least one value".into());
                 }
-                let mut any: Option<Node> = None;
+                let (x, xt) = self.compile(expr)?;
+                let mut common = xt.clone();
+                let mut items = Vec::with_capacity(list.len());
                 for item in list {
-                    let eq = self.comparison(expr, CmpOp::Eq, item)?;
-                    any = Some(match any {
-                        None => eq,
-                        Some(prev) => Node::Or(Box::new(prev), Box::new(eq)),
-                    });
+                    let (n, t) = self.compile(item)?;
+                    common = common_type(&common, &t).ok_or_else(|| {
+                        format!(
+                            "cannot compare `{}` ({xt}) with `{}` ({t})",
+                            excerpt(&expr.to_string()),
+                            excerpt(&item.to_string())
+                        )
+                    })?;
+                    items.push((n, t));
                 }
-                let any = any.ok_or("`IN ()` needs at least one value")?;
+                let items = items
+                    .into_iter()
+                    .map(|(n, t)| cast_to(n, &t, &common))
+                    .collect();
+                let any = Node::InList(Box::new(cast_to(x, &xt, &common)), items);
                 Ok((
                     if *negated {
                         Node::Not(Box::new(any))
@@ -269,7 +379,10 @@ impl Compiler<'_> {
                 ))
             }
             Sql::Function(f) => self.function(f),
-            other => Err(format!("`{other}` is not supported in expressions")),
+            other => Err(format!(
+                "`{}` is not supported in expressions",
+                excerpt(&other.to_string())
+            )),
         }
     }
 
@@ -284,7 +397,8 @@ impl Compiler<'_> {
                     [i] => *i,
                     _ => {
                         return Err(format!(
-                            "unknown field `{name}` (input has: {})",
+                            "unknown field `{}` (input has: {})",
+                            excerpt(name),
                             tidegauge_core::schema::describe(self.schema)
                         ));
                     }
@@ -308,22 +422,21 @@ impl Compiler<'_> {
     /// Both sides, widened to a common type for comparison or arithmetic.
     fn unify(&self, l: Typed, r: Typed) -> Result<(Node, Node, DataType), String> {
         let ((ln, lt), (rn, rt)) = (l, r);
-        let common = match (&lt, &rt) {
-            (a, b) if a == b => a.clone(),
-            (DataType::Null, b) => b.clone(),
-            (a, DataType::Null) => a.clone(),
-            (a, b) if is_numeric(a) && is_numeric(b) => DataType::Float64,
-            (a, b) => return Err(format!("cannot combine {a} with {b}")),
-        };
+        let common =
+            common_type(&lt, &rt).ok_or_else(|| format!("cannot combine {lt} with {rt}"))?;
         Ok((cast_to(ln, &lt, &common), cast_to(rn, &rt, &common), common))
     }
 
     fn comparison(&self, l: &Sql, op: CmpOp, r: &Sql) -> Result<Node, String> {
         let (lc, rc) = (self.compile(l)?, self.compile(r)?);
         let (lt, rt) = (lc.1.clone(), rc.1.clone());
-        let (ln, rn, _) = self
-            .unify(lc, rc)
-            .map_err(|_| format!("cannot compare `{l}` ({lt}) with `{r}` ({rt})"))?;
+        let (ln, rn, _) = self.unify(lc, rc).map_err(|_| {
+            format!(
+                "cannot compare `{}` ({lt}) with `{}` ({rt})",
+                excerpt(&l.to_string()),
+                excerpt(&r.to_string())
+            )
+        })?;
         Ok(Node::Cmp(op, Box::new(ln), Box::new(rn)))
     }
 
@@ -343,19 +456,6 @@ impl Compiler<'_> {
         let (l, lt) = self.compile(left)?;
         let (r, rt) = self.compile(right)?;
         match op {
-            BinaryOperator::And | BinaryOperator::Or => {
-                self.expect_bool(&lt, &op.to_string())?;
-                self.expect_bool(&rt, &op.to_string())?;
-                let (l, r) = (Box::new(l), Box::new(r));
-                Ok((
-                    if *op == BinaryOperator::And {
-                        Node::And(l, r)
-                    } else {
-                        Node::Or(l, r)
-                    },
-                    DataType::Boolean,
-                ))
-            }
             BinaryOperator::Plus
             | BinaryOperator::Minus
             | BinaryOperator::Multiply
@@ -395,7 +495,10 @@ impl Compiler<'_> {
                 .iter()
                 .map(|a| match a {
                     FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
-                    other => Err(format!("argument `{other}` is not supported")),
+                    other => Err(format!(
+                        "argument `{}` is not supported",
+                        excerpt(&other.to_string())
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
             FunctionArguments::None => Vec::new(),
@@ -410,7 +513,10 @@ impl Compiler<'_> {
                 Ok((Node::Abs(Box::new(n)), t))
             }
             ("abs", _) => Err("abs() takes one argument".into()),
-            (other, _) => Err(format!("unknown function `{other}` (supported: abs)")),
+            (other, _) => Err(format!(
+                "unknown function `{}` (supported: abs)",
+                excerpt(other)
+            )),
         }
     }
 }
@@ -424,7 +530,9 @@ fn literal(v: &ast::Value) -> Result<Typed, String> {
                     DataType::Int64,
                 )
             } else {
-                let f: f64 = s.parse().map_err(|_| format!("bad number `{s}`"))?;
+                let f: f64 = s
+                    .parse()
+                    .map_err(|_| format!("bad number `{}`", excerpt(s)))?;
                 (
                     Node::Literal(Arc::new(Float64Array::from(vec![f]))),
                     DataType::Float64,
@@ -443,13 +551,40 @@ fn literal(v: &ast::Value) -> Result<Typed, String> {
             Node::Literal(new_null_array(&DataType::Null, 1)),
             DataType::Null,
         ),
-        other => return Err(format!("literal `{other}` is not supported")),
+        other => {
+            return Err(format!(
+                "literal `{}` is not supported",
+                excerpt(&other.to_string())
+            ));
+        }
     })
 }
 
 impl Expression {
-    /// Parses and type-checks `text` against `schema`.
+    /// Parses and type-checks `text` against `schema`, within the limits of this
+    /// module ([`MAX_EXPRESSION_BYTES`], [`MAX_DEPTH`]), on a thread of its own.
     pub fn compile(text: &str, schema: &Schema) -> Result<Self, String> {
+        if text.len() > MAX_EXPRESSION_BYTES {
+            return Err(format!(
+                "the expression is {} bytes long; at most {MAX_EXPRESSION_BYTES} are accepted (`{}`)",
+                text.len(),
+                excerpt(text)
+            ));
+        }
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("tg-expr".into())
+                .stack_size(PARSE_STACK_BYTES)
+                .spawn_scoped(scope, || Self::compile_here(text, schema))
+                .map_err(|e| format!("cannot start the expression parser: {e}"))?
+                .join()
+                .map_err(|_| format!("the expression parser failed on `{}`", excerpt(text)))?
+        })
+    }
+
+    /// [`Expression::compile`] on the calling thread (whose stack must be large enough
+    /// for the parse tree).
+    fn compile_here(text: &str, schema: &Schema) -> Result<Self, String> {
         let dialect = GenericDialect {};
         let sql = Parser::new(&dialect)
             .try_with_sql(text)
@@ -458,8 +593,12 @@ impl Expression {
                 p.expect_token(&sqlparser::tokenizer::Token::EOF)?;
                 Ok(e)
             })
-            .map_err(|e| format!("cannot parse `{text}`: {e}"))?;
-        let (root, data_type) = Compiler { schema }.compile(&sql)?;
+            .map_err(|e| format!("cannot parse `{}`: {e}", excerpt(text)))?;
+        let compiler = Compiler {
+            schema,
+            depth: std::cell::Cell::new(0),
+        };
+        let (root, data_type) = compiler.compile(&sql)?;
         Ok(Expression { root, data_type })
     }
 
@@ -493,16 +632,46 @@ fn eval(node: &Node, batch: &RecordBatch) -> Result<Value, ArrowError> {
             let a = eval(x, batch)?.into_array(len)?;
             Value::Array(Arc::new(boolean::not(as_bool(&a)?)?))
         }
-        Node::And(l, r) | Node::Or(l, r) => {
+        Node::And(l, r) => {
             let l = eval(l, batch)?.into_array(len)?;
             let r = eval(r, batch)?.into_array(len)?;
             let l = null_as_bool(l)?;
             let r = null_as_bool(r)?;
-            Value::Array(Arc::new(if matches!(node, Node::And(..)) {
-                boolean::and_kleene(as_bool(&l)?, as_bool(&r)?)?
-            } else {
-                boolean::or_kleene(as_bool(&l)?, as_bool(&r)?)?
-            }))
+            Value::Array(Arc::new(boolean::and_kleene(as_bool(&l)?, as_bool(&r)?)?))
+        }
+        Node::All(items) | Node::Any(items) => {
+            let all = matches!(node, Node::All(_));
+            let mut acc: Option<BooleanArray> = None;
+            for item in items {
+                let a = null_as_bool(eval(item, batch)?.into_array(len)?)?;
+                let a = as_bool(&a)?;
+                acc = Some(match acc {
+                    None => a.clone(),
+                    Some(prev) if all => boolean::and_kleene(&prev, a)?,
+                    Some(prev) => boolean::or_kleene(&prev, a)?,
+                });
+            }
+            Value::Array(Arc::new(
+                acc.unwrap_or_else(|| BooleanArray::from(vec![all; len])),
+            ))
+        }
+        Node::InList(x, items) => {
+            let x = eval(x, batch)?;
+            let xd = x.datum();
+            let mut acc: Option<BooleanArray> = None;
+            for item in items {
+                let v = eval(item, batch)?;
+                let eq = cmp::eq(xd.as_ref(), v.datum().as_ref())?;
+                let eq = scalar_if_both(Arc::new(eq), &x, &v).into_array(len)?;
+                let eq = as_bool(&eq)?;
+                acc = Some(match acc {
+                    None => eq.clone(),
+                    Some(prev) => boolean::or_kleene(&prev, eq)?,
+                });
+            }
+            Value::Array(Arc::new(
+                acc.unwrap_or_else(|| BooleanArray::from(vec![false; len])),
+            ))
         }
         Node::Cmp(op, l, r) => {
             let (l, r) = (eval(l, batch)?, eval(r, batch)?);
@@ -694,5 +863,124 @@ mod tests {
         assert!(err("value > ").contains("cannot parse"));
         assert!(err("value > 1 extra").contains("cannot parse"));
         assert!(err("(SELECT 1)").contains("not supported"));
+    }
+
+    /// Runs `f` on a thread with a small stack, as a tokio worker or a transform thread
+    /// might have: whatever the expression, compiling must not need more.
+    fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, f)
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// `item` repeated with `sep` until the text reaches `bytes`.
+    fn repeated(item: impl Fn(usize) -> String, sep: &str, bytes: usize) -> String {
+        let mut text = item(0);
+        let mut i = 1;
+        loop {
+            let next = format!("{sep}{}", item(i));
+            if text.len() + next.len() > bytes {
+                return text;
+            }
+            text.push_str(&next);
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn long_chains_and_lists_are_flat_and_evaluate_like_sql() {
+        let b = batch();
+        // 2,000 ORs (the text limit's worth), and an IN list as long.
+        let or_chain = repeated(
+            |i| format!("ts = {}", i % 3 + 2),
+            " OR ",
+            MAX_EXPRESSION_BYTES,
+        );
+        let in_list = format!(
+            "ts IN ({})",
+            repeated(|i| format!("{}", i % 3 + 2), ", ", 16_000)
+        );
+        let and_chain = repeated(
+            |_| "value IS NOT NULL".to_string(),
+            " AND ",
+            MAX_EXPRESSION_BYTES,
+        );
+        for (text, expected) in [
+            (or_chain.as_str(), [false, true, true, true]),
+            (in_list.as_str(), [false, true, true, true]),
+            (and_chain.as_str(), [true, true, false, true]),
+        ] {
+            let e = on_small_stack(|| Expression::compile(text, &b.schema())).unwrap();
+            let got = on_small_stack(|| e.evaluate(&b)).unwrap();
+            let got: Vec<bool> = as_bool(&got)
+                .unwrap()
+                .iter()
+                .map(|v| v == Some(true))
+                .collect();
+            assert_eq!(got, expected, "{}", excerpt(text));
+        }
+        // Kleene logic is kept: NULL OR TRUE is true, NULL OR FALSE is NULL.
+        assert_eq!(
+            rows("value > 100 OR ts = 3 OR FALSE"),
+            t([Some(false), Some(false), Some(true), Some(false)])
+        );
+        assert_eq!(
+            rows("value IN (2, NULL)"),
+            t([None, Some(true), None, None])
+        );
+        assert_eq!(
+            rows("ts NOT IN (1, 4.0)"),
+            t([Some(false), Some(true), Some(true), Some(false)])
+        );
+    }
+
+    #[test]
+    fn no_expression_can_exhaust_the_stack() {
+        let b = batch();
+        let max = MAX_EXPRESSION_BYTES;
+        // Every shape that nests with the length of the text, at the largest size
+        // accepted: each is compiled (or refused) without recursing with its length.
+        let shapes = [
+            repeated(|_| "1".to_string(), " + ", max),
+            repeated(|_| "ts".to_string(), "=", max),
+            format!("ts{}", " IS NULL".repeat((max - 2) / 8)),
+            format!("{}ts", "NOT ".repeat((max - 2) / 4)),
+            format!("{}1", "-".repeat(max - 1)),
+            format!("{}ts{}", "(".repeat(max / 2 - 1), ")".repeat(max / 2 - 1)),
+            format!(
+                "abs({}ts{}",
+                "abs(".repeat(max / 5 - 2),
+                ")".repeat(max / 5 - 1)
+            ),
+            repeated(|_| "value".to_string(), " BETWEEN 1 AND ", max),
+            repeated(|_| "sensor_id".to_string(), " LIKE ", max),
+        ];
+        for text in &shapes {
+            assert!(text.len() <= max);
+            let result = on_small_stack(|| Expression::compile(text, &b.schema()).map(|_| ()));
+            if let Err(e) = result {
+                assert!(e.len() < 1000, "the error quotes too much: {e}");
+            }
+        }
+        let deep = repeated(|_| "ts".to_string(), " + ", 1000);
+        let err = Expression::compile(&format!("{deep} > 0"), &b.schema()).unwrap_err();
+        assert!(err.contains("nested more than 64 levels"), "{err}");
+    }
+
+    #[test]
+    fn oversized_expressions_are_refused_and_not_quoted_whole() {
+        let b = batch();
+        let text = repeated(|i| format!("ts = {i}"), " OR ", 40_000);
+        let err = Expression::compile(&text, &b.schema()).unwrap_err();
+        assert!(err.contains("at most 16384"), "{err}");
+        assert!(err.len() < 400, "{err}");
+        let unknown = format!("{} > 1", "x".repeat(10_000));
+        let err = Expression::compile(&unknown, &b.schema()).unwrap_err();
+        assert!(err.contains("unknown field") && err.len() < 1000, "{err}");
     }
 }

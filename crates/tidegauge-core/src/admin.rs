@@ -18,12 +18,14 @@ pub struct AdminConfig {
     #[serde(default = "default_enabled")]
     pub enabled: bool,
     /// Address and port to listen on. Port 0 picks a free port (printed at start).
-    /// Addresses other than loopback need a token.
+    /// Addresses other than loopback need a token: the API does not start beyond
+    /// loopback unless `token` or `token_env` gives one of at least 16 bytes.
     #[serde(default = "default_address")]
     pub address: String,
-    /// Bearer token that parameter changes must carry. Prefer `token_env`: a token in
-    /// the file is readable by whoever reads the file. Without a token, changes are
-    /// refused and only reading is possible.
+    /// Bearer token that parameter changes, and reads of parameters and of the change
+    /// history, must carry; at least 16 bytes. Prefer `token_env`: a token in the file is
+    /// readable by whoever reads the file. Without a token (loopback only), changes and
+    /// those reads are refused; health, components, topology and metrics stay readable.
     #[serde(default)]
     #[schemars(extend("writeOnly" = true))]
     pub token: Option<String>,
@@ -52,6 +54,10 @@ impl std::fmt::Debug for AdminConfig {
 fn default_enabled() -> bool {
     true
 }
+
+/// Shortest bearer token accepted (bytes): 16 random bytes' worth of hex is 32, so this
+/// only rules out the guessable.
+pub const MIN_TOKEN_BYTES: usize = 16;
 
 /// The admin API's default address.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:7878";
@@ -86,10 +92,59 @@ impl AdminConfig {
                 "give either `token` or `token_env`, not both",
             ));
         }
-        if self.token.as_deref().is_some_and(str::is_empty) {
-            errors.push(ConfigError::new("token", "must not be empty"));
+        if let Some(t) = &self.token
+            && t.len() < MIN_TOKEN_BYTES
+        {
+            errors.push(ConfigError::new(
+                "token",
+                format!(
+                    "must be at least {MIN_TOKEN_BYTES} bytes long (e.g. `openssl rand -hex 16`)"
+                ),
+            ));
         }
         errors
+    }
+
+    /// Whether the API listens on loopback only.
+    pub fn is_loopback(&self) -> bool {
+        self.socket_addr().is_some_and(|a| a.ip().is_loopback())
+    }
+
+    /// The token the API will check, resolved as at start: `Ok(None)` when none is
+    /// configured or `token_env` names an unset variable and the API listens on loopback
+    /// only (changes and protected reads are then refused); an error when the API would
+    /// listen beyond loopback without a usable token, or the token is too short.
+    pub fn start_token(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, String> {
+        let token = self.resolve_token(env);
+        let source = match &self.token_env {
+            Some(var) if self.token.is_none() => format!("`{var}`"),
+            _ => "`token`".to_string(),
+        };
+        match token {
+            Some(t) if t.len() < MIN_TOKEN_BYTES => Err(format!(
+                "the admin token from {source} is {} bytes; at least {MIN_TOKEN_BYTES} are needed",
+                t.len()
+            )),
+            Some(t) => {
+                crate::redact::remember(&t);
+                Ok(Some(t))
+            }
+            None if !self.is_loopback() => Err(match &self.token_env {
+                Some(var) => format!(
+                    "the admin API listens on {} (beyond loopback) and `{var}` is not set: \
+                     set it to a token of at least {MIN_TOKEN_BYTES} bytes",
+                    self.address
+                ),
+                None => format!(
+                    "the admin API listens on {} (beyond loopback) without a token; set `token_env`",
+                    self.address
+                ),
+            }),
+            None => Ok(None),
+        }
     }
 
     /// The listening address (valid after [`AdminConfig::validate`]).
@@ -130,19 +185,45 @@ mod tests {
         );
         assert_eq!(parse("address = \"nowhere\"").validate().len(), 1);
         assert_eq!(
-            parse("token = \"a\"\ntoken_env = \"T\"").validate().len(),
+            parse("token = \"aaaaaaaaaaaaaaaaaaaa\"\ntoken_env = \"T\"")
+                .validate()
+                .len(),
             1
         );
     }
 
     #[test]
     fn debug_output_hides_the_token() {
-        let c = parse("token = \"s3cret\"");
+        let c = parse("token = \"s3cret-s3cret-s3cret\"");
         let shown = format!("{c:?}");
         assert!(
             !shown.contains("s3cret") && shown.contains("(secret)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn beyond_loopback_the_token_must_resolve() {
+        let env_none = |_: &str| None;
+        let env_short = |k: &str| (k == "T").then(|| "short".to_string());
+        let env_good = |k: &str| (k == "T").then(|| "0123456789abcdef".to_string());
+        let wide = parse("address = \"0.0.0.0:80\"\ntoken_env = \"T\"");
+        let err = wide.start_token(&env_none).unwrap_err();
+        assert!(err.contains("`T` is not set"), "{err}");
+        assert!(wide.start_token(&|_| Some(String::new())).is_err());
+        assert!(
+            wide.start_token(&env_short)
+                .unwrap_err()
+                .contains("5 bytes")
+        );
+        assert_eq!(
+            wide.start_token(&env_good).unwrap().as_deref(),
+            Some("0123456789abcdef")
+        );
+        let local = parse("token_env = \"T\"");
+        assert_eq!(local.start_token(&env_none).unwrap(), None);
+        assert!(local.start_token(&env_short).is_err());
+        assert_eq!(parse("token = \"abc\"").validate()[0].path, "token");
     }
 
     #[test]

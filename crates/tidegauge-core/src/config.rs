@@ -101,32 +101,175 @@ impl LineStarts {
     }
 }
 
+/// Where a `${...}` stands in the TOML text, which decides how its value is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Outside any string: a bare value (`workers = ${N}`).
+    Bare,
+    /// In a `"..."` or `"""..."""` string: the value is escaped.
+    Basic,
+    /// In a `'...'` or `'''...'''` string, where nothing can be escaped.
+    Literal { multiline: bool },
+}
+
+/// The value of a variable as it must be written at `place` so that TOML reads back
+/// exactly the value, and nothing else: escaped in basic strings (quotes, backslashes and
+/// control characters, so no line is added), refused in literal strings when it holds a
+/// quote or a control character, and outside strings only a number, boolean or date.
+fn written_at(place: Place, value: &str) -> Result<String, String> {
+    match place {
+        Place::Basic => {
+            let mut out = String::with_capacity(value.len());
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\t' => out.push_str("\\t"),
+                    '\r' => out.push_str("\\r"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            Ok(out)
+        }
+        Place::Literal { multiline } => {
+            let bad = value.chars().any(|c| c.is_control() && c != '\t')
+                || if multiline {
+                    value.contains("'''") || value.ends_with('\'')
+                } else {
+                    value.contains('\'')
+                };
+            if bad {
+                Err(
+                    "holds a quote or a control character, which a '...' string cannot \
+                     hold; write the setting in double quotes"
+                        .into(),
+                )
+            } else {
+                Ok(value.to_string())
+            }
+        }
+        Place::Bare => {
+            let scalar = !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-._:".contains(c))
+                && toml::from_str::<toml::Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|t| t.get("v").cloned())
+                    .is_some_and(|v| {
+                        matches!(
+                            v,
+                            toml::Value::Integer(_)
+                                | toml::Value::Float(_)
+                                | toml::Value::Boolean(_)
+                                | toml::Value::Datetime(_)
+                        )
+                    });
+            if scalar {
+                Ok(value.to_string())
+            } else {
+                Err(
+                    "outside quotes must be a number, a boolean or a date; put the \
+                     reference in double quotes for text"
+                        .into(),
+                )
+            }
+        }
+    }
+}
+
 /// Replaces `${VAR}`, `${VAR:-default}` (default when unset or empty) and `${VAR-default}`
-/// (default when unset) with values from `env`; `$$` is a literal `$`. Comment lines are
-/// left alone. Every unset variable without a default is reported with its line.
+/// (default when unset) with values from `env`; `$$` is a literal `$`. Comments are left
+/// alone. A value can never change the file's structure: inside a double-quoted string
+/// it is escaped (TOML reads back exactly the value, whatever quotes, backslashes or
+/// newlines it holds), inside a single-quoted string one that cannot be written there is
+/// an error, and outside strings only a number, boolean or date is accepted. No line is
+/// added or removed, so errors keep their line numbers. Every unset variable without a
+/// default is reported with its line.
 pub fn interpolate(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<ConfigError>> {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        if line.trim_start().starts_with('#') {
-            out.push_str(line);
-            continue;
-        }
-        let mut rest = line;
-        while let Some(pos) = rest.find('$') {
-            out.push_str(&rest[..pos]);
-            let after = &rest[pos + 1..];
-            if let Some(tail) = after.strip_prefix('$') {
-                out.push('$');
-                rest = tail;
-            } else if let Some(body) = after.strip_prefix('{') {
-                let Some(close) = body.find('}') else {
-                    errors.push(located(n + 1, "`${` without a closing `}`"));
-                    rest = "";
-                    break;
+    let mut line = 1;
+    // The string the scanner is in, if any.
+    let mut string: Option<(Place, bool)> = None; // (place, multi-line)
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        match (string, c) {
+            (None, '#') => {
+                // A comment, to the end of the line, copied as it is.
+                let end = rest.find('\n').unwrap_or(rest.len());
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+                continue;
+            }
+            (None, '"') if rest.starts_with("\"\"\"") => {
+                string = Some((Place::Basic, true));
+                out.push_str("\"\"\"");
+                rest = &rest[3..];
+                continue;
+            }
+            (None, '"') => string = Some((Place::Basic, false)),
+            (None, '\'') if rest.starts_with("'''") => {
+                string = Some((Place::Literal { multiline: true }, true));
+                out.push_str("'''");
+                rest = &rest[3..];
+                continue;
+            }
+            (None, '\'') => string = Some((Place::Literal { multiline: false }, false)),
+            (Some((Place::Basic, _)), '\\') => {
+                // An escape: the backslash and the character after it, as they are.
+                let n = rest[1..].chars().next().map_or(0, char::len_utf8);
+                if rest[1..].starts_with('\n') {
+                    line += 1;
+                }
+                out.push_str(&rest[..1 + n]);
+                rest = &rest[1 + n..];
+                continue;
+            }
+            (Some((Place::Basic, true)), '"') if rest.starts_with("\"\"\"") => {
+                // Up to two more quotes may belong to the content (`""""` ends with one).
+                let quotes = rest.chars().take_while(|&c| c == '"').count().min(5);
+                out.push_str(&rest[..quotes]);
+                rest = &rest[quotes..];
+                string = None;
+                continue;
+            }
+            (Some((Place::Basic, false)), '"') => string = None,
+            (Some((Place::Literal { multiline: true }, _)), '\'') if rest.starts_with("'''") => {
+                let quotes = rest.chars().take_while(|&c| c == '\'').count().min(5);
+                out.push_str(&rest[..quotes]);
+                rest = &rest[quotes..];
+                string = None;
+                continue;
+            }
+            (Some((Place::Literal { multiline: false }, _)), '\'') => string = None,
+            (Some((_, false)), '\n') => string = None, // unterminated: TOML will say so
+            (_, '$') => {
+                let place = string.map_or(Place::Bare, |(p, _)| p);
+                let after = &rest[1..];
+                if let Some(tail) = after.strip_prefix('$') {
+                    out.push('$');
+                    rest = tail;
+                    continue;
+                }
+                let Some(body) = after.strip_prefix('{') else {
+                    out.push('$');
+                    rest = after;
+                    continue;
+                };
+                let Some(close) = body
+                    .find(['}', '\n'])
+                    .filter(|&i| body[i..].starts_with('}'))
+                else {
+                    errors.push(located(line, "`${` without a closing `}` on its line"));
+                    let end = body.find('\n').unwrap_or(body.len());
+                    rest = &body[end..];
+                    continue;
                 };
                 let inner = &body[..close];
                 rest = &body[close + 1..];
@@ -142,28 +285,41 @@ pub fn interpolate(
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     errors.push(located(
-                        n + 1,
-                        format!("`${{{inner}}}` is not a valid variable reference (letters, digits and `_` only)"),
+                        line,
+                        format!(
+                            "`${{{inner}}}` is not a valid variable reference (letters, digits and `_` only)"
+                        ),
                     ));
                     continue;
                 }
-                match (env(name), default) {
-                    (Some(v), Some(d)) if v.is_empty() && empty_is_unset => out.push_str(d),
-                    (Some(v), _) => out.push_str(&v),
-                    (None, Some(d)) => out.push_str(d),
-                    (None, None) => errors.push(located(
-                        n + 1,
-                        format!(
-                            "environment variable `{name}` is not set; set it or give a default with `${{{name}:-default}}`"
-                        ),
-                    )),
+                let value = match (env(name), default) {
+                    (Some(v), Some(d)) if v.is_empty() && empty_is_unset => d.to_string(),
+                    (Some(v), _) => v,
+                    (None, Some(d)) => d.to_string(),
+                    (None, None) => {
+                        errors.push(located(
+                            line,
+                            format!(
+                                "environment variable `{name}` is not set; set it or give a default with `${{{name}:-default}}`"
+                            ),
+                        ));
+                        continue;
+                    }
+                };
+                match written_at(place, &value) {
+                    Ok(w) => out.push_str(&w),
+                    // The message names the variable, never its value.
+                    Err(why) => errors.push(located(line, format!("the value of `{name}` {why}"))),
                 }
-            } else {
-                out.push('$');
-                rest = after;
+                continue;
             }
+            _ => {}
         }
-        out.push_str(rest);
+        if c == '\n' {
+            line += 1;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
     }
     if errors.is_empty() {
         Ok(out)
@@ -245,6 +401,9 @@ pub fn load(
         None => None,
         Some(v) => match parse_settings::<AdminConfig>(v.clone()) {
             Ok(c) => {
+                if let Some(t) = &c.token {
+                    crate::redact::remember(t);
+                }
                 errors.extend(c.validate().into_iter().map(|e| e.prefixed("admin")));
                 Some(c)
             }
@@ -455,6 +614,10 @@ fn parse_component(
     settings.remove("type");
     settings.remove("inputs");
     entry.settings = settings_json(&settings, body.span());
+    // From here on, any text the process shows has this component's secrets masked.
+    if let Some(d) = descriptor {
+        crate::redact::remember_settings(&d.json_schema().to_value(), &entry.settings);
+    }
     if kind == ComponentKind::Sink
         && let Some(b) = settings.remove("buffer")
     {
@@ -538,6 +701,86 @@ mod tests {
             "a = \"$HOME $x\""
         );
         assert_eq!(interpolate("# ${NOPE}\n", &e).unwrap(), "# ${NOPE}\n");
+    }
+
+    /// Interpolates `template` with `V` set to `value` and reads the result as TOML.
+    fn with_value(template: &str, value: &str) -> Result<toml::Table, Vec<ConfigError>> {
+        let v = value.to_string();
+        let env = move |k: &str| (k == "V").then(|| v.clone());
+        let text = interpolate(template, &env)?;
+        assert_eq!(
+            text.lines().count(),
+            template.lines().count(),
+            "lines added: {text:?}"
+        );
+        Ok(toml::from_str(&text).unwrap_or_else(|e| panic!("{text:?} is not TOML: {e}")))
+    }
+
+    const NASTY: [&str; 10] = [
+        "pass\"word",
+        "back\\slash\\n\\u0041",
+        "x\"\n[sources.evil]\ntype = \"stdin",
+        "tab\tbell\u{7}del\u{7f}",
+        "'single' and ''' triple",
+        "${NESTED} $$ $",
+        "\"\"\" closes",
+        "# not a comment",
+        "ü ✓ \u{1F600}",
+        "",
+    ];
+
+    #[test]
+    fn values_cannot_change_the_structure() {
+        for value in NASTY {
+            // In double quotes, single- or multi-line: exactly the value, nothing more.
+            let t = with_value("a = \"pre ${V} post\" # ${V}\nb = 1\n", value).unwrap();
+            assert_eq!(t.len(), 2, "{value:?}: {t:?}");
+            assert_eq!(t["a"].as_str(), Some(format!("pre {value} post").as_str()));
+            let t = with_value("a = \"\"\"\n${V}\"\"\"\nb = 1\n", value).unwrap();
+            assert_eq!((t.len(), t["a"].as_str()), (2, Some(value)), "{value:?}");
+            // In single quotes: the value, or an error that does not show it.
+            match with_value("a = '${V}'\nb = 1\n", value) {
+                Ok(t) => assert_eq!((t.len(), t["a"].as_str()), (2, Some(value))),
+                Err(e) => {
+                    assert!(e[0].message.contains("`V`"), "{e:?}");
+                    assert!(value.is_empty() || !e[0].message.contains(value));
+                }
+            }
+            match with_value("a = '''${V}'''\nb = 1\n", value) {
+                Ok(t) => assert_eq!((t.len(), t["a"].as_str()), (2, Some(value))),
+                Err(e) => assert!(e[0].message.contains("`V`"), "{e:?}"),
+            }
+            // Outside quotes: refused.
+            let e = with_value("a = ${V}\nb = 1\n", value).unwrap_err();
+            assert!(
+                e[0].message.contains("number, a boolean or a date"),
+                "{e:?}"
+            );
+            assert_eq!(e[0].line, Some(1));
+        }
+        for (bare, expected) in [
+            ("42", toml::Value::Integer(42)),
+            ("-1.5", toml::Value::Float(-1.5)),
+            ("true", toml::Value::Boolean(true)),
+        ] {
+            let t = with_value("a = ${V}\n", bare).unwrap();
+            assert_eq!(t["a"], expected);
+        }
+        assert!(with_value("a = ${V}\n", "1\n[x]").is_err());
+        assert!(with_value("a = ${V}\n", "1 # x").is_err());
+    }
+
+    proptest::proptest! {
+        /// Any value in double quotes reads back exactly, and the file keeps its keys
+        /// and lines.
+        #[test]
+        fn any_value_reads_back_exactly(value in "\\PC*|[\"'\\\\\n\\r\\t#=\\[\\]{}$ a-z]*") {
+            let t = with_value("a = \"${V}\"\n[b]\nc = \"x${V}\"\n", &value).unwrap();
+            proptest::prop_assert_eq!(t.len(), 2);
+            proptest::prop_assert_eq!(t["a"].as_str(), Some(value.as_str()));
+            let prefixed = format!("x{value}");
+            proptest::prop_assert_eq!(t["b"]["c"].as_str(), Some(prefixed.as_str()));
+        }
     }
 
     #[test]

@@ -110,12 +110,17 @@ impl DeadLetter {
     pub fn write(&self, component: &str, location: &str, reason: &str, raw: &[u8]) {
         let mut inner = self.lock();
         let keep = raw.len().min(inner.max_raw_bytes);
+        // Secrets are masked in every part: a URL's token in the location, a password
+        // in a library's error text, a token echoed back by a webhook in the input.
+        let location = crate::redact::scrub(location);
+        let reason = crate::redact::scrub(reason);
+        let kept = String::from_utf8_lossy(&raw[..keep]);
         let record = Record {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             component,
-            location,
-            reason,
-            raw: String::from_utf8_lossy(&raw[..keep]),
+            location: &location,
+            reason: &reason,
+            raw: std::borrow::Cow::Owned(crate::redact::scrub(&kept).into_owned()),
             raw_bytes: raw.len(),
         };
         let mut line = match serde_json::to_vec(&record) {
@@ -136,7 +141,9 @@ impl DeadLetter {
             }),
         };
         if let Err(e) = result {
-            eprintln!(
+            // Not `eprintln!`: a closed standard error must not become a panic.
+            let _ = writeln!(
+                io::stderr().lock(),
                 "tidegauge: cannot write dead-letter record ({e}); it was: {reason} at {location}"
             );
         }

@@ -40,12 +40,15 @@ impl ConfigError {
     }
 }
 
+/// Errors show their message with secrets masked ([`crate::redact::scrub`]): a value
+/// that does not parse may be a password, a URL may carry a token.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = crate::redact::scrub(&self.message);
         if self.path.is_empty() {
-            write!(f, "{}", self.message)
+            write!(f, "{message}")
         } else {
-            write!(f, "{}: {}", self.path, self.message)
+            write!(f, "{}: {message}", self.path)
         }
     }
 }
@@ -53,8 +56,9 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// A component could not be built (a file that cannot be opened, a server that refuses).
+/// Shown with secrets masked.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{}", crate::redact::scrub(message))]
 pub struct BuildError {
     /// What went wrong, naming the resource.
     pub message: String,
@@ -69,12 +73,16 @@ impl BuildError {
     }
 }
 
-/// A component failed while running. The pipeline stops and reports it.
+/// A component failed while running. The pipeline stops and reports it. Shown with
+/// secrets masked.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{}", crate::redact::scrub(message))]
 pub struct ComponentError {
     /// What went wrong, naming the resource.
     pub message: String,
+    /// The sink's reader went away (a closed pipe, as with `tidegauge run | head`): the
+    /// pipeline stops in order, as at the end of its input, and the run is no failure.
+    pub reader_gone: bool,
 }
 
 impl ComponentError {
@@ -82,6 +90,7 @@ impl ComponentError {
     pub fn new(message: impl Into<String>) -> Self {
         ComponentError {
             message: message.into(),
+            reader_gone: false,
         }
     }
 
@@ -89,6 +98,15 @@ impl ComponentError {
     pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
         ComponentError {
             message: format!("{context}: {err}"),
+            reader_gone: false,
+        }
+    }
+
+    /// The reader of a sink's output went away; `what` names the output.
+    pub fn reader_gone(what: impl fmt::Display) -> Self {
+        ComponentError {
+            message: format!("the reader of {what} went away"),
+            reader_gone: true,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod error;
 pub mod live;
 pub mod metrics;
 pub mod params;
+pub mod redact;
 pub mod registry;
 pub mod resilience;
 pub mod schema;

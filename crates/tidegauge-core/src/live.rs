@@ -974,10 +974,18 @@ impl Runner {
         if self.nodes.iter().any(|n| n.task == task) {
             t.emit(ComponentStopped);
         }
-        if let Err(e) = result {
-            tracing::error!(component_id = %id, "component failed: {e}");
-            failures.push((id, e.message));
-            self.source_stop.cancel();
+        match result {
+            Ok(()) => {}
+            // Nobody reads the output any more: stop in order, as at the end of input.
+            Err(e) if e.reader_gone => {
+                tracing::info!(component_id = %id, "{e}; stopping the pipeline");
+                self.source_stop.cancel();
+            }
+            Err(e) => {
+                tracing::error!(component_id = %id, "component failed: {e}");
+                failures.push((id, e.message));
+                self.source_stop.cancel();
+            }
         }
         if self.draining.remove(&task) {
             self.resume_checkpoints();

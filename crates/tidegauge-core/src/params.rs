@@ -24,25 +24,13 @@ pub struct Param {
     pub secret: bool,
 }
 
-/// Whether a setting holds a secret: marked `writeOnly` in its schema, or named like one.
-pub fn is_secret(name: &str, schema: &Value) -> bool {
-    let leaf = name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase();
-    // `token_env` names the variable holding a secret; the name is no secret.
-    if leaf.ends_with("_env") {
-        return false;
-    }
-    schema.get("writeOnly").and_then(Value::as_bool) == Some(true)
-        || [
-            "password",
-            "passwd",
-            "secret",
-            "token",
-            "credentials",
-            "api_key",
-            "private_key",
-        ]
-        .iter()
-        .any(|s| leaf.contains(s))
+/// Whether a setting holds a secret: marked `writeOnly` in its schema (through `Option`,
+/// `anyOf`/`oneOf`/`allOf` and `$ref`s into `root`), or named like one
+/// ([`redact::is_secret_name`](crate::redact::is_secret_name)).
+pub fn is_secret(root: &Value, name: &str, schema: &Value) -> bool {
+    crate::redact::schema_marks_secret(root, schema)
+        || crate::redact::schema_marks_secret_values(root, schema)
+        || crate::redact::is_secret_name(name)
 }
 
 fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
@@ -174,7 +162,7 @@ fn collect(root: &Value, object: &Value, prefix: &str, out: &mut Vec<Param>) {
             required: required.contains(&name.as_str()),
             range: range_of(root, schema),
             doc,
-            secret: is_secret(&full, schema),
+            secret: is_secret(root, &full, schema),
         });
         if let Some(obj) = nested {
             collect(root, obj, &full, out);
@@ -197,10 +185,22 @@ mod tests {
     #[test]
     fn secrets_are_recognised_by_mark_or_name() {
         let plain = serde_json::json!({"type": "string"});
-        assert!(is_secret("password", &plain));
-        assert!(is_secret("auth.token", &plain));
-        assert!(!is_secret("key_field", &plain));
-        assert!(!is_secret("token_env", &plain));
-        assert!(is_secret("x", &serde_json::json!({"writeOnly": true})));
+        let root = serde_json::json!({
+            "$defs": { "Secret": { "type": "string", "writeOnly": true } }
+        });
+        assert!(is_secret(&root, "password", &plain));
+        assert!(is_secret(&root, "auth.token", &plain));
+        assert!(!is_secret(&root, "key_field", &plain));
+        assert!(!is_secret(&root, "token_env", &plain));
+        assert!(is_secret(
+            &root,
+            "x",
+            &serde_json::json!({"writeOnly": true})
+        ));
+        // The mark survives Option<Secret>: anyOf of a $ref and null.
+        let optional = serde_json::json!({
+            "anyOf": [ { "$ref": "#/$defs/Secret" }, { "type": "null" } ]
+        });
+        assert!(is_secret(&root, "auth_header_value", &optional));
     }
 }

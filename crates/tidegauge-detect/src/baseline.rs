@@ -1,9 +1,11 @@
-//! Deviation of a smoothed value from a reference learnt at the start and then held.
+//! Deviation of a smoothed value from a reference learnt over a warm-up, with a threshold
+//! the detector sets for each sensor from what that sensor did while it was normal.
 //!
 //! Built for sustained shifts (a valve closing, a leak, a bearing wearing): a rolling
 //! window learns a new level within a window's length and stops flagging it, while this
 //! detector keeps comparing against the sensor's normal operation as seen during its
-//! warm-up, for as long as the shift lasts.
+//! warm-up, for as long as the shift lasts (and, with `adapt_half_life`, until a lasting
+//! change has become the new normal).
 //!
 //! Each finite value first updates an exponentially weighted mean `s` of the values seen
 //! so far, whose weights halve every `half_life` values (normalised weights, so the first
@@ -13,25 +15,49 @@
 //! W ← d·W + 1;   s ← s + (x − s)/W;   d = 2^(−1/half_life)
 //! ```
 //!
-//! Warm-up: the smoothed values of the first `warmup` finite values give the reference
+//! **Warm-up** (the first `warmup` finite values): the smoothed values give the reference
 //! mean `μ` and population standard deviation `σ` (while `σ` is still 0 the warm-up goes
-//! on until it is not). Then the reference is held, never updated again.
+//! on until it is not). From the middle of the warm-up on, each smoothed value is first
+//! judged against the reference learnt from the values before it, `m = |s − μ|/σ`, and
+//! only then learnt: those out-of-sample deviations show how far this sensor strays while
+//! it is normal.
+//!
+//! **Self-calibrated threshold** (`target_alarm_rate = r > 0`): at the end of the warm-up
+//! an exponential tail is fitted to those deviations (peaks over a threshold: `u`, their
+//! 90th percentile, nearest rank, and `β`, the mean excess above it), so that
+//! `P(m > t) ≈ 0.1·exp(−(t − u)/β)`, and the threshold is the `t` at which that is `r`:
+//!
+//! ```text
+//! threshold = max(min_threshold, u + β·ln(0.1 / r))
+//! ```
+//!
+//! A sensor that strays a lot while normal (a temperature warming up) gets a high
+//! threshold, a steady one the floor `min_threshold`. With `r = 0` the threshold is
+//! `min_threshold` for every sensor (the fixed threshold of earlier versions).
+//!
+//! **Adaptation** (`adapt_half_life = h > 0`): after the warm-up the reference keeps
+//! learning, slowly, with a half-life of `h` values (`a = 1 − 2^(−1/h)`, `δ = s − μ`): the
+//! mean from every value, `μ ← μ + a·δ`, so a lasting change of level stops being flagged
+//! after a few half-lives instead of never; the spread only from values that are not
+//! anomalies, `σ² ← (1 − a)(σ² + a·δ²)`, so a shift does not widen it (which would hide
+//! the shift long before the mean has moved). `h = 0` holds the reference for ever.
 //!
 //! Statistic: `z = (s − μ)/σ`, the smoothed value including the current one against the
-//! held reference; anomaly when `|z| > threshold`; score
+//! reference before it; anomaly when `|z| > threshold`; score
 //! [`score_from_ratio`](crate::score_from_ratio)`(|z| / threshold)`. Smoothing makes the
 //! statistic persistent: a single outlier moves `s` by at most `(x − s)(1 − d)`, a shift
 //! that lasts is flagged for as long as it lasts.
 //!
-//! Because `σ` is the spread of the *smoothed* warm-up, a sensor with white measurement
-//! noise gets a small `σ` (the smoothing averages the noise away) and a drifting sensor a
-//! large one: the threshold is in units of what the sensor did while it was normal.
-//!
 //! A finite value so extreme that the sums overflow restarts the detector from that value
-//! (and so the warm-up). Cost: O(1) per event, 96 bytes of state (parameters included).
+//! (and so the warm-up). Cost: O(1) per event after the warm-up (sorting the warm-up's
+//! deviations once at its end, O(w log w)); state 152 bytes, plus 4 bytes per value of the
+//! second half of the warm-up while it lasts.
 
 use crate::judge::{self, NO_VERDICT};
 use crate::{Detector, ParamError, Verdict};
+
+/// Share of the warm-up's deviations above the tail's threshold `u` (its 90th percentile).
+const TAIL_SHARE: f64 = 0.1;
 
 /// Parameters of the [`Baseline`] detector.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -41,16 +67,22 @@ use crate::{Detector, ParamError, Verdict};
     serde(default, deny_unknown_fields)
 )]
 pub struct BaselineParams {
-    /// Finite values whose smoothed values give the reference mean and spread. At least 2.
+    /// Finite values whose smoothed values give the reference mean and spread; the second
+    /// half of them also the self-calibrated threshold. At least 2, at most 1,000,000.
     /// Default 400 (the training part of a SKAB experiment: about 7 minutes at 1 Hz).
     pub warmup: u32,
     /// Half-life of the smoothing, in values. Finite, above 0. Default 5.
     pub half_life: f64,
-    /// Anomaly when `|z|` exceeds this. Finite, above 0. Default 12.8, derived from the
-    /// SKAB training rows by `scripts/skab` (12.816, rounded): warmed up on the first 200
-    /// training rows of each file, one held-out row in 20 of the next 200 has some of its
-    /// 8 sensors above it. Calibrate it on normal data of your own sensors.
+    /// The lowest threshold on `|z|` (the threshold itself when `target_alarm_rate` is 0).
+    /// Finite, above 0. Default 5.5, derived from the SKAB training rows without labels
+    /// (see `docs/detectors.md`).
     pub threshold: f64,
+    /// Share of normal values the self-calibrated threshold aims to flag, in `0..1`; 0
+    /// turns the self-calibration off. Default 0.001 (one value in a thousand).
+    pub target_alarm_rate: f64,
+    /// Half-life, in values, of the reference's slow adaptation after the warm-up; 0 holds
+    /// it for ever. Finite, ≥ 0. Default 3600 (an hour at 1 Hz).
+    pub adapt_half_life: f64,
 }
 
 impl Default for BaselineParams {
@@ -58,34 +90,77 @@ impl Default for BaselineParams {
         BaselineParams {
             warmup: 400,
             half_life: 5.0,
-            threshold: 12.8,
+            threshold: 5.5,
+            target_alarm_rate: 0.001,
+            adapt_half_life: 3600.0,
         }
     }
 }
 
 impl BaselineParams {
+    /// The old held-reference detector: fixed `threshold`, reference never adapted.
+    pub fn held(warmup: u32, half_life: f64, threshold: f64) -> Self {
+        BaselineParams {
+            warmup,
+            half_life,
+            threshold,
+            target_alarm_rate: 0.0,
+            adapt_half_life: 0.0,
+        }
+    }
+
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
         let mut errors = Vec::new();
-        if self.warmup < 2 {
+        if !(2..=1_000_000).contains(&self.warmup) {
             errors.push(ParamError::new(
                 "warmup",
-                format!("must be at least 2, got {}", self.warmup),
+                format!("must be between 2 and 1000000, got {}", self.warmup),
             ));
         }
         judge::check_positive(&mut errors, "half_life", self.half_life);
         judge::check_positive(&mut errors, "threshold", self.threshold);
+        if !(self.target_alarm_rate.is_finite() && (0.0..1.0).contains(&self.target_alarm_rate)) {
+            errors.push(ParamError::new(
+                "target_alarm_rate",
+                format!(
+                    "must be at least 0 and below 1, got {}",
+                    self.target_alarm_rate
+                ),
+            ));
+        }
+        judge::check_non_negative(&mut errors, "adapt_half_life", self.adapt_half_life);
         judge::into_result(errors)
+    }
+
+    /// Where the warm-up starts collecting out-of-sample deviations: its second half.
+    fn calibration_start(&self) -> u64 {
+        u64::from(self.warmup / 2).max(2)
     }
 }
 
-/// Held-reference detector. See the [module documentation](self).
+/// The reference once the warm-up is over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Reference {
+    /// Reference mean of the smoothed values.
+    pub mean: f64,
+    /// Reference variance of the smoothed values.
+    pub var: f64,
+    /// Threshold on `|z|` in force for this sensor.
+    pub threshold: f64,
+}
+
+/// Held-reference detector with a self-calibrated threshold. See the
+/// [module documentation](self).
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Baseline {
     params: BaselineParams,
     /// Decay per value, `2^(−1/half_life)` (computed once).
     decay: f64,
+    /// Adaptation step after the warm-up, `1 − 2^(−1/adapt_half_life)` (0: held).
+    adapt: f64,
     /// Sum of the smoothing weights (the newest weighs 1).
     weight: f64,
     /// The smoothed value.
@@ -94,8 +169,29 @@ pub struct Baseline {
     n: u64,
     mean: f64,
     m2: f64,
-    /// (μ, σ) once the warm-up is over.
-    reference: Option<(f64, f64)>,
+    /// Out-of-sample deviations of the warm-up's second half (emptied at its end).
+    deviations: Vec<f32>,
+    /// The reference once the warm-up is over.
+    reference: Option<Reference>,
+}
+
+/// The self-calibrated threshold from the warm-up's deviations (see the module docs).
+pub(crate) fn tail_threshold(deviations: &mut [f32], floor: f64, rate: f64) -> f64 {
+    if rate <= 0.0 || deviations.is_empty() {
+        return floor;
+    }
+    deviations.sort_unstable_by(f32::total_cmp);
+    let n = deviations.len();
+    let rank = ((1.0 - TAIL_SHARE) * n as f64).ceil() as usize;
+    let u = f64::from(deviations[rank.clamp(1, n) - 1]);
+    let (count, sum) = deviations
+        .iter()
+        .map(|&d| f64::from(d))
+        .filter(|&d| d > u)
+        .fold((0u32, 0.0), |(c, s), d| (c + 1, s + d - u));
+    let beta = if count > 0 { sum / f64::from(count) } else { u };
+    let t = u + beta * (TAIL_SHARE / rate).ln();
+    if t.is_finite() { floor.max(t) } else { floor }
 }
 
 impl Baseline {
@@ -108,11 +204,17 @@ impl Baseline {
         Baseline {
             params,
             decay: (-1.0 / params.half_life).exp2(),
+            adapt: if params.adapt_half_life > 0.0 {
+                -(-std::f64::consts::LN_2 / params.adapt_half_life).exp_m1()
+            } else {
+                0.0
+            },
             weight: 0.0,
             smoothed: 0.0,
             n: 0,
             mean: 0.0,
             m2: 0.0,
+            deviations: Vec::new(),
             reference: None,
         }
     }
@@ -122,9 +224,14 @@ impl Baseline {
         &self.params
     }
 
-    /// The held reference mean and standard deviation, once warmed up.
+    /// The reference mean and standard deviation, once warmed up.
     pub fn reference(&self) -> Option<(f64, f64)> {
-        self.reference
+        self.reference.map(|r| (r.mean, r.var.sqrt()))
+    }
+
+    /// The threshold on `|z|` in force, once warmed up.
+    pub fn threshold(&self) -> Option<f64> {
+        self.reference.map(|r| r.threshold)
     }
 
     /// The current smoothed value (0 before any value).
@@ -143,14 +250,42 @@ impl Baseline {
         self.smoothed.is_finite()
     }
 
-    /// Learns the smoothed value into the warm-up statistics; false on overflow.
+    /// Learns the smoothed value into the warm-up statistics (after noting its deviation
+    /// from the reference so far, in the warm-up's second half); false on overflow.
     fn learn(&mut self) -> bool {
         let s = self.smoothed;
+        if self.n >= self.params.calibration_start() && self.params.target_alarm_rate > 0.0 {
+            let sigma = (self.m2 / self.n as f64).sqrt();
+            if sigma > 0.0 {
+                let m = ((s - self.mean) / sigma).abs();
+                if m.is_finite() {
+                    self.deviations.push(m as f32);
+                }
+            }
+        }
         self.n += 1;
         let d = s - self.mean;
         self.mean += d / self.n as f64;
         self.m2 += d * (s - self.mean);
         self.mean.is_finite() && self.m2.is_finite()
+    }
+
+    /// Ends the warm-up once it is long enough and has spread.
+    fn maybe_finish_warmup(&mut self) {
+        let var = (self.m2 / self.n as f64).max(0.0);
+        if self.n >= u64::from(self.params.warmup) && var > 0.0 {
+            let threshold = tail_threshold(
+                &mut self.deviations,
+                self.params.threshold,
+                self.params.target_alarm_rate,
+            );
+            self.deviations = Vec::new();
+            self.reference = Some(Reference {
+                mean: self.mean,
+                var,
+                threshold,
+            });
+        }
     }
 }
 
@@ -166,32 +301,52 @@ impl Detector for Baseline {
             self.learn();
             return Verdict::WARMING_UP;
         }
-        let Some((mu, sigma)) = self.reference else {
+        let Some(r) = self.reference else {
             if !self.learn() {
                 self.restart();
                 self.smooth(value);
                 self.learn();
                 return Verdict::WARMING_UP;
             }
-            let sigma = (self.m2 / self.n as f64).max(0.0).sqrt();
-            if self.n >= u64::from(self.params.warmup) && sigma > 0.0 {
-                self.reference = Some((self.mean, sigma));
-            }
+            self.maybe_finish_warmup();
             return Verdict::WARMING_UP;
         };
-        let z = (self.smoothed - mu) / sigma;
-        judge::over_threshold(z, z.abs(), self.params.threshold)
+        let sigma = r.var.sqrt();
+        let diff = self.smoothed - r.mean;
+        let verdict = if sigma > 0.0 {
+            let z = diff / sigma;
+            judge::over_threshold(z, z.abs(), r.threshold)
+        } else {
+            NO_VERDICT
+        };
+        if self.adapt > 0.0 {
+            let a = self.adapt;
+            let mean = r.mean + a * diff;
+            let var = if verdict.is_anomaly {
+                r.var
+            } else {
+                (1.0 - a) * (r.var + a * diff * diff)
+            };
+            if mean.is_finite() && var.is_finite() {
+                self.reference = Some(Reference { mean, var, ..r });
+            }
+        }
+        verdict
     }
 
     fn explain(&self, verdict: &Verdict) -> String {
-        let (mu, sigma) = self.reference.unwrap_or((0.0, 0.0));
+        let r = self.reference.unwrap_or(Reference {
+            mean: 0.0,
+            var: 0.0,
+            threshold: self.params.threshold,
+        });
         format!(
             "|z| {:.2} > {}: smoothed value {} vs reference mean {}, std {}",
             verdict.statistic.unwrap_or(0.0).abs(),
-            self.params.threshold,
+            judge::num(r.threshold),
             judge::num(self.smoothed),
-            judge::num(mu),
-            judge::num(sigma)
+            judge::num(r.mean),
+            judge::num(r.var.sqrt())
         )
     }
 }
@@ -202,11 +357,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn baseline(warmup: u32, half_life: f64, threshold: f64) -> Baseline {
-        Baseline::new(BaselineParams {
-            warmup,
-            half_life,
-            threshold,
-        })
+        Baseline::new(BaselineParams::held(warmup, half_life, threshold))
     }
 
     /// Deterministic noise in roughly −1..1.
@@ -295,7 +446,7 @@ mod tests {
 
     #[test]
     fn state_is_as_small_as_documented() {
-        assert_eq!(std::mem::size_of::<Baseline>(), 96);
+        assert_eq!(std::mem::size_of::<Baseline>(), 152);
     }
 
     #[test]
@@ -304,11 +455,22 @@ mod tests {
             warmup: 1,
             half_life: 0.0,
             threshold: f64::INFINITY,
+            target_alarm_rate: 1.0,
+            adapt_half_life: -1.0,
         }
         .validate()
         .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
-        assert_eq!(fields, vec!["warmup", "half_life", "threshold"]);
+        assert_eq!(
+            fields,
+            vec![
+                "warmup",
+                "half_life",
+                "threshold",
+                "target_alarm_rate",
+                "adapt_half_life"
+            ]
+        );
         assert!(BaselineParams::default().validate().is_ok());
     }
 
@@ -332,6 +494,92 @@ mod tests {
             m,
             (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n).sqrt(),
         )
+    }
+
+    #[test]
+    fn self_calibration_sets_each_sensor_its_own_threshold() {
+        let params = BaselineParams {
+            warmup: 200,
+            adapt_half_life: 0.0,
+            ..BaselineParams::default()
+        };
+        // A steady sensor (white noise) and one drifting while normal (a slow sine).
+        let mut steady = Baseline::new(params);
+        let mut drifting = Baseline::new(params);
+        for i in 0..200u64 {
+            steady.observe(i as i64, noise(i));
+            drifting.observe(i as i64, noise(i) + 3.0 * (i as f64 / 40.0).sin());
+        }
+        let (ts, td) = (steady.threshold().unwrap(), drifting.threshold().unwrap());
+        assert!(ts >= params.threshold && td >= ts, "{ts} {td}");
+        // With the self-calibration off, both get the floor.
+        let mut fixed = Baseline::new(BaselineParams {
+            target_alarm_rate: 0.0,
+            ..params
+        });
+        for i in 0..200u64 {
+            fixed.observe(i as i64, noise(i) + 3.0 * (i as f64 / 40.0).sin());
+        }
+        assert_eq!(fixed.threshold(), Some(params.threshold));
+    }
+
+    #[test]
+    fn tail_threshold_follows_the_fitted_tail() {
+        // 10 deviations: u (90th percentile, nearest rank) = 9, one excess of 1 -> β = 1.
+        let mut d: Vec<f32> = (1..=10).map(|i| i as f32).collect();
+        let t = tail_threshold(&mut d, 0.5, 0.001);
+        assert!((t - (9.0 + (100.0f64).ln())).abs() < 1e-9, "{t}");
+        assert_eq!(tail_threshold(&mut d, 50.0, 0.001), 50.0);
+        assert_eq!(tail_threshold(&mut d, 0.5, 0.0), 0.5);
+        assert_eq!(tail_threshold(&mut [], 0.5, 0.01), 0.5);
+    }
+
+    #[test]
+    fn a_lasting_shift_is_absorbed_by_adaptation() {
+        let params = BaselineParams {
+            warmup: 100,
+            threshold: 4.0,
+            target_alarm_rate: 0.0,
+            adapt_half_life: 50.0,
+            ..BaselineParams::default()
+        };
+        let mut adaptive = Baseline::new(params);
+        let mut held = Baseline::new(BaselineParams {
+            adapt_half_life: 0.0,
+            ..params
+        });
+        let mut flags = Vec::new();
+        for i in 0..2000u64 {
+            let v = noise(i) + if i >= 300 { 5.0 } else { 0.0 };
+            flags.push((
+                adaptive.observe(i as i64, v).is_anomaly,
+                held.observe(i as i64, v).is_anomaly,
+            ));
+        }
+        assert_eq!(flags[320], (true, true), "both flag the shift first");
+        assert_eq!(
+            flags[1999],
+            (false, true),
+            "held flags for ever, adaptive stops"
+        );
+    }
+
+    /// The threshold the naive reference expects from the warm-up's deviations.
+    fn naive_threshold(deviations: &[f32], floor: f64, rate: f64) -> f64 {
+        if rate == 0.0 || deviations.is_empty() {
+            return floor;
+        }
+        let mut v: Vec<f64> = deviations.iter().map(|&d| f64::from(d)).collect();
+        v.sort_by(f64::total_cmp);
+        let k = ((0.9 * v.len() as f64).ceil() as usize).max(1);
+        let u = v[k - 1];
+        let ex: Vec<f64> = v.iter().filter(|&&d| d > u).map(|d| d - u).collect();
+        let beta = if ex.is_empty() {
+            u
+        } else {
+            ex.iter().sum::<f64>() / ex.len() as f64
+        };
+        floor.max(u + beta * (0.1 / rate).ln())
     }
 
     proptest! {
@@ -407,6 +655,71 @@ mod tests {
                 prop_assert!(d.smoothed().is_finite());
                 if got.is_anomaly {
                     let _ = d.explain(&got);
+                }
+            }
+        }
+
+        #[test]
+        fn self_calibrated_matches_naive_reference(
+            warmup in 4u32..60,
+            half_life in 0.3f64..10.0,
+            floor in 0.5f64..6.0,
+            rate in prop_oneof![Just(0.0), 1e-4f64..0.2],
+            adapt in prop_oneof![Just(0.0), 1.0f64..100.0],
+            values in prop::collection::vec(
+                prop_oneof![8 => -1e3f64..1e3, 1 => Just(f64::NAN), 1 => (0i32..3).prop_map(f64::from)],
+                1..250),
+        ) {
+            let params = BaselineParams { warmup, half_life, threshold: floor, target_alarm_rate: rate, adapt_half_life: adapt };
+            let mut d = Baseline::new(params);
+            let a = if adapt > 0.0 { 1.0 - 2f64.powf(-1.0 / adapt) } else { 0.0 };
+            let start = ((warmup / 2) as usize).max(2);
+            let mut hist: Vec<f64> = Vec::new();
+            let mut smoothed: Vec<f64> = Vec::new();
+            let mut deviations: Vec<f32> = Vec::new();
+            // (mean, var, threshold) once warm.
+            let mut reference: Option<(f64, f64, f64)> = None;
+            for (i, &v) in values.iter().enumerate() {
+                let got = d.observe(i as i64, v);
+                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                if !v.is_finite() {
+                    prop_assert_eq!(got, NO_VERDICT);
+                    continue;
+                }
+                hist.push(v);
+                let s = naive_smoothed(&hist, half_life);
+                let scale = hist.iter().fold(1.0f64, |a, x| a.max(x.abs()));
+                match reference {
+                    None => {
+                        prop_assert_eq!(got, Verdict::WARMING_UP);
+                        if smoothed.len() >= start && rate > 0.0 {
+                            let (m, sd) = two_pass(&smoothed);
+                            if sd > 1e-6 * scale {
+                                deviations.push(((s - m) / sd).abs() as f32);
+                            }
+                        }
+                        smoothed.push(s);
+                        let (m, sd) = two_pass(&smoothed);
+                        if let Some((mu, sigma)) = d.reference() {
+                            prop_assert!((mu - m).abs() <= 1e-9 * scale);
+                            prop_assert!((sigma - sd).abs() <= 1e-6 * scale);
+                            let want = naive_threshold(&deviations, floor, rate);
+                            let t = d.threshold().unwrap();
+                            prop_assert!((t - want).abs() <= 1e-3 * want, "threshold {} vs {}", t, want);
+                            reference = Some((mu, sigma * sigma, t));
+                        }
+                    }
+                    Some((mu, var, t)) => {
+                        let z = got.statistic.expect("statistic once warm");
+                        let want = (s - mu) / var.sqrt();
+                        prop_assert!((z - want).abs() <= 1e-6 * want.abs().max(1.0), "{} vs {}", z, want);
+                        if (want.abs() - t).abs() > 1e-6 * t.max(want.abs()) {
+                            prop_assert_eq!(got.is_anomaly, want.abs() > t);
+                        }
+                        let diff = s - mu;
+                        let var = if got.is_anomaly { var } else { (1.0 - a) * (var + a * diff * diff) };
+                        reference = Some((mu + a * diff, var, t));
+                    }
                 }
             }
         }

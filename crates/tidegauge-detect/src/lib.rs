@@ -11,11 +11,13 @@
 
 pub mod aggregate;
 pub mod baseline;
+pub mod calibrate;
 pub mod changepoint;
 pub mod ensemble;
 pub mod ewma;
 pub mod flatline;
 pub mod heartbeat;
+pub mod hotelling;
 mod judge;
 pub mod mad;
 mod order_stats;
@@ -27,11 +29,13 @@ pub mod zscore;
 
 pub use aggregate::{Accumulator, Aggregate, AggregateMismatch};
 pub use baseline::{Baseline, BaselineParams};
+pub use calibrate::{Calibrated, CalibrationParams, TailModel};
 pub use changepoint::{ChangePoint, ChangePointMethod, ChangePointParams};
 pub use ensemble::Combine;
 pub use ewma::{Ewma, EwmaParams, HalfLife};
 pub use flatline::{Flatline, FlatlineParams};
 pub use heartbeat::{DeadlineTracker, HeartbeatParams};
+pub use hotelling::{Hotelling, HotellingParams};
 pub use mad::{Mad, MadParams};
 pub use rate::{Rate, RateParams};
 pub use rolling::RollingStats;

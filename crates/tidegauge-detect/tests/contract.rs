@@ -142,8 +142,12 @@ proptest! {
     }
 
     #[test]
-    fn baseline(events in stream(), half_life in prop_oneof![Just(0.5), Just(3.0)]) {
-        let params = BaselineParams { warmup: 5, half_life, threshold: 3.0 };
+    fn baseline(events in stream(), half_life in prop_oneof![Just(0.5), Just(3.0)], calibrated in any::<bool>()) {
+        let params = if calibrated {
+            BaselineParams { warmup: 8, half_life, threshold: 3.0, target_alarm_rate: 0.01, adapt_half_life: 20.0 }
+        } else {
+            BaselineParams::held(5, half_life, 3.0)
+        };
         check(Baseline::new(params), &events)?;
     }
 }

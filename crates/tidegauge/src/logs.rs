@@ -25,13 +25,46 @@ fn filter(directives: &str, fallback: &str) -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback))
 }
 
+/// A writer that masks secrets ([`tidegauge_core::redact::scrub`]) in what it is given:
+/// the formatting layers hand it one whole event per write.
+pub struct Scrubbing<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Scrubbing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(tidegauge_core::redact::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Makes [`Scrubbing`] writers around another layer's writers.
+struct ScrubbingWriters<M>(M);
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a>
+    for ScrubbingWriters<M>
+{
+    type Writer = Scrubbing<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Scrubbing(self.0.make_writer())
+    }
+}
+
 /// Sets up logging: `stderr_filter` for the terminal; when `dir` is given, JSON lines
 /// at `file_filter` into rotated files there.
 pub fn init(stderr_filter: &str, dir: Option<&Path>, file_filter: &str) -> LogGuard {
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(ScrubbingWriters(std::io::stderr))
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(crate::colours(std::io::stderr().is_terminal()))
+        // A closed standard error must not turn into a panic (the default reports the
+        // failed write on standard error itself, with `eprintln!`).
+        .log_internal_errors(false)
         .with_filter(filter(stderr_filter, "warn"));
     let mut guard = None;
     let file = dir.and_then(|dir| {
@@ -57,12 +90,12 @@ pub fn init(stderr_filter: &str, dir: Option<&Path>, file_filter: &str) -> LogGu
                         .flatten_event(true)
                         .with_current_span(false)
                         .with_span_list(false)
-                        .with_writer(writer)
+                        .with_writer(ScrubbingWriters(writer))
                         .with_filter(filter(file_filter, "info")),
                 )
             }
             Err(e) => {
-                eprintln!(
+                ewriteln!(
                     "tidegauge: cannot write logs to {}: {e}; logging to standard error only",
                     dir.display()
                 );
@@ -187,11 +220,10 @@ pub fn query(
             if !q.matches(&v, &line, now) {
                 continue;
             }
-            if json {
-                writeln!(out, "{line}")?;
-            } else {
-                writeln!(out, "{}", human(&v))?;
-            }
+            // Masked again on the way out: lines written before a secret was known (or
+            // by an older version) do not show it either.
+            let shown_line = if json { line.clone() } else { human(&v) };
+            writeln!(out, "{}", tidegauge_core::redact::scrub(&shown_line))?;
             shown += 1;
         }
     }

@@ -1,11 +1,31 @@
 //! `tidegauge`: streaming analytics for sensor and machine telemetry.
 
+/// `writeln!` to standard error. A standard error that cannot be written (a closed
+/// pipe) is ignored: nothing else could be told, and the work goes on.
+macro_rules! ewriteln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `write!` to standard error, ignoring a standard error that cannot be written.
+macro_rules! ewrite {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod describe;
+mod generate;
+mod init;
 mod logs;
 mod run;
 mod score;
 mod top;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,22 +40,36 @@ use tidegauge_core::topology::{self, Pipeline};
 /// The pipeline `tidegauge run` uses when given no file.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../examples/default.toml");
 
-/// Exit status: the pipeline ran but a component failed.
+/// Exit status: a pipeline ran (or was being built to run) and failed: a component
+/// could not start (its server unreachable, its file unreadable) or failed while running.
+/// Running it again may succeed; a service manager may restart it.
 const EXIT_FAILED: u8 = 1;
-/// Exit status: bad usage or an invalid pipeline.
+/// Exit status: anything else went wrong: bad usage, a pipeline file unreadable or
+/// invalid, a file or admin API another command needs unavailable.
 const EXIT_INVALID: u8 = 2;
+
+/// `-V`: version and commit; `--version` adds the connector features and the target
+/// (from build.rs).
+const VERSION: &str = env!("TIDEGAUGE_VERSION_SHORT");
+const LONG_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/long_version.txt"));
 
 #[derive(Parser)]
 #[command(
     name = "tidegauge",
-    version,
+    version = VERSION,
+    long_version = LONG_VERSION,
     about = "Streaming analytics for sensor and machine telemetry, with per-sensor anomaly detection.",
     long_about = "Streaming analytics for sensor and machine telemetry, with per-sensor anomaly detection.\n\n\
 A pipeline is a TOML file of sources -> transforms -> sinks. `tidegauge run` with no file runs \
 the embedded default: a simulated sensor fleet through a z-score detector, anomalies printed \
-as they occur.\n\nExit status: 0 ok, 1 the pipeline ran but a component failed, 2 usage or \
-configuration error.",
-    after_help = "Examples:\n  tidegauge run                          # the embedded default; Ctrl-C stops it\n  tidegauge check pipeline.toml          # validate without running\n  tidegauge describe zscore              # parameters of a component\n  W1_INPUT=in.jsonl W1_OUTPUT=out.jsonl tidegauge run examples/w1.toml"
+as they occur. `tidegauge init` writes a commented pipeline to start from.\n\n\
+Output goes to standard output, errors and logs to standard error. Colours appear only on a \
+terminal, and never when NO_COLOR is set.\n\n\
+Exit status: 0 ok (also when the reader of the output goes away, as with `| head`), \
+1 a pipeline ran and failed (a component could not start or failed while running), \
+2 usage or configuration error (bad arguments, a pipeline file unreadable or invalid, \
+an input another command needs unavailable).",
+    after_help = "Examples:\n  tidegauge run                          # the embedded default; Ctrl-C stops it\n  tidegauge init --source mqtt --detector mad --sink jsonl -o pipeline.toml\n  tidegauge check pipeline.toml          # validate without running\n  tidegauge describe zscore              # parameters of a component\n  W1_INPUT=in.jsonl W1_OUTPUT=out.jsonl tidegauge run examples/w1.toml"
 )]
 struct Cli {
     /// Log filter (`error`, `warn`, `info`, `debug`, or per-module directives); also read from TIDEGAUGE_LOG.
@@ -95,6 +129,36 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files (for editor completion).
     Schema,
+    /// Write a commented pipeline for a source, a detector and a sink, that `check`
+    /// accepts as written.
+    ///
+    /// Every parameter of the chosen components is listed with its documentation:
+    /// required ones set to an example value to replace, the others commented out at
+    /// their default. Between the detector and the sink a filter passes only anomalies
+    /// (--all-events leaves it out).
+    #[command(
+        after_help = "Examples:\n  tidegauge init > pipeline.toml                       # simulate -> zscore -> stdout\n  tidegauge init --source mqtt --detector mad --sink postgres -o plant.toml\n  tidegauge check plant.toml"
+    )]
+    Init {
+        /// Source type (`tidegauge components` lists them).
+        #[arg(long, default_value = "simulate", value_parser = clap::builder::PossibleValuesParser::new(init::source_names()))]
+        source: String,
+        /// Detector type: a transform that judges each reading.
+        #[arg(long, default_value = "zscore", value_parser = clap::builder::PossibleValuesParser::new(init::detector_names()))]
+        detector: String,
+        /// Sink type.
+        #[arg(long, default_value = "stdout", value_parser = clap::builder::PossibleValuesParser::new(init::sink_names()))]
+        sink: String,
+        /// Deliver every event with its verdict, not only anomalies.
+        #[arg(long)]
+        all_events: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Replace the --output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the history of parameter changes of a pipeline (who changed what, when).
     Changes {
         /// Pipeline file (its state directory holds the history).
@@ -191,9 +255,29 @@ enum Command {
         /// Channels that must flag a row for it to count as an anomaly.
         #[arg(long, default_value_t = 1)]
         min_channels: usize,
+        /// Judge whole rows: one event per row with every value column as a field, for a
+        /// detector of several readings at once (`hotelling`; its `value_fields` are set to
+        /// the value columns).
+        #[arg(long)]
+        rows: bool,
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Install (the .deb package does this for bash, zsh and fish):\n  tidegauge completions bash > ~/.local/share/bash-completion/completions/tidegauge\n  tidegauge completions zsh  > ~/.zfunc/_tidegauge          # with fpath+=(~/.zfunc)\n  tidegauge completions fish > ~/.config/fish/completions/tidegauge.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write a page per command into a directory.
+    #[command(after_help = "Example:\n  tidegauge man | man -l -")]
+    Man {
+        /// Write tidegauge.1 and a tidegauge-COMMAND.1 per command into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -201,11 +285,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command, &cli.log) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing is wrong (ripgrep).
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_FAILED)
+            ewriteln!("error: {e:#}");
+            ExitCode::from(EXIT_INVALID)
         }
     }
+}
+
+/// Whether output to a stream may be coloured: only a terminal, and never when
+/// `NO_COLOR` is set to something (<https://no-color.org>).
+fn colours(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether `e` comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Level of what goes into log files (the terminal gets `--log`).
@@ -246,6 +347,9 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
         Command::Run { .. } => None,
         _ => Some(logs::init(log, None, FILE_LOG_LEVEL)),
     };
+    // Written with `writeln!` rather than `println!`, so that a closed pipe is an error
+    // to return (and end quietly on), not a panic.
+    let mut out = std::io::stdout().lock();
     match command {
         Command::Run {
             pipeline,
@@ -277,9 +381,10 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 }
             };
             if show_graph {
-                eprint!("{}", p.describe());
+                ewrite!("{}", p.describe());
             }
-            run::run(
+            drop(out);
+            let result = run::run(
                 p,
                 &origin,
                 pipeline.as_deref(),
@@ -289,7 +394,12 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                     watch: !no_watch,
                     state_dir: state,
                 },
-            )
+            );
+            // The pipeline was built or running when this happened: a failure of the run.
+            result.or_else(|e| {
+                ewriteln!("error: {e:#}");
+                Ok(ExitCode::from(EXIT_FAILED))
+            })
         }
         Command::Changes {
             pipeline,
@@ -307,20 +417,22 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 .collect();
             if json {
                 for r in &shown {
-                    println!("{}", serde_json::to_string(r)?);
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
                 }
             } else if shown.is_empty() {
-                println!("no parameter changes recorded in {}", path.display());
+                writeln!(out, "no parameter changes recorded in {}", path.display())?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "{:<24}  {:<14}  {:<12}  {:>12}  {:>12}  actor",
                     "time", "component", "parameter", "old", "new"
-                );
+                )?;
                 for r in &shown {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<24}  {:<14}  {:<12}  {:>12}  {:>12}  {}",
                         r.time, r.component, r.parameter, r.old, r.new, r.actor
-                    );
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -341,13 +453,14 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 since,
                 grep,
             };
-            let shown = logs::query(&dir, &q, json, &mut std::io::stdout().lock())?;
+            let shown = logs::query(&dir, &q, json, &mut out)?;
             if shown == 0 {
-                eprintln!("no log lines match (logs in {})", dir.display());
+                ewriteln!("no log lines match (logs in {})", dir.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Top { address, interval } => {
+            drop(out);
             top::run(&address, interval)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -356,13 +469,14 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             match load_or_report(&origin, &text) {
                 None => Ok(ExitCode::from(EXIT_INVALID)),
                 Some(p) => {
-                    println!(
+                    writeln!(
+                        out,
                         "{origin}: ok ({} sources, {} transforms, {} sinks)",
                         p.count(ComponentKind::Source),
                         p.count(ComponentKind::Transform),
                         p.count(ComponentKind::Sink)
-                    );
-                    print!("{}", p.describe());
+                    )?;
+                    write!(out, "{}", p.describe())?;
                     Ok(ExitCode::SUCCESS)
                 }
             }
@@ -374,19 +488,22 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|d| serde_json::json!({"name": d.type_name, "kind": d.kind, "summary": d.summary()}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
             } else {
                 for kind in [
                     ComponentKind::Source,
                     ComponentKind::Transform,
                     ComponentKind::Sink,
                 ] {
-                    println!("{}:", kind.table());
+                    writeln!(out, "{}:", kind.table())?;
                     for d in all.iter().filter(|d| d.kind == kind) {
-                        println!("  {:<12} {}", d.type_name, d.summary());
+                        writeln!(out, "  {:<12} {}", d.type_name, d.summary())?;
                     }
                 }
-                println!("\n`tidegauge describe <name>` shows a component's parameters.");
+                writeln!(
+                    out,
+                    "\n`tidegauge describe <name>` shows a component's parameters."
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -397,7 +514,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 .collect();
             if found.is_empty() {
                 let known: Vec<_> = registry::all().iter().map(|d| d.type_name).collect();
-                eprintln!(
+                ewriteln!(
                     "error: no component called `{name}` (known: {})",
                     known.join(", ")
                 );
@@ -405,15 +522,16 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             }
             for (i, d) in found.iter().enumerate() {
                 if json {
-                    println!(
+                    writeln!(
+                        out,
                         "{}",
                         serde_json::to_string_pretty(&describe::component_schema(d))?
-                    );
+                    )?;
                 } else {
                     if i > 0 {
-                        println!();
+                        writeln!(out)?;
                     }
-                    print!("{}", describe::describe_text(d));
+                    write!(out, "{}", describe::describe_text(d))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -431,17 +549,18 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             key_column,
             delimiter,
             min_channels,
+            rows,
             no_progress,
         } => {
             let delimiter = match delimiter.as_bytes() {
                 [b] if b.is_ascii() => *b,
                 _ => {
-                    eprintln!("error: --delimiter takes one ASCII character, got {delimiter:?}");
+                    ewriteln!("error: --delimiter takes one ASCII character, got {delimiter:?}");
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
             };
             if min_channels == 0 {
-                eprintln!("error: --min-channels must be at least 1");
+                ewriteln!("error: --min-channels must be at least 1");
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
             score::run(score::ScoreArgs {
@@ -457,15 +576,75 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 key_column,
                 delimiter,
                 min_channels,
+                rows,
                 progress: !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::to_string_pretty(&describe::pipeline_schema())?
-            );
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init {
+            source,
+            detector,
+            sink,
+            all_events,
+            output,
+            force,
+        } => {
+            let text = init::pipeline(&init::Choice {
+                source: &source,
+                detector: &detector,
+                sink: &sink,
+                all_events,
+            })?;
+            match output {
+                None => out.write_all(text.as_bytes())?,
+                Some(path) => {
+                    let mut file = std::fs::OpenOptions::new();
+                    file.write(true);
+                    if force {
+                        file.create(true).truncate(true);
+                    } else {
+                        file.create_new(true);
+                    }
+                    let mut file = file.open(&path).map_err(|e| {
+                        let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            " (--force replaces it)"
+                        } else {
+                            ""
+                        };
+                        anyhow::anyhow!("cannot write {}: {e}{hint}", path.display())
+                    })?;
+                    file.write_all(text.as_bytes())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    ewriteln!(
+                        "wrote {}; check it with `tidegauge check {}`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            out.write_all(&generate::completions(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            match dir {
+                None => out.write_all(&generate::man_page()?)?,
+                Some(dir) => {
+                    let pages = generate::man_pages(&dir)
+                        .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
+                    ewriteln!("wrote {} pages to {}", pages.len(), dir.display());
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -498,12 +677,12 @@ fn report(origin: &str, errors: &[ConfigError]) {
     errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.path.clone()));
     for e in &errors {
         match e.line {
-            Some(line) => eprintln!("error: {origin}:{line}: {e}"),
-            None => eprintln!("error: {origin}: {e}"),
+            Some(line) => ewriteln!("error: {origin}:{line}: {e}"),
+            None => ewriteln!("error: {origin}: {e}"),
         }
     }
     let n = errors.len();
-    eprintln!(
+    ewriteln!(
         "{origin}: {n} problem{} found; nothing was run",
         if n == 1 { "" } else { "s" }
     );

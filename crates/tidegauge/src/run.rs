@@ -43,6 +43,19 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let admin = pipeline.admin.clone().filter(|a| a.enabled);
+        // Resolved before anything runs: an API that would serve beyond loopback without
+        // a usable token does not start, and neither does the pipeline.
+        let token = match admin
+            .as_ref()
+            .map(|a| a.start_token(&tidegauge_core::config::process_env))
+            .transpose()
+        {
+            Ok(t) => t.flatten(),
+            Err(e) => {
+                ewriteln!("error: {origin}: [admin] {e}");
+                return Ok(ExitCode::from(crate::EXIT_INVALID));
+            }
+        };
         let progress_total = if !args.quiet && std::io::stderr().is_terminal() {
             finite_input_bytes(&pipeline)
         } else {
@@ -51,8 +64,11 @@ pub fn run(
         let built = match topology::build(pipeline).await {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("error: {origin}: {e}");
-                return Ok(ExitCode::from(crate::EXIT_INVALID));
+                // The file was valid; what it names could not be opened or reached (a
+                // server down, a missing file): a failure of this run, which a retry or a
+                // service manager's restart may get past.
+                ewriteln!("error: {origin}: {e}");
+                return Ok(ExitCode::from(crate::EXIT_FAILED));
             }
         };
         let shutdown = CancellationToken::new();
@@ -74,7 +90,7 @@ pub fn run(
             Some(dir) => match ChangeLog::open(dir) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
-                    eprintln!(
+                    ewriteln!(
                         "error: cannot open the change history in {}: {e}",
                         dir.display()
                     );
@@ -85,20 +101,21 @@ pub fn run(
         };
         if let Some(admin) = admin {
             let Some(changes) = changes.clone() else {
-                eprintln!(
+                ewriteln!(
                     "error: the admin API needs a state directory for the change history; set [admin] state_dir"
                 );
                 shutdown.cancel();
                 let _ = run.await;
                 return Ok(ExitCode::from(crate::EXIT_INVALID));
             };
-            let token = admin.resolve_token(&tidegauge_core::config::process_env);
             if token.is_none() {
                 let hint = match &admin.token_env {
                     Some(var) => format!("`{var}` is not set"),
                     None => "no token is configured".to_string(),
                 };
-                tracing::warn!("admin API: {hint}; parameter changes are refused");
+                tracing::warn!(
+                    "admin API: {hint}; parameter changes and reads of parameters and changes are refused"
+                );
             }
             let address = admin
                 .socket_addr()
@@ -107,17 +124,17 @@ pub fn run(
                 Ok(listener) => {
                     let bound = listener.local_addr().unwrap_or(address);
                     if !args.quiet {
-                        eprintln!("tidegauge: admin API on http://{bound}");
+                        ewriteln!("tidegauge: admin API on http://{bound}");
                     }
                     tracing::info!(address = %bound, "admin API listening");
                     let state = AdminState::new(live.clone(), token, changes, counters.clone());
                     tokio::spawn(tidegauge_api::serve(listener, state, stop_services.clone()));
                 }
                 Err(e) => {
-                    eprintln!("error: admin API: cannot listen on {address}: {e}");
+                    ewriteln!("error: admin API: cannot listen on {address}: {e}");
                     shutdown.cancel();
                     let _ = run.await;
-                    return Ok(ExitCode::from(crate::EXIT_INVALID));
+                    return Ok(ExitCode::from(crate::EXIT_FAILED));
                 }
             }
         }
@@ -138,7 +155,7 @@ pub fn run(
         }
         tracing::info!(pipeline = %origin, profile = args.profile, "pipeline started");
         if !args.quiet {
-            eprintln!("tidegauge: running {origin}; Ctrl-C stops it");
+            ewriteln!("tidegauge: running {origin}; Ctrl-C stops it");
         }
         let report = match run.await {
             Ok(r) => r,
@@ -156,13 +173,13 @@ pub fn run(
             if report.interrupted { "stopped" } else { "finished" }
         );
         if !args.quiet {
-            eprint!("{}", summary(&report));
+            ewrite!("{}", summary(&report));
         }
         if args.profile {
-            eprint!("{}", profile_table(&metrics::profile(&report.components)));
+            ewrite!("{}", profile_table(&metrics::profile(&report.components)));
         }
         for (id, e) in &report.failures {
-            eprintln!("error: component `{id}` failed: {e}");
+            ewriteln!("error: component `{id}` failed: {e}");
         }
         Ok(if report.failures.is_empty() {
             ExitCode::SUCCESS
@@ -187,7 +204,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = int.recv() => {},
         _ = term.recv() => {},
     }
-    eprintln!(
+    ewriteln!(
         "\ntidegauge: stopping: sources stop, stages flush, sinks close (Ctrl-C again to quit at once)"
     );
     shutdown.cancel();
@@ -195,7 +212,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = int.recv() => {},
         _ = term.recv() => {},
     }
-    eprintln!("tidegauge: quitting without flushing");
+    ewriteln!("tidegauge: quitting without flushing");
     std::process::exit(130);
 }
 
@@ -277,7 +294,7 @@ async fn reload_once(
     let reject = |reason: String| {
         counters.reloads_rejected.fetch_add(1, Ordering::Relaxed);
         tracing::error!(file = %origin, trigger = why, "reload rejected, the running pipeline goes on: {reason}");
-        eprintln!(
+        ewriteln!(
             "tidegauge: reload of {origin} rejected ({why}); the running pipeline goes on: {reason}"
         );
     };
@@ -343,7 +360,7 @@ async fn reload_once(
             };
             tracing::info!(file = %origin, trigger = why, "reloaded: {text}");
             if !quiet {
-                eprintln!("tidegauge: reloaded {origin} ({why}): {text}");
+                ewriteln!("tidegauge: reloaded {origin} ({why}): {text}");
             }
         }
         Ok(Err(reason)) => reject(reason),

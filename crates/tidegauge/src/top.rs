@@ -69,6 +69,23 @@ fn human_ns(ns: u64) -> String {
     }
 }
 
+/// Red for trouble, grey for what stopped; with `NO_COLOR`, bold and dim instead.
+fn alarm() -> Style {
+    if crate::colours(true) {
+        Style::new().fg(Color::Red)
+    } else {
+        Style::new().add_modifier(Modifier::BOLD)
+    }
+}
+
+fn muted() -> Style {
+    if crate::colours(true) {
+        Style::new().fg(Color::DarkGray)
+    } else {
+        Style::new().add_modifier(Modifier::DIM)
+    }
+}
+
 fn draw(frame: &mut Frame, view: &View) {
     let [head, table, anomalies, foot] = Layout::vertical([
         Constraint::Length(1),
@@ -142,9 +159,9 @@ fn draw(frame: &mut Frame, view: &View) {
                         .to_string();
                     let errors = u(c, "errors");
                     let style = if errors > 0 || breaker == "open" {
-                        Style::new().fg(Color::Red)
+                        alarm()
                     } else if c.get("running") == Some(&Value::Bool(false)) {
-                        Style::new().fg(Color::DarkGray)
+                        muted()
                     } else {
                         Style::new()
                     };
@@ -233,10 +250,7 @@ fn draw(frame: &mut Frame, view: &View) {
         Paragraph::new(lines).block(Block::bordered().title(" recent anomalies ")),
         anomalies,
     );
-    frame.render_widget(
-        Paragraph::new("q quits").style(Style::new().fg(Color::DarkGray)),
-        foot,
-    );
+    frame.render_widget(Paragraph::new("q quits").style(muted()), foot);
 }
 
 async fn poll(client: &AdminClient) -> Result<Poll, String> {

@@ -296,7 +296,7 @@ fn every_live_example_runs_until_ctrl_c() {
             .arg(&path)
             .current_dir(dir.path())
             .env("WINDOWS_OUTPUT", dir.path().join("windows.jsonl"))
-            .env("TIDEGAUGE_TOKEN", "example-token")
+            .env("TIDEGAUGE_TOKEN", "example-token-0123456789")
             .env("TIDEGAUGE_ADMIN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{Value, json};
 use tidegauge_api::client::{AdminClient, Reply};
 
-const TOKEN: &str = "t0k3n-for-tests";
+const TOKEN: &str = "t0k3n-for-tests-0123";
 
 /// A running `tidegauge run` with its admin API, its stderr collected.
 struct Running {
@@ -77,9 +77,10 @@ impl Running {
         AdminClient::new(self.address.clone())
     }
 
+    /// A GET with the token (parameters and changes need it).
     fn get(&self, path: &str) -> Value {
         self.runtime
-            .block_on(self.client().get_json(path))
+            .block_on(self.client().with_token(Some(TOKEN.into())).get_json(path))
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
@@ -208,6 +209,24 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     assert_eq!(param("window")["range"], "2..=4294967295");
     assert_eq!(param("key_field")["tunable"], false);
     assert!(!param("window")["doc"].as_str().unwrap().is_empty());
+
+    // Open to anyone: liveness, metrics, structure. Parameters and history need the
+    // token.
+    for (path, status) in [
+        ("/health", 200),
+        ("/components", 200),
+        ("/topology", 200),
+        ("/metrics", 200),
+        ("/openapi.json", 200),
+        ("/components/spikes/params", 401),
+        ("/changes", 401),
+    ] {
+        let reply = tg
+            .runtime
+            .block_on(tg.client().request("GET", path, None))
+            .unwrap();
+        assert_eq!(reply.status, status, "GET {path}: {}", reply.text());
+    }
 
     let openapi = tg.get("/openapi.json");
     assert_eq!(openapi["openapi"], "3.1.0");

@@ -39,11 +39,13 @@ use crate::secret::Secret;
 pub struct PostgresSinkConfig {
     /// Connection settings, libpq style: `host=db port=5432 user=tidegauge dbname=telemetry`
     /// (no password here: use `password`).
+    #[schemars(example = &"host=localhost user=tidegauge dbname=telemetry")]
     pub connection: String,
     /// Password (use `${ENV_VAR}`); never logged or printed.
     #[serde(default)]
     pub password: Option<Secret>,
     /// Table to write, optionally schema-qualified (`public.readings`).
+    #[schemars(example = &"anomalies")]
     pub table: String,
     /// Create the table when it does not exist.
     #[serde(default)]

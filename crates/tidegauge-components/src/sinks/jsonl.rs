@@ -28,6 +28,7 @@ use crate::codec::encode::JsonEncoder;
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
     /// File to write (parent directories are created).
+    #[schemars(example = &"anomalies.jsonl")]
     pub path: PathBuf,
     /// Append to an existing file (`true`) or replace it (`false`).
     #[serde(default = "default_append")]

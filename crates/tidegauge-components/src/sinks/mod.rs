@@ -118,6 +118,15 @@ pub(crate) async fn run_writer_with_retry(
                 }
             }
         };
+        // The reader of the output went away (a closed pipe): what was written since the
+        // last flush is not delivered, and the sink ends without retrying.
+        let reader_gone = |writer: &dyn BatchWriterDyn,
+                           pending: &mut Vec<(RecordBatch, Finalizers)>| {
+            for (_, f) in pending.drain(..) {
+                f.fail();
+            }
+            ComponentError::reader_gone(writer.target_dyn())
+        };
         loop {
             let wait = flush_every.saturating_sub(last_flush.elapsed());
             match input.blocking_recv_timeout(&runtime, wait.max(Duration::from_millis(1))) {
@@ -129,6 +138,9 @@ pub(crate) async fn run_writer_with_retry(
                         Ok(bytes) => {
                             component.emit(EventsSent { count: rows });
                             component.emit(BytesSent { bytes });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                            return Err(reader_gone(&writer, &mut pending));
                         }
                         Err(e) => {
                             recover(&mut writer, &mut pending, "write to", e)?;
@@ -142,15 +154,23 @@ pub(crate) async fn run_writer_with_retry(
                 Recv::Closed => break,
             }
             if last_flush.elapsed() >= flush_every {
-                if let Err(e) = writer.flush() {
-                    recover(&mut writer, &mut pending, "flush", e)?;
+                match writer.flush() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Err(reader_gone(&writer, &mut pending));
+                    }
+                    Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
                 }
                 release(&mut pending);
                 last_flush = Instant::now();
             }
         }
-        if let Err(e) = writer.flush() {
-            recover(&mut writer, &mut pending, "flush", e)?;
+        match writer.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                return Err(reader_gone(&writer, &mut pending));
+            }
+            Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
         }
         release(&mut pending);
         Ok(())

@@ -36,6 +36,7 @@ use super::{BatchWriter, run_writer};
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
     /// Directory to write files in (created if missing).
+    #[schemars(example = &"parquet")]
     pub path: PathBuf,
     /// Partition directories: `date` (from `ts_field`) and/or input field names, outermost
     /// first.

@@ -56,7 +56,9 @@ impl SinkConfig for StdoutSinkConfig {
             writer: StdoutWriter {
                 format: self.format,
                 json: JsonEncoder::new(&input),
-                color: io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                // Colour only on a terminal, never with NO_COLOR set (https://no-color.org).
+                color: io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                 buf: Vec::new(),
             },
         };

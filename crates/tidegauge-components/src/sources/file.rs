@@ -34,6 +34,7 @@ config! {
     pub struct FileSourceConfig {
         /// Files to read, in this order. Glob patterns (`logs/*.jsonl`) expand to the
         /// matching files, sorted by name.
+        #[schemars(example = ["readings/*.jsonl"])]
         pub paths: Vec<String>,
         /// Record format. Unset: `csv` for names ending in `.csv` or `.csv.gz`, else `jsonl`.
         #[serde(default)]

@@ -1,35 +1,49 @@
 //! `baseline` transform: per-sensor deviation of a smoothed value from a reference learnt
-//! during a warm-up and then held.
+//! during a warm-up, with a threshold each sensor calibrates for itself.
 
-use tidegauge_core::ConfigError;
+use tidegauge_core::{ComponentError, ConfigError};
 use tidegauge_detect::{Baseline, BaselineParams};
 
+use super::KeyInterner;
 use super::detector::detector_config;
 use super::keyed::{DetectorSpec, param_errors};
+use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
-    /// Per-sensor held reference: learns each sensor's normal level and spread over its
-    /// first `warmup` values, then flags every value whose exponentially smoothed level
-    /// lies more than `threshold` reference standard deviations from it.
+    /// Per-sensor reference with a self-calibrated threshold: learns each sensor's normal
+    /// level and spread over its first `warmup` values, then flags every value whose
+    /// exponentially smoothed level lies further from it than the sensor's own threshold.
     ///
     /// For sustained shifts (a valve closing, a leak, a pump cavitating), which a rolling
-    /// window learns within its length and stops flagging: the reference is never updated
-    /// after the warm-up, so a shift is flagged for as long as it lasts. The spread is
-    /// that of the smoothed warm-up values, so the threshold is in units of how much the
-    /// sensor's smoothed level moved while it was normal. The default threshold comes from
-    /// the SKAB training rows (see the SKAB section of the documentation); calibrate it on
-    /// normal data of your own sensors. Adds `z`, `anomaly_score`, `is_anomaly`, `detector`
-    /// ("baseline") and `reason`. State per sensor: 96 bytes, O(1) per event.
+    /// window learns within its length and stops flagging. The threshold is learnt per
+    /// sensor from the second half of its warm-up: an exponential tail fitted to how far the
+    /// smoothed level strayed from the reference learnt so far, cut where it predicts
+    /// `target_alarm_rate` of normal values above it, and never below `threshold`. After the
+    /// warm-up the reference adapts slowly (`adapt_half_life`), so a lasting change becomes
+    /// the new normal instead of being flagged for ever. Defaults need no tuning per sensor
+    /// (see `docs/detectors.md` for how they were chosen). Adds `z`, `anomaly_score`,
+    /// `is_anomaly`, `detector` ("baseline") and `reason`. State per sensor: 152 bytes (plus
+    /// 4 bytes per value of the warm-up's second half while it lasts), O(1) per event.
     pub struct BaselineConfig as "baseline" {
-        /// Values that learn the reference (longer while they are all equal).
-        #[schemars(range(min = 2))]
+        /// Values that learn the reference (longer while they are all equal); the second
+        /// half of them also learns the threshold.
+        #[schemars(range(min = 2, max = 1000000))]
         pub warmup: u32 = BaselineParams::default().warmup,
         /// Half-life of the smoothing, in values.
         #[schemars(range(min = 0.0))]
         pub half_life_events: f64 = BaselineParams::default().half_life,
-        /// |z| of the smoothed value above which a value is an anomaly.
+        /// Lowest |z| of the smoothed value that is an anomaly (the threshold itself when
+        /// `target_alarm_rate` is 0).
         #[schemars(range(min = 0.0))]
         pub threshold: f64 = BaselineParams::default().threshold,
+        /// Share of normal values each sensor's learnt threshold aims to flag; 0 turns the
+        /// self-calibration off (every sensor then uses `threshold`).
+        #[schemars(range(min = 0.0, max = 1.0))]
+        pub target_alarm_rate: f64 = BaselineParams::default().target_alarm_rate,
+        /// Half-life, in values, of the reference's slow adaptation after the warm-up;
+        /// 0 holds it for ever.
+        #[schemars(range(min = 0.0))]
+        pub adapt_half_life: f64 = BaselineParams::default().adapt_half_life,
     }
 }
 
@@ -39,6 +53,8 @@ impl BaselineConfig {
             warmup: self.warmup,
             half_life: self.half_life_events,
             threshold: self.threshold,
+            target_alarm_rate: self.target_alarm_rate,
+            adapt_half_life: self.adapt_half_life,
         }
     }
 }
@@ -66,5 +82,63 @@ impl DetectorSpec for BaselineConfig {
 
     fn new_state(&self) -> Baseline {
         Baseline::new(self.params())
+    }
+
+    fn save_states(
+        &self,
+        keys: &KeyInterner,
+        states: &[Baseline],
+    ) -> Option<Result<Vec<u8>, ComponentError>> {
+        Some(encode_keyed(keys, states))
+    }
+
+    /// A checkpoint taken with other parameters (the file changed since) cannot continue:
+    /// the reference and threshold were learnt under them. It is refused, and the
+    /// detector starts cold.
+    fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<Baseline>), ComponentError> {
+        let (keys, states): (KeyInterner, Vec<Baseline>) = decode_keyed(bytes)?;
+        if let Some(s) = states.iter().find(|s| s.params() != &self.params()) {
+            return Err(ComponentError::new(format!(
+                "baseline state was checkpointed with other parameters ({:?})",
+                s.params()
+            )));
+        }
+        Ok((keys, states))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidegauge_detect::Detector;
+
+    #[test]
+    fn states_survive_a_checkpoint() {
+        let config = BaselineConfig {
+            warmup: 20,
+            ..BaselineConfig::default()
+        };
+        let mut keys = KeyInterner::default();
+        let mut states = Vec::new();
+        for k in ["a", "b"] {
+            keys.id(k);
+            let mut s = config.new_state();
+            for i in 0..50 {
+                s.observe(i, (i % 7) as f64 + if k == "b" { 100.0 } else { 0.0 });
+            }
+            states.push(s);
+        }
+        let bytes = config.save_states(&keys, &states).unwrap().unwrap();
+        let (keys2, mut restored) = config.load_states(&bytes).unwrap();
+        assert_eq!(keys2.len(), 2);
+        for (a, b) in states.iter_mut().zip(&mut restored) {
+            assert_eq!(a.threshold(), b.threshold());
+            assert_eq!(a.observe(60, 3.0), b.observe(60, 3.0));
+        }
+        let other = BaselineConfig {
+            warmup: 21,
+            ..config
+        };
+        assert!(other.load_states(&bytes).is_err());
     }
 }

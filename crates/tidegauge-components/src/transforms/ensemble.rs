@@ -16,6 +16,13 @@ use super::keyed::{DetectorSpec, param_errors};
 #[derive(Debug)]
 pub struct Member(Box<dyn DetectorFactory>);
 
+impl Member {
+    /// The member's detector config.
+    pub fn factory(&self) -> &dyn DetectorFactory {
+        &*self.0
+    }
+}
+
 impl Clone for Member {
     fn clone(&self) -> Self {
         Member(self.0.clone_box())
@@ -113,6 +120,10 @@ detector_config! {
     /// `members = [{ type = "zscore", window = 100 }, { type = "mad", window = 50 }]`.
     pub struct EnsembleConfig as "ensemble" {
         /// The detectors, each a table with `type` and its settings.
+        #[schemars(example = serde_json::json!([
+            { "type": "zscore", "window": 100 },
+            { "type": "mad", "window": 50 }
+        ]))]
         pub members: Vec<Member> = Vec::new(),
         /// How their verdicts are combined.
         pub combine: CombineMode = CombineMode::Max,

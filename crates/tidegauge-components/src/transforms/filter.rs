@@ -59,7 +59,8 @@ fn compile_condition(condition: &str, input: &SchemaRef) -> Result<Expression, C
         return Err(ConfigError::new(
             "condition",
             format!(
-                "must be true or false for each event, but `{condition}` gives {}",
+                "must be true or false for each event, but `{}` gives {}",
+                crate::expr::excerpt(condition),
                 expr.data_type()
             ),
         ));

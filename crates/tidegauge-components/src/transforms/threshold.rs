@@ -18,6 +18,7 @@ detector_config! {
         /// Values below this are anomalous.
         pub low: Option<f64> = None,
         /// Values above this are anomalous.
+        #[schemars(example = 90.0)]
         pub high: Option<f64> = None,
         /// How far back inside the bounds a value must come to end an alarm.
         #[schemars(range(min = 0.0))]

@@ -35,7 +35,10 @@ use crate::secret::Secret;
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
-    /// Endpoint URL (`http://` or `https://`).
+    /// Endpoint URL (`http://` or `https://`). Its path and query are treated as secret
+    /// (webhook URLs carry their token there): shown as `https://host/***`.
+    #[schemars(extend("x-secret-path" = true))]
+    #[schemars(example = &"https://hooks.example.com/alerts")]
     pub url: String,
     /// Request method.
     #[serde(default)]
@@ -43,9 +46,10 @@ pub struct HttpSinkConfig {
     /// Body format.
     #[serde(default)]
     pub encoding: HttpEncoding,
-    /// Extra request headers (not secret; use `auth_header_value` for credentials).
+    /// Extra request headers. Their values are treated as secrets (never shown, masked
+    /// wherever they would appear); credentials still belong in `auth_header_value`.
     #[serde(default)]
-    pub headers: IndexMap<String, String>,
+    pub headers: IndexMap<String, Secret>,
     /// Name of the header carrying credentials.
     #[serde(default = "default_auth_header_name")]
     pub auth_header_name: String,
@@ -94,6 +98,10 @@ pub enum HttpEncoding {
     /// One object per line, `Content-Type: application/x-ndjson`.
     Ndjson,
 }
+
+/// How much of a refusing receiver's reply is read, and how much of it is shown.
+const REPLY_SHOWN_BYTES: usize = 1024;
+const REPLY_SHOWN_CHARS: usize = 200;
 
 fn default_auth_header_name() -> String {
     "Authorization".into()
@@ -145,7 +153,7 @@ impl SinkConfig for HttpSinkConfig {
                     "not a header name",
                 ));
             }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
+            if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
                 errors.push(ConfigError::new(
                     format!("headers.{name}"),
                     "not a header value",
@@ -199,8 +207,9 @@ impl SinkConfig for HttpSinkConfig {
         for (name, value) in &self.headers {
             let n = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|e| BuildError::new(format!("headers.{name}: {e}")))?;
-            let v = reqwest::header::HeaderValue::from_str(value)
+            let mut v = reqwest::header::HeaderValue::from_str(value.expose())
                 .map_err(|e| BuildError::new(format!("headers.{name}: {e}")))?;
+            v.set_sensitive(true);
             headers.insert(n, v);
         }
         if let Some(secret) = &self.auth_header_value {
@@ -414,13 +423,25 @@ impl HttpSink {
         if status.is_success() {
             return Ok(());
         }
-        let text = response.text().await.unwrap_or_default();
-        let snippet: String = text.chars().take(200).collect();
+        // The receiver's reply goes into logs and dead letters: only its start is read
+        // (a reply can be any size), and whatever it echoes of the request (the URL's
+        // token, the auth header) is masked.
+        let mut reply = Vec::new();
+        let mut response = response;
+        while reply.len() < REPLY_SHOWN_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => reply.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&reply);
+        let snippet: String = text.chars().take(REPLY_SHOWN_CHARS).collect();
         let what = format!("HTTP {status}: {snippet}");
         let what = match &self.config.auth_header_value {
             Some(s) => s.redact(&what),
             None => what,
         };
+        let what = tidegauge_core::redact::scrub(&what).into_owned();
         if status.is_server_error()
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS
             || status == reqwest::StatusCode::REQUEST_TIMEOUT

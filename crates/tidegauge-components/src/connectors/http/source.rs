@@ -58,7 +58,9 @@ use crate::sources::{BatchConfig, validate_fields};
 #[serde(deny_unknown_fields)]
 pub struct HttpPollConfig {
     /// Endpoints: URLs, or tables `{ url = "http://...", id = "pump-7" }` (the id goes in
-    /// `endpoint_field`; it defaults to the URL).
+    /// `endpoint_field`; it defaults to the URL with its secrets masked: user information,
+    /// query values named like keys, tokens or passwords, token-like path segments).
+    #[schemars(example = serde_json::json!([{ "url": "http://10.0.0.7/reading", "id": "pump-7" }]))]
     pub endpoints: Vec<Endpoint>,
     /// Time between two polls of an endpoint, in milliseconds. A poll still running
     /// (retrying) when the next is due skips it.
@@ -125,10 +127,11 @@ impl Endpoint {
         }
     }
 
-    fn id(&self) -> &str {
+    /// The id events carry: the one given, or the URL with its secrets masked.
+    fn id(&self) -> String {
         match self {
-            Endpoint::Url(u) => u,
-            Endpoint::Named { id, .. } => id,
+            Endpoint::Url(u) => tidegauge_core::redact::url(u, false).into_owned(),
+            Endpoint::Named { id, .. } => id.clone(),
         }
     }
 }
@@ -163,11 +166,23 @@ impl SourceConfig for HttpPollConfig {
         if self.endpoints.is_empty() {
             errors.push(ConfigError::new("endpoints", "list at least one endpoint"));
         }
+        let mut ids = std::collections::HashMap::new();
         for (i, e) in self.endpoints.iter().enumerate() {
+            if let Some(first) = ids.insert(e.id(), i) {
+                errors.push(ConfigError::new(
+                    format!("endpoints[{i}]"),
+                    format!(
+                        "has the same id as endpoints[{first}] (`{}`, secrets masked); give each an `id`",
+                        e.id()
+                    ),
+                ));
+            }
             match reqwest::Url::parse(e.url()) {
+                // The text is not quoted: it may hold a secret that only a URL would show
+                // where.
                 Err(err) => errors.push(ConfigError::new(
                     format!("endpoints[{i}]"),
-                    format!("`{}` is not a URL: {err}", e.url()),
+                    format!("not a URL: {err}"),
                 )),
                 Ok(u) if u.scheme() == "http" => {}
                 Ok(u) if u.scheme() == "https" && cfg!(feature = "http-tls") => {}
@@ -386,6 +401,9 @@ async fn poll_endpoint(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + start_after, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let url = endpoint.url().to_string();
+    // What logs, errors and dead letters name the endpoint by: its URL, secrets masked.
+    let shown = tidegauge_core::redact::url(&url, false).into_owned();
+    let breaker_id = endpoint.id();
     loop {
         ticks.tick().await;
         let result = resilience
@@ -416,7 +434,7 @@ async fn poll_endpoint(
                 PollError::retryable,
                 |t| {
                     component.emit(BreakerTransitioned {
-                        endpoint: endpoint.id(),
+                        endpoint: &breaker_id,
                         from: t.from,
                         to: t.to,
                     })
@@ -433,10 +451,10 @@ async fn poll_endpoint(
             Err(RetryError::BreakerOpen) => Err("circuit breaker open".to_string()),
             Err(RetryError::Failed { error, attempts }) => {
                 if let PollError::Body { reason, body } = &error {
-                    component.dead_letter(&url, reason, body);
+                    component.dead_letter(&shown, reason, body);
                 } else {
                     component.emit(ComponentErrorOccurred {
-                        error: &format!("{url}: {error} (after {attempts} attempt(s))"),
+                        error: &format!("{shown}: {error} (after {attempts} attempt(s))"),
                     });
                 }
                 Err(error.to_string())
@@ -515,11 +533,7 @@ impl HttpPoll {
         let mut last_good: Vec<Option<LastGood>> = (0..n).map(|_| None).collect();
         let linger = Duration::from_millis(config.batch.linger_ms);
         let max_stale = Duration::from_millis(config.max_stale_ms);
-        let ids: Vec<String> = config
-            .endpoints
-            .iter()
-            .map(|e| e.id().to_string())
-            .collect();
+        let ids: Vec<String> = config.endpoints.iter().map(Endpoint::id).collect();
         loop {
             let wait = pending
                 .since
@@ -592,7 +606,11 @@ impl Pending {
                 self.since.get_or_insert_with(Instant::now);
             }
             // Bodies were checked when polled; decoding the same bytes again agrees.
-            Err(reason) => component.dead_letter(config.endpoints[endpoint].url(), &reason, body),
+            Err(reason) => component.dead_letter(
+                &tidegauge_core::redact::url(config.endpoints[endpoint].url(), false),
+                &reason,
+                body,
+            ),
         }
     }
 

@@ -17,6 +17,7 @@ macro_rules! kafka_connection {
     (@append $meta:tt $name:ident { $($fields:tt)* } $rest:tt) => {
         $crate::settings::config!(@emit $meta $name { $($fields)*
             /// Bootstrap brokers, `host:port`.
+            #[schemars(example = ["localhost:9092"])]
             pub brokers: Vec<String>,
             /// SASL user name (with `sasl_password`; mechanism PLAIN unless `options` say
             /// else).

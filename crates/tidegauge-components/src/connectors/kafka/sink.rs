@@ -37,6 +37,7 @@ config! {
     /// dead-lettered.
     pub struct KafkaSinkConfig {
         /// Topic to write to.
+        #[schemars(example = &"anomalies")]
         pub topic: String,
         /// Field whose value keys each message (and so picks its partition); unset: no
         /// key, messages spread over partitions.

@@ -33,8 +33,10 @@ config! {
     /// tidegauge instances with the same group to spread the load.
     pub struct KafkaSourceConfig {
         /// Topics to consume.
+        #[schemars(example = ["readings"])]
         pub topics: Vec<String>,
         /// Consumer group; members share the topics' partitions.
+        #[schemars(example = &"tidegauge")]
         pub group_id: String,
         /// Where a group without a committed offset starts: `earliest` or `latest`.
         #[serde(default)]

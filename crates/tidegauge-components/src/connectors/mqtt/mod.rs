@@ -37,6 +37,7 @@ macro_rules! mqtt_connection {
     (@append $meta:tt $name:ident { $($fields:tt)* } $rest:tt) => {
         $crate::settings::config!(@emit $meta $name { $($fields)*
             /// Broker host name or address.
+            #[schemars(example = &"localhost")]
             pub host: String,
             /// Broker port (1883 plain, 8883 TLS by convention).
             #[serde(default = "crate::connectors::mqtt::default_port")]

@@ -32,6 +32,7 @@ config! {
     /// lost connection the client reconnects and resends what was not acknowledged.
     pub struct MqttSinkConfig {
         /// Topic to publish to; `{field}` is replaced by the event's value of that field.
+        #[schemars(example = &"alerts/{sensor_id}")]
         pub topic: String,
         /// Quality of service: 0 (fire and forget) or 1 (acknowledged by the broker).
         #[serde(default = "default_qos")]

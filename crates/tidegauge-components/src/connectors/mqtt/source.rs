@@ -35,6 +35,7 @@ config! {
     /// cannot be decoded are dead-lettered with topic and broker.
     pub struct MqttSourceConfig {
         /// Topic filters to subscribe to; `+` matches one level, `#` the rest.
+        #[schemars(example = ["plant/+/+/temp"])]
         pub topics: Vec<String>,
         /// Quality of service: 0 (at most once) or 1 (at least once, acknowledged after
         /// the sinks).

@@ -19,6 +19,7 @@ macro_rules! nats_connection {
     (@append $meta:tt $name:ident { $($fields:tt)* } $rest:tt) => {
         $crate::settings::config!(@emit $meta $name { $($fields)*
             /// Server URLs (`nats://host:4222`, or `tls://...`).
+            #[schemars(example = ["nats://localhost:4222"])]
             pub servers: Vec<String>,
             /// User name (with `password`).
             #[serde(default)]

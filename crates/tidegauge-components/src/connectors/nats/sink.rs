@@ -30,6 +30,7 @@ config! {
     /// missing if `stream` and `stream_subjects` are given.
     pub struct NatsSinkConfig {
         /// Subject to publish to; `{field}` is replaced by the event's value of that field.
+        #[schemars(example = &"alerts.{sensor_id}")]
         pub subject: String,
         /// Stream to create when missing (with `stream_subjects`); unset: a stream
         /// capturing the subject must exist.

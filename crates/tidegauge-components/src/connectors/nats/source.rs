@@ -31,6 +31,7 @@ config! {
     /// redelivered. The stream is created when missing if `subjects` are given.
     pub struct NatsSourceConfig {
         /// JetStream stream to read.
+        #[schemars(example = &"READINGS")]
         pub stream: String,
         /// Subjects of the stream, used to create it when it does not exist yet; unset: the
         /// stream must exist.

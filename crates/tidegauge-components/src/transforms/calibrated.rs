@@ -1,0 +1,153 @@
+//! `calibrated` transform: any registered detector, its scores turned into tail
+//! probabilities under each sensor's own history, so one threshold serves a fleet.
+
+use tidegauge_core::ConfigError;
+use tidegauge_detect::{Calibrated, CalibrationParams};
+
+use super::detector::{BoxedDetector, DetectorFactory, detector_config};
+use super::ensemble::Member;
+use super::keyed::{DetectorSpec, param_errors};
+
+detector_config! {
+    /// Any detector with calibrated scores: each value's statistic (the wrapped detector's
+    /// z, robust z, rate, ...) is judged by how rare its magnitude is in that sensor's own
+    /// history, a decayed log-scale histogram with a half-life of `history_half_life`
+    /// values. `anomaly_score = 1 − p^k` with `p` that tail probability and
+    /// `k = ln 2 / ln(1/target_alarm_rate)`: 0.5 when `p` equals the target rate, 0.75 at
+    /// its square; an anomaly when `p < target_alarm_rate`. The same score is the same
+    /// rarity on every sensor, whatever its scale, noise or resolution, so one threshold
+    /// (`anomaly_score > 0.75`, say) serves a fleet; the wrapped detector's own threshold
+    /// no longer matters. Example: `detector = { type = "zscore", window = 50 }`.
+    /// Adds `statistic` (the wrapped detector's), `anomaly_score`, `is_anomaly`, `detector`
+    /// ("calibrated") and `reason`. Per sensor: the wrapped state plus 296 bytes, about
+    /// 60 ns per event more.
+    pub struct CalibratedConfig as "calibrated" {
+        /// The detector whose statistic is calibrated: a table with `type` and its settings.
+        pub detector: Option<Member> = None,
+        /// Share of a stationary sensor's values flagged as anomalies (above 0, below 0.5).
+        #[schemars(range(min = 0.0, max = 0.5))]
+        pub target_alarm_rate: f64 = CalibrationParams::default().target_alarm_rate,
+        /// Half-life of each sensor's history of magnitudes, in values (at least 10).
+        #[schemars(range(min = 10.0))]
+        pub history_half_life: f64 = CalibrationParams::default().half_life,
+        /// Values a sensor's history needs before its verdicts count.
+        #[schemars(range(min = 1))]
+        pub min_events: u32 = CalibrationParams::default().min_events,
+    }
+}
+
+impl CalibratedConfig {
+    fn params(&self) -> CalibrationParams {
+        CalibrationParams {
+            target_alarm_rate: self.target_alarm_rate,
+            half_life: self.history_half_life,
+            min_events: self.min_events,
+        }
+    }
+}
+
+impl DetectorSpec for CalibratedConfig {
+    type State = Calibrated<BoxedDetector>;
+    const NAME: &'static str = "calibrated";
+    const STATISTIC: &'static str = "statistic";
+
+    fn needs_time(&self) -> bool {
+        self.detector
+            .as_ref()
+            .is_some_and(|d| d.factory().needs_time())
+    }
+
+    fn check(&self) -> Vec<ConfigError> {
+        let mut errors: Vec<ConfigError> = param_errors(self.params().validate())
+            .into_iter()
+            .map(|mut e| {
+                if e.path == "half_life" {
+                    e.path = "history_half_life".into();
+                }
+                e
+            })
+            .collect();
+        match &self.detector {
+            None => errors.push(ConfigError::new(
+                "detector",
+                "name the detector to calibrate, e.g. `detector = { type = \"zscore\" }`",
+            )),
+            Some(d) => {
+                if d.factory().sets_common() {
+                    errors.push(ConfigError::new(
+                        "detector",
+                        "key_field, value_field, ts_field and workers belong to `calibrated`, not to its detector",
+                    ));
+                }
+                errors.extend(
+                    d.factory()
+                        .check()
+                        .into_iter()
+                        .map(|e| e.prefixed("detector")),
+                );
+            }
+        }
+        errors
+    }
+
+    fn new_state(&self) -> Calibrated<BoxedDetector> {
+        let inner = match &self.detector {
+            Some(d) => d.factory().new_state(),
+            // `check` refuses a config without one; a zscore with defaults keeps this total.
+            None => DetectorFactory::new_state(&super::zscore::ZScoreConfig::default()),
+        };
+        Calibrated::new(inner, self.params())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidegauge_detect::Detector;
+
+    fn config(toml_text: &str) -> CalibratedConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn wraps_any_registered_detector() {
+        let c = config(
+            "detector = { type = \"zscore\", window = 20 }\nmin_events = 50\ntarget_alarm_rate = 0.01",
+        );
+        assert!(
+            DetectorSpec::check(&c).is_empty(),
+            "{:?}",
+            DetectorSpec::check(&c)
+        );
+        let mut s = DetectorSpec::new_state(&c);
+        let mut flagged = 0;
+        for i in 0..5000i64 {
+            // Triangle wave plus a deterministic wobble.
+            let v = 1000.0 + ((i * 7919) % 23) as f64 + (i % 50) as f64;
+            flagged += u32::from(s.observe(i, v).is_anomaly);
+        }
+        // A stationary sensor: about the target share flagged, not none, not many.
+        assert!((10..200).contains(&flagged), "{flagged}");
+        let v = s.observe(5000, 1e6);
+        assert!(v.is_anomaly && v.score > 0.9, "{v:?}");
+        assert!(s.explain(&v).contains("tail probability"));
+    }
+
+    #[test]
+    fn errors_name_their_place() {
+        let c = config("");
+        assert_eq!(DetectorSpec::check(&c)[0].path, "detector");
+        let c = config("detector = { type = \"zscore\", window = 1 }\ntarget_alarm_rate = 0.7");
+        let paths: Vec<String> = DetectorSpec::check(&c)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert!(
+            paths.contains(&"target_alarm_rate".to_string()),
+            "{paths:?}"
+        );
+        assert!(paths.contains(&"detector.window".to_string()), "{paths:?}");
+        let c = config("detector = { type = \"zscore\", key_field = \"k\" }");
+        assert_eq!(DetectorSpec::check(&c)[0].path, "detector");
+    }
+}
