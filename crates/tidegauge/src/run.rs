@@ -52,7 +52,7 @@ pub fn run(
         {
             Ok(t) => t.flatten(),
             Err(e) => {
-                eprintln!("error: {origin}: [admin] {e}");
+                ewriteln!("error: {origin}: [admin] {e}");
                 return Ok(ExitCode::from(crate::EXIT_INVALID));
             }
         };
