@@ -11,8 +11,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use tidegauge_detect::{
     Aggregate, Baseline, BaselineParams, Calibrated, CalibrationParams, ChangePoint,
     ChangePointMethod, ChangePointParams, Combine, DeadlineTracker, Detector, Ewma, EwmaParams,
-    Flatline, FlatlineParams, HalfLife, HeartbeatParams, Mad, MadParams, Rate, RateParams,
-    Seasonal, SeasonalParams, Threshold, ThresholdParams, Verdict, ZScore, ZScoreParams,
+    Flatline, FlatlineParams, HalfLife, HeartbeatParams, Hotelling, HotellingParams, Mad,
+    MadParams, Rate, RateParams, Seasonal, SeasonalParams, Threshold, ThresholdParams, Verdict,
+    ZScore, ZScoreParams,
 };
 
 const EVENTS: usize = 10_000;
@@ -184,6 +185,31 @@ fn detectors(c: &mut Criterion) {
     );
 }
 
+/// `hotelling` on rows of 8 readings (SKAB's shape): the stream's values with 7 shifted
+/// copies, so the readings are correlated but not identical.
+fn multivariate(c: &mut Criterion) {
+    let data = stream(EVENTS);
+    let rows: Vec<[f64; 8]> = (0..data.len())
+        .map(|i| std::array::from_fn(|k| data[(i + k * 37) % data.len()].1 * (1.0 + k as f64)))
+        .collect();
+    let mut d = Hotelling::new(HotellingParams::default());
+    for (i, r) in rows.iter().enumerate() {
+        d.observe(i as i64, r);
+    }
+    let mut group = c.benchmark_group("detector");
+    group.throughput(Throughput::Elements(rows.len() as u64));
+    group.bench_function(BenchmarkId::new("hotelling", "8_readings"), |b| {
+        b.iter(|| {
+            let mut anomalies = 0u32;
+            for (i, r) in rows.iter().enumerate() {
+                anomalies += u32::from(d.observe(i as i64, black_box(r)).is_anomaly);
+            }
+            anomalies
+        })
+    });
+    group.finish();
+}
+
 fn others(c: &mut Criterion) {
     let data = stream(EVENTS);
     let mut group = c.benchmark_group("other");
@@ -258,5 +284,5 @@ fn others(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, detectors, others);
+criterion_group!(benches, detectors, multivariate, others);
 criterion_main!(benches);

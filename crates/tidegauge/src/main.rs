@@ -255,6 +255,11 @@ enum Command {
         /// Channels that must flag a row for it to count as an anomaly.
         #[arg(long, default_value_t = 1)]
         min_channels: usize,
+        /// Judge whole rows: one event per row with every value column as a field, for a
+        /// detector of several readings at once (`hotelling`; its `value_fields` are set to
+        /// the value columns).
+        #[arg(long)]
+        rows: bool,
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -544,6 +549,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             key_column,
             delimiter,
             min_channels,
+            rows,
             no_progress,
         } => {
             let delimiter = match delimiter.as_bytes() {
@@ -570,6 +576,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 key_column,
                 delimiter,
                 min_channels,
+                rows,
                 progress: !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })?;
             Ok(ExitCode::SUCCESS)

@@ -53,6 +53,8 @@ pub struct ScoreArgs {
     pub delimiter: u8,
     /// Channels that must flag a row for it to be an anomaly.
     pub min_channels: usize,
+    /// One event per row with every value column as a field (multi-reading detectors).
+    pub rows: bool,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -73,8 +75,17 @@ fn long_schema() -> SchemaRef {
     ]))
 }
 
-/// The detector with the settings `set` (`key=value` each).
+/// The detector with the settings `set` (`key=value` each), for per-channel events.
 fn resolve_detector(args: &ScoreArgs, set: &[String]) -> anyhow::Result<Detector> {
+    resolve_detector_for(args, set, long_schema())
+}
+
+/// The detector with the settings `set`, reading events of schema `input`.
+fn resolve_detector_for(
+    args: &ScoreArgs,
+    set: &[String],
+    input: SchemaRef,
+) -> anyhow::Result<Detector> {
     let path = Path::new(&args.detector);
     let (name, config) = if args.detector.ends_with(".toml") || path.is_file() {
         if !set.is_empty() {
@@ -150,7 +161,6 @@ fn resolve_detector(args: &ScoreArgs, set: &[String]) -> anyhow::Result<Detector
             Err(e) => bail!("--set {}: {}", e.path, e.message),
         }
     };
-    let input = long_schema();
     let output = config
         .validate(&input)
         .map_err(|e| anyhow!("{name}: {}", join(&e)))?;
@@ -652,6 +662,157 @@ fn score_file(
     Ok((total, flagged))
 }
 
+/// The schema of a row event: `sensor_id`, `ts` and one Float64 field per value column.
+fn row_schema(layout: &Layout) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("sensor_id", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+    ];
+    fields.extend(
+        layout
+            .values
+            .iter()
+            .map(|(_, name)| Field::new(name, DataType::Float64, true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Scores one file with `--rows`: one event per row, every value column a field.
+/// Returns (rows, anomalous rows).
+fn score_file_rows(
+    args: &ScoreArgs,
+    input: &Path,
+    out: &Path,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<(u64, u64)> {
+    let mut reader = Reader::open(input, args.delimiter)?;
+    let columns = reader.columns()?;
+    let first = reader.next_fields()?;
+    let layout = layout(args, &columns, first.as_deref())?;
+    let mut set = args.set.clone();
+    if !set
+        .iter()
+        .any(|s| s.trim_start().starts_with("value_fields"))
+    {
+        let names: Vec<String> = layout
+            .values
+            .iter()
+            .map(|(_, n)| format!("{n:?}"))
+            .collect();
+        set.push(format!("value_fields=[{}]", names.join(", ")));
+    }
+    if !set.iter().any(|s| s.trim_start().starts_with("key_field")) {
+        set.push("key_field=sensor_id".into());
+    }
+    let detector = resolve_detector_for(args, &set, row_schema(&layout))?;
+    let telemetry = Arc::new(ComponentTelemetry::new(
+        detector.name.as_str(),
+        ComponentKind::Transform,
+        "score",
+    ));
+    let component = ComponentContext::new(telemetry, DeadLetter::stderr());
+    let mut transform = detector
+        .config
+        .build(
+            detector.input.clone(),
+            detector.output.clone(),
+            BuildContext {
+                component: component.clone(),
+                runtime: runtime.clone(),
+            },
+        )
+        .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+    let mut cx = TransformContext::new(component);
+    let score_col = detector.output.index_of("anomaly_score")?;
+    let flag_col = detector.output.index_of("is_anomaly")?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut w = BufWriter::new(file);
+    csv_field(&mut w, &layout.time_name)?;
+    writeln!(w, ",anomaly_score,is_anomaly")?;
+    let (mut total, mut flagged) = (0u64, 0u64);
+    let mut index = 0u64;
+    let mut next = first;
+    loop {
+        let mut rows: Vec<Row> = Vec::new();
+        while rows.len() < CHUNK_ROWS {
+            let Some(fields) = next.take() else { break };
+            rows.push(to_row(fields, &layout, index));
+            index += 1;
+            next = reader.next_fields()?;
+        }
+        if rows.is_empty() {
+            transform
+                .flush(&mut cx)
+                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+            if cx.take_emitted().next().is_some() {
+                bail!("the detector emitted more events than it was given");
+            }
+            break;
+        }
+        let mut keys = StringBuilder::new();
+        let mut ts = Int64Builder::new();
+        let mut values: Vec<Float64Builder> = layout
+            .values
+            .iter()
+            .map(|_| Float64Builder::new())
+            .collect();
+        for row in &rows {
+            keys.append_value(&row.key);
+            ts.append_value(row.ts);
+            for (b, v) in values.iter_mut().zip(&row.values) {
+                b.append_option(*v);
+            }
+        }
+        let mut arrays: Vec<arrow_array::ArrayRef> =
+            vec![Arc::new(keys.finish()), Arc::new(ts.finish())];
+        arrays.extend(
+            values
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as arrow_array::ArrayRef),
+        );
+        let batch = RecordBatch::try_new(detector.input.clone(), arrays)?;
+        transform
+            .process(batch, &mut cx)
+            .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+        let mut judged = 0usize;
+        for (batch, _) in cx.take_emitted() {
+            let scores = batch.column(score_col).as_primitive::<Float64Type>();
+            let flags = batch.column(flag_col).as_boolean();
+            for i in 0..batch.num_rows() {
+                let row = rows
+                    .get(judged)
+                    .ok_or_else(|| anyhow!("the detector emitted more events than it was given"))?;
+                let anomalous = flags.is_valid(i) && flags.value(i);
+                csv_field(&mut w, &row.time_text)?;
+                writeln!(
+                    w,
+                    ",{},{}",
+                    ryu::Buffer::new().format(if scores.is_valid(i) {
+                        scores.value(i)
+                    } else {
+                        0.0
+                    }),
+                    u8::from(anomalous)
+                )?;
+                judged += 1;
+                total += 1;
+                flagged += u64::from(anomalous);
+            }
+        }
+        if judged != rows.len() {
+            bail!(
+                "the detector emitted {judged} events for {} rows",
+                rows.len()
+            );
+        }
+    }
+    w.flush()?;
+    Ok((total, flagged))
+}
+
 /// The detectors of the channels `--channel-set` gives settings of their own: each gets
 /// the `--set` settings, but those it sets itself.
 fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>> {
@@ -689,8 +850,37 @@ fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>
         .collect()
 }
 
+/// `tidegauge score --rows`.
+fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
+    if !args.channel_set.is_empty() || args.min_channels != 1 {
+        bail!("--rows judges whole rows: --channel-set and --min-channels do not apply");
+    }
+    let files = collect_inputs(&args.inputs)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut rows, mut anomalies) = (0, 0);
+    for (input, rel) in &files {
+        let out = args.out.join(rel).with_extension("csv");
+        let (r, a) = score_file_rows(&args, input, &out, runtime.handle())
+            .with_context(|| input.display().to_string())?;
+        rows += r;
+        anomalies += a;
+    }
+    ewriteln!(
+        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {} on whole rows; results in {}",
+        files.len(),
+        args.detector,
+        args.out.display()
+    );
+    Ok(())
+}
+
 /// Runs `tidegauge score`.
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    if args.rows {
+        return run_rows(args);
+    }
     let per_channel = channel_detectors(&args)?;
     // With --channel-set, the --set settings alone may be incomplete (a required setting
     // given per channel); that is an error only for a file with a channel left without.

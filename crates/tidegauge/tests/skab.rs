@@ -64,26 +64,28 @@ fn skab_report(labels: &[&str]) -> serde_json::Value {
 }
 
 #[test]
-fn baseline_defaults_beat_the_best_published_f1() {
-    let results = skab_report(&["baseline (defaults)"]);
-    let r = &results[0];
-    assert_eq!(r["label"], "baseline (defaults)");
-    // One configuration: nothing set, nothing per channel.
-    assert_eq!(r["set"].as_array().unwrap().len(), 0);
-    assert_eq!(r["channel_set"].as_array().unwrap().len(), 0);
-    let o = &r["outlier"];
-    let count = |k: &str| o[k].as_f64().unwrap();
-    let (tp, fp, fn_) = (count("TP"), count("FP"), count("FN"));
-    assert_eq!(tp + fp + fn_ + count("TN"), 23_801.0);
-    let f1 = tp / (tp + (fp + fn_) / 2.0);
-    assert!(
-        f1 > BEST_PUBLISHED_F1,
-        "F1 {f1:.4} not above {BEST_PUBLISHED_F1}"
-    );
+fn defaults_beat_the_best_published_f1() {
+    let labels = ["baseline (defaults)", "hotelling, whole rows (defaults)"];
+    let results = skab_report(&labels);
+    for (r, label) in results.as_array().unwrap().iter().zip(labels) {
+        assert_eq!(r["label"], label);
+        // One configuration: nothing set, nothing per channel.
+        assert_eq!(r["set"].as_array().unwrap().len(), 0);
+        assert_eq!(r["channel_set"].as_array().unwrap().len(), 0);
+        let o = &r["outlier"];
+        let count = |k: &str| o[k].as_f64().unwrap();
+        let (tp, fp, fn_) = (count("TP"), count("FP"), count("FN"));
+        assert_eq!(tp + fp + fn_ + count("TN"), 23_801.0);
+        let f1 = tp / (tp + (fp + fn_) / 2.0);
+        assert!(
+            f1 > BEST_PUBLISHED_F1,
+            "{label}: F1 {f1:.4} not above {BEST_PUBLISHED_F1}"
+        );
+    }
 }
 
-/// `baseline`'s default threshold is the one `scripts/skab --derive-defaults` derives from
-/// the training rows (no labels).
+/// `baseline`'s and `hotelling`'s default thresholds are the ones `scripts/skab
+/// --derive-defaults` derives from the training rows (no labels).
 #[test]
 fn baseline_default_threshold_is_derived_from_training_rows() {
     let out = std::process::Command::new("python3")
@@ -95,15 +97,22 @@ fn baseline_default_threshold_is_derived_from_training_rows() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    let derived = text
-        .lines()
-        .find_map(|l| l.strip_prefix("derived default: threshold = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no derived threshold in:\n{text}"));
+    let derived = |detector: &str| {
+        let prefix = format!("derived default: {detector} threshold = ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no derived threshold for {detector} in:\n{text}"))
+    };
     assert_eq!(
-        derived,
+        derived("baseline"),
         tidegauge_detect::BaselineParams::default().threshold,
+        "{text}"
+    );
+    assert_eq!(
+        derived("hotelling"),
+        tidegauge_detect::HotellingParams::default().threshold,
         "{text}"
     );
 }

@@ -10,6 +10,7 @@ pub mod ewma;
 pub mod filter;
 pub mod flatline;
 pub mod heartbeat;
+pub mod hotelling;
 pub mod keyed;
 pub mod mad;
 pub mod rate_of_change;

@@ -1,0 +1,342 @@
+//! `hotelling` transform: several readings of one machine judged together (Hotelling's
+//! T² of their smoothed values against a reference learnt over a warm-up).
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tidegauge_core::schema::{extend, require_field};
+use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::{
+    BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
+    TransformContext,
+};
+use tidegauge_detect::{Hotelling, HotellingParams, hotelling::MAX_CHANNELS};
+
+use super::keyed::param_errors;
+use super::state::{decode_keyed, encode_keyed};
+use super::{DetectorColumns, KeyInterner, detector_fields, float_values};
+
+/// Several sensors of one machine judged together: each event carries one reading per
+/// field of `value_fields` (a row of the machine's sensors); each reading is smoothed
+/// (half-life `half_life_events`), and the row's distance from the machine's normal
+/// operation — the Mahalanobis distance of the smoothed readings from the mean and
+/// covariance learnt over the first `warmup` rows — is compared with a threshold the
+/// machine learns for itself from the second half of its warm-up (`target_alarm_rate`,
+/// never below `threshold`), as `baseline` does for one sensor. Sensors that move together
+/// count once, and a change in how they move together (pressure no longer following flow)
+/// is flagged even when each stays in its range. The reference is held after the warm-up.
+///
+/// State per machine (`key_field`; without one, the whole stream is one machine):
+/// about 8·(d² + 4d) bytes for d readings, O(d²) per row. Adds `distance`,
+/// `anomaly_score`, `is_anomaly`, `detector` ("hotelling") and `reason`, which names the
+/// field that moved furthest. A row with a missing or non-finite reading gets no verdict.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotellingConfig {
+    /// Field naming the machine; state is kept per distinct value. Unset: one machine.
+    pub key_field: Option<String>,
+    /// The readings judged together (Float64 or Int64 fields), 1 to 64 of them.
+    pub value_fields: Vec<String>,
+    /// Rows that learn the reference (longer while no reading has any spread).
+    #[schemars(range(min = 4, max = 1000000))]
+    pub warmup: u32,
+    /// Half-life of each reading's smoothing, in rows.
+    #[schemars(range(min = 0.0))]
+    pub half_life_events: f64,
+    /// Lowest distance that is an anomaly.
+    #[schemars(range(min = 0.0))]
+    pub threshold: f64,
+    /// Share of normal rows each machine's learnt threshold aims to flag; 0: `threshold`.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub target_alarm_rate: f64,
+    /// Ridge added to the covariance's diagonal, relative to it.
+    #[schemars(range(min = 0.0))]
+    pub ridge: f64,
+}
+
+impl Default for HotellingConfig {
+    fn default() -> Self {
+        let p = HotellingParams::default();
+        HotellingConfig {
+            key_field: None,
+            value_fields: Vec::new(),
+            warmup: p.warmup,
+            half_life_events: p.half_life,
+            threshold: p.threshold,
+            target_alarm_rate: p.target_alarm_rate,
+            ridge: p.ridge,
+        }
+    }
+}
+
+impl HotellingConfig {
+    fn params(&self) -> HotellingParams {
+        HotellingParams {
+            warmup: self.warmup,
+            half_life: self.half_life_events,
+            threshold: self.threshold,
+            target_alarm_rate: self.target_alarm_rate,
+            ridge: self.ridge,
+        }
+    }
+}
+
+const STATISTIC: &str = "distance";
+const NAME: &str = "hotelling";
+
+impl TransformConfig for HotellingConfig {
+    const TYPE: &'static str = NAME;
+
+    fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
+        let mut errors: Vec<ConfigError> = param_errors(self.params().validate())
+            .into_iter()
+            .map(|mut e| {
+                if e.path == "half_life" {
+                    e.path = "half_life_events".into();
+                }
+                e
+            })
+            .collect();
+        if self.value_fields.is_empty() || self.value_fields.len() > MAX_CHANNELS {
+            errors.push(ConfigError::new(
+                "value_fields",
+                format!(
+                    "list 1 to {MAX_CHANNELS} fields read together, e.g. `value_fields = [\"flow\", \"pressure\"]`; got {}",
+                    self.value_fields.len()
+                ),
+            ));
+        }
+        for (i, f) in self.value_fields.iter().enumerate() {
+            if let Err(e) = require_field(
+                input,
+                &format!("value_fields[{i}]"),
+                f,
+                &[DataType::Float64, DataType::Int64],
+            ) {
+                errors.push(e);
+            }
+        }
+        if let Some(k) = &self.key_field
+            && let Err(e) = require_field(input, "key_field", k, &[DataType::Utf8])
+        {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(extend(input, &detector_fields(STATISTIC)))
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn build(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        _cx: BuildContext,
+    ) -> Result<Box<dyn Transform>, BuildError> {
+        let find = |name: &str| {
+            input
+                .index_of(name)
+                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
+        };
+        Ok(Box::new(HotellingTransform {
+            params: self.params(),
+            key: self.key_field.as_deref().map(find).transpose()?,
+            values: self
+                .value_fields
+                .iter()
+                .map(|f| find(f))
+                .collect::<Result<_, _>>()?,
+            output,
+            keys: KeyInterner::default(),
+            states: Vec::new(),
+        }))
+    }
+}
+
+tidegauge_core::register_transform!(HotellingConfig);
+
+struct HotellingTransform {
+    params: HotellingParams,
+    key: Option<usize>,
+    values: Vec<usize>,
+    output: SchemaRef,
+    keys: KeyInterner,
+    states: Vec<Hotelling>,
+}
+
+impl Transform for HotellingTransform {
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        let n = batch.num_rows();
+        let keys: Option<&StringArray> = self.key.map(|k| batch.column(k).as_string::<i32>());
+        let columns: Vec<_> = self.values.iter().map(|&i| batch.column(i)).collect();
+        let values = columns
+            .iter()
+            .map(|c| float_values(c.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = DetectorColumns::new(n);
+        let mut row = vec![0.0; values.len()];
+        for r in 0..n {
+            if columns.iter().any(|c| c.is_null(r)) {
+                continue;
+            }
+            for (x, v) in row.iter_mut().zip(&values) {
+                *x = v[r];
+            }
+            let key = match keys {
+                Some(k) if !k.is_null(r) => k.value(r),
+                _ => "",
+            };
+            let (id, new) = self.keys.id(key);
+            if new {
+                self.states.push(Hotelling::new(self.params));
+            }
+            let state = &mut self.states[id];
+            let verdict = state.observe(0, &row);
+            out.set(r, verdict);
+            if verdict.is_anomaly {
+                let mut why = state.explain(&verdict);
+                // Name the field rather than its index.
+                if let Some(i) = why.rfind("reading ") {
+                    let idx: usize = why[i + 8..].parse().unwrap_or(0);
+                    if let Some(c) = self.values.get(idx) {
+                        why.truncate(i);
+                        why.push_str(&format!("`{}`", batch.schema().field(*c).name()));
+                    }
+                }
+                out.reason(r, why);
+            }
+        }
+        cx.component().emit(AnomaliesDetected {
+            count: out.anomalies(),
+        });
+        let result = out.finish(&batch, &self.output, STATISTIC, NAME)?;
+        cx.emit(result);
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
+        encode_keyed(&self.keys, &self.states).map(Some)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), ComponentError> {
+        let (keys, states): (KeyInterner, Vec<Hotelling>) = decode_keyed(bytes)?;
+        if let Some(s) = states.iter().find(|s| s.params() != &self.params) {
+            return Err(ComponentError::new(format!(
+                "hotelling state was checkpointed with other parameters ({:?})",
+                s.params()
+            )));
+        }
+        self.keys = keys;
+        self.states = states;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Float64Array, StringArray};
+    use arrow_schema::{Field, Schema};
+    use tidegauge_core::component::ComponentContext;
+    use tidegauge_core::dead_letter::DeadLetter;
+    use tidegauge_core::registry::ComponentKind;
+    use tidegauge_core::telemetry::ComponentTelemetry;
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("machine", DataType::Utf8, false),
+            Field::new("flow", DataType::Float64, true),
+            Field::new("pressure", DataType::Float64, true),
+        ]))
+    }
+
+    #[test]
+    fn judges_rows_per_machine_and_checkpoints() {
+        let config: HotellingConfig = toml::from_str(
+            "key_field = \"machine\"\nvalue_fields = [\"flow\", \"pressure\"]\nwarmup = 50\nhalf_life_events = 1.0\nthreshold = 3.0",
+        )
+        .unwrap();
+        let input = schema();
+        let output = config.validate(&input).unwrap();
+        assert!(output.index_of("distance").is_ok());
+        let telemetry = Arc::new(ComponentTelemetry::new(
+            "h",
+            ComponentKind::Transform,
+            "hotelling",
+        ));
+        let component = ComponentContext::new(telemetry, DeadLetter::stderr());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let build = || {
+            config
+                .build(
+                    input.clone(),
+                    output.clone(),
+                    BuildContext {
+                        component: component.clone(),
+                        runtime: runtime.handle().clone(),
+                    },
+                )
+                .unwrap()
+        };
+        let mut t = build();
+        let mut cx = TransformContext::new(component.clone());
+        let batch = |from: usize, to: usize, broken: bool| {
+            let n = to - from;
+            let wobble: Vec<f64> = (from..to).map(|i| ((i * 7919) % 13) as f64 - 6.0).collect();
+            let flow: Vec<f64> = wobble.iter().map(|w| 30.0 + w).collect();
+            let pressure: Vec<f64> = wobble
+                .iter()
+                .map(|w| 2.0 + if broken { -0.1 } else { 0.1 } * w)
+                .collect();
+            RecordBatch::try_new(
+                input.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec!["m1"; n])),
+                    Arc::new(Float64Array::from(flow)),
+                    Arc::new(Float64Array::from(pressure)),
+                ],
+            )
+            .unwrap()
+        };
+        t.process(batch(0, 200, false), &mut cx).unwrap();
+        let saved = t.checkpoint().unwrap().unwrap();
+        let mut restored = build();
+        restored.restore(&saved).unwrap();
+        for t in [&mut t, &mut restored] {
+            let mut cx = TransformContext::new(component.clone());
+            t.process(batch(200, 260, true), &mut cx).unwrap();
+            let emitted: Vec<_> = cx.take_emitted().collect();
+            let out = &emitted[0].0;
+            let flags = out
+                .column(out.schema().index_of("is_anomaly").unwrap())
+                .as_boolean();
+            let flagged = (0..60).filter(|&i| flags.value(i)).count();
+            assert!(flagged > 20, "{flagged}");
+            let reasons = out
+                .column(out.schema().index_of("reason").unwrap())
+                .as_string::<i32>();
+            let why = (0..60)
+                .find(|&i| flags.value(i))
+                .map(|i| reasons.value(i))
+                .unwrap();
+            assert!(why.contains('`'), "{why}");
+        }
+        let _ = cx.take_emitted();
+        let bad: HotellingConfig = toml::from_str("value_fields = [\"nope\"]\nwarmup = 1").unwrap();
+        let errors = bad.validate(&input).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["warmup", "value_fields[0]"]);
+    }
+}
