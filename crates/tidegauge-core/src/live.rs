@@ -261,13 +261,20 @@ impl LiveHandle {
                 .find(|t| &t.name == name)
                 .map(|t| t.value.clone())
                 .unwrap_or(Value::Null);
-            control
-                .set(name, value.clone())
-                .await
-                .map_err(|e| match e {
+            if let Err(e) = control.set(name, value.clone()).await {
+                // All or nothing: what this request already changed goes back, so the
+                // history (written only for a success) matches what runs.
+                for c in changes.iter().rev() {
+                    let c: &ParamChange = c;
+                    if control.set(&c.parameter, c.old.clone()).await.is_ok() {
+                        self.update_setting(id, &c.parameter, &c.old);
+                    }
+                }
+                return Err(match e {
                     ControlError::Stopped => ParamError::Stopped(id.to_string()),
                     ControlError::Rejected(m) => ParamError::Rejected(m),
-                })?;
+                });
+            }
             self.update_setting(id, name, value);
             changes.push(ParamChange {
                 component: id.to_string(),

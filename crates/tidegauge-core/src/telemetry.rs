@@ -51,6 +51,12 @@ pub struct ComponentTelemetry {
     recent_anomalies: Mutex<std::collections::VecDeque<AnomalyRecord>>,
     /// Whether the component is a detector (adds `is_anomaly` to its events).
     detector: AtomicBool,
+    /// Distinct keys (sensors) holding state now (keyed stages).
+    keys: AtomicU64,
+    /// Keys whose state was dropped to make room for new ones, after their idle time.
+    keys_evicted: AtomicU64,
+    /// Events of new keys that got no state (the key cap was reached, none idle).
+    events_without_state: AtomicU64,
 }
 
 /// Anomalies kept per detector for live views.
@@ -155,6 +161,12 @@ pub struct TelemetrySnapshot {
     pub stale_events: u64,
     /// Polls whose endpoint had neither a fresh nor a recent enough reading.
     pub missing_readings: u64,
+    /// Distinct keys (sensors) holding state now (keyed stages).
+    pub keys: u64,
+    /// Keys whose state was dropped to make room for new ones (key cap, idle keys).
+    pub keys_evicted: u64,
+    /// Events of new keys that got no state: the key cap was reached and no key was idle.
+    pub events_without_state: u64,
 }
 
 impl TelemetrySnapshot {
@@ -193,6 +205,9 @@ impl ComponentTelemetry {
             queue_probe: ProbeSlot::default(),
             recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
             detector: AtomicBool::new(false),
+            keys: AtomicU64::new(0),
+            keys_evicted: AtomicU64::new(0),
+            events_without_state: AtomicU64::new(0),
         }
     }
 
@@ -280,6 +295,9 @@ impl ComponentTelemetry {
             detector: self.detector.load(Ordering::Relaxed),
             stale_events: self.stale_events.load(Ordering::Relaxed),
             missing_readings: self.missing_readings.load(Ordering::Relaxed),
+            keys: self.keys.load(Ordering::Relaxed),
+            keys_evicted: self.keys_evicted.load(Ordering::Relaxed),
+            events_without_state: self.events_without_state.load(Ordering::Relaxed),
         }
     }
 
@@ -529,6 +547,45 @@ impl InternalEvent for ComponentErrorOccurred<'_> {
         t.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = t.log_allowed() {
             tracing::warn!(component_id = %t.id, suppressed, "{}", self.error);
+        }
+    }
+}
+
+/// A keyed stage's key table after a batch: how many keys hold state, and what the key
+/// cap did (warns, at most once a second, when it evicts or refuses).
+pub struct KeysTracked {
+    /// Keys holding state now.
+    pub keys: u64,
+    /// Keys evicted during the batch (idle longer than allowed, to make room).
+    pub evicted: u64,
+    /// Events of new keys that got no state during the batch.
+    pub refused: u64,
+    /// The cap.
+    pub max_keys: u64,
+}
+
+impl InternalEvent for KeysTracked {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.keys.store(self.keys, Ordering::Relaxed);
+        if self.evicted == 0 && self.refused == 0 {
+            return;
+        }
+        t.keys_evicted.fetch_add(self.evicted, Ordering::Relaxed);
+        t.events_without_state
+            .fetch_add(self.refused, Ordering::Relaxed);
+        if let Some(suppressed) = t.log_allowed() {
+            tracing::warn!(
+                component_id = %t.id,
+                keys = self.keys,
+                max_keys = self.max_keys,
+                evicted = self.evicted,
+                events_without_state = self.refused,
+                suppressed,
+                "key limit reached: {} idle key(s) evicted, {} event(s) of new keys got no verdict (max_keys = {})",
+                self.evicted,
+                self.refused,
+                self.max_keys
+            );
         }
     }
 }

@@ -28,7 +28,8 @@
 //!   slot): sliding O(log n) expected, each order statistic O(log n), so O(log² n)
 //!   expected per event for the MAD.
 //!
-//! Memory ≈ `16 × window` bytes (array) or `32 × window` bytes (treap).
+//! Memory ≈ `16 × window` bytes (array) or `32 × window` bytes (treap) once the window
+//! is full; it grows as values arrive, so a sensor that sent 10 values holds 10.
 
 use crate::judge::{self, NO_VERDICT};
 use crate::order_stats::OrderStats;
@@ -89,8 +90,8 @@ impl MadParams {
 pub struct Mad {
     params: MadParams,
     order: Ordered,
-    /// Values by ring slot, oldest at `head` once full.
-    ring: Box<[f64]>,
+    /// Values by ring slot, oldest at `head` once full; grows as values arrive.
+    ring: Vec<f64>,
     len: usize,
     head: usize,
     /// Median and MAD the latest verdict was judged against (for `explain`).
@@ -108,7 +109,7 @@ impl Mad {
         Mad {
             params,
             order: Ordered::for_window(params.window),
-            ring: vec![0.0; params.window].into_boxed_slice(),
+            ring: Vec::new(),
             len: 0,
             head: 0,
             last_median: 0.0,
@@ -132,18 +133,22 @@ impl Mad {
 
     /// Median and MAD of the values held, `None` until the window is full.
     pub fn median_mad(&self) -> Option<(f64, f64)> {
-        (self.len == self.ring.len()).then(|| self.compute_median_mad())
+        (self.len == self.params.window).then(|| self.compute_median_mad())
     }
 
     /// The values held, oldest first.
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        let n = self.ring.len();
-        let start = (self.head + n - self.len) % n;
+        let n = self.ring.len().max(1);
+        let start = if self.len == self.params.window {
+            self.head
+        } else {
+            0
+        };
         (0..self.len).map(move |i| self.ring[(start + i) % n])
     }
 
     fn push(&mut self, value: f64) {
-        let n = self.ring.len();
+        let n = self.params.window;
         let evicted = if self.len == n {
             Some(self.ring[self.head])
         } else {
@@ -151,7 +156,18 @@ impl Mad {
             None
         };
         self.order.replace(self.head, evicted, value);
-        self.ring[self.head] = value;
+        if evicted.is_some() {
+            self.ring[self.head] = value;
+        } else {
+            if self.ring.len() == self.ring.capacity() {
+                let want = (self.ring.capacity() * 2).max(4).min(n);
+                self.ring.reserve_exact(want - self.ring.len());
+                if let Ordered::Sorted(v) = &mut self.order {
+                    v.reserve_exact(want.saturating_sub(v.len()));
+                }
+            }
+            self.ring.push(value);
+        }
         self.head = (self.head + 1) % n;
     }
 
@@ -183,7 +199,7 @@ const SORTED_MAX_WINDOW: usize = 16_384;
 impl Ordered {
     fn for_window(window: usize) -> Self {
         if window <= SORTED_MAX_WINDOW {
-            Ordered::Sorted(Vec::with_capacity(window))
+            Ordered::Sorted(Vec::new())
         } else {
             Ordered::Tree(OrderStats::new(window))
         }

@@ -27,17 +27,12 @@ pub(crate) struct OrderStats {
 }
 
 impl OrderStats {
-    /// An empty multiset with slots `0..capacity` (`capacity < u32::MAX`).
+    /// An empty multiset with slots `0..capacity` (`capacity < u32::MAX`). Nodes are
+    /// allocated as slots are first used, not up front.
     pub(crate) fn new(capacity: usize) -> Self {
-        let empty = Node {
-            value: 0.0,
-            left: NIL,
-            right: NIL,
-            size: 0,
-            prio: 0,
-        };
+        debug_assert!(capacity < u32::MAX as usize);
         OrderStats {
-            nodes: vec![empty; capacity],
+            nodes: Vec::new(),
             root: NIL,
             rng: 0x9E37_79B9_7F4A_7C15,
         }
@@ -120,13 +115,20 @@ impl OrderStats {
     pub(crate) fn insert(&mut self, slot: usize, value: f64) {
         let prio = self.next_prio();
         let s = slot as u32;
-        self.nodes[slot] = Node {
+        let node = Node {
             value,
             left: NIL,
             right: NIL,
             size: 1,
             prio,
         };
+        if slot < self.nodes.len() {
+            self.nodes[slot] = node;
+        } else {
+            // Slots are first used in order while the window fills.
+            self.nodes.resize(slot, node);
+            self.nodes.push(node);
+        }
         let root = self.insert_at(self.root, s);
         self.root = root;
     }

@@ -20,7 +20,11 @@
     serde(try_from = "RollingStatsRepr")
 )]
 pub struct RollingStats {
-    buf: Box<[f64]>,
+    /// The values: in arrival order while the window fills (it grows as values arrive,
+    /// never allocating more than twice what it holds), a ring once full.
+    buf: Vec<f64>,
+    /// Capacity of the window.
+    window: u32,
     len: u32,
     head: u32,
     since_exact: u32,
@@ -29,7 +33,8 @@ pub struct RollingStats {
 }
 
 impl RollingStats {
-    /// A new, empty window holding up to `window` values.
+    /// A new, empty window holding up to `window` values. Memory grows with the values
+    /// held (8 bytes each), not with `window`.
     ///
     /// # Panics
     /// If `window` is 0 or above `u32::MAX` (configuration validation rejects both).
@@ -39,7 +44,8 @@ impl RollingStats {
             "window must be in 1..=u32::MAX"
         );
         RollingStats {
-            buf: vec![0.0; window].into_boxed_slice(),
+            buf: Vec::new(),
+            window: window as u32,
             len: 0,
             head: 0,
             since_exact: 0,
@@ -50,7 +56,7 @@ impl RollingStats {
 
     /// Capacity of the window.
     pub fn window(&self) -> usize {
-        self.buf.len()
+        self.window as usize
     }
 
     /// Number of values currently held.
@@ -65,7 +71,7 @@ impl RollingStats {
 
     /// Whether the window holds `window` values (warm-up is over).
     pub fn is_full(&self) -> bool {
-        self.len as usize == self.buf.len()
+        self.len == self.window
     }
 
     /// Mean of the values held (0 when empty).
@@ -89,16 +95,25 @@ impl RollingStats {
 
     /// The values held, oldest first.
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        let n = self.buf.len();
+        let n = self.buf.len().max(1);
         let len = self.len as usize;
-        let start = (self.head as usize + n - len) % n;
+        let start = if self.is_full() {
+            self.head as usize
+        } else {
+            0
+        };
         (0..len).map(move |i| self.buf[(start + i) % n])
     }
 
     /// Adds a value, evicting the oldest one when the window is full.
     pub fn push(&mut self, x: f64) {
-        let n = self.buf.len();
+        let n = self.window as usize;
         let head = self.head as usize;
+        if !self.is_full() && self.buf.len() == self.buf.capacity() {
+            // Doubling, but never past the window.
+            let want = (self.buf.capacity() * 2).max(4).min(n);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
         if self.is_full() {
             let old = self.buf[head];
             self.buf[head] = x;
@@ -114,7 +129,7 @@ impl RollingStats {
                 self.recompute();
             }
         } else {
-            self.buf[head] = x;
+            self.buf.push(x);
             self.len += 1;
             let d = x - self.mean;
             self.mean += d / self.len as f64;
@@ -137,8 +152,7 @@ impl RollingStats {
         if len == 0 {
             return (0.0, 0.0);
         }
-        // Before the window fills the values sit in buf[..len]; once full, in all of buf.
-        // Order does not matter to a sum.
+        // The buffer holds exactly the values; order does not matter to a sum.
         let values = &self.buf[..len];
         let mean = neumaier_sum(values.iter().copied()) / len as f64;
         let m2 = neumaier_sum(values.iter().map(|&v| (v - mean) * (v - mean)));
@@ -180,11 +194,15 @@ impl RollingStats {
     }
 }
 
-/// The serialized form of [`RollingStats`], checked before it becomes one.
+/// The serialized form of [`RollingStats`], checked before it becomes one. States
+/// written before windows grew as values arrived have no `window`: their buffer was the
+/// whole window.
 #[cfg(feature = "serde")]
 #[derive(serde::Deserialize)]
 struct RollingStatsRepr {
-    buf: Box<[f64]>,
+    buf: Vec<f64>,
+    #[serde(default)]
+    window: Option<u32>,
     len: u32,
     head: u32,
     since_exact: u32,
@@ -196,24 +214,31 @@ struct RollingStatsRepr {
 impl TryFrom<RollingStatsRepr> for RollingStats {
     type Error = String;
 
-    fn try_from(r: RollingStatsRepr) -> Result<Self, String> {
-        let n = r.buf.len();
+    fn try_from(mut r: RollingStatsRepr) -> Result<Self, String> {
+        let n = match r.window {
+            Some(w) => w as usize,
+            None => r.buf.len(),
+        };
         if n == 0 || n > u32::MAX as usize {
             return Err(format!("window must be in 1..=u32::MAX, got {n}"));
         }
         let (len, head) = (r.len as usize, r.head as usize);
         let ring_ok = if len < n {
-            head == len
+            head == len && r.buf.len() >= len
         } else {
-            len == n && head < n
+            len == n && head < n && r.buf.len() == n
         };
         if !ring_ok {
             return Err(format!(
-                "inconsistent ring buffer: len {len}, head {head}, window {n}"
+                "inconsistent ring buffer: len {len}, head {head}, window {n}, {} values",
+                r.buf.len()
             ));
         }
+        // An old state's unfilled tail held zeros, not values.
+        r.buf.truncate(len);
         let mut stats = RollingStats {
             buf: r.buf,
+            window: n as u32,
             len: r.len,
             head: r.head,
             since_exact: r.since_exact.min(r.len),
@@ -323,8 +348,10 @@ mod tests {
     #[cfg(feature = "serde")]
     #[test]
     fn restore_rejects_broken_ring_buffers() {
+        // The old form: no `window`, the buffer is the whole window.
         let repr = |len, head| RollingStatsRepr {
-            buf: vec![1.0, 2.0, 3.0].into_boxed_slice(),
+            buf: vec![1.0, 2.0, 3.0],
+            window: None,
             len,
             head,
             since_exact: 0,
@@ -344,6 +371,40 @@ mod tests {
         assert_eq!(r.mean(), 2.0); // recomputed from the values
         r.push(4.0);
         assert_eq!(r.values().collect::<Vec<_>>(), vec![2.0, 3.0, 4.0]);
+        // An old state still filling: its tail of zeros is not taken for values.
+        let mut r = RollingStats::try_from(repr(2, 2)).unwrap();
+        assert_eq!(r.values().collect::<Vec<_>>(), vec![1.0, 2.0]);
+        r.push(5.0);
+        r.push(6.0);
+        assert_eq!(r.values().collect::<Vec<_>>(), vec![2.0, 5.0, 6.0]);
+        // The new form: the window given, the buffer as long as the values.
+        let new_form = |buf: Vec<f64>, len, head| RollingStatsRepr {
+            buf,
+            window: Some(3),
+            len,
+            head,
+            since_exact: 0,
+            mean: 0.0,
+            m2: 0.0,
+        };
+        assert!(RollingStats::try_from(new_form(vec![1.0], 1, 1)).is_ok());
+        assert!(RollingStats::try_from(new_form(vec![1.0], 2, 2)).is_err());
+        assert!(RollingStats::try_from(new_form(vec![1.0, 2.0], 3, 0)).is_err());
+    }
+
+    #[test]
+    fn memory_grows_with_the_values_not_the_window() {
+        let mut r = RollingStats::new(1_000_000_000);
+        for v in 0..10 {
+            r.push(f64::from(v));
+        }
+        assert!(r.buf.capacity() < 64, "{}", r.buf.capacity());
+        let mut r = RollingStats::new(100);
+        for v in 0..1000 {
+            r.push(f64::from(v));
+        }
+        assert_eq!(r.buf.capacity(), 100);
+        assert_eq!(r.values().next(), Some(900.0));
     }
 
     proptest! {

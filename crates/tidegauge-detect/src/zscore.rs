@@ -12,7 +12,8 @@
 //! Cost: O(1) amortised per event on [`RollingStats`]; O(window) for an event whose `|z|`
 //! lies within 1e-9 of the threshold, or when the spread is below 1e-9 of the squared mean
 //! (values with a large offset and a tiny spread), where the verdict is taken from exact
-//! statistics. Memory: `8 × window` bytes.
+//! statistics. Memory: `8 × window` bytes once the window is full, growing as values
+//! arrive.
 
 use crate::judge::{self, NO_VERDICT};
 use crate::{Detector, ParamError, RollingStats, Verdict};
@@ -26,7 +27,7 @@ use crate::{Detector, ParamError, RollingStats, Verdict};
 )]
 pub struct ZScoreParams {
     /// Number of previous values the mean and standard deviation are taken over; also the
-    /// warm-up length. At least 2. Default 100.
+    /// warm-up length. In `2..=10_000_000`. Default 100.
     pub window: usize,
     /// Anomaly when `|z|` exceeds this. Finite, above 0. Default 3.0.
     pub threshold: f64,
@@ -41,14 +42,18 @@ impl Default for ZScoreParams {
     }
 }
 
+/// Largest accepted window: 80 MB of values per sensor once full (memory grows as values
+/// arrive, 8 bytes each).
+pub const MAX_WINDOW: usize = 10_000_000;
+
 impl ZScoreParams {
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
         let mut errors = Vec::new();
-        if self.window < 2 || self.window > u32::MAX as usize {
+        if !(2..=MAX_WINDOW).contains(&self.window) {
             errors.push(ParamError::new(
                 "window",
-                format!("must be in 2..=4294967295, got {}", self.window),
+                format!("must be in 2..={MAX_WINDOW}, got {}", self.window),
             ));
         }
         judge::check_positive(&mut errors, "threshold", self.threshold);

@@ -206,7 +206,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     assert_eq!(param("threshold")["value"], json!(4.0));
     assert_eq!(param("threshold")["tunable"], true);
     assert_eq!(param("window")["value"], json!(50));
-    assert_eq!(param("window")["range"], "2..=4294967295");
+    assert_eq!(param("window")["range"], "2..=10000000");
     assert_eq!(param("key_field")["tunable"], false);
     assert!(!param("window")["doc"].as_str().unwrap().is_empty());
 
@@ -452,7 +452,7 @@ fn reload_keeps_unchanged_state_and_rejects_invalid_files() {
     .unwrap();
     let err = tg.wait_stderr(|s| s.contains("rejected"));
     assert!(
-        err.contains("p.toml:14: transforms.spikes.window: must be in 2..=4294967295, got 1"),
+        err.contains("p.toml:14: transforms.spikes.window: must be in 2..=10000000, got 1"),
         "{err}"
     );
     let before = lines(&out2).len();

@@ -692,3 +692,97 @@ fn interpolated_values_cannot_change_the_file() {
     );
     assert!(!stderr(&ran).contains("[sinks.evil]"), "{}", stderr(&ran));
 }
+
+// ---- Memory -------------------------------------------------------------------------
+
+/// A window that would need gigabytes is refused before anything is recorded or
+/// allocated; one within the budget is applied; the process goes on either way.
+#[test]
+fn a_window_beyond_memory_is_refused_before_it_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let path = "/components/spikes/params";
+    for window in ["4294967295", "10000000", "1000000"] {
+        let body = format!(r#"{{"window": {window}}}"#);
+        let reply = tg.request(Some(TOKEN), "PATCH", path, Some(&body));
+        assert_eq!(reply.status, 422, "window {window}: {}", reply.text());
+    }
+    // Both parameters at once: the bad one refuses the whole change.
+    let reply = tg.request(
+        Some(TOKEN),
+        "PATCH",
+        path,
+        Some(r#"{"threshold": 9, "window": 4294967295}"#),
+    );
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert_eq!(tg.get("/changes"), serde_json::json!([]));
+    let params = tg.get(path);
+    let threshold = params["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "threshold")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(threshold, serde_json::json!(3.0));
+    // Within the budget (5,000 values × 100,000 keys): applied, memory grows as values
+    // arrive.
+    let reply = tg.request(Some(TOKEN), "PATCH", path, Some(r#"{"window": 5000}"#));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(tg.get("/changes").as_array().unwrap().len(), 1);
+    let before = tg.get("/components")[1]["events_in"].as_u64().unwrap();
+    wait_until("events after the change", || {
+        tg.get("/components")[1]["events_in"].as_u64().unwrap() > before + 100
+    });
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Keys invented by a sender (2,000 sensors against a cap of 100): state is kept for at
+/// most 100, silent ones are evicted to make room, the rest get no verdict; counted in
+/// `/metrics`, with a warning.
+#[test]
+fn invented_keys_are_capped_and_idle_ones_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+token_env = "TIDEGAUGE_TOKEN"
+state_dir = "{state}"
+
+[sources.fleet]
+type = "simulate"
+sensors = 2000
+rate = 2000
+
+[transforms.spikes]
+type = "zscore"
+inputs = ["fleet"]
+window = 10
+max_keys = 100
+key_idle_ms = 1000
+
+[sinks.out]
+type = "jsonl"
+inputs = ["spikes"]
+path = "{out}"
+"#,
+        state = dir.path().join("state").display(),
+        out = dir.path().join("out.jsonl").display()
+    );
+    let tg = Running::start(dir.path(), &pipeline, &[]);
+    let labels = r#"{component_id="spikes",component_kind="transform",component_type="zscore"}"#;
+    wait_until("evictions and events without state", || {
+        tg.metric(&format!("tidegauge_component_keys_evicted_total{labels}")) > 0.0
+            && tg.metric(&format!(
+                "tidegauge_component_events_without_state_total{labels}"
+            )) > 0.0
+    });
+    let keys = tg.metric(&format!("tidegauge_component_keys{labels}"));
+    assert!((1.0..=100.0).contains(&keys), "{keys} keys");
+    let stderr_text = tg.wait_stderr(|s| s.contains("key limit reached"));
+    assert!(stderr_text.contains("max_keys = 100"), "{stderr_text}");
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -61,6 +61,12 @@ impl BaselineConfig {
 
 impl DetectorSpec for BaselineConfig {
     type State = Baseline;
+
+    /// The state, and during the warm-up 4 bytes per value of its second half (with a
+    /// growing vector's slack).
+    fn bytes_per_key(&self) -> u64 {
+        4 * u64::from(self.warmup) + std::mem::size_of::<Baseline>() as u64
+    }
     const NAME: &'static str = "baseline";
     const STATISTIC: &'static str = "z";
 

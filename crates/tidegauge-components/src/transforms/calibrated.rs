@@ -48,6 +48,15 @@ impl CalibratedConfig {
 
 impl DetectorSpec for CalibratedConfig {
     type State = Calibrated<BoxedDetector>;
+
+    /// The calibration's histogram and the wrapped detector's state.
+    fn bytes_per_key(&self) -> u64 {
+        std::mem::size_of::<Self::State>() as u64
+            + self
+                .detector
+                .as_ref()
+                .map_or(0, |d| d.factory().bytes_per_key())
+    }
     const NAME: &'static str = "calibrated";
     const STATISTIC: &'static str = "statistic";
 
@@ -76,7 +85,7 @@ impl DetectorSpec for CalibratedConfig {
                 if d.factory().sets_common() {
                     errors.push(ConfigError::new(
                         "detector",
-                        "key_field, value_field, ts_field and workers belong to `calibrated`, not to its detector",
+                        "key_field, value_field, ts_field, workers, max_keys and key_idle_ms belong to `calibrated`, not to its detector",
                     ));
                 }
                 errors.extend(

@@ -39,6 +39,8 @@ pub trait DetectorFactory: Debug + Send + Sync {
     fn sets_common(&self) -> bool;
     /// A per-sensor state with no history.
     fn new_state(&self) -> BoxedDetector;
+    /// The most memory one sensor's state can take, in bytes.
+    fn bytes_per_key(&self) -> u64;
     /// The settings as JSON (without `type`).
     fn settings(&self) -> serde_json::Value;
     /// A copy.
@@ -64,6 +66,9 @@ where
     }
     fn new_state(&self) -> BoxedDetector {
         BoxedDetector(Box::new(DetectorSpec::new_state(self)))
+    }
+    fn bytes_per_key(&self) -> u64 {
+        DetectorSpec::bytes_per_key(self)
     }
     fn settings(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -199,6 +204,19 @@ macro_rules! detector_config {
             #[schemars(extend("default" = 1))]
             #[schemars(range(max = 1024))]
             pub workers: Option<usize>,
+            /// Most sensors holding state at once. A new sensor past the cap takes the
+            /// place of one silent for `key_idle_ms` (its state is dropped, and it starts
+            /// cold if it comes back); when none is, the new sensor's events get no verdict
+            /// (counted in `/metrics`, with a warning). `max_keys` times the bytes a
+            /// sensor's state can grow to must stay under 4 GiB.
+            #[schemars(extend("default" = 100000))]
+            #[schemars(range(min = 1, max = 100000000))]
+            pub max_keys: Option<usize>,
+            /// Silence after which a sensor's state may be dropped to make room under
+            /// `max_keys`, in milliseconds.
+            #[schemars(extend("default" = 3600000))]
+            #[schemars(range(min = 1))]
+            pub key_idle_ms: Option<u64>,
             $( $(#[$fmeta])* pub $field: $fty, )*
         }
 
@@ -209,6 +227,8 @@ macro_rules! detector_config {
                     value_field: None,
                     ts_field: None,
                     workers: None,
+                    max_keys: None,
+                    key_idle_ms: None,
                     $( $field: $default, )*
                 }
             }
@@ -221,6 +241,8 @@ macro_rules! detector_config {
                     &self.value_field,
                     &self.ts_field,
                     self.workers,
+                    self.max_keys,
+                    self.key_idle_ms,
                 )
             }
 
@@ -229,6 +251,8 @@ macro_rules! detector_config {
                     || self.value_field.is_some()
                     || self.ts_field.is_some()
                     || self.workers.is_some()
+                    || self.max_keys.is_some()
+                    || self.key_idle_ms.is_some()
             }
         }
 

@@ -181,6 +181,15 @@ impl Detector for EnsembleState {
 
 impl DetectorSpec for EnsembleConfig {
     type State = EnsembleState;
+
+    /// Every member's state, and a verdict per member.
+    fn bytes_per_key(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.0.bytes_per_key() + 64)
+            .sum::<u64>()
+            + std::mem::size_of::<EnsembleState>() as u64
+    }
     const NAME: &'static str = "ensemble";
     const STATISTIC: &'static str = "combined";
 
@@ -200,7 +209,7 @@ impl DetectorSpec for EnsembleConfig {
             if m.0.sets_common() {
                 errors.push(ConfigError::new(
                     format!("members[{i}]"),
-                    "key_field, value_field, ts_field and workers belong to the ensemble, not to its members",
+                    "key_field, value_field, ts_field, workers, max_keys and key_idle_ms belong to the ensemble, not to its members",
                 ));
             }
             errors.extend(

@@ -20,11 +20,16 @@ use arrow_schema::{DataType, Schema, SchemaRef};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::component::Tunable;
 use tidegauge_core::schema::{extend, require_field};
-use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
 use tidegauge_detect::{Detector, ParamError, Verdict};
 
-use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
+use super::{
+    DetectorColumns, KEY_OVERHEAD_BYTES, KeyInterner, detector_fields, float_values, key_hash,
+};
+
+/// Largest `max_keys` accepted.
+pub const MAX_KEYS_LIMIT: usize = 100_000_000;
 
 /// Settings every detector has (resolved defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +42,20 @@ pub struct Common {
     pub ts_field: String,
     /// Worker threads (1 = process inline).
     pub workers: usize,
+    /// Most keys holding state at once.
+    pub max_keys: usize,
+    /// How long a key must have been silent before its state may be dropped to make
+    /// room for a new key.
+    pub key_idle_ms: u64,
 }
+
+/// Default cap on the keys (sensors) a detector holds state for.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Default silence after which a key's state may be dropped when the cap is reached.
+pub const DEFAULT_KEY_IDLE_MS: u64 = 3_600_000;
+/// Most memory a detector's per-key state may need at its cap: `max_keys` times the
+/// worst-case bytes per key of its parameters (a full window, every slot used).
+pub const MAX_STATE_BYTES: u64 = 4 << 30;
 
 impl Common {
     /// From the optional settings of a config, with the documented defaults.
@@ -46,8 +64,12 @@ impl Common {
         value_field: &Option<String>,
         ts_field: &Option<String>,
         workers: Option<usize>,
+        max_keys: Option<usize>,
+        key_idle_ms: Option<u64>,
     ) -> Self {
         Common {
+            max_keys: max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+            key_idle_ms: key_idle_ms.unwrap_or(DEFAULT_KEY_IDLE_MS),
             key_field: key_field.clone().unwrap_or_else(|| "sensor_id".into()),
             value_field: value_field.clone().unwrap_or_else(|| "value".into()),
             ts_field: ts_field.clone().unwrap_or_else(|| "ts".into()),
@@ -83,6 +105,12 @@ pub trait DetectorSpec:
     fn check(&self) -> Vec<ConfigError>;
     /// A state with no history.
     fn new_state(&self) -> Self::State;
+    /// The most memory one key's state can take with these parameters, in bytes (its
+    /// window full, every slot used): with `max_keys`, what bounds the stage's memory.
+    /// The default is the state's own size, right for states without heap data.
+    fn bytes_per_key(&self) -> u64 {
+        std::mem::size_of::<Self::State>() as u64
+    }
     /// Settings that may change while running.
     const TUNABLE: &'static [&'static str] = &[];
     /// Brings a key's state in line with this spec's parameters (after a change of a
@@ -194,6 +222,37 @@ pub fn validate<S: DetectorSpec>(
     if common.workers > 1024 {
         errors.push(ConfigError::new("workers", "expected at most 1024"));
     }
+    if !(1..=MAX_KEYS_LIMIT).contains(&common.max_keys) {
+        errors.push(ConfigError::new(
+            "max_keys",
+            format!("expected an integer from 1 to {MAX_KEYS_LIMIT}"),
+        ));
+    }
+    if common.key_idle_ms == 0 {
+        errors.push(ConfigError::new(
+            "key_idle_ms",
+            "expected a positive integer",
+        ));
+    }
+    if errors.is_empty() {
+        // Only once the parameters are known good: they size the state.
+        let per_key = spec.bytes_per_key() + KEY_OVERHEAD_BYTES + 64;
+        let total = per_key as u128 * common.max_keys as u128;
+        if total > MAX_STATE_BYTES as u128 {
+            errors.push(ConfigError::new(
+                "max_keys",
+                format!(
+                    "{} keys × {per_key} bytes per key (the state these parameters can grow to) \
+                     is {:.1} GiB, more than the {} GiB a detector may hold: lower max_keys (to \
+                     {} at most) or the parameters that size the state (window, slots)",
+                    common.max_keys,
+                    total as f64 / (1u64 << 30) as f64,
+                    MAX_STATE_BYTES >> 30,
+                    MAX_STATE_BYTES / per_key
+                ),
+            ));
+        }
+    }
     if let Err(e) = require_field(input, "key_field", &common.key_field, &[DataType::Utf8]) {
         errors.push(e);
     }
@@ -247,10 +306,16 @@ pub fn build<S: DetectorSpec>(
 ) -> Result<Box<dyn Transform>, BuildError> {
     let columns = locate(common, input)?;
     let spec = Arc::new(SpecCell::new(spec));
-    let engine = if common.workers <= 1 {
-        Engine::Inline(Shard::default())
+    // Each worker holds its share of the cap (keys spread evenly over workers).
+    let workers = common.workers.max(1);
+    let limits = KeyLimits {
+        max_keys: common.max_keys.div_ceil(workers),
+        idle_secs: common.key_idle_ms.div_ceil(1000).min(u32::MAX as u64) as u32,
+    };
+    let engine = if workers <= 1 {
+        Engine::Inline(Shard::new(limits))
     } else {
-        Engine::Pool(Pool::start(spec.clone(), columns, common.workers)?)
+        Engine::Pool(Pool::start(spec.clone(), columns, workers, limits)?)
     };
     Ok(Box::new(KeyedDetector {
         spec,
@@ -258,7 +323,16 @@ pub fn build<S: DetectorSpec>(
         output,
         engine,
         in_flight: None,
+        limits,
+        max_keys: common.max_keys as u64,
     }))
+}
+
+/// A shard's cap on keys and the silence after which a key may be evicted.
+#[derive(Clone, Copy, Debug)]
+struct KeyLimits {
+    max_keys: usize,
+    idle_secs: u32,
 }
 
 /// The states of the keys one thread owns.
@@ -267,15 +341,97 @@ struct Shard<D> {
     states: Vec<D>,
     /// The spec generation the states are in line with.
     generation: u64,
+    limits: KeyLimits,
+    /// When each key (by id) was last seen, in seconds since `epoch`.
+    last_seen: Vec<u32>,
+    epoch: std::time::Instant,
+    /// No key can be idle long enough before this second: no sweep before it.
+    next_sweep: u32,
+    /// What the cap did since the last report.
+    evicted: u64,
+    refused: u64,
 }
 
-impl<D> Default for Shard<D> {
-    fn default() -> Self {
+impl<D> Shard<D> {
+    fn new(limits: KeyLimits) -> Self {
         Shard {
             keys: KeyInterner::default(),
             states: Vec::new(),
             generation: 0,
+            limits,
+            last_seen: Vec::new(),
+            epoch: std::time::Instant::now(),
+            next_sweep: 0,
+            evicted: 0,
+            refused: 0,
         }
+    }
+
+    /// A shard holding restored keys and states, all counted as seen now.
+    fn restored(limits: KeyLimits, keys: KeyInterner, states: Vec<D>, generation: u64) -> Self {
+        let mut shard = Shard::new(limits);
+        shard.last_seen = vec![0; states.len()];
+        shard.keys = keys;
+        shard.states = states;
+        shard.generation = generation;
+        shard
+    }
+
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32
+    }
+
+    /// Makes room for a new key when the cap is reached: drops every key silent for at
+    /// least the idle time (least recently seen first is the same set). One pass over
+    /// the keys, at most once per stretch in which none can have become idle, so a flood
+    /// of new keys costs O(1) per event. Whether there is room now.
+    fn make_room(&mut self, now: u32) -> bool {
+        if self.keys.len() < self.limits.max_keys {
+            return true;
+        }
+        if now < self.next_sweep {
+            return false;
+        }
+        let idle = self.limits.idle_secs;
+        let mut id = 0;
+        while id < self.states.len() {
+            if now.saturating_sub(self.last_seen[id]) >= idle {
+                self.keys.remove_id(id);
+                self.states.swap_remove(id);
+                self.last_seen.swap_remove(id);
+                self.evicted += 1;
+            } else {
+                id += 1;
+            }
+        }
+        let oldest = self.last_seen.iter().copied().min().unwrap_or(now);
+        self.next_sweep = oldest.saturating_add(idle).max(now.saturating_add(1));
+        self.keys.len() < self.limits.max_keys
+    }
+
+    /// What the cap did since the last call, and the keys held.
+    fn take_counts(&mut self) -> KeyCounts {
+        KeyCounts {
+            keys: self.keys.len() as u64,
+            evicted: std::mem::take(&mut self.evicted),
+            refused: std::mem::take(&mut self.refused),
+        }
+    }
+}
+
+/// A shard's key table after a batch.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyCounts {
+    keys: u64,
+    evicted: u64,
+    refused: u64,
+}
+
+impl std::ops::AddAssign for KeyCounts {
+    fn add_assign(&mut self, o: KeyCounts) {
+        self.keys += o.keys;
+        self.evicted += o.evicted;
+        self.refused += o.refused;
     }
 }
 
@@ -305,6 +461,7 @@ impl<D: Detector> Shard<D> {
         let ts = columns
             .ts
             .map(|i| batch.column(i).as_primitive::<Int64Type>());
+        let now = self.now();
         for (row, hash) in rows {
             let key = key_at(keys, row);
             if value_column.is_null(row) {
@@ -315,10 +472,22 @@ impl<D: Detector> Shard<D> {
                 Some(t) => t.value(row),
                 None => 0,
             };
-            let (id, new) = self.keys.id_hashed(key, hash);
-            if new {
-                self.states.push(spec.new_state());
-            }
+            let id = match self.keys.find_hashed(key, hash) {
+                Some(id) => id,
+                None => {
+                    if !self.make_room(now) {
+                        // The cap is reached and no key is idle: this event gets no
+                        // verdict (counted, and warned about).
+                        self.refused += 1;
+                        continue;
+                    }
+                    let (id, _) = self.keys.id_hashed(key, hash);
+                    self.states.push(spec.new_state());
+                    self.last_seen.push(now);
+                    id
+                }
+            };
+            self.last_seen[id] = now;
             let state = &mut self.states[id];
             let verdict = state.observe(t, values[row]);
             let reason = verdict.is_anomaly.then(|| state.explain(&verdict));
@@ -355,6 +524,7 @@ struct Job {
 struct Part {
     verdicts: Vec<(u32, Verdict)>,
     reasons: Vec<(u32, String)>,
+    keys: KeyCounts,
 }
 
 /// What a pool worker is asked to do.
@@ -382,6 +552,7 @@ impl Pool {
         spec: Arc<SpecCell<S>>,
         columns: Columns,
         workers: usize,
+        limits: KeyLimits,
     ) -> Result<Self, BuildError> {
         let mut pool = Pool {
             jobs: Vec::new(),
@@ -396,7 +567,7 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("tg-{}-{w}", S::NAME))
                 .spawn(move || {
-                    let mut shard = Shard::<S::State>::default();
+                    let mut shard = Shard::<S::State>::new(limits);
                     while let Ok(work) = job_rx.recv() {
                         let job = match work {
                             Work::Rows(job) => job,
@@ -415,6 +586,7 @@ impl Pool {
                         let mut part = Part {
                             verdicts: Vec::with_capacity(job.rows.len()),
                             reasons: Vec::new(),
+                            keys: KeyCounts::default(),
                         };
                         let rows = job.rows.iter().zip(&job.hashes);
                         let rows = rows.map(|(&row, &hash)| (row as usize, hash));
@@ -425,7 +597,10 @@ impl Pool {
                                     part.reasons.push((row as u32, why));
                                 }
                             })
-                            .map(|()| part);
+                            .map(|()| {
+                                part.keys = shard.take_counts();
+                                part
+                            });
                         if res_tx.send(r).is_err() {
                             break;
                         }
@@ -462,9 +637,11 @@ impl Pool {
         Ok(())
     }
 
-    /// Collects the workers' verdicts for a submitted batch into its columns.
-    fn collect(&self, num_rows: usize) -> Result<DetectorColumns, ComponentError> {
+    /// Collects the workers' verdicts for a submitted batch into its columns, and what
+    /// their key tables look like.
+    fn collect(&self, num_rows: usize) -> Result<(DetectorColumns, KeyCounts), ComponentError> {
         let mut out = DetectorColumns::new(num_rows);
+        let mut keys = KeyCounts::default();
         for results in &self.results {
             let part = results
                 .recv()
@@ -475,8 +652,9 @@ impl Pool {
             for (row, why) in part.reasons {
                 out.reason(row as usize, why);
             }
+            keys += part.keys;
         }
-        Ok(out)
+        Ok((out, keys))
     }
 }
 
@@ -520,18 +698,27 @@ struct KeyedDetector<S: DetectorSpec> {
     output: SchemaRef,
     engine: Engine<S::State>,
     in_flight: Option<InFlight>,
+    limits: KeyLimits,
+    /// The cap over all workers.
+    max_keys: u64,
 }
 
 impl<S: DetectorSpec> KeyedDetector<S> {
     fn emit(
         &self,
         batch: &RecordBatch,
-        out: DetectorColumns,
+        (out, keys): (DetectorColumns, KeyCounts),
         cx: &mut TransformContext,
         finalizers: Option<Finalizers>,
     ) -> Result<(), ComponentError> {
         cx.component().emit(AnomaliesDetected {
             count: out.anomalies(),
+        });
+        cx.component().emit(KeysTracked {
+            keys: keys.keys,
+            evicted: keys.evicted,
+            refused: keys.refused,
+            max_keys: self.max_keys,
         });
         let result = out.finish(batch, &self.output, S::STATISTIC, S::NAME)?;
         match finalizers {
@@ -566,7 +753,8 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
                         out.reason(row, why);
                     }
                 })?;
-                self.emit(&batch, out, cx, None)
+                let keys = shard.take_counts();
+                self.emit(&batch, (out, keys), cx, None)
             }
             Engine::Pool(pool) => {
                 pool.submit(&batch)?;
@@ -639,11 +827,7 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         match &mut self.engine {
             Engine::Inline(shard) => {
                 let (keys, states) = super::state::from_pairs(pairs);
-                *shard = Shard {
-                    keys,
-                    states,
-                    generation,
-                };
+                *shard = Shard::restored(self.limits, keys, states, generation);
             }
             Engine::Pool(pool) => {
                 let n = pool.jobs.len();
@@ -653,11 +837,12 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
                 }
                 for (tx, part) in pool.jobs.iter().zip(parts) {
                     let (keys, states) = super::state::from_pairs(part);
-                    tx.send(Work::Load(Box::new(Shard {
+                    tx.send(Work::Load(Box::new(Shard::restored(
+                        self.limits,
                         keys,
                         states,
                         generation,
-                    })))
+                    ))))
                     .map_err(|_| ComponentError::new("a detector worker stopped"))?;
                 }
             }
@@ -679,5 +864,117 @@ mod tests {
         for c in counts {
             assert!((2000..3000).contains(&c), "{counts:?}");
         }
+    }
+
+    use arrow_array::{Float64Array, Int64Array};
+    use arrow_schema::Field;
+
+    use crate::transforms::zscore::ZScoreConfig;
+
+    fn batch(keys: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sensor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(vec![0; keys.len()])),
+                Arc::new(Float64Array::from(vec![1.0; keys.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Feeds `keys` to the shard; the rows that got a verdict (warming up counts).
+    fn feed(
+        shard: &mut Shard<tidegauge_detect::ZScore>,
+        spec: &SpecCell<ZScoreConfig>,
+        keys: &[&str],
+    ) -> usize {
+        let b = batch(keys);
+        let columns = Columns {
+            key: 0,
+            value: 2,
+            ts: Some(1),
+        };
+        let mut judged = 0;
+        shard
+            .judge(spec, columns, &b, all_rows(&b, columns), |_, _, _| {
+                judged += 1
+            })
+            .unwrap();
+        judged
+    }
+
+    fn held(shard: &Shard<tidegauge_detect::ZScore>) -> Vec<String> {
+        assert_eq!(shard.keys.len(), shard.states.len());
+        assert_eq!(shard.keys.len(), shard.last_seen.len());
+        let mut keys: Vec<String> = shard
+            .keys
+            .iter()
+            .map(|(k, id)| {
+                assert_eq!(shard.keys.find_hashed(k, key_hash(k)), Some(id as usize));
+                k.to_string()
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_key_cap_refuses_until_a_key_is_idle_then_evicts_it() {
+        let spec = SpecCell::new(ZScoreConfig::default());
+        let mut shard = Shard::new(KeyLimits {
+            max_keys: 3,
+            idle_secs: 3600,
+        });
+        assert_eq!(feed(&mut shard, &spec, &["a", "b", "c", "a"]), 4);
+        // A fourth key: none is idle, so its events get no verdict.
+        assert_eq!(feed(&mut shard, &spec, &["d", "d", "a"]), 1);
+        let counts = shard.take_counts();
+        assert_eq!((counts.keys, counts.evicted, counts.refused), (3, 0, 2));
+        assert_eq!(held(&shard), ["a", "b", "c"]);
+        // An hour later, b and c report again; a has been silent all along.
+        shard.epoch -= std::time::Duration::from_secs(3600);
+        assert_eq!(feed(&mut shard, &spec, &["b", "c"]), 2);
+        assert_eq!(feed(&mut shard, &spec, &["d"]), 1);
+        let counts = shard.take_counts();
+        assert_eq!((counts.keys, counts.evicted, counts.refused), (3, 1, 0));
+        assert_eq!(held(&shard), ["b", "c", "d"]);
+        // a comes back: nobody is idle now, so it waits.
+        assert_eq!(feed(&mut shard, &spec, &["a"]), 0);
+        assert_eq!(shard.take_counts().refused, 1);
+    }
+
+    #[test]
+    fn memory_beyond_the_budget_is_refused_with_what_to_do() {
+        let input: SchemaRef = batch(&[]).schema();
+        let validate = |window: usize, max_keys: Option<usize>| {
+            let spec = ZScoreConfig {
+                window,
+                max_keys,
+                ..ZScoreConfig::default()
+            };
+            use crate::transforms::detector::KeyedSettings;
+            super::validate(&spec, &spec.common(), &input)
+        };
+        assert!(validate(100, None).is_ok());
+        assert!(validate(5_000, None).is_ok());
+        let errors = validate(1_000_000, None).unwrap_err();
+        assert_eq!(errors[0].path, "max_keys");
+        assert!(
+            errors[0]
+                .message
+                .contains("lower max_keys (to 536 at most)"),
+            "{errors:?}"
+        );
+        assert!(validate(1_000_000, Some(500)).is_ok());
+        assert_eq!(
+            validate(4_294_967_295, Some(1)).unwrap_err()[0].path,
+            "window"
+        );
     }
 }

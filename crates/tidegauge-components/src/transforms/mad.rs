@@ -35,6 +35,13 @@ impl MadConfig {
 
 impl DetectorSpec for MadConfig {
     type State = Mad;
+
+    /// The window full: 16 bytes a value kept as a sorted array, 32 in the tree used
+    /// above 16,384 values.
+    fn bytes_per_key(&self) -> u64 {
+        let per_value = if self.window <= 16_384 { 16 } else { 32 };
+        per_value * self.window as u64 + std::mem::size_of::<Mad>() as u64
+    }
     const NAME: &'static str = "mad";
     const STATISTIC: &'static str = "robust_z";
 

@@ -33,11 +33,18 @@ use tidegauge_core::ComponentError;
 use tidegauge_detect::Verdict;
 
 /// Interns sensor keys to dense ids, so per-key state lives in a `Vec` indexed by id.
-/// Memory per key: the key's bytes plus about 40 bytes of table overhead.
+/// Memory per key: the key's bytes plus about 48 bytes of table overhead. Ids stay dense
+/// when a key is removed ([`KeyInterner::remove_id`] moves the last key into its place).
 #[derive(Debug, Default)]
 pub struct KeyInterner {
     ids: hashbrown::HashTable<(Box<str>, u32)>,
+    /// The hash of each id's key, to find its entry without the key.
+    hashes: Vec<u64>,
 }
+
+/// Table overhead per key of a [`KeyInterner`] (besides the key's bytes): the entry
+/// (16-byte box, 4-byte id, padding), the table's control byte and load slack, the hash.
+pub const KEY_OVERHEAD_BYTES: u64 = 48;
 
 /// The hash a [`KeyInterner`] files `key` under (also what sharding uses, so a key is
 /// hashed once per event).
@@ -53,13 +60,41 @@ impl KeyInterner {
 
     /// [`KeyInterner::id`] for a key whose [`key_hash`] is known.
     pub fn id_hashed(&mut self, key: &str, hash: u64) -> (usize, bool) {
-        if let Some((_, id)) = self.ids.find(hash, |(k, _)| **k == *key) {
-            return (*id as usize, false);
+        if let Some(id) = self.find_hashed(key, hash) {
+            return (id, false);
         }
         let id = self.ids.len() as u32;
         self.ids
             .insert_unique(hash, (key.into(), id), |(k, _)| key_hash(k));
+        self.hashes.push(hash);
         (id as usize, true)
+    }
+
+    /// The id of `key` (with its [`key_hash`]), if it has one.
+    pub fn find_hashed(&self, key: &str, hash: u64) -> Option<usize> {
+        self.ids
+            .find(hash, |(k, _)| **k == *key)
+            .map(|(_, id)| *id as usize)
+    }
+
+    /// Forgets the key with id `id`; the key with the last id takes its id, so ids stay
+    /// dense (the caller moves that key's state the same way: `Vec::swap_remove`).
+    pub fn remove_id(&mut self, id: usize) {
+        let last = self.hashes.len() - 1;
+        if let Ok(entry) = self
+            .ids
+            .find_entry(self.hashes[id], |(_, i)| *i as usize == id)
+        {
+            entry.remove();
+        }
+        if id != last
+            && let Some((_, i)) = self
+                .ids
+                .find_mut(self.hashes[last], |(_, i)| *i as usize == last)
+        {
+            *i = id as u32;
+        }
+        self.hashes.swap_remove(id);
     }
 
     /// Number of distinct keys seen.

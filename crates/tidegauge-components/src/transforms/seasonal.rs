@@ -51,6 +51,11 @@ impl SeasonalConfig {
 
 impl DetectorSpec for SeasonalConfig {
     type State = Seasonal;
+
+    /// 32 bytes a slot, every slot used.
+    fn bytes_per_key(&self) -> u64 {
+        32 * u64::from(self.slots) + std::mem::size_of::<Seasonal>() as u64
+    }
     const NAME: &'static str = "seasonal";
     const STATISTIC: &'static str = "z";
 

@@ -18,7 +18,7 @@ detector_config! {
     /// values (8 bytes each) and a running mean and spread, O(1) per event.
     pub struct ZScoreConfig as "zscore" {
         /// Number of previous values of the same sensor the current one is compared with.
-        #[schemars(range(min = 2, max = 4294967295u64))]
+        #[schemars(range(min = 2, max = 10000000))]
         pub window: usize = 100,
         /// |z| above which a value is an anomaly.
         #[schemars(range(min = 0.0))]
@@ -37,6 +37,11 @@ impl ZScoreConfig {
 
 impl DetectorSpec for ZScoreConfig {
     type State = ZScore;
+
+    /// The window (8 bytes a value, full) and the running sums.
+    fn bytes_per_key(&self) -> u64 {
+        8 * self.window as u64 + std::mem::size_of::<ZScore>() as u64
+    }
     const NAME: &'static str = "zscore";
     const STATISTIC: &'static str = "z";
 
