@@ -19,6 +19,7 @@ use tidegauge_core::{Batch, ComponentContext, ComponentError, ConfigError, Sourc
 
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, FieldType, Row};
+use crate::sources::linger::Linger;
 
 /// Where a field's value comes from instead of the payload: a level of the message's
 /// subject (MQTT topic, NATS subject) or its key (Kafka).
@@ -212,16 +213,17 @@ pub(crate) trait BrokerSource: Send {
     fn close(self, cx: &ComponentContext) -> impl Future<Output = ()> + Send;
 }
 
-/// Runs a broker source: decodes messages into batches of at most `batch_rows`, sends a
-/// batch when it is full or its first event has waited `linger`, serves checkpoint
-/// barriers while idle, and settles positions as the sinks acknowledge the batches that
-/// carried them. On shutdown it sends what is decoded and waits up to `drain_timeout`
-/// for the last acknowledgements before closing.
+/// Runs a broker source: decodes messages into batches of at most `batch_rows` and sends
+/// a batch by the rule of [`Linger`]: when it is full, as soon as no further message is
+/// ready (caught up), or when its first event has waited `linger` however fast messages
+/// keep coming. Serves checkpoint barriers while idle, and settles positions as the
+/// sinks acknowledge the batches that carried them. On shutdown it sends what is decoded
+/// and waits up to `drain_timeout` for the last acknowledgements before closing.
 pub(crate) async fn run<B: BrokerSource>(
     mut broker: B,
     cx: SourceContext,
     mut decoder: MessageDecoder,
-    linger: Duration,
+    mut linger: Linger,
     drain_timeout: Duration,
 ) -> Result<(), ComponentError> {
     let SourceContext {
@@ -236,7 +238,6 @@ pub(crate) async fn run<B: BrokerSource>(
         held: Vec::new(),
         ack_tx,
     };
-    let mut first_at: Option<Instant> = None;
     let mut barriers = barrier_ticker();
 
     /// What woke the loop.
@@ -244,57 +245,54 @@ pub(crate) async fn run<B: BrokerSource>(
         Stop,
         Ack(tidegauge_core::ack::Ack),
         Next(Next<P>),
+        CaughtUp,
         Barriers,
-        Linger,
     }
 
+    let mut caught_up = false;
     let result: Result<(), ComponentError> = loop {
-        let wait = first_at.map_or(Duration::MAX, |t| linger.saturating_sub(t.elapsed()));
+        if linger.due(decoder.is_full(), caught_up, Instant::now()) {
+            linger.sent();
+            if let Some(batch) = pending.take(&mut broker, &mut decoder, &component).await {
+                match out.send(batch).await {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                }
+            }
+        }
+        caught_up = false;
+        let holding = linger.holding();
         let wake = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Wake::Stop,
             Some(ack) = acks.recv() => Wake::Ack(ack),
             next = broker.next(&mut decoder, &component) => Wake::Next(next),
+            // Polled only after the broker had no message ready: caught up.
+            () = std::future::ready(()), if holding => Wake::CaughtUp,
             _ = barriers.tick() => Wake::Barriers,
-            _ = tokio::time::sleep(wait), if first_at.is_some() => Wake::Linger,
         };
         match wake {
             Wake::Stop => break Ok(()),
             Wake::Ack(ack) => {
                 let released = pending.tracker.ack(ack.id, ack.delivered);
                 broker.settle(&component, released, false).await;
-                continue;
             }
             Wake::Next(Next::Message(position)) => {
-                first_at.get_or_insert_with(Instant::now);
+                linger.took_in(Instant::now());
                 pending.held.extend(position);
-                if !decoder.is_full() {
-                    continue;
-                }
             }
             Wake::Next(Next::Error(e)) => {
                 component.emit(ComponentErrorOccurred { error: &e });
-                continue;
             }
             Wake::Next(Next::Fatal(e)) => break Err(ComponentError::new(e)),
             Wake::Next(Next::End) => break Ok(()),
-            Wake::Barriers => {
-                match out.serve_barriers().await {
-                    Ok(()) => {}
-                    Err(SendError::Closed) => break Ok(()),
-                    Err(e) => break Err(e.into()),
-                }
-                continue;
-            }
-            Wake::Linger => {}
-        }
-        first_at = None;
-        if let Some(batch) = pending.take(&mut broker, &mut decoder, &component).await {
-            match out.send(batch).await {
+            Wake::CaughtUp => caught_up = true,
+            Wake::Barriers => match out.serve_barriers().await {
                 Ok(()) => {}
                 Err(SendError::Closed) => break Ok(()),
                 Err(e) => break Err(e.into()),
-            }
+            },
         }
     };
 

@@ -26,6 +26,7 @@ use tidegauge_core::{
 use tokio_postgres::NoTls;
 
 use crate::secret::Secret;
+use crate::sinks::FlushRule;
 
 /// Writes events into a PostgreSQL table, one row per event, with batched `COPY`.
 ///
@@ -54,7 +55,8 @@ pub struct PostgresSinkConfig {
     #[serde(default = "default_max_rows")]
     #[schemars(range(min = 1))]
     pub max_rows: usize,
-    /// Longest time rows wait to be copied, in milliseconds.
+    /// Rows are copied as soon as the input is idle; while more keep coming, this is the
+    /// longest rows wait to be copied, in milliseconds.
     #[serde(default = "default_flush_interval_ms")]
     #[schemars(range(min = 1))]
     pub flush_interval_ms: u64,
@@ -289,10 +291,11 @@ impl PostgresSink {
             lines: Vec::new(),
             finalizers: Vec::new(),
         };
-        let mut since = Instant::now();
+        let mut rule = FlushRule::new(flush_every, Instant::now());
         loop {
-            let wait = flush_every.saturating_sub(since.elapsed());
-            let closed = match input.recv_timeout(wait.max(Duration::from_millis(1))).await {
+            let holding = !pending.finalizers.is_empty();
+            let (closed, idle) = match input.recv_timeout(rule.wait(holding, Instant::now())).await
+            {
                 Recv::Batch(b) => {
                     pending.finalizers.push(b.finalizers);
                     if let Err(e) = encode_rows(&b.data, &mut pending.lines) {
@@ -300,14 +303,15 @@ impl PostgresSink {
                         pending.finalizers.iter().for_each(Finalizers::fail);
                         return Err(e);
                     }
-                    false
+                    (false, false)
                 }
-                Recv::Idle => false,
-                Recv::Closed => true,
+                Recv::Idle => (false, true),
+                Recv::Closed => (true, false),
             };
+            let holding = !pending.finalizers.is_empty();
             if closed
                 || pending.lines.len() >= self.config.max_rows
-                || since.elapsed() >= flush_every
+                || rule.due(holding, idle, Instant::now())
             {
                 let batch = std::mem::replace(
                     &mut pending,
@@ -322,7 +326,7 @@ impl PostgresSink {
                     }
                     return Err(e);
                 }
-                since = Instant::now();
+                rule.flushed(Instant::now());
             }
             if closed {
                 return Ok(());

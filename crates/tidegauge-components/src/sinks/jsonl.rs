@@ -18,8 +18,9 @@ use crate::codec::encode::JsonEncoder;
 
 /// Writes events to a file as JSON Lines, one object per event with every field.
 ///
-/// Writes are buffered and flushed to disk (fsync) every `flush_interval_ms` and at
-/// shutdown; a batch counts as delivered only once it is on disk. Only whole lines are
+/// Writes are buffered and flushed to disk (fsync) as soon as no more events are
+/// waiting, at most `flush_interval_ms` apart while they keep coming, and at shutdown; a
+/// batch counts as delivered only once it is on disk. Only whole lines are
 /// written: if a crash left a partial last line, it is cut off when the file is opened
 /// again. When a write or flush fails (a full disk), the file is cut back to what was
 /// last flushed and the batches since are written again, with backoff, as `retry`
@@ -33,7 +34,8 @@ pub struct JsonlSinkConfig {
     /// Append to an existing file (`true`) or replace it (`false`).
     #[serde(default = "default_append")]
     pub append: bool,
-    /// How often buffered lines are flushed and synced to disk, in milliseconds.
+    /// Longest time buffered lines wait to be flushed and synced to disk while events
+    /// keep coming, in milliseconds (an idle sink flushes at once).
     #[serde(default = "default_flush_interval_ms")]
     #[schemars(range(min = 1))]
     pub flush_interval_ms: u64,

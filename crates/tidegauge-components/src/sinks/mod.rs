@@ -17,6 +17,59 @@ use tidegauge_core::resilience::{Resilience, RetryPolicy};
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{ComponentError, SinkInput};
 
+/// When a sink flushes what it holds (writes it out, makes it durable, releases the
+/// batches' acknowledgements): as soon as its input is idle, so a quiet stream is never
+/// held back by a timer, and while the input stays busy at least every `every`, so a busy
+/// sink defers durability no longer than that.
+#[derive(Debug)]
+pub(crate) struct FlushRule {
+    every: Duration,
+    last: Instant,
+    when_idle: bool,
+}
+
+impl FlushRule {
+    /// Flushes when idle and at least every `every`.
+    pub(crate) fn new(every: Duration, now: Instant) -> Self {
+        FlushRule {
+            every,
+            last: now,
+            when_idle: true,
+        }
+    }
+
+    /// Flushes only every `every`, whether the input is idle or not.
+    pub(crate) fn timed_only(mut self) -> Self {
+        self.when_idle = false;
+        self
+    }
+
+    /// How long to wait for the next batch. Holding unflushed data, not at all: a
+    /// `Recv::Idle` at once says the input is idle.
+    pub(crate) fn wait(&self, holding: bool, now: Instant) -> Duration {
+        if holding && self.when_idle {
+            Duration::ZERO
+        } else {
+            let left = self
+                .every
+                .saturating_sub(now.saturating_duration_since(self.last));
+            left.max(Duration::from_millis(1))
+        }
+    }
+
+    /// Whether to flush now: something is held and the input is `idle` or the interval
+    /// has passed.
+    pub(crate) fn due(&self, holding: bool, idle: bool, now: Instant) -> bool {
+        holding
+            && ((idle && self.when_idle) || now.saturating_duration_since(self.last) >= self.every)
+    }
+
+    /// A flush happened at `now`.
+    pub(crate) fn flushed(&mut self, now: Instant) {
+        self.last = now;
+    }
+}
+
 /// A sink that writes batches with blocking I/O. Runs on a thread of its own.
 pub(crate) trait BatchWriter: Send + 'static {
     /// Writes every row of the batch (buffered); returns the bytes written.
@@ -25,6 +78,12 @@ pub(crate) trait BatchWriter: Send + 'static {
     fn flush(&mut self) -> io::Result<()>;
     /// What the writer writes to, for error messages.
     fn target(&self) -> String;
+    /// Whether a flush is due as soon as the input is idle (true), or only every
+    /// `flush_every` (a flush that ends a file, as Parquet's does, would otherwise cut
+    /// one file per quiet moment).
+    fn flush_when_idle(&self) -> bool {
+        true
+    }
     /// Goes back to where the last successful flush left the target, dropping whatever
     /// was written since, so those batches can be written again after an error (a file
     /// is cut back to its durable length). Writers that cannot return the error.
@@ -35,7 +94,8 @@ pub(crate) trait BatchWriter: Send + 'static {
     }
 }
 
-/// Drives `writer`: writes each batch, flushes every `flush_every` and at the end, and
+/// Drives `writer`: writes each batch, flushes by the [`FlushRule`] (when the input is
+/// idle, and while busy at least every `flush_every`) and at the end, and
 /// releases each batch's finalizers only after the flush that made it durable. A write
 /// or flush that fails is not retried; the sink fails.
 pub(crate) async fn run_writer(
@@ -69,7 +129,10 @@ pub(crate) async fn run_writer_with_retry(
         let resilience = Resilience::new(retry);
         // Batches written since the last successful flush, kept to write again.
         let mut pending: Vec<(RecordBatch, Finalizers)> = Vec::new();
-        let mut last_flush = Instant::now();
+        let mut rule = FlushRule::new(flush_every, Instant::now());
+        if !writer.flush_when_idle() {
+            rule = rule.timed_only();
+        }
         // Rolls back and writes every pending batch again, then flushes.
         let recover = |writer: &mut dyn BatchWriterDyn,
                        pending: &mut Vec<(RecordBatch, Finalizers)>,
@@ -128,8 +191,8 @@ pub(crate) async fn run_writer_with_retry(
             ComponentError::reader_gone(writer.target_dyn())
         };
         loop {
-            let wait = flush_every.saturating_sub(last_flush.elapsed());
-            match input.blocking_recv_timeout(&runtime, wait.max(Duration::from_millis(1))) {
+            let wait = rule.wait(!pending.is_empty(), Instant::now());
+            let idle = match input.blocking_recv_timeout(&runtime, wait) {
                 Recv::Batch(batch) => {
                     let rows = batch.num_rows() as u64;
                     let written = writer.write(&batch.data);
@@ -146,14 +209,15 @@ pub(crate) async fn run_writer_with_retry(
                             recover(&mut writer, &mut pending, "write to", e)?;
                             component.emit(EventsSent { count: rows });
                             release(&mut pending);
-                            last_flush = Instant::now();
+                            rule.flushed(Instant::now());
                         }
                     }
+                    false
                 }
-                Recv::Idle => {}
+                Recv::Idle => true,
                 Recv::Closed => break,
-            }
-            if last_flush.elapsed() >= flush_every {
+            };
+            if rule.due(!pending.is_empty(), idle, Instant::now()) {
                 match writer.flush() {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
@@ -162,7 +226,7 @@ pub(crate) async fn run_writer_with_retry(
                     Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
                 }
                 release(&mut pending);
-                last_flush = Instant::now();
+                rule.flushed(Instant::now());
             }
         }
         match writer.flush() {
@@ -204,5 +268,44 @@ impl<W: BatchWriter> BatchWriterDyn for W {
     }
     fn target_dyn(&self) -> String {
         self.target()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_input_is_flushed_at_once() {
+        let t = Instant::now();
+        let rule = FlushRule::new(Duration::from_secs(1), t);
+        // Holding data: do not wait for input, so idleness shows at once.
+        assert_eq!(rule.wait(true, t), Duration::ZERO);
+        assert!(rule.due(true, true, t));
+        // Nothing held: nothing to flush, wait for input.
+        assert!(!rule.due(false, true, t));
+        assert_eq!(rule.wait(false, t), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_busy_input_defers_the_flush_at_most_the_interval() {
+        let t = Instant::now();
+        let mut rule = FlushRule::new(Duration::from_millis(100), t);
+        assert!(!rule.due(true, false, t + Duration::from_millis(99)));
+        assert!(rule.due(true, false, t + Duration::from_millis(100)));
+        rule.flushed(t + Duration::from_millis(100));
+        assert!(!rule.due(true, false, t + Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn timed_only_ignores_idleness() {
+        let t = Instant::now();
+        let rule = FlushRule::new(Duration::from_millis(100), t).timed_only();
+        assert!(!rule.due(true, true, t + Duration::from_millis(50)));
+        assert_eq!(
+            rule.wait(true, t + Duration::from_millis(50)),
+            Duration::from_millis(50)
+        );
+        assert!(rule.due(true, true, t + Duration::from_millis(100)));
     }
 }

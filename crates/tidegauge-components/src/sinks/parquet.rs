@@ -372,6 +372,12 @@ impl BatchWriter for ParquetFiles {
     fn target(&self) -> String {
         self.dir.display().to_string()
     }
+
+    /// A flush completes the open files: doing so whenever the input pauses would cut a
+    /// file per pause. Files are completed by age (`max_file_age_ms`) and size.
+    fn flush_when_idle(&self) -> bool {
+        false
+    }
 }
 
 struct ParquetSink {

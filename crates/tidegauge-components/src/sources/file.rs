@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
@@ -20,6 +20,8 @@ use tidegauge_core::{
     SourceConfig, SourceContext,
 };
 
+use super::file_watch::FileWatch;
+use super::linger::Linger;
 use super::{CsvOptions, Format, LineDecoder, LineOutcome};
 use crate::codec::lines::{Line, LineReader, Poll};
 use crate::settings::{config, decoded_records};
@@ -50,7 +52,9 @@ config! {
         /// that shrinks or is replaced is read again from its start.
         #[serde(default)]
         pub follow: bool,
-        /// How often to look for new data while following, in milliseconds.
+        /// While following, how often to look for new data where the system cannot say
+        /// when the file is written, and whether the file was replaced or truncated, in
+        /// milliseconds. On Linux a write wakes the reader at once (inotify).
         #[serde(default = "default_poll_interval_ms")]
         #[schemars(range(min = 1))]
         pub poll_interval_ms: u64,
@@ -400,6 +404,8 @@ struct Progress {
     restored: HashMap<String, FilePosition>,
     /// `None` without checkpointing: no tokens, no positions.
     acks: Option<Acks>,
+    /// When what the decoder holds must go.
+    linger: Linger,
 }
 
 impl Progress {
@@ -410,6 +416,7 @@ impl Progress {
         component: &ComponentContext,
         out: &mut Output,
     ) -> Result<(), SendError> {
+        self.linger.sent();
         let batch = dec.take(component);
         let Some(acks) = &mut self.acks else {
             return match batch {
@@ -508,6 +515,7 @@ impl FileSource {
             position: FilesPosition::default(),
             restored,
             acks: checkpoint.is_enabled().then(|| Acks::new(checkpoint)),
+            linger: Linger::new(&self.config.batch),
         };
         // One decoder per format met; when the format changes between files, what the
         // previous one holds is sent first so events keep their file order.
@@ -662,6 +670,9 @@ impl FileSource {
                 },
                 self.config.max_line_bytes,
             );
+            // Watching from before the first read: no write is missed between reaching
+            // the end and starting to wait.
+            let mut watch = follow.then(|| FileWatch::new(path));
             loop {
                 if shutdown.is_cancelled() {
                     return Ended::Stop;
@@ -701,9 +712,20 @@ impl FileSource {
                             return Ended::Stop;
                         }
                     }
-                    Ok(Ok(Poll::Read(_))) => {}
+                    Ok(Ok(Poll::Read(_))) => {
+                        // A file growing faster than it is read never reaches its end:
+                        // the linger time bounds how long its events wait.
+                        let now = Instant::now();
+                        progress.linger.took_in(now);
+                        if progress.linger.due(dec.is_full(), false, now)
+                            && progress.send(dec, component, out).is_err()
+                        {
+                            return Ended::Stop;
+                        }
+                    }
                     Ok(Ok(Poll::Eof)) if !follow => return Ended::Done,
                     Ok(Ok(Poll::Eof)) => {
+                        // Caught up with the file: what is held goes now.
                         if progress.send(dec, component, out).is_err()
                             || out.blocking_serve_barriers().is_err()
                         {
@@ -712,7 +734,9 @@ impl FileSource {
                         if let Some(acks) = &mut progress.acks {
                             acks.poll(component);
                         }
-                        std::thread::sleep(Duration::from_millis(self.config.poll_interval_ms));
+                        if let Some(w) = &mut watch {
+                            w.wait(Duration::from_millis(self.config.poll_interval_ms));
+                        }
                         if !compressed && was_replaced(path, identity, read_bytes) {
                             tracing::info!(
                                 component_id = component.id(),

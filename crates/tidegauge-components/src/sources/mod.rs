@@ -3,6 +3,8 @@
 //! live in [`crate::connectors`], grouped by the system they talk to.
 
 pub mod file;
+mod file_watch;
+pub(crate) mod linger;
 pub mod simulate;
 pub mod stdin;
 
@@ -75,7 +77,9 @@ impl CsvOptions {
     }
 }
 
-/// How a source groups events into batches.
+/// How a source groups events into batches. A batch is sent when it is full, as soon as
+/// the source has read everything available for now (a thin stream is never held back),
+/// or when its oldest event has waited `linger_ms` however fast more arrive.
 #[derive(Clone, Debug, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
@@ -83,8 +87,8 @@ pub struct BatchConfig {
     #[serde(default = "default_batch_rows")]
     #[schemars(range(min = 1))]
     pub rows: usize,
-    /// Longest time an event waits for its batch to fill before it is sent anyway, in
-    /// milliseconds (a slow live stream still flows promptly).
+    /// Longest time an event waits for its batch to fill while more input keeps
+    /// arriving, in milliseconds. A source that has read all there is sends at once.
     #[serde(default = "default_linger_ms")]
     #[schemars(range(min = 1))]
     pub linger_ms: u64,

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use tidegauge_core::component::blocking_source_fn;
@@ -12,6 +12,7 @@ use tidegauge_core::{
 };
 
 use super::file::default_max_line_bytes;
+use super::linger::Linger;
 use super::{CsvOptions, Format, LineDecoder, LineOutcome};
 use crate::codec::lines::{LineReader, Poll};
 use crate::settings::{config, decoded_records};
@@ -20,8 +21,9 @@ config! {
     [decoded_records]
     /// Reads events from standard input until it closes: JSON Lines or CSV.
     ///
-    /// A slow stream still flows: events waiting longer than `batch.linger_ms` are sent
-    /// without waiting for the batch to fill.
+    /// Events are sent as soon as everything written so far is read (a slow stream is
+    /// never held back), and under load at the latest when the oldest has waited
+    /// `batch.linger_ms`.
     pub struct StdinSourceConfig {
         /// Record format.
         #[serde(default = "default_format")]
@@ -77,29 +79,47 @@ struct StdinSource {
     schema: SchemaRef,
 }
 
-/// Reads chunks that another thread pulled off a blocking reader; a wait longer than
-/// `linger` surfaces as `WouldBlock` so the caller can send what it holds.
+/// Reads chunks that another thread pulled off a blocking reader. When the chunks run
+/// dry it says so at once with `WouldBlock` (the caller has caught up with its input and
+/// sends what it holds); asked again, it waits up to `patience` for more before saying
+/// `WouldBlock` again (so the caller can look at its shutdown signal).
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     at: usize,
-    linger: Duration,
+    patience: Duration,
+    /// The caller was told the input ran dry, and nothing came since.
+    told_dry: bool,
+}
+
+impl ChannelReader {
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        let got = match self.rx.try_recv() {
+            Ok(got) => got,
+            Err(mpsc::TryRecvError::Disconnected) => return Ok(false),
+            Err(mpsc::TryRecvError::Empty) if !self.told_dry => {
+                self.told_dry = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Err(mpsc::TryRecvError::Empty) => match self.rx.recv_timeout(self.patience) {
+                Ok(got) => got,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+            },
+        };
+        self.told_dry = false;
+        self.chunk = got?;
+        self.at = 0;
+        Ok(true)
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.chunk.len() {
-            match self.rx.recv_timeout(self.linger) {
-                Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.at = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
-            }
+        if self.at == self.chunk.len() && !self.next_chunk()? {
+            return Ok(0);
         }
         let n = buf.len().min(self.chunk.len() - self.at);
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
@@ -112,7 +132,7 @@ impl Read for ChannelReader {
 /// timeout) and hands them over through a small bounded queue.
 pub(crate) fn spawn_chunk_reader(
     mut input: impl Read + Send + 'static,
-    linger: Duration,
+    patience: Duration,
 ) -> impl Read {
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
     std::thread::spawn(move || {
@@ -138,7 +158,8 @@ pub(crate) fn spawn_chunk_reader(
         rx,
         chunk: Vec::new(),
         at: 0,
-        linger,
+        patience,
+        told_dry: false,
     }
 }
 
@@ -150,8 +171,9 @@ impl StdinSource {
             shutdown,
             ..
         } = cx;
-        let linger = Duration::from_millis(self.config.batch.linger_ms);
-        let input = spawn_chunk_reader(io::stdin(), linger);
+        // How often a reader with nothing to read looks at the shutdown signal.
+        let input = spawn_chunk_reader(io::stdin(), Duration::from_millis(100));
+        let mut linger = Linger::new(&self.config.batch);
         let mut lines = LineReader::new(input, self.config.max_line_bytes);
         let mut dec = LineDecoder::new(
             self.config.format,
@@ -172,19 +194,27 @@ impl StdinSource {
                 }
                 if dec.is_full() {
                     dec.flush_to(&component, &mut out)?;
+                    linger.sent();
                 }
                 Ok(())
             });
+            // Caught up with the input: what is held goes now.
+            let caught_up = matches!(&polled, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             match polled {
-                Ok(Ok(Poll::Read(n))) => component.emit(BytesReceived { bytes: n as u64 }),
+                Ok(Ok(Poll::Read(n))) => {
+                    component.emit(BytesReceived { bytes: n as u64 });
+                    linger.took_in(Instant::now());
+                }
                 Ok(Ok(Poll::Eof)) => break,
                 Ok(Err(_closed)) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if dec.flush_to(&component, &mut out).is_err() {
-                        return Ok(());
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ComponentError::io("reading standard input", e)),
+            }
+            if linger.due(dec.is_full(), caught_up, Instant::now()) {
+                if dec.flush_to(&component, &mut out).is_err() {
+                    return Ok(());
+                }
+                linger.sent();
             }
         }
         let _ = dec.flush_to(&component, &mut out);
@@ -197,6 +227,31 @@ tidegauge_core::register_source!(StdinSourceConfig);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_reader_says_it_ran_dry_before_it_waits() {
+        let (tx, rx) = mpsc::sync_channel(4);
+        let mut reader = ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            // Never reached when the reader behaves: the dry report comes first.
+            patience: Duration::from_secs(3600),
+            told_dry: false,
+        };
+        tx.send(Ok(b"a\n".to_vec())).unwrap();
+        tx.send(Ok(b"b\n".to_vec())).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(reader.read(&mut buf).unwrap(), 2);
+        assert_eq!(reader.read(&mut buf).unwrap(), 2);
+        // Both chunks taken, nothing more queued: caught up, reported without waiting.
+        let e = reader.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        tx.send(Ok(b"c\n".to_vec())).unwrap();
+        assert_eq!(reader.read(&mut buf).unwrap(), 2);
+        drop(tx);
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
+    }
 
     #[test]
     fn chunk_reader_times_out_then_delivers_then_ends() {

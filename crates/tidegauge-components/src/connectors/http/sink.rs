@@ -22,6 +22,7 @@ use tidegauge_core::{
 
 use crate::codec::encode::JsonEncoder;
 use crate::secret::Secret;
+use crate::sinks::FlushRule;
 
 /// Sends events to an HTTP endpoint in batches: a JSON array of objects (or JSON Lines)
 /// per request.
@@ -61,7 +62,8 @@ pub struct HttpSinkConfig {
     #[serde(default = "default_max_events")]
     #[schemars(range(min = 1))]
     pub max_events: usize,
-    /// Longest time an event waits for its request, in milliseconds.
+    /// Events go out as soon as the input is idle; while more keep coming, this is the
+    /// longest an event waits for its request, in milliseconds.
     #[serde(default = "default_flush_interval_ms")]
     #[schemars(range(min = 1))]
     pub flush_interval_ms: u64,
@@ -286,11 +288,12 @@ impl HttpSink {
         let breaker = CircuitBreaker::new(self.config.breaker.clone());
         let flush_every = Duration::from_millis(self.config.flush_interval_ms);
         let mut pending = Pending::default();
-        let mut since = Instant::now();
+        let mut rule = FlushRule::new(flush_every, Instant::now());
         let mut row = Vec::new();
         loop {
-            let wait = flush_every.saturating_sub(since.elapsed());
-            let closed = match input.recv_timeout(wait.max(Duration::from_millis(1))).await {
+            let holding = !pending.finalizers.is_empty();
+            let (closed, idle) = match input.recv_timeout(rule.wait(holding, Instant::now())).await
+            {
                 Recv::Batch(b) => {
                     pending.finalizers.push(b.finalizers);
                     for r in 0..b.data.num_rows() {
@@ -302,14 +305,15 @@ impl HttpSink {
                         }
                         pending.events.push(row.clone());
                     }
-                    false
+                    (false, false)
                 }
-                Recv::Idle => false,
-                Recv::Closed => true,
+                Recv::Idle => (false, true),
+                Recv::Closed => (true, false),
             };
+            let holding = !pending.finalizers.is_empty();
             if closed
                 || pending.events.len() >= self.config.max_events
-                || since.elapsed() >= flush_every
+                || rule.due(holding, idle, Instant::now())
             {
                 let batch = std::mem::take(&mut pending);
                 for chunk in batch.events.chunks(self.config.max_events) {
@@ -317,7 +321,7 @@ impl HttpSink {
                 }
                 // Every event is now either accepted or dead-lettered.
                 batch.finalizers.into_iter().for_each(Finalizers::release);
-                since = Instant::now();
+                rule.flushed(Instant::now());
             }
             if closed {
                 return Ok(());

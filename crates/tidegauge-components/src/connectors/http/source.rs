@@ -45,6 +45,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, Row, default_fields, schema_for};
+use crate::sources::linger::Linger;
 use crate::sources::{BatchConfig, validate_fields};
 
 /// Polls HTTP endpoints on an interval; each response is one JSON object holding the
@@ -154,6 +155,10 @@ fn default_concurrency() -> usize {
 fn default_max_body_bytes() -> usize {
     1 << 20
 }
+
+/// How long the loop waits for a reading, holding none, before it looks at checkpoint
+/// barriers again.
+const BARRIER_WAIT: Duration = Duration::from_millis(100);
 
 const STALE: &str = "stale";
 const STALE_AGE: &str = "stale_age_ms";
@@ -486,7 +491,7 @@ struct Pending {
     columns: Columns,
     endpoint: Vec<usize>,
     stale_age_ms: Vec<Option<u64>>,
-    since: Option<Instant>,
+    linger: Linger,
 }
 
 impl HttpPoll {
@@ -528,17 +533,18 @@ impl HttpPoll {
             columns: Columns::new(base, &config.fields, config.batch.rows),
             endpoint: Vec::new(),
             stale_age_ms: Vec::new(),
-            since: None,
+            linger: Linger::new(&config.batch),
         };
         let mut last_good: Vec<Option<LastGood>> = (0..n).map(|_| None).collect();
-        let linger = Duration::from_millis(config.batch.linger_ms);
         let max_stale = Duration::from_millis(config.max_stale_ms);
         let ids: Vec<String> = config.endpoints.iter().map(Endpoint::id).collect();
         loop {
+            // Holding rows, the linger rule bounds the wait (and sends at once when no
+            // reading is ready: caught up); otherwise wait for barriers' sake.
             let wait = pending
-                .since
-                .map(|t| linger.saturating_sub(t.elapsed()))
-                .unwrap_or(linger);
+                .linger
+                .time_left(Instant::now())
+                .unwrap_or(BARRIER_WAIT);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = tokio::time::timeout(wait, rx.recv()) => match r {
@@ -572,8 +578,8 @@ impl HttpPoll {
                 },
             }
             let full = pending.columns.len() >= config.batch.rows;
-            let lingered = pending.since.is_some_and(|t| t.elapsed() >= linger);
-            if (full || lingered) && pending.send(&component, &ids, &mut out).await.is_err() {
+            let due = pending.linger.due(full, rx.is_empty(), Instant::now());
+            if due && pending.send(&component, &ids, &mut out).await.is_err() {
                 return Ok(());
             }
             if out.serve_barriers().await.is_err() {
@@ -603,7 +609,7 @@ impl Pending {
             Ok(()) => {
                 self.endpoint.push(endpoint);
                 self.stale_age_ms.push(stale_age_ms);
-                self.since.get_or_insert_with(Instant::now);
+                self.linger.took_in(Instant::now());
             }
             // Bodies were checked when polled; decoding the same bytes again agrees.
             Err(reason) => component.dead_letter(
@@ -620,7 +626,7 @@ impl Pending {
         ids: &[String],
         out: &mut Output,
     ) -> Result<(), SendError> {
-        self.since = None;
+        self.linger.sent();
         if self.columns.is_empty() {
             return Ok(());
         }

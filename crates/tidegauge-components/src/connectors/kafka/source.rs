@@ -22,6 +22,7 @@ use super::kafka_connection;
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
 use crate::settings::{config, decoded_records};
+use crate::sources::linger::Linger;
 
 config! {
     [kafka_connection, decoded_records]
@@ -294,7 +295,7 @@ impl KafkaSource {
             self.config.key_field.as_deref(),
             self.config.batch.rows,
         );
-        let linger = Duration::from_millis(self.config.batch.linger_ms);
+        let linger = Linger::new(&self.config.batch);
         let drain = Duration::from_millis(self.config.drain_timeout_ms);
         let member = Member {
             origin: self.config.connection().origin(),

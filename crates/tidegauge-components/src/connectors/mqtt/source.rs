@@ -21,6 +21,7 @@ use crate::connectors::inbound::{
 };
 use crate::secret::Secret;
 use crate::settings::{config, decoded_records};
+use crate::sources::linger::Linger;
 
 config! {
     [mqtt_connection, decoded_records]
@@ -228,7 +229,7 @@ impl MqttSource {
             broker,
             cx,
             decoder,
-            Duration::from_millis(self.config.batch.linger_ms),
+            Linger::new(&self.config.batch),
             Duration::from_millis(self.config.drain_timeout_ms),
         )
         .await

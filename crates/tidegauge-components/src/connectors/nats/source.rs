@@ -20,6 +20,7 @@ use crate::connectors::inbound::{
     self, BrokerSource, KeyFromTopic, MessageDecoder, Next, Released,
 };
 use crate::settings::{config, decoded_records};
+use crate::sources::linger::Linger;
 
 config! {
     [nats_connection, decoded_records]
@@ -190,7 +191,7 @@ impl NatsSource {
             consumer,
             cx,
             decoder,
-            Duration::from_millis(self.config.batch.linger_ms),
+            Linger::new(&self.config.batch),
             Duration::from_millis(self.config.drain_timeout_ms),
         )
         .await
