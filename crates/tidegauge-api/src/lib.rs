@@ -11,13 +11,14 @@
 //! | `GET /changes` | the history of parameter changes |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /profile` | per-stage time (when running with `--profile`) |
+//! | `GET /alerts` | incidents open now, from every `alert` transform |
 //! | `GET /openapi.json` | this API, described |
 //!
 //! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused;
 //! connections are bounded in number, time and memory ([`server`]).
 //!
-//! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`
-//! and `/profile` are open (liveness probes and Prometheus scrapers carry no token; they
+//! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`,
+//! `/profile` and `/alerts` are open (liveness probes and Prometheus scrapers carry no token; they
 //! show counters, ids and field names, never a setting's value). Parameters
 //! (`/components/{id}/params`, which show settings) and the change history (`/changes`,
 //! which shows old and new values and who made them) need the bearer token, like changes.
@@ -111,6 +112,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/changes", get(list_changes))
         .route("/metrics", get(prometheus))
         .route("/profile", get(profile))
+        .route("/alerts", get(alerts))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .layer(axum::middleware::map_response(scrub_response))
@@ -500,6 +502,22 @@ fn connection_metrics(out: &mut String, c: &ConnectionCounters) {
             load(v)
         );
     }
+}
+
+/// Open incidents of every component that raises alerts, oldest first.
+async fn alerts(State(s): State<AdminState>) -> Json<Value> {
+    let mut open: Vec<(i64, Value)> = Vec::new();
+    for c in s.live.components() {
+        for i in c.telemetry.open_incidents() {
+            let mut v = serde_json::to_value(&i).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("component_id".into(), json!(c.telemetry.id.as_ref()));
+            }
+            open.push((i.starts_at_ms, v));
+        }
+    }
+    open.sort_by_key(|(t, _)| *t);
+    Json(json!({ "open": open.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }))
 }
 
 async fn profile(State(s): State<AdminState>) -> Json<Value> {

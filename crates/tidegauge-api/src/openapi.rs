@@ -121,6 +121,8 @@ pub(crate) fn description() -> Value {
                 "responses": json_ok("Changes.", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Change" } })) } },
             "/metrics": { "get": { "summary": "Prometheus text exposition.",
                 "responses": { "200": { "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/alerts": { "get": { "summary": "Incidents open now (from `alert` transforms), oldest first: key, incident id, start, latest anomaly, count, peak score, detector and reason.",
+                "responses": json_ok("Open incidents: `{\"open\": [...]}`.", json!({ "type": "object" })) } },
             "/profile": { "get": { "summary": "Per-stage time: ns per event, share of the total, events per second.",
                 "responses": json_ok("Profile.", json!({ "type": "object" })) } },
             "/openapi.json": { "get": { "summary": "This description.",

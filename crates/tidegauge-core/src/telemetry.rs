@@ -57,6 +57,31 @@ pub struct ComponentTelemetry {
     keys_evicted: AtomicU64,
     /// Events of new keys that got no state (the key cap was reached, none idle).
     events_without_state: AtomicU64,
+    /// Incidents open now (components that raise alerts).
+    open_incidents: Mutex<Vec<OpenIncident>>,
+}
+
+/// An incident that is open, as the admin API (`GET /alerts`) and `tidegauge top` show it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpenIncident {
+    /// What it is about: the group's values (the sensor), joined by `/`.
+    pub key: String,
+    /// The incident's id, as its alert events carry it.
+    pub incident_id: String,
+    /// Event time of its first anomaly, ms since the Unix epoch.
+    pub starts_at_ms: i64,
+    /// Event time of its latest anomaly.
+    pub last_anomaly_ms: i64,
+    /// Anomalies so far.
+    pub anomalies: u64,
+    /// Highest anomaly score so far.
+    pub peak_score: f64,
+    /// Detector of the peak anomaly.
+    pub detector: Option<String>,
+    /// Its reason.
+    pub reason: Option<String>,
+    /// Whether the group is flapping.
+    pub flapping: bool,
 }
 
 /// Anomalies kept per detector for live views.
@@ -177,6 +202,16 @@ impl TelemetrySnapshot {
 }
 
 impl ComponentTelemetry {
+    /// Replaces the list of open incidents (a component that raises alerts).
+    pub fn set_open_incidents(&self, open: Vec<OpenIncident>) {
+        *lock(&self.open_incidents) = open;
+    }
+
+    /// The incidents open now.
+    pub fn open_incidents(&self) -> Vec<OpenIncident> {
+        lock(&self.open_incidents).clone()
+    }
+
     /// Fresh counters for a component.
     pub fn new(id: impl Into<Arc<str>>, kind: ComponentKind, type_name: &'static str) -> Self {
         ComponentTelemetry {
@@ -204,6 +239,7 @@ impl ComponentTelemetry {
             breaker_state: AtomicU64::new(NO_BREAKER),
             queue_probe: ProbeSlot::default(),
             recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
+            open_incidents: Mutex::new(Vec::new()),
             detector: AtomicBool::new(false),
             keys: AtomicU64::new(0),
             keys_evicted: AtomicU64::new(0),

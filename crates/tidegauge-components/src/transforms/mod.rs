@@ -1,6 +1,7 @@
 //! Transforms: filters and detectors. One file per transform; shared keyed state and
 //! detector output columns here.
 
+pub mod alert;
 pub mod baseline;
 pub mod calibrated;
 pub mod changepoint;
