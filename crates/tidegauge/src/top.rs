@@ -1,6 +1,6 @@
 //! `tidegauge top`: a live view of a running pipeline, through its admin API. Per
-//! component: events/s in and out, latency, queue fill, errors, breaker; then the latest
-//! anomalies. `q` or Esc quits.
+//! component: events/s in and out, latency, queue fill, errors, breaker; then the open
+//! alerts (incidents of `alert` transforms) and the latest anomalies. `q` or Esc quits.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ struct Poll {
     at: Instant,
     health: Value,
     components: Vec<Value>,
+    /// Open incidents (`GET /alerts`).
+    alerts: Vec<Value>,
 }
 
 /// What is drawn: the last poll, rates against the one before, or why there is none.
@@ -87,9 +89,10 @@ fn muted() -> Style {
 }
 
 fn draw(frame: &mut Frame, view: &View) {
-    let [head, table, anomalies, foot] = Layout::vertical([
+    let [head, table, open_alerts, anomalies, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(6),
+        Constraint::Length(6),
         Constraint::Length(10),
         Constraint::Length(1),
     ])
@@ -208,6 +211,42 @@ fn draw(frame: &mut Frame, view: &View) {
         table,
     );
 
+    let open: Vec<Line> = view
+        .last
+        .as_ref()
+        .map(|p| {
+            p.alerts
+                .iter()
+                .map(|a| {
+                    let t = a.get("starts_at_ms").and_then(Value::as_i64).unwrap_or(0);
+                    let since = humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(t.max(0) as u64),
+                    );
+                    let flap = if a.get("flapping") == Some(&Value::Bool(true)) {
+                        " flapping"
+                    } else {
+                        ""
+                    };
+                    Line::from(format!(
+                        "since {since}  {:<10} {:<12} {:>6} anomalies  peak {:.2}{flap}  {}",
+                        s(a, "component_id"),
+                        s(a, "key"),
+                        u(a, "anomalies"),
+                        a.get("peak_score").and_then(Value::as_f64).unwrap_or(0.0),
+                        s(a, "reason")
+                    ))
+                    .style(alarm())
+                })
+                .take(open_alerts.height.saturating_sub(2) as usize)
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = view.last.as_ref().map_or(0, |p| p.alerts.len());
+    frame.render_widget(
+        Paragraph::new(open).block(Block::bordered().title(format!(" open alerts: {count} "))),
+        open_alerts,
+    );
+
     let mut recent: Vec<(u64, String)> = view
         .last
         .as_ref()
@@ -262,10 +301,18 @@ async fn poll(client: &AdminClient) -> Result<Poll, String> {
         .get_json("/components")
         .await
         .map_err(|e| e.to_string())?;
+    // An older binary has no alerts route: then there are none to show.
+    let alerts = client
+        .get_json("/alerts")
+        .await
+        .ok()
+        .and_then(|v| v.get("open").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
     Ok(Poll {
         at: Instant::now(),
         health,
         components: components.as_array().cloned().unwrap_or_default(),
+        alerts,
     })
 }
 

@@ -15,5 +15,10 @@ pub mod mqtt;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "mqtt", feature = "kafka", feature = "nats"))]
+#[cfg(any(
+    feature = "mqtt",
+    feature = "kafka",
+    feature = "nats",
+    feature = "http"
+))]
 pub mod template;

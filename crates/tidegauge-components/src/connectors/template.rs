@@ -91,6 +91,18 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
 
+    /// The text with each placeholder replaced by `value(field)`.
+    pub fn render_with(&self, mut value: impl FnMut(&str, &mut String)) -> String {
+        let mut s = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => s.push_str(t),
+                Part::Field(f) => value(f, &mut s),
+            }
+        }
+        s
+    }
+
     /// The text of every row of `batch` (null fields render as empty text).
     pub fn render_all(&self, batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
         let options = FormatOptions::default().with_null("");

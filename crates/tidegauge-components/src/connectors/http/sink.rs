@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use arrow_schema::SchemaRef;
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, SchemaRef};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{
     BreakerConfig, CircuitBreaker, Resilience, RetryError, RetryPolicy,
 };
+use tidegauge_core::schema::require_field;
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
@@ -21,11 +23,14 @@ use tidegauge_core::{
 };
 
 use crate::codec::encode::JsonEncoder;
+use crate::connectors::template::Template;
 use crate::secret::Secret;
 use crate::sinks::FlushRule;
 
 /// Sends events to an HTTP endpoint in batches: a JSON array of objects (or JSON Lines)
-/// per request.
+/// per request; or, for the events of an `alert` transform, Alertmanager alerts
+/// (`encoding = "alertmanager"`, to Alertmanager's `/api/v2/alerts`), or one request per
+/// event whose body is a template (`encoding = "template"`: a Slack-style webhook).
 ///
 /// Failed requests (connection errors, timeouts, 408, 429 and 5xx answers) are retried
 /// with backoff and jitter within a retry budget; a circuit breaker stops calling an
@@ -47,6 +52,15 @@ pub struct HttpSinkConfig {
     /// Body format.
     #[serde(default)]
     pub encoding: HttpEncoding,
+    /// With `encoding = "alertmanager"`: the `alertname` label of every alert.
+    #[serde(default = "default_alertname")]
+    pub alertname: String,
+    /// With `encoding = "template"`: the body of each request, with `{field}` replaced
+    /// by the event's value (escaped for use inside a JSON string; null is empty) and
+    /// `{{`/`}}` for literal braces. A Slack incoming webhook:
+    /// `'{{"text": "{sensor_id} is {status}: {reason}"}}'`.
+    #[serde(default)]
+    pub template: Option<String>,
     /// Extra request headers. Their values are treated as secrets (never shown, masked
     /// wherever they would appear); credentials still belong in `auth_header_value`.
     #[serde(default)]
@@ -99,6 +113,84 @@ pub enum HttpEncoding {
     JsonArray,
     /// One object per line, `Content-Type: application/x-ndjson`.
     Ndjson,
+    /// Alertmanager alerts (API v2): `[{"labels": {...}, "annotations": {...},
+    /// "startsAt": ..., "endsAt": ...}]`, from the events of an `alert` transform.
+    /// Labels: `alertname` and every string field but `status`,
+    /// `incident_id` and `reason` (the group, the detector). Annotations: `summary` (the
+    /// reason), `incident_id`, `peak_score`, `anomalies`. `endsAt` is set when resolved.
+    Alertmanager,
+    /// One request per event, its body the `template` (JSON).
+    Template,
+}
+
+/// Fields an alert event has that `encoding = "alertmanager"` reads.
+const ALERT_FIELDS: [(&str, DataType); 2] =
+    [("status", DataType::Utf8), ("starts_at", DataType::Int64)];
+
+fn default_alertname() -> String {
+    "tidegauge".into()
+}
+
+/// Appends `value` as text for use inside a JSON string (null or absent: nothing).
+fn json_text(value: Option<&serde_json::Value>, out: &mut String) {
+    let text = match value {
+        None | Some(serde_json::Value::Null) => return,
+        Some(serde_json::Value::String(s)) => serde_json::to_string(s),
+        Some(other) => serde_json::to_string(&other.to_string()),
+    };
+    if let Ok(quoted) = text {
+        out.push_str(&quoted[1..quoted.len() - 1]);
+    }
+}
+
+/// An event of an `alert` transform as an Alertmanager alert (API v2 `postableAlert`).
+fn alertmanager_alert(
+    alertname: &str,
+    event: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let rfc3339 = |v: Option<&Value>| {
+        v.and_then(Value::as_i64).filter(|ms| *ms >= 0).map(|ms| {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+            humantime::format_rfc3339_millis(t).to_string()
+        })
+    };
+    let mut labels = serde_json::Map::new();
+    labels.insert("alertname".into(), json!(alertname));
+    for (k, v) in event {
+        if let Value::String(s) = v
+            && !["status", "incident_id", "reason"].contains(&k.as_str())
+        {
+            labels.insert(k.clone(), json!(s));
+        }
+    }
+    let mut annotations = serde_json::Map::new();
+    for (name, field) in [
+        ("summary", "reason"),
+        ("incident_id", "incident_id"),
+        ("peak_score", "peak_score"),
+        ("anomalies", "anomalies"),
+    ] {
+        match event.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                annotations.insert(name.into(), json!(s));
+            }
+            Some(v) => {
+                annotations.insert(name.into(), json!(v.to_string()));
+            }
+        }
+    }
+    let mut alert = json!({ "labels": labels, "annotations": annotations });
+    if let Some(start) = rfc3339(event.get("starts_at")) {
+        alert["startsAt"] = json!(start);
+    }
+    if event.get("status").and_then(Value::as_str) == Some("resolved")
+        && let Some(end) = rfc3339(event.get("ends_at"))
+    {
+        alert["endsAt"] = json!(end);
+    }
+    alert
 }
 
 /// How much of a refusing receiver's reply is read, and how much of it is shown.
@@ -131,7 +223,7 @@ fn endpoint(url: &reqwest::Url) -> String {
 impl SinkConfig for HttpSinkConfig {
     const TYPE: &'static str = "http";
 
-    fn validate(&self, _input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
+    fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
         match reqwest::Url::parse(&self.url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
@@ -189,6 +281,31 @@ impl SinkConfig for HttpSinkConfig {
                 errors.push(ConfigError::new(name, "expected a positive integer"));
             }
         }
+        match (self.encoding, &self.template) {
+            (HttpEncoding::Template, None) => errors.push(ConfigError::new(
+                "template",
+                "`encoding = \"template\"` needs a template, e.g. '{{\"text\": \"{sensor_id}: {reason}\"}}'",
+            )),
+            (HttpEncoding::Template, Some(t)) => Template::check("template", t, input, &mut errors),
+            (_, Some(_)) => errors.push(ConfigError::new(
+                "template",
+                "only used with `encoding = \"template\"`",
+            )),
+            _ => {}
+        }
+        if self.encoding == HttpEncoding::Alertmanager {
+            for (name, t) in ALERT_FIELDS {
+                if let Err(e) = require_field(input, "encoding", name, &[t]) {
+                    errors.push(ConfigError::new(
+                        "encoding",
+                        format!(
+                            "{}; `alertmanager` takes the events of an `alert` transform",
+                            e.message
+                        ),
+                    ));
+                }
+            }
+        }
         errors.extend(self.retry.validate("retry"));
         errors.extend(self.breaker.validate("breaker"));
         if errors.is_empty() {
@@ -223,7 +340,9 @@ impl SinkConfig for HttpSinkConfig {
             headers.insert(n, v);
         }
         let content_type = match self.encoding {
-            HttpEncoding::JsonArray => "application/json",
+            HttpEncoding::JsonArray | HttpEncoding::Alertmanager | HttpEncoding::Template => {
+                "application/json"
+            }
             HttpEncoding::Ndjson => "application/x-ndjson",
         };
         headers.insert(
@@ -244,6 +363,12 @@ impl SinkConfig for HttpSinkConfig {
             config: self.clone(),
             client,
             encoder: JsonEncoder::new(&input),
+            template: match &self.template {
+                Some(t) => Some(
+                    Template::parse(t).map_err(|e| BuildError::new(format!("template: {e}")))?,
+                ),
+                None => None,
+            },
         };
         Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
@@ -255,6 +380,7 @@ struct HttpSink {
     endpoint: String,
     client: reqwest::Client,
     encoder: JsonEncoder,
+    template: Option<Template>,
 }
 
 /// Why a request failed.
@@ -282,6 +408,38 @@ struct Pending {
 }
 
 impl HttpSink {
+    /// One event as the encoding wants it: a JSON object (an Alertmanager alert with
+    /// `alertmanager`), or the rendered template.
+    fn encode_row(
+        &self,
+        batch: &RecordBatch,
+        row: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), arrow_schema::ArrowError> {
+        self.encoder.encode_row(batch, row, out)?;
+        let encoding = self.config.encoding;
+        if matches!(encoding, HttpEncoding::JsonArray | HttpEncoding::Ndjson) {
+            return Ok(());
+        }
+        let event: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(out)
+            .map_err(|e| arrow_schema::ArrowError::JsonError(e.to_string()))?;
+        out.clear();
+        match (&self.template, encoding) {
+            (Some(t), HttpEncoding::Template) => {
+                out.extend_from_slice(
+                    t.render_with(|field, s| json_text(event.get(field), s))
+                        .as_bytes(),
+                );
+            }
+            _ => {
+                let alert = alertmanager_alert(&self.config.alertname, &event);
+                serde_json::to_writer(&mut *out, &alert)
+                    .map_err(|e| arrow_schema::ArrowError::JsonError(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     async fn run_async(self, mut input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
         let component = cx.component;
         let resilience = Resilience::new(self.config.retry.clone());
@@ -298,7 +456,7 @@ impl HttpSink {
                     pending.finalizers.push(b.finalizers);
                     for r in 0..b.data.num_rows() {
                         row.clear();
-                        if let Err(e) = self.encoder.encode_row(&b.data, r, &mut row) {
+                        if let Err(e) = self.encode_row(&b.data, r, &mut row) {
                             // Nothing held counts as delivered once the sink fails.
                             pending.finalizers.iter().for_each(Finalizers::fail);
                             return Err(e.into());
@@ -316,7 +474,11 @@ impl HttpSink {
                 || rule.due(holding, idle, Instant::now())
             {
                 let batch = std::mem::take(&mut pending);
-                for chunk in batch.events.chunks(self.config.max_events) {
+                let per_request = match self.config.encoding {
+                    HttpEncoding::Template => 1,
+                    _ => self.config.max_events,
+                };
+                for chunk in batch.events.chunks(per_request) {
                     self.send(&component, &resilience, &breaker, chunk).await;
                 }
                 // Every event is now either accepted or dead-lettered.
@@ -339,7 +501,7 @@ impl HttpSink {
     ) {
         let mut body = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
         match self.config.encoding {
-            HttpEncoding::JsonArray => {
+            HttpEncoding::JsonArray | HttpEncoding::Alertmanager => {
                 body.push(b'[');
                 for (i, e) in events.iter().enumerate() {
                     if i > 0 {
@@ -353,6 +515,11 @@ impl HttpSink {
                 for e in events {
                     body.extend_from_slice(e);
                     body.push(b'\n');
+                }
+            }
+            HttpEncoding::Template => {
+                for e in events {
+                    body.extend_from_slice(e);
                 }
             }
         }
