@@ -13,7 +13,8 @@ use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
 use crate::disk_buffer::{DiskBuffer, DiskBufferConfig};
 use crate::error::{BuildError, ConfigError};
-use crate::registry::{AnyConfig, ComponentKind};
+use crate::kind::ComponentKind;
+use crate::registry::AnyConfig;
 use crate::schema;
 use crate::telemetry::{ComponentTelemetry, TelemetrySnapshot};
 

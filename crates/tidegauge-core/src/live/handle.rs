@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 
 use crate::control::{ControlError, TransformControl};
 use crate::error::ConfigError;
-use crate::registry::{self, AnyConfig, ComponentKind};
+use crate::kind::ComponentKind;
+use crate::registry::{self, AnyConfig};
 use crate::telemetry::{ComponentTelemetry, TelemetrySnapshot};
 
 /// One parameter changed while running.

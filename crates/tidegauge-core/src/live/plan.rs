@@ -9,7 +9,7 @@ use arrow_schema::SchemaRef;
 use serde_json::Value;
 
 use super::ReloadSummary;
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 
 /// A component as the pipeline file describes it, as far as a reload compares it.
 #[derive(Clone, Copy, Debug)]

@@ -15,7 +15,7 @@ use super::runner::{InEdge, Runner, Start, targets_of};
 use crate::checkpoint::Report;
 use crate::component::{BarrierPort, BuildContext, ComponentContext, Message};
 use crate::disk_buffer::DiskBuffer;
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 use crate::telemetry::ComponentTelemetry;
 use crate::topology::{Node, Pipeline, Runtime, build_node, open_buffer};
 

@@ -22,7 +22,7 @@ use crate::control::TransformControl;
 use crate::dead_letter::DeadLetter;
 use crate::disk_buffer::DiskBuffer;
 use crate::error::ComponentError;
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 use crate::telemetry::{ComponentStopped, ComponentTelemetry};
 use crate::topology::{BuiltPipeline, RunReport};
 

@@ -16,7 +16,7 @@ use crate::component::{
 use crate::control;
 use crate::disk_buffer::DiskBuffer;
 use crate::error::ComponentError;
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 use crate::telemetry::{ComponentStarted, ComponentTelemetry, QueueFill, QueueProbe};
 use crate::topology::{Node, Runtime, build_node, open_buffer};
 
