@@ -458,7 +458,10 @@ mod tests {
                 let hi = rates.iter().cloned().fold(0.0, f64::max);
                 println!(
                     "{make}, anomaly_score > {threshold}: false-alarm rates {:?} %, max/min {:.3}",
-                    rates.iter().map(|r| (r * 1e4).round() / 1e2).collect::<Vec<_>>(),
+                    rates
+                        .iter()
+                        .map(|r| (r * 1e4).round() / 1e2)
+                        .collect::<Vec<_>>(),
                     hi / lo
                 );
                 assert!(

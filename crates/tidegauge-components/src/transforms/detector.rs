@@ -493,7 +493,7 @@ mod tests {
         let value = |i: i64| {
             let wobble = ((i * 7919) % 23) as f64 / 7.0 + (i % 50) as f64 / 10.0;
             match i {
-                1000..1200 => 10.0, // stuck
+                1000..1200 => 10.0,          // stuck
                 1250..1400 => 40.0 + wobble, // shifted
                 _ if i > 600 && i % 397 == 0 => 200.0,
                 _ => 10.0 + wobble,
@@ -502,7 +502,12 @@ mod tests {
         let mut checked = Vec::new();
         for d in all() {
             let factory = d.parse(checkpoint_settings(d.name)).expect("settings");
-            assert!(factory.check().is_empty(), "{}: {:?}", d.name, factory.check());
+            assert!(
+                factory.check().is_empty(),
+                "{}: {:?}",
+                d.name,
+                factory.check()
+            );
             let mut live = factory.new_state();
             for i in 0..600i64 {
                 Detector::observe(&mut live, i * 1000, value(i));
@@ -513,10 +518,21 @@ mod tests {
             let mut restored = factory.restore_state(saved).expect(d.name);
             let mut flagged = 0;
             for i in 600..1400i64 {
-                let (a, b) = (Detector::observe(&mut live, i * 1000, value(i)), Detector::observe(&mut restored, i * 1000, value(i)));
+                let (a, b) = (
+                    Detector::observe(&mut live, i * 1000, value(i)),
+                    Detector::observe(&mut restored, i * 1000, value(i)),
+                );
                 assert_eq!(
-                    (a.statistic.map(f64::to_bits), a.score.to_bits(), a.is_anomaly),
-                    (b.statistic.map(f64::to_bits), b.score.to_bits(), b.is_anomaly),
+                    (
+                        a.statistic.map(f64::to_bits),
+                        a.score.to_bits(),
+                        a.is_anomaly
+                    ),
+                    (
+                        b.statistic.map(f64::to_bits),
+                        b.score.to_bits(),
+                        b.is_anomaly
+                    ),
                     "{} at {i}",
                     d.name
                 );
@@ -526,7 +542,14 @@ mod tests {
             assert!(flagged > 0, "{} flagged nothing", d.name);
             checked.push(d.name);
         }
-        for name in ["calibrated", "ensemble", "ewma", "mad", "seasonal", "changepoint"] {
+        for name in [
+            "calibrated",
+            "ensemble",
+            "ewma",
+            "mad",
+            "seasonal",
+            "changepoint",
+        ] {
             assert!(checked.contains(&name), "{checked:?}");
         }
     }

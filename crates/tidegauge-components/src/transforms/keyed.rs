@@ -131,10 +131,7 @@ pub trait DetectorSpec:
     /// Decodes what [`DetectorSpec::save_states`] wrote. The default restores the states
     /// when they were saved with the same settings and otherwise starts every sensor cold,
     /// with a warning ([`load_with_settings`](super::state::load_with_settings)).
-    fn load_states(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(KeyInterner, Vec<Self::State>), ComponentError> {
+    fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<Self::State>), ComponentError> {
         super::state::load_with_settings(self, bytes)
     }
 }
