@@ -719,7 +719,7 @@ mod tests {
     fn play(book: &mut Incidents, events: &[(i64, bool)], end: i64) -> Vec<(i64, Status, u64)> {
         let mut out = Vec::new();
         let flagged = |on: bool| {
-            on.then(|| Flagged {
+            on.then_some(Flagged {
                 score: 2.0,
                 detector: Some("zscore"),
                 reason: Some("far off"),
