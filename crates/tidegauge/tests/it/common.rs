@@ -209,14 +209,13 @@ impl Running {
         self.request(None, "GET", "/metrics", None).text()
     }
 
-    /// The value of one sample of the exposition (`name{labels}`).
+    /// The value of one sample of the exposition (`name{labels}`); 0 while it is not
+    /// exposed yet (a component's counters appear once it has reported them).
     pub fn metric(&self, name_and_labels: &str) -> f64 {
         let text = self.metrics();
         text.lines()
             .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name_and_labels} in\n{text}"))
-            .parse()
-            .unwrap()
+            .map_or(0.0, |v| v.parse().unwrap())
     }
 
     /// Sends signal `sig` to the process.
