@@ -6,6 +6,7 @@ pub mod codec;
 pub mod connectors;
 pub mod expr;
 pub mod secret;
+pub(crate) mod settings;
 pub mod sinks;
 pub mod sources;
 #[cfg(any(feature = "mqtt", feature = "http-tls"))]

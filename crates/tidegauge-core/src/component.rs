@@ -759,6 +759,42 @@ pub trait Source: Send + 'static {
     fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>>;
 }
 
+/// A [`Source`] that is one async function: what most sources' `build` returns,
+/// `Ok(source_fn(move |cx| source.run(cx)))`.
+pub fn source_fn<F, Fut>(run: F) -> Box<dyn Source>
+where
+    F: FnOnce(SourceContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ComponentError>> + Send + 'static,
+{
+    struct SourceFn<F>(F);
+    impl<F, Fut> Source for SourceFn<F>
+    where
+        F: FnOnce(SourceContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ComponentError>> + Send + 'static,
+    {
+        fn run(
+            self: Box<Self>,
+            cx: SourceContext,
+        ) -> BoxFuture<'static, Result<(), ComponentError>> {
+            Box::pin((self.0)(cx))
+        }
+    }
+    Box::new(SourceFn(run))
+}
+
+/// A [`Source`] that reads with blocking calls (files, the terminal, a generator), on a
+/// thread of the runtime's blocking pool; `what` names it if that thread panics.
+pub fn blocking_source_fn<F>(what: &'static str, run: F) -> Box<dyn Source>
+where
+    F: FnOnce(SourceContext) -> Result<(), ComponentError> + Send + 'static,
+{
+    source_fn(move |cx| async move {
+        tokio::task::spawn_blocking(move || run(cx))
+            .await
+            .map_err(|e| ComponentError::new(format!("{what} stopped: {e}")))?
+    })
+}
+
 /// What a transform gets while processing: where outputs go, and its component context.
 pub struct TransformContext {
     component: ComponentContext,
@@ -887,6 +923,30 @@ pub trait Sink: Send + 'static {
         input: SinkInput,
         cx: SinkContext,
     ) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// A [`Sink`] that is one async function: what most sinks' `build` returns,
+/// `Ok(sink_fn(move |input, cx| sink.run(input, cx)))`.
+pub fn sink_fn<F, Fut>(run: F) -> Box<dyn Sink>
+where
+    F: FnOnce(SinkInput, SinkContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ComponentError>> + Send + 'static,
+{
+    struct SinkFn<F>(F);
+    impl<F, Fut> Sink for SinkFn<F>
+    where
+        F: FnOnce(SinkInput, SinkContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ComponentError>> + Send + 'static,
+    {
+        fn run(
+            self: Box<Self>,
+            input: SinkInput,
+            cx: SinkContext,
+        ) -> BoxFuture<'static, Result<(), ComponentError>> {
+            Box::pin((self.0)(input, cx))
+        }
+    }
+    Box::new(SinkFn(run))
 }
 
 /// What a running sink gets.

@@ -1,16 +1,21 @@
 //! What message-broker sources (MQTT, Kafka, NATS) share: decoding a message payload into
-//! rows of the declared fields, and knowing which broker positions may be committed once
-//! the sinks have acknowledged the batches that carried them.
+//! rows of the declared fields, knowing which broker positions may be committed once
+//! the sinks have acknowledged the batches that carried them, and the loop that runs
+//! them ([`run`]): each broker only says how to get its next message and how to settle
+//! positions with its broker ([`BrokerSource`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::ComponentContext;
-use tidegauge_core::ConfigError;
+use tidegauge_core::ack::{AckSender, Finalizers, ack_channel};
+use tidegauge_core::component::SendError;
 use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred, EventsReceived};
+use tidegauge_core::{Batch, ComponentContext, ComponentError, ConfigError, SourceContext};
 
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, FieldType, Row};
@@ -164,6 +169,184 @@ impl MessageDecoder {
                 cx.emit(ComponentErrorOccurred {
                     error: &format!("cannot assemble batch: {e}"),
                 });
+                None
+            }
+        }
+    }
+}
+
+/// What a broker source's [`BrokerSource::next`] got.
+pub(crate) enum Next<P> {
+    /// A message, decoded into the decoder (bad records dead-lettered); its position, to
+    /// settle once the sinks have its events (`None`: nothing to acknowledge).
+    Message(Option<P>),
+    /// A connection problem; the client is retrying. Reported, then reading goes on.
+    Error(String),
+    /// The connection is lost for good: the source fails with this.
+    Fatal(String),
+    /// No more messages.
+    End,
+}
+
+/// A message-broker source as [`run`] drives it.
+pub(crate) trait BrokerSource: Send {
+    /// A message's place at the broker (what is committed or acknowledged).
+    type Position: Send;
+    /// Waits for the next message and decodes it into `decoder`. Dropped unfinished when
+    /// an acknowledgement or a timer comes first: it must not lose a message it has
+    /// received (decode after the last `.await`).
+    fn next(
+        &mut self,
+        decoder: &mut MessageDecoder,
+        cx: &ComponentContext,
+    ) -> impl Future<Output = Next<Self::Position>> + Send;
+    /// Tells the broker what the sinks delivered (commit, acknowledge) and asks it for
+    /// what they did not (redeliver). `draining`: the source is stopping, make it stick.
+    fn settle(
+        &mut self,
+        cx: &ComponentContext,
+        released: Released<Self::Position>,
+        draining: bool,
+    ) -> impl Future<Output = ()> + Send;
+    /// After the last acknowledgement: final commit, flush, disconnect.
+    fn close(self, cx: &ComponentContext) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs a broker source: decodes messages into batches of at most `batch_rows`, sends a
+/// batch when it is full or its first event has waited `linger`, serves checkpoint
+/// barriers while idle, and settles positions as the sinks acknowledge the batches that
+/// carried them. On shutdown it sends what is decoded and waits up to `drain_timeout`
+/// for the last acknowledgements before closing.
+pub(crate) async fn run<B: BrokerSource>(
+    mut broker: B,
+    cx: SourceContext,
+    mut decoder: MessageDecoder,
+    linger: Duration,
+    drain_timeout: Duration,
+) -> Result<(), ComponentError> {
+    let SourceContext {
+        component,
+        mut out,
+        shutdown,
+        ..
+    } = cx;
+    let (ack_tx, mut acks) = ack_channel();
+    let mut pending = Pending {
+        tracker: AckTracker::default(),
+        held: Vec::new(),
+        ack_tx,
+    };
+    let mut first_at: Option<Instant> = None;
+    let mut barriers = barrier_ticker();
+
+    /// What woke the loop.
+    enum Wake<P> {
+        Stop,
+        Ack(tidegauge_core::ack::Ack),
+        Next(Next<P>),
+        Barriers,
+        Linger,
+    }
+
+    let result: Result<(), ComponentError> = loop {
+        let wait = first_at.map_or(Duration::MAX, |t| linger.saturating_sub(t.elapsed()));
+        let wake = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Wake::Stop,
+            Some(ack) = acks.recv() => Wake::Ack(ack),
+            next = broker.next(&mut decoder, &component) => Wake::Next(next),
+            _ = barriers.tick() => Wake::Barriers,
+            _ = tokio::time::sleep(wait), if first_at.is_some() => Wake::Linger,
+        };
+        match wake {
+            Wake::Stop => break Ok(()),
+            Wake::Ack(ack) => {
+                let released = pending.tracker.ack(ack.id, ack.delivered);
+                broker.settle(&component, released, false).await;
+                continue;
+            }
+            Wake::Next(Next::Message(position)) => {
+                first_at.get_or_insert_with(Instant::now);
+                pending.held.extend(position);
+                if !decoder.is_full() {
+                    continue;
+                }
+            }
+            Wake::Next(Next::Error(e)) => {
+                component.emit(ComponentErrorOccurred { error: &e });
+                continue;
+            }
+            Wake::Next(Next::Fatal(e)) => break Err(ComponentError::new(e)),
+            Wake::Next(Next::End) => break Ok(()),
+            Wake::Barriers => {
+                match out.serve_barriers().await {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                }
+                continue;
+            }
+            Wake::Linger => {}
+        }
+        first_at = None;
+        if let Some(batch) = pending.take(&mut broker, &mut decoder, &component).await {
+            match out.send(batch).await {
+                Ok(()) => {}
+                Err(SendError::Closed) => break Ok(()),
+                Err(e) => break Err(e.into()),
+            }
+        }
+    };
+
+    // Shutdown: send what is decoded, let downstream drain, settle what the sinks
+    // acknowledged, then close.
+    if let Some(batch) = pending.take(&mut broker, &mut decoder, &component).await {
+        let _ = out.send(batch).await;
+    }
+    drop(out);
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    while pending.tracker.in_flight() > 0 {
+        match tokio::time::timeout_at(deadline, acks.recv()).await {
+            Ok(Some(ack)) => {
+                let released = pending.tracker.ack(ack.id, ack.delivered);
+                broker.settle(&component, released, true).await;
+            }
+            _ => break,
+        }
+    }
+    broker.close(&component).await;
+    result
+}
+
+/// Positions of messages decoded since the last batch, and of batches in flight.
+struct Pending<P> {
+    tracker: AckTracker<P>,
+    held: Vec<P>,
+    ack_tx: AckSender,
+}
+
+impl<P: Send> Pending<P> {
+    /// The decoded rows as a batch whose acknowledgement stands for the held positions.
+    /// Positions whose messages gave no row (all dead-lettered) are settled as delivered,
+    /// in their turn.
+    async fn take<B: BrokerSource<Position = P>>(
+        &mut self,
+        broker: &mut B,
+        decoder: &mut MessageDecoder,
+        component: &ComponentContext,
+    ) -> Option<Batch> {
+        let positions = std::mem::take(&mut self.held);
+        match decoder.take(component) {
+            Some(data) if positions.is_empty() => Some(Batch::new(data)),
+            Some(data) => {
+                let token = self.ack_tx.token(self.tracker.push(positions));
+                Some(Batch::with_finalizers(data, Finalizers::one(token)))
+            }
+            None if positions.is_empty() => None,
+            None => {
+                let id = self.tracker.push(positions);
+                let released = self.tracker.ack(id, true);
+                broker.settle(component, released, false).await;
                 None
             }
         }

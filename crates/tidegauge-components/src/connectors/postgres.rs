@@ -13,14 +13,15 @@ use futures_util::SinkExt;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{
     BreakerConfig, CircuitBreaker, Resilience, RetryError, RetryPolicy,
 };
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
-    SinkConfig, SinkInput,
+    BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
+    SinkInput,
 };
 use tokio_postgres::NoTls;
 
@@ -199,12 +200,13 @@ impl SinkConfig for PostgresSinkConfig {
             quote_table(&self.table),
             columns.join(", ")
         );
-        Ok(Box::new(PostgresSink {
+        let sink = PostgresSink {
             config: self.clone(),
             conn,
             copy,
             target,
-        }))
+        };
+        Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
 }
 
@@ -270,16 +272,6 @@ fn classify(e: tokio_postgres::Error) -> CopyError {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         }),
-    }
-}
-
-impl Sink for PostgresSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(input, cx))
     }
 }
 

@@ -9,11 +9,9 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::component::SinkContext;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::resilience::RetryPolicy;
-use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
-};
+use tidegauge_core::{BuildContext, BuildError, ConfigError, Sink, SinkConfig};
 
 use super::{BatchWriter, run_writer_with_retry};
 use crate::codec::encode::JsonEncoder;
@@ -90,7 +88,7 @@ impl SinkConfig for JsonlSinkConfig {
                 file.repaired
             );
         }
-        Ok(Box::new(JsonlSink {
+        let sink = JsonlSink {
             writer: JsonlWriter {
                 out: BufWriter::with_capacity(1 << 20, file.file),
                 encoder: JsonEncoder::new(&input),
@@ -101,6 +99,9 @@ impl SinkConfig for JsonlSinkConfig {
             },
             flush_every: Duration::from_millis(self.flush_interval_ms),
             retry: self.retry.clone(),
+        };
+        Ok(sink_fn(move |input, cx| {
+            run_writer_with_retry(sink.writer, input, cx, sink.flush_every, sink.retry)
         }))
     }
 }
@@ -212,22 +213,6 @@ struct JsonlSink {
     writer: JsonlWriter,
     flush_every: Duration,
     retry: RetryPolicy,
-}
-
-impl Sink for JsonlSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(run_writer_with_retry(
-            self.writer,
-            input,
-            cx,
-            self.flush_every,
-            self.retry,
-        ))
-    }
 }
 
 tidegauge_core::register_sink!(JsonlSinkConfig);

@@ -19,10 +19,8 @@ use parquet::basic::{Compression, GzipLevel};
 use parquet::file::properties::WriterProperties;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::component::SinkContext;
-use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
-};
+use tidegauge_core::component::sink_fn;
+use tidegauge_core::{BuildContext, BuildError, ConfigError, Sink, SinkConfig};
 
 use super::{BatchWriter, run_writer};
 
@@ -167,7 +165,7 @@ impl SinkConfig for ParquetSinkConfig {
                 }
             })
             .collect();
-        Ok(Box::new(ParquetSink {
+        let sink = ParquetSink {
             writer: ParquetFiles {
                 dir: self.path.clone(),
                 schema: input,
@@ -178,6 +176,9 @@ impl SinkConfig for ParquetSinkConfig {
                 seq: 0,
             },
             flush_every: Duration::from_millis(self.max_file_age_ms),
+        };
+        Ok(sink_fn(move |input, cx| {
+            run_writer(sink.writer, input, cx, sink.flush_every)
         }))
     }
 }
@@ -376,16 +377,6 @@ impl BatchWriter for ParquetFiles {
 struct ParquetSink {
     writer: ParquetFiles,
     flush_every: Duration,
-}
-
-impl Sink for ParquetSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(run_writer(self.writer, input, cx, self.flush_every))
-    }
 }
 
 tidegauge_core::register_sink!(ParquetSinkConfig);

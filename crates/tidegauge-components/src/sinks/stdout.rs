@@ -11,10 +11,8 @@ use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, SchemaRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::component::SinkContext;
-use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
-};
+use tidegauge_core::component::sink_fn;
+use tidegauge_core::{BuildContext, BuildError, ConfigError, Sink, SinkConfig};
 
 use super::{BatchWriter, run_writer};
 use crate::codec::encode::JsonEncoder;
@@ -54,7 +52,7 @@ impl SinkConfig for StdoutSinkConfig {
         input: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Sink>, BuildError> {
-        Ok(Box::new(StdoutSink {
+        let sink = StdoutSink {
             writer: StdoutWriter {
                 format: self.format,
                 json: JsonEncoder::new(&input),
@@ -63,6 +61,9 @@ impl SinkConfig for StdoutSinkConfig {
                     && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                 buf: Vec::new(),
             },
+        };
+        Ok(sink_fn(move |input, cx| {
+            run_writer(sink.writer, input, cx, Duration::from_millis(500))
         }))
     }
 }
@@ -193,21 +194,6 @@ impl BatchWriter for StdoutWriter {
 
 struct StdoutSink {
     writer: StdoutWriter,
-}
-
-impl Sink for StdoutSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(run_writer(
-            self.writer,
-            input,
-            cx,
-            Duration::from_millis(500),
-        ))
-    }
 }
 
 tidegauge_core::register_sink!(StdoutSinkConfig);

@@ -13,65 +13,58 @@ use serde::Deserialize;
 use tidegauge_core::ack::{Ack, AckReceiver, AckSender, Finalizers, ack_channel};
 use tidegauge_core::checkpoint::SourceCheckpoint;
 use tidegauge_core::component::SendError;
+use tidegauge_core::component::blocking_source_fn;
 use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred};
 use tidegauge_core::{
-    Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
-    Output, Source, SourceConfig, SourceContext,
+    Batch, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Output, Source,
+    SourceConfig, SourceContext,
 };
 
-use super::{BatchConfig, CsvOptions, Format, LineDecoder, LineOutcome, validate_fields};
+use super::{CsvOptions, Format, LineDecoder, LineOutcome};
 use crate::codec::lines::{Line, LineReader, Poll};
-use crate::codec::{FieldMap, default_fields, schema_for};
+use crate::settings::{config, decoded_records};
 
-/// Reads events from files: JSON Lines or CSV, optionally gzip-compressed, optionally
-/// following the last file as it grows.
-///
-/// Bad lines (malformed, wrong types, missing fields, invalid UTF-8, too long) are
-/// dead-lettered with file and line number; reading goes on with the next line.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// Files to read, in this order. Glob patterns (`logs/*.jsonl`) expand to the
-    /// matching files, sorted by name.
-    #[schemars(example = ["readings/*.jsonl"])]
-    pub paths: Vec<String>,
-    /// Record format. Unset: `csv` for names ending in `.csv` or `.csv.gz`, else `jsonl`.
-    #[serde(default)]
-    pub format: Option<Format>,
-    /// CSV settings (when the format is `csv`).
-    #[serde(default)]
-    pub csv: CsvOptions,
-    /// Fields to extract from each record and their types, in output order.
-    #[serde(default = "default_fields")]
-    pub fields: FieldMap,
-    /// Fields that may be missing or null; all others are required in every record.
-    #[serde(default)]
-    pub optional_fields: Vec<String>,
-    /// Decompression: `auto` detects gzip by its magic bytes, `gzip` requires it, `none`
-    /// reads bytes as they are.
-    #[serde(default)]
-    pub compression: Compression,
-    /// Keep reading the last file as it grows (like `tail -f`), until shutdown. A file
-    /// that shrinks or is replaced is read again from its start.
-    #[serde(default)]
-    pub follow: bool,
-    /// How often to look for new data while following, in milliseconds.
-    #[serde(default = "default_poll_interval_ms")]
-    #[schemars(range(min = 1))]
-    pub poll_interval_ms: u64,
-    /// Longest accepted line in bytes; longer lines are dead-lettered (first KiB kept)
-    /// and skipped without being held in memory.
-    #[serde(default = "default_max_line_bytes")]
-    #[schemars(range(min = 1))]
-    pub max_line_bytes: usize,
-    /// Most bytes a compressed file may expand to; past it the rest of the file is
-    /// skipped with an error (protects against compression bombs).
-    #[serde(default = "default_max_decompressed_bytes")]
-    #[schemars(range(min = 1))]
-    pub max_decompressed_bytes: u64,
-    /// Batching of events.
-    #[serde(default)]
-    pub batch: BatchConfig,
+config! {
+    [decoded_records]
+    /// Reads events from files: JSON Lines or CSV, optionally gzip-compressed, optionally
+    /// following the last file as it grows.
+    ///
+    /// Bad lines (malformed, wrong types, missing fields, invalid UTF-8, too long) are
+    /// dead-lettered with file and line number; reading goes on with the next line.
+    pub struct FileSourceConfig {
+        /// Files to read, in this order. Glob patterns (`logs/*.jsonl`) expand to the
+        /// matching files, sorted by name.
+        #[schemars(example = ["readings/*.jsonl"])]
+        pub paths: Vec<String>,
+        /// Record format. Unset: `csv` for names ending in `.csv` or `.csv.gz`, else `jsonl`.
+        #[serde(default)]
+        pub format: Option<Format>,
+        /// CSV settings (when the format is `csv`).
+        #[serde(default)]
+        pub csv: CsvOptions,
+        /// Decompression: `auto` detects gzip by its magic bytes, `gzip` requires it, `none`
+        /// reads bytes as they are.
+        #[serde(default)]
+        pub compression: Compression,
+        /// Keep reading the last file as it grows (like `tail -f`), until shutdown. A file
+        /// that shrinks or is replaced is read again from its start.
+        #[serde(default)]
+        pub follow: bool,
+        /// How often to look for new data while following, in milliseconds.
+        #[serde(default = "default_poll_interval_ms")]
+        #[schemars(range(min = 1))]
+        pub poll_interval_ms: u64,
+        /// Longest accepted line in bytes; longer lines are dead-lettered (first KiB kept)
+        /// and skipped without being held in memory.
+        #[serde(default = "default_max_line_bytes")]
+        #[schemars(range(min = 1))]
+        pub max_line_bytes: usize,
+        /// Most bytes a compressed file may expand to; past it the rest of the file is
+        /// skipped with an error (protects against compression bombs).
+        #[serde(default = "default_max_decompressed_bytes")]
+        #[schemars(range(min = 1))]
+        pub max_decompressed_bytes: u64,
+    }
 }
 
 /// Decompression of input files.
@@ -132,7 +125,6 @@ impl SourceConfig for FileSourceConfig {
                 ));
             }
         }
-        validate_fields(&self.fields, &self.optional_fields, &mut errors);
         if let Err(e) = self.csv.delimiter_byte() {
             errors.push(e);
         }
@@ -154,12 +146,7 @@ impl SourceConfig for FileSourceConfig {
                 "expected a positive integer",
             ));
         }
-        self.batch.validate(&mut errors);
-        if errors.is_empty() {
-            Ok(schema_for(&self.fields, &self.optional_fields))
-        } else {
-            Err(errors)
-        }
+        self.decoded_schema(errors)
     }
 
     async fn build(
@@ -168,10 +155,13 @@ impl SourceConfig for FileSourceConfig {
         _cx: BuildContext,
     ) -> Result<Box<dyn Source>, BuildError> {
         let files = expand(&self.paths)?;
-        Ok(Box::new(FileSource {
+        let source = FileSource {
             config: self.clone(),
             files,
             schema,
+        };
+        Ok(blocking_source_fn("file reader", move |cx| {
+            source.read_all(cx)
         }))
     }
 }
@@ -206,17 +196,6 @@ struct FileSource {
     config: FileSourceConfig,
     files: Vec<PathBuf>,
     schema: SchemaRef,
-}
-
-impl Source for FileSource {
-    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async move {
-            let handle = tokio::task::spawn_blocking(move || self.read_all(cx));
-            handle
-                .await
-                .map_err(|e| ComponentError::new(format!("file reader stopped: {e}")))?
-        })
-    }
 }
 
 /// Counts decompressed bytes and stops past the limit.

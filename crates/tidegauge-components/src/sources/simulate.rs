@@ -11,9 +11,10 @@ use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tidegauge_core::component::blocking_source_fn;
 use tidegauge_core::telemetry::EventsReceived;
 use tidegauge_core::{
-    Batch, BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig,
+    Batch, BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig,
     SourceContext,
 };
 
@@ -272,9 +273,12 @@ impl SourceConfig for SimulateConfig {
         schema: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Source>, BuildError> {
-        Ok(Box::new(SimulateSource {
+        let source = SimulateSource {
             config: self.clone(),
             schema,
+        };
+        Ok(blocking_source_fn("simulator", move |cx| {
+            source.generate(cx)
         }))
     }
 }
@@ -487,16 +491,6 @@ impl Builders {
                 Arc::new(self.labels.finish()),
             ],
         )?)
-    }
-}
-
-impl Source for SimulateSource {
-    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || self.generate(cx))
-                .await
-                .map_err(|e| ComponentError::new(format!("simulator stopped: {e}")))?
-        })
     }
 }
 

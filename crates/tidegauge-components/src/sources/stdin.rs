@@ -5,45 +5,35 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use arrow_schema::SchemaRef;
-use schemars::JsonSchema;
-use serde::Deserialize;
+use tidegauge_core::component::blocking_source_fn;
 use tidegauge_core::telemetry::BytesReceived;
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig,
-    SourceContext,
+    BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig, SourceContext,
 };
 
 use super::file::default_max_line_bytes;
-use super::{BatchConfig, CsvOptions, Format, LineDecoder, LineOutcome, validate_fields};
+use super::{CsvOptions, Format, LineDecoder, LineOutcome};
 use crate::codec::lines::{LineReader, Poll};
-use crate::codec::{FieldMap, default_fields, schema_for};
+use crate::settings::{config, decoded_records};
 
-/// Reads events from standard input until it closes: JSON Lines or CSV.
-///
-/// A slow stream still flows: events waiting longer than `batch.linger_ms` are sent
-/// without waiting for the batch to fill.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StdinSourceConfig {
-    /// Record format.
-    #[serde(default = "default_format")]
-    pub format: Format,
-    /// CSV settings (when the format is `csv`).
-    #[serde(default)]
-    pub csv: CsvOptions,
-    /// Fields to extract from each record and their types, in output order.
-    #[serde(default = "default_fields")]
-    pub fields: FieldMap,
-    /// Fields that may be missing or null; all others are required in every record.
-    #[serde(default)]
-    pub optional_fields: Vec<String>,
-    /// Longest accepted line in bytes; longer lines are dead-lettered and skipped.
-    #[serde(default = "default_max_line_bytes")]
-    #[schemars(range(min = 1))]
-    pub max_line_bytes: usize,
-    /// Batching of events.
-    #[serde(default)]
-    pub batch: BatchConfig,
+config! {
+    [decoded_records]
+    /// Reads events from standard input until it closes: JSON Lines or CSV.
+    ///
+    /// A slow stream still flows: events waiting longer than `batch.linger_ms` are sent
+    /// without waiting for the batch to fill.
+    pub struct StdinSourceConfig {
+        /// Record format.
+        #[serde(default = "default_format")]
+        pub format: Format,
+        /// CSV settings (when the format is `csv`).
+        #[serde(default)]
+        pub csv: CsvOptions,
+        /// Longest accepted line in bytes; longer lines are dead-lettered and skipped.
+        #[serde(default = "default_max_line_bytes")]
+        #[schemars(range(min = 1))]
+        pub max_line_bytes: usize,
+    }
 }
 
 fn default_format() -> Format {
@@ -55,7 +45,6 @@ impl SourceConfig for StdinSourceConfig {
 
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        validate_fields(&self.fields, &self.optional_fields, &mut errors);
         if let Err(e) = self.csv.delimiter_byte() {
             errors.push(e);
         }
@@ -65,12 +54,7 @@ impl SourceConfig for StdinSourceConfig {
                 "expected a positive integer",
             ));
         }
-        self.batch.validate(&mut errors);
-        if errors.is_empty() {
-            Ok(schema_for(&self.fields, &self.optional_fields))
-        } else {
-            Err(errors)
-        }
+        self.decoded_schema(errors)
     }
 
     async fn build(
@@ -78,9 +62,12 @@ impl SourceConfig for StdinSourceConfig {
         schema: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Source>, BuildError> {
-        Ok(Box::new(StdinSource {
+        let source = StdinSource {
             config: self.clone(),
             schema,
+        };
+        Ok(blocking_source_fn("stdin reader", move |cx| {
+            source.read(cx)
         }))
     }
 }
@@ -152,16 +139,6 @@ pub(crate) fn spawn_chunk_reader(
         chunk: Vec::new(),
         at: 0,
         linger,
-    }
-}
-
-impl Source for StdinSource {
-    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || self.read(cx))
-                .await
-                .map_err(|e| ComponentError::new(format!("stdin reader stopped: {e}")))?
-        })
     }
 }
 

@@ -9,14 +9,15 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{
     BreakerConfig, CircuitBreaker, Resilience, RetryError, RetryPolicy,
 };
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
-    SinkConfig, SinkInput,
+    BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
+    SinkInput,
 };
 
 use crate::codec::encode::JsonEncoder;
@@ -235,13 +236,14 @@ impl SinkConfig for HttpSinkConfig {
             .user_agent(concat!("tidegauge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::new(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Box::new(HttpSink {
+        let sink = HttpSink {
             endpoint: endpoint(&url),
             url,
             config: self.clone(),
             client,
             encoder: JsonEncoder::new(&input),
-        }))
+        };
+        Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
 }
 
@@ -275,16 +277,6 @@ impl std::fmt::Display for RequestError {
 struct Pending {
     events: Vec<Vec<u8>>,
     finalizers: Vec<Finalizers>,
-}
-
-impl Sink for HttpSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(input, cx))
-    }
 }
 
 impl HttpSink {

@@ -8,77 +8,66 @@ use std::time::Duration;
 use arrow_array::Array;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::SchemaRef;
-use indexmap::IndexMap;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{Resilience, RetryPolicy};
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
-    SinkConfig, SinkInput,
+    BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
+    SinkInput,
 };
 
-use super::source::{client_config, redact, validate_options};
+use super::kafka_connection;
 use crate::codec::encode::JsonEncoder;
-use crate::secret::Secret;
+use crate::settings::{collect, config};
 
-/// Writes each event as a JSON object (every field) to a Kafka topic.
-///
-/// Messages are keyed by `key_field`, so the partitioner sends one key's events to one
-/// partition. The producer batches (`linger_ms`, `batch_messages`) and compresses
-/// (`compression`); a batch of events is acknowledged upstream once the brokers have
-/// acknowledged all its messages (`acks = all`). Events too large for the broker are
-/// dead-lettered.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    /// Bootstrap brokers, `host:port`.
-    #[schemars(example = ["localhost:9092"])]
-    pub brokers: Vec<String>,
-    /// Topic to write to.
-    #[schemars(example = &"anomalies")]
-    pub topic: String,
-    /// Field whose value keys each message (and so picks its partition); unset: no key,
-    /// messages spread over partitions.
-    #[serde(default)]
-    pub key_field: Option<String>,
-    /// Compression of message batches.
-    #[serde(default)]
-    pub compression: KafkaCompression,
-    /// How long the producer waits to fill a batch, in milliseconds.
-    #[serde(default = "default_linger_ms")]
-    pub linger_ms: u64,
-    /// Most messages per producer batch.
-    #[serde(default = "default_batch_messages")]
-    #[schemars(range(min = 1))]
-    pub batch_messages: u32,
-    /// How long the producer keeps retrying a message before reporting it undelivered,
-    /// in milliseconds.
-    #[serde(default = "default_message_timeout_ms")]
-    #[schemars(range(min = 1))]
-    pub message_timeout_ms: u64,
-    /// Largest message in bytes; larger events are dead-lettered.
-    #[serde(default = "default_max_message_bytes")]
-    #[schemars(range(min = 1000))]
-    pub max_message_bytes: usize,
-    /// SASL user name.
-    #[serde(default)]
-    pub sasl_username: Option<String>,
-    /// SASL password (use `${ENV_VAR}`); never logged or printed.
-    #[serde(default)]
-    pub sasl_password: Option<Secret>,
-    /// Further librdkafka producer properties (`partitioner`, `security.protocol`, ...).
-    #[serde(default)]
-    pub options: IndexMap<String, String>,
-    /// Producing again the messages of a batch that were not delivered within
-    /// `message_timeout_ms` (backoff with full jitter, shared budget); when the attempts
-    /// are spent the batch counts as not delivered and the sink fails.
-    #[serde(default)]
-    pub retry: RetryPolicy,
+config! {
+    [kafka_connection]
+    /// Writes each event as a JSON object (every field) to a Kafka topic.
+    ///
+    /// Messages are keyed by `key_field`, so the partitioner sends one key's events to one
+    /// partition. The producer batches (`linger_ms`, `batch_messages`) and compresses
+    /// (`compression`); a batch of events is acknowledged upstream once the brokers have
+    /// acknowledged all its messages (`acks = all`). Events too large for the broker are
+    /// dead-lettered.
+    pub struct KafkaSinkConfig {
+        /// Topic to write to.
+        #[schemars(example = &"anomalies")]
+        pub topic: String,
+        /// Field whose value keys each message (and so picks its partition); unset: no
+        /// key, messages spread over partitions.
+        #[serde(default)]
+        pub key_field: Option<String>,
+        /// Compression of message batches.
+        #[serde(default)]
+        pub compression: KafkaCompression,
+        /// How long the producer waits to fill a batch, in milliseconds.
+        #[serde(default = "default_linger_ms")]
+        pub linger_ms: u64,
+        /// Most messages per producer batch.
+        #[serde(default = "default_batch_messages")]
+        #[schemars(range(min = 1))]
+        pub batch_messages: u32,
+        /// How long the producer keeps retrying a message before reporting it
+        /// undelivered, in milliseconds.
+        #[serde(default = "default_message_timeout_ms")]
+        #[schemars(range(min = 1))]
+        pub message_timeout_ms: u64,
+        /// Largest message in bytes; larger events are dead-lettered.
+        #[serde(default = "default_max_message_bytes")]
+        #[schemars(range(min = 1000))]
+        pub max_message_bytes: usize,
+        /// Producing again the messages of a batch that were not delivered within
+        /// `message_timeout_ms` (backoff with full jitter, shared budget); when the
+        /// attempts are spent the batch counts as not delivered and the sink fails.
+        #[serde(default)]
+        pub retry: RetryPolicy,
+    }
 }
 
 /// Compression codecs.
@@ -109,15 +98,13 @@ fn default_max_message_bytes() -> usize {
     1_000_000
 }
 
-const RESERVED: [&str; 9] = [
-    "bootstrap.servers",
+/// Properties the sink sets itself; `options` may not override them.
+const RESERVED: [&str; 6] = [
     "compression.type",
     "linger.ms",
     "batch.num.messages",
     "message.timeout.ms",
     "message.max.bytes",
-    "sasl.password",
-    "sasl.username",
     "acks",
 ];
 
@@ -126,9 +113,7 @@ impl SinkConfig for KafkaSinkConfig {
 
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
-        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
-            errors.push(ConfigError::new("brokers", "list at least one `host:port`"));
-        }
+        self.connection().validate(&RESERVED, &mut errors);
         if self.topic.trim().is_empty() {
             errors.push(ConfigError::new("topic", "expected a topic name"));
         }
@@ -149,19 +134,8 @@ impl SinkConfig for KafkaSinkConfig {
                 "expected at least 1000",
             ));
         }
-        if self.sasl_password.is_some() && self.sasl_username.is_none() {
-            errors.push(ConfigError::new(
-                "sasl_password",
-                "a password needs sasl_username",
-            ));
-        }
-        validate_options(&self.options, &RESERVED, &mut errors);
         errors.extend(self.retry.validate("retry"));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        collect(errors, || ())
     }
 
     async fn build(
@@ -169,12 +143,7 @@ impl SinkConfig for KafkaSinkConfig {
         input: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Sink>, BuildError> {
-        let mut c = client_config(
-            &self.brokers,
-            self.sasl_username.as_ref(),
-            self.sasl_password.as_ref(),
-            &self.options,
-        );
+        let mut c = self.connection().client_config();
         c.set(
             "compression.type",
             match self.compression {
@@ -198,19 +167,20 @@ impl SinkConfig for KafkaSinkConfig {
             c.set("partitioner", "murmur2_random");
         }
         let producer: FutureProducer = c.create().map_err(|e| {
-            BuildError::new(redact(
-                &format!("cannot create Kafka producer: {e}"),
-                self.sasl_password.as_ref(),
-            ))
+            BuildError::new(
+                self.connection()
+                    .redact(&format!("cannot create Kafka producer: {e}")),
+            )
         })?;
         let key_index = self.key_field.as_ref().and_then(|k| input.index_of(k).ok());
-        Ok(Box::new(KafkaSink {
+        let sink = KafkaSink {
             resilience: Resilience::new(self.retry.clone()),
             config: self.clone(),
             producer,
             encoder: JsonEncoder::new(&input),
             key_index,
-        }))
+        };
+        Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
 }
 
@@ -234,22 +204,12 @@ struct Pending {
 /// Batches being delivered at once; the producer batches across them.
 const MAX_PENDING_BATCHES: usize = 8;
 
-impl Sink for KafkaSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(input, cx))
-    }
-}
-
 impl KafkaSink {
     async fn run_async(self, mut input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
         let component = cx.component;
         let origin = format!(
-            "kafka://{}/{}",
-            self.config.brokers.join(","),
+            "{}/{}",
+            self.config.connection().origin(),
             self.config.topic
         );
         let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -394,10 +354,11 @@ impl KafkaSink {
         match self.producer.send_result(record) {
             Ok(d) => Ok(Some(d)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(None),
-            Err((e, _)) => Err(ComponentError::new(redact(
-                &format!("{origin}: cannot produce: {e}"),
-                self.config.sasl_password.as_ref(),
-            ))),
+            Err((e, _)) => Err(ComponentError::new(
+                self.config
+                    .connection()
+                    .redact(&format!("{origin}: cannot produce: {e}")),
+            )),
         }
     }
 
@@ -482,9 +443,7 @@ impl KafkaSink {
                 component.dead_letter(origin, "message too large for the broker", &msg.1);
                 Outcome::DeadLettered
             }
-            Ok(Err((e, _))) => {
-                Outcome::Failed(redact(&e.to_string(), self.config.sasl_password.as_ref()))
-            }
+            Ok(Err((e, _))) => Outcome::Failed(self.config.connection().redact(&e.to_string())),
             Err(_) => Outcome::Failed("producer closed before delivery".into()),
         }
     }

@@ -3,75 +3,52 @@
 //! partition moving to another member) resumes without losing anything.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
-use indexmap::IndexMap;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::ack::{Finalizers, ack_channel};
-use tidegauge_core::component::SendError;
+use tidegauge_core::component::source_fn;
 use tidegauge_core::telemetry::ComponentErrorOccurred;
 use tidegauge_core::{
-    Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
-    Source, SourceConfig, SourceContext,
+    BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Source, SourceConfig,
+    SourceContext,
 };
 
-use crate::codec::{FieldMap, FieldType, default_fields, schema_for};
-use crate::connectors::inbound::{AckTracker, MessageDecoder, Released, barrier_ticker};
-use crate::secret::Secret;
-use crate::sources::{BatchConfig, validate_fields};
+use super::kafka_connection;
+use crate::codec::FieldType;
+use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
+use crate::settings::{config, decoded_records};
 
-/// Consumes Kafka topics as a member of a consumer group and decodes each message's
-/// payload (a JSON object, or JSON Lines) into events.
-///
-/// Offsets are committed only once every sink has made the events durable
-/// (at-least-once). Partitions are shared among every member of `group_id`; run several
-/// tidegauge instances with the same group to spread the load.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSourceConfig {
-    /// Bootstrap brokers, `host:port`.
-    #[schemars(example = ["localhost:9092"])]
-    pub brokers: Vec<String>,
-    /// Topics to consume.
-    #[schemars(example = ["readings"])]
-    pub topics: Vec<String>,
-    /// Consumer group; members share the topics' partitions.
-    #[schemars(example = &"tidegauge")]
-    pub group_id: String,
-    /// Where a group without a committed offset starts: `earliest` or `latest`.
-    #[serde(default)]
-    pub start_from: StartFrom,
-    /// Fill this declared string field from the message key (when the key is UTF-8).
-    #[serde(default)]
-    pub key_field: Option<String>,
-    /// SASL user name (with `sasl_password`; mechanism PLAIN unless `options` say else).
-    #[serde(default)]
-    pub sasl_username: Option<String>,
-    /// SASL password (use `${ENV_VAR}`); never logged or printed.
-    #[serde(default)]
-    pub sasl_password: Option<Secret>,
-    /// Further librdkafka consumer properties (`session.timeout.ms`, `security.protocol`,
-    /// ...). Secrets go in `sasl_password`, not here.
-    #[serde(default)]
-    pub options: IndexMap<String, String>,
-    /// Fields to extract from each record and their types, in output order.
-    #[serde(default = "default_fields")]
-    pub fields: FieldMap,
-    /// Fields that may be missing or null.
-    #[serde(default)]
-    pub optional_fields: Vec<String>,
-    /// Batching of events.
-    #[serde(default)]
-    pub batch: BatchConfig,
-    /// At shutdown, how long to wait for the sinks' acknowledgements before the last
-    /// commit, in milliseconds.
-    #[serde(default = "default_drain_timeout_ms")]
-    pub drain_timeout_ms: u64,
+config! {
+    [kafka_connection, decoded_records]
+    /// Consumes Kafka topics as a member of a consumer group and decodes each message's
+    /// payload (a JSON object, or JSON Lines) into events.
+    ///
+    /// Offsets are committed only once every sink has made the events durable
+    /// (at-least-once). Partitions are shared among every member of `group_id`; run several
+    /// tidegauge instances with the same group to spread the load.
+    pub struct KafkaSourceConfig {
+        /// Topics to consume.
+        #[schemars(example = ["readings"])]
+        pub topics: Vec<String>,
+        /// Consumer group; members share the topics' partitions.
+        #[schemars(example = &"tidegauge")]
+        pub group_id: String,
+        /// Where a group without a committed offset starts: `earliest` or `latest`.
+        #[serde(default)]
+        pub start_from: StartFrom,
+        /// Fill this declared string field from the message key (when the key is UTF-8).
+        #[serde(default)]
+        pub key_field: Option<String>,
+        /// At shutdown, how long to wait for the sinks' acknowledgements before the last
+        /// commit, in milliseconds.
+        #[serde(default = "default_drain_timeout_ms")]
+        pub drain_timeout_ms: u64,
+    }
 }
 
 /// Where to start without a committed offset.
@@ -90,75 +67,14 @@ fn default_drain_timeout_ms() -> u64 {
 }
 
 /// Properties tidegauge sets itself; `options` may not override them.
-const RESERVED: [&str; 6] = [
-    "bootstrap.servers",
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "sasl.password",
-    "sasl.username",
-];
-
-/// Checks `options` (shared with the sink).
-pub(crate) fn validate_options(
-    options: &IndexMap<String, String>,
-    reserved: &[&str],
-    errors: &mut Vec<ConfigError>,
-) {
-    for key in options.keys() {
-        if reserved.contains(&key.as_str()) {
-            errors.push(ConfigError::new(
-                format!("options.{key}"),
-                "is set by tidegauge from the component's own settings",
-            ));
-        }
-        if key.contains("password") || key.contains("secret") {
-            errors.push(ConfigError::new(
-                format!("options.{key}"),
-                "secrets go in `sasl_password`, which is never printed",
-            ));
-        }
-    }
-}
-
-/// A client configuration with brokers, SASL and the extra options.
-pub(crate) fn client_config(
-    brokers: &[String],
-    sasl_username: Option<&String>,
-    sasl_password: Option<&Secret>,
-    options: &IndexMap<String, String>,
-) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers.join(","));
-    if let Some(user) = sasl_username {
-        c.set("sasl.username", user);
-        c.set(
-            "sasl.password",
-            sasl_password.map(|p| p.expose()).unwrap_or_default(),
-        );
-        if !options.contains_key("sasl.mechanism") {
-            c.set("sasl.mechanism", "PLAIN");
-        }
-        if !options.contains_key("security.protocol") {
-            c.set("security.protocol", "SASL_PLAINTEXT");
-        }
-    }
-    // librdkafka logs through its own channel; keep it on warnings.
-    c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-    for (k, v) in options {
-        c.set(k, v);
-    }
-    c
-}
+const RESERVED: [&str; 3] = ["group.id", "enable.auto.commit", "enable.auto.offset.store"];
 
 impl SourceConfig for KafkaSourceConfig {
     const TYPE: &'static str = "kafka";
 
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
-            errors.push(ConfigError::new("brokers", "list at least one `host:port`"));
-        }
+        self.connection().validate(&RESERVED, &mut errors);
         if self.topics.is_empty() {
             errors.push(ConfigError::new("topics", "list at least one topic"));
         }
@@ -168,7 +84,6 @@ impl SourceConfig for KafkaSourceConfig {
                 "expected a consumer group name",
             ));
         }
-        validate_fields(&self.fields, &self.optional_fields, &mut errors);
         if let Some(k) = &self.key_field {
             match self.fields.get(k) {
                 Some(FieldType::String) => {}
@@ -182,19 +97,7 @@ impl SourceConfig for KafkaSourceConfig {
                 )),
             }
         }
-        if self.sasl_password.is_some() && self.sasl_username.is_none() {
-            errors.push(ConfigError::new(
-                "sasl_password",
-                "a password needs sasl_username",
-            ));
-        }
-        validate_options(&self.options, &RESERVED, &mut errors);
-        self.batch.validate(&mut errors);
-        if errors.is_empty() {
-            Ok(schema_for(&self.fields, &self.optional_fields))
-        } else {
-            Err(errors)
-        }
+        self.decoded_schema(errors)
     }
 
     async fn build(
@@ -202,12 +105,7 @@ impl SourceConfig for KafkaSourceConfig {
         schema: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Source>, BuildError> {
-        let mut c = client_config(
-            &self.brokers,
-            self.sasl_username.as_ref(),
-            self.sasl_password.as_ref(),
-            &self.options,
-        );
+        let mut c = self.connection().client_config();
         c.set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -218,12 +116,11 @@ impl SourceConfig for KafkaSourceConfig {
                     StartFrom::Latest => "latest",
                 },
             );
-        let secret = self.sasl_password.clone();
         let consumer: StreamConsumer = c.create().map_err(|e| {
-            BuildError::new(redact(
-                &format!("cannot create Kafka consumer: {e}"),
-                secret.as_ref(),
-            ))
+            BuildError::new(
+                self.connection()
+                    .redact(&format!("cannot create Kafka consumer: {e}")),
+            )
         })?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| {
@@ -232,18 +129,12 @@ impl SourceConfig for KafkaSourceConfig {
                 self.topics.join(", ")
             ))
         })?;
-        Ok(Box::new(KafkaSource {
+        let source = KafkaSource {
             config: self.clone(),
             consumer,
             schema,
-        }))
-    }
-}
-
-pub(crate) fn redact(text: &str, secret: Option<&Secret>) -> String {
-    match secret {
-        Some(s) => s.redact(text),
-        None => text.to_string(),
+        };
+        Ok(source_fn(move |cx| source.run_async(cx)))
     }
 }
 
@@ -299,13 +190,15 @@ impl Commits {
     }
 }
 
-impl Source for KafkaSource {
-    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(cx))
-    }
+/// The group member as the shared broker loop drives it.
+struct Member {
+    origin: String,
+    config: KafkaSourceConfig,
+    consumer: StreamConsumer,
+    commits: Commits,
 }
 
-impl KafkaSource {
+impl Member {
     fn commit(&self, component: &ComponentContext, tpl: &TopicPartitionList, mode: CommitMode) {
         if tpl.count() == 0 {
             return;
@@ -316,19 +209,50 @@ impl KafkaSource {
             });
         }
     }
+}
 
-    fn apply(
-        &self,
-        component: &ComponentContext,
-        commits: &mut Commits,
+impl BrokerSource for Member {
+    type Position = Position;
+
+    async fn next(
+        &mut self,
+        decoder: &mut MessageDecoder,
+        cx: &ComponentContext,
+    ) -> Next<Position> {
+        match self.consumer.recv().await {
+            Ok(m) => {
+                let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                let origin = || format!("{}/{topic}/{partition}@{offset}", self.origin);
+                let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+                decoder.decode(cx, &origin, key, m.payload().unwrap_or_default());
+                Next::Message(Some((topic.to_string(), partition, offset)))
+            }
+            Err(e) => Next::Error(
+                self.config
+                    .connection()
+                    .redact(&format!("{}: {e}", self.origin)),
+            ),
+        }
+    }
+
+    /// Commits what the sinks delivered; rewinds to what they did not, so it is read
+    /// again.
+    async fn settle(
+        &mut self,
+        cx: &ComponentContext,
         released: Released<Position>,
-        mode: CommitMode,
+        draining: bool,
     ) {
         let failed = released.failed.len();
-        let (tpl, seeks) = commits.settle(released);
-        self.commit(component, &tpl, mode);
+        let (tpl, seeks) = self.commits.settle(released);
+        let mode = if draining {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.commit(cx, &tpl, mode);
         if failed > 0 {
-            component.emit(ComponentErrorOccurred {
+            cx.emit(ComponentErrorOccurred {
                 error: &format!("{failed} message(s) not delivered by a sink; reading them again"),
             });
         }
@@ -337,7 +261,7 @@ impl KafkaSource {
                 .consumer
                 .seek(&t, p, Offset::Offset(o), Duration::from_secs(5))
             {
-                component.emit(ComponentErrorOccurred {
+                cx.emit(ComponentErrorOccurred {
                     error: &format!(
                         "cannot rewind {t}/{p} to {o}: {e}; they are read again after a restart"
                     ),
@@ -346,160 +270,39 @@ impl KafkaSource {
         }
     }
 
-    async fn run_async(self, cx: SourceContext) -> Result<(), ComponentError> {
-        let SourceContext {
-            component,
-            out,
-            shutdown,
-            ..
-        } = cx;
-        let mut out = Some(out);
-        let brokers = self.config.brokers.join(",");
-        let mut decoder = MessageDecoder::new(
-            &self.config.fields,
-            self.schema.clone(),
-            self.config.key_field.as_deref(),
-            self.config.batch.rows,
-        );
-        let (ack_tx, mut acks) = ack_channel();
-        let mut tracker: AckTracker<Position> = AckTracker::default();
-        let mut commits = Commits::default();
-        let mut held: Vec<Position> = Vec::new();
-        let linger = Duration::from_millis(self.config.batch.linger_ms);
-        let mut first_at: Option<Instant> = None;
-        let mut barriers = barrier_ticker();
-
-        let result: Result<(), ComponentError> = loop {
-            let wait = match first_at {
-                Some(t) => linger.saturating_sub(t.elapsed()),
-                None => Duration::from_secs(3600),
-            };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Ok(()),
-                Some(ack) = acks.recv() => {
-                    let released = tracker.ack(ack.id, ack.delivered);
-                    self.apply(&component, &mut commits, released, CommitMode::Async);
-                    continue;
-                }
-                msg = self.consumer.recv() => {
-                    match msg {
-                        Ok(m) => {
-                            if first_at.is_none() {
-                                first_at = Some(Instant::now());
-                            }
-                            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
-                            let origin = || format!("kafka://{brokers}/{topic}/{partition}@{offset}");
-                            let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                            decoder.decode(&component, &origin, key, m.payload().unwrap_or_default());
-                            held.push((topic.to_string(), partition, offset));
-                            if !decoder.is_full() {
-                                continue;
-                            }
-                        }
-                        Err(e) => {
-                            component.emit(ComponentErrorOccurred {
-                                error: &redact(&format!("kafka://{brokers}: {e}"), self.config.sasl_password.as_ref()),
-                            });
-                            continue;
-                        }
-                    }
-                }
-                _ = barriers.tick() => {
-                    if let Some(o) = out.as_mut() {
-                        match o.serve_barriers().await {
-                            Ok(()) => {}
-                            Err(SendError::Closed) => break Ok(()),
-                            Err(e) => break Err(e.into()),
-                        }
-                    }
-                    continue;
-                }
-                _ = tokio::time::sleep(wait), if first_at.is_some() => {}
-            }
-            first_at = None;
-            if let Some(batch) = self.take_batch(
-                &mut decoder,
-                &component,
-                &mut held,
-                &mut tracker,
-                &ack_tx,
-                &mut commits,
-            ) && let Some(o) = out.as_mut()
-            {
-                match o.send(batch).await {
-                    Ok(()) => {}
-                    Err(SendError::Closed) => break Ok(()),
-                    Err(e) => break Err(e.into()),
-                }
-            }
-        };
-
-        // Shutdown: send what is decoded, let downstream drain, commit what the sinks
-        // acknowledged.
-        if let Some(batch) = self.take_batch(
-            &mut decoder,
-            &component,
-            &mut held,
-            &mut tracker,
-            &ack_tx,
-            &mut commits,
-        ) && let Some(o) = out.as_mut()
-        {
-            let _ = o.send(batch).await;
-        }
-        drop(out);
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
-        while tracker.in_flight() > 0 {
-            match tokio::time::timeout_at(deadline, acks.recv()).await {
-                Ok(Some(ack)) => {
-                    let released = tracker.ack(ack.id, ack.delivered);
-                    self.apply(&component, &mut commits, released, CommitMode::Sync);
-                }
-                _ => break,
-            }
-        }
-        // A final synchronous commit of everything settled.
+    /// A final synchronous commit of everything settled.
+    async fn close(self, cx: &ComponentContext) {
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), next) in &commits.next {
-            let offset = commits
+        for ((t, p), next) in &self.commits.next {
+            let offset = self
+                .commits
                 .caps
                 .get(&(t.clone(), *p))
                 .map_or(*next, |c| (*c).min(*next));
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(offset));
         }
-        self.commit(&component, &tpl, CommitMode::Sync);
+        self.commit(cx, &tpl, CommitMode::Sync);
         self.consumer.unsubscribe();
-        result
     }
+}
 
-    fn take_batch(
-        &self,
-        decoder: &mut MessageDecoder,
-        component: &ComponentContext,
-        held: &mut Vec<Position>,
-        tracker: &mut AckTracker<Position>,
-        ack_tx: &tidegauge_core::ack::AckSender,
-        commits: &mut Commits,
-    ) -> Option<Batch> {
-        let positions = std::mem::take(held);
-        if positions.is_empty() {
-            return None;
-        }
-        let id = tracker.push(positions);
-        match decoder.take(component) {
-            Some(data) => Some(Batch::with_finalizers(
-                data,
-                Finalizers::one(ack_tx.token(id)),
-            )),
-            None => {
-                // Every message was dead-lettered: settled.
-                let released = tracker.ack(id, true);
-                self.apply(component, commits, released, CommitMode::Async);
-                None
-            }
-        }
+impl KafkaSource {
+    async fn run_async(self, cx: SourceContext) -> Result<(), ComponentError> {
+        let decoder = MessageDecoder::new(
+            &self.config.fields,
+            self.schema.clone(),
+            self.config.key_field.as_deref(),
+            self.config.batch.rows,
+        );
+        let linger = Duration::from_millis(self.config.batch.linger_ms);
+        let drain = Duration::from_millis(self.config.drain_timeout_ms);
+        let member = Member {
+            origin: self.config.connection().origin(),
+            consumer: self.consumer,
+            commits: Commits::default(),
+            config: self.config,
+        };
+        inbound::run(member, cx, decoder, linger, drain).await
     }
 }
 

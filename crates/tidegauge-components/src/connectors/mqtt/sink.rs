@@ -7,95 +7,57 @@ use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::component::{Recv, SinkContext};
-use tidegauge_core::resilience::{Resilience, RetryPolicy};
+use tidegauge_core::resilience::Resilience;
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
+    BuildContext, BuildError, ComponentError, ConfigError, Sink, SinkConfig, SinkInput,
 };
 use tokio::sync::mpsc;
 
-use super::source::{
-    MqttTls, default_reconnect, describe_error, mqtt_options, reconnect, validate_connection,
-};
+use super::{describe_error, mqtt_connection, reconnect};
 use crate::codec::encode::JsonEncoder;
 use crate::connectors::template::Template;
 use crate::secret::Secret;
+use crate::settings::{collect, config};
 
-/// Publishes each event as a JSON object (every field) to an MQTT topic.
-///
-/// `topic` may name fields in braces (`alerts/{sensor_id}`). With `qos = 1` a batch is
-/// acknowledged upstream only when the broker has acknowledged all its messages; on a
-/// lost connection the client reconnects and resends what was not acknowledged.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSinkConfig {
-    /// Broker host name or address.
-    #[schemars(example = &"localhost")]
-    pub host: String,
-    /// Broker port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Topic to publish to; `{field}` is replaced by the event's value of that field.
-    #[schemars(example = &"alerts/{sensor_id}")]
-    pub topic: String,
-    /// Quality of service: 0 (fire and forget) or 1 (acknowledged by the broker).
-    #[serde(default = "default_qos")]
-    #[schemars(range(min = 0, max = 1))]
-    pub qos: u8,
-    /// Ask the broker to keep the last message of each topic for new subscribers.
-    #[serde(default)]
-    pub retain: bool,
-    /// Client identifier; two connections with one identifier push each other off the
-    /// broker. Unset: `tidegauge-<component id>-<process id>`.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// User name, if the broker requires one.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password (use `${ENV_VAR}`); never logged or printed.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// TLS settings; unset: plain TCP.
-    #[serde(default)]
-    pub tls: Option<MqttTls>,
-    /// Keep-alive interval in seconds.
-    #[serde(default = "default_keep_alive_secs")]
-    #[schemars(range(min = 5))]
-    pub keep_alive_secs: u64,
-    /// Largest message in bytes; larger events are dead-lettered.
-    #[serde(default = "default_max_packet_bytes")]
-    #[schemars(range(min = 1))]
-    pub max_packet_bytes: usize,
-    /// Messages published but not yet acknowledged, at most.
-    #[serde(default = "default_inflight")]
-    #[schemars(range(min = 1))]
-    pub inflight: u16,
-    /// Reconnection after a lost connection: attempts and backoff with full jitter
-    /// (default 30 attempts, waits up to 10 s); when they are spent the sink fails and
-    /// its unacknowledged batches count as not delivered.
-    #[serde(default = "default_reconnect")]
-    pub retry: RetryPolicy,
-    /// At shutdown, how long to wait for the broker's acknowledgements, in milliseconds;
-    /// batches still unacknowledged then are reported as not delivered.
-    #[serde(default = "default_drain_timeout_ms")]
-    pub drain_timeout_ms: u64,
+config! {
+    [mqtt_connection]
+    /// Publishes each event as a JSON object (every field) to an MQTT topic.
+    ///
+    /// `topic` may name fields in braces (`alerts/{sensor_id}`). With `qos = 1` a batch is
+    /// acknowledged upstream only when the broker has acknowledged all its messages; on a
+    /// lost connection the client reconnects and resends what was not acknowledged.
+    pub struct MqttSinkConfig {
+        /// Topic to publish to; `{field}` is replaced by the event's value of that field.
+        #[schemars(example = &"alerts/{sensor_id}")]
+        pub topic: String,
+        /// Quality of service: 0 (fire and forget) or 1 (acknowledged by the broker).
+        #[serde(default = "default_qos")]
+        #[schemars(range(min = 0, max = 1))]
+        pub qos: u8,
+        /// Ask the broker to keep the last message of each topic for new subscribers.
+        #[serde(default)]
+        pub retain: bool,
+        /// Client identifier; two connections with one identifier push each other off the
+        /// broker. Unset: `tidegauge-<component id>-<process id>`.
+        #[serde(default)]
+        pub client_id: Option<String>,
+        /// Messages published but not yet acknowledged, at most.
+        #[serde(default = "default_inflight")]
+        #[schemars(range(min = 1))]
+        pub inflight: u16,
+        /// At shutdown, how long to wait for the broker's acknowledgements, in
+        /// milliseconds; batches still unacknowledged then are reported as not delivered.
+        #[serde(default = "default_drain_timeout_ms")]
+        pub drain_timeout_ms: u64,
+    }
 }
 
-fn default_port() -> u16 {
-    1883
-}
 fn default_qos() -> u8 {
     1
-}
-fn default_keep_alive_secs() -> u64 {
-    30
-}
-fn default_max_packet_bytes() -> usize {
-    1 << 20
 }
 fn default_inflight() -> u16 {
     1000
@@ -109,15 +71,7 @@ impl SinkConfig for MqttSinkConfig {
 
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
-        validate_connection(
-            &self.host,
-            self.qos,
-            self.keep_alive_secs,
-            self.tls.as_ref(),
-            self.username.as_ref(),
-            self.password.as_ref(),
-            &mut errors,
-        );
+        self.connection().validate(self.qos, &mut errors);
         Template::check("topic", &self.topic, input, &mut errors);
         if self.topic.contains(['+', '#']) {
             errors.push(ConfigError::new(
@@ -128,12 +82,7 @@ impl SinkConfig for MqttSinkConfig {
         if self.inflight == 0 {
             errors.push(ConfigError::new("inflight", "expected at least 1"));
         }
-        errors.extend(self.retry.validate("retry"));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        collect(errors, || ())
     }
 
     async fn build(&self, input: SchemaRef, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
@@ -141,25 +90,17 @@ impl SinkConfig for MqttSinkConfig {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("tidegauge-{}-{}", cx.component.id(), std::process::id()));
-        let mut options = mqtt_options(
-            client_id,
-            &self.host,
-            self.port,
-            self.keep_alive_secs,
-            self.max_packet_bytes,
-            self.username.as_ref(),
-            self.password.as_ref(),
-            self.tls.as_ref(),
-        )?;
+        let mut options = self.connection().options(client_id)?;
         options.set_inflight(self.inflight);
         options.set_clean_session(true);
         let topic = Template::parse(&self.topic).map_err(BuildError::new)?;
-        Ok(Box::new(MqttSink {
+        let sink = MqttSink {
             config: self.clone(),
             options,
             encoder: JsonEncoder::new(&input),
             topic,
-        }))
+        };
+        Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
 }
 
@@ -269,16 +210,6 @@ impl Ledger {
     }
 }
 
-impl Sink for MqttSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(input, cx))
-    }
-}
-
 impl MqttSink {
     async fn run_async(self, input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
         let component = cx.component;
@@ -290,7 +221,7 @@ impl MqttSink {
             self.config.password.clone(),
             tx,
         ));
-        let broker = format!("mqtt://{}:{}", self.config.host, self.config.port);
+        let broker = self.config.connection().broker();
         let mut ledger = Ledger::default();
         let mut result = self
             .publish_all(

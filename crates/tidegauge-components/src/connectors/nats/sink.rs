@@ -2,70 +2,54 @@
 //! delivered once the stream has stored (acknowledged) every one of its messages.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use async_nats::jetstream::{self, context::PublishAckFuture};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::sink_fn;
 use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{Resilience, RetryPolicy};
 use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
-    BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink,
-    SinkConfig, SinkInput,
+    BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
+    SinkInput,
 };
 
-use super::source::{connect, validate_connection};
+use super::nats_connection;
 use crate::codec::encode::JsonEncoder;
 use crate::connectors::template::Template;
-use crate::secret::Secret;
+use crate::settings::{collect, config};
 
-/// Publishes each event as a JSON object (every field) to a NATS JetStream subject.
-///
-/// `subject` may name fields in braces (`alerts.{sensor_id}`). A batch is acknowledged
-/// upstream once JetStream has stored all its messages; the stream is created when
-/// missing if `stream` and `stream_subjects` are given.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSinkConfig {
-    /// Server URLs (`nats://host:4222`, or `tls://...`).
-    #[schemars(example = ["nats://localhost:4222"])]
-    pub servers: Vec<String>,
-    /// Subject to publish to; `{field}` is replaced by the event's value of that field.
-    #[schemars(example = &"alerts.{sensor_id}")]
-    pub subject: String,
-    /// Stream to create when missing (with `stream_subjects`); unset: a stream capturing
-    /// the subject must exist.
-    #[serde(default)]
-    pub stream: Option<String>,
-    /// Subjects of the stream to create (`alerts.>`).
-    #[serde(default)]
-    pub stream_subjects: Vec<String>,
-    /// Messages published and not yet stored, at most (within a batch too: a batch larger
-    /// than this waits for its own first messages to be stored).
-    #[serde(default = "default_max_in_flight")]
-    #[schemars(range(min = 1, max = 1000000))]
-    pub max_in_flight: usize,
-    /// User name (with `password`).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password (use `${ENV_VAR}`); never logged or printed.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// Authentication token; never logged or printed.
-    #[serde(default)]
-    pub token: Option<Secret>,
-    /// PEM file of the certificate authorities for TLS; setting it requires TLS.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Connection attempts at start, and publishing again the messages of a batch that
-    /// the stream did not store (backoff with full jitter, shared budget); when the
-    /// attempts are spent the batch counts as not delivered and the sink fails.
-    #[serde(default)]
-    pub retry: RetryPolicy,
+config! {
+    [nats_connection]
+    /// Publishes each event as a JSON object (every field) to a NATS JetStream subject.
+    ///
+    /// `subject` may name fields in braces (`alerts.{sensor_id}`). A batch is acknowledged
+    /// upstream once JetStream has stored all its messages; the stream is created when
+    /// missing if `stream` and `stream_subjects` are given.
+    pub struct NatsSinkConfig {
+        /// Subject to publish to; `{field}` is replaced by the event's value of that field.
+        #[schemars(example = &"alerts.{sensor_id}")]
+        pub subject: String,
+        /// Stream to create when missing (with `stream_subjects`); unset: a stream
+        /// capturing the subject must exist.
+        #[serde(default)]
+        pub stream: Option<String>,
+        /// Subjects of the stream to create (`alerts.>`).
+        #[serde(default)]
+        pub stream_subjects: Vec<String>,
+        /// Messages published and not yet stored, at most (within a batch too: a batch
+        /// larger than this waits for its own first messages to be stored).
+        #[serde(default = "default_max_in_flight")]
+        #[schemars(range(min = 1, max = 1000000))]
+        pub max_in_flight: usize,
+        /// Connection attempts at start, and publishing again the messages of a batch that
+        /// the stream did not store (backoff with full jitter, shared budget); when the
+        /// attempts are spent the batch counts as not delivered and the sink fails.
+        #[serde(default)]
+        pub retry: RetryPolicy,
+    }
 }
 
 fn default_max_in_flight() -> usize {
@@ -80,13 +64,7 @@ impl SinkConfig for NatsSinkConfig {
 
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
-        validate_connection(
-            &self.servers,
-            self.username.as_ref(),
-            self.password.as_ref(),
-            self.token.as_ref(),
-            &mut errors,
-        );
+        self.connection().validate(&mut errors);
         Template::check("subject", &self.subject, input, &mut errors);
         if self.stream.is_some() && self.stream_subjects.is_empty() {
             errors.push(ConfigError::new(
@@ -101,11 +79,7 @@ impl SinkConfig for NatsSinkConfig {
             ));
         }
         errors.extend(self.retry.validate("retry"));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        collect(errors, || ())
     }
 
     async fn build(
@@ -113,15 +87,7 @@ impl SinkConfig for NatsSinkConfig {
         input: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Sink>, BuildError> {
-        let client = connect(
-            &self.servers,
-            self.username.as_ref(),
-            self.password.as_ref(),
-            self.token.as_ref(),
-            self.tls_ca_file.as_ref(),
-            &self.retry,
-        )
-        .await?;
+        let client = self.connection().connect(&self.retry).await?;
         // The client lets at most `max_ack_inflight` acknowledgements be awaited at once.
         // The sink keeps at most `max_in_flight` for new batches plus as many for messages
         // published again while settling, so the client's limit is never the one reached;
@@ -140,13 +106,14 @@ impl SinkConfig for NatsSinkConfig {
             .await
             .map_err(|e| BuildError::new(format!("cannot create stream `{name}`: {e}")))?;
         }
-        Ok(Box::new(NatsSink {
+        let sink = NatsSink {
             resilience: Resilience::new(self.retry.clone()),
             subject: Template::parse(&self.subject).map_err(BuildError::new)?,
             config: self.clone(),
             js,
             encoder: JsonEncoder::new(&input),
-        }))
+        };
+        Ok(sink_fn(move |input, cx| sink.run_async(input, cx)))
     }
 }
 
@@ -212,20 +179,10 @@ impl Pending {
     }
 }
 
-impl Sink for NatsSink {
-    fn run(
-        self: Box<Self>,
-        input: SinkInput,
-        cx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(self.run_async(input, cx))
-    }
-}
-
 impl NatsSink {
     async fn run_async(self, mut input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
         let component = cx.component;
-        let origin = format!("nats://{}", self.config.servers.join(","));
+        let origin = self.config.connection().origin();
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut in_flight = 0usize;
         let mut buf = Vec::with_capacity(1 << 16);
