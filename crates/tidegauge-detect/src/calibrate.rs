@@ -277,6 +277,23 @@ impl<D: Detector> Calibrated<D> {
     }
 }
 
+impl<D> Calibrated<D> {
+    /// The same calibration around `f(inner)` (to restore a wrapped state kept in another
+    /// form, e.g. one deserialized by its own factory).
+    pub fn try_map_inner<E, Err>(
+        self,
+        f: impl FnOnce(D) -> Result<E, Err>,
+    ) -> Result<Calibrated<E>, Err> {
+        Ok(Calibrated {
+            inner: f(self.inner)?,
+            params: self.params,
+            exponent: self.exponent,
+            model: self.model,
+            last_p: self.last_p,
+        })
+    }
+}
+
 impl<D: Detector> Detector for Calibrated<D> {
     fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict {
         let raw = self.inner.observe(ts_ms, value);
@@ -439,6 +456,14 @@ mod tests {
                 }
                 let lo = rates.iter().cloned().fold(f64::INFINITY, f64::min);
                 let hi = rates.iter().cloned().fold(0.0, f64::max);
+                println!(
+                    "{make}, anomaly_score > {threshold}: false-alarm rates {:?} %, max/min {:.3}",
+                    rates
+                        .iter()
+                        .map(|r| (r * 1e4).round() / 1e2)
+                        .collect::<Vec<_>>(),
+                    hi / lo
+                );
                 assert!(
                     lo > 0.0 && hi / lo <= 1.5,
                     "{make} at {threshold}: {rates:?}"

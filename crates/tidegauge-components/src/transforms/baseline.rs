@@ -70,6 +70,10 @@ impl DetectorSpec for BaselineConfig {
     const NAME: &'static str = "baseline";
     const STATISTIC: &'static str = "z";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Baseline, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         false
     }

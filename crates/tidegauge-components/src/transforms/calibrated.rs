@@ -7,6 +7,7 @@ use tidegauge_detect::{Calibrated, CalibrationParams};
 use super::detector::{BoxedDetector, DetectorFactory, detector_config};
 use super::ensemble::Member;
 use super::keyed::{DetectorSpec, param_errors};
+use super::state::deserialize_state;
 
 detector_config! {
     /// Any detector with calibrated scores: each value's statistic (the wrapped detector's
@@ -59,6 +60,16 @@ impl DetectorSpec for CalibratedConfig {
     }
     const NAME: &'static str = "calibrated";
     const STATISTIC: &'static str = "statistic";
+
+    /// The calibration as saved, around the wrapped detector's state restored by its own
+    /// factory.
+    fn restore_state(&self, state: ciborium::Value) -> Result<Self::State, String> {
+        let Some(detector) = &self.detector else {
+            return Err("no detector to restore".into());
+        };
+        let saved: Calibrated<ciborium::Value> = deserialize_state(state)?;
+        saved.try_map_inner(|inner| detector.factory().restore_state(inner))
+    }
 
     fn needs_time(&self) -> bool {
         self.detector
@@ -158,5 +169,40 @@ mod tests {
         assert!(paths.contains(&"detector.window".to_string()), "{paths:?}");
         let c = config("detector = { type = \"zscore\", key_field = \"k\" }");
         assert_eq!(DetectorSpec::check(&c)[0].path, "detector");
+    }
+
+    /// A restart continues where the checkpoint stood: the calibration's history and the
+    /// wrapped detector's state come back; a checkpoint of other settings starts cold.
+    #[test]
+    fn state_survives_a_restart() {
+        use crate::transforms::KeyInterner;
+        let c = config("detector = { type = \"ewma\" }\nmin_events = 100");
+        let mut keys = KeyInterner::default();
+        let mut states = Vec::new();
+        for (k, scale) in [("a", 1.0), ("b", 1e6)] {
+            keys.id(k);
+            let mut s = DetectorSpec::new_state(&c);
+            for i in 0..2000i64 {
+                s.observe(i, scale * ((i * 7919) % 31) as f64);
+            }
+            states.push(s);
+        }
+        let bytes = c.save_states(&keys, &states).unwrap().unwrap();
+        let (keys2, mut restored) = c.load_states(&bytes).unwrap();
+        assert_eq!(keys2.len(), 2);
+        for ((a, b), scale) in states.iter_mut().zip(&mut restored).zip([1.0, 1e6]) {
+            assert_eq!(a.model(), b.model());
+            for i in 2000..2100i64 {
+                let v = scale * ((i * 7919) % 37) as f64;
+                assert_eq!(a.observe(i, v), b.observe(i, v));
+            }
+        }
+        let other = config("detector = { type = \"ewma\", threshold = 4 }\nmin_events = 100");
+        let (keys3, cold) = other.load_states(&bytes).unwrap();
+        assert_eq!((keys3.len(), cold.len()), (0, 0));
+        // Only where state lives changed: still restored.
+        let moved = config("detector = { type = \"ewma\" }\nmin_events = 100\nworkers = 2");
+        assert_eq!(moved.load_states(&bytes).unwrap().1.len(), 2);
+        assert!(c.load_states(&bytes[..bytes.len() - 3]).is_err());
     }
 }

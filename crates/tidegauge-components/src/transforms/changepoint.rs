@@ -64,6 +64,10 @@ impl DetectorSpec for ChangePointConfig {
     const NAME: &'static str = "changepoint";
     const STATISTIC: &'static str = "cusum";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<ChangePoint, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         false
     }

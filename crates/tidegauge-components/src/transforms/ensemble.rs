@@ -146,10 +146,19 @@ impl EnsembleConfig {
 }
 
 /// Per-sensor state of an ensemble: the members' states and their last verdicts.
-#[derive(Clone, Debug)]
+/// Checkpointed without the verdicts (they only serve `explain` after a verdict).
+#[derive(Clone, Debug, Serialize)]
 pub struct EnsembleState {
     members: Vec<(&'static str, BoxedDetector)>,
+    #[serde(skip)]
     last: Vec<Verdict>,
+    combine: Combine,
+}
+
+/// An [`EnsembleState`] as read from a checkpoint, before its members are restored.
+#[derive(Deserialize)]
+struct SavedEnsemble {
+    members: Vec<(String, ciborium::Value)>,
     combine: Combine,
 }
 
@@ -192,6 +201,34 @@ impl DetectorSpec for EnsembleConfig {
     }
     const NAME: &'static str = "ensemble";
     const STATISTIC: &'static str = "combined";
+
+    /// Each member's state restored by its own factory, in order.
+    fn restore_state(&self, state: ciborium::Value) -> Result<EnsembleState, String> {
+        let saved: SavedEnsemble = super::state::deserialize_state(state)?;
+        if saved.members.len() != self.members.len() {
+            return Err(format!(
+                "{} members saved, {} configured",
+                saved.members.len(),
+                self.members.len()
+            ));
+        }
+        let members = self
+            .members
+            .iter()
+            .zip(saved.members)
+            .map(|(m, (name, s))| {
+                if name != m.0.name() {
+                    return Err(format!("member `{name}` saved where `{}` is", m.0.name()));
+                }
+                Ok((m.0.name(), m.0.restore_state(s)?))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(EnsembleState {
+            last: Vec::with_capacity(members.len()),
+            members,
+            combine: saved.combine,
+        })
+    }
 
     fn needs_time(&self) -> bool {
         self.members.iter().any(|m| m.0.needs_time())

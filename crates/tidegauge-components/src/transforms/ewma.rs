@@ -49,6 +49,10 @@ impl DetectorSpec for EwmaConfig {
     const NAME: &'static str = "ewma";
     const STATISTIC: &'static str = "z";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Ewma, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         false
     }

@@ -41,6 +41,10 @@ impl DetectorSpec for FlatlineConfig {
     const NAME: &'static str = "flatline";
     const STATISTIC: &'static str = "stuck_ms";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Flatline, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         true
     }

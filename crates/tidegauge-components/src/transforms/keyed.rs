@@ -92,8 +92,8 @@ impl Common {
 pub trait DetectorSpec:
     serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
 {
-    /// Per-key state.
-    type State: Detector;
+    /// Per-key state; it serializes for checkpoints.
+    type State: Detector + serde::Serialize;
     /// Value of the `detector` column.
     const NAME: &'static str;
     /// Name of the column holding the detector's statistic.
@@ -115,26 +115,23 @@ pub trait DetectorSpec:
     /// Brings a key's state in line with this spec's parameters (after a change of a
     /// tunable one), keeping its history where it can.
     fn retune_state(&self, _state: &mut Self::State) {}
-    /// Encodes the states of a shard's keys for a checkpoint (usually
-    /// [`encode_keyed`](super::state::encode_keyed)); `None`: this detector's state is not
-    /// checkpointed and restarts cold.
+    /// A state from its serialized form in a checkpoint (usually
+    /// [`deserialize_state`](super::state::deserialize_state)).
+    fn restore_state(&self, state: ciborium::Value) -> Result<Self::State, String>;
+    /// Encodes the states of a shard's keys for a checkpoint. The default writes them with
+    /// this detector's settings ([`save_with_settings`](super::state::save_with_settings)).
     fn save_states(
         &self,
-        _keys: &KeyInterner,
-        _states: &[Self::State],
+        keys: &KeyInterner,
+        states: &[Self::State],
     ) -> Option<Result<Vec<u8>, ComponentError>> {
-        None
+        Some(super::state::save_with_settings(self, keys, states))
     }
-    /// Decodes what [`DetectorSpec::save_states`] wrote (usually
-    /// [`decode_keyed`](super::state::decode_keyed)), checking it fits the parameters.
-    fn load_states(
-        &self,
-        _bytes: &[u8],
-    ) -> Result<(KeyInterner, Vec<Self::State>), ComponentError> {
-        Err(ComponentError::new(format!(
-            "{} does not restore checkpoints",
-            Self::NAME
-        )))
+    /// Decodes what [`DetectorSpec::save_states`] wrote. The default restores the states
+    /// when they were saved with the same settings and otherwise starts every sensor cold,
+    /// with a warning ([`load_with_settings`](super::state::load_with_settings)).
+    fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<Self::State>), ComponentError> {
+        super::state::load_with_settings(self, bytes)
     }
 }
 

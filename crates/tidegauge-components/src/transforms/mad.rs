@@ -45,6 +45,10 @@ impl DetectorSpec for MadConfig {
     const NAME: &'static str = "mad";
     const STATISTIC: &'static str = "robust_z";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Mad, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         false
     }

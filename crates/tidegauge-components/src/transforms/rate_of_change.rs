@@ -33,6 +33,10 @@ impl DetectorSpec for RateOfChangeConfig {
     const NAME: &'static str = "rate_of_change";
     const STATISTIC: &'static str = "rate";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Rate, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         true
     }

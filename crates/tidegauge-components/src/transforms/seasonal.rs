@@ -59,6 +59,10 @@ impl DetectorSpec for SeasonalConfig {
     const NAME: &'static str = "seasonal";
     const STATISTIC: &'static str = "z";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Seasonal, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         true
     }

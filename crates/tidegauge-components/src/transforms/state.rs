@@ -83,6 +83,87 @@ pub fn decode_keyed<S: DeserializeOwned>(
     Ok((keys, state.states))
 }
 
+/// Settings that do not change what a detector has learnt: where its state lives and how
+/// much of it is kept. A checkpoint stays valid when only these change.
+const PLACEMENT_SETTINGS: [&str; 3] = ["workers", "max_keys", "key_idle_ms"];
+
+/// A detector's settings as compared at restore: its config as JSON text, without
+/// [`PLACEMENT_SETTINGS`].
+fn settings_text<C: Serialize>(config: &C) -> Result<String, ComponentError> {
+    let mut value = serde_json::to_value(config)
+        .map_err(|e| ComponentError::new(format!("cannot encode settings: {e}")))?;
+    if let Some(map) = value.as_object_mut() {
+        for k in PLACEMENT_SETTINGS {
+            map.remove(k);
+        }
+    }
+    Ok(value.to_string())
+}
+
+/// Checkpoint bytes of a detector whose parameters are all in its config: the settings
+/// (compared by [`load_with_settings`]) and what [`encode_keyed`] writes.
+pub fn save_with_settings<C: Serialize, S: Serialize>(
+    config: &C,
+    keys: &KeyInterner,
+    states: &[S],
+) -> Result<Vec<u8>, ComponentError> {
+    let keyed = encode_keyed(keys, states)?;
+    let mut bytes = Vec::new();
+    ciborium::into_writer(
+        &(
+            VERSION,
+            settings_text(config)?,
+            serde_bytes_like::Bytes(&keyed),
+        ),
+        &mut bytes,
+    )
+    .map_err(|e| ComponentError::new(format!("cannot encode state: {e}")))?;
+    Ok(bytes)
+}
+
+/// Reads what [`save_with_settings`] wrote, each state rebuilt by `spec`'s
+/// `restore_state`. States saved under other settings were learnt under other parameters:
+/// they are dropped with a warning and every sensor starts cold. Damaged bytes are an error.
+pub fn load_with_settings<C: super::keyed::DetectorSpec>(
+    spec: &C,
+    bytes: &[u8],
+) -> Result<(KeyInterner, Vec<C::State>), ComponentError> {
+    let (version, settings, keyed): (u32, String, serde_bytes_like::ByteBuf) =
+        ciborium::from_reader(bytes)
+            .map_err(|e| ComponentError::new(format!("not a {} state: {e}", C::NAME)))?;
+    if version != VERSION {
+        return Err(ComponentError::new(format!(
+            "{} state version {version} (this build reads {VERSION})",
+            C::NAME
+        )));
+    }
+    let (keys, values): (KeyInterner, Vec<ciborium::Value>) = decode_keyed(&keyed.0)?;
+    let now = settings_text(spec)?;
+    if settings != now {
+        tracing::warn!(
+            "{} state was checkpointed with other settings ({settings}); every sensor starts \
+             cold with the settings now in force ({now})",
+            C::NAME
+        );
+        return Ok((KeyInterner::default(), Vec::new()));
+    }
+    let mut names: Vec<(&str, u32)> = keys.iter().collect();
+    names.sort_unstable_by_key(|&(_, id)| id);
+    let mut states = Vec::with_capacity(values.len());
+    for ((key, _), value) in names.into_iter().zip(values) {
+        states.push(
+            spec.restore_state(value)
+                .map_err(|e| ComponentError::new(format!("{} state of `{key}`: {e}", C::NAME)))?,
+        );
+    }
+    Ok((keys, states))
+}
+
+/// A state from its checkpointed form, for detectors whose state deserializes on its own.
+pub fn deserialize_state<S: DeserializeOwned>(state: ciborium::Value) -> Result<S, String> {
+    state.deserialized().map_err(|e| e.to_string())
+}
+
 /// Several shards' blobs in one (CBOR list of byte strings).
 pub fn encode_shards(shards: &[Vec<u8>]) -> Result<Vec<u8>, ComponentError> {
     let wrapped: Vec<serde_bytes_like::Bytes<'_>> =

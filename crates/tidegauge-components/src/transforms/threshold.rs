@@ -45,6 +45,10 @@ impl DetectorSpec for ThresholdConfig {
     const NAME: &'static str = "threshold";
     const STATISTIC: &'static str = "excess";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<Threshold, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         false
     }

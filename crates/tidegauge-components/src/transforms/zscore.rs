@@ -45,6 +45,10 @@ impl DetectorSpec for ZScoreConfig {
     const NAME: &'static str = "zscore";
     const STATISTIC: &'static str = "z";
 
+    fn restore_state(&self, state: ciborium::Value) -> Result<ZScore, String> {
+        super::state::deserialize_state(state)
+    }
+
     fn needs_time(&self) -> bool {
         false
     }
