@@ -59,7 +59,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ConfigError;
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 
 /// `[checkpoint]` in a pipeline file.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -14,7 +14,8 @@ use crate::admin::AdminConfig;
 use crate::checkpoint::CheckpointConfig;
 use crate::dead_letter::DeadLetterConfig;
 use crate::error::ConfigError;
-use crate::registry::{self, AnyConfig, ComponentKind};
+use crate::kind::ComponentKind;
+use crate::registry::{self, AnyConfig};
 
 /// One component as written in the file, its settings parsed into its typed config.
 #[derive(Debug)]

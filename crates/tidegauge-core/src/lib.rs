@@ -4,7 +4,8 @@
 //!   acknowledgement finalizers);
 //! - [`component`]: the traits component authors implement ([`SourceConfig`],
 //!   [`TransformConfig`], [`SinkConfig`] and the runtime [`Source`], [`Transform`], [`Sink`]);
-//! - [`registry`]: self-registration of components with `inventory`;
+//! - [`registry`]: self-registration of components with `inventory`; [`kind`]: source,
+//!   transform or sink;
 //! - [`config`]: loading a pipeline file (environment interpolation, typed configs, errors
 //!   with their place);
 //! - [`topology`]: validate -> build -> run, with bounded channels on every edge;
@@ -30,6 +31,7 @@ pub mod control;
 pub mod dead_letter;
 pub mod disk_buffer;
 pub mod error;
+pub mod kind;
 pub mod live;
 pub mod metrics;
 pub mod params;
@@ -46,7 +48,8 @@ pub use component::{
     Source, SourceConfig, SourceContext, Transform, TransformConfig, TransformContext,
 };
 pub use error::{BuildError, ComponentError, ConfigError};
-pub use registry::{ComponentDescriptor, ComponentKind};
+pub use kind::ComponentKind;
+pub use registry::ComponentDescriptor;
 
 /// A boxed, sendable future: what the object-safe runtime traits return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

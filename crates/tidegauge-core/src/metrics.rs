@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 use crate::telemetry::{LATENCY_BUCKETS_NS, TelemetrySnapshot};
 
 /// Process-wide facts that belong to no single component.

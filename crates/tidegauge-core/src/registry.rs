@@ -8,7 +8,6 @@
 use std::fmt::Debug;
 
 use arrow_schema::SchemaRef;
-use serde::Serialize;
 
 use crate::BoxFuture;
 use crate::component::{
@@ -16,43 +15,7 @@ use crate::component::{
 };
 use crate::error::{BuildError, ConfigError};
 
-/// The three kinds of component.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ComponentKind {
-    /// Produces events.
-    Source,
-    /// Turns events into other events.
-    Transform,
-    /// Delivers events.
-    Sink,
-}
-
-impl ComponentKind {
-    /// The pipeline-file table holding components of this kind (`sources`, ...).
-    pub fn table(self) -> &'static str {
-        match self {
-            ComponentKind::Source => "sources",
-            ComponentKind::Transform => "transforms",
-            ComponentKind::Sink => "sinks",
-        }
-    }
-
-    /// Lower-case singular name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ComponentKind::Source => "source",
-            ComponentKind::Transform => "transform",
-            ComponentKind::Sink => "sink",
-        }
-    }
-}
-
-impl std::fmt::Display for ComponentKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::kind::ComponentKind;
 
 /// A config deserialization failure: where in the component and what.
 #[derive(Debug)]

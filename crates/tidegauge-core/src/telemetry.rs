@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::registry::ComponentKind;
+use crate::kind::ComponentKind;
 use crate::resilience::BreakerState;
 
 /// Counters of one component. Cheap to update from any thread.

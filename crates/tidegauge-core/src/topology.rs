@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_schema::SchemaRef;
-use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointConfig, CheckpointStore, CheckpointSummary};
 use crate::component::{BuildContext, ComponentContext, Sink, Source, Transform};
@@ -14,7 +13,8 @@ use crate::config::{ComponentEntry, LineIndex, PipelineConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
 use crate::disk_buffer::{DiskBuffer, DiskBufferConfig};
 use crate::error::{BuildError, ConfigError};
-use crate::registry::{AnyConfig, ComponentKind};
+use crate::kind::ComponentKind;
+use crate::registry::AnyConfig;
 use crate::schema;
 use crate::telemetry::{ComponentTelemetry, TelemetrySnapshot};
 
@@ -557,14 +557,5 @@ impl BuiltPipeline {
     pub fn with_edge_capacity(mut self, capacity: usize) -> Self {
         self.edge_capacity = capacity.max(1);
         self
-    }
-
-    /// Runs until every source has finished (end of input) or `shutdown` is cancelled,
-    /// then drains: transforms flush, sinks flush and close. With checkpoints configured,
-    /// takes them while running and a final one after a clean end. See [`crate::live`]
-    /// for a run that can be watched, tuned and reloaded.
-    pub async fn run(self, shutdown: CancellationToken) -> RunReport {
-        let (_, run) = crate::live::start(self, shutdown, crate::live::RunOptions::default());
-        run.await
     }
 }
