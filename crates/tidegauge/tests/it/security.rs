@@ -121,10 +121,7 @@ fn an_idle_connection_flood_leaves_health_answering() {
     assert!(
         tg.metric("tidegauge_admin_connections_total{outcome=\"evicted_idle_for_room\"}") > 900.0
     );
-    // SAFETY: signalling a child process we started and still own; kill(2) has no
-    // memory-safety preconditions.
-    let rc = unsafe { libc::kill(tg.child.id() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0);
+    tg.signal(libc::SIGHUP);
     tg.wait_stderr(|s| s.contains("reloaded"));
     assert_eq!(tg.get("/health")["status"], "ok");
     drop(flood);
