@@ -53,12 +53,13 @@ path = "{out}"
 
 // ---- The admin API's connections -------------------------------------------------
 
-/// Headers sent one byte at a time, never finished: the server hangs up by itself.
+/// 200 connections sending headers one byte at a time, never finished: the server hangs
+/// up on every one by itself.
 #[test]
 fn slow_headers_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let tg = start(dir.path(), &observed(dir.path()), &[]);
-    let mut slow: Vec<TcpStream> = (0..20)
+    let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(&tg.address).unwrap())
         .collect();
     let request = b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ";
@@ -101,8 +102,9 @@ fn huge_unfinished_headers_are_refused() {
     assert_eq!(tg.get("/health")["status"], "ok");
 }
 
-/// Far more idle, half-sent requests than the API keeps: it keeps at most its cap open
-/// and still answers a whole request at once.
+/// Far more idle, half-sent requests than the API keeps: it keeps at most its cap open,
+/// still answers a whole request at once, and a hot reload asked for meanwhile is done
+/// while the flood is still held.
 #[test]
 fn an_idle_connection_flood_leaves_health_answering() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,6 +121,9 @@ fn an_idle_connection_flood_leaves_health_answering() {
     assert!(
         tg.metric("tidegauge_admin_connections_total{outcome=\"evicted_idle_for_room\"}") > 900.0
     );
+    tg.signal(libc::SIGHUP);
+    tg.wait_stderr(|s| s.contains("reloaded"));
+    assert_eq!(tg.get("/health")["status"], "ok");
     drop(flood);
     let (code, err) = tg.stop();
     assert_eq!(code, Some(0), "{err}");
@@ -628,9 +633,10 @@ fn a_window_beyond_memory_is_refused_before_it_is_recorded() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-/// Keys invented by a sender (2,000 sensors against a cap of 100): state is kept for at
-/// most 100, silent ones are evicted to make room, the rest get no verdict; counted in
-/// `/metrics`, with a warning.
+/// Keys invented by a sender (2,000 sensors against a cap of 100), in every kind of keyed
+/// stage (a detector, `heartbeat`, `hotelling`): state is kept for at most 100, silent
+/// ones are evicted to make room, the rest get no verdict; counted in `/metrics`, with a
+/// warning.
 #[test]
 fn invented_keys_are_capped_and_idle_ones_evicted() {
     let dir = tempfile::tempdir().unwrap();
@@ -653,24 +659,67 @@ window = 10
 max_keys = 100
 key_idle_ms = 1000
 
+[transforms.beat]
+type = "heartbeat"
+inputs = ["fleet"]
+expected_interval_ms = 100
+tolerance = 2.0
+max_keys = 100
+key_idle_ms = 1000
+
+[transforms.machines]
+type = "hotelling"
+inputs = ["fleet"]
+key_field = "sensor_id"
+value_fields = ["value"]
+max_keys = 100
+key_idle_ms = 1000
+
 [sinks.out]
 type = "jsonl"
 inputs = ["spikes"]
 path = "{out}"
+
+[sinks.beats]
+type = "jsonl"
+inputs = ["beat"]
+path = "{beats}"
+
+[sinks.machine_out]
+type = "jsonl"
+inputs = ["machines"]
+path = "{machine_out}"
 "#,
         state = dir.path().join("state").display(),
-        out = dir.path().join("out.jsonl").display()
+        out = dir.path().join("out.jsonl").display(),
+        beats = dir.path().join("beats.jsonl").display(),
+        machine_out = dir.path().join("machines.jsonl").display()
     );
     let tg = start(dir.path(), &pipeline, &[]);
-    let labels = r#"{component_id="spikes",component_kind="transform",component_type="zscore"}"#;
-    wait_until("evictions and events without state", || {
-        tg.metric(&format!("tidegauge_component_keys_evicted_total{labels}")) > 0.0
-            && tg.metric(&format!(
-                "tidegauge_component_events_without_state_total{labels}"
-            )) > 0.0
-    });
-    let keys = tg.metric(&format!("tidegauge_component_keys{labels}"));
-    assert!((1.0..=100.0).contains(&keys), "{keys} keys");
+    for (id, kind) in [
+        ("spikes", "zscore"),
+        ("beat", "heartbeat"),
+        ("machines", "hotelling"),
+    ] {
+        let labels = format!(
+            r#"{{component_id="{id}",component_kind="transform",component_type="{kind}"}}"#
+        );
+        wait_until(
+            &format!("evictions and events without state in {id}"),
+            || {
+                tg.metric(&format!("tidegauge_component_keys_evicted_total{labels}")) > 0.0
+                    && tg.metric(&format!(
+                        "tidegauge_component_events_without_state_total{labels}"
+                    )) > 0.0
+            },
+        );
+        let keys = tg.metric(&format!("tidegauge_component_keys{labels}"));
+        assert!((1.0..=100.0).contains(&keys), "{id}: {keys} keys");
+        tg.wait_stderr(|s| {
+            s.lines()
+                .any(|l| l.contains("key limit reached") && l.contains(id))
+        });
+    }
     let stderr_text = tg.wait_stderr(|s| s.contains("key limit reached"));
     assert!(stderr_text.contains("max_keys = 100"), "{stderr_text}");
     let (code, err) = tg.stop();
