@@ -235,7 +235,7 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
         "tidegauge_component_keys",
         "gauge",
         "Distinct keys (sensors) holding state in a keyed stage.",
-        |c| c.detector.then(|| c.keys.to_string()),
+        |c| (c.kind == ComponentKind::Transform).then(|| c.keys.to_string()),
     );
     per_component(
         f,
@@ -243,7 +243,7 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
         "tidegauge_component_keys_evicted_total",
         "counter",
         "Keys whose state was dropped after their idle time to make room under max_keys.",
-        |c| c.detector.then(|| c.keys_evicted.to_string()),
+        |c| (c.kind == ComponentKind::Transform).then(|| c.keys_evicted.to_string()),
     );
     per_component(
         f,
@@ -251,7 +251,7 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
         "tidegauge_component_events_without_state_total",
         "counter",
         "Events of new keys that got no verdict: max_keys reached and no key idle long enough.",
-        |c| c.detector.then(|| c.events_without_state.to_string()),
+        |c| (c.kind == ComponentKind::Transform).then(|| c.events_without_state.to_string()),
     );
     per_component(
         f,

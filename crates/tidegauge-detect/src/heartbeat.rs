@@ -186,6 +186,17 @@ impl<K: Clone + Eq + Hash> DeadlineTracker<K> {
         true
     }
 
+    /// Tracks key `from` as `to` from now on, with all it has (its last time, whether it
+    /// was reported); `to` must not be tracked. Returns whether `from` was tracked.
+    pub fn rename(&mut self, from: &K, to: K) -> bool {
+        let Some(i) = self.index.remove(from) else {
+            return false;
+        };
+        self.slots[i as usize].key = Some(to.clone());
+        self.index.insert(to, i);
+        true
+    }
+
     /// Keys silent for longer than the limit at `now_ms` and not yet reported for this
     /// silence, with how long each has been silent (`now_ms − last seen`), longest first.
     pub fn expired(&mut self, now_ms: i64) -> Vec<(K, i64)> {

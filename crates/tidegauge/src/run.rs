@@ -189,31 +189,36 @@ pub fn run(
     })
 }
 
-/// First SIGINT/SIGTERM: orderly shutdown. Second: leave at once.
+/// First SIGINT/SIGTERM: orderly shutdown. Second: leave at once. Listening starts when
+/// this is called, before the pipeline says it runs, so a Ctrl-C from then on stops it in
+/// order.
 #[cfg(unix)]
-async fn watch_signals(shutdown: CancellationToken) {
+fn watch_signals(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!("cannot listen for signals; Ctrl-C will not stop the pipeline cleanly");
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {},
-        _ = term.recv() => {},
-    }
-    ewriteln!(
-        "\ntidegauge: stopping: sources stop, stages flush, sinks close (Ctrl-C again to quit at once)"
     );
-    shutdown.cancel();
-    tokio::select! {
-        _ = int.recv() => {},
-        _ = term.recv() => {},
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            tracing::warn!("cannot listen for signals; Ctrl-C will not stop the pipeline cleanly");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        ewriteln!(
+            "\ntidegauge: stopping: sources stop, stages flush, sinks close (Ctrl-C again to quit at once)"
+        );
+        shutdown.cancel();
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        ewriteln!("tidegauge: quitting without flushing");
+        std::process::exit(130);
     }
-    ewriteln!("tidegauge: quitting without flushing");
-    std::process::exit(130);
 }
 
 #[cfg(not(unix))]

@@ -11,15 +11,16 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
 };
 use tidegauge_detect::{DeadlineTracker, HeartbeatParams, score_from_ratio};
 
+use super::key_table::{EvictionHooks, KeyLimits, KeyTable};
 use super::keyed::param_errors;
-use super::{KeyInterner, detector_fields};
+use super::{detector_fields, key_hash};
 
 /// Which clock tells that time has passed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -56,6 +57,16 @@ pub struct HeartbeatConfig {
     pub tolerance: f64,
     /// The clock that measures silence.
     pub clock: Clock,
+    /// Most sensors tracked at once. A new sensor past the cap takes the place of one
+    /// silent for `key_idle_ms` (already reported, and then forgotten); when none is, the
+    /// new sensor is not tracked (counted in `/metrics`, with a warning).
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_keys: usize,
+    /// Silence after which a sensor may be forgotten to make room under `max_keys`, in
+    /// milliseconds of the wall clock; at least `expected_interval_ms × tolerance`.
+    /// Default: an hour, or twice that silence if longer.
+    #[schemars(range(min = 1))]
+    pub key_idle_ms: Option<u64>,
 }
 
 impl Default for HeartbeatConfig {
@@ -66,11 +77,19 @@ impl Default for HeartbeatConfig {
             expected_interval_ms: 60_000,
             tolerance: 3.0,
             clock: Clock::Event,
+            max_keys: super::keyed::DEFAULT_MAX_KEYS,
+            key_idle_ms: None,
         }
     }
 }
 
 impl HeartbeatConfig {
+    fn key_idle_ms(&self) -> u64 {
+        self.key_idle_ms.unwrap_or_else(|| {
+            super::keyed::DEFAULT_KEY_IDLE_MS.max(self.params().limit_ms().max(0) as u64 * 2)
+        })
+    }
+
     fn params(&self) -> HeartbeatParams {
         HeartbeatParams {
             expected_interval_ms: self.expected_interval_ms,
@@ -101,6 +120,23 @@ impl TransformConfig for HeartbeatConfig {
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = param_errors(self.params().validate());
+        if errors.is_empty() {
+            errors.extend(super::keyed::check_key_limits(
+                self.max_keys,
+                self.key_idle_ms(),
+                HEARTBEAT_BYTES_PER_KEY,
+            ));
+        }
+        if errors.is_empty() && (self.key_idle_ms() as i64) < self.params().limit_ms() {
+            errors.push(ConfigError::new(
+                "key_idle_ms",
+                format!(
+                    "must be at least expected_interval_ms × tolerance ({} ms): a sensor is \
+                     forgotten only after its silence has been reported",
+                    self.params().limit_ms()
+                ),
+            ));
+        }
         if let Err(e) = require_field(input, "key_field", &self.key_field, &[DataType::Utf8]) {
             errors.push(e);
         }
@@ -120,24 +156,45 @@ impl TransformConfig for HeartbeatConfig {
         output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
+        Ok(Box::new(self.heartbeat(input, output)?))
+    }
+}
+
+impl HeartbeatConfig {
+    fn heartbeat(&self, input: SchemaRef, output: SchemaRef) -> Result<Heartbeat, BuildError> {
         let find = |name: &str| {
             input
                 .index_of(name)
                 .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
         };
-        Ok(Box::new(Heartbeat {
+        Ok(Heartbeat {
             key: find(&self.key_field)?,
             ts: find(&self.ts_field)?,
             tracker: DeadlineTracker::new(self.params()),
-            keys: KeyInterner::default(),
-            names: Vec::new(),
+            table: KeyTable::new(KeyLimits::new(self.max_keys, self.key_idle_ms())),
+            max_keys: self.max_keys as u64,
             limit_ms: self.params().limit_ms(),
             interval_ms: self.expected_interval_ms,
             clock: self.clock,
             watermark: i64::MIN,
             input,
             output,
-        }))
+        })
+    }
+}
+
+/// State per sensor besides its name: its entry in the tracker (slot, heap entry, index).
+const HEARTBEAT_BYTES_PER_KEY: u64 = 96;
+
+/// Keeps the tracker in line with the key table when sensors are forgotten.
+struct Forget<'a>(&'a mut DeadlineTracker<u32>);
+
+impl EvictionHooks for Forget<'_> {
+    fn evicted(&mut self, id: usize, moved_from: Option<usize>) {
+        self.0.remove(&(id as u32));
+        if let Some(from) = moved_from {
+            self.0.rename(&(from as u32), id as u32);
+        }
     }
 }
 
@@ -145,8 +202,9 @@ struct Heartbeat {
     key: usize,
     ts: usize,
     tracker: DeadlineTracker<u32>,
-    keys: KeyInterner,
-    names: Vec<Box<str>>,
+    /// The sensors tracked, by id (the tracker's key), each with its name.
+    table: KeyTable<Box<str>>,
+    max_keys: u64,
     limit_ms: i64,
     interval_ms: i64,
     clock: Clock,
@@ -223,7 +281,7 @@ impl Heartbeat {
         let mut flag = BooleanBuilder::new();
         let mut reason = StringBuilder::new();
         for (key, gap, noticed) in &silent {
-            keys.append_value(&self.names[*key as usize]);
+            keys.append_value(&self.table.states()[*key as usize]);
             ts.append_value(*noticed);
             silent_ms.append_value(*gap as f64);
             score.append_value(score_from_ratio(*gap as f64 / self.limit_ms.max(1) as f64));
@@ -267,6 +325,7 @@ impl Transform for Heartbeat {
         let keys = batch.column(self.key).as_string::<i32>();
         let ts = batch.column(self.ts).as_primitive::<Int64Type>();
         let mut silent: Vec<(u32, i64, i64)> = Vec::new();
+        let now = self.table.now();
         for row in 0..batch.num_rows() {
             if keys.is_null(row) || ts.is_null(row) {
                 continue;
@@ -283,12 +342,22 @@ impl Transform for Heartbeat {
                 );
             }
             let key = keys.value(row);
-            let (id, new) = self.keys.id(key);
-            if new {
-                self.names.push(key.into());
-            }
+            let mut hooks = Forget(&mut self.tracker);
+            let Some(id) =
+                self.table
+                    .get_or_insert(key, key_hash(key), now, || key.into(), &mut hooks)
+            else {
+                continue;
+            };
             self.tracker.touch(&(id as u32), t);
         }
+        let counts = self.table.take_counts();
+        cx.component().emit(KeysTracked {
+            keys: counts.keys,
+            evicted: counts.evicted,
+            refused: counts.refused,
+            max_keys: self.max_keys,
+        });
         cx.emit(self.pass_through(&batch)?);
         self.emit_silences(silent, cx)
     }
@@ -308,3 +377,89 @@ impl Transform for Heartbeat {
 }
 
 tidegauge_core::register_transform!(HeartbeatConfig);
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Float64Array, Int64Array, StringArray};
+    use tidegauge_core::dead_letter::DeadLetter;
+    use tidegauge_core::registry::ComponentKind;
+    use tidegauge_core::telemetry::ComponentTelemetry;
+    use tidegauge_core::{ComponentContext, TransformContext};
+
+    use super::*;
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("sensor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+        ]))
+    }
+
+    /// Processes `rows` (key, ts); the keys reported silent.
+    fn process(hb: &mut Heartbeat, rows: &[(&str, i64)]) -> Vec<String> {
+        let batch = RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Float64Array::from(vec![1.0; rows.len()])),
+            ],
+        )
+        .unwrap();
+        let t = Arc::new(ComponentTelemetry::new(
+            "hb",
+            ComponentKind::Transform,
+            "heartbeat",
+        ));
+        let mut cx = TransformContext::new(ComponentContext::new(t, DeadLetter::stderr()));
+        hb.process(batch, &mut cx).unwrap();
+        let mut silent = Vec::new();
+        for (b, _) in cx.take_emitted() {
+            let flags = b.column_by_name("is_anomaly").unwrap().as_boolean().clone();
+            let keys = b.column(0).as_string::<i32>().clone();
+            for i in 0..b.num_rows() {
+                if flags.value(i) {
+                    silent.push(keys.value(i).to_string());
+                }
+            }
+        }
+        silent.sort();
+        silent
+    }
+
+    #[test]
+    fn past_the_cap_idle_sensors_are_forgotten_and_the_rest_keep_their_names() {
+        let config = HeartbeatConfig {
+            expected_interval_ms: 1000,
+            tolerance: 1.0,
+            max_keys: 2,
+            key_idle_ms: Some(2000),
+            ..HeartbeatConfig::default()
+        };
+        let output = config.validate(&input()).unwrap();
+        let mut hb = config.heartbeat(input(), output).unwrap();
+        // c finds no room.
+        let held = |hb: &Heartbeat| {
+            let mut k: Vec<String> = hb.table.keys().iter().map(|(k, _)| k.to_string()).collect();
+            k.sort();
+            k
+        };
+        assert!(process(&mut hb, &[("a", 0), ("b", 0), ("c", 0)]).is_empty());
+        assert_eq!(held(&hb), ["a", "b"]);
+        // Three seconds on, b reports; a has been silent past key_idle_ms and makes
+        // room for c (b takes a's id in the tracker).
+        hb.table.advance(3);
+        assert!(process(&mut hb, &[("b", 500), ("c", 600)]).is_empty());
+        assert_eq!(held(&hb), ["b", "c"]);
+        // At 5 s of event time b and c are silent: reported under their own names; a,
+        // forgotten, is not.
+        assert_eq!(process(&mut hb, &[("b", 5000)]), ["b", "c"]);
+        // key_idle_ms may not be shorter than the silence reported.
+        let short = HeartbeatConfig {
+            key_idle_ms: Some(500),
+            ..config
+        };
+        assert_eq!(short.validate(&input()).unwrap_err()[0].path, "key_idle_ms");
+    }
+}

@@ -7,16 +7,17 @@ use arrow_schema::{DataType, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::schema::{extend, require_field};
-use tidegauge_core::telemetry::AnomaliesDetected;
+use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
 };
 use tidegauge_detect::{Hotelling, HotellingParams, hotelling::MAX_CHANNELS};
 
+use super::key_table::{KeyLimits, KeyTable, NoHooks};
 use super::keyed::param_errors;
 use super::state::{decode_keyed, encode_keyed};
-use super::{DetectorColumns, KeyInterner, detector_fields, float_values};
+use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
 
 /// Several sensors of one machine judged together: each event carries one reading per
 /// field of `value_fields` (a row of the machine's sensors); each reading is smoothed
@@ -54,6 +55,15 @@ pub struct HotellingConfig {
     /// Ridge added to the covariance's diagonal, relative to it.
     #[schemars(range(min = 0.0))]
     pub ridge: f64,
+    /// Most machines holding state at once. A new machine past the cap takes the place of
+    /// one silent for `key_idle_ms` (it starts cold if it comes back); when none is, its
+    /// rows get no verdict (counted in `/metrics`, with a warning). `max_keys` times the
+    /// bytes a machine's state can reach must stay under 4 GiB.
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_keys: usize,
+    /// Silence after which a machine's state may be dropped to make room, in milliseconds.
+    #[schemars(range(min = 1))]
+    pub key_idle_ms: u64,
 }
 
 impl Default for HotellingConfig {
@@ -67,6 +77,8 @@ impl Default for HotellingConfig {
             threshold: p.threshold,
             target_alarm_rate: p.target_alarm_rate,
             ridge: p.ridge,
+            max_keys: super::keyed::DEFAULT_MAX_KEYS,
+            key_idle_ms: super::keyed::DEFAULT_KEY_IDLE_MS,
         }
     }
 }
@@ -124,6 +136,20 @@ impl TransformConfig for HotellingConfig {
             errors.push(e);
         }
         if errors.is_empty() {
+            // Means, co-moments, the reference's factor (d² each at most), the warm-up's
+            // deviations, the state itself.
+            let d = self.value_fields.len() as u64;
+            let bytes = 8 * (2 * d * d + 5 * d)
+                + 4 * u64::from(self.warmup)
+                + std::mem::size_of::<Hotelling>() as u64
+                + 64;
+            errors.extend(super::keyed::check_key_limits(
+                self.max_keys,
+                self.key_idle_ms,
+                bytes,
+            ));
+        }
+        if errors.is_empty() {
             Ok(extend(input, &detector_fields(STATISTIC)))
         } else {
             Err(errors)
@@ -150,8 +176,8 @@ impl TransformConfig for HotellingConfig {
                 .map(|f| find(f))
                 .collect::<Result<_, _>>()?,
             output,
-            keys: KeyInterner::default(),
-            states: Vec::new(),
+            table: KeyTable::new(KeyLimits::new(self.max_keys, self.key_idle_ms)),
+            max_keys: self.max_keys as u64,
         }))
     }
 }
@@ -163,8 +189,8 @@ struct HotellingTransform {
     key: Option<usize>,
     values: Vec<usize>,
     output: SchemaRef,
-    keys: KeyInterner,
-    states: Vec<Hotelling>,
+    table: KeyTable<Hotelling>,
+    max_keys: u64,
 }
 
 impl Transform for HotellingTransform {
@@ -182,6 +208,8 @@ impl Transform for HotellingTransform {
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = DetectorColumns::new(n);
         let mut row = vec![0.0; values.len()];
+        let now = self.table.now();
+        let params = self.params;
         for r in 0..n {
             if columns.iter().any(|c| c.is_null(r)) {
                 continue;
@@ -193,11 +221,16 @@ impl Transform for HotellingTransform {
                 Some(k) if !k.is_null(r) => k.value(r),
                 _ => "",
             };
-            let (id, new) = self.keys.id(key);
-            if new {
-                self.states.push(Hotelling::new(self.params));
-            }
-            let state = &mut self.states[id];
+            let Some(id) = self.table.get_or_insert(
+                key,
+                key_hash(key),
+                now,
+                || Hotelling::new(params),
+                &mut NoHooks,
+            ) else {
+                continue;
+            };
+            let state = &mut self.table.states_mut()[id];
             let verdict = state.observe(0, &row);
             out.set(r, verdict);
             if verdict.is_anomaly {
@@ -216,13 +249,20 @@ impl Transform for HotellingTransform {
         cx.component().emit(AnomaliesDetected {
             count: out.anomalies(),
         });
+        let counts = self.table.take_counts();
+        cx.component().emit(KeysTracked {
+            keys: counts.keys,
+            evicted: counts.evicted,
+            refused: counts.refused,
+            max_keys: self.max_keys,
+        });
         let result = out.finish(&batch, &self.output, STATISTIC, NAME)?;
         cx.emit(result);
         Ok(())
     }
 
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
-        encode_keyed(&self.keys, &self.states).map(Some)
+        encode_keyed(self.table.keys(), self.table.states()).map(Some)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), ComponentError> {
@@ -233,8 +273,7 @@ impl Transform for HotellingTransform {
                 s.params()
             )));
         }
-        self.keys = keys;
-        self.states = states;
+        self.table = KeyTable::restored(self.table.limits(), keys, states);
         Ok(())
     }
 }

@@ -24,9 +24,8 @@ use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
 use tidegauge_detect::{Detector, ParamError, Verdict};
 
-use super::{
-    DetectorColumns, KEY_OVERHEAD_BYTES, KeyInterner, detector_fields, float_values, key_hash,
-};
+use super::key_table::{KeyCounts, KeyLimits, KeyTable, NoHooks, TABLE_BYTES_PER_KEY};
+use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
 
 /// Largest `max_keys` accepted.
 pub const MAX_KEYS_LIMIT: usize = 100_000_000;
@@ -208,6 +207,41 @@ pub fn param_errors(result: Result<(), Vec<ParamError>>) -> Vec<ConfigError> {
     }
 }
 
+/// Checks `max_keys` and `key_idle_ms` of a keyed stage whose state per key can reach
+/// `bytes_per_key`: `max_keys` of them (with the key table's own bytes) must fit in
+/// [`MAX_STATE_BYTES`]; the error says how far to lower `max_keys`.
+pub fn check_key_limits(max_keys: usize, key_idle_ms: u64, bytes_per_key: u64) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    if !(1..=MAX_KEYS_LIMIT).contains(&max_keys) {
+        errors.push(ConfigError::new(
+            "max_keys",
+            format!("expected an integer from 1 to {MAX_KEYS_LIMIT}"),
+        ));
+    }
+    if key_idle_ms == 0 {
+        errors.push(ConfigError::new(
+            "key_idle_ms",
+            "expected a positive integer",
+        ));
+    }
+    let per_key = bytes_per_key + TABLE_BYTES_PER_KEY + 64;
+    let total = per_key as u128 * max_keys as u128;
+    if errors.is_empty() && total > MAX_STATE_BYTES as u128 {
+        errors.push(ConfigError::new(
+            "max_keys",
+            format!(
+                "{max_keys} keys × {per_key} bytes per key (the state these parameters can grow \
+                 to) is {:.1} GiB, more than the {} GiB a stage may hold: lower max_keys (to {} \
+                 at most) or the parameters that size the state (window, slots)",
+                total as f64 / (1u64 << 30) as f64,
+                MAX_STATE_BYTES >> 30,
+                MAX_STATE_BYTES / per_key
+            ),
+        ));
+    }
+    errors
+}
+
 /// Validation shared by every keyed detector: the fields exist with usable types and the
 /// detector's parameters are in range. Returns the output schema.
 pub fn validate<S: DetectorSpec>(
@@ -219,36 +253,13 @@ pub fn validate<S: DetectorSpec>(
     if common.workers > 1024 {
         errors.push(ConfigError::new("workers", "expected at most 1024"));
     }
-    if !(1..=MAX_KEYS_LIMIT).contains(&common.max_keys) {
-        errors.push(ConfigError::new(
-            "max_keys",
-            format!("expected an integer from 1 to {MAX_KEYS_LIMIT}"),
-        ));
-    }
-    if common.key_idle_ms == 0 {
-        errors.push(ConfigError::new(
-            "key_idle_ms",
-            "expected a positive integer",
-        ));
-    }
     if errors.is_empty() {
         // Only once the parameters are known good: they size the state.
-        let per_key = spec.bytes_per_key() + KEY_OVERHEAD_BYTES + 64;
-        let total = per_key as u128 * common.max_keys as u128;
-        if total > MAX_STATE_BYTES as u128 {
-            errors.push(ConfigError::new(
-                "max_keys",
-                format!(
-                    "{} keys × {per_key} bytes per key (the state these parameters can grow to) \
-                     is {:.1} GiB, more than the {} GiB a detector may hold: lower max_keys (to \
-                     {} at most) or the parameters that size the state (window, slots)",
-                    common.max_keys,
-                    total as f64 / (1u64 << 30) as f64,
-                    MAX_STATE_BYTES >> 30,
-                    MAX_STATE_BYTES / per_key
-                ),
-            ));
-        }
+        errors.extend(check_key_limits(
+            common.max_keys,
+            common.key_idle_ms,
+            spec.bytes_per_key(),
+        ));
     }
     if let Err(e) = require_field(input, "key_field", &common.key_field, &[DataType::Utf8]) {
         errors.push(e);
@@ -305,10 +316,7 @@ pub fn build<S: DetectorSpec>(
     let spec = Arc::new(SpecCell::new(spec));
     // Each worker holds its share of the cap (keys spread evenly over workers).
     let workers = common.workers.max(1);
-    let limits = KeyLimits {
-        max_keys: common.max_keys.div_ceil(workers),
-        idle_secs: common.key_idle_ms.div_ceil(1000).min(u32::MAX as u64) as u32,
-    };
+    let limits = KeyLimits::new(common.max_keys.div_ceil(workers), common.key_idle_ms);
     let engine = if workers <= 1 {
         Engine::Inline(Shard::new(limits))
     } else {
@@ -325,110 +333,27 @@ pub fn build<S: DetectorSpec>(
     }))
 }
 
-/// A shard's cap on keys and the silence after which a key may be evicted.
-#[derive(Clone, Copy, Debug)]
-struct KeyLimits {
-    max_keys: usize,
-    idle_secs: u32,
-}
-
 /// The states of the keys one thread owns.
 struct Shard<D> {
-    keys: KeyInterner,
-    states: Vec<D>,
+    table: KeyTable<D>,
     /// The spec generation the states are in line with.
     generation: u64,
-    limits: KeyLimits,
-    /// When each key (by id) was last seen, in seconds since `epoch`.
-    last_seen: Vec<u32>,
-    epoch: std::time::Instant,
-    /// No key can be idle long enough before this second: no sweep before it.
-    next_sweep: u32,
-    /// What the cap did since the last report.
-    evicted: u64,
-    refused: u64,
 }
 
 impl<D> Shard<D> {
     fn new(limits: KeyLimits) -> Self {
         Shard {
-            keys: KeyInterner::default(),
-            states: Vec::new(),
+            table: KeyTable::new(limits),
             generation: 0,
-            limits,
-            last_seen: Vec::new(),
-            epoch: std::time::Instant::now(),
-            next_sweep: 0,
-            evicted: 0,
-            refused: 0,
         }
     }
 
-    /// A shard holding restored keys and states, all counted as seen now.
+    /// A shard holding restored keys and states.
     fn restored(limits: KeyLimits, keys: KeyInterner, states: Vec<D>, generation: u64) -> Self {
-        let mut shard = Shard::new(limits);
-        shard.last_seen = vec![0; states.len()];
-        shard.keys = keys;
-        shard.states = states;
-        shard.generation = generation;
-        shard
-    }
-
-    fn now(&self) -> u32 {
-        self.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32
-    }
-
-    /// Makes room for a new key when the cap is reached: drops every key silent for at
-    /// least the idle time (least recently seen first is the same set). One pass over
-    /// the keys, at most once per stretch in which none can have become idle, so a flood
-    /// of new keys costs O(1) per event. Whether there is room now.
-    fn make_room(&mut self, now: u32) -> bool {
-        if self.keys.len() < self.limits.max_keys {
-            return true;
+        Shard {
+            table: KeyTable::restored(limits, keys, states),
+            generation,
         }
-        if now < self.next_sweep {
-            return false;
-        }
-        let idle = self.limits.idle_secs;
-        let mut id = 0;
-        while id < self.states.len() {
-            if now.saturating_sub(self.last_seen[id]) >= idle {
-                self.keys.remove_id(id);
-                self.states.swap_remove(id);
-                self.last_seen.swap_remove(id);
-                self.evicted += 1;
-            } else {
-                id += 1;
-            }
-        }
-        let oldest = self.last_seen.iter().copied().min().unwrap_or(now);
-        self.next_sweep = oldest.saturating_add(idle).max(now.saturating_add(1));
-        self.keys.len() < self.limits.max_keys
-    }
-
-    /// What the cap did since the last call, and the keys held.
-    fn take_counts(&mut self) -> KeyCounts {
-        KeyCounts {
-            keys: self.keys.len() as u64,
-            evicted: std::mem::take(&mut self.evicted),
-            refused: std::mem::take(&mut self.refused),
-        }
-    }
-}
-
-/// A shard's key table after a batch.
-#[derive(Clone, Copy, Debug, Default)]
-struct KeyCounts {
-    keys: u64,
-    evicted: u64,
-    refused: u64,
-}
-
-impl std::ops::AddAssign for KeyCounts {
-    fn add_assign(&mut self, o: KeyCounts) {
-        self.keys += o.keys;
-        self.evicted += o.evicted;
-        self.refused += o.refused;
     }
 }
 
@@ -446,7 +371,7 @@ impl<D: Detector> Shard<D> {
     ) -> Result<(), ComponentError> {
         let (generation, spec) = spec.get();
         if generation != self.generation {
-            for state in &mut self.states {
+            for state in self.table.states_mut() {
                 spec.retune_state(state);
             }
             self.generation = generation;
@@ -458,7 +383,7 @@ impl<D: Detector> Shard<D> {
         let ts = columns
             .ts
             .map(|i| batch.column(i).as_primitive::<Int64Type>());
-        let now = self.now();
+        let now = self.table.now();
         for (row, hash) in rows {
             let key = key_at(keys, row);
             if value_column.is_null(row) {
@@ -469,23 +394,15 @@ impl<D: Detector> Shard<D> {
                 Some(t) => t.value(row),
                 None => 0,
             };
-            let id = match self.keys.find_hashed(key, hash) {
-                Some(id) => id,
-                None => {
-                    if !self.make_room(now) {
-                        // The cap is reached and no key is idle: this event gets no
-                        // verdict (counted, and warned about).
-                        self.refused += 1;
-                        continue;
-                    }
-                    let (id, _) = self.keys.id_hashed(key, hash);
-                    self.states.push(spec.new_state());
-                    self.last_seen.push(now);
-                    id
-                }
+            // Past the cap with no key idle, the event gets no verdict (counted, and
+            // warned about).
+            let Some(id) =
+                self.table
+                    .get_or_insert(key, hash, now, || spec.new_state(), &mut NoHooks)
+            else {
+                continue;
             };
-            self.last_seen[id] = now;
-            let state = &mut self.states[id];
+            let state = &mut self.table.states_mut()[id];
             let verdict = state.observe(t, values[row]);
             let reason = verdict.is_anomaly.then(|| state.explain(&verdict));
             record(row, verdict, reason);
@@ -569,7 +486,10 @@ impl Pool {
                         let job = match work {
                             Work::Rows(job) => job,
                             Work::Save(reply) => {
-                                let saved = spec.get().1.save_states(&shard.keys, &shard.states);
+                                let saved = spec
+                                    .get()
+                                    .1
+                                    .save_states(shard.table.keys(), shard.table.states());
                                 let _ = reply.send(saved);
                                 continue;
                             }
@@ -595,7 +515,7 @@ impl Pool {
                                 }
                             })
                             .map(|()| {
-                                part.keys = shard.take_counts();
+                                part.keys = shard.table.take_counts();
                                 part
                             });
                         if res_tx.send(r).is_err() {
@@ -750,7 +670,7 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
                         out.reason(row, why);
                     }
                 })?;
-                let keys = shard.take_counts();
+                let keys = shard.table.take_counts();
                 self.emit(&batch, (out, keys), cx, None)
             }
             Engine::Pool(pool) => {
@@ -788,7 +708,12 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
         let shards: Vec<Vec<u8>> = match &self.engine {
             Engine::Inline(shard) => {
-                match self.spec.get().1.save_states(&shard.keys, &shard.states) {
+                match self
+                    .spec
+                    .get()
+                    .1
+                    .save_states(shard.table.keys(), shard.table.states())
+                {
                     None => return Ok(None),
                     Some(bytes) => vec![bytes?],
                 }
@@ -906,44 +831,18 @@ mod tests {
         judged
     }
 
-    fn held(shard: &Shard<tidegauge_detect::ZScore>) -> Vec<String> {
-        assert_eq!(shard.keys.len(), shard.states.len());
-        assert_eq!(shard.keys.len(), shard.last_seen.len());
-        let mut keys: Vec<String> = shard
-            .keys
-            .iter()
-            .map(|(k, id)| {
-                assert_eq!(shard.keys.find_hashed(k, key_hash(k)), Some(id as usize));
-                k.to_string()
-            })
-            .collect();
-        keys.sort();
-        keys
-    }
-
     #[test]
-    fn the_key_cap_refuses_until_a_key_is_idle_then_evicts_it() {
+    fn past_the_cap_new_sensors_get_no_verdict_until_one_is_idle() {
         let spec = SpecCell::new(ZScoreConfig::default());
-        let mut shard = Shard::new(KeyLimits {
-            max_keys: 3,
-            idle_secs: 3600,
-        });
+        let mut shard = Shard::new(KeyLimits::new(3, 3_600_000));
         assert_eq!(feed(&mut shard, &spec, &["a", "b", "c", "a"]), 4);
-        // A fourth key: none is idle, so its events get no verdict.
         assert_eq!(feed(&mut shard, &spec, &["d", "d", "a"]), 1);
-        let counts = shard.take_counts();
+        let counts = shard.table.take_counts();
         assert_eq!((counts.keys, counts.evicted, counts.refused), (3, 0, 2));
-        assert_eq!(held(&shard), ["a", "b", "c"]);
-        // An hour later, b and c report again; a has been silent all along.
-        shard.epoch -= std::time::Duration::from_secs(3600);
-        assert_eq!(feed(&mut shard, &spec, &["b", "c"]), 2);
-        assert_eq!(feed(&mut shard, &spec, &["d"]), 1);
-        let counts = shard.take_counts();
+        shard.table.advance(3600);
+        assert_eq!(feed(&mut shard, &spec, &["b", "c", "d"]), 3);
+        let counts = shard.table.take_counts();
         assert_eq!((counts.keys, counts.evicted, counts.refused), (3, 1, 0));
-        assert_eq!(held(&shard), ["b", "c", "d"]);
-        // a comes back: nobody is idle now, so it waits.
-        assert_eq!(feed(&mut shard, &spec, &["a"]), 0);
-        assert_eq!(shard.take_counts().refused, 1);
     }
 
     #[test]

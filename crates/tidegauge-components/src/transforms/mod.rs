@@ -12,6 +12,7 @@ pub mod filter;
 pub mod flatline;
 pub mod heartbeat;
 pub mod hotelling;
+pub mod key_table;
 pub mod keyed;
 pub mod mad;
 pub mod rate_of_change;

@@ -162,13 +162,12 @@ impl Runner {
         out: Output,
         shutdown: CancellationToken,
         start: Start,
-        launch: Launch,
-    ) {
-        let Launch {
+        Launch {
             component,
             runtime,
             end,
-        } = launch;
+        }: Launch,
+    ) {
         let mut out = match start.barriers {
             Some(port) => out.with_barriers(port),
             None => out,
@@ -219,13 +218,12 @@ impl Runner {
         node: &Node,
         tr: Box<dyn Transform>,
         io: TransformIo,
-        launch: Launch,
-    ) {
-        let Launch {
+        Launch {
             component,
             runtime,
             end,
-        } = launch;
+        }: Launch,
+    ) {
         let (done_tx, done_rx) = oneshot::channel();
         let input_schema = node.input_schema.clone();
         let spawned = std::thread::Builder::new()
@@ -254,13 +252,12 @@ impl Runner {
         ready: Option<Box<dyn Sink>>,
         input: SinkInput,
         start: Start,
-        launch: Launch,
-    ) {
-        let Launch {
+        Launch {
             component,
             runtime,
             end,
-        } = launch;
+        }: Launch,
+    ) {
         let input = match &end.reports {
             Some(port) => {
                 let (acks, mut rx) = ack_channel();

@@ -1,8 +1,6 @@
 //! What a user reads: `check` errors, `describe`, `components`, `schema`, `--help`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const BROKEN: &str = r#"[sources.fleet]
 type = "simulate"
@@ -59,6 +57,26 @@ fn check_reports_every_problem_with_place_and_line() {
     assert_eq!(out.status.code(), Some(2), "invalid pipeline exits 2");
     let text = stderr(&out).replace(&path.display().to_string(), "broken.toml");
     insta::assert_snapshot!("check_broken", text);
+}
+
+#[test]
+fn the_readme_shows_check_output_as_the_snapshot_has_it() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let after = readme
+        .split_once("`tidegauge check` reports every problem at once")
+        .expect("README shows `tidegauge check` output")
+        .1;
+    let block = after.split("```\n").nth(1).expect("a code block follows");
+    let snap = std::fs::read_to_string(
+        root().join("crates/tidegauge/tests/it/snapshots/it__cli__check_broken.snap"),
+    )
+    .unwrap();
+    let expected = snap.splitn(3, "---\n").nth(2).unwrap();
+    assert_eq!(
+        block.trim_end(),
+        expected.trim_end(),
+        "README's `check` example differs from the snapshot"
+    );
 }
 
 #[test]

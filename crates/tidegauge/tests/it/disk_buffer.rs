@@ -1,14 +1,12 @@
 //! A sink's disk buffer through the real binary: it takes events while the sink cannot
 //! write, keeps them across a SIGKILL, reports a damaged record and delivers the rest.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn pipeline(d: &Path, sink_path: &str) -> String {
     format!(

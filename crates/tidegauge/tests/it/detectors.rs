@@ -1,11 +1,9 @@
 //! Detectors and windows as a user runs them: pipelines on simulated data with a known
 //! ground truth, on hand-made files, and sharded across workers.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn rows(path: &std::path::Path) -> Vec<Value> {

@@ -1,10 +1,8 @@
 //! Bad input is counted and dead-lettered with its place and reason; the rest flows.
 
-mod common;
-
 use std::io::Write;
 
-use common::*;
+use crate::common::*;
 
 fn write_bad_input(path: &std::path::Path) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

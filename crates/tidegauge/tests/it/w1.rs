@@ -1,8 +1,6 @@
 //! W1 correctness: `examples/w1.toml` emits exactly the oracle's anomalies.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn w1_200k_matches_the_oracle_exactly() {

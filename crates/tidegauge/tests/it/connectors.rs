@@ -1,9 +1,7 @@
 //! Connectors through the real binary: secrets never reach output, logs or errors.
 #![cfg(all(feature = "mqtt", feature = "postgres", feature = "http"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// A test server's address (see scripts/services); panics with the command to run
 /// when it is missing, unless TIDEGAUGE_TEST_SERVERS=optional.

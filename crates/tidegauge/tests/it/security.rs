@@ -2,129 +2,19 @@
 //! connections and token, requests that could crash the process, secrets that could
 //! leak, keys that could grow memory without bound.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-use tidegauge_api::client::{AdminClient, Reply};
 
-const TOKEN: &str = "security-test-token-0123456789";
-
-/// A running `tidegauge run` with its admin API, its stderr collected.
-struct Running {
-    child: Child,
-    address: String,
-    stderr: Arc<Mutex<String>>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Running {
-    /// Writes `text` to `dir/pipeline.toml`, runs it and waits for the admin API.
-    fn start(dir: &Path, text: &str, env: &[(&str, &str)]) -> Running {
-        let path = dir.join("pipeline.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut c = tidegauge();
-        c.arg("run")
-            .arg(&path)
-            .env("TIDEGAUGE_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().expect("start tidegauge");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = collected.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let mut running = Running {
-            child,
-            address: String::new(),
-            stderr,
-            runtime: tokio::runtime::Runtime::new().unwrap(),
-        };
-        let marker = "admin API on http://";
-        let line = running.wait_stderr(|s| s.contains(marker));
-        let start = line.find(marker).unwrap() + marker.len();
-        running.address = line[start..].split_whitespace().next().unwrap().to_string();
-        running
-    }
-
-    /// Waits until stderr satisfies `what`; returns it.
-    fn wait_stderr(&self, what: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.stderr.lock().unwrap().clone();
-            if what(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out; stderr so far:\n{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn request(&self, token: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let client = AdminClient::new(self.address.clone()).with_token(token.map(String::from));
-        self.runtime
-            .block_on(client.request(method, path, body.map(|b| b.as_bytes().to_vec())))
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let reply = self.request(Some(TOKEN), "GET", path, None);
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text());
-        reply.json().unwrap()
-    }
-
-    fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = self.request(None, "GET", "/metrics", None).text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name_and_labels} in\n{text}"))
-            .parse()
-            .unwrap()
-    }
-
-    /// Ctrl-C, then waits for the exit; returns the exit code and stderr.
-    fn stop(mut self) -> (Option<i32>, String) {
-        // SAFETY: signalling a child process we started and still own; kill(2) has no
-        // memory-safety preconditions.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        assert_eq!(rc, 0);
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        let s = self.stderr.lock().unwrap().clone();
-        (status.code(), s)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Writes `text` to `dir/pipeline.toml`, runs it and waits for the admin API.
+fn start(dir: &Path, text: &str, env: &[(&str, &str)]) -> Running {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    Running::start(&[&path], env)
 }
 
 /// A small simulated fleet through a z-score and a filter into a file, admin API on.
@@ -163,12 +53,13 @@ path = "{out}"
 
 // ---- The admin API's connections -------------------------------------------------
 
-/// Headers sent one byte at a time, never finished: the server hangs up by itself.
+/// 200 connections sending headers one byte at a time, never finished: the server hangs
+/// up on every one by itself.
 #[test]
 fn slow_headers_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
-    let mut slow: Vec<TcpStream> = (0..20)
+    let tg = start(dir.path(), &observed(dir.path()), &[]);
+    let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(&tg.address).unwrap())
         .collect();
     let request = b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ";
@@ -189,7 +80,7 @@ fn slow_headers_are_cut_off() {
 #[test]
 fn huge_unfinished_headers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let tg = start(dir.path(), &observed(dir.path()), &[]);
     let mut refused = 0;
     for _ in 0..200 {
         let mut s = TcpStream::connect(&tg.address).unwrap();
@@ -211,12 +102,13 @@ fn huge_unfinished_headers_are_refused() {
     assert_eq!(tg.get("/health")["status"], "ok");
 }
 
-/// Far more idle, half-sent requests than the API keeps: it keeps at most its cap open
-/// and still answers a whole request at once.
+/// Far more idle, half-sent requests than the API keeps: it keeps at most its cap open,
+/// still answers a whole request at once, and a hot reload asked for meanwhile is done
+/// while the flood is still held.
 #[test]
 fn an_idle_connection_flood_leaves_health_answering() {
     let dir = tempfile::tempdir().unwrap();
-    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let tg = start(dir.path(), &observed(dir.path()), &[]);
     let mut flood = Vec::new();
     for _ in 0..1000 {
         let mut s = TcpStream::connect(&tg.address).unwrap();
@@ -229,6 +121,9 @@ fn an_idle_connection_flood_leaves_health_answering() {
     assert!(
         tg.metric("tidegauge_admin_connections_total{outcome=\"evicted_idle_for_room\"}") > 900.0
     );
+    tg.signal(libc::SIGHUP);
+    tg.wait_stderr(|s| s.contains("reloaded"));
+    assert_eq!(tg.get("/health")["status"], "ok");
     drop(flood);
     let (code, err) = tg.stop();
     assert_eq!(code, Some(0), "{err}");
@@ -289,7 +184,7 @@ fn beyond_loopback_an_unset_or_short_token_stops_the_start() {
 #[test]
 fn parameters_and_changes_need_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let tg = start(dir.path(), &observed(dir.path()), &[]);
     for path in ["/components/out/params", "/changes"] {
         assert_eq!(tg.request(None, "GET", path, None).status, 401, "{path}");
         assert_eq!(
@@ -327,7 +222,7 @@ fn or_chain(bytes: usize) -> String {
 #[test]
 fn long_conditions_through_the_api_cannot_crash_it() {
     let dir = tempfile::tempdir().unwrap();
-    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let tg = start(dir.path(), &observed(dir.path()), &[]);
     let path = "/components/anomalies/params";
     let items: Vec<String> = (0..3000).map(|i| i.to_string()).collect();
     let in_list = format!("NOT is_anomaly OR ts IN ({})", items.join(","));
@@ -521,7 +416,7 @@ retry = {{ max_attempts = 1 }}
         ("HOOK_AUTH", auth),
         ("HOOK_KEY", planted[7]),
     ];
-    let tg = Running::start(dir.path(), &pipeline, &env);
+    let tg = start(dir.path(), &pipeline, &env);
     let token = Some(planted[8]);
     wait_until("events, refused webhook calls and an open breaker", || {
         let dead = std::fs::read_to_string(&dead).unwrap_or_default();
@@ -531,7 +426,7 @@ retry = {{ max_attempts = 1 }}
             .count()
             >= 3
             && dead.contains("HTTP 400")
-            && tg.stderr.lock().unwrap().contains("circuit breaker opened")
+            && tg.stderr().contains("circuit breaker opened")
     });
 
     // Every route, with and without the token, and error answers.
@@ -700,7 +595,7 @@ fn interpolated_values_cannot_change_the_file() {
 #[test]
 fn a_window_beyond_memory_is_refused_before_it_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let tg = Running::start(dir.path(), &observed(dir.path()), &[]);
+    let tg = start(dir.path(), &observed(dir.path()), &[]);
     let path = "/components/spikes/params";
     for window in ["4294967295", "10000000", "1000000"] {
         let body = format!(r#"{{"window": {window}}}"#);
@@ -738,9 +633,10 @@ fn a_window_beyond_memory_is_refused_before_it_is_recorded() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-/// Keys invented by a sender (2,000 sensors against a cap of 100): state is kept for at
-/// most 100, silent ones are evicted to make room, the rest get no verdict; counted in
-/// `/metrics`, with a warning.
+/// Keys invented by a sender (2,000 sensors against a cap of 100), in every kind of keyed
+/// stage (a detector, `heartbeat`, `hotelling`): state is kept for at most 100, silent
+/// ones are evicted to make room, the rest get no verdict; counted in `/metrics`, with a
+/// warning.
 #[test]
 fn invented_keys_are_capped_and_idle_ones_evicted() {
     let dir = tempfile::tempdir().unwrap();
@@ -763,24 +659,67 @@ window = 10
 max_keys = 100
 key_idle_ms = 1000
 
+[transforms.beat]
+type = "heartbeat"
+inputs = ["fleet"]
+expected_interval_ms = 100
+tolerance = 2.0
+max_keys = 100
+key_idle_ms = 1000
+
+[transforms.machines]
+type = "hotelling"
+inputs = ["fleet"]
+key_field = "sensor_id"
+value_fields = ["value"]
+max_keys = 100
+key_idle_ms = 1000
+
 [sinks.out]
 type = "jsonl"
 inputs = ["spikes"]
 path = "{out}"
+
+[sinks.beats]
+type = "jsonl"
+inputs = ["beat"]
+path = "{beats}"
+
+[sinks.machine_out]
+type = "jsonl"
+inputs = ["machines"]
+path = "{machine_out}"
 "#,
         state = dir.path().join("state").display(),
-        out = dir.path().join("out.jsonl").display()
+        out = dir.path().join("out.jsonl").display(),
+        beats = dir.path().join("beats.jsonl").display(),
+        machine_out = dir.path().join("machines.jsonl").display()
     );
-    let tg = Running::start(dir.path(), &pipeline, &[]);
-    let labels = r#"{component_id="spikes",component_kind="transform",component_type="zscore"}"#;
-    wait_until("evictions and events without state", || {
-        tg.metric(&format!("tidegauge_component_keys_evicted_total{labels}")) > 0.0
-            && tg.metric(&format!(
-                "tidegauge_component_events_without_state_total{labels}"
-            )) > 0.0
-    });
-    let keys = tg.metric(&format!("tidegauge_component_keys{labels}"));
-    assert!((1.0..=100.0).contains(&keys), "{keys} keys");
+    let tg = start(dir.path(), &pipeline, &[]);
+    for (id, kind) in [
+        ("spikes", "zscore"),
+        ("beat", "heartbeat"),
+        ("machines", "hotelling"),
+    ] {
+        let labels = format!(
+            r#"{{component_id="{id}",component_kind="transform",component_type="{kind}"}}"#
+        );
+        wait_until(
+            &format!("evictions and events without state in {id}"),
+            || {
+                tg.metric(&format!("tidegauge_component_keys_evicted_total{labels}")) > 0.0
+                    && tg.metric(&format!(
+                        "tidegauge_component_events_without_state_total{labels}"
+                    )) > 0.0
+            },
+        );
+        let keys = tg.metric(&format!("tidegauge_component_keys{labels}"));
+        assert!((1.0..=100.0).contains(&keys), "{id}: {keys} keys");
+        tg.wait_stderr(|s| {
+            s.lines()
+                .any(|l| l.contains("key limit reached") && l.contains(id))
+        });
+    }
     let stderr_text = tg.wait_stderr(|s| s.contains("key limit reached"));
     assert!(stderr_text.contains("max_keys = 100"), "{stderr_text}");
     let (code, err) = tg.stop();

@@ -2,9 +2,7 @@
 //! calibrated on the training rows by `scripts/skab`, scored by `tidegauge score` and the
 //! leaderboard's evaluator. And the per-channel settings of `score` it relies on.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The F1 that `docs/skab.md` reports for the best configuration (0.8055, rounded down).
 const REPORTED_F1: f64 = 0.80;

@@ -1,146 +1,19 @@
 //! Watching and steering a running pipeline as an operator does: the admin API and its
 //! token, the change history across restarts, metrics, logs, reload, the profiler, top.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
-use tidegauge_api::client::{AdminClient, Reply};
 
-const TOKEN: &str = "t0k3n-for-tests-0123";
-
-/// A running `tidegauge run` with its admin API, its stderr collected.
-struct Running {
-    child: Child,
-    address: String,
-    stderr: Arc<Mutex<String>>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Running {
-    /// Starts `tidegauge run <args>` and waits for the admin API to listen.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut c = tidegauge();
-        c.arg("run")
-            .args(args)
-            .env("TIDEGAUGE_ADMIN", "127.0.0.1:0")
-            .env("TIDEGAUGE_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().expect("start tidegauge");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = collected.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let mut running = Running {
-            child,
-            address: String::new(),
-            stderr,
-            runtime: tokio::runtime::Runtime::new().unwrap(),
-        };
-        let line = running.wait_stderr(|s| s.contains("admin API on http://"));
-        let start = line.find("admin API on http://").unwrap() + "admin API on http://".len();
-        running.address = line[start..].split_whitespace().next().unwrap().to_string();
-        running
-    }
-
-    /// Waits until stderr satisfies `what`; returns it.
-    fn wait_stderr(&self, what: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.stderr.lock().unwrap().clone();
-            if what(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out; stderr so far:\n{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn client(&self) -> AdminClient {
-        AdminClient::new(self.address.clone())
-    }
-
-    /// A GET with the token (parameters and changes need it).
-    fn get(&self, path: &str) -> Value {
-        self.runtime
-            .block_on(self.client().with_token(Some(TOKEN.into())).get_json(path))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    /// Parameter `name` of component `id`, as `/components/{id}/params` lists it.
-    fn param(&self, id: &str, name: &str) -> Value {
-        let params = self.get(&format!("/components/{id}/params"));
-        params["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("{id} has no parameter {name}: {params}"))
-    }
-
-    /// The Prometheus exposition.
-    fn metrics(&self) -> String {
-        self.runtime
-            .block_on(self.client().request("GET", "/metrics", None))
-            .unwrap()
-            .text()
-    }
-
-    fn request(&self, client: AdminClient, method: &str, path: &str, body: &str) -> Reply {
-        self.runtime
-            .block_on(client.request(method, path, Some(body.as_bytes().to_vec())))
-            .unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling a child process we started and still own; kill(2) has no
-        // memory-safety preconditions.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    /// Ctrl-C, then waits for the exit; returns the exit code and stderr.
-    fn stop(mut self) -> (Option<i32>, String) {
-        self.signal(libc::SIGINT);
-        let status = self.child.wait().unwrap();
-        // Let the reader thread take the last lines.
-        std::thread::sleep(Duration::from_millis(200));
-        let s = self.stderr.lock().unwrap().clone();
-        (status.code(), s)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Starts `tidegauge run <args>` with its admin API on a free port.
+fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut env = env.to_vec();
+    env.push(("TIDEGAUGE_ADMIN", "127.0.0.1:0"));
+    Running::start(args, &env)
 }
 
 fn lines(path: &Path) -> Vec<Value> {
@@ -167,7 +40,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
         state.to_str().unwrap(),
     ];
     let env = [("OBSERVED_OUTPUT", out.to_str().unwrap())];
-    let tg = Running::start(&args, &env);
+    let tg = start(&args, &env);
 
     let health = tg.get("/health");
     assert_eq!(health["status"], "ok");
@@ -251,16 +124,16 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
         .with_token(Some(TOKEN.into()))
         .with_actor(Some("alice".into()));
     assert_eq!(
-        tg.request(anonymous, "PATCH", path, r#"{"threshold": 5}"#)
+        tg.send(anonymous, "PATCH", path, Some(r#"{"threshold": 5}"#))
             .status,
         401
     );
     assert_eq!(
-        tg.request(wrong, "PATCH", path, r#"{"threshold": 5}"#)
+        tg.send(wrong, "PATCH", path, Some(r#"{"threshold": 5}"#))
             .status,
         403
     );
-    let reply = tg.request(alice.clone(), "PATCH", path, r#"{"threshold": 5.5}"#);
+    let reply = tg.send(alice.clone(), "PATCH", path, Some(r#"{"threshold": 5.5}"#));
     assert_eq!(reply.status, 200, "{}", reply.text());
     let change = &reply.json().unwrap()["changes"][0];
     assert_eq!(change["old"], json!(4.0));
@@ -268,42 +141,45 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     assert_eq!(change["actor"], "alice");
     assert_eq!(tg.param("spikes", "threshold")["value"], json!(5.5));
     // Validated like config; not every parameter is tunable; unknown ids; limits.
-    let reply = tg.request(alice.clone(), "PATCH", path, r#"{"threshold": -1}"#);
+    let reply = tg.send(alice.clone(), "PATCH", path, Some(r#"{"threshold": -1}"#));
     assert_eq!(reply.status, 422);
     assert!(
         reply.text().contains("transforms.spikes.threshold"),
         "{}",
         reply.text()
     );
-    let reply = tg.request(alice.clone(), "PATCH", path, r#"{"key_field": "x"}"#);
+    let reply = tg.send(alice.clone(), "PATCH", path, Some(r#"{"key_field": "x"}"#));
     assert_eq!(reply.status, 409, "{}", reply.text());
-    let reply = tg.request(
+    let reply = tg.send(
         alice.clone(),
         "PATCH",
         "/components/anomalies/params",
-        r#"{"condition": "value + 1"}"#,
+        Some(r#"{"condition": "value + 1"}"#),
     );
     assert_eq!(reply.status, 422, "{}", reply.text());
-    let reply = tg.request(
+    let reply = tg.send(
         alice.clone(),
         "PATCH",
         "/components/anomalies/params",
-        r#"{"condition": "is_anomaly AND abs(z) > 5"}"#,
+        Some(r#"{"condition": "is_anomaly AND abs(z) > 5"}"#),
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
-        tg.request(
+        tg.send(
             alice.clone(),
             "PATCH",
             "/components/nope/params",
-            r#"{"a": 1}"#
+            Some(r#"{"a": 1}"#)
         )
         .status,
         404
     );
     let big = format!(r#"{{"threshold": 5, "pad": "{}"}}"#, "x".repeat(100_000));
-    assert_eq!(tg.request(alice.clone(), "PATCH", path, &big).status, 413);
-    assert_eq!(tg.request(alice, "PATCH", path, "not json").status, 400);
+    assert_eq!(
+        tg.send(alice.clone(), "PATCH", path, Some(&big)).status,
+        413
+    );
+    assert_eq!(tg.send(alice, "PATCH", path, Some("not json")).status, 400);
 
     // Metrics, scraped.
     wait_until("events to flow", || {
@@ -351,7 +227,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
         "{text}"
     );
     assert!(text.contains("is_anomaly AND abs(z) > 5"), "{text}");
-    let tg = Running::start(&args, &env);
+    let tg = start(&args, &env);
     let changes = tg.get("/changes?component=spikes");
     assert_eq!(changes.as_array().unwrap().len(), 1);
     assert_eq!(changes[0]["new"], json!(5.5));
@@ -407,7 +283,7 @@ fn reload_keeps_unchanged_state_and_rejects_invalid_files() {
     let out1 = dir.path().join("out1.jsonl");
     let out2 = dir.path().join("out2.jsonl");
     std::fs::write(&file, pipeline("4.0", "", &out1)).unwrap();
-    let tg = Running::start(&[file.to_str().unwrap()], &[]);
+    let tg = start(&[file.to_str().unwrap()], &[]);
     // Every sensor is past its 20-value warm-up.
     wait_until("warm detectors", || lines(&out1).len() >= 300);
 
@@ -468,7 +344,7 @@ fn reload_keeps_unchanged_state_and_rejects_invalid_files() {
         .replace("window = 20", "window = 20\nvalue_field = \"value\"");
     std::fs::write(&file, rebuilt).unwrap();
     tg.wait_stderr(|s| s.matches("tidegauge: reloaded").count() >= 2);
-    let err = tg.stderr.lock().unwrap().clone();
+    let err = tg.stderr();
     let line = err.lines().rfind(|l| l.contains("reloaded")).unwrap();
     assert!(line.contains("rebuilt: spikes"), "{line}");
     let (code, err) = tg.stop();
@@ -481,7 +357,7 @@ fn sighup_reloads_when_file_watching_is_off() {
     let file = dir.path().join("p.toml");
     let out = dir.path().join("out.jsonl");
     std::fs::write(&file, pipeline("4.0", "", &out)).unwrap();
-    let tg = Running::start(&[file.to_str().unwrap(), "--no-watch"], &[]);
+    let tg = start(&[file.to_str().unwrap(), "--no-watch"], &[]);
     std::fs::write(&file, pipeline("6.0", "", &out)).unwrap();
     tg.signal(libc::SIGHUP);
     let err = tg.wait_stderr(|s| s.contains("tidegauge: reloaded"));
@@ -602,7 +478,7 @@ fn top_shows_components_and_anomalies_in_a_terminal() {
     let out = dir.path().join("alerts.jsonl");
     let example = example();
     let state = dir.path().join("state");
-    let tg = Running::start(
+    let tg = start(
         &[
             example.to_str().unwrap(),
             "--state-dir",
@@ -777,7 +653,7 @@ fn reloads_under_checkpoints_lose_no_acknowledged_event() {
         })
     };
 
-    let tg = Running::start(&[file.to_str().unwrap()], &[]);
+    let tg = start(&[file.to_str().unwrap()], &[]);
     for (n, (edit, rebuilt)) in [("sink", "out"), ("source", "in"), ("detector", "spikes")]
         .into_iter()
         .enumerate()

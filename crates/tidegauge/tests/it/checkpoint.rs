@@ -3,15 +3,13 @@
 //! uninterrupted run (no lost warm-up, nothing counted twice); a clean stop and restart
 //! continues warm.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `n` events over 40 sensors with a deterministic wobble and a few spikes.
 fn events(range: std::ops::Range<usize>) -> String {

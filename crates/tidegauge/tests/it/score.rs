@@ -1,8 +1,6 @@
 //! `tidegauge score`: recorded data through the detectors of live pipelines.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn read_csv(path: &std::path::Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(path)

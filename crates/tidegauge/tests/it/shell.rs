@@ -2,13 +2,11 @@
 //! only on a terminal and never with NO_COLOR, errors on standard error, exit statuses
 //! 0/1/2; and the generated extras (`--version`, `completions`, `man`, `init`).
 
-mod common;
-
 use std::io::Read as _;
 use std::os::fd::FromRawFd as _;
 use std::process::{Command, ExitStatus, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// A pipeline that prints every event it makes (as fast as it can, to the end).
 const PRINTS_EVERYTHING: &str = "[sources.fleet]\ntype = \"simulate\"\nsensors = 5\nevents = 200000\nrealtime = false\n\n[sinks.console]\ntype = \"stdout\"\ninputs = [\"fleet\"]\n";
