@@ -3,6 +3,8 @@
 
 mod common;
 
+mod alert;
+
 mod bad_input;
 mod checkpoint;
 mod cli;

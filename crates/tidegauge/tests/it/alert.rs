@@ -2,14 +2,12 @@
 //! still open after the restart (restored from the checkpoint) and resolves once, with
 //! the start and the anomalies counted before the kill.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn pipeline(input: &Path, out: &Path, state: &Path) -> String {
     format!(
