@@ -312,9 +312,9 @@ fn scrub_urls(text: &str) -> String {
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         // The scheme: letters, digits, `+ - .` before `://`.
-        let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-            .map_or(0, |i| i + 1);
+        let start = after_last(&rest[..at], |c| {
+            !(c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
         let mut end = rest[at..]
             .find(|c: char| c.is_whitespace() || "\"'<>`)]}\\".contains(c))
             .map_or(rest.len(), |i| at + i);
@@ -335,15 +335,25 @@ fn scrub_urls(text: &str) -> String {
     out
 }
 
+/// The byte index just after the last character of `text` matching `stop` (0 if none):
+/// the start of the run of characters after it, on a character boundary whatever the
+/// width of the character found.
+fn after_last(text: &str, stop: impl Fn(char) -> bool) -> usize {
+    text.char_indices()
+        .rev()
+        .find(|&(_, c)| stop(c))
+        .map_or(0, |(i, c)| i + c.len_utf8())
+}
+
 /// `name=value` and `"name":"value"` pairs in free text with secret names masked.
 fn scrub_pairs(text: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(text.len());
     let mut changed = false;
     let mut rest = text;
     while let Some(eq) = rest.find('=') {
-        let name_start = rest[..eq]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "_-".contains(c)))
-            .map_or(0, |i| i + 1);
+        let name_start = after_last(&rest[..eq], |c| {
+            !(c.is_ascii_alphanumeric() || "_-".contains(c))
+        });
         let name = &rest[name_start..eq];
         let mut value_end = rest[eq + 1..]
             .find(|c: char| c.is_whitespace() || "&;,\"'<>)]}".contains(c))
@@ -561,6 +571,23 @@ pub fn remember_settings(schema: &Value, settings: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn multibyte_characters_before_names_and_schemes_are_kept_whole() {
+        // Found by fuzzing the admin API: a two-byte character just before `name=`
+        // or `scheme://` made the scrubber cut inside it and panic.
+        for text in [
+            "%\u{2d7}ondioti555=ger_ms*5",
+            "\u{2d7}token=abc",
+            "\u{e9}\u{e9}api_key=s3cret rest",
+            "\u{2d7}http://user:pw@host/x",
+            "\u{1F600}=\u{1F600}://\u{1F600}",
+        ] {
+            let out = scrub(text);
+            assert!(!out.contains("s3cret") && !out.contains("pw@"), "{out}");
+        }
+        assert_eq!(scrub("\u{e9}token=abc"), format!("\u{e9}token={MASK}"));
+    }
 
     #[test]
     fn names() {
