@@ -80,15 +80,7 @@ impl HotellingParams {
         }
         judge::check_positive(&mut errors, "half_life", self.half_life);
         judge::check_positive(&mut errors, "threshold", self.threshold);
-        if !(self.target_alarm_rate.is_finite() && (0.0..1.0).contains(&self.target_alarm_rate)) {
-            errors.push(ParamError::new(
-                "target_alarm_rate",
-                format!(
-                    "must be at least 0 and below 1, got {}",
-                    self.target_alarm_rate
-                ),
-            ));
-        }
+        judge::check_alarm_rate(&mut errors, "target_alarm_rate", self.target_alarm_rate);
         judge::check_non_negative(&mut errors, "ridge", self.ridge);
         judge::into_result(errors)
     }

@@ -63,6 +63,17 @@ pub(crate) fn check_non_negative(errors: &mut Vec<ParamError>, field: &'static s
     }
 }
 
+/// Collects a [`ParamError`] unless `value` is a rate in `[0, 1)` (an alarm rate: 0 turns
+/// the self-calibrated threshold off).
+pub(crate) fn check_alarm_rate(errors: &mut Vec<ParamError>, field: &'static str, value: f64) {
+    if !(value.is_finite() && (0.0..1.0).contains(&value)) {
+        errors.push(ParamError::new(
+            field,
+            format!("must be at least 0 and below 1, got {value}"),
+        ));
+    }
+}
+
 /// Turns collected errors into the `validate` result.
 pub(crate) fn into_result(errors: Vec<ParamError>) -> Result<(), Vec<ParamError>> {
     if errors.is_empty() {
