@@ -13,16 +13,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, StaleReadings, WatermarkLag};
+use tidegauge_core::telemetry::{ComponentErrorOccurred, KeysTracked, StaleReadings, WatermarkLag};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
 };
 use tidegauge_detect::{Accumulator, Aggregate};
 
-use super::KeyInterner;
 use super::float_values;
 use super::keyed::param_errors;
+use super::{KeyInterner, key_hash};
 
 /// The shape of the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -99,6 +99,11 @@ pub struct WindowConfig {
     pub allowed_lateness_ms: i64,
     /// What to do with events for windows that have closed.
     pub late: LatePolicy,
+    /// Most sensors with open windows at once. Events of a further sensor are not
+    /// windowed until one of them has no open window left (counted in `/metrics` as
+    /// events without state, with a warning): a sender inventing keys cannot grow memory.
+    #[schemars(range(min = 1))]
+    pub max_keys: usize,
 }
 
 impl Default for WindowConfig {
@@ -116,6 +121,7 @@ impl Default for WindowConfig {
             time: TimeKind::Event,
             allowed_lateness_ms: 0,
             late: LatePolicy::Drop,
+            max_keys: super::keyed::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -216,6 +222,9 @@ impl TransformConfig for WindowConfig {
         if self.gap_ms <= 0 {
             errors.push(ConfigError::new("gap_ms", "expected a positive integer"));
         }
+        if self.max_keys == 0 {
+            errors.push(ConfigError::new("max_keys", "expected at least 1"));
+        }
         if self.allowed_lateness_ms < 0 {
             errors.push(ConfigError::new(
                 "allowed_lateness_ms",
@@ -282,34 +291,47 @@ impl TransformConfig for WindowConfig {
         output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
+        Ok(Box::new(Window::new(self, &input, output)?))
+    }
+}
+
+impl Window {
+    fn new(
+        config: &WindowConfig,
+        input: &SchemaRef,
+        output: SchemaRef,
+    ) -> Result<Self, BuildError> {
         let find = |name: &str| {
             input
                 .index_of(name)
                 .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
         };
-        let aggregates = self
+        let aggregates = config
             .aggregates()
             .map_err(|e| BuildError::new(format!("{e:?}")))?;
-        Ok(Box::new(Window {
-            key: find(&self.key_field)?,
-            value: find(&self.value_field)?,
-            ts: if self.time == TimeKind::Event {
-                Some(find(&self.ts_field)?)
+        Ok(Window {
+            key: find(&config.key_field)?,
+            value: find(&config.value_field)?,
+            ts: if config.time == TimeKind::Event {
+                Some(find(&config.ts_field)?)
             } else {
                 None
             },
-            config: self.clone(),
+            config: config.clone(),
             aggregates,
             output,
             keys: KeyInterner::default(),
             names: Vec::new(),
+            held: Vec::new(),
+            live: 0,
+            refused: 0,
             windows: HashMap::new(),
             closing: BTreeSet::new(),
             sessions: HashMap::new(),
             session_ends: BTreeSet::new(),
             max_ts: i64::MIN,
             batch_seq: 0,
-        }))
+        })
     }
 }
 
@@ -337,6 +359,12 @@ struct Window {
     output: SchemaRef,
     keys: KeyInterner,
     names: Vec<Box<str>>,
+    /// Open windows (or the session) of each key, by id.
+    held: Vec<u32>,
+    /// Keys with at least one open window: at most `max_keys`.
+    live: usize,
+    /// Events not windowed since the last report because `max_keys` keys were live.
+    refused: u64,
     /// Tumbling/sliding windows by (key, start).
     windows: HashMap<(u32, i64), Open>,
     /// (end, key, start) of every open window, to close them in order.
@@ -485,6 +513,7 @@ impl Window {
             }
             self.closing.pop_first();
             if let Some(open) = self.windows.remove(&(key, start)) {
+                self.release(key);
                 rows.push(&self.names[key as usize], start, end, open, false);
             }
         }
@@ -495,6 +524,7 @@ impl Window {
             }
             self.session_ends.pop_first();
             if let Some(s) = self.sessions.remove(&key) {
+                self.release(key);
                 rows.push(
                     &self.names[key as usize],
                     s.start,
@@ -503,6 +533,81 @@ impl Window {
                     false,
                 );
             }
+        }
+    }
+
+    /// The id of key `name`, or `None` when it has no open window and `max_keys` keys
+    /// have. Ids of keys without open windows are reclaimed once they are as many as the
+    /// cap allows ([`Window::compact`]), so the names held stay under twice the cap.
+    fn key_id(&mut self, name: &str) -> Option<u32> {
+        let hash = key_hash(name);
+        let room = self.live < self.config.max_keys;
+        if let Some(id) = self.keys.find_hashed(name, hash) {
+            return (room || self.held[id] > 0).then_some(id as u32);
+        }
+        if !room {
+            return None;
+        }
+        if self.names.len() >= 2 * self.config.max_keys.max(1024) {
+            self.compact();
+        }
+        let (id, _) = self.keys.id_hashed(name, hash);
+        self.names.push(name.into());
+        self.held.push(0);
+        Some(id as u32)
+    }
+
+    /// Forgets the keys without open windows and renumbers the others densely.
+    fn compact(&mut self) {
+        let mut renumber = vec![u32::MAX; self.names.len()];
+        let mut keys = KeyInterner::default();
+        let mut names = Vec::with_capacity(self.live);
+        let mut held = Vec::with_capacity(self.live);
+        for (old, name) in std::mem::take(&mut self.names).into_iter().enumerate() {
+            if self.held[old] > 0 {
+                let (new, _) = keys.id(&name);
+                renumber[old] = new as u32;
+                names.push(name);
+                held.push(self.held[old]);
+            }
+        }
+        let at = |k: u32| renumber[k as usize];
+        self.windows = std::mem::take(&mut self.windows)
+            .into_iter()
+            .map(|((k, start), o)| ((at(k), start), o))
+            .collect();
+        self.closing = std::mem::take(&mut self.closing)
+            .into_iter()
+            .map(|(end, k, start)| (end, at(k), start))
+            .collect();
+        self.sessions = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .map(|(k, s)| (at(k), s))
+            .collect();
+        self.session_ends = std::mem::take(&mut self.session_ends)
+            .into_iter()
+            .map(|(end, k)| (end, at(k)))
+            .collect();
+        self.keys = keys;
+        self.names = names;
+        self.held = held;
+    }
+
+    /// Key `key` opened a window (or session).
+    fn hold(&mut self, key: u32) {
+        let h = &mut self.held[key as usize];
+        if *h == 0 {
+            self.live += 1;
+        }
+        *h += 1;
+    }
+
+    /// One of key `key`'s windows (or its session) closed.
+    fn release(&mut self, key: u32) {
+        let h = &mut self.held[key as usize];
+        *h -= 1;
+        if *h == 0 {
+            self.live -= 1;
         }
     }
 
@@ -546,11 +651,23 @@ impl Transform for Window {
             };
             let v = values[row];
             let name = keys.value(row);
-            let (id, new) = self.keys.id(name);
-            if new {
-                self.names.push(name.into());
-            }
-            let key = id as u32;
+            let key = match self.key_id(name) {
+                Some(key) => key,
+                None => {
+                    // Windows this event's time closes may make room (their keys are
+                    // not this one, so closing them first changes nothing else).
+                    if self.config.time == TimeKind::Event && t > self.max_ts {
+                        self.max_ts = t;
+                        let w = self.watermark();
+                        self.close(w, &mut rows);
+                    }
+                    let Some(key) = self.key_id(name) else {
+                        self.refused += 1;
+                        continue;
+                    };
+                    key
+                }
+            };
             let watermark = self.watermark();
             match self.config.kind {
                 WindowKind::Session => {
@@ -569,6 +686,7 @@ impl Transform for Window {
                                 self.late(&mut rows, key, t, v, cx);
                             } else {
                                 if let Some(old) = self.sessions.remove(&key) {
+                                    self.release(key);
                                     self.session_ends.remove(&(old.last + gap, key));
                                     rows.push(name, old.start, old.last + gap, old.open, false);
                                 }
@@ -583,6 +701,7 @@ impl Transform for Window {
                                     },
                                 );
                                 self.session_ends.insert((t + gap, key));
+                                self.hold(key);
                             }
                         }
                     }
@@ -596,15 +715,15 @@ impl Transform for Window {
                             continue;
                         }
                         placed = true;
-                        let open = match self.windows.get_mut(&(key, start)) {
-                            Some(o) => o,
-                            None => {
-                                let o = self.new_open();
-                                self.closing.insert((end, key, start));
-                                self.windows.entry((key, start)).or_insert(o)
-                            }
-                        };
-                        Self::add(open, t, v, seq, &tokens);
+                        if !self.windows.contains_key(&(key, start)) {
+                            let o = self.new_open();
+                            self.hold(key);
+                            self.closing.insert((end, key, start));
+                            self.windows.insert((key, start), o);
+                        }
+                        if let Some(open) = self.windows.get_mut(&(key, start)) {
+                            Self::add(open, t, v, seq, &tokens);
+                        }
                     }
                     if !placed {
                         self.late(&mut rows, key, t, v, cx);
@@ -618,9 +737,15 @@ impl Transform for Window {
                 self.close(w, &mut rows);
             }
         }
-        // Tokens of events that landed in no open window (dropped as late) are released
-        // now; the others travel with their windows.
+        // Tokens of events that landed in no open window (dropped as late, or past the
+        // key cap) are released now; the others travel with their windows.
         drop(tokens);
+        cx.component().emit(KeysTracked {
+            keys: self.live as u64,
+            evicted: 0,
+            refused: std::mem::take(&mut self.refused),
+            max_keys: self.config.max_keys as u64,
+        });
         if self.config.time == TimeKind::Event && self.max_ts != i64::MIN {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -677,6 +802,9 @@ mod tests {
             output: Arc::new(Schema::empty()),
             keys: KeyInterner::default(),
             names: vec![],
+            held: vec![],
+            live: 0,
+            refused: 0,
             windows: HashMap::new(),
             closing: BTreeSet::new(),
             sessions: HashMap::new(),
@@ -706,21 +834,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn late_events_count_as_stale_and_the_watermark_lag_is_reported() {
-        use arrow_array::{Float64Array, Int64Array, StringArray};
-        use tidegauge_core::dead_letter::DeadLetter;
-        use tidegauge_core::registry::ComponentKind;
-        use tidegauge_core::telemetry::ComponentTelemetry;
-        use tidegauge_core::{BuildContext, ComponentContext, TransformConfig};
+    use arrow_array::{Float64Array, Int64Array, StringArray};
+    use tidegauge_core::telemetry::ComponentTelemetry;
 
-        let input: SchemaRef = Arc::new(Schema::new(vec![
+    fn input_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
             Field::new("sensor_id", DataType::Utf8, false),
             Field::new("ts", DataType::Int64, false),
             Field::new("value", DataType::Float64, true),
-        ]));
-        let c = config("size_ms = 100\naggregates = [\"mean\"]");
-        let output = c.validate(&input).unwrap();
+        ]))
+    }
+
+    /// A window transform built from `text`, its context and its telemetry.
+    fn built(
+        text: &str,
+    ) -> (
+        Window,
+        TransformContext,
+        Arc<ComponentTelemetry>,
+        tokio::runtime::Runtime,
+    ) {
+        use tidegauge_core::dead_letter::DeadLetter;
+        use tidegauge_core::registry::ComponentKind;
+        use tidegauge_core::{ComponentContext, TransformConfig};
+
+        let c = config(text);
+        let output = c.validate(&input_schema()).unwrap();
         let telemetry = Arc::new(ComponentTelemetry::new(
             "w",
             ComponentKind::Transform,
@@ -728,31 +867,107 @@ mod tests {
         ));
         let component = ComponentContext::new(telemetry.clone(), DeadLetter::stderr());
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let mut w = c
-            .build(
-                input.clone(),
-                output,
-                BuildContext {
-                    component: component.clone(),
-                    runtime: runtime.handle().clone(),
-                },
-            )
-            .unwrap();
-        let batch = RecordBatch::try_new(
-            input,
+        let w = Window::new(&c, &input_schema(), output).unwrap();
+        (w, TransformContext::new(component), telemetry, runtime)
+    }
+
+    fn batch(rows: &[(&str, i64, f64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            input_schema(),
             vec![
-                Arc::new(StringArray::from(vec!["s"; 3])),
-                // 1000 closes the window [0, 100); 50 then arrives behind the watermark.
-                Arc::new(Int64Array::from(vec![10, 1000, 50])),
-                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
             ],
         )
-        .unwrap();
-        let mut cx = TransformContext::new(component);
-        w.process(batch, &mut cx).unwrap();
+        .unwrap()
+    }
+
+    /// (key, window_start, count) of every window emitted so far.
+    fn emitted(cx: &mut TransformContext) -> Vec<(String, i64, i64)> {
+        let mut out = Vec::new();
+        for (b, _) in cx.take_emitted() {
+            let keys = b.column(0).as_string::<i32>();
+            let starts = b.column(1).as_primitive::<Int64Type>();
+            let counts = b
+                .column_by_name("count")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            for r in 0..b.num_rows() {
+                out.push((keys.value(r).to_string(), starts.value(r), counts.value(r)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn late_events_count_as_stale_and_the_watermark_lag_is_reported() {
+        let (mut w, mut cx, telemetry, _rt) = built("size_ms = 100\naggregates = [\"mean\"]");
+        // 1000 closes the window [0, 100); 50 then arrives behind the watermark.
+        let b = batch(&[("s", 10, 1.0), ("s", 1000, 2.0), ("s", 50, 3.0)]);
+        w.process(b, &mut cx).unwrap();
         let s = telemetry.snapshot();
         assert_eq!(s.stale_readings, 1);
         // Event time 1970 trails the wall clock by decades.
         assert!(s.watermark_lag_ms > 1_000_000_000, "{}", s.watermark_lag_ms);
+    }
+
+    #[test]
+    fn keys_past_max_keys_are_not_windowed_until_a_key_closes_its_windows() {
+        for kind in ["kind = \"tumbling\"", "kind = \"session\"\ngap_ms = 100"] {
+            let (mut w, mut cx, telemetry, _rt) = built(&format!(
+                "{kind}\nsize_ms = 100\naggregates = [\"count\"]\nmax_keys = 2"
+            ));
+            let b = batch(&[("a", 0, 1.0), ("b", 1, 1.0), ("c", 2, 1.0), ("a", 3, 1.0)]);
+            w.process(b, &mut cx).unwrap();
+            let s = telemetry.snapshot();
+            assert_eq!(s.keys, 2, "{kind}");
+            assert_eq!(s.events_without_state, 1, "{kind}: c had no room");
+            // Time moves on: a's and b's windows close, c now has room.
+            w.process(batch(&[("c", 500, 1.0), ("c", 501, 1.0)]), &mut cx)
+                .unwrap();
+            w.flush(&mut cx).unwrap();
+            let mut got = emitted(&mut cx);
+            got.sort();
+            assert_eq!(
+                got,
+                vec![
+                    ("a".into(), 0, 2),
+                    ("b".into(), if kind.contains("session") { 1 } else { 0 }, 1),
+                    ("c".into(), 500, 2)
+                ],
+                "{kind}"
+            );
+            assert_eq!(telemetry.snapshot().events_without_state, 1, "{kind}");
+        }
+    }
+
+    #[test]
+    fn names_of_keys_without_open_windows_are_reclaimed() {
+        // One key at a time, each in its own window: 10,000 keys pass, at most 2 x 1024
+        // names are held, and every key's window comes out whole.
+        let (mut w, mut cx, telemetry, _rt) =
+            built("size_ms = 10\naggregates = [\"count\"]\nmax_keys = 3");
+        let mut want = Vec::new();
+        for i in 0..10_000i64 {
+            let key = format!("k{i}");
+            let b = batch(&[(&key, i * 10, 1.0), (&key, i * 10 + 1, 2.0)]);
+            w.process(b, &mut cx).unwrap();
+            want.push((key, i * 10, 2));
+        }
+        w.flush(&mut cx).unwrap();
+        let mut got = emitted(&mut cx);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(telemetry.snapshot().events_without_state, 0);
+        let held = w.names.len();
+        assert!(held <= 2048, "{held} names held");
     }
 }
