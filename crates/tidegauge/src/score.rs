@@ -22,40 +22,64 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use tidegauge_components::codec::csv::CsvDecoder;
 use tidegauge_components::codec::lines::{Line, LineReader, Poll};
 use tidegauge_components::codec::parse_timestamp_ms;
-use tidegauge_core::component::{BuildContext, ComponentContext, TransformContext};
+use tidegauge_core::component::{BuildContext, ComponentContext, Transform, TransformContext};
 use tidegauge_core::dead_letter::DeadLetter;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
 use tidegauge_core::telemetry::ComponentTelemetry;
 
 /// What `score` was asked to do.
+#[derive(clap::Args)]
 pub struct ScoreArgs {
-    /// Detector type or pipeline file.
+    /// Detector type (`zscore`, `mad`, `ensemble`, ...) or a pipeline file holding one.
+    #[arg(long, short)]
     pub detector: String,
-    /// Transform id in the pipeline file.
+    /// With a pipeline file: the id of the transform that judges.
+    #[arg(long)]
     pub transform: Option<String>,
-    /// `key=value` settings for a detector given by name.
+    /// A detector setting, NAME=VALUE (repeatable), e.g. `--set window=50`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
-    /// `channel:key=value` settings for one channel, on top of `set`.
+    /// A setting for one value column only, CHANNEL:NAME=VALUE (repeatable), on top of
+    /// --set: e.g. `--channel-set Temperature:threshold=20` when sensors differ.
+    #[arg(long = "channel-set", value_name = "CHANNEL:NAME=VALUE")]
     pub channel_set: Vec<String>,
-    /// Files or directories.
+    /// CSV or JSON Lines files, or directories of them.
+    #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Output directory.
+    /// Directory for the results.
+    #[arg(long, short)]
     pub out: PathBuf,
-    /// Time column (default: `datetime`, `timestamp`, `time` or `ts`, whichever exists).
+    /// Time column (default: datetime, timestamp, time or ts, whichever exists).
+    #[arg(long)]
     pub time_column: Option<String>,
-    /// Value columns (default: every numeric column).
+    /// Value columns (default: every numeric column but the time, key and ignored ones).
+    #[arg(long, value_delimiter = ',')]
     pub value_columns: Option<Vec<String>>,
-    /// Columns never used as values.
+    /// Columns never used as values (e.g. labels).
+    #[arg(long, value_delimiter = ',')]
     pub ignore_columns: Vec<String>,
-    /// Column naming the series (rows with different keys are different series).
+    /// Column naming the series when a file holds several.
+    #[arg(long)]
     pub key_column: Option<String>,
-    /// CSV delimiter.
-    pub delimiter: u8,
-    /// Channels that must flag a row for it to be an anomaly.
+    /// CSV field separator.
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
+    /// Channels that must flag a row for it to count as an anomaly.
+    #[arg(long, default_value_t = 1)]
     pub min_channels: usize,
-    /// One event per row with every value column as a field (multi-reading detectors).
+    /// Judge whole rows: one event per row with every value column as a field, for a
+    /// detector of several readings at once (`hotelling`; its `value_fields` are set to
+    /// the value columns).
+    #[arg(long)]
     pub rows: bool,
-    /// Show a progress bar.
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// `delimiter` as a byte (checked by the caller).
+    #[arg(skip)]
+    pub delimiter_byte: u8,
+    /// Show a progress bar (`no_progress` unset and stderr a terminal).
+    #[arg(skip)]
     pub progress: bool,
 }
 
@@ -65,6 +89,34 @@ struct Detector {
     config: Box<dyn ErasedTransformConfig>,
     input: SchemaRef,
     output: SchemaRef,
+}
+
+impl Detector {
+    /// Builds the detector's transform, with its own telemetry and dead letters to stderr;
+    /// returns it with the context to run it in.
+    fn build(
+        &self,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<(Box<dyn Transform>, TransformContext)> {
+        let telemetry = Arc::new(ComponentTelemetry::new(
+            self.name.as_str(),
+            ComponentKind::Transform,
+            "score",
+        ));
+        let component = ComponentContext::new(telemetry, DeadLetter::stderr());
+        let transform = self
+            .config
+            .build(
+                self.input.clone(),
+                self.output.clone(),
+                BuildContext {
+                    component: component.clone(),
+                    runtime: runtime.clone(),
+                },
+            )
+            .map_err(|e| anyhow!("{}: {e}", self.name))?;
+        Ok((transform, TransformContext::new(component)))
+    }
 }
 
 fn long_schema() -> SchemaRef {
@@ -183,6 +235,468 @@ fn join(errors: &[tidegauge_core::ConfigError]) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+const CHUNK_ROWS: usize = 4096;
+
+/// The channels one detector instance judges, and the verdicts it gave that are not yet
+/// written (in row order, then channel order).
+struct Group<'a> {
+    detector: &'a Detector,
+    /// Positions in `Layout::values`.
+    channels: Vec<usize>,
+    transform: Box<dyn tidegauge_core::Transform>,
+    cx: TransformContext,
+    verdicts: VecDeque<(f64, bool)>,
+}
+
+impl Group<'_> {
+    /// Moves the verdicts of the batches the transform emitted into the queue.
+    fn collect(&mut self) -> anyhow::Result<()> {
+        let score_col = self.detector.output.index_of("anomaly_score")?;
+        let flag_col = self.detector.output.index_of("is_anomaly")?;
+        for (batch, _) in self.cx.take_emitted() {
+            let scores = batch.column(score_col).as_primitive::<Float64Type>();
+            let flags = batch.column(flag_col).as_boolean();
+            for i in 0..batch.num_rows() {
+                let s = if scores.is_valid(i) {
+                    scores.value(i)
+                } else {
+                    0.0
+                };
+                self.verdicts
+                    .push_back((s, flags.is_valid(i) && flags.value(i)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a file's channels between the detector every channel gets and those that
+/// `--channel-set` gives settings of their own.
+fn groups<'a>(
+    detector: &'a Result<Detector, String>,
+    per_channel: &'a [(String, Detector)],
+    layout: &Layout,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Vec<Group<'a>>> {
+    for (name, _) in per_channel {
+        if !layout.values.iter().any(|(_, c)| c == name) {
+            let names: Vec<&str> = layout.values.iter().map(|(_, c)| c.as_str()).collect();
+            bail!(
+                "--channel-set names `{name}`, which is not a value column (value columns: {})",
+                names.join(", ")
+            );
+        }
+    }
+    let mut plan: Vec<(&Detector, Vec<usize>)> = Vec::new();
+    let mut shared = Vec::new();
+    for (c, (_, name)) in layout.values.iter().enumerate() {
+        match per_channel.iter().find(|(n, _)| n == name) {
+            Some((_, d)) => plan.push((d, vec![c])),
+            None => shared.push(c),
+        }
+    }
+    if !shared.is_empty() {
+        // Without settings of their own, channels need the detector --set describes.
+        let detector = detector.as_ref().map_err(|e| anyhow!("{e}"))?;
+        plan.insert(0, (detector, shared));
+    }
+    plan.into_iter()
+        .map(|(detector, channels)| {
+            let (transform, cx) = detector.build(runtime)?;
+            Ok(Group {
+                detector,
+                channels,
+                transform,
+                cx,
+                verdicts: VecDeque::new(),
+            })
+        })
+        .collect()
+}
+
+/// Creates the output file (and its directory) with the header line: the time column,
+/// then the score and the flag.
+fn create_output(out: &Path, time_name: &str) -> anyhow::Result<BufWriter<File>> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut w = BufWriter::new(file);
+    csv_field(&mut w, time_name)?;
+    writeln!(w, ",anomaly_score,is_anomaly")?;
+    Ok(w)
+}
+
+/// Scores one file into `out`. Returns (rows, anomalous rows).
+fn score_file(
+    args: &ScoreArgs,
+    detectors: (&Result<Detector, String>, &[(String, Detector)]),
+    input: &Path,
+    out: &Path,
+    runtime: &tokio::runtime::Handle,
+    progress: &Option<indicatif::ProgressBar>,
+) -> anyhow::Result<(u64, u64)> {
+    let mut reader = Reader::open(input, args.delimiter_byte)?;
+    let columns = reader.columns()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let first = reader.next_fields()?;
+    let layout = layout(args, &columns, first.as_deref())?;
+    let mut groups = groups(detectors.0, detectors.1, &layout, runtime)?;
+    let mut w = create_output(out, &layout.time_name)?;
+
+    // Rows judged but not yet written.
+    let mut waiting: VecDeque<Row> = VecDeque::new();
+    let (mut total, mut flagged) = (0u64, 0u64);
+    let mut index = 0u64;
+    let mut next = first;
+    loop {
+        while rows.len() < CHUNK_ROWS {
+            let Some(fields) = next.take() else { break };
+            rows.push(to_row(fields, &layout, index));
+            index += 1;
+            next = reader.next_fields()?;
+        }
+        let done = rows.is_empty();
+        for g in &mut groups {
+            if done {
+                g.transform
+                    .flush(&mut g.cx)
+                    .map_err(|e| anyhow!("{}: {e}", g.detector.name))?;
+            } else {
+                let mut keys = StringBuilder::new();
+                let mut ts = Int64Builder::new();
+                let mut values = Float64Builder::new();
+                for row in &rows {
+                    for &c in &g.channels {
+                        let name = &layout.values[c].1;
+                        if layout.key.is_some() {
+                            keys.append_value(format!("{}/{name}", row.key));
+                        } else {
+                            keys.append_value(name);
+                        }
+                        ts.append_value(row.ts);
+                        values.append_option(row.values[c]);
+                    }
+                }
+                let batch = RecordBatch::try_new(
+                    g.detector.input.clone(),
+                    vec![
+                        Arc::new(keys.finish()),
+                        Arc::new(ts.finish()),
+                        Arc::new(values.finish()),
+                    ],
+                )?;
+                g.transform
+                    .process(batch, &mut g.cx)
+                    .map_err(|e| anyhow!("{}: {e}", g.detector.name))?;
+            }
+            g.collect()?;
+        }
+        if !done {
+            if let Some(p) = progress {
+                p.inc(rows.len() as u64);
+            }
+            waiting.extend(rows.drain(..));
+        }
+        // Write every row whose channels all have their verdicts.
+        while !waiting.is_empty() && groups.iter().all(|g| g.verdicts.len() >= g.channels.len()) {
+            let Some(row) = waiting.pop_front() else {
+                break;
+            };
+            let (mut score, mut votes) = (0.0f64, 0usize);
+            for g in &mut groups {
+                for (s, flag) in g.verdicts.drain(..g.channels.len()) {
+                    score = score.max(s);
+                    votes += usize::from(flag);
+                }
+            }
+            let anomalous = votes >= args.min_channels;
+            csv_field(&mut w, &row.time_text)?;
+            writeln!(
+                w,
+                ",{},{}",
+                ryu::Buffer::new().format(score),
+                u8::from(anomalous)
+            )?;
+            total += 1;
+            flagged += u64::from(anomalous);
+        }
+        if groups
+            .iter()
+            .any(|g| g.verdicts.len() > g.channels.len() * waiting.len())
+        {
+            bail!("the detector emitted more events than it was given");
+        }
+        if done {
+            break;
+        }
+    }
+    if !waiting.is_empty() {
+        bail!("the detector emitted fewer events than it was given");
+    }
+    w.flush()?;
+    Ok((total, flagged))
+}
+
+/// The schema of a row event: `sensor_id`, `ts` and one Float64 field per value column.
+fn row_schema(layout: &Layout) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("sensor_id", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+    ];
+    fields.extend(
+        layout
+            .values
+            .iter()
+            .map(|(_, name)| Field::new(name, DataType::Float64, true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Scores one file with `--rows`: one event per row, every value column a field.
+/// Returns (rows, anomalous rows).
+fn score_file_rows(
+    args: &ScoreArgs,
+    input: &Path,
+    out: &Path,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<(u64, u64)> {
+    let mut reader = Reader::open(input, args.delimiter_byte)?;
+    let columns = reader.columns()?;
+    let first = reader.next_fields()?;
+    let layout = layout(args, &columns, first.as_deref())?;
+    let mut set = args.set.clone();
+    if !set
+        .iter()
+        .any(|s| s.trim_start().starts_with("value_fields"))
+    {
+        let names: Vec<String> = layout
+            .values
+            .iter()
+            .map(|(_, n)| format!("{n:?}"))
+            .collect();
+        set.push(format!("value_fields=[{}]", names.join(", ")));
+    }
+    if !set.iter().any(|s| s.trim_start().starts_with("key_field")) {
+        set.push("key_field=sensor_id".into());
+    }
+    let detector = resolve_detector_for(args, &set, row_schema(&layout))?;
+    let (mut transform, mut cx) = detector.build(runtime)?;
+    let score_col = detector.output.index_of("anomaly_score")?;
+    let flag_col = detector.output.index_of("is_anomaly")?;
+    let mut w = create_output(out, &layout.time_name)?;
+    let (mut total, mut flagged) = (0u64, 0u64);
+    let mut index = 0u64;
+    let mut next = first;
+    loop {
+        let mut rows: Vec<Row> = Vec::new();
+        while rows.len() < CHUNK_ROWS {
+            let Some(fields) = next.take() else { break };
+            rows.push(to_row(fields, &layout, index));
+            index += 1;
+            next = reader.next_fields()?;
+        }
+        if rows.is_empty() {
+            transform
+                .flush(&mut cx)
+                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+            if cx.take_emitted().next().is_some() {
+                bail!("the detector emitted more events than it was given");
+            }
+            break;
+        }
+        let mut keys = StringBuilder::new();
+        let mut ts = Int64Builder::new();
+        let mut values: Vec<Float64Builder> = layout
+            .values
+            .iter()
+            .map(|_| Float64Builder::new())
+            .collect();
+        for row in &rows {
+            keys.append_value(&row.key);
+            ts.append_value(row.ts);
+            for (b, v) in values.iter_mut().zip(&row.values) {
+                b.append_option(*v);
+            }
+        }
+        let mut arrays: Vec<arrow_array::ArrayRef> =
+            vec![Arc::new(keys.finish()), Arc::new(ts.finish())];
+        arrays.extend(
+            values
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as arrow_array::ArrayRef),
+        );
+        let batch = RecordBatch::try_new(detector.input.clone(), arrays)?;
+        transform
+            .process(batch, &mut cx)
+            .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+        let mut judged = 0usize;
+        for (batch, _) in cx.take_emitted() {
+            let scores = batch.column(score_col).as_primitive::<Float64Type>();
+            let flags = batch.column(flag_col).as_boolean();
+            for i in 0..batch.num_rows() {
+                let row = rows
+                    .get(judged)
+                    .ok_or_else(|| anyhow!("the detector emitted more events than it was given"))?;
+                let anomalous = flags.is_valid(i) && flags.value(i);
+                csv_field(&mut w, &row.time_text)?;
+                writeln!(
+                    w,
+                    ",{},{}",
+                    ryu::Buffer::new().format(if scores.is_valid(i) {
+                        scores.value(i)
+                    } else {
+                        0.0
+                    }),
+                    u8::from(anomalous)
+                )?;
+                judged += 1;
+                total += 1;
+                flagged += u64::from(anomalous);
+            }
+        }
+        if judged != rows.len() {
+            bail!(
+                "the detector emitted {judged} events for {} rows",
+                rows.len()
+            );
+        }
+    }
+    w.flush()?;
+    Ok((total, flagged))
+}
+
+/// The detectors of the channels `--channel-set` gives settings of their own: each gets
+/// the `--set` settings, but those it sets itself.
+fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>> {
+    let mut per_channel: Vec<(String, Vec<String>)> = Vec::new();
+    for spec in &args.channel_set {
+        let (head, value) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--channel-set wants CHANNEL:NAME=VALUE, got `{spec}`"))?;
+        let (channel, key) = head
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--channel-set wants CHANNEL:NAME=VALUE, got `{spec}`"))?;
+        let setting = format!("{key}={value}");
+        match per_channel.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, set)) => set.push(setting),
+            None => per_channel.push((channel.to_string(), vec![setting])),
+        }
+    }
+    per_channel
+        .into_iter()
+        .map(|(channel, own)| {
+            let key = |s: &String| s.split_once('=').map(|(k, _)| k.trim().to_string());
+            let overridden: Vec<Option<String>> = own.iter().map(key).collect();
+            let set: Vec<String> = args
+                .set
+                .iter()
+                .filter(|s| !overridden.contains(&key(s)))
+                .cloned()
+                .chain(own)
+                .collect();
+            let mut d = resolve_detector(args, &set)
+                .with_context(|| format!("--channel-set for `{channel}`"))?;
+            d.name = format!("{} [{channel}]", d.name);
+            Ok((channel, d))
+        })
+        .collect()
+}
+
+/// `tidegauge score --rows`.
+fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
+    if !args.channel_set.is_empty() || args.min_channels != 1 {
+        bail!("--rows judges whole rows: --channel-set and --min-channels do not apply");
+    }
+    let files = collect_inputs(&args.inputs)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut rows, mut anomalies) = (0, 0);
+    for (input, rel) in &files {
+        let out = args.out.join(rel).with_extension("csv");
+        let (r, a) = score_file_rows(&args, input, &out, runtime.handle())
+            .with_context(|| input.display().to_string())?;
+        rows += r;
+        anomalies += a;
+    }
+    ewriteln!(
+        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {} on whole rows; results in {}",
+        files.len(),
+        args.detector,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Runs `tidegauge score`.
+pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    if args.rows {
+        return run_rows(args);
+    }
+    let per_channel = channel_detectors(&args)?;
+    // With --channel-set, the --set settings alone may be incomplete (a required setting
+    // given per channel); that is an error only for a file with a channel left without.
+    let detector = match resolve_detector(&args, &args.set) {
+        Ok(d) => Ok(d),
+        Err(e) if !per_channel.is_empty() => Err(format!("{e:#}")),
+        Err(e) => return Err(e),
+    };
+    let mut name = match &detector {
+        Ok(d) => d.name.clone(),
+        Err(_) => args.detector.clone(),
+    };
+    if !per_channel.is_empty() {
+        name.push_str(" (with settings per channel)");
+    }
+    let files = collect_inputs(&args.inputs)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let progress = args.progress.then(|| {
+        let total: u64 = files
+            .iter()
+            .map(|(f, _)| count_lines(f).saturating_sub(1))
+            .sum();
+        let p = indicatif::ProgressBar::new(total);
+        p.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rows {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        p
+    });
+    let (mut rows, mut anomalies) = (0, 0);
+    for (input, rel) in &files {
+        let out = args.out.join(rel).with_extension("csv");
+        if let Some(p) = &progress {
+            p.set_message(rel.display().to_string());
+        }
+        let (r, a) = score_file(
+            &args,
+            (&detector, &per_channel),
+            input,
+            &out,
+            runtime.handle(),
+            &progress,
+        )
+        .with_context(|| input.display().to_string())?;
+        rows += r;
+        anomalies += a;
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    ewriteln!(
+        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
+        files.len(),
+        name,
+        args.out.display()
+    );
+    Ok(())
 }
 
 /// Files to score with the path each gets under the output directory.
@@ -448,500 +962,6 @@ fn csv_field(out: &mut impl Write, text: &str) -> std::io::Result<()> {
     } else {
         out.write_all(text.as_bytes())
     }
-}
-
-const CHUNK_ROWS: usize = 4096;
-
-/// The channels one detector instance judges, and the verdicts it gave that are not yet
-/// written (in row order, then channel order).
-struct Group<'a> {
-    detector: &'a Detector,
-    /// Positions in `Layout::values`.
-    channels: Vec<usize>,
-    transform: Box<dyn tidegauge_core::Transform>,
-    cx: TransformContext,
-    verdicts: VecDeque<(f64, bool)>,
-}
-
-impl Group<'_> {
-    /// Moves the verdicts of the batches the transform emitted into the queue.
-    fn collect(&mut self) -> anyhow::Result<()> {
-        let score_col = self.detector.output.index_of("anomaly_score")?;
-        let flag_col = self.detector.output.index_of("is_anomaly")?;
-        for (batch, _) in self.cx.take_emitted() {
-            let scores = batch.column(score_col).as_primitive::<Float64Type>();
-            let flags = batch.column(flag_col).as_boolean();
-            for i in 0..batch.num_rows() {
-                let s = if scores.is_valid(i) {
-                    scores.value(i)
-                } else {
-                    0.0
-                };
-                self.verdicts
-                    .push_back((s, flags.is_valid(i) && flags.value(i)));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Splits a file's channels between the detector every channel gets and those that
-/// `--channel-set` gives settings of their own.
-fn groups<'a>(
-    detector: &'a Result<Detector, String>,
-    per_channel: &'a [(String, Detector)],
-    layout: &Layout,
-    runtime: &tokio::runtime::Handle,
-) -> anyhow::Result<Vec<Group<'a>>> {
-    for (name, _) in per_channel {
-        if !layout.values.iter().any(|(_, c)| c == name) {
-            let names: Vec<&str> = layout.values.iter().map(|(_, c)| c.as_str()).collect();
-            bail!(
-                "--channel-set names `{name}`, which is not a value column (value columns: {})",
-                names.join(", ")
-            );
-        }
-    }
-    let mut plan: Vec<(&Detector, Vec<usize>)> = Vec::new();
-    let mut shared = Vec::new();
-    for (c, (_, name)) in layout.values.iter().enumerate() {
-        match per_channel.iter().find(|(n, _)| n == name) {
-            Some((_, d)) => plan.push((d, vec![c])),
-            None => shared.push(c),
-        }
-    }
-    if !shared.is_empty() {
-        // Without settings of their own, channels need the detector --set describes.
-        let detector = detector.as_ref().map_err(|e| anyhow!("{e}"))?;
-        plan.insert(0, (detector, shared));
-    }
-    plan.into_iter()
-        .map(|(detector, channels)| {
-            let telemetry = Arc::new(ComponentTelemetry::new(
-                detector.name.as_str(),
-                ComponentKind::Transform,
-                "score",
-            ));
-            let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-            let transform = detector
-                .config
-                .build(
-                    detector.input.clone(),
-                    detector.output.clone(),
-                    BuildContext {
-                        component: component.clone(),
-                        runtime: runtime.clone(),
-                    },
-                )
-                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-            Ok(Group {
-                detector,
-                channels,
-                transform,
-                cx: TransformContext::new(component),
-                verdicts: VecDeque::new(),
-            })
-        })
-        .collect()
-}
-
-/// Scores one file into `out`. Returns (rows, anomalous rows).
-fn score_file(
-    args: &ScoreArgs,
-    detectors: (&Result<Detector, String>, &[(String, Detector)]),
-    input: &Path,
-    out: &Path,
-    runtime: &tokio::runtime::Handle,
-    progress: &Option<indicatif::ProgressBar>,
-) -> anyhow::Result<(u64, u64)> {
-    let mut reader = Reader::open(input, args.delimiter)?;
-    let columns = reader.columns()?;
-    let mut rows: Vec<Row> = Vec::new();
-    let first = reader.next_fields()?;
-    let layout = layout(args, &columns, first.as_deref())?;
-    let mut groups = groups(detectors.0, detectors.1, &layout, runtime)?;
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut w = BufWriter::new(file);
-    csv_field(&mut w, &layout.time_name)?;
-    writeln!(w, ",anomaly_score,is_anomaly")?;
-
-    // Rows judged but not yet written.
-    let mut waiting: VecDeque<Row> = VecDeque::new();
-    let (mut total, mut flagged) = (0u64, 0u64);
-    let mut index = 0u64;
-    let mut next = first;
-    loop {
-        while rows.len() < CHUNK_ROWS {
-            let Some(fields) = next.take() else { break };
-            rows.push(to_row(fields, &layout, index));
-            index += 1;
-            next = reader.next_fields()?;
-        }
-        let done = rows.is_empty();
-        for g in &mut groups {
-            if done {
-                g.transform
-                    .flush(&mut g.cx)
-                    .map_err(|e| anyhow!("{}: {e}", g.detector.name))?;
-            } else {
-                let mut keys = StringBuilder::new();
-                let mut ts = Int64Builder::new();
-                let mut values = Float64Builder::new();
-                for row in &rows {
-                    for &c in &g.channels {
-                        let name = &layout.values[c].1;
-                        if layout.key.is_some() {
-                            keys.append_value(format!("{}/{name}", row.key));
-                        } else {
-                            keys.append_value(name);
-                        }
-                        ts.append_value(row.ts);
-                        values.append_option(row.values[c]);
-                    }
-                }
-                let batch = RecordBatch::try_new(
-                    g.detector.input.clone(),
-                    vec![
-                        Arc::new(keys.finish()),
-                        Arc::new(ts.finish()),
-                        Arc::new(values.finish()),
-                    ],
-                )?;
-                g.transform
-                    .process(batch, &mut g.cx)
-                    .map_err(|e| anyhow!("{}: {e}", g.detector.name))?;
-            }
-            g.collect()?;
-        }
-        if !done {
-            if let Some(p) = progress {
-                p.inc(rows.len() as u64);
-            }
-            waiting.extend(rows.drain(..));
-        }
-        // Write every row whose channels all have their verdicts.
-        while !waiting.is_empty() && groups.iter().all(|g| g.verdicts.len() >= g.channels.len()) {
-            let Some(row) = waiting.pop_front() else {
-                break;
-            };
-            let (mut score, mut votes) = (0.0f64, 0usize);
-            for g in &mut groups {
-                for (s, flag) in g.verdicts.drain(..g.channels.len()) {
-                    score = score.max(s);
-                    votes += usize::from(flag);
-                }
-            }
-            let anomalous = votes >= args.min_channels;
-            csv_field(&mut w, &row.time_text)?;
-            writeln!(
-                w,
-                ",{},{}",
-                ryu::Buffer::new().format(score),
-                u8::from(anomalous)
-            )?;
-            total += 1;
-            flagged += u64::from(anomalous);
-        }
-        if groups
-            .iter()
-            .any(|g| g.verdicts.len() > g.channels.len() * waiting.len())
-        {
-            bail!("the detector emitted more events than it was given");
-        }
-        if done {
-            break;
-        }
-    }
-    if !waiting.is_empty() {
-        bail!("the detector emitted fewer events than it was given");
-    }
-    w.flush()?;
-    Ok((total, flagged))
-}
-
-/// The schema of a row event: `sensor_id`, `ts` and one Float64 field per value column.
-fn row_schema(layout: &Layout) -> SchemaRef {
-    let mut fields = vec![
-        Field::new("sensor_id", DataType::Utf8, false),
-        Field::new("ts", DataType::Int64, false),
-    ];
-    fields.extend(
-        layout
-            .values
-            .iter()
-            .map(|(_, name)| Field::new(name, DataType::Float64, true)),
-    );
-    Arc::new(Schema::new(fields))
-}
-
-/// Scores one file with `--rows`: one event per row, every value column a field.
-/// Returns (rows, anomalous rows).
-fn score_file_rows(
-    args: &ScoreArgs,
-    input: &Path,
-    out: &Path,
-    runtime: &tokio::runtime::Handle,
-) -> anyhow::Result<(u64, u64)> {
-    let mut reader = Reader::open(input, args.delimiter)?;
-    let columns = reader.columns()?;
-    let first = reader.next_fields()?;
-    let layout = layout(args, &columns, first.as_deref())?;
-    let mut set = args.set.clone();
-    if !set
-        .iter()
-        .any(|s| s.trim_start().starts_with("value_fields"))
-    {
-        let names: Vec<String> = layout
-            .values
-            .iter()
-            .map(|(_, n)| format!("{n:?}"))
-            .collect();
-        set.push(format!("value_fields=[{}]", names.join(", ")));
-    }
-    if !set.iter().any(|s| s.trim_start().starts_with("key_field")) {
-        set.push("key_field=sensor_id".into());
-    }
-    let detector = resolve_detector_for(args, &set, row_schema(&layout))?;
-    let telemetry = Arc::new(ComponentTelemetry::new(
-        detector.name.as_str(),
-        ComponentKind::Transform,
-        "score",
-    ));
-    let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-    let mut transform = detector
-        .config
-        .build(
-            detector.input.clone(),
-            detector.output.clone(),
-            BuildContext {
-                component: component.clone(),
-                runtime: runtime.clone(),
-            },
-        )
-        .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-    let mut cx = TransformContext::new(component);
-    let score_col = detector.output.index_of("anomaly_score")?;
-    let flag_col = detector.output.index_of("is_anomaly")?;
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut w = BufWriter::new(file);
-    csv_field(&mut w, &layout.time_name)?;
-    writeln!(w, ",anomaly_score,is_anomaly")?;
-    let (mut total, mut flagged) = (0u64, 0u64);
-    let mut index = 0u64;
-    let mut next = first;
-    loop {
-        let mut rows: Vec<Row> = Vec::new();
-        while rows.len() < CHUNK_ROWS {
-            let Some(fields) = next.take() else { break };
-            rows.push(to_row(fields, &layout, index));
-            index += 1;
-            next = reader.next_fields()?;
-        }
-        if rows.is_empty() {
-            transform
-                .flush(&mut cx)
-                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-            if cx.take_emitted().next().is_some() {
-                bail!("the detector emitted more events than it was given");
-            }
-            break;
-        }
-        let mut keys = StringBuilder::new();
-        let mut ts = Int64Builder::new();
-        let mut values: Vec<Float64Builder> = layout
-            .values
-            .iter()
-            .map(|_| Float64Builder::new())
-            .collect();
-        for row in &rows {
-            keys.append_value(&row.key);
-            ts.append_value(row.ts);
-            for (b, v) in values.iter_mut().zip(&row.values) {
-                b.append_option(*v);
-            }
-        }
-        let mut arrays: Vec<arrow_array::ArrayRef> =
-            vec![Arc::new(keys.finish()), Arc::new(ts.finish())];
-        arrays.extend(
-            values
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as arrow_array::ArrayRef),
-        );
-        let batch = RecordBatch::try_new(detector.input.clone(), arrays)?;
-        transform
-            .process(batch, &mut cx)
-            .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-        let mut judged = 0usize;
-        for (batch, _) in cx.take_emitted() {
-            let scores = batch.column(score_col).as_primitive::<Float64Type>();
-            let flags = batch.column(flag_col).as_boolean();
-            for i in 0..batch.num_rows() {
-                let row = rows
-                    .get(judged)
-                    .ok_or_else(|| anyhow!("the detector emitted more events than it was given"))?;
-                let anomalous = flags.is_valid(i) && flags.value(i);
-                csv_field(&mut w, &row.time_text)?;
-                writeln!(
-                    w,
-                    ",{},{}",
-                    ryu::Buffer::new().format(if scores.is_valid(i) {
-                        scores.value(i)
-                    } else {
-                        0.0
-                    }),
-                    u8::from(anomalous)
-                )?;
-                judged += 1;
-                total += 1;
-                flagged += u64::from(anomalous);
-            }
-        }
-        if judged != rows.len() {
-            bail!(
-                "the detector emitted {judged} events for {} rows",
-                rows.len()
-            );
-        }
-    }
-    w.flush()?;
-    Ok((total, flagged))
-}
-
-/// The detectors of the channels `--channel-set` gives settings of their own: each gets
-/// the `--set` settings, but those it sets itself.
-fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>> {
-    let mut per_channel: Vec<(String, Vec<String>)> = Vec::new();
-    for spec in &args.channel_set {
-        let (head, value) = spec
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--channel-set wants CHANNEL:NAME=VALUE, got `{spec}`"))?;
-        let (channel, key) = head
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow!("--channel-set wants CHANNEL:NAME=VALUE, got `{spec}`"))?;
-        let setting = format!("{key}={value}");
-        match per_channel.iter_mut().find(|(c, _)| c == channel) {
-            Some((_, set)) => set.push(setting),
-            None => per_channel.push((channel.to_string(), vec![setting])),
-        }
-    }
-    per_channel
-        .into_iter()
-        .map(|(channel, own)| {
-            let key = |s: &String| s.split_once('=').map(|(k, _)| k.trim().to_string());
-            let overridden: Vec<Option<String>> = own.iter().map(key).collect();
-            let set: Vec<String> = args
-                .set
-                .iter()
-                .filter(|s| !overridden.contains(&key(s)))
-                .cloned()
-                .chain(own)
-                .collect();
-            let mut d = resolve_detector(args, &set)
-                .with_context(|| format!("--channel-set for `{channel}`"))?;
-            d.name = format!("{} [{channel}]", d.name);
-            Ok((channel, d))
-        })
-        .collect()
-}
-
-/// `tidegauge score --rows`.
-fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
-    if !args.channel_set.is_empty() || args.min_channels != 1 {
-        bail!("--rows judges whole rows: --channel-set and --min-channels do not apply");
-    }
-    let files = collect_inputs(&args.inputs)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (mut rows, mut anomalies) = (0, 0);
-    for (input, rel) in &files {
-        let out = args.out.join(rel).with_extension("csv");
-        let (r, a) = score_file_rows(&args, input, &out, runtime.handle())
-            .with_context(|| input.display().to_string())?;
-        rows += r;
-        anomalies += a;
-    }
-    ewriteln!(
-        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {} on whole rows; results in {}",
-        files.len(),
-        args.detector,
-        args.out.display()
-    );
-    Ok(())
-}
-
-/// Runs `tidegauge score`.
-pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    if args.rows {
-        return run_rows(args);
-    }
-    let per_channel = channel_detectors(&args)?;
-    // With --channel-set, the --set settings alone may be incomplete (a required setting
-    // given per channel); that is an error only for a file with a channel left without.
-    let detector = match resolve_detector(&args, &args.set) {
-        Ok(d) => Ok(d),
-        Err(e) if !per_channel.is_empty() => Err(format!("{e:#}")),
-        Err(e) => return Err(e),
-    };
-    let mut name = match &detector {
-        Ok(d) => d.name.clone(),
-        Err(_) => args.detector.clone(),
-    };
-    if !per_channel.is_empty() {
-        name.push_str(" (with settings per channel)");
-    }
-    let files = collect_inputs(&args.inputs)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let progress = args.progress.then(|| {
-        let total: u64 = files
-            .iter()
-            .map(|(f, _)| count_lines(f).saturating_sub(1))
-            .sum();
-        let p = indicatif::ProgressBar::new(total);
-        p.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} rows {per_sec} eta {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        p
-    });
-    let (mut rows, mut anomalies) = (0, 0);
-    for (input, rel) in &files {
-        let out = args.out.join(rel).with_extension("csv");
-        if let Some(p) = &progress {
-            p.set_message(rel.display().to_string());
-        }
-        let (r, a) = score_file(
-            &args,
-            (&detector, &per_channel),
-            input,
-            &out,
-            runtime.handle(),
-            &progress,
-        )
-        .with_context(|| input.display().to_string())?;
-        rows += r;
-        anomalies += a;
-    }
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
-    ewriteln!(
-        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
-        files.len(),
-        name,
-        args.out.display()
-    );
-    Ok(())
 }
 
 fn count_lines(path: &Path) -> u64 {

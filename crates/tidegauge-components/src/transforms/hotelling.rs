@@ -15,7 +15,7 @@ use tidegauge_core::{
 use tidegauge_detect::{Hotelling, HotellingParams, hotelling::MAX_CHANNELS};
 
 use super::key_table::{KeyLimits, KeyTable, NoHooks};
-use super::keyed::param_errors;
+use super::keyed::param_errors_renamed;
 use super::state::{decode_keyed, encode_keyed};
 use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
 
@@ -102,15 +102,8 @@ impl TransformConfig for HotellingConfig {
     const TYPE: &'static str = NAME;
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
-        let mut errors: Vec<ConfigError> = param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = "half_life_events".into();
-                }
-                e
-            })
-            .collect();
+        let mut errors =
+            param_errors_renamed(self.params().validate(), "half_life", "half_life_events");
         if self.value_fields.is_empty() || self.value_fields.len() > MAX_CHANNELS {
             errors.push(ConfigError::new(
                 "value_fields",

@@ -207,6 +207,20 @@ pub fn param_errors(result: Result<(), Vec<ParamError>>) -> Vec<ConfigError> {
     }
 }
 
+/// [`param_errors`], with the library's name `from` of one parameter shown as the setting
+/// `to` that feeds it (the library's `half_life` is `half_life_events` in a config).
+pub fn param_errors_renamed(
+    result: Result<(), Vec<ParamError>>,
+    from: &str,
+    to: &str,
+) -> Vec<ConfigError> {
+    let mut errors = param_errors(result);
+    for e in errors.iter_mut().filter(|e| e.path == from) {
+        e.path = to.into();
+    }
+    errors
+}
+
 /// Checks `max_keys` and `key_idle_ms` of a keyed stage whose state per key can reach
 /// `bytes_per_key`: `max_keys` of them (with the key table's own bytes) must fit in
 /// [`MAX_STATE_BYTES`]; the error says how far to lower `max_keys`.

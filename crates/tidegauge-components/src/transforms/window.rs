@@ -290,26 +290,18 @@ impl TransformConfig for WindowConfig {
         let aggregates = self
             .aggregates()
             .map_err(|e| BuildError::new(format!("{e:?}")))?;
-        Ok(Box::new(Window {
-            key: find(&self.key_field)?,
-            value: find(&self.value_field)?,
-            ts: if self.time == TimeKind::Event {
-                Some(find(&self.ts_field)?)
-            } else {
-                None
-            },
-            config: self.clone(),
+        let ts = if self.time == TimeKind::Event {
+            Some(find(&self.ts_field)?)
+        } else {
+            None
+        };
+        Ok(Box::new(Window::new(
+            self.clone(),
+            [find(&self.key_field)?, find(&self.value_field)?],
+            ts,
             aggregates,
             output,
-            keys: KeyInterner::default(),
-            names: Vec::new(),
-            windows: HashMap::new(),
-            closing: BTreeSet::new(),
-            sessions: HashMap::new(),
-            session_ends: BTreeSet::new(),
-            max_ts: i64::MIN,
-            batch_seq: 0,
-        }))
+        )))
     }
 }
 
@@ -346,6 +338,34 @@ struct Window {
     session_ends: BTreeSet<(i64, u32)>,
     max_ts: i64,
     batch_seq: u64,
+}
+
+impl Window {
+    /// A window stage with nothing open; `[key, value]` and `ts` are input columns.
+    fn new(
+        config: WindowConfig,
+        [key, value]: [usize; 2],
+        ts: Option<usize>,
+        aggregates: Vec<Aggregate>,
+        output: SchemaRef,
+    ) -> Window {
+        Window {
+            key,
+            value,
+            ts,
+            config,
+            aggregates,
+            output,
+            keys: KeyInterner::default(),
+            names: Vec::new(),
+            windows: HashMap::new(),
+            closing: BTreeSet::new(),
+            sessions: HashMap::new(),
+            session_ends: BTreeSet::new(),
+            max_ts: i64::MIN,
+            batch_seq: 0,
+        }
+    }
 }
 
 /// Rows to emit, built column by column.
@@ -669,22 +689,7 @@ mod tests {
     #[test]
     fn sliding_windows_cover_each_event_size_over_slide_times() {
         let c = config("kind = \"sliding\"\nsize_ms = 100\nslide_ms = 25");
-        let w = Window {
-            key: 0,
-            value: 0,
-            ts: None,
-            aggregates: vec![],
-            output: Arc::new(Schema::empty()),
-            keys: KeyInterner::default(),
-            names: vec![],
-            windows: HashMap::new(),
-            closing: BTreeSet::new(),
-            sessions: HashMap::new(),
-            session_ends: BTreeSet::new(),
-            max_ts: i64::MIN,
-            batch_seq: 0,
-            config: c,
-        };
+        let w = Window::new(c, [0, 0], None, vec![], Arc::new(Schema::empty()));
         assert_eq!(w.starts(130).collect::<Vec<_>>(), vec![125, 100, 75, 50]);
         assert_eq!(w.starts(-10).collect::<Vec<_>>(), vec![-25, -50, -75, -100]);
     }

@@ -13,10 +13,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::SinkContext;
 use tidegauge_core::component::sink_fn;
-use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{Resilience, RetryPolicy};
-use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
     SinkInput,
@@ -24,6 +23,7 @@ use tidegauge_core::{
 
 use super::kafka_connection;
 use crate::codec::encode::JsonEncoder;
+use crate::connectors::outbound::{self, BrokerSink, Tally};
 use crate::settings::{collect, config};
 
 config! {
@@ -215,24 +215,9 @@ impl KafkaSink {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut buf = Vec::with_capacity(1 << 16);
         let result: Result<(), ComponentError> = async {
-            loop {
-                // Wait for input only when nothing is pending; otherwise take what is
-                // ready and settle the rest as soon as the input is quiet.
-                let wait = if pending.is_empty() {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::ZERO
-                };
-                let batch = match input.recv_timeout(wait).await {
-                    Recv::Batch(b) => b,
-                    Recv::Idle => {
-                        while let Some(p) = pending.pop_front() {
-                            self.settle(&component, &origin, p).await?;
-                        }
-                        continue;
-                    }
-                    Recv::Closed => break,
-                };
+            while let Some(batch) =
+                outbound::next_batch(&self, &component, &origin, &mut input, &mut pending).await?
+            {
                 let mut p = Pending {
                     finalizers: batch.finalizers,
                     deliveries: Vec::with_capacity(batch.data.num_rows()),
@@ -259,10 +244,7 @@ impl KafkaSink {
                     }
                 }
             }
-            while let Some(p) = pending.pop_front() {
-                self.settle(&component, &origin, p).await?;
-            }
-            Ok(())
+            outbound::settle_all(&self, &component, &origin, &mut pending).await
         }
         .await;
         if result.is_err() {
@@ -362,73 +344,6 @@ impl KafkaSink {
         }
     }
 
-    /// Waits for every message of a batch; produces those not delivered again, through
-    /// the shared retry layer; releases the batch's finalizers when all arrived, fails
-    /// them when the attempts are spent.
-    async fn settle(
-        &self,
-        component: &ComponentContext,
-        origin: &str,
-        p: Pending,
-    ) -> Result<(), ComponentError> {
-        let mut delivered = 0u64;
-        let mut bytes = 0u64;
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        for (d, msg) in p.deliveries {
-            match self.outcome(component, origin, d, &msg).await {
-                Outcome::Delivered => {
-                    delivered += 1;
-                    bytes += msg.1.len() as u64;
-                }
-                Outcome::DeadLettered => {}
-                Outcome::Failed(e) => {
-                    first_error.get_or_insert(e);
-                    failed.push(msg);
-                }
-            }
-        }
-        if !failed.is_empty() {
-            component.emit(ComponentErrorOccurred {
-                error: &format!(
-                    "{origin}: {} message(s) not delivered: {}; producing again",
-                    failed.len(),
-                    first_error.as_deref().unwrap_or("unknown error")
-                ),
-            });
-            let left = tokio::sync::Mutex::new(failed);
-            let left = &left;
-            let result = self
-                .resilience
-                .call(
-                    None,
-                    move |_| async move {
-                        let mut left = left.lock().await;
-                        self.produce_again(component, origin, &mut left).await
-                    },
-                    |_| true,
-                    |_| {},
-                )
-                .await;
-            match result {
-                Ok((n, b)) => {
-                    delivered += n;
-                    bytes += b;
-                }
-                Err(e) => {
-                    p.finalizers.fail();
-                    return Err(ComponentError::new(format!(
-                        "{origin}: messages not delivered: {e}"
-                    )));
-                }
-            }
-        }
-        component.emit(EventsSent { count: delivered });
-        component.emit(BytesSent { bytes });
-        p.finalizers.release();
-        Ok(())
-    }
-
     /// What became of one message.
     async fn outcome(
         &self,
@@ -468,29 +383,62 @@ impl KafkaSink {
             };
             deliveries.push((d, msg));
         }
-        let (mut count, mut bytes) = (0, 0);
-        let mut first_error = None;
+        let mut tally = Tally::default();
         for (d, msg) in deliveries {
             let outcome = match d {
                 Ok(d) => self.outcome(component, origin, d, &msg).await,
                 Err(e) => Outcome::Failed(e.to_string()),
             };
             match outcome {
-                Outcome::Delivered => {
-                    count += 1;
-                    bytes += msg.1.len() as u64;
-                }
+                Outcome::Delivered => tally.delivered(msg.1.len()),
                 Outcome::DeadLettered => {}
-                Outcome::Failed(e) => {
-                    first_error.get_or_insert(e);
-                    left.push(msg);
-                }
+                Outcome::Failed(e) => tally.failed(msg, e),
             }
         }
-        match first_error {
-            None => Ok((count, bytes)),
-            Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
+        tally.into_retry_result(left)
+    }
+}
+
+impl BrokerSink for KafkaSink {
+    type Msg = Msg;
+    type Pending = Pending;
+
+    /// Waits for every message of a batch; produces those not delivered again, through
+    /// the shared retry layer; releases the batch's finalizers when all arrived, fails
+    /// them when the attempts are spent.
+    async fn settle(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        p: Pending,
+    ) -> Result<(), ComponentError> {
+        let mut tally = Tally::default();
+        for (d, msg) in p.deliveries {
+            match self.outcome(component, origin, d, &msg).await {
+                Outcome::Delivered => tally.delivered(msg.1.len()),
+                Outcome::DeadLettered => {}
+                Outcome::Failed(e) => tally.failed(msg, e),
+            }
         }
+        outbound::settle(
+            self,
+            component,
+            origin,
+            &self.resilience,
+            p.finalizers,
+            tally,
+            ["delivered", "producing"],
+        )
+        .await
+    }
+
+    async fn send_again(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        left: &mut Vec<Msg>,
+    ) -> Result<(u64, u64), String> {
+        self.produce_again(component, origin, left).await
     }
 }
 
