@@ -6,7 +6,7 @@ use tidegauge_detect::{Calibrated, CalibrationParams};
 
 use super::detector::{BoxedDetector, DetectorFactory, detector_config};
 use super::ensemble::Member;
-use super::keyed::{DetectorSpec, param_errors_renamed};
+use super::spec::{DetectorSpec, param_errors_renamed};
 use super::state::deserialize_state;
 
 detector_config! {

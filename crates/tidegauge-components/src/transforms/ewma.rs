@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Ewma, EwmaParams, HalfLife};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors_renamed};
+use super::spec::{DetectorSpec, param_errors_renamed};
 
 detector_config! {
     /// Per-sensor exponentially weighted moving average: flags a value more than

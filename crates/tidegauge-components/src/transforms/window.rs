@@ -22,7 +22,7 @@ use tidegauge_detect::{Accumulator, Aggregate};
 
 use super::KeyInterner;
 use super::float_values;
-use super::keyed::param_errors;
+use super::spec::param_errors;
 
 /// The shape of the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
