@@ -54,13 +54,21 @@ pub(crate) enum Report {
     /// are new. Reports of slots not listed are ignored from now on.
     Regraph {
         nodes: Vec<(usize, String, ComponentKind)>,
-        requests: HashMap<usize, mpsc::UnboundedSender<u64>>,
+        requests: HashMap<usize, mpsc::Sender<u64>>,
     },
     /// The replaced components have drained: checkpoints go on.
     Resume,
 }
 
 /// Where a component sends its reports.
+///
+/// The channel is unbounded because components report from blocking threads and from
+/// the runtime alike, and must never wait on the coordinator. It cannot grow without
+/// bound: a component sends one report per barrier that reaches it (a position, a state
+/// or an epoch), one final report and one `Finished`; barriers are requested one at a
+/// time per source (a request channel holds one) and travel the bounded edges between
+/// batches, so the barriers in the graph, and the reports still to come from them, are
+/// bounded by the edges' capacity; the runner adds a few control messages per reload.
 #[derive(Clone, Debug)]
 pub(crate) struct ReportPort {
     pub(crate) node: usize,
@@ -99,7 +107,7 @@ pub(crate) struct Coordinator {
     paused: bool,
     pause_waiters: Vec<oneshot::Sender<u64>>,
     /// Barrier requests, per source node.
-    requests: HashMap<usize, mpsc::UnboundedSender<u64>>,
+    requests: HashMap<usize, mpsc::Sender<u64>>,
     next_id: u64,
     first_id: u64,
     finals: HashMap<usize, Final>,
@@ -124,7 +132,7 @@ impl Coordinator {
     pub(crate) fn new(
         store: CheckpointStore,
         nodes: Vec<(String, ComponentKind)>,
-        requests: HashMap<usize, mpsc::UnboundedSender<u64>>,
+        requests: HashMap<usize, mpsc::Sender<u64>>,
     ) -> Self {
         let first_id = store.last_id() + 1;
         let nodes: BTreeMap<usize, (String, ComponentKind)> =
@@ -219,18 +227,26 @@ impl Coordinator {
         if self.in_flight.is_some() || self.paused {
             return;
         }
-        let live_sources = self
+        let mut live = self
             .requests
-            .keys()
-            .any(|node| !self.finals.contains_key(node));
-        if !live_sources {
+            .iter()
+            .filter(|(node, _)| !self.finals.contains_key(node))
+            .peekable();
+        if live.peek().is_none() {
+            return;
+        }
+        // A source that has not yet taken the request of an abandoned checkpoint still
+        // holds it (its channel has room for one): the next checkpoint waits for the
+        // next tick, so requests never pile up behind a busy source.
+        if live.any(|(_, tx)| tx.capacity() == 0) {
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
         for (node, tx) in &self.requests {
             if !self.finals.contains_key(node) {
-                let _ = tx.send(id);
+                // Room checked above; a closed channel is a source that has ended.
+                let _ = tx.try_send(id);
             }
         }
         self.in_flight = Some(InFlight {

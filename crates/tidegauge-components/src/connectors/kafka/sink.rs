@@ -198,7 +198,10 @@ type Msg = (Option<String>, Vec<u8>);
 /// A batch whose messages are on their way.
 struct Pending {
     finalizers: Finalizers,
-    deliveries: Vec<(DeliveryFuture, Msg)>,
+    /// Messages handed to the producer, oldest first, their delivery still to hear of.
+    deliveries: VecDeque<(DeliveryFuture, Msg)>,
+    /// What became of the messages whose delivery was heard of.
+    tally: Tally<Msg>,
 }
 
 /// Batches being delivered at once; the producer batches across them.
@@ -220,7 +223,8 @@ impl KafkaSink {
             {
                 let mut p = Pending {
                     finalizers: batch.finalizers,
-                    deliveries: Vec::with_capacity(batch.data.num_rows()),
+                    deliveries: VecDeque::with_capacity(batch.data.num_rows()),
+                    tally: Tally::default(),
                 };
                 // Whatever fails from here on, the batch is failed, never released.
                 if let Err(e) = self
@@ -297,30 +301,60 @@ impl KafkaSink {
                 continue;
             }
             let msg = (key, payload.to_vec());
-            let d = self.produce(component, origin, &msg, pending).await?;
-            p.deliveries.push((d, msg));
+            let d = self.produce(component, origin, &msg, p, pending).await?;
+            p.deliveries.push_back((d, msg));
         }
         Ok(())
     }
 
-    /// Hands one message to the producer, settling older batches (or waiting) while its
-    /// queue is full.
+    /// Hands one message of batch `p` to the producer. While the producer's queue is
+    /// full it waits for deliveries, which free places: of the older batches first (each
+    /// settled whole), then of `p`'s own oldest messages. The queue holds nothing but
+    /// these (the producer is this sink's own, and a settled batch has heard of every
+    /// message), so there is always one to wait for.
     async fn produce(
         &self,
         component: &ComponentContext,
         origin: &str,
         msg: &Msg,
+        p: &mut Pending,
         pending: &mut VecDeque<Pending>,
     ) -> Result<DeliveryFuture, ComponentError> {
         loop {
             if let Some(d) = self.try_produce(origin, msg)? {
                 return Ok(d);
             }
-            match pending.pop_front() {
-                Some(older) => self.settle(component, origin, older).await?,
-                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            if let Some(older) = pending.pop_front() {
+                self.settle(component, origin, older).await?;
+            } else if !self
+                .hear_oldest(component, origin, &mut p.deliveries, &mut p.tally)
+                .await
+            {
+                return Err(ComponentError::new(format!(
+                    "{origin}: the producer's queue is full with no message of this sink in it"
+                )));
             }
         }
+    }
+
+    /// Waits for the delivery of the oldest message of `deliveries` and counts it in
+    /// `tally`; false when there is none.
+    async fn hear_oldest(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        deliveries: &mut VecDeque<(DeliveryFuture, Msg)>,
+        tally: &mut Tally<Msg>,
+    ) -> bool {
+        let Some((d, msg)) = deliveries.pop_front() else {
+            return false;
+        };
+        match self.outcome(component, origin, d, &msg).await {
+            Outcome::Delivered => tally.delivered(msg.1.len()),
+            Outcome::DeadLettered => {}
+            Outcome::Failed(e) => tally.failed(msg, e),
+        }
+        true
     }
 
     /// Hands one message to the producer; `None` when its queue is full.
@@ -371,30 +405,37 @@ impl KafkaSink {
         origin: &str,
         left: &mut Vec<Msg>,
     ) -> Result<(u64, u64), String> {
-        let mut deliveries = Vec::with_capacity(left.len());
-        for msg in left.drain(..) {
-            // Older batches wait for this one: a full queue is waited out.
-            let d = loop {
-                match self.try_produce(origin, &msg) {
-                    Ok(Some(d)) => break Ok(d),
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    Err(e) => break Err(e),
-                }
-            };
-            deliveries.push((d, msg));
-        }
+        let mut deliveries = VecDeque::with_capacity(left.len());
         let mut tally = Tally::default();
-        for (d, msg) in deliveries {
-            let outcome = match d {
-                Ok(d) => self.outcome(component, origin, d, &msg).await,
-                Err(e) => Outcome::Failed(e.to_string()),
-            };
-            match outcome {
-                Outcome::Delivered => tally.delivered(msg.1.len()),
-                Outcome::DeadLettered => {}
-                Outcome::Failed(e) => tally.failed(msg, e),
+        for msg in left.drain(..) {
+            // Older batches wait for this one: a full queue is waited out, on the
+            // delivery of the oldest message produced again, else on the producer's
+            // own pace (the queue then holds only younger batches' messages).
+            loop {
+                match self.try_produce(origin, &msg) {
+                    Ok(Some(d)) => {
+                        deliveries.push_back((d, msg));
+                        break;
+                    }
+                    Ok(None) => {
+                        if !self
+                            .hear_oldest(component, origin, &mut deliveries, &mut tally)
+                            .await
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    Err(e) => {
+                        tally.failed(msg, e.to_string());
+                        break;
+                    }
+                }
             }
         }
+        while self
+            .hear_oldest(component, origin, &mut deliveries, &mut tally)
+            .await
+        {}
         tally.into_retry_result(left)
     }
 }
@@ -410,23 +451,19 @@ impl BrokerSink for KafkaSink {
         &self,
         component: &ComponentContext,
         origin: &str,
-        p: Pending,
+        mut p: Pending,
     ) -> Result<(), ComponentError> {
-        let mut tally = Tally::default();
-        for (d, msg) in p.deliveries {
-            match self.outcome(component, origin, d, &msg).await {
-                Outcome::Delivered => tally.delivered(msg.1.len()),
-                Outcome::DeadLettered => {}
-                Outcome::Failed(e) => tally.failed(msg, e),
-            }
-        }
+        while self
+            .hear_oldest(component, origin, &mut p.deliveries, &mut p.tally)
+            .await
+        {}
         outbound::settle(
             self,
             component,
             origin,
             &self.resilience,
             p.finalizers,
-            tally,
+            p.tally,
             ["delivered", "producing"],
         )
         .await
