@@ -327,7 +327,8 @@ impl Runner {
                     if let Some(reports) = self.report_port(slot)
                         && n.kind == ComponentKind::Source
                     {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        // One barrier request at a time (see the coordinator).
+                        let (tx, rx) = mpsc::channel(1);
                         requests.insert(slot, tx);
                         start.barriers = Some(BarrierPort::new(rx, reports));
                         // A source resumes where the instance it replaces stopped.
