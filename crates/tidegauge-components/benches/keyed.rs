@@ -61,7 +61,7 @@ fn transform(
 ) -> Box<dyn tidegauge_core::Transform> {
     let d = registry::find(ComponentKind::Transform, kind).expect("registered");
     let text = format!("{{ {settings} }}");
-    let de = toml::de::ValueDeserializer::parse(&text).expect("valid TOML");
+    let de = toml::de::DeValue::parse(&text).expect("valid TOML");
     let Ok(AnyConfig::Transform(config)) = d.parse(de) else {
         panic!("{kind} settings do not parse");
     };

@@ -35,6 +35,7 @@ pub mod kind;
 pub mod live;
 pub mod metrics;
 pub mod params;
+pub mod ranges;
 pub mod redact;
 pub mod registry;
 pub mod resilience;

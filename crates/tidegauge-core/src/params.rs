@@ -116,24 +116,13 @@ fn kind_of<'a>(root: &'a Value, schema: &'a Value) -> (String, Option<&'a Value>
 }
 
 fn range_of(root: &Value, schema: &Value) -> Option<String> {
-    match schema_bounds(resolve(root, schema)) {
-        (Some(lo), Some(hi)) => Some(format!("{lo}..={hi}")),
-        (Some(lo), None) => Some(format!(">= {lo}")),
-        (None, Some(hi)) => Some(format!("<= {hi}")),
-        (None, None) => None,
-    }
+    crate::ranges::Bounds::of(resolve(root, schema)).describe()
 }
 
 /// The `minimum` and `maximum` a JSON schema sets on a number, each written as a user
 /// reads it: a whole number without a fraction (`10`, not `10.0`).
 pub fn schema_bounds(schema: &Value) -> (Option<String>, Option<String>) {
-    let show = |v: f64| {
-        if v.fract() == 0.0 && v.abs() < 1e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v}")
-        }
-    };
+    let show = crate::ranges::show;
     let bound = |k: &str| schema.get(k).and_then(Value::as_f64).map(show);
     (bound("minimum"), bound("maximum"))
 }

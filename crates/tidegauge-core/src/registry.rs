@@ -60,16 +60,51 @@ pub trait ErasedSourceConfig: Debug + Send + Sync {
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>>;
 }
 
-impl<T: SourceConfig> ErasedSourceConfig for T {
+/// A component config with the settings it was read from: validation first checks each
+/// number in the settings against the range the config's JSON Schema sets on it
+/// ([`ranges::check`](crate::ranges::check)), and runs the component's own `validate`
+/// only once they all lie in range, so that no component checks a range by hand and
+/// `describe` shows exactly what is enforced.
+pub struct Parsed<T> {
+    config: T,
+    settings: serde_json::Value,
+}
+
+impl<T: Debug> Debug for Parsed<T> {
+    // The settings may hold secrets: only the typed config (which masks them) is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl<T: schemars::JsonSchema> Parsed<T> {
+    fn new(config: T, settings: serde_json::Value) -> Self {
+        Parsed { config, settings }
+    }
+
+    /// The settings' numbers outside their schema ranges.
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>> {
+        let schema = schema_of::<T>().to_value();
+        let errors = crate::ranges::check(&schema, &self.settings);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl<T: SourceConfig> ErasedSourceConfig for Parsed<T> {
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
-        SourceConfig::validate(self)
+        self.range_errors()?;
+        SourceConfig::validate(&self.config)
     }
     fn build(
         &self,
         schema: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>> {
-        Box::pin(SourceConfig::build(self, schema, cx))
+        Box::pin(SourceConfig::build(&self.config, schema, cx))
     }
 }
 
@@ -86,9 +121,10 @@ pub trait ErasedTransformConfig: Debug + Send + Sync {
     ) -> Result<Box<dyn Transform>, BuildError>;
 }
 
-impl<T: TransformConfig> ErasedTransformConfig for T {
+impl<T: TransformConfig> ErasedTransformConfig for Parsed<T> {
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
-        TransformConfig::validate(self, input)
+        self.range_errors()?;
+        TransformConfig::validate(&self.config, input)
     }
     fn build(
         &self,
@@ -96,7 +132,7 @@ impl<T: TransformConfig> ErasedTransformConfig for T {
         output: SchemaRef,
         cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        TransformConfig::build(self, input, output, cx)
+        TransformConfig::build(&self.config, input, output, cx)
     }
 }
 
@@ -112,21 +148,23 @@ pub trait ErasedSinkConfig: Debug + Send + Sync {
     ) -> BoxFuture<'_, Result<Box<dyn Sink>, BuildError>>;
 }
 
-impl<T: SinkConfig> ErasedSinkConfig for T {
+impl<T: SinkConfig> ErasedSinkConfig for Parsed<T> {
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
-        SinkConfig::validate(self, input)
+        self.range_errors()?;
+        SinkConfig::validate(&self.config, input)
     }
     fn build(
         &self,
         input: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Sink>, BuildError>> {
-        Box::pin(SinkConfig::build(self, input, cx))
+        Box::pin(SinkConfig::build(&self.config, input, cx))
     }
 }
 
-/// How the registry parses one component's settings.
-type ParseFn = fn(toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError>;
+/// How the registry parses one component's settings (a TOML table with its place in the
+/// file).
+type ParseFn = fn(toml::Spanned<toml::de::DeValue<'_>>) -> Result<AnyConfig, ParseError>;
 /// How the registry parses one component's settings given as JSON.
 type ParseJsonFn = fn(serde_json::Value) -> Result<AnyConfig, ParseError>;
 
@@ -147,18 +185,25 @@ fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
     schemars::schema_for!(T)
 }
 
-fn parse_typed<T: serde::de::DeserializeOwned>(
-    de: toml::de::ValueDeserializer<'_>,
-) -> Result<T, ParseError> {
-    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ParseError {
-            path: if path == "." { String::new() } else { path },
-            message: friendly_serde_message(inner.message()),
-            span: inner.span(),
-        }
-    })
+fn parse_typed<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
+    value: toml::Spanned<toml::de::DeValue<'_>>,
+) -> Result<Parsed<T>, ParseError> {
+    // The settings as JSON, for the range check; TOML reads them again into `T` so that
+    // its errors keep their place in the file.
+    let settings: serde_json::Value =
+        serde::Deserialize::deserialize(toml::de::ValueDeserializer::from(value.clone()))
+            .unwrap_or(serde_json::Value::Null);
+    serde_path_to_error::deserialize::<_, T>(toml::de::ValueDeserializer::from(value))
+        .map(|c| Parsed::new(c, settings))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ParseError {
+                path: if path == "." { String::new() } else { path },
+                message: friendly_serde_message(inner.message()),
+                span: inner.span(),
+            }
+        })
 }
 
 /// Rewrites serde's Rust-flavoured type names into words a user of a TOML file knows.
@@ -196,50 +241,49 @@ fn friendly_serde_message(msg: &str) -> String {
     out
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ParseError> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let path = e.path().to_string();
-        ParseError {
-            path: if path == "." { String::new() } else { path },
-            message: friendly_serde_message(&e.into_inner().to_string()),
-            span: None,
-        }
-    })
-}
-
-fn parse_json_any<T: serde::de::DeserializeOwned>(
+fn parse_json<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
     value: serde_json::Value,
-    wrap: fn(T) -> AnyConfig,
-) -> Result<AnyConfig, ParseError> {
-    parse_json::<T>(value).map(wrap)
+) -> Result<Parsed<T>, ParseError> {
+    serde_path_to_error::deserialize::<_, T>(value.clone())
+        .map(|c| Parsed::new(c, value))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            ParseError {
+                path: if path == "." { String::new() } else { path },
+                message: friendly_serde_message(&e.into_inner().to_string()),
+                span: None,
+            }
+        })
 }
 
 fn parse_source_json<T: SourceConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
-    parse_json_any::<T>(v, |c| AnyConfig::Source(Box::new(c)))
+    parse_json::<T>(v).map(|c| AnyConfig::Source(Box::new(c)))
 }
 
 fn parse_transform_json<T: TransformConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
-    parse_json_any::<T>(v, |c| AnyConfig::Transform(Box::new(c)))
+    parse_json::<T>(v).map(|c| AnyConfig::Transform(Box::new(c)))
 }
 
 fn parse_sink_json<T: SinkConfig>(v: serde_json::Value) -> Result<AnyConfig, ParseError> {
-    parse_json_any::<T>(v, |c| AnyConfig::Sink(Box::new(c)))
+    parse_json::<T>(v).map(|c| AnyConfig::Sink(Box::new(c)))
 }
 
 fn parse_source<T: SourceConfig>(
-    de: toml::de::ValueDeserializer<'_>,
+    v: toml::Spanned<toml::de::DeValue<'_>>,
 ) -> Result<AnyConfig, ParseError> {
-    parse_typed::<T>(de).map(|c| AnyConfig::Source(Box::new(c)))
+    parse_typed::<T>(v).map(|c| AnyConfig::Source(Box::new(c)))
 }
 
 fn parse_transform<T: TransformConfig>(
-    de: toml::de::ValueDeserializer<'_>,
+    v: toml::Spanned<toml::de::DeValue<'_>>,
 ) -> Result<AnyConfig, ParseError> {
-    parse_typed::<T>(de).map(|c| AnyConfig::Transform(Box::new(c)))
+    parse_typed::<T>(v).map(|c| AnyConfig::Transform(Box::new(c)))
 }
 
-fn parse_sink<T: SinkConfig>(de: toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError> {
-    parse_typed::<T>(de).map(|c| AnyConfig::Sink(Box::new(c)))
+fn parse_sink<T: SinkConfig>(
+    v: toml::Spanned<toml::de::DeValue<'_>>,
+) -> Result<AnyConfig, ParseError> {
+    parse_typed::<T>(v).map(|c| AnyConfig::Sink(Box::new(c)))
 }
 
 impl ComponentDescriptor {
@@ -297,9 +341,14 @@ impl ComponentDescriptor {
             .join(" ")
     }
 
-    /// Parses the component's settings.
-    pub fn parse(&self, de: toml::de::ValueDeserializer<'_>) -> Result<AnyConfig, ParseError> {
-        (self.parse)(de)
+    /// Parses the component's settings (a TOML table, e.g. from
+    /// `toml::de::DeValue::parse("{ window = 50 }")`). Their ranges are checked by
+    /// the config's `validate`.
+    pub fn parse(
+        &self,
+        settings: toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<AnyConfig, ParseError> {
+        (self.parse)(settings)
     }
 
     /// Parses the component's settings given as JSON (a live parameter change).

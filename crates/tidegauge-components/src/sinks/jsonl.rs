@@ -61,12 +61,6 @@ impl SinkConfig for JsonlSinkConfig {
         if self.path.as_os_str().is_empty() {
             errors.push(ConfigError::new("path", "expected a file path"));
         }
-        if self.flush_interval_ms == 0 {
-            errors.push(ConfigError::new(
-                "flush_interval_ms",
-                "expected a positive integer",
-            ));
-        }
         errors.extend(self.retry.validate("retry"));
         if errors.is_empty() {
             Ok(())

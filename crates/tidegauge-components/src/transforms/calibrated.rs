@@ -26,7 +26,7 @@ detector_config! {
         /// The detector whose statistic is calibrated: a table with `type` and its settings.
         pub detector: Option<Member> = None,
         /// Share of a stationary sensor's values flagged as anomalies (above 0, below 0.5).
-        #[schemars(range(min = 0.0, max = 0.5))]
+        #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 0.5))]
         pub target_alarm_rate: f64 = CalibrationParams::default().target_alarm_rate,
         /// Half-life of each sensor's history of magnitudes, in values (at least 10).
         #[schemars(range(min = 10.0))]

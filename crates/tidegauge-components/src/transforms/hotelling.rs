@@ -44,13 +44,13 @@ pub struct HotellingConfig {
     #[schemars(range(min = 4, max = 1000000))]
     pub warmup: u32,
     /// Half-life of each reading's smoothing, in rows.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub half_life_events: f64,
     /// Lowest distance that is an anomaly.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub threshold: f64,
     /// Share of normal rows each machine's learnt threshold aims to flag; 0: `threshold`.
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub target_alarm_rate: f64,
     /// Ridge added to the covariance's diagonal, relative to it.
     #[schemars(range(min = 0.0))]
@@ -136,11 +136,7 @@ impl TransformConfig for HotellingConfig {
                 + 4 * u64::from(self.warmup)
                 + std::mem::size_of::<Hotelling>() as u64
                 + 64;
-            errors.extend(super::spec::check_key_limits(
-                self.max_keys,
-                self.key_idle_ms,
-                bytes,
-            ));
+            errors.extend(super::spec::check_key_limits(self.max_keys, bytes));
         }
         if errors.is_empty() {
             Ok(extend(input, &detector_fields(STATISTIC)))

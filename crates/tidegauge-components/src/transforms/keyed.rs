@@ -97,16 +97,9 @@ pub fn validate<S: DetectorSpec>(
     input: &SchemaRef,
 ) -> Result<SchemaRef, Vec<ConfigError>> {
     let mut errors = spec.check();
-    if common.workers > 1024 {
-        errors.push(ConfigError::new("workers", "expected at most 1024"));
-    }
     if errors.is_empty() {
         // Only once the parameters are known good: they size the state.
-        errors.extend(check_key_limits(
-            common.max_keys,
-            common.key_idle_ms,
-            spec.bytes_per_key(),
-        ));
+        errors.extend(check_key_limits(common.max_keys, spec.bytes_per_key()));
     }
     if let Err(e) = require_field(input, "key_field", &common.key_field, &[DataType::Utf8]) {
         errors.push(e);

@@ -25,10 +25,10 @@ detector_config! {
         /// Shift of the cycle, e.g. the local time zone's offset from UTC in ms.
         pub offset_ms: i64 = 0,
         /// Half-life of each slot's baseline, in that slot's readings.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_events: f64 = 20.0,
         /// |z| against the slot above which a value is an anomaly.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = 3.0,
         /// Readings a slot must learn before it judges.
         #[schemars(range(min = 2))]

@@ -9,9 +9,6 @@ use tidegauge_detect::{Detector, ParamError};
 use super::KeyInterner;
 use super::key_table::TABLE_BYTES_PER_KEY;
 
-/// Largest `max_keys` accepted.
-pub const MAX_KEYS_LIMIT: usize = 100_000_000;
-
 /// Settings every detector has (resolved defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Common {
@@ -142,26 +139,14 @@ pub fn param_errors_renamed(
     errors
 }
 
-/// Checks `max_keys` and `key_idle_ms` of a keyed stage whose state per key can reach
-/// `bytes_per_key`: `max_keys` of them (with the key table's own bytes) must fit in
-/// [`MAX_STATE_BYTES`]; the error says how far to lower `max_keys`.
-pub fn check_key_limits(max_keys: usize, key_idle_ms: u64, bytes_per_key: u64) -> Vec<ConfigError> {
+/// Checks `max_keys` of a keyed stage whose state per key can reach `bytes_per_key`:
+/// `max_keys` of them (with the key table's own bytes) must fit in [`MAX_STATE_BYTES`];
+/// the error says how far to lower `max_keys`. (Its range is checked from the schema.)
+pub fn check_key_limits(max_keys: usize, bytes_per_key: u64) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    if !(1..=MAX_KEYS_LIMIT).contains(&max_keys) {
-        errors.push(ConfigError::new(
-            "max_keys",
-            format!("expected an integer from 1 to {MAX_KEYS_LIMIT}"),
-        ));
-    }
-    if key_idle_ms == 0 {
-        errors.push(ConfigError::new(
-            "key_idle_ms",
-            "expected a positive integer",
-        ));
-    }
     let per_key = bytes_per_key + TABLE_BYTES_PER_KEY + 64;
     let total = per_key as u128 * max_keys as u128;
-    if errors.is_empty() && total > MAX_STATE_BYTES as u128 {
+    if total > MAX_STATE_BYTES as u128 {
         errors.push(ConfigError::new(
             "max_keys",
             format!(

@@ -216,21 +216,8 @@ impl TransformConfig for WindowConfig {
                 ));
             }
         }
-        if self.size_ms <= 0 {
-            errors.push(ConfigError::new("size_ms", "expected a positive integer"));
-        }
-        if self.gap_ms <= 0 {
-            errors.push(ConfigError::new("gap_ms", "expected a positive integer"));
-        }
-        if self.max_keys == 0 {
-            errors.push(ConfigError::new("max_keys", "expected at least 1"));
-        }
-        if self.allowed_lateness_ms < 0 {
-            errors.push(ConfigError::new(
-                "allowed_lateness_ms",
-                "expected 0 or more",
-            ));
-        }
+        // `size_ms`, `gap_ms`, `max_keys` and `allowed_lateness_ms` have their ranges
+        // checked from the schema before this runs.
         match (self.kind, self.slide_ms) {
             (WindowKind::Sliding, None) => {
                 errors.push(ConfigError::new("slide_ms", "required for sliding windows"))

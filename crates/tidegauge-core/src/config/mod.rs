@@ -633,7 +633,7 @@ fn parse_component(
     }
     let config = descriptor.and_then(|d| {
         let value = Spanned::new(body.span(), DeValue::Table(settings));
-        match d.parse(toml::de::ValueDeserializer::from(value)) {
+        match d.parse(value) {
             Ok(c) => Some(c),
             Err(e) => {
                 errors.push(spanned_error(path, e, starts));

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::at_least_one;
 use crate::error::ConfigError;
 
 /// Settings of a circuit breaker: `breaker = { ... }`.
@@ -22,6 +21,7 @@ pub struct BreakerConfig {
     /// Failure rate over the last `window` calls that opens the breaker (0..1); unset:
     /// only consecutive failures count.
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 1.0))]
     pub failure_rate: Option<f64>,
     /// Calls the failure rate is taken over.
     #[serde(default = "default_window")]
@@ -62,25 +62,19 @@ impl Default for BreakerConfig {
 }
 
 impl BreakerConfig {
-    /// Range checks; paths relative to the `breaker` table.
+    /// The checks a range cannot state (ranges are checked from the schema, by
+    /// [`ranges::check`](crate::ranges::check)); paths under `prefix`.
     pub fn validate(&self, prefix: &str) -> Vec<ConfigError> {
+        // Ranges are checked from the schema; what a range cannot say is checked here.
         let mut errors = Vec::new();
-        at_least_one(
-            &mut errors,
-            prefix,
-            "failure_threshold",
-            self.failure_threshold,
-        );
         if let Some(r) = self.failure_rate
-            && !(r > 0.0 && r <= 1.0)
+            && r.is_nan()
         {
             errors.push(ConfigError::new(
                 format!("{prefix}.failure_rate"),
-                "expected a fraction above 0 and at most 1",
+                "must be a number above 0 and at most 1, got nan",
             ));
         }
-        at_least_one(&mut errors, prefix, "window", self.window);
-        at_least_one(&mut errors, prefix, "probes_to_close", self.probes_to_close);
         errors
     }
 }

@@ -25,19 +25,6 @@ use std::time::Duration;
 pub use breaker::{BreakerConfig, BreakerOpen, BreakerState, CircuitBreaker, Transition};
 pub use retry::{RetryBudget, RetryPolicy};
 
-use crate::error::ConfigError;
-
-/// Collects an error at `{prefix}.{field}` unless `value` is at least 1 (a count of
-/// attempts, failures, calls or probes).
-fn at_least_one(errors: &mut Vec<ConfigError>, prefix: &str, field: &str, value: u32) {
-    if value == 0 {
-        errors.push(ConfigError::new(
-            format!("{prefix}.{field}"),
-            "expected at least 1",
-        ));
-    }
-}
-
 /// Why a call with retries gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError<E> {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::at_least_one;
 use crate::error::ConfigError;
 
 /// `retry = { ... }` in a component's settings.
@@ -72,26 +71,26 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Range checks; paths relative to the `retry` table.
+    /// The checks a range cannot state (ranges are checked from the schema, by
+    /// [`ranges::check`](crate::ranges::check)); paths under `prefix`.
     pub fn validate(&self, prefix: &str) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        at_least_one(&mut errors, prefix, "max_attempts", self.max_attempts);
-        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
-            errors.push(ConfigError::new(
-                format!("{prefix}.multiplier"),
-                "expected a number of at least 1",
-            ));
+        // Ranges are checked from the schema; what a range cannot say is checked here.
+        for (name, v) in [
+            ("multiplier", self.multiplier),
+            ("budget_ratio", self.budget_ratio),
+        ] {
+            if !v.is_finite() {
+                errors.push(ConfigError::new(
+                    format!("{prefix}.{name}"),
+                    format!("must be a finite number, got {v}"),
+                ));
+            }
         }
         if self.max_backoff_ms < self.initial_backoff_ms {
             errors.push(ConfigError::new(
                 format!("{prefix}.max_backoff_ms"),
                 "must be at least initial_backoff_ms",
-            ));
-        }
-        if !(self.budget_ratio.is_finite() && self.budget_ratio >= 0.0) {
-            errors.push(ConfigError::new(
-                format!("{prefix}.budget_ratio"),
-                "expected a non-negative number",
             ));
         }
         errors

@@ -206,8 +206,8 @@ fn resolve_detector_for(
             table.push_str(&format!("{} = {value}\n", k.trim()));
         }
         let inline = format!("{{ {} }}", table.lines().collect::<Vec<_>>().join(", "));
-        let de = toml::de::ValueDeserializer::parse(&inline)
-            .map_err(|e| anyhow!("--set: {}", e.message()))?;
+        let de =
+            toml::de::DeValue::parse(&inline).map_err(|e| anyhow!("--set: {}", e.message()))?;
         match d.parse(de) {
             Ok(AnyConfig::Transform(t)) => (args.detector.clone(), t),
             Ok(_) => bail!("`{}` is not a transform", args.detector),
