@@ -210,8 +210,9 @@ fn walk(root: &Value, schema: &Value, value: &Value, path: &str, out: &mut Vec<C
             let Some(props) = s.get("properties").and_then(Value::as_object) else {
                 return;
             };
-            for (name, v) in map {
-                if let Some(p) = props.get(name) {
+            // In the schema's order (the struct's), whatever the order of the map.
+            for (name, p) in props {
+                if let Some(v) = map.get(name) {
                     let sub = if path.is_empty() {
                         name.clone()
                     } else {

@@ -36,6 +36,7 @@ pub struct SimulateConfig {
     pub sensors: usize,
     /// Events per second across the whole fleet.
     #[serde(default = "default_rate")]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub rate: f64,
     /// Pace events to the wall clock (`true`), or produce them as fast as downstream takes
     /// them (`false`; timestamps still advance at `rate`).
@@ -206,11 +207,7 @@ impl SourceConfig for SimulateConfig {
         };
         // Ranges (`sensors`, the probabilities) are checked from the schema before this
         // runs; a NaN, which no range excludes, is caught here.
-        check(
-            self.rate.is_finite() && self.rate > 0.0,
-            "rate",
-            "expected a positive number of events per second",
-        );
+        check(self.rate.is_finite(), "rate", "must be a finite number");
         check(
             self.baseline_min.is_finite()
                 && self.baseline_max.is_finite()
@@ -621,9 +618,32 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        let c = config("sensors = 0\nrate = -1.0\n[inject]\nspike_probability = 2.0");
+        // Through the registry, as a pipeline file is read: ranges come from the schema.
+        let d = tidegauge_core::registry::find(
+            tidegauge_core::registry::ComponentKind::Source,
+            "simulate",
+        )
+        .unwrap();
+        let settings = toml::de::DeValue::parse(
+            "{ sensors = 0, rate = -1.0, inject = { spike_probability = 2.0 } }",
+        )
+        .unwrap();
+        let Ok(tidegauge_core::registry::AnyConfig::Source(c)) = d.parse(settings) else {
+            panic!("settings of the right types parse");
+        };
         let errs = c.validate().unwrap_err();
-        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec!["sensors", "rate", "inject.spike_probability"]);
+        let got: Vec<_> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "sensors: must be in 1..=10000000, got 0",
+                "rate: must be above 0, got -1",
+                "inject.spike_probability: must be in 0..=1, got 2",
+            ]
+        );
+        // What no range says is the component's own check.
+        let c = config("[inject]\ndrift_probability = 0.6\nstuck_probability = 0.6");
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs[0].path, "inject");
     }
 }

@@ -225,3 +225,70 @@ fn help_explains_the_commands() {
     assert!(out.status.success());
     insta::assert_snapshot!("help", stdout(&out));
 }
+
+/// One value out of range in a source, a detector and a sink's `retry` table: all three
+/// reported at once, each at its path, in the one wording `describe` also uses.
+#[test]
+fn check_reports_every_out_of_range_value_in_one_wording() {
+    const PIPELINE: &str = r#"[sources.fleet]
+type = "simulate"
+sensors = 0
+
+[sources.readings]
+type = "stdin"
+
+[transforms.spikes]
+type = "zscore"
+inputs = ["readings"]
+threshold = 0.0
+
+[sinks.fleet_out]
+type = "stdout"
+inputs = ["fleet"]
+
+[sinks.spikes_out]
+type = "stdout"
+inputs = ["spikes"]
+
+[sinks.archive]
+type = "jsonl"
+inputs = ["readings"]
+path = "archive.jsonl"
+retry = { max_attempts = 0, multiplier = 0.5 }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ranges.toml");
+    std::fs::write(&path, PIPELINE).unwrap();
+    let out = tidegauge().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "invalid pipeline exits 2");
+    let text = stderr(&out).replace(&path.display().to_string(), "ranges.toml");
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        [
+            "error: ranges.toml:3: sources.fleet.sensors: must be in 1..=10000000, got 0",
+            "error: ranges.toml:11: transforms.spikes.threshold: must be above 0, got 0",
+            "error: ranges.toml:25: sinks.archive.retry.max_attempts: must be at least 1, got 0",
+            "error: ranges.toml:25: sinks.archive.retry.multiplier: must be at least 1, got 0.5",
+        ],
+        "{text}"
+    );
+    assert!(text.contains("4 problems found"), "{text}");
+
+    // `describe` shows the same ranges.
+    for (name, line) in [
+        (
+            "simulate",
+            "sensors  integer  default 20  range 1..=10000000",
+        ),
+        ("zscore", "threshold  number  default 3.0  range > 0"),
+        (
+            "jsonl",
+            "retry.max_attempts  integer  default 4  range >= 1",
+        ),
+    ] {
+        let out = tidegauge().args(["describe", name]).output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains(line), "describe {name}:\n{shown}");
+    }
+}
