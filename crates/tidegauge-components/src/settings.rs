@@ -12,7 +12,7 @@ use arrow_schema::SchemaRef;
 use tidegauge_core::ConfigError;
 
 use crate::codec::{FieldMap, schema_for};
-use crate::sources::{BatchConfig, validate_fields};
+use crate::sources::validate_fields;
 
 /// Declares a config struct (deriving `Clone`, `Debug`, `Deserialize`, `JsonSchema`,
 /// denying unknown fields) with its own fields followed by those of the listed parts.
@@ -51,8 +51,9 @@ macro_rules! decoded_records {
         } $rest);
 
         impl $name {
-            /// Checks the declared fields and batching after the component's own checks
-            /// (`errors`); the output schema when nothing is wrong.
+            /// Checks the declared fields after the component's own checks (`errors`;
+            /// batching's ranges come from the schema); the output schema when nothing
+            /// is wrong.
             pub(crate) fn decoded_schema(
                 &self,
                 errors: Vec<tidegauge_core::ConfigError>,
@@ -60,7 +61,6 @@ macro_rules! decoded_records {
                 $crate::settings::decoded_schema(
                     &self.fields,
                     &self.optional_fields,
-                    &self.batch,
                     errors,
                 )
             }
@@ -74,11 +74,9 @@ pub(crate) use decoded_records;
 pub(crate) fn decoded_schema(
     fields: &FieldMap,
     optional: &[String],
-    batch: &BatchConfig,
     mut errors: Vec<ConfigError>,
 ) -> Result<SchemaRef, Vec<ConfigError>> {
     validate_fields(fields, optional, &mut errors);
-    batch.validate(&mut errors);
     collect(errors, || schema_for(fields, optional))
 }
 

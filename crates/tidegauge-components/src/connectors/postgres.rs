@@ -126,12 +126,6 @@ impl SinkConfig for PostgresSinkConfig {
                 "expected `table` or `schema.table`",
             ));
         }
-        if self.max_rows == 0 {
-            errors.push(ConfigError::new("max_rows", "expected at least 1"));
-        }
-        if self.flush_interval_ms == 0 {
-            errors.push(ConfigError::new("flush_interval_ms", "expected at least 1"));
-        }
         errors.extend(self.retry.validate("retry"));
         errors.extend(self.breaker.validate("breaker"));
         if errors.is_empty() {

@@ -132,24 +132,6 @@ impl SourceConfig for FileSourceConfig {
         if let Err(e) = self.csv.delimiter_byte() {
             errors.push(e);
         }
-        if self.poll_interval_ms == 0 {
-            errors.push(ConfigError::new(
-                "poll_interval_ms",
-                "expected a positive integer",
-            ));
-        }
-        if self.max_line_bytes == 0 {
-            errors.push(ConfigError::new(
-                "max_line_bytes",
-                "expected a positive integer",
-            ));
-        }
-        if self.max_decompressed_bytes == 0 {
-            errors.push(ConfigError::new(
-                "max_decompressed_bytes",
-                "expected a positive integer",
-            ));
-        }
         self.decoded_schema(errors)
     }
 

@@ -110,24 +110,6 @@ impl Default for BatchConfig {
     }
 }
 
-impl BatchConfig {
-    /// Range checks, errors at `batch.*`.
-    pub fn validate(&self, errors: &mut Vec<ConfigError>) {
-        if self.rows == 0 {
-            errors.push(ConfigError::new(
-                "batch.rows",
-                "expected a positive integer",
-            ));
-        }
-        if self.linger_ms == 0 {
-            errors.push(ConfigError::new(
-                "batch.linger_ms",
-                "expected a positive integer",
-            ));
-        }
-    }
-}
-
 /// Checks the declared fields: at least one, optional ones among them.
 pub(crate) fn validate_fields(
     fields: &FieldMap,

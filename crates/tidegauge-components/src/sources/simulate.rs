@@ -250,7 +250,6 @@ impl SourceConfig for SimulateConfig {
             "inject.drift_sigma_per_event",
             "expected a finite number",
         );
-        self.batch.validate(&mut errors);
         if errors.is_empty() {
             Ok(simulate_schema())
         } else {

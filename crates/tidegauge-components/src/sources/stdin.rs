@@ -50,12 +50,6 @@ impl SourceConfig for StdinSourceConfig {
         if let Err(e) = self.csv.delimiter_byte() {
             errors.push(e);
         }
-        if self.max_line_bytes == 0 {
-            errors.push(ConfigError::new(
-                "max_line_bytes",
-                "expected a positive integer",
-            ));
-        }
         self.decoded_schema(errors)
     }
 

@@ -232,7 +232,6 @@ impl SourceConfig for HttpPollConfig {
         }
         errors.extend(self.retry.validate("retry"));
         errors.extend(self.breaker.validate("breaker"));
-        self.batch.validate(&mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }

@@ -125,15 +125,6 @@ impl SinkConfig for KafkaSinkConfig {
                 format!("the input has no field `{k}`"),
             ));
         }
-        if self.batch_messages == 0 {
-            errors.push(ConfigError::new("batch_messages", "expected at least 1"));
-        }
-        if self.max_message_bytes < 1000 {
-            errors.push(ConfigError::new(
-                "max_message_bytes",
-                "expected at least 1000",
-            ));
-        }
         errors.extend(self.retry.validate("retry"));
         collect(errors, || ())
     }

@@ -79,9 +79,6 @@ impl SinkConfig for MqttSinkConfig {
                 "wildcards `+` and `#` are for subscribing, not publishing",
             ));
         }
-        if self.inflight == 0 {
-            errors.push(ConfigError::new("inflight", "expected at least 1"));
-        }
         collect(errors, || ())
     }
 

@@ -86,12 +86,6 @@ impl SourceConfig for NatsSourceConfig {
                 "expected a stream name (no `.`, `*`, `>` or spaces)",
             ));
         }
-        if self.ack_wait_ms < 1000 {
-            errors.push(ConfigError::new("ack_wait_ms", "expected at least 1000"));
-        }
-        if self.max_ack_pending < 1 {
-            errors.push(ConfigError::new("max_ack_pending", "expected at least 1"));
-        }
         if let Some(k) = &self.key_from_subject {
             k.validate("key_from_subject", &self.fields, &mut errors);
         }
