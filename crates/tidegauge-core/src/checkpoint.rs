@@ -23,8 +23,14 @@
 //! - Checkpoint `n` is complete when every source reported its barrier position, every
 //!   transform its state, and every sink its epochs up to `n`. It is written atomically:
 //!   each state to its own file (temporary file, fsync, rename, fsync of the directory),
-//!   then the manifest `checkpoint.json` naming them in the same way; older state files
-//!   go only after the new manifest is in place. One checkpoint is in flight at a time.
+//!   then the manifest `checkpoint.json` naming them in the same way; the manifest it
+//!   replaces stays as `checkpoint-<id>.json`, and the state files of checkpoints older
+//!   than the [`KEEP`] newest go only after the new manifest is in place. One checkpoint
+//!   is in flight at a time.
+//! - A restart resumes from the newest intact checkpoint (every state file's length and
+//!   checksum checked), with a warning when that is not the newest. Each manifest
+//!   records what the sources read ([`InputIdentity`]); a checkpoint of other input, or
+//!   positions and state left without any manifest, are refused ([`reset`] starts over).
 //! - A component that has finished counts with its final value: a source's last
 //!   position, a transform's state after its last batch (before `flush`), a sink that
 //!   ended cleanly holds everything. At the end of a run without failures a final
@@ -122,11 +128,36 @@ pub enum CheckpointError {
         source: io::Error,
     },
     /// A file is not what was written (bad JSON, checksum mismatch, wrong length).
-    #[error("{path}: {reason}; remove the checkpoint directory to start over")]
+    #[error("{path}: {reason}; run with --reset-state to start over")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// The directory holds what an earlier run left but no checkpoint manifest: where
+    /// that run stood is unknown, and starting over silently would replay everything.
+    #[error(
+        "{dir}: holds {what} of an earlier run but no checkpoint manifest ({MANIFEST}); \
+         run with --reset-state to start over"
+    )]
+    Missing {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What it holds.
+        what: String,
+    },
+    /// The checkpoint was taken by another pipeline or on other input.
+    #[error(
+        "{dir}: checkpoint {id} was taken {reason}; run with --reset-state to start over \
+         from it, or give this pipeline its own [checkpoint] dir"
+    )]
+    Foreign {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The checkpoint's id.
+        id: u64,
+        /// What differs.
         reason: String,
     },
 }
@@ -182,7 +213,7 @@ struct StateEntry {
     crc32: u32,
 }
 
-/// `checkpoint.json`.
+/// `checkpoint.json` (the newest) and `checkpoint-<id>.json` (the ones kept before it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Manifest {
     version: u32,
@@ -192,6 +223,50 @@ struct Manifest {
     sources: BTreeMap<String, Value>,
     /// Transform id -> state file (transforms without state are absent).
     transforms: BTreeMap<String, StateEntry>,
+    /// Source id -> what it read when the checkpoint was taken (absent in manifests of
+    /// earlier versions, which are then not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inputs: Option<BTreeMap<String, InputIdentity>>,
+}
+
+/// What a source reads, as recorded with each checkpoint: a restart on other input
+/// (another file, another pipeline's directory) must not resume at its positions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputIdentity {
+    /// The source's type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// What the source says identifies its input (e.g. file paths and first bytes);
+    /// null when it has nothing to say.
+    pub input: Value,
+}
+
+/// Identity of an input file: its path made absolute and, unless the file may be
+/// replaced between runs (`replaceable`, a followed log that rotates), a fingerprint of
+/// its first 64 bytes (files shorter than that are known by path alone, as appending
+/// to them changes those bytes).
+pub fn file_identity(path: &Path, replaceable: bool) -> Value {
+    const HEAD: usize = 64;
+    let absolute = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut v = serde_json::json!({ "path": absolute.display().to_string() });
+    if !replaceable {
+        let mut head = [0u8; HEAD];
+        let read = File::open(path).and_then(|mut f| {
+            use std::io::Read;
+            let mut n = 0;
+            while n < HEAD {
+                match f.read(&mut head[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            Ok(n)
+        });
+        if let Ok(HEAD) = read {
+            v["head_crc32"] = Value::from(format!("{:08x}", crc32fast::hash(&head)));
+        }
+    }
+    v
 }
 
 /// `acked/<id>.json`.
@@ -204,6 +279,105 @@ struct AckedFile {
 
 const MANIFEST: &str = "checkpoint.json";
 const VERSION: u32 = 1;
+/// Checkpoints kept: the newest and the ones before it, to fall back on when the newest
+/// is damaged.
+pub const KEEP: usize = 3;
+
+fn kept_name(id: u64) -> String {
+    format!("checkpoint-{id}.json")
+}
+
+/// The id of a kept manifest's file name.
+fn kept_id(name: &str) -> Option<u64> {
+    name.strip_prefix("checkpoint-")?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
+/// Counters of checkpointing, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CheckpointTelemetry {
+    /// Id of the last checkpoint written (or restored, before the first is written).
+    pub last_id: std::sync::atomic::AtomicU64,
+    /// When it was written, in milliseconds since the Unix epoch (0: never).
+    pub last_unix_ms: std::sync::atomic::AtomicU64,
+    /// How long it took, from the barrier request to the manifest on disk, in
+    /// nanoseconds.
+    pub last_duration_ns: std::sync::atomic::AtomicU64,
+    /// Bytes it wrote (state files and manifest).
+    pub last_bytes: std::sync::atomic::AtomicU64,
+    /// Checkpoints written.
+    pub completed: std::sync::atomic::AtomicU64,
+    /// Checkpoints that failed (could not be written, or a component could not
+    /// snapshot its state or deliver).
+    pub failures: std::sync::atomic::AtomicU64,
+    /// Restarts that fell back to an older checkpoint because a newer one was damaged or
+    /// missing (0 or 1 in one process).
+    pub restore_fallbacks: std::sync::atomic::AtomicU64,
+}
+
+impl CheckpointTelemetry {
+    /// The values now.
+    pub fn metrics(&self) -> crate::metrics::CheckpointMetrics {
+        use std::sync::atomic::Ordering::Relaxed;
+        let written = self.last_unix_ms.load(Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        crate::metrics::CheckpointMetrics {
+            last_id: self.last_id.load(Relaxed),
+            age_seconds: (written > 0).then(|| now.saturating_sub(written) as f64 / 1e3),
+            last_duration_seconds: self.last_duration_ns.load(Relaxed) as f64 / 1e9,
+            last_bytes: self.last_bytes.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            restore_fallbacks: self.restore_fallbacks.load(Relaxed),
+        }
+    }
+}
+
+/// Removes everything an earlier run left in the checkpoint directory (manifests, state,
+/// acknowledged positions): the next run starts over. Returns how many files went.
+pub fn reset(config: &CheckpointConfig) -> Result<usize, CheckpointError> {
+    let dir = &config.dir;
+    let mut removed = 0;
+    let mut remove_in = |d: &Path, pick: &dyn Fn(&str) -> bool| -> Result<(), CheckpointError> {
+        let entries = match fs::read_dir(d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(d)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(d))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_file() && pick(&name) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(())
+    };
+    remove_in(dir, &|n| {
+        n == MANIFEST
+            || kept_id(n).is_some()
+            || (n.starts_with("checkpoint") && n.ends_with(".json.tmp"))
+    })?;
+    remove_in(&dir.join("state"), &|_| true)?;
+    remove_in(&dir.join("acked"), &|_| true)?;
+    if dir.exists() {
+        sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(removed)
+}
+
+/// A manifest read from disk, with its file.
+#[derive(Debug)]
+struct Found {
+    file: String,
+    manifest: Manifest,
+}
 
 fn now_text() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -213,57 +387,286 @@ fn now_text() -> String {
 #[derive(Debug)]
 pub struct CheckpointStore {
     config: CheckpointConfig,
+    /// The checkpoint a restart resumes from: the newest intact one.
     manifest: Option<Manifest>,
+    /// Whether `checkpoint.json` on disk is `manifest` (else it is missing or damaged
+    /// and is not kept when the next checkpoint replaces it).
+    newest_on_disk: bool,
+    /// Intact checkpoints kept before `manifest`, newest first.
+    history: Vec<Found>,
     acked: HashMap<String, Value>,
     stateful: bool,
+    /// What this run's sources read, recorded with every checkpoint.
+    inputs: BTreeMap<String, InputIdentity>,
+    telemetry: Arc<CheckpointTelemetry>,
+}
+
+/// Reads manifest `name` and checks every state file it names (length and checksum).
+fn read_manifest(dir: &Path, name: &str) -> Result<Manifest, String> {
+    let path = dir.join(name);
+    let bytes = fs::read(&path).map_err(|e| format!("cannot be read: {e}"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| format!("is not a checkpoint manifest: {e}"))?;
+    for (transform, entry) in &manifest.transforms {
+        check_state(&dir.join("state").join(&entry.file), entry)
+            .map_err(|e| format!("names a damaged state of transform `{transform}`: {e}"))?;
+    }
+    Ok(manifest)
+}
+
+/// A state file's bytes, checked against its manifest entry.
+fn check_state(path: &Path, entry: &StateEntry) -> Result<Vec<u8>, CheckpointError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    if bytes.len() as u64 != entry.bytes {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{} bytes, the manifest says {}", bytes.len(), entry.bytes),
+        });
+    }
+    let crc = crc32fast::hash(&bytes);
+    if crc != entry.crc32 {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "checksum {crc:08x} does not match the manifest's {:08x}",
+                entry.crc32
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Files in `dir` (none when it does not exist).
+fn file_names(dir: &Path) -> Result<Vec<String>, CheckpointError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_type().map_err(io_err(dir))?.is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 impl CheckpointStore {
-    /// Opens (creating) the directory and reads what an earlier run left. A manifest or
-    /// acknowledged-position file that cannot be parsed is an error: starting over
+    /// Opens (creating) the directory and reads what an earlier run left: the newest
+    /// intact checkpoint (falling back, with a warning, to an older one kept when the
+    /// newest is damaged or missing). No intact checkpoint where an earlier run left
+    /// some, or left positions or state without one, is an error: starting over
     /// silently would replay or skip data.
     pub fn open(config: &CheckpointConfig) -> Result<Self, CheckpointError> {
         let dir = &config.dir;
         for d in [dir.clone(), dir.join("state"), dir.join("acked")] {
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let manifest_path = dir.join(MANIFEST);
-        let manifest = match fs::read(&manifest_path) {
-            Ok(bytes) => Some(serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
-                CheckpointError::Corrupt {
-                    path: manifest_path.clone(),
-                    reason: format!("not a checkpoint manifest: {e}"),
+        let telemetry = Arc::new(CheckpointTelemetry::default());
+        let mut found = Vec::new();
+        let mut damaged: Vec<(String, String)> = Vec::new();
+        for name in file_names(dir)? {
+            if name != MANIFEST && kept_id(&name).is_none() {
+                continue;
+            }
+            match read_manifest(dir, &name) {
+                Ok(manifest) => found.push(Found {
+                    file: name,
+                    manifest,
+                }),
+                Err(reason) => damaged.push((name, reason)),
+            }
+        }
+        // Newest first; of two files with one id (a crash between keeping the old
+        // manifest and writing the new), `checkpoint.json` first.
+        found.sort_by_key(|f| (std::cmp::Reverse(f.manifest.id), f.file != MANIFEST));
+        found.dedup_by_key(|f| f.manifest.id);
+        let mut found = found.into_iter();
+        let chosen = found.next();
+        let history: Vec<Found> = found.collect();
+        let newest_on_disk = chosen.as_ref().is_some_and(|f| f.file == MANIFEST);
+        match &chosen {
+            Some(c) if !newest_on_disk => {
+                let why = match damaged.iter().find(|(n, _)| n == MANIFEST) {
+                    Some((_, reason)) => reason.clone(),
+                    None if !dir.join(MANIFEST).exists() => "is missing".to_string(),
+                    None => "is older than a checkpoint kept before it".to_string(),
+                };
+                telemetry
+                    .restore_fallbacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "checkpoint: the newest checkpoint {} {why}; falling back to checkpoint {} \
+                     of {} ({}): what was read after it is read again",
+                    dir.join(MANIFEST).display(),
+                    c.manifest.id,
+                    c.manifest.time,
+                    dir.join(&c.file).display()
+                );
+            }
+            Some(c) => {
+                for (name, reason) in &damaged {
+                    tracing::warn!(
+                        "checkpoint: {} {reason}; not needed (checkpoint {} is intact)",
+                        dir.join(name).display(),
+                        c.manifest.id
+                    );
                 }
-            })?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_err(&manifest_path)(e)),
-        };
+            }
+            None => {
+                if let Some((name, _)) = damaged.first() {
+                    let reasons: Vec<String> =
+                        damaged.iter().map(|(n, r)| format!("{n} {r}")).collect();
+                    return Err(CheckpointError::Corrupt {
+                        path: dir.join(name),
+                        reason: format!("no intact checkpoint: {}", reasons.join("; ")),
+                    });
+                }
+                let acked = file_names(&dir.join("acked"))?.len();
+                let states = file_names(&dir.join("state"))?.len();
+                if acked + states > 0 {
+                    let mut what = Vec::new();
+                    if acked > 0 {
+                        what.push(format!("{acked} acknowledged source position(s)"));
+                    }
+                    if states > 0 {
+                        what.push(format!("{states} transform state file(s)"));
+                    }
+                    return Err(CheckpointError::Missing {
+                        dir: dir.clone(),
+                        what: what.join(" and "),
+                    });
+                }
+            }
+        }
+        let manifest = chosen.map(|c| c.manifest);
+        if let Some(m) = &manifest {
+            telemetry
+                .last_id
+                .store(m.id, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut acked = HashMap::new();
         let acked_dir = dir.join("acked");
-        for entry in fs::read_dir(&acked_dir).map_err(io_err(&acked_dir))? {
-            let entry = entry.map_err(io_err(&acked_dir))?;
-            let path = entry.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-            else {
+        for name in file_names(&acked_dir)? {
+            let Some(id) = name.strip_suffix(".json") else {
                 continue;
             };
+            let path = acked_dir.join(&name);
             let bytes = fs::read(&path).map_err(io_err(&path))?;
-            let file: AckedFile =
-                serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
-                    path: path.clone(),
-                    reason: format!("not an acknowledged position: {e}"),
-                })?;
-            acked.insert(id.to_string(), file.position);
+            match serde_json::from_slice::<AckedFile>(&bytes) {
+                Ok(file) => {
+                    acked.insert(id.to_string(), file.position);
+                }
+                Err(e) => {
+                    let held = manifest
+                        .as_ref()
+                        .filter(|m| m.sources.get(id).is_some_and(|p| !p.is_null()));
+                    match held {
+                        // The checkpoint knows where this source stood: resume there
+                        // (events after it come again), the file is rewritten at the
+                        // next commit.
+                        Some(m) => tracing::warn!(
+                            "checkpoint: {} is not an acknowledged position ({e}); source `{id}` \
+                             resumes from checkpoint {} instead",
+                            path.display(),
+                            m.id
+                        ),
+                        None => {
+                            return Err(CheckpointError::Corrupt {
+                                path: path.clone(),
+                                reason: format!(
+                                    "not an acknowledged position ({e}), and no checkpoint holds the position of source `{id}`"
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
         }
         Ok(CheckpointStore {
             config: config.clone(),
             manifest,
+            newest_on_disk,
+            history,
             acked,
             stateful: false,
+            inputs: BTreeMap::new(),
+            telemetry,
         })
+    }
+
+    /// Checks that the checkpoint resumed from was taken on the same input as `inputs`
+    /// (source id -> identity; sources present on both sides are compared), records
+    /// `inputs` for the checkpoints to come, and, when the directory holds no checkpoint
+    /// yet, writes an empty one (number 0) so that a later restart can tell a state
+    /// directory in use from one whose manifest went missing.
+    pub fn begin(
+        &mut self,
+        inputs: BTreeMap<String, InputIdentity>,
+    ) -> Result<(), CheckpointError> {
+        if let Some(m) = &self.manifest
+            && let Some(recorded) = &m.inputs
+        {
+            let foreign = |reason: String| CheckpointError::Foreign {
+                dir: self.config.dir.clone(),
+                id: m.id,
+                reason,
+            };
+            let common: Vec<&String> = inputs
+                .keys()
+                .filter(|k| recorded.contains_key(*k))
+                .collect();
+            if common.is_empty() && !recorded.is_empty() && !inputs.is_empty() {
+                let names = |m: &BTreeMap<String, InputIdentity>| {
+                    m.keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(foreign(format!(
+                    "by a pipeline with source(s) {}; this one has {}",
+                    names(recorded),
+                    names(&inputs)
+                )));
+            }
+            for id in common {
+                let (was, now) = (&recorded[id], &inputs[id]);
+                if was.type_name != now.type_name {
+                    return Err(foreign(format!(
+                        "with source `{id}` of type `{}`; it is now of type `{}`",
+                        was.type_name, now.type_name
+                    )));
+                }
+                if was.input != now.input {
+                    return Err(foreign(format!(
+                        "with source `{id}` reading {}; it now reads {}",
+                        was.input, now.input
+                    )));
+                }
+            }
+        }
+        self.inputs = inputs;
+        if self.manifest.is_none() {
+            self.write(0, BTreeMap::new(), BTreeMap::new())?;
+            // A marker, not a checkpoint of this run: the counters start at zero.
+            use std::sync::atomic::Ordering::Relaxed;
+            self.telemetry.completed.store(0, Relaxed);
+            self.telemetry.last_unix_ms.store(0, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Records what source `id` reads from now on (a reload rebuilt it).
+    pub fn set_input(&mut self, id: &str, identity: InputIdentity) {
+        self.inputs.insert(id.to_string(), identity);
+    }
+
+    /// Counters of checkpointing, for `/metrics`.
+    pub fn telemetry(&self) -> Arc<CheckpointTelemetry> {
+        self.telemetry.clone()
     }
 
     /// The settings.
@@ -310,23 +713,7 @@ impl CheckpointStore {
             return Ok(None);
         };
         let path = self.config.dir.join("state").join(&entry.file);
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        if bytes.len() as u64 != entry.bytes {
-            return Err(CheckpointError::Corrupt {
-                path,
-                reason: format!("{} bytes, the manifest says {}", bytes.len(), entry.bytes),
-            });
-        }
-        let crc = crc32fast::hash(&bytes);
-        if crc != entry.crc32 {
-            return Err(CheckpointError::Corrupt {
-                path,
-                reason: format!(
-                    "checksum {crc:08x} does not match the manifest's {:08x}",
-                    entry.crc32
-                ),
-            });
-        }
+        let bytes = check_state(&path, entry)?;
         Ok(Some(bytes))
     }
 
@@ -383,16 +770,20 @@ impl CheckpointStore {
         }))
     }
 
-    /// Writes checkpoint `id`: state files first, then the manifest; then removes state
-    /// files of earlier checkpoints.
+    /// Writes checkpoint `id`: state files first, then the manifest (the one it replaces
+    /// is kept as `checkpoint-<id>.json`); then removes the manifests and state files
+    /// of checkpoints older than the [`KEEP`] newest.
     pub fn write(
         &mut self,
         id: u64,
         sources: BTreeMap<String, Value>,
         states: BTreeMap<String, Vec<u8>>,
     ) -> Result<(), CheckpointError> {
-        let state_dir = self.config.dir.join("state");
+        let started = Instant::now();
+        let dir = self.config.dir.clone();
+        let state_dir = dir.join("state");
         let mut transforms = BTreeMap::new();
+        let mut written: u64 = 0;
         for (name, bytes) in &states {
             let file = format!("{name}-{id}.bin");
             let path = state_dir.join(&file);
@@ -401,6 +792,7 @@ impl CheckpointStore {
                 f.write_all(bytes).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
+            written += bytes.len() as u64;
             transforms.insert(
                 name.clone(),
                 StateEntry {
@@ -419,29 +811,84 @@ impl CheckpointStore {
             time: now_text(),
             sources,
             transforms,
+            inputs: Some(self.inputs.clone()),
         };
-        let path = self.config.dir.join(MANIFEST);
+        let path = dir.join(MANIFEST);
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Io {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
+        written += bytes.len() as u64;
+        // The manifest about to be replaced stays as the newest to fall back on (a
+        // second name for the same file: nothing is copied, and `checkpoint.json` is
+        // never missing).
+        if self.newest_on_disk {
+            if let Some(old) = self.manifest.take() {
+                let kept = kept_name(old.id);
+                let kept_path = dir.join(&kept);
+                let _ = fs::remove_file(&kept_path);
+                fs::hard_link(&path, &kept_path).map_err(io_err(&kept_path))?;
+                self.history.insert(
+                    0,
+                    Found {
+                        file: kept,
+                        manifest: old,
+                    },
+                );
+            }
+        } else if let Some(old) = self.manifest.take() {
+            // Resumed from a kept checkpoint (the newest was damaged): it stays kept.
+            if dir.join(kept_name(old.id)).exists() {
+                self.history.insert(
+                    0,
+                    Found {
+                        file: kept_name(old.id),
+                        manifest: old,
+                    },
+                );
+            }
+        }
         write_atomic(&path, &bytes).map_err(io_err(&path))?;
-        // Earlier state files are no longer referenced.
-        let keep: Vec<&str> = manifest
+        self.history.retain(|f| f.manifest.id < id);
+        self.history.truncate(KEEP.saturating_sub(1));
+        // What older checkpoints used is no longer needed.
+        let mut keep_files: Vec<&str> = manifest
             .transforms
             .values()
             .map(|e| e.file.as_str())
             .collect();
-        if let Ok(entries) = fs::read_dir(&state_dir) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                if name.ends_with(".bin") && !keep.contains(&name.as_ref()) {
-                    let _ = fs::remove_file(e.path());
+        let mut keep_manifests = vec![MANIFEST];
+        for f in &self.history {
+            keep_manifests.push(f.file.as_str());
+            keep_files.extend(f.manifest.transforms.values().map(|e| e.file.as_str()));
+        }
+        if let Ok(names) = file_names(&dir) {
+            for name in names {
+                if kept_id(&name).is_some() && !keep_manifests.contains(&name.as_str()) {
+                    let _ = fs::remove_file(dir.join(&name));
+                }
+            }
+        }
+        if let Ok(names) = file_names(&state_dir) {
+            for name in names {
+                if name.ends_with(".bin") && !keep_files.contains(&name.as_str()) {
+                    let _ = fs::remove_file(state_dir.join(&name));
                 }
             }
         }
         self.manifest = Some(manifest);
+        self.newest_on_disk = true;
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = &self.telemetry;
+        t.last_id.store(id, Relaxed);
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        t.last_unix_ms.store(unix_ms, Relaxed);
+        t.last_duration_ns
+            .store(started.elapsed().as_nanos() as u64, Relaxed);
+        t.last_bytes.store(written, Relaxed);
+        t.completed.fetch_add(1, Relaxed);
         Ok(())
     }
 }
@@ -611,6 +1058,8 @@ struct InFlight {
     positions: HashMap<usize, Option<Value>>,
     states: HashMap<usize, Option<Vec<u8>>>,
     failed: Option<String>,
+    /// When its barriers were requested.
+    started: Instant,
 }
 
 /// Takes checkpoints while a pipeline runs. See the module documentation.
@@ -630,6 +1079,7 @@ pub(crate) struct Coordinator {
     sink_epochs: HashMap<usize, (std::collections::BTreeSet<u64>, u64)>,
     in_flight: Option<InFlight>,
     completed: u64,
+    telemetry: Arc<CheckpointTelemetry>,
 }
 
 /// What [`Coordinator::run`] reports at the end.
@@ -658,6 +1108,7 @@ impl Coordinator {
             .map(|(&i, _)| (i, (Default::default(), first_id - 1)))
             .collect();
         Coordinator {
+            telemetry: store.telemetry(),
             store: Arc::new(Mutex::new(store)),
             nodes,
             paused: false,
@@ -708,6 +1159,7 @@ impl Coordinator {
                                 positions: HashMap::new(),
                                 states: HashMap::new(),
                                 failed: None,
+                                started: Instant::now(),
                             };
                             if self.fill_from_finals(&mut cp) {
                                 self.in_flight = Some(cp);
@@ -761,6 +1213,7 @@ impl Coordinator {
             positions: HashMap::new(),
             states: HashMap::new(),
             failed: None,
+            started: Instant::now(),
         });
     }
 
@@ -910,6 +1363,7 @@ impl Coordinator {
             return;
         };
         if let Some(reason) = cp.failed.take() {
+            self.fail();
             tracing::warn!("{reason}; abandoned, the next one follows");
             summary.errors.push(reason);
             return;
@@ -960,6 +1414,7 @@ impl Coordinator {
         }
         let store = self.store.clone();
         let id = cp.id;
+        let started = cp.started;
         let written = tokio::task::spawn_blocking(move || {
             store
                 .lock()
@@ -969,20 +1424,35 @@ impl Coordinator {
         .await;
         match written {
             Ok(Ok(())) => {
+                // From the barrier request to the manifest on disk.
+                self.telemetry.last_duration_ns.store(
+                    started.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 self.completed += 1;
                 summary.last_id = id;
                 tracing::debug!(checkpoint = id, "checkpoint complete");
             }
             Ok(Err(e)) => {
+                self.fail();
                 tracing::error!("checkpoint {id} could not be written: {e}");
                 summary
                     .errors
                     .push(format!("checkpoint {id} could not be written: {e}"));
             }
-            Err(e) => summary
-                .errors
-                .push(format!("checkpoint {id}: writer stopped: {e}")),
+            Err(e) => {
+                self.fail();
+                summary
+                    .errors
+                    .push(format!("checkpoint {id}: writer stopped: {e}"))
+            }
         }
+    }
+
+    fn fail(&self) {
+        self.telemetry
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -1038,32 +1508,201 @@ mod tests {
             again.source_position("in"),
             Some(serde_json::json!({"offset": 5}))
         );
-        let files: Vec<_> = fs::read_dir(dir.path().join("state"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(files, vec!["z-2.bin".to_string()]);
+        let mut store = again;
+        for id in 3..=5 {
+            store
+                .write(
+                    id,
+                    BTreeMap::new(),
+                    BTreeMap::from([("z".to_string(), format!("state-{id}").into_bytes())]),
+                )
+                .unwrap();
+        }
+        let names = |d: &Path| file_names(d).unwrap();
+        assert_eq!(
+            names(&dir.path().join("state")),
+            ["z-3.bin", "z-4.bin", "z-5.bin"]
+        );
+        assert_eq!(
+            names(dir.path())
+                .into_iter()
+                .filter(|n| n.starts_with("checkpoint"))
+                .collect::<Vec<_>>(),
+            ["checkpoint-3.json", "checkpoint-4.json", "checkpoint.json"],
+            "the {KEEP} newest are kept"
+        );
+    }
+
+    fn write_states(store: &mut CheckpointStore, ids: std::ops::RangeInclusive<u64>) {
+        for id in ids {
+            store
+                .write(
+                    id,
+                    BTreeMap::from([("in".to_string(), serde_json::json!(id * 10))]),
+                    BTreeMap::from([("z".to_string(), format!("state-{id}").into_bytes())]),
+                )
+                .unwrap();
+        }
     }
 
     #[test]
-    fn a_damaged_state_file_is_reported_not_restored() {
+    fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = CheckpointStore::open(&config(dir.path())).unwrap();
-        store
-            .write(
-                1,
-                BTreeMap::new(),
-                BTreeMap::from([("z".to_string(), b"abcdef".to_vec())]),
-            )
-            .unwrap();
-        let path = dir.path().join("state/z-1.bin");
-        fs::write(&path, b"abcdeF").unwrap();
+        write_states(&mut store, 1..=3);
+        fs::write(dir.path().join("state/z-3.bin"), b"state-X").unwrap();
         let again = CheckpointStore::open(&config(dir.path())).unwrap();
-        let e = again.transform_state("z").unwrap_err().to_string();
-        assert!(e.contains("checksum"), "{e}");
+        assert_eq!(again.last_id(), 2);
+        assert_eq!(again.transform_state("z").unwrap().unwrap(), b"state-2");
+        assert_eq!(again.source_position("in"), Some(serde_json::json!(20)));
+        assert_eq!(
+            again
+                .telemetry()
+                .restore_fallbacks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // The next checkpoint replaces the damaged one and keeps the intact ones.
+        let mut store = again;
+        write_states(&mut store, 4..=4);
+        let again = CheckpointStore::open(&config(dir.path())).unwrap();
+        assert_eq!(again.last_id(), 4);
+        assert_eq!(again.history.len(), 2);
+        assert_eq!(again.history[0].manifest.id, 2);
+
+        // A garbled or missing checkpoint.json: the same.
+        fs::write(dir.path().join(MANIFEST), b"{\"version\":1,").unwrap();
+        assert_eq!(
+            CheckpointStore::open(&config(dir.path()))
+                .unwrap()
+                .last_id(),
+            2
+        );
+        fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        assert_eq!(
+            CheckpointStore::open(&config(dir.path()))
+                .unwrap()
+                .last_id(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_damaged_only_state_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(&config(dir.path())).unwrap();
+        write_states(&mut store, 1..=1);
+        let path = dir.path().join("state/z-1.bin");
+        fs::write(&path, b"state-X").unwrap();
+        let e = CheckpointStore::open(&config(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum") && e.contains("--reset-state"), "{e}");
         fs::write(&path, b"abc").unwrap();
-        let e = again.transform_state("z").unwrap_err().to_string();
+        let e = CheckpointStore::open(&config(dir.path()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 bytes"), "{e}");
+    }
+
+    #[test]
+    fn positions_without_a_manifest_are_refused_until_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(&config(dir.path())).unwrap();
+        store.begin(BTreeMap::new()).unwrap();
+        assert!(
+            dir.path().join(MANIFEST).exists(),
+            "a first, empty checkpoint"
+        );
+        let h = store.source_handle("in");
+        h.commit(serde_json::json!(25)).unwrap();
+        h.flush().unwrap();
+        assert_eq!(
+            CheckpointStore::open(&config(dir.path()))
+                .unwrap()
+                .source_position("in"),
+            Some(serde_json::json!(25))
+        );
+        fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        let e = CheckpointStore::open(&config(dir.path())).unwrap_err();
+        assert!(matches!(e, CheckpointError::Missing { .. }), "{e}");
+        assert_eq!(reset(&config(dir.path())).unwrap(), 1);
+        let again = CheckpointStore::open(&config(dir.path())).unwrap();
+        assert_eq!(again.source_position("in"), None);
+    }
+
+    #[test]
+    fn a_damaged_acknowledged_position_gives_way_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(&config(dir.path())).unwrap();
+        write_states(&mut store, 1..=1);
+        let acked = dir.path().join("acked/in.json");
+        fs::write(&acked, b"{\"version\":").unwrap();
+        let again = CheckpointStore::open(&config(dir.path())).unwrap();
+        assert_eq!(again.source_position("in"), Some(serde_json::json!(10)));
+        // A source the checkpoint does not place: still an error.
+        fs::write(dir.path().join("acked/other.json"), b"{").unwrap();
+        let e = CheckpointStore::open(&config(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other"), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_of_other_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = |path: &str| {
+            BTreeMap::from([(
+                "in".to_string(),
+                InputIdentity {
+                    type_name: "file".into(),
+                    input: serde_json::json!([{ "path": path }]),
+                },
+            )])
+        };
+        let mut store = CheckpointStore::open(&config(dir.path())).unwrap();
+        store.begin(identity("/a.jsonl")).unwrap();
+        write_states(&mut store, 1..=1);
+        let mut again = CheckpointStore::open(&config(dir.path())).unwrap();
+        again.begin(identity("/a.jsonl")).unwrap();
+        let mut again = CheckpointStore::open(&config(dir.path())).unwrap();
+        let e = again.begin(identity("/b.jsonl")).unwrap_err().to_string();
+        assert!(e.contains("/a.jsonl") && e.contains("/b.jsonl"), "{e}");
+        let mut again = CheckpointStore::open(&config(dir.path())).unwrap();
+        let other = BTreeMap::from([(
+            "mqtt_in".to_string(),
+            InputIdentity {
+                type_name: "mqtt".into(),
+                input: Value::Null,
+            },
+        )]);
+        let e = again.begin(other).unwrap_err().to_string();
+        assert!(e.contains("another") || e.contains("pipeline"), "{e}");
+    }
+
+    #[test]
+    fn a_file_is_known_by_its_first_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.jsonl");
+        fs::write(&p, vec![b'a'; 100]).unwrap();
+        let first = file_identity(&p, false);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        assert_eq!(
+            file_identity(&p, false),
+            first,
+            "appending keeps the identity"
+        );
+        fs::write(&p, vec![b'b'; 100]).unwrap();
+        assert_ne!(file_identity(&p, false), first, "other content");
+        assert_eq!(
+            file_identity(&p, true),
+            serde_json::json!({"path": fs::canonicalize(&p).unwrap().display().to_string()})
+        );
     }
 
     #[test]

@@ -58,9 +58,14 @@ pub trait ErasedSourceConfig: Debug + Send + Sync {
         schema: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>>;
+    /// See [`SourceConfig::input_identity`].
+    fn input_identity(&self) -> serde_json::Value;
 }
 
 impl<T: SourceConfig> ErasedSourceConfig for T {
+    fn input_identity(&self) -> serde_json::Value {
+        SourceConfig::input_identity(self)
+    }
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         SourceConfig::validate(self)
     }

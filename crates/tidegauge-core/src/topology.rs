@@ -433,6 +433,22 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
                 matches!(rt, Runtime::Transform(t) if matches!(t.checkpoint(), Ok(Some(_))))
             });
         store.set_stateful(stateful);
+        let inputs = nodes
+            .iter()
+            .filter_map(|(n, _)| match &n.config {
+                AnyConfig::Source(c) => Some((
+                    n.id.clone(),
+                    crate::checkpoint::InputIdentity {
+                        type_name: n.type_name.to_string(),
+                        input: c.input_identity(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        store
+            .begin(inputs)
+            .map_err(|e| BuildError::new(format!("checkpoint: {e}")))?;
         for id in store.transforms_with_state() {
             if !nodes
                 .iter()

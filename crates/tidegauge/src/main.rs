@@ -104,6 +104,13 @@ enum Command {
         /// else `<pipeline>.state` beside the pipeline file).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Start over: remove what earlier runs left in the `[checkpoint]` directory
+        /// (checkpoints, transform state, acknowledged positions) before running. Needed
+        /// when the checkpoint is damaged beyond the ones kept, its manifest is missing,
+        /// or it was taken by another pipeline or on other input (the run refuses to
+        /// start then, exit status 1).
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate a pipeline without running it: every problem, each with its place.
     Check {
@@ -358,6 +365,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             profile,
             no_watch,
             state_dir: given,
+            reset_state,
         } => {
             let (origin, text) = read_pipeline(pipeline.as_deref())?;
             let loaded = topology::load(&text, &tidegauge_core::config::process_env);
@@ -382,6 +390,25 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             };
             if show_graph {
                 ewrite!("{}", p.describe());
+            }
+            if reset_state {
+                match &p.checkpoint {
+                    Some(c) => match tidegauge_core::checkpoint::reset(c) {
+                        Ok(n) => {
+                            tracing::warn!(
+                                "--reset-state: removed {n} file(s) of earlier runs from {}; starting over",
+                                c.dir.display()
+                            );
+                        }
+                        Err(e) => {
+                            ewriteln!("error: --reset-state: {e}");
+                            return Ok(ExitCode::from(EXIT_FAILED));
+                        }
+                    },
+                    None => tracing::warn!(
+                        "--reset-state: {origin} has no [checkpoint] table; nothing to reset"
+                    ),
+                }
             }
             drop(out);
             let result = run::run(

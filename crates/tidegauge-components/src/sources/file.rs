@@ -168,6 +168,21 @@ impl SourceConfig for FileSourceConfig {
             source.read_all(cx)
         }))
     }
+
+    /// Each listed path made absolute with a fingerprint of its first bytes (a pattern
+    /// as written; when following, paths alone: a followed log may be rotated).
+    fn input_identity(&self) -> serde_json::Value {
+        self.paths
+            .iter()
+            .map(|p| {
+                if p.contains(['*', '?', '[']) {
+                    serde_json::json!({ "pattern": p })
+                } else {
+                    tidegauge_core::checkpoint::file_identity(Path::new(p), self.follow)
+                }
+            })
+            .collect()
+    }
 }
 
 /// Expands patterns; literal paths must exist, patterns must match something.

@@ -315,6 +315,15 @@ pub trait SourceConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 's
         schema: SchemaRef,
         cx: BuildContext,
     ) -> impl Future<Output = Result<Box<dyn Source>, BuildError>> + Send;
+
+    /// What identifies the input this source reads (e.g. file paths and first bytes),
+    /// recorded with every checkpoint: a restart whose source reads other input does
+    /// not resume at the positions of the old one. Null (the default) when positions
+    /// do not depend on more than the settings' source id and type. Called after
+    /// `build`, so it may look at the input.
+    fn input_identity(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Typed configuration of a transform.
