@@ -216,3 +216,60 @@ path = "{d}/dead.jsonl"
         "{dead}"
     );
 }
+
+#[test]
+fn rfc3339_timestamps_with_offsets_are_read_by_the_jsonl_and_csv_decoders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 2026-01-01T08:00:00Z, written in three zones.
+    let want = 1_767_254_400_000_i64;
+    let stamps = [
+        "2026-01-01T10:00:00+02:00",
+        "2026-01-01T02:30:00-05:30",
+        "2026-01-01T08:00:00Z",
+    ];
+    let mut jsonl = String::new();
+    let mut csv = String::from("sensor_id,ts,value\n");
+    for (i, t) in stamps.iter().enumerate() {
+        jsonl.push_str(&format!(
+            "{{\"sensor_id\":\"s-{i}\",\"ts\":\"{t}\",\"value\":1.0}}\n"
+        ));
+        csv.push_str(&format!("s-{i},{t},1.0\n"));
+    }
+    std::fs::write(d.join("in.jsonl"), &jsonl).unwrap();
+    std::fs::write(d.join("in.csv"), &csv).unwrap();
+    let out = d.join("out.jsonl");
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{}", "{}"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{}"
+
+[dead_letter]
+path = "{}"
+"#,
+        d.join("in.jsonl").display(),
+        d.join("in.csv").display(),
+        out.display(),
+        d.join("dead.jsonl").display()
+    );
+    let o = run_pipeline(d, &pipeline, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ts: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ts, vec![want; 6], "{text}");
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
+}
