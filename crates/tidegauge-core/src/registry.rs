@@ -60,11 +60,16 @@ pub trait ErasedSourceConfig: Debug + Send + Sync {
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>>;
     /// See [`SourceConfig::input_identity`].
     fn input_identity(&self) -> serde_json::Value;
+    /// See [`SourceConfig::check_inputs`].
+    fn check_inputs(&self) -> Vec<crate::component::InputProblem>;
 }
 
 impl<T: SourceConfig> ErasedSourceConfig for T {
     fn input_identity(&self) -> serde_json::Value {
         SourceConfig::input_identity(self)
+    }
+    fn check_inputs(&self) -> Vec<crate::component::InputProblem> {
+        SourceConfig::check_inputs(self)
     }
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         SourceConfig::validate(self)

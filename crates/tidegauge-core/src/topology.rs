@@ -381,6 +381,30 @@ impl TelemetryHandle {
     }
 }
 
+/// What `tidegauge check` adds to validation: every source looks at the input it would
+/// read. Returns the inputs that cannot be read (directories, no permission) and those
+/// missing, each with its place and line. Does I/O; [`build`] finds the same problems by
+/// failing.
+pub fn check_inputs(pipeline: &Pipeline) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    use crate::component::InputProblem;
+    let (mut unreadable, mut missing) = (Vec::new(), Vec::new());
+    for n in &pipeline.nodes {
+        let AnyConfig::Source(c) = &n.config else {
+            continue;
+        };
+        let place = format!("{}.{}", n.kind.table(), n.id);
+        for p in c.check_inputs() {
+            match p {
+                InputProblem::Unreadable(e) => unreadable.push(e.prefixed(&place)),
+                InputProblem::Missing(e) => missing.push(e.prefixed(&place)),
+            }
+        }
+    }
+    pipeline.lines.locate(&mut unreadable);
+    pipeline.lines.locate(&mut missing);
+    (unreadable, missing)
+}
+
 /// Builds every component (opening files, connecting), in topological order.
 pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
     let dead_letter = DeadLetter::open(&pipeline.dead_letter).map_err(|e| {

@@ -496,6 +496,19 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             match load_or_report(&origin, &text) {
                 None => Ok(ExitCode::from(EXIT_INVALID)),
                 Some(p) => {
+                    // Inputs that are there but cannot be read are errors; missing ones
+                    // may appear before the pipeline runs (it is often checked first).
+                    let (unreadable, missing) = topology::check_inputs(&p);
+                    if !unreadable.is_empty() {
+                        report(&origin, &unreadable);
+                        return Ok(ExitCode::from(EXIT_INVALID));
+                    }
+                    for e in &missing {
+                        let at = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+                        ewriteln!(
+                            "warning: {origin}{at}: {e} (yet); `run` fails unless it exists by then"
+                        );
+                    }
                     writeln!(
                         out,
                         "{origin}: ok ({} sources, {} transforms, {} sinks)",

@@ -169,6 +169,24 @@ impl SourceConfig for FileSourceConfig {
         }))
     }
 
+    fn check_inputs(&self) -> Vec<tidegauge_core::component::InputProblem> {
+        use tidegauge_core::component::InputProblem;
+        let mut problems = Vec::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            let at = format!("paths[{i}]");
+            match check_path(p) {
+                Ok(()) => {}
+                Err(PathProblem::Missing(e)) => {
+                    problems.push(InputProblem::Missing(ConfigError::new(at, e)))
+                }
+                Err(PathProblem::Unreadable(e)) => {
+                    problems.push(InputProblem::Unreadable(ConfigError::new(at, e)))
+                }
+            }
+        }
+        problems
+    }
+
     /// Each listed path made absolute with a fingerprint of its first bytes (a pattern
     /// as written; when following, paths alone: a followed log may be rotated).
     fn input_identity(&self) -> serde_json::Value {
@@ -185,16 +203,65 @@ impl SourceConfig for FileSourceConfig {
     }
 }
 
-/// Expands patterns; literal paths must exist, patterns must match something.
+/// Why a listed path cannot be read.
+enum PathProblem {
+    /// Nothing there (a pattern: nothing matches).
+    Missing(String),
+    /// A directory, or no permission.
+    Unreadable(String),
+}
+
+impl PathProblem {
+    fn into_message(self) -> String {
+        match self {
+            PathProblem::Missing(m) | PathProblem::Unreadable(m) => m,
+        }
+    }
+}
+
+/// Whether the listed path (a literal one, or a pattern) names files that can be read.
+fn check_path(p: &str) -> Result<(), PathProblem> {
+    if p.contains(['*', '?', '[']) {
+        let matched = glob::glob(p)
+            .map_err(|e| PathProblem::Unreadable(format!("bad pattern `{p}`: {e}")))?;
+        let mut any = false;
+        for m in matched.filter_map(Result::ok).filter(|m| m.is_file()) {
+            any = true;
+            check_file(&m.display().to_string())?;
+        }
+        return if any {
+            Ok(())
+        } else {
+            Err(PathProblem::Missing(format!("no file matches `{p}`")))
+        };
+    }
+    check_file(p)
+}
+
+/// A literal path: it exists, is not a directory, and can be opened for reading.
+fn check_file(p: &str) -> Result<(), PathProblem> {
+    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => PathProblem::Missing(format!("`{p}` does not exist")),
+        _ => PathProblem::Unreadable(format!("cannot read `{p}`: {e}")),
+    })?;
+    if meta.is_dir() {
+        return Err(PathProblem::Unreadable(format!(
+            "`{p}` is a directory, not a file (list its files, or a pattern such as `{p}/*.jsonl`)"
+        )));
+    }
+    File::open(p).map_err(|e| PathProblem::Unreadable(format!("cannot read `{p}`: {e}")))?;
+    Ok(())
+}
+
+/// Expands patterns; literal paths must exist, be files and be readable, patterns must
+/// match something.
 pub(crate) fn expand(paths: &[String]) -> Result<Vec<PathBuf>, BuildError> {
     let mut files = Vec::new();
     for p in paths {
         let is_pattern = p.contains(['*', '?', '[']);
         if !is_pattern {
-            let path = PathBuf::from(p);
-            std::fs::metadata(&path)
-                .map_err(|e| BuildError::new(format!("cannot read `{p}`: {e}")))?;
-            files.push(path);
+            check_file(p).map_err(|e| BuildError::new(e.into_message()))?;
+            files.push(PathBuf::from(p));
             continue;
         }
         let mut matched: Vec<PathBuf> = glob::glob(p)
@@ -210,6 +277,9 @@ pub(crate) fn expand(paths: &[String]) -> Result<Vec<PathBuf>, BuildError> {
     }
     Ok(files)
 }
+
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 struct FileSource {
     config: FileSourceConfig,
@@ -255,6 +325,9 @@ impl Read for Counted {
 enum Ended {
     /// The file was read to its end (or skipped after an error); go on.
     Done,
+    /// The file cannot be read with this config (a CSV header without a declared
+    /// field): the source fails with this reason.
+    Unreadable(String),
     /// Stop everything: shutdown requested or nobody downstream.
     Stop,
 }
@@ -263,8 +336,8 @@ enum Ended {
 enum Halt {
     /// A batch is full: send it, with the position just after its last line.
     Full,
-    /// The rest of this input cannot be read with this config.
-    Skip,
+    /// The rest of this input cannot be read with this config, for this reason.
+    Unreadable(String),
 }
 
 /// How far one file has been read: the bytes of its (decompressed) content and the lines
@@ -502,7 +575,7 @@ impl FileSource {
         while first.is_none() {
             let polled = lines.poll(true, |_, line| {
                 if let Line::Complete(text) = line {
-                    first = Some(text.to_vec());
+                    first = Some(text.strip_prefix(UTF8_BOM).unwrap_or(text).to_vec());
                 }
                 Err(())
             })?;
@@ -540,6 +613,7 @@ impl FileSource {
             Format::Csv => 1,
         };
         let mut current: Option<Format> = None;
+        let mut failure = None;
         'files: for (i, path) in self.files.iter().enumerate() {
             let format = self.config.format_of(path);
             if let Some(prev) = current.filter(|&p| p != format)
@@ -559,7 +633,7 @@ impl FileSource {
                 )
             });
             let follow = self.config.follow && i + 1 == self.files.len();
-            if let Ended::Stop = self.read_file(
+            match self.read_file(
                 path,
                 format,
                 follow,
@@ -569,7 +643,17 @@ impl FileSource {
                 &shutdown,
                 &mut progress,
             ) {
-                break;
+                Ended::Done => {}
+                Ended::Stop => break,
+                Ended::Unreadable(reason) => {
+                    // Every record of the file would fail the same way: a configuration
+                    // error, not 200,000 bad records.
+                    failure = Some(ComponentError::new(format!(
+                        "{}: {reason}; fix the file or the source's `fields`/`csv` settings",
+                        path.display()
+                    )));
+                    break;
+                }
             }
         }
         for d in decoders.iter_mut().flatten() {
@@ -583,7 +667,7 @@ impl FileSource {
         if let Some(acks) = progress.acks.take() {
             acks.finish(progress.position.to_value(), &component);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -693,10 +777,18 @@ impl FileSource {
                     return Ended::Stop;
                 }
                 let polled = lines.poll(!follow, |line_no, line| {
-                    if dec.line(component, &origin, base_lines + line_no, line)
-                        == LineOutcome::SkipInput
+                    let line = match line {
+                        // A byte-order mark opens the first line of some files written on
+                        // Windows; it is not part of the first field.
+                        Line::Complete(text) if base_lines == 0 && line_no == 1 => {
+                            Line::Complete(text.strip_prefix(UTF8_BOM).unwrap_or(text))
+                        }
+                        other => other,
+                    };
+                    if let LineOutcome::SkipInput(reason) =
+                        dec.line(component, &origin, base_lines + line_no, line)
                     {
-                        return Err(Halt::Skip);
+                        return Err(Halt::Unreadable(reason));
                     }
                     if dec.is_full() {
                         return Err(Halt::Full);
@@ -721,7 +813,7 @@ impl FileSource {
                         );
                         return Ended::Done;
                     }
-                    Ok(Err(Halt::Skip)) => return Ended::Done,
+                    Ok(Err(Halt::Unreadable(reason))) => return Ended::Unreadable(reason),
                     Ok(Err(Halt::Full)) => {
                         if progress.send(dec, component, out).is_err() {
                             return Ended::Stop;

@@ -324,6 +324,22 @@ pub trait SourceConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 's
     fn input_identity(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// Looks at the input the source would read (files: exist, are files, can be
+    /// read) for `tidegauge check`, which otherwise does no I/O; every problem, paths
+    /// relative to the component. None by default.
+    fn check_inputs(&self) -> Vec<InputProblem> {
+        Vec::new()
+    }
+}
+
+/// A problem `tidegauge check` finds with the input a source would read.
+#[derive(Debug)]
+pub enum InputProblem {
+    /// It is not there (yet): `run` fails unless it appears by then.
+    Missing(ConfigError),
+    /// It is there but cannot be read as input (a directory, no permission).
+    Unreadable(ConfigError),
 }
 
 /// Typed configuration of a transform.

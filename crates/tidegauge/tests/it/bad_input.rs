@@ -273,3 +273,126 @@ path = "{}"
     let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
     assert!(dead.is_empty(), "{dead}");
 }
+
+/// A file source over `paths` into a JSON Lines file, with a dead-letter file.
+fn file_pipeline(d: &std::path::Path, paths: &[&std::path::Path]) -> String {
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    format!(
+        r#"
+[sources.in]
+type = "file"
+paths = [{}]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+        paths.join(", "),
+        d = d.display()
+    )
+}
+
+#[test]
+fn a_csv_header_without_a_declared_field_fails_the_run_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.csv");
+    let mut csv = String::from("sensor_id,ts,reading\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("s-{},{i},1.5\n", i % 7));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let o = run_pipeline(d, &file_pipeline(d, &[&input]), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("in.csv: header lacks column(s) `value` (header has: sensor_id, ts, reading)"),
+        "{e}"
+    );
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(
+        dead.is_empty(),
+        "a configuration error, not bad records: {dead}"
+    );
+}
+
+#[test]
+fn an_input_that_is_a_directory_fails_run_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sub = d.join("readings");
+    std::fs::create_dir(&sub).unwrap();
+    let text = file_pipeline(d, &[&sub]);
+    let o = run_pipeline(d, &text, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("sources.in.paths[0]: `")
+            && stderr(&check).contains("is a directory"),
+        "{}",
+        stderr(&check)
+    );
+    // Without read permission (root reads everything, so only as another user).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = d.join("locked.jsonl");
+        std::fs::write(&locked, "{\"sensor_id\":\"s\",\"ts\":1,\"value\":1}\n").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let o = run_pipeline(d, &file_pipeline(d, &[&locked]), &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+        assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+    }
+}
+
+#[test]
+fn a_missing_input_is_reported_by_check_and_fails_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = file_pipeline(d, &[&d.join("not-yet.jsonl")]);
+    std::fs::write(d.join("pipeline.toml"), &text).unwrap();
+    let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+    // Checked before the data arrives: a warning naming the place, not a failure.
+    assert!(check.status.success(), "{}", stderr(&check));
+    let e = stderr(&check);
+    assert!(
+        e.contains("warning:")
+            && e.contains("sources.in.paths[0]: `")
+            && e.contains("not-yet.jsonl` does not exist"),
+        "{e}"
+    );
+    let o = run_pipeline(d, &text, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let jsonl = d.join("in.jsonl");
+    let csv = d.join("in.csv");
+    std::fs::write(
+        &jsonl,
+        "\u{feff}{\"sensor_id\":\"s-1\",\"ts\":1,\"value\":1.5}\n{\"sensor_id\":\"s-1\",\"ts\":2,\"value\":2.5}\n",
+    )
+    .unwrap();
+    std::fs::write(&csv, "\u{feff}sensor_id,ts,value\ns-2,3,3.5\n").unwrap();
+    let o = run_pipeline(d, &file_pipeline(d, &[&jsonl, &csv]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("\"sensor_id\":\"s-2\""), "{out}");
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
+}
