@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -467,13 +467,6 @@ fn profile_reports_every_stage() {
 
 #[test]
 fn top_shows_components_and_anomalies_in_a_terminal() {
-    if std::process::Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        panic!("tmux is needed (scripts/test installs it)");
-    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     let example = example();
@@ -486,45 +479,20 @@ fn top_shows_components_and_anomalies_in_a_terminal() {
         ],
         &[("OBSERVED_OUTPUT", out.to_str().unwrap())],
     );
-    let session = format!("tg-top-{}", std::process::id());
-    let socket = dir.path().join("tmux.sock");
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let command = format!(
-        "{} top --address {} --interval 300ms",
-        env!("CARGO_BIN_EXE_tidegauge"),
-        tg.address
+    let top = Tmux::start(
+        dir.path(),
+        &format!(
+            "{} top --address {} --interval 300ms",
+            env!("CARGO_BIN_EXE_tidegauge"),
+            tg.address
+        ),
     );
-    let started = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "150",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(started.status.success(), "{}", stderr(&started));
-    let mut screen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        screen = stdout(&tmux(&["capture-pane", "-p", "-t", &session]));
+    let screen = top.wait_screen("rates and anomalies", |screen| {
         let rate_shown = screen
             .lines()
             .any(|l| l.contains("spikes") && l.contains("zscore") && !l.contains('…'));
-        if rate_shown && screen.contains("s-0") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        rate_shown && screen.contains("s-0")
+    });
     for needle in [
         "tidegauge top",
         "components",
@@ -546,12 +514,8 @@ fn top_shows_components_and_anomalies_in_a_terminal() {
         .find(|l| l.contains("spikes") && l.contains("zscore"))
         .unwrap();
     assert!(row.contains("/4"), "{row}");
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tmux(&["has-session", "-t", &session]).status.success() {
-        assert!(Instant::now() < deadline, "top did not quit on q");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    top.send_keys("q");
+    top.wait_closed("top did not quit on q");
     let (code, _) = tg.stop();
     assert_eq!(code, Some(0));
 }
