@@ -397,9 +397,13 @@ impl Compiler<'_> {
                     [i] => *i,
                     _ => {
                         return Err(format!(
-                            "unknown field `{}` (input has: {})",
+                            "unknown field `{}` (input has: {}){}",
                             excerpt(name),
-                            tidegauge_core::schema::describe(self.schema)
+                            tidegauge_core::schema::describe(self.schema),
+                            tidegauge_core::suggest::hint(
+                                name,
+                                self.schema.fields().iter().map(|f| f.name().as_str())
+                            )
                         ));
                     }
                 }
@@ -855,6 +859,7 @@ mod tests {
         let b = batch();
         let err = |text: &str| Expression::compile(text, &b.schema()).unwrap_err();
         assert!(err("valu > 3").contains("unknown field `valu`"));
+        assert!(err("valu > 3").ends_with("; did you mean `value`?"));
         assert!(
             err("sensor_id > 3").contains("cannot compare `sensor_id` (Utf8) with `3` (Int64)")
         );

@@ -555,8 +555,9 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             if found.is_empty() {
                 let known: Vec<_> = registry::all().iter().map(|d| d.type_name).collect();
                 ewriteln!(
-                    "error: no component called `{name}` (known: {})",
-                    known.join(", ")
+                    "error: no component called `{name}` (known: {}){}",
+                    known.join(", "),
+                    tidegauge_core::suggest::hint(&name, known.iter().copied())
                 );
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
