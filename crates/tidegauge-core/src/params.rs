@@ -116,8 +116,17 @@ fn kind_of<'a>(root: &'a Value, schema: &'a Value) -> (String, Option<&'a Value>
 }
 
 fn range_of(root: &Value, schema: &Value) -> Option<String> {
-    let s = resolve(root, schema);
-    let num = |k: &str| s.get(k).and_then(Value::as_f64);
+    match schema_bounds(resolve(root, schema)) {
+        (Some(lo), Some(hi)) => Some(format!("{lo}..={hi}")),
+        (Some(lo), None) => Some(format!(">= {lo}")),
+        (None, Some(hi)) => Some(format!("<= {hi}")),
+        (None, None) => None,
+    }
+}
+
+/// The `minimum` and `maximum` a JSON schema sets on a number, each written as a user
+/// reads it: a whole number without a fraction (`10`, not `10.0`).
+pub fn schema_bounds(schema: &Value) -> (Option<String>, Option<String>) {
     let show = |v: f64| {
         if v.fract() == 0.0 && v.abs() < 1e15 {
             format!("{}", v as i64)
@@ -125,12 +134,8 @@ fn range_of(root: &Value, schema: &Value) -> Option<String> {
             format!("{v}")
         }
     };
-    match (num("minimum"), num("maximum")) {
-        (Some(lo), Some(hi)) => Some(format!("{}..={}", show(lo), show(hi))),
-        (Some(lo), None) => Some(format!(">= {}", show(lo))),
-        (None, Some(hi)) => Some(format!("<= {}", show(hi))),
-        (None, None) => None,
-    }
+    let bound = |k: &str| schema.get(k).and_then(Value::as_f64).map(show);
+    (bound("minimum"), bound("maximum"))
 }
 
 fn collect(root: &Value, object: &Value, prefix: &str, out: &mut Vec<Param>) {

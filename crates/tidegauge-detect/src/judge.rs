@@ -74,6 +74,61 @@ pub(crate) fn check_alarm_rate(errors: &mut Vec<ParamError>, field: &'static str
     }
 }
 
+/// Collects a [`ParamError`] unless `value` lies in `range` (a count: a window, a warm-up,
+/// a number of slots).
+pub(crate) fn check_count<T>(
+    errors: &mut Vec<ParamError>,
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) where
+    T: PartialOrd + std::fmt::Display,
+{
+    if !range.contains(&value) {
+        errors.push(ParamError::new(
+            field,
+            format!(
+                "must be in {}..={}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+}
+
+/// For property tests: `got` is a consistent verdict, a score in `[0, 1]` and an anomaly
+/// exactly when the score is above 0.5.
+#[cfg(test)]
+pub(crate) fn check_consistent(got: &Verdict) -> Result<(), proptest::test_runner::TestCaseError> {
+    proptest::prop_assert!((0.0..=1.0).contains(&got.score), "score {}", got.score);
+    proptest::prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+    Ok(())
+}
+
+/// For property tests: [`check_consistent`], and no verdict at all for a value that cannot
+/// be judged (`judged` false). Returns `judged`: whether the test goes on with this value.
+#[cfg(test)]
+pub(crate) fn check_verdict(
+    got: &Verdict,
+    judged: bool,
+) -> Result<bool, proptest::test_runner::TestCaseError> {
+    check_consistent(got)?;
+    if !judged {
+        proptest::prop_assert_eq!(got, &NO_VERDICT);
+    }
+    Ok(judged)
+}
+
+/// For property tests: events given as (time step, value) with their absolute times, the
+/// first step counted from 0.
+#[cfg(test)]
+pub(crate) fn timed(events: &[(i64, f64)]) -> impl Iterator<Item = (i64, f64)> + '_ {
+    events.iter().scan(0i64, |ts, &(dt, v)| {
+        *ts += dt;
+        Some((*ts, v))
+    })
+}
+
 /// Turns collected errors into the `validate` result.
 pub(crate) fn into_result(errors: Vec<ParamError>) -> Result<(), Vec<ParamError>> {
     if errors.is_empty() {

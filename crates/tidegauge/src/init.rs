@@ -387,18 +387,10 @@ fn object_schema<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value> {
 }
 
 fn range_of(schema: &Value) -> Option<String> {
-    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
-    let show = |v: f64| {
-        if v.fract() == 0.0 && v.abs() < 1e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v}")
-        }
-    };
-    match (num("minimum"), num("maximum")) {
-        (Some(lo), Some(hi)) => Some(format!("{} to {}", show(lo), show(hi))),
-        (Some(lo), None) => Some(format!("at least {}", show(lo))),
-        (None, Some(hi)) => Some(format!("at most {}", show(hi))),
+    match tidegauge_core::params::schema_bounds(schema) {
+        (Some(lo), Some(hi)) => Some(format!("{lo} to {hi}")),
+        (Some(lo), None) => Some(format!("at least {lo}")),
+        (None, Some(hi)) => Some(format!("at most {hi}")),
         (None, None) => None,
     }
 }

@@ -20,6 +20,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tidegauge_core::ComponentContext;
+use tidegauge_core::telemetry::{ComponentErrorOccurred, EventsReceived};
 
 /// The type of a field a source extracts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -250,6 +252,29 @@ impl Columns {
             .collect();
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), columns)
+    }
+
+    /// A source's hand-over: the rows appended so far as a batch (none if there are none),
+    /// counted as received by `cx`.
+    pub fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
+        if self.is_empty() {
+            return None;
+        }
+        match self.finish() {
+            Ok(b) => {
+                cx.emit(EventsReceived {
+                    count: b.num_rows() as u64,
+                });
+                Some(b)
+            }
+            Err(e) => {
+                // Builders always produce columns of equal length and declared types.
+                cx.emit(ComponentErrorOccurred {
+                    error: &format!("cannot assemble batch: {e}"),
+                });
+                None
+            }
+        }
     }
 }
 

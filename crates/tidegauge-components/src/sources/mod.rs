@@ -3,6 +3,7 @@
 //! live in [`crate::connectors`], grouped by the system they talk to.
 
 pub mod file;
+mod file_paths;
 mod file_watch;
 pub(crate) mod linger;
 pub mod simulate;
@@ -13,7 +14,6 @@ use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::component::SendError;
-use tidegauge_core::telemetry::EventsReceived;
 use tidegauge_core::{Batch, ComponentContext, ConfigError, Output};
 
 use crate::codec::csv::{CsvDecoder, CsvError, CsvLine};
@@ -250,24 +250,7 @@ impl LineDecoder {
 
     /// The rows decoded so far as a batch (none if there are none).
     pub(crate) fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
-        if self.columns.is_empty() {
-            return None;
-        }
-        match self.columns.finish() {
-            Ok(b) => {
-                cx.emit(EventsReceived {
-                    count: b.num_rows() as u64,
-                });
-                Some(b)
-            }
-            Err(e) => {
-                // Builders always produce columns of equal length and declared types.
-                cx.emit(tidegauge_core::telemetry::ComponentErrorOccurred {
-                    error: &format!("cannot assemble batch: {e}"),
-                });
-                None
-            }
-        }
+        self.columns.take(cx)
     }
 
     /// Sends what is decoded, if anything. `Err(Closed)` means stop: nobody listens.

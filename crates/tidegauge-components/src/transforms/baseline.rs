@@ -6,7 +6,7 @@ use tidegauge_detect::{Baseline, BaselineParams};
 
 use super::KeyInterner;
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors_renamed};
 use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
@@ -79,15 +79,7 @@ impl DetectorSpec for BaselineConfig {
     }
 
     fn check(&self) -> Vec<ConfigError> {
-        param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = "half_life_events".into();
-                }
-                e
-            })
-            .collect()
+        param_errors_renamed(self.params().validate(), "half_life", "half_life_events")
     }
 
     fn new_state(&self) -> Baseline {

@@ -6,7 +6,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{ChangePoint, ChangePointMethod, ChangePointParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 /// The change-point test.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

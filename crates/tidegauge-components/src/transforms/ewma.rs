@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Ewma, EwmaParams, HalfLife};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors_renamed};
 
 detector_config! {
     /// Per-sensor exponentially weighted moving average: flags a value more than
@@ -58,19 +58,12 @@ impl DetectorSpec for EwmaConfig {
     }
 
     fn check(&self) -> Vec<ConfigError> {
-        param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = if self.half_life_ms.is_some() {
-                        "half_life_ms".into()
-                    } else {
-                        "half_life_events".into()
-                    };
-                }
-                e
-            })
-            .collect()
+        let setting = if self.half_life_ms.is_some() {
+            "half_life_ms"
+        } else {
+            "half_life_events"
+        };
+        param_errors_renamed(self.params().validate(), "half_life", setting)
     }
 
     fn new_state(&self) -> Ewma {

@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Mad, MadParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Per-sensor robust z-score: distance from the rolling median in units of the median

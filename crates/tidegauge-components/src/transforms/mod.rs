@@ -17,6 +17,7 @@ pub mod keyed;
 pub mod mad;
 pub mod rate_of_change;
 pub mod seasonal;
+pub mod spec;
 pub mod state;
 pub mod threshold;
 pub mod window;

@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Rate, RateParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Rate of change: flags a value whose change from the sensor's previous value,

@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Threshold, ThresholdParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Static bounds: a value below `low` or above `high` is an anomaly; the alarm ends only

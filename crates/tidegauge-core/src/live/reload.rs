@@ -342,7 +342,8 @@ impl Runner {
                     if let Some(reports) = self.report_port(slot)
                         && n.kind == ComponentKind::Source
                     {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        // One barrier request at a time (see the coordinator).
+                        let (tx, rx) = mpsc::channel(1);
                         requests.insert(slot, tx);
                         start.barriers = Some(BarrierPort::new(rx, reports));
                         // A source resumes where the instance it replaces stopped.
@@ -350,8 +351,14 @@ impl Runner {
                             start.after = predecessors.get(&n.id).cloned();
                         }
                     }
-                    if n.kind == ComponentKind::Sink && replaces {
+                    if n.kind == ComponentKind::Sink
+                        && let Action::Rebuild(o) = action
+                    {
                         start.after = predecessors.get(&n.id).cloned();
+                        start.fallback = self.nodes[*o]
+                            .definition
+                            .as_ref()
+                            .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).clone());
                     }
                     starts.insert(n.id.clone(), start);
                     slot

@@ -24,7 +24,7 @@ use crate::disk_buffer::DiskBuffer;
 use crate::error::ComponentError;
 use crate::kind::ComponentKind;
 use crate::telemetry::{ComponentStopped, ComponentTelemetry};
-use crate::topology::{BuiltPipeline, RunReport};
+use crate::topology::{BuiltPipeline, Node, RunReport};
 
 /// A component instance in the running graph.
 pub(super) struct Running {
@@ -51,7 +51,13 @@ pub(super) struct Running {
     pub(super) slot: usize,
     /// Cancelled once the instance's task has ended.
     pub(super) ended: CancellationToken,
+    /// A sink's definition as it runs: what a reload falls back to when the sink's new
+    /// settings fail to build (updated by the sink's task if it rolled back itself).
+    pub(super) definition: Option<Definition>,
 }
+
+/// A sink's running definition, shared with its task.
+pub(super) type Definition = Arc<std::sync::Mutex<Arc<Node>>>;
 
 impl Running {
     /// What a reload compares with the new pipeline.
@@ -100,6 +106,9 @@ pub(super) struct Start {
     /// The instance this one replaces, to wait for: a source then resumes at the
     /// position that one committed, a sink reopens the disk buffer that one closed.
     pub(super) after: Option<CancellationToken>,
+    /// For a sink that replaces a running one: that one's definition, built instead
+    /// when the new settings fail to build (the reload is rolled back for this sink).
+    pub(super) fallback: Option<Arc<Node>>,
 }
 
 /// The running graph, and all it takes to run it to its end or change it.
@@ -151,11 +160,14 @@ pub(super) fn start(
         })
         .collect();
     let checkpoints = checkpoints.map(|store| {
+        // Unbounded, yet bounded by the barriers: see `ReportPort`.
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let mut requests = HashMap::new();
         for (i, (n, _)) in nodes.iter().enumerate() {
             if n.kind == ComponentKind::Source {
-                let (tx, rx) = mpsc::unbounded_channel();
+                // One barrier request at a time: the coordinator starts a checkpoint
+                // only when every source has room for it.
+                let (tx, rx) = mpsc::channel(1);
                 requests.insert(i, tx);
                 let port = ReportPort {
                     node: i,

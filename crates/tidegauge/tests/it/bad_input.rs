@@ -43,6 +43,19 @@ fn write_gzip_bomb(path: &std::path::Path) {
     gz.finish().unwrap();
 }
 
+/// Runs a pipeline from the source `[sources.in]` described by `source` (its settings, as
+/// TOML lines) to `out.jsonl` in `d`, dead letters to `dead.jsonl`; asserts it succeeds.
+fn run_to_files(d: &std::path::Path, source: &str) -> std::process::Output {
+    let pipeline = format!(
+        "[sources.in]\n{source}\n\n[sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\n\
+         path = \"{d}/out.jsonl\"\n\n[dead_letter]\npath = \"{d}/dead.jsonl\"\n",
+        d = d.display()
+    );
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 #[test]
 fn every_kind_of_bad_line_is_dead_lettered_and_the_rest_flows() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,25 +67,17 @@ fn every_kind_of_bad_line_is_dead_lettered_and_the_rest_flows() {
         "{\"sensor_id\":\"s-4\",\"ts\":11,\"value\":4.0}\n",
     )
     .unwrap();
-    let pipeline = format!(
-        r#"
-[sources.in]
+    let out = run_to_files(
+        d,
+        &format!(
+            r#"
 type = "file"
 paths = ["{d}/bad.jsonl", "{d}/bomb.jsonl.gz", "{d}/after.jsonl"]
 max_decompressed_bytes = 20_000_000
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
 "#,
-        d = d.display()
+            d = d.display()
+        ),
     );
-    let out = run_pipeline(d, &pipeline, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
 
     let got = keys(&std::fs::read_to_string(d.join("out.jsonl")).unwrap());
     let want: Vec<(String, i64)> = vec![
@@ -134,24 +139,16 @@ fn a_gzip_bomb_under_default_limits_is_cut_at_the_line_limit_in_bounded_memory()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_gzip_bomb(&d.join("bomb.gz"));
-    let pipeline = format!(
-        r#"
-[sources.in]
+    run_to_files(
+        d,
+        &format!(
+            r#"
 type = "file"
 paths = ["{d}/bomb.gz"]
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
 "#,
-        d = d.display()
+            d = d.display()
+        ),
     );
-    let out = run_pipeline(d, &pipeline, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
     assert_eq!(dead.lines().count(), 1);
     assert!(
@@ -174,26 +171,18 @@ fn csv_with_a_header_and_bad_rows() {
          2020-03-09 10:14:37;\"0.29\";1.8\n",
     )
     .unwrap();
-    let pipeline = format!(
-        r#"
-[sources.in]
+    run_to_files(
+        d,
+        &format!(
+            r#"
 type = "file"
 paths = ["{d}/in.csv"]
 csv = {{ delimiter = ";" }}
 fields = {{ datetime = "timestamp", Pressure = "float64" }}
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
 "#,
-        d = d.display()
+            d = d.display()
+        ),
     );
-    let out = run_pipeline(d, &pipeline, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("out.jsonl"))
         .unwrap()
         .lines()

@@ -34,13 +34,17 @@ start_ms = 1700000000000
 {inject}
 
 {transforms}
+"#
+    );
+    run_into_jsonl(d, &pipeline)
+}
 
-[sinks.out]
-type = "jsonl"
-inputs = ["last"]
-path = "{d}/out.jsonl"
-"#,
-        d = d.display()
+/// Runs a pipeline whose last transform is called `last`, given without its sink, into
+/// `out.jsonl` in `d`, and returns the rows written.
+fn run_into_jsonl(d: &std::path::Path, pipeline: &str) -> Vec<Value> {
+    let pipeline = format!(
+        "{pipeline}\n[sinks.out]\ntype = \"jsonl\"\ninputs = [\"last\"]\npath = \"{}/out.jsonl\"\n",
+        d.display()
     );
     let out = run_pipeline(d, &pipeline, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -191,7 +195,7 @@ path = "{out}"
     }
 }
 
-fn run_on_lines(lines: &[&str], transform: &str) -> Vec<Value> {
+fn run_on_lines(lines: &[String], transform: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), lines.join("\n")).unwrap();
@@ -204,17 +208,10 @@ paths = ["{d}/in.jsonl"]
 [transforms.last]
 inputs = ["in"]
 {transform}
-
-[sinks.out]
-type = "jsonl"
-inputs = ["last"]
-path = "{d}/out.jsonl"
 "#,
         d = d.display()
     );
-    let o = run_pipeline(d, &pipeline, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    rows(&d.join("out.jsonl"))
+    run_into_jsonl(d, &pipeline)
 }
 
 fn ev(sensor: &str, ts: i64, value: f64) -> String {
@@ -229,7 +226,6 @@ fn threshold_with_hysteresis_and_rate_of_change() {
         .enumerate()
         .map(|(i, v)| ev("a", i as i64 * 1000, *v))
         .collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let out = run_on_lines(
         &lines,
         "type = \"threshold\"\nhigh = 10.0\nhysteresis = 1.0",
@@ -255,7 +251,6 @@ fn tumbling_windows_with_a_watermark_and_late_events() {
         ev("a", 500, 100.0),
         ev("b", 2100, 20.0),
     ];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let out = run_on_lines(
         &lines,
         "type = \"window\"\nsize_ms = 1000\naggregates = [\"count\", \"mean\", \"max\", \"p50\"]\nlate = \"emit\"",
@@ -300,7 +295,6 @@ fn sliding_and_session_windows() {
         ev("a", 1200, 3.0),
         ev("a", 5000, 4.0),
     ];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let out = run_on_lines(
         &lines,
         "type = \"window\"\nkind = \"sliding\"\nsize_ms = 1000\nslide_ms = 500\naggregates = [\"count\", \"sum\"]",

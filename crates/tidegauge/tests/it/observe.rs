@@ -367,6 +367,43 @@ fn sighup_reloads_when_file_watching_is_off() {
     assert_eq!(code, Some(0));
 }
 
+/// A sink whose new settings pass `check` but fail to build once the old instance has
+/// ended (its file cannot be created) is rolled back: the previous settings run again,
+/// the error says so, and the pipeline goes on (it used to stop). Fixing the file then
+/// applies as usual.
+#[test]
+fn a_rebuilt_sink_that_fails_to_build_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let out = dir.path().join("out.jsonl");
+    let fixed = dir.path().join("fixed.jsonl");
+    // A path under a regular file: valid text, no file can be created there.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let broken = blocker.join("out.jsonl");
+    std::fs::write(&file, pipeline("4.0", "", &out)).unwrap();
+    let tg = start(&[file.to_str().unwrap(), "--no-watch"], &[]);
+    wait_until("events", || lines(&out).len() >= 100);
+
+    std::fs::write(&file, pipeline("4.0", "", &broken)).unwrap();
+    tg.signal(libc::SIGHUP);
+    let err = tg.wait_stderr(|s| s.contains("reload rolled back for sink `out`"));
+    assert!(err.contains("it runs with its previous settings"), "{err}");
+    let before = lines(&out).len();
+    wait_until("events on the previous sink after the rollback", || {
+        lines(&out).len() > before + 100
+    });
+    assert!(!broken.exists());
+    assert!(tg.metric("tidegauge_component_errors_total{component_id=\"out\",component_kind=\"sink\",component_type=\"jsonl\",error_kind=\"component\"}") >= 1.0);
+
+    // A working change afterwards is applied.
+    std::fs::write(&file, pipeline("4.0", "", &fixed)).unwrap();
+    tg.signal(libc::SIGHUP);
+    wait_until("events on the fixed sink", || lines(&fixed).len() >= 50);
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
 #[test]
 fn logs_are_queryable_by_level_component_time_and_text() {
     let dir = tempfile::tempdir().unwrap();
