@@ -30,11 +30,11 @@ detector_config! {
         #[schemars(range(min = 2, max = 1000000))]
         pub warmup: u32 = BaselineParams::default().warmup,
         /// Half-life of the smoothing, in values.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_events: f64 = BaselineParams::default().half_life,
         /// Lowest |z| of the smoothed value that is an anomaly (the threshold itself when
         /// `target_alarm_rate` is 0).
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = BaselineParams::default().threshold,
         /// Share of normal values each sensor's learnt threshold aims to flag; 0 turns the
         /// self-calibration off (every sensor then uses `threshold`).

@@ -34,7 +34,7 @@ detector_config! {
         #[schemars(range(min = 0.0))]
         pub k: f64 = 0.5,
         /// Decision threshold in standard deviations.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub h: f64 = 5.0,
         /// Values that learn the baseline, at the start and after each change.
         #[schemars(range(min = 2))]

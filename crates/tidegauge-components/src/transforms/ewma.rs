@@ -17,13 +17,13 @@ detector_config! {
     pub struct EwmaConfig as "ewma" {
         /// Half-life in events: after this many values a value weighs half as much.
         /// Used unless `half_life_ms` is set.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_events: f64 = 30.0,
         /// Half-life in milliseconds of event time; when set, replaces `half_life_events`.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_ms: Option<f64> = None,
         /// |z| above which a value is an anomaly.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = 3.0,
         /// Values to learn from before judging.
         #[schemars(range(min = 2))]

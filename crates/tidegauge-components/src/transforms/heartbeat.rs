@@ -53,7 +53,7 @@ pub struct HeartbeatConfig {
     #[schemars(range(min = 1))]
     pub expected_interval_ms: i64,
     /// Expected intervals of silence tolerated before a sensor is reported.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub tolerance: f64,
     /// The clock that measures silence.
     pub clock: Clock,

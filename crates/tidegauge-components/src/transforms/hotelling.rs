@@ -44,10 +44,10 @@ pub struct HotellingConfig {
     #[schemars(range(min = 4, max = 1000000))]
     pub warmup: u32,
     /// Half-life of each reading's smoothing, in rows.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub half_life_events: f64,
     /// Lowest distance that is an anomaly.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub threshold: f64,
     /// Share of normal rows each machine's learnt threshold aims to flag; 0: `threshold`.
     #[schemars(range(min = 0.0, max = 1.0))]

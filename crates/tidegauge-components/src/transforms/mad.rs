@@ -19,7 +19,7 @@ detector_config! {
         #[schemars(range(min = 3, max = 16777216))]
         pub window: usize = 100,
         /// |robust z| above which a value is an anomaly.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = 3.5,
     }
 }

@@ -15,7 +15,7 @@ detector_config! {
     /// value and time.
     pub struct RateOfChangeConfig as "rate_of_change" {
         /// Largest normal change per second, in the value's units. Required.
-        #[schemars(range(min = 0.0), example = 10.0)]
+        #[schemars(extend("exclusiveMinimum" = 0.0), example = 10.0)]
         pub max_rate_per_sec: Option<f64> = None,
     }
 }

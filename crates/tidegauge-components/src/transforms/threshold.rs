@@ -24,7 +24,7 @@ detector_config! {
         #[schemars(range(min = 0.0))]
         pub hysteresis: f64 = 0.0,
         /// Distance past a bound at which the score reaches 0.73.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub scale: f64 = 1.0,
     }
 }

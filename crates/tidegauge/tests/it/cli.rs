@@ -317,3 +317,34 @@ inputs = ["pikc", "w"]
         stderr(&describe)
     );
 }
+
+#[test]
+fn describe_shows_the_bounds_check_enforces() {
+    // `threshold` must be above 0: describe says so, check agrees on both sides of it.
+    let text = stdout(&run(&["describe", "zscore"]));
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("threshold "))
+        .unwrap();
+    assert!(line.ends_with("range > 0"), "{line}");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |threshold: &str| {
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[sources.fleet]\ntype = \"simulate\"\n\n[transforms.z]\ntype = \"zscore\"\ninputs = [\"fleet\"]\nthreshold = {threshold}\n\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"z\"]\n"
+            ),
+        )
+        .unwrap();
+        tidegauge().arg("check").arg(&path).output().unwrap()
+    };
+    assert_eq!(check("0.0").status.code(), Some(2));
+    assert!(check("0.001").status.success());
+    let schema: serde_json::Value =
+        serde_json::from_slice(&run(&["describe", "zscore", "--json"]).stdout).unwrap();
+    assert_eq!(
+        schema["properties"]["threshold"]["exclusiveMinimum"],
+        serde_json::json!(0.0)
+    );
+}
