@@ -3,7 +3,7 @@
 //! source, so that the two cannot disagree and no component checks a range by hand.
 //!
 //! A range is set on a config field with `#[schemars(range(min = 1, max = 1000))]`
-//! (inclusive) or `#[schemars(extend("exclusiveMinimum" = 0))]` (exclusive).
+//! (inclusive) or `#[schemars(extend("exclusiveMinimum" = 0.0))]` (exclusive).
 
 use serde_json::{Number, Value};
 
@@ -80,8 +80,8 @@ impl Bounds {
         self.low.is_none() && self.high.is_none()
     }
 
-    /// The range as `describe` shows it: `1..=1000`, `0..1`, `>= 1`, `> 0`, `<= 5`,
-    /// `> 0, <= 1`; `None` when no end is set.
+    /// The range as `describe` shows it: `1..=1000`, `>= 1`, `> 0`, `<= 5`, `>= 0, < 1`;
+    /// `None` when no end is set.
     pub fn describe(&self) -> Option<String> {
         let low = |b: Bound| format!("{} {}", if b.exclusive { ">" } else { ">=" }, show(b.value));
         let high = |b: Bound| format!("{} {}", if b.exclusive { "<" } else { "<=" }, show(b.value));
@@ -89,12 +89,9 @@ impl Bounds {
             (None, None) => return None,
             (Some(l), None) => low(l),
             (None, Some(h)) => high(h),
-            (Some(l), Some(h)) if !l.exclusive => format!(
-                "{}{}{}",
-                show(l.value),
-                if h.exclusive { ".." } else { "..=" },
-                show(h.value)
-            ),
+            (Some(l), Some(h)) if !l.exclusive && !h.exclusive => {
+                format!("{}..={}", show(l.value), show(h.value))
+            }
             (Some(l), Some(h)) => format!("{}, {}", low(l), high(h)),
         })
     }
@@ -119,18 +116,21 @@ impl Bounds {
             Some(f) if value.is_f64() => show(f),
             _ => value.to_string(),
         };
+        let low = |b: Bound| {
+            let word = if b.exclusive { "above" } else { "at least" };
+            format!("{word} {}", show(b.value))
+        };
+        let high = |b: Bound| {
+            let word = if b.exclusive { "below" } else { "at most" };
+            format!("{word} {}", show(b.value))
+        };
         let what = match (self.low, self.high) {
-            (Some(l), Some(_)) if !l.exclusive => format!("in {}", self.describe()?),
-            (Some(l), Some(h)) => format!(
-                "above {} and {} {}",
-                show(l.value),
-                if h.exclusive { "below" } else { "at most" },
-                show(h.value)
-            ),
-            (Some(l), None) if l.exclusive => format!("above {}", show(l.value)),
-            (Some(l), None) => format!("at least {}", show(l.value)),
-            (None, Some(h)) if h.exclusive => format!("below {}", show(h.value)),
-            (None, Some(h)) => format!("at most {}", show(h.value)),
+            (Some(l), Some(h)) if !l.exclusive && !h.exclusive => {
+                format!("in {}", self.describe()?)
+            }
+            (Some(l), Some(h)) => format!("{} and {}", low(l), high(h)),
+            (Some(l), None) => low(l),
+            (None, Some(h)) => high(h),
             (None, None) => return None,
         };
         Some(format!("must be {what}, got {got}"))
@@ -324,7 +324,7 @@ mod tests {
         );
         assert_eq!(
             errors(json!({ "rate": 1.0 })),
-            one("rate", "must be in 0..1, got 1")
+            one("rate", "must be at least 0 and below 1, got 1")
         );
         assert_eq!(
             errors(json!({ "share": 0.0 })),
@@ -389,7 +389,7 @@ mod tests {
         );
         assert_eq!(
             b(json!({ "minimum": 0.0, "exclusiveMaximum": 1.0 })).as_deref(),
-            Some("0..1")
+            Some(">= 0, < 1")
         );
         assert_eq!(
             b(json!({ "exclusiveMinimum": 0.0, "maximum": 0.5 })).as_deref(),

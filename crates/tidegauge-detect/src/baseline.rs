@@ -328,8 +328,8 @@ impl Detector for Baseline {
             threshold: self.params.threshold,
         });
         format!(
-            "|z| {:.2} > {}: smoothed value {} vs reference mean {}, std {}",
-            verdict.statistic.unwrap_or(0.0).abs(),
+            "|z| {} > {}: smoothed value {} vs reference mean {}, std {}",
+            judge::stat(verdict.statistic.unwrap_or(0.0).abs()),
             judge::num(r.threshold),
             judge::num(self.smoothed),
             judge::num(r.mean),

@@ -289,9 +289,11 @@ impl Detector for ChangePoint {
         };
         let (mu, sigma) = self.last_baseline;
         format!(
-            "{method} {what}: {:.2} > {} σ (baseline mean {mu:.4}, std {sigma:.4})",
-            verdict.statistic.unwrap_or(0.0).abs(),
-            self.params.h
+            "{method} {what}: {} > {} σ (baseline mean {}, std {})",
+            judge::stat(verdict.statistic.unwrap_or(0.0).abs()),
+            self.params.h,
+            judge::num(mu),
+            judge::num(sigma)
         )
     }
 }

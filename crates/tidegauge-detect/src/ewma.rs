@@ -236,8 +236,8 @@ impl Detector for Ewma {
         };
         match verdict.statistic {
             Some(z) => format!(
-                "|z| {:.2} > {} (EWMA, half-life {half_life})",
-                z.abs(),
+                "|z| {} > {} (EWMA, half-life {half_life})",
+                judge::stat(z.abs()),
                 self.params.threshold
             ),
             None => String::from("no z-score"),

@@ -303,8 +303,8 @@ impl Hotelling {
     /// channel (its index in the row) that moved furthest.
     pub fn explain(&self, verdict: &Verdict) -> String {
         format!(
-            "distance {:.2} > {} from the reference; most of it from reading {}",
-            verdict.statistic.unwrap_or(self.last.0),
+            "distance {} > {} from the reference; most of it from reading {}",
+            judge::stat(verdict.statistic.unwrap_or(self.last.0)),
             judge::num(self.threshold().unwrap_or(self.params.threshold)),
             self.last.1
         )

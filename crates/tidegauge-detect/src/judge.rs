@@ -213,6 +213,16 @@ mod tests {
     }
 }
 
+/// A test statistic for a human reason: two decimals (`6.14`), in short scientific
+/// notation from 10^7 up (`1.000e300`, not three hundred digits).
+pub(crate) fn stat(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e7 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
 /// A number for a human reason: four decimals at most, trailing zeros dropped; very large
 /// or very small magnitudes in scientific notation.
 pub(crate) fn num(x: f64) -> String {
@@ -239,5 +249,10 @@ mod num_tests {
         assert_eq!(super::num(-0.00001), "-1.000e-5");
         assert_eq!(super::num(0.0), "0");
         assert_eq!(super::num(123456789.0), "1.235e8");
+        assert_eq!(super::num(1e300), "1.000e300");
+        assert_eq!(super::stat(6.1449), "6.14");
+        assert_eq!(super::stat(1e300), "1.000e300");
+        assert_eq!(super::stat(-2.5e9), "-2.500e9");
+        assert_eq!(super::stat(f64::INFINITY), "inf");
     }
 }

@@ -318,8 +318,8 @@ impl Detector for Mad {
     fn explain(&self, verdict: &Verdict) -> String {
         match verdict.statistic {
             Some(z) => format!(
-                "|robust z| {:.2} > {} (median {}, MAD {} of last {} values)",
-                z.abs(),
+                "|robust z| {} > {} (median {}, MAD {} of last {} values)",
+                judge::stat(z.abs()),
                 self.params.threshold,
                 judge::num(self.last_median),
                 judge::num(self.last_mad),

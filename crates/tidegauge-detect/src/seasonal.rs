@@ -169,10 +169,12 @@ impl Detector for Seasonal {
         let (slot, mean, std) = self.last;
         let start = judge::human_ms(self.params.slot_ms.saturating_mul(slot as i64));
         format!(
-            "|z| {:.2} > {} against slot {slot} of {} (starting {start} into the cycle; mean {mean:.4}, std {std:.4})",
-            verdict.statistic.unwrap_or(0.0).abs(),
+            "|z| {} > {} against slot {slot} of {} (starting {start} into the cycle; mean {}, std {})",
+            judge::stat(verdict.statistic.unwrap_or(0.0).abs()),
             self.params.threshold,
             self.params.slots,
+            judge::num(mean),
+            judge::num(std),
         )
     }
 }

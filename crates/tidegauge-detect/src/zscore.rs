@@ -116,8 +116,8 @@ impl Detector for ZScore {
     fn explain(&self, verdict: &Verdict) -> String {
         match verdict.statistic {
             Some(z) => format!(
-                "|z| {:.2} > {} (last {} values)",
-                z.abs(),
+                "|z| {} > {} (last {} values)",
+                judge::stat(z.abs()),
                 self.params.threshold,
                 self.params.window
             ),

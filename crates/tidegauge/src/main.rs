@@ -104,6 +104,13 @@ enum Command {
         /// else `<pipeline>.state` beside the pipeline file).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Start over: remove what earlier runs left in the `[checkpoint]` directory
+        /// (checkpoints, transform state, acknowledged positions) before running. Needed
+        /// when the checkpoint is damaged beyond the ones kept, its manifest is missing,
+        /// or it was taken by another pipeline or on other input (the run refuses to
+        /// start then, exit status 1).
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate a pipeline without running it: every problem, each with its place.
     Check {
@@ -312,6 +319,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             profile,
             no_watch,
             state_dir: given,
+            reset_state,
         } => {
             let (origin, text) = read_pipeline(pipeline.as_deref())?;
             let loaded = topology::load(&text, &tidegauge_core::config::process_env);
@@ -336,6 +344,25 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             };
             if show_graph {
                 ewrite!("{}", p.describe());
+            }
+            if reset_state {
+                match &p.checkpoint {
+                    Some(c) => match tidegauge_core::checkpoint::reset(c) {
+                        Ok(n) => {
+                            tracing::warn!(
+                                "--reset-state: removed {n} file(s) of earlier runs from {}; starting over",
+                                c.dir.display()
+                            );
+                        }
+                        Err(e) => {
+                            ewriteln!("error: --reset-state: {e}");
+                            return Ok(ExitCode::from(EXIT_FAILED));
+                        }
+                    },
+                    None => tracing::warn!(
+                        "--reset-state: {origin} has no [checkpoint] table; nothing to reset"
+                    ),
+                }
             }
             drop(out);
             let result = run::run(
@@ -423,6 +450,19 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             match load_or_report(&origin, &text) {
                 None => Ok(ExitCode::from(EXIT_INVALID)),
                 Some(p) => {
+                    // Inputs that are there but cannot be read are errors; missing ones
+                    // may appear before the pipeline runs (it is often checked first).
+                    let (unreadable, missing) = topology::check_inputs(&p);
+                    if !unreadable.is_empty() {
+                        report(&origin, &unreadable);
+                        return Ok(ExitCode::from(EXIT_INVALID));
+                    }
+                    for e in &missing {
+                        let at = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+                        ewriteln!(
+                            "warning: {origin}{at}: {e} (yet); `run` fails unless it exists by then"
+                        );
+                    }
                     writeln!(
                         out,
                         "{origin}: ok ({} sources, {} transforms, {} sinks)",
@@ -469,8 +509,9 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             if found.is_empty() {
                 let known: Vec<_> = registry::all().iter().map(|d| d.type_name).collect();
                 ewriteln!(
-                    "error: no component called `{name}` (known: {})",
-                    known.join(", ")
+                    "error: no component called `{name}` (known: {}){}",
+                    known.join(", "),
+                    tidegauge_core::suggest::hint(&name, known.iter().copied())
                 );
                 return Ok(ExitCode::from(EXIT_INVALID));
             }

@@ -270,9 +270,13 @@ impl Compiler<'_> {
                     [i] => *i,
                     _ => {
                         return Err(format!(
-                            "unknown field `{}` (input has: {})",
+                            "unknown field `{}` (input has: {}){}",
                             excerpt(name),
-                            tidegauge_core::schema::describe(self.schema)
+                            tidegauge_core::schema::describe(self.schema),
+                            tidegauge_core::suggest::hint(
+                                name,
+                                self.schema.fields().iter().map(|f| f.name().as_str())
+                            )
                         ));
                     }
                 }

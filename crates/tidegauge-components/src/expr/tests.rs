@@ -75,6 +75,7 @@ fn rejects_what_cannot_work_before_running() {
     let b = batch();
     let err = |text: &str| Expression::compile(text, &b.schema()).unwrap_err();
     assert!(err("valu > 3").contains("unknown field `valu`"));
+    assert!(err("valu > 3").ends_with("; did you mean `value`?"));
     assert!(err("sensor_id > 3").contains("cannot compare `sensor_id` (Utf8) with `3` (Int64)"));
     assert!(err("value AND is_anomaly").contains("needs true/false"));
     assert!(err("sqrt(value) > 1").contains("unknown function"));

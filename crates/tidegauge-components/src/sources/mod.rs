@@ -3,6 +3,7 @@
 //! live in [`crate::connectors`], grouped by the system they talk to.
 
 pub mod file;
+mod file_paths;
 mod file_watch;
 pub(crate) mod linger;
 pub mod simulate;
@@ -143,8 +144,8 @@ pub(crate) enum LineOutcome {
     /// Go on.
     Continue,
     /// The rest of this input cannot be read with this config (a CSV header without the
-    /// declared fields); the reason has been reported.
-    SkipInput,
+    /// declared fields), for this reason; the caller reports it.
+    SkipInput(String),
 }
 
 /// Lines in, batches out: decodes each line, dead-letters what cannot be decoded.
@@ -215,14 +216,7 @@ impl LineDecoder {
                 Ok(CsvLine::Header) => return LineOutcome::Continue,
                 Ok(CsvLine::Record) => Ok(()),
                 Err(CsvError::Record(e)) => Err(e),
-                Err(CsvError::Header(e)) => {
-                    cx.dead_letter(
-                        &format!("{origin}:{line_no}"),
-                        &format!("{e}; rest of this input skipped"),
-                        text,
-                    );
-                    return LineOutcome::SkipInput;
-                }
+                Err(CsvError::Header(e)) => return LineOutcome::SkipInput(e),
             },
         };
         if let Err(reason) = decoded.and_then(|()| self.columns.push(&mut self.row)) {

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::kind::ComponentKind;
 
+use super::CheckpointTelemetry;
 use super::store::*;
 
 /// What components tell the coordinator.
@@ -96,6 +97,8 @@ pub(super) struct InFlight {
     positions: HashMap<usize, Option<Value>>,
     states: HashMap<usize, Option<Vec<u8>>>,
     failed: Option<String>,
+    /// When its barriers were requested.
+    started: Instant,
 }
 
 /// Takes checkpoints while a pipeline runs. See the module documentation.
@@ -115,6 +118,7 @@ pub(crate) struct Coordinator {
     sink_epochs: HashMap<usize, (std::collections::BTreeSet<u64>, u64)>,
     in_flight: Option<InFlight>,
     completed: u64,
+    telemetry: Arc<CheckpointTelemetry>,
 }
 
 /// What [`Coordinator::run`] reports at the end.
@@ -143,6 +147,7 @@ impl Coordinator {
             .map(|(&i, _)| (i, (Default::default(), first_id - 1)))
             .collect();
         Coordinator {
+            telemetry: store.telemetry(),
             store: Arc::new(Mutex::new(store)),
             nodes,
             paused: false,
@@ -193,6 +198,7 @@ impl Coordinator {
                                 positions: HashMap::new(),
                                 states: HashMap::new(),
                                 failed: None,
+                                started: Instant::now(),
                             };
                             if self.fill_from_finals(&mut cp) {
                                 self.in_flight = Some(cp);
@@ -254,6 +260,7 @@ impl Coordinator {
             positions: HashMap::new(),
             states: HashMap::new(),
             failed: None,
+            started: Instant::now(),
         });
     }
 
@@ -403,6 +410,7 @@ impl Coordinator {
             return;
         };
         if let Some(reason) = cp.failed.take() {
+            self.fail();
             tracing::warn!("{reason}; abandoned, the next one follows");
             summary.errors.push(reason);
             return;
@@ -453,6 +461,7 @@ impl Coordinator {
         }
         let store = self.store.clone();
         let id = cp.id;
+        let started = cp.started;
         let written = tokio::task::spawn_blocking(move || {
             store
                 .lock()
@@ -462,19 +471,34 @@ impl Coordinator {
         .await;
         match written {
             Ok(Ok(())) => {
+                // From the barrier request to the manifest on disk.
+                self.telemetry.last_duration_ns.store(
+                    started.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 self.completed += 1;
                 summary.last_id = id;
                 tracing::debug!(checkpoint = id, "checkpoint complete");
             }
             Ok(Err(e)) => {
+                self.fail();
                 tracing::error!("checkpoint {id} could not be written: {e}");
                 summary
                     .errors
                     .push(format!("checkpoint {id} could not be written: {e}"));
             }
-            Err(e) => summary
-                .errors
-                .push(format!("checkpoint {id}: writer stopped: {e}")),
+            Err(e) => {
+                self.fail();
+                summary
+                    .errors
+                    .push(format!("checkpoint {id}: writer stopped: {e}"))
+            }
         }
+    }
+
+    fn fail(&self) {
+        self.telemetry
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

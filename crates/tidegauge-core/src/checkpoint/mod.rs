@@ -23,8 +23,14 @@
 //! - Checkpoint `n` is complete when every source reported its barrier position, every
 //!   transform its state, and every sink its epochs up to `n`. It is written atomically:
 //!   each state to its own file (temporary file, fsync, rename, fsync of the directory),
-//!   then the manifest `checkpoint.json` naming them in the same way; older state files
-//!   go only after the new manifest is in place. One checkpoint is in flight at a time.
+//!   then the manifest `checkpoint.json` naming them in the same way; the manifest it
+//!   replaces stays as `checkpoint-<id>.json`, and the state files of checkpoints older
+//!   than the [`KEEP`] newest go only after the new manifest is in place. One checkpoint
+//!   is in flight at a time.
+//! - A restart resumes from the newest intact checkpoint (every state file's length and
+//!   checksum checked), with a warning when that is not the newest. Each manifest
+//!   records what the sources read ([`InputIdentity`]); a checkpoint of other input, or
+//!   positions and state left without any manifest, are refused ([`reset`] starts over).
 //! - A component that has finished counts with its final value: a source's last
 //!   position, a transform's state after its last batch (before `flush`), a sink that
 //!   ended cleanly holds everything. At the end of a run without failures a final
@@ -47,13 +53,15 @@
 //! is at least once: events after the resumed position may be written again.
 
 mod coordinator;
+mod identity;
 mod store;
 #[cfg(test)]
 mod tests;
 
 pub use coordinator::CheckpointSummary;
 pub(crate) use coordinator::{Coordinator, Report, ReportPort};
-pub use store::{CheckpointStore, SourceCheckpoint, sync_dir, write_atomic};
+pub use identity::{CheckpointTelemetry, InputIdentity, file_identity};
+pub use store::{CheckpointStore, KEEP, SourceCheckpoint, reset, sync_dir, write_atomic};
 
 use std::io;
 use std::path::PathBuf;
@@ -62,6 +70,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use store::MANIFEST;
 
 /// `[checkpoint]` in a pipeline file.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -124,11 +133,36 @@ pub enum CheckpointError {
         source: io::Error,
     },
     /// A file is not what was written (bad JSON, checksum mismatch, wrong length).
-    #[error("{path}: {reason}; remove the checkpoint directory to start over")]
+    #[error("{path}: {reason}; run with --reset-state to start over")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// The directory holds what an earlier run left but no checkpoint manifest: where
+    /// that run stood is unknown, and starting over silently would replay everything.
+    #[error(
+        "{dir}: holds {what} of an earlier run but no checkpoint manifest ({MANIFEST}); \
+         run with --reset-state to start over"
+    )]
+    Missing {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What it holds.
+        what: String,
+    },
+    /// The checkpoint was taken by another pipeline or on other input.
+    #[error(
+        "{dir}: checkpoint {id} was taken {reason}; run with --reset-state to start over \
+         from it, or give this pipeline its own [checkpoint] dir"
+    )]
+    Foreign {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The checkpoint's id.
+        id: u64,
+        /// What differs.
         reason: String,
     },
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CheckpointConfig, CheckpointError};
+use super::{CheckpointConfig, CheckpointError, CheckpointTelemetry, InputIdentity};
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
@@ -64,16 +64,20 @@ pub(super) struct StateEntry {
     crc32: u32,
 }
 
-/// `checkpoint.json`.
+/// `checkpoint.json` (the newest) and `checkpoint-<id>.json` (the ones kept before it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct Manifest {
     version: u32,
-    id: u64,
+    pub(super) id: u64,
     time: String,
     /// Source id -> position (null for sources that cannot resume).
     sources: BTreeMap<String, Value>,
     /// Transform id -> state file (transforms without state are absent).
     transforms: BTreeMap<String, StateEntry>,
+    /// Source id -> what it read when the checkpoint was taken (absent in manifests of
+    /// earlier versions, which are then not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inputs: Option<BTreeMap<String, InputIdentity>>,
 }
 
 /// `acked/<id>.json`.
@@ -86,6 +90,63 @@ pub(super) struct AckedFile {
 
 pub(super) const MANIFEST: &str = "checkpoint.json";
 pub(super) const VERSION: u32 = 1;
+/// Checkpoints kept: the newest and the ones before it, to fall back on when the newest
+/// is damaged.
+pub const KEEP: usize = 3;
+
+fn kept_name(id: u64) -> String {
+    format!("checkpoint-{id}.json")
+}
+
+/// The id of a kept manifest's file name.
+fn kept_id(name: &str) -> Option<u64> {
+    name.strip_prefix("checkpoint-")?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
+/// Removes everything an earlier run left in the checkpoint directory (manifests, state,
+/// acknowledged positions): the next run starts over. Returns how many files went.
+pub fn reset(config: &CheckpointConfig) -> Result<usize, CheckpointError> {
+    let dir = &config.dir;
+    let mut removed = 0;
+    let mut remove_in = |d: &Path, pick: &dyn Fn(&str) -> bool| -> Result<(), CheckpointError> {
+        let entries = match fs::read_dir(d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(d)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(d))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_file() && pick(&name) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(())
+    };
+    remove_in(dir, &|n| {
+        n == MANIFEST
+            || kept_id(n).is_some()
+            || (n.starts_with("checkpoint") && n.ends_with(".json.tmp"))
+    })?;
+    remove_in(&dir.join("state"), &|_| true)?;
+    remove_in(&dir.join("acked"), &|_| true)?;
+    if dir.exists() {
+        sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(removed)
+}
+
+/// A manifest read from disk, with its file.
+#[derive(Debug)]
+pub(super) struct Found {
+    pub(super) file: String,
+    pub(super) manifest: Manifest,
+}
 
 pub(super) fn now_text() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -95,57 +156,286 @@ pub(super) fn now_text() -> String {
 #[derive(Debug)]
 pub struct CheckpointStore {
     pub(super) config: CheckpointConfig,
+    /// The checkpoint a restart resumes from: the newest intact one.
     manifest: Option<Manifest>,
+    /// Whether `checkpoint.json` on disk is `manifest` (else it is missing or damaged
+    /// and is not kept when the next checkpoint replaces it).
+    newest_on_disk: bool,
+    /// Intact checkpoints kept before `manifest`, newest first.
+    pub(super) history: Vec<Found>,
     acked: HashMap<String, Value>,
     stateful: bool,
+    /// What this run's sources read, recorded with every checkpoint.
+    inputs: BTreeMap<String, InputIdentity>,
+    telemetry: Arc<CheckpointTelemetry>,
+}
+
+/// Reads manifest `name` and checks every state file it names (length and checksum).
+fn read_manifest(dir: &Path, name: &str) -> Result<Manifest, String> {
+    let path = dir.join(name);
+    let bytes = fs::read(&path).map_err(|e| format!("cannot be read: {e}"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| format!("is not a checkpoint manifest: {e}"))?;
+    for (transform, entry) in &manifest.transforms {
+        check_state(&dir.join("state").join(&entry.file), entry)
+            .map_err(|e| format!("names a damaged state of transform `{transform}`: {e}"))?;
+    }
+    Ok(manifest)
+}
+
+/// A state file's bytes, checked against its manifest entry.
+fn check_state(path: &Path, entry: &StateEntry) -> Result<Vec<u8>, CheckpointError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    if bytes.len() as u64 != entry.bytes {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{} bytes, the manifest says {}", bytes.len(), entry.bytes),
+        });
+    }
+    let crc = crc32fast::hash(&bytes);
+    if crc != entry.crc32 {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "checksum {crc:08x} does not match the manifest's {:08x}",
+                entry.crc32
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Files in `dir` (none when it does not exist).
+pub(super) fn file_names(dir: &Path) -> Result<Vec<String>, CheckpointError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_type().map_err(io_err(dir))?.is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 impl CheckpointStore {
-    /// Opens (creating) the directory and reads what an earlier run left. A manifest or
-    /// acknowledged-position file that cannot be parsed is an error: starting over
+    /// Opens (creating) the directory and reads what an earlier run left: the newest
+    /// intact checkpoint (falling back, with a warning, to an older one kept when the
+    /// newest is damaged or missing). No intact checkpoint where an earlier run left
+    /// some, or left positions or state without one, is an error: starting over
     /// silently would replay or skip data.
     pub fn open(config: &CheckpointConfig) -> Result<Self, CheckpointError> {
         let dir = &config.dir;
         for d in [dir.clone(), dir.join("state"), dir.join("acked")] {
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let manifest_path = dir.join(MANIFEST);
-        let manifest = match fs::read(&manifest_path) {
-            Ok(bytes) => Some(serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
-                CheckpointError::Corrupt {
-                    path: manifest_path.clone(),
-                    reason: format!("not a checkpoint manifest: {e}"),
+        let telemetry = Arc::new(CheckpointTelemetry::default());
+        let mut found = Vec::new();
+        let mut damaged: Vec<(String, String)> = Vec::new();
+        for name in file_names(dir)? {
+            if name != MANIFEST && kept_id(&name).is_none() {
+                continue;
+            }
+            match read_manifest(dir, &name) {
+                Ok(manifest) => found.push(Found {
+                    file: name,
+                    manifest,
+                }),
+                Err(reason) => damaged.push((name, reason)),
+            }
+        }
+        // Newest first; of two files with one id (a crash between keeping the old
+        // manifest and writing the new), `checkpoint.json` first.
+        found.sort_by_key(|f| (std::cmp::Reverse(f.manifest.id), f.file != MANIFEST));
+        found.dedup_by_key(|f| f.manifest.id);
+        let mut found = found.into_iter();
+        let chosen = found.next();
+        let history: Vec<Found> = found.collect();
+        let newest_on_disk = chosen.as_ref().is_some_and(|f| f.file == MANIFEST);
+        match &chosen {
+            Some(c) if !newest_on_disk => {
+                let why = match damaged.iter().find(|(n, _)| n == MANIFEST) {
+                    Some((_, reason)) => reason.clone(),
+                    None if !dir.join(MANIFEST).exists() => "is missing".to_string(),
+                    None => "is older than a checkpoint kept before it".to_string(),
+                };
+                telemetry
+                    .restore_fallbacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "checkpoint: the newest checkpoint {} {why}; falling back to checkpoint {} \
+                     of {} ({}): what was read after it is read again",
+                    dir.join(MANIFEST).display(),
+                    c.manifest.id,
+                    c.manifest.time,
+                    dir.join(&c.file).display()
+                );
+            }
+            Some(c) => {
+                for (name, reason) in &damaged {
+                    tracing::warn!(
+                        "checkpoint: {} {reason}; not needed (checkpoint {} is intact)",
+                        dir.join(name).display(),
+                        c.manifest.id
+                    );
                 }
-            })?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_err(&manifest_path)(e)),
-        };
+            }
+            None => {
+                if let Some((name, _)) = damaged.first() {
+                    let reasons: Vec<String> =
+                        damaged.iter().map(|(n, r)| format!("{n} {r}")).collect();
+                    return Err(CheckpointError::Corrupt {
+                        path: dir.join(name),
+                        reason: format!("no intact checkpoint: {}", reasons.join("; ")),
+                    });
+                }
+                let acked = file_names(&dir.join("acked"))?.len();
+                let states = file_names(&dir.join("state"))?.len();
+                if acked + states > 0 {
+                    let mut what = Vec::new();
+                    if acked > 0 {
+                        what.push(format!("{acked} acknowledged source position(s)"));
+                    }
+                    if states > 0 {
+                        what.push(format!("{states} transform state file(s)"));
+                    }
+                    return Err(CheckpointError::Missing {
+                        dir: dir.clone(),
+                        what: what.join(" and "),
+                    });
+                }
+            }
+        }
+        let manifest = chosen.map(|c| c.manifest);
+        if let Some(m) = &manifest {
+            telemetry
+                .last_id
+                .store(m.id, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut acked = HashMap::new();
         let acked_dir = dir.join("acked");
-        for entry in fs::read_dir(&acked_dir).map_err(io_err(&acked_dir))? {
-            let entry = entry.map_err(io_err(&acked_dir))?;
-            let path = entry.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-            else {
+        for name in file_names(&acked_dir)? {
+            let Some(id) = name.strip_suffix(".json") else {
                 continue;
             };
+            let path = acked_dir.join(&name);
             let bytes = fs::read(&path).map_err(io_err(&path))?;
-            let file: AckedFile =
-                serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
-                    path: path.clone(),
-                    reason: format!("not an acknowledged position: {e}"),
-                })?;
-            acked.insert(id.to_string(), file.position);
+            match serde_json::from_slice::<AckedFile>(&bytes) {
+                Ok(file) => {
+                    acked.insert(id.to_string(), file.position);
+                }
+                Err(e) => {
+                    let held = manifest
+                        .as_ref()
+                        .filter(|m| m.sources.get(id).is_some_and(|p| !p.is_null()));
+                    match held {
+                        // The checkpoint knows where this source stood: resume there
+                        // (events after it come again), the file is rewritten at the
+                        // next commit.
+                        Some(m) => tracing::warn!(
+                            "checkpoint: {} is not an acknowledged position ({e}); source `{id}` \
+                             resumes from checkpoint {} instead",
+                            path.display(),
+                            m.id
+                        ),
+                        None => {
+                            return Err(CheckpointError::Corrupt {
+                                path: path.clone(),
+                                reason: format!(
+                                    "not an acknowledged position ({e}), and no checkpoint holds the position of source `{id}`"
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
         }
         Ok(CheckpointStore {
             config: config.clone(),
             manifest,
+            newest_on_disk,
+            history,
             acked,
             stateful: false,
+            inputs: BTreeMap::new(),
+            telemetry,
         })
+    }
+
+    /// Checks that the checkpoint resumed from was taken on the same input as `inputs`
+    /// (source id -> identity; sources present on both sides are compared), records
+    /// `inputs` for the checkpoints to come, and, when the directory holds no checkpoint
+    /// yet, writes an empty one (number 0) so that a later restart can tell a state
+    /// directory in use from one whose manifest went missing.
+    pub fn begin(
+        &mut self,
+        inputs: BTreeMap<String, InputIdentity>,
+    ) -> Result<(), CheckpointError> {
+        if let Some(m) = &self.manifest
+            && let Some(recorded) = &m.inputs
+        {
+            let foreign = |reason: String| CheckpointError::Foreign {
+                dir: self.config.dir.clone(),
+                id: m.id,
+                reason,
+            };
+            let common: Vec<&String> = inputs
+                .keys()
+                .filter(|k| recorded.contains_key(*k))
+                .collect();
+            if common.is_empty() && !recorded.is_empty() && !inputs.is_empty() {
+                let names = |m: &BTreeMap<String, InputIdentity>| {
+                    m.keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(foreign(format!(
+                    "by a pipeline with source(s) {}; this one has {}",
+                    names(recorded),
+                    names(&inputs)
+                )));
+            }
+            for id in common {
+                let (was, now) = (&recorded[id], &inputs[id]);
+                if was.type_name != now.type_name {
+                    return Err(foreign(format!(
+                        "with source `{id}` of type `{}`; it is now of type `{}`",
+                        was.type_name, now.type_name
+                    )));
+                }
+                if was.input != now.input {
+                    return Err(foreign(format!(
+                        "with source `{id}` reading {}; it now reads {}",
+                        was.input, now.input
+                    )));
+                }
+            }
+        }
+        self.inputs = inputs;
+        if self.manifest.is_none() {
+            self.write(0, BTreeMap::new(), BTreeMap::new())?;
+            // A marker, not a checkpoint of this run: the counters start at zero.
+            use std::sync::atomic::Ordering::Relaxed;
+            self.telemetry.completed.store(0, Relaxed);
+            self.telemetry.last_unix_ms.store(0, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Records what source `id` reads from now on (a reload rebuilt it).
+    pub fn set_input(&mut self, id: &str, identity: InputIdentity) {
+        self.inputs.insert(id.to_string(), identity);
+    }
+
+    /// Counters of checkpointing, for `/metrics`.
+    pub fn telemetry(&self) -> Arc<CheckpointTelemetry> {
+        self.telemetry.clone()
     }
 
     /// The settings.
@@ -192,23 +482,7 @@ impl CheckpointStore {
             return Ok(None);
         };
         let path = self.config.dir.join("state").join(&entry.file);
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        if bytes.len() as u64 != entry.bytes {
-            return Err(CheckpointError::Corrupt {
-                path,
-                reason: format!("{} bytes, the manifest says {}", bytes.len(), entry.bytes),
-            });
-        }
-        let crc = crc32fast::hash(&bytes);
-        if crc != entry.crc32 {
-            return Err(CheckpointError::Corrupt {
-                path,
-                reason: format!(
-                    "checksum {crc:08x} does not match the manifest's {:08x}",
-                    entry.crc32
-                ),
-            });
-        }
+        let bytes = check_state(&path, entry)?;
         Ok(Some(bytes))
     }
 
@@ -265,16 +539,20 @@ impl CheckpointStore {
         }))
     }
 
-    /// Writes checkpoint `id`: state files first, then the manifest; then removes state
-    /// files of earlier checkpoints.
+    /// Writes checkpoint `id`: state files first, then the manifest (the one it replaces
+    /// is kept as `checkpoint-<id>.json`); then removes the manifests and state files
+    /// of checkpoints older than the [`KEEP`] newest.
     pub fn write(
         &mut self,
         id: u64,
         sources: BTreeMap<String, Value>,
         states: BTreeMap<String, Vec<u8>>,
     ) -> Result<(), CheckpointError> {
-        let state_dir = self.config.dir.join("state");
+        let started = Instant::now();
+        let dir = self.config.dir.clone();
+        let state_dir = dir.join("state");
         let mut transforms = BTreeMap::new();
+        let mut written: u64 = 0;
         for (name, bytes) in &states {
             let file = format!("{name}-{id}.bin");
             let path = state_dir.join(&file);
@@ -283,6 +561,7 @@ impl CheckpointStore {
                 f.write_all(bytes).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
+            written += bytes.len() as u64;
             transforms.insert(
                 name.clone(),
                 StateEntry {
@@ -301,29 +580,84 @@ impl CheckpointStore {
             time: now_text(),
             sources,
             transforms,
+            inputs: Some(self.inputs.clone()),
         };
-        let path = self.config.dir.join(MANIFEST);
+        let path = dir.join(MANIFEST);
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Io {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
+        written += bytes.len() as u64;
+        // The manifest about to be replaced stays as the newest to fall back on (a
+        // second name for the same file: nothing is copied, and `checkpoint.json` is
+        // never missing).
+        if self.newest_on_disk {
+            if let Some(old) = self.manifest.take() {
+                let kept = kept_name(old.id);
+                let kept_path = dir.join(&kept);
+                let _ = fs::remove_file(&kept_path);
+                fs::hard_link(&path, &kept_path).map_err(io_err(&kept_path))?;
+                self.history.insert(
+                    0,
+                    Found {
+                        file: kept,
+                        manifest: old,
+                    },
+                );
+            }
+        } else if let Some(old) = self.manifest.take() {
+            // Resumed from a kept checkpoint (the newest was damaged): it stays kept.
+            if dir.join(kept_name(old.id)).exists() {
+                self.history.insert(
+                    0,
+                    Found {
+                        file: kept_name(old.id),
+                        manifest: old,
+                    },
+                );
+            }
+        }
         write_atomic(&path, &bytes).map_err(io_err(&path))?;
-        // Earlier state files are no longer referenced.
-        let keep: Vec<&str> = manifest
+        self.history.retain(|f| f.manifest.id < id);
+        self.history.truncate(KEEP.saturating_sub(1));
+        // What older checkpoints used is no longer needed.
+        let mut keep_files: Vec<&str> = manifest
             .transforms
             .values()
             .map(|e| e.file.as_str())
             .collect();
-        if let Ok(entries) = fs::read_dir(&state_dir) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                if name.ends_with(".bin") && !keep.contains(&name.as_ref()) {
-                    let _ = fs::remove_file(e.path());
+        let mut keep_manifests = vec![MANIFEST];
+        for f in &self.history {
+            keep_manifests.push(f.file.as_str());
+            keep_files.extend(f.manifest.transforms.values().map(|e| e.file.as_str()));
+        }
+        if let Ok(names) = file_names(&dir) {
+            for name in names {
+                if kept_id(&name).is_some() && !keep_manifests.contains(&name.as_str()) {
+                    let _ = fs::remove_file(dir.join(&name));
+                }
+            }
+        }
+        if let Ok(names) = file_names(&state_dir) {
+            for name in names {
+                if name.ends_with(".bin") && !keep_files.contains(&name.as_str()) {
+                    let _ = fs::remove_file(state_dir.join(&name));
                 }
             }
         }
         self.manifest = Some(manifest);
+        self.newest_on_disk = true;
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = &self.telemetry;
+        t.last_id.store(id, Relaxed);
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        t.last_unix_ms.store(unix_ms, Relaxed);
+        t.last_duration_ns
+            .store(started.elapsed().as_nanos() as u64, Relaxed);
+        t.last_bytes.store(written, Relaxed);
+        t.completed.fetch_add(1, Relaxed);
         Ok(())
     }
 }

@@ -572,10 +572,17 @@ fn parse_component(
             errors.push(here(
                 "type",
                 format!(
-                    "unknown {} type `{t}` (known: {}){}",
+                    "unknown {} type `{t}` (known: {}){}{}",
                     kind.name(),
                     names_of(kind),
-                    kind_hint(kind, t)
+                    kind_hint(kind, t),
+                    crate::suggest::hint(
+                        t,
+                        registry::all()
+                            .into_iter()
+                            .filter(|d| d.kind == kind)
+                            .map(|d| d.type_name)
+                    )
                 ),
             ));
         }
@@ -631,13 +638,30 @@ fn parse_component(
             Err(e) => errors.push(spanned_error(&format!("{path}.buffer"), e, starts)),
         }
     }
+    // An unknown setting (a misspelled parameter) is reported, then left out and the rest
+    // parsed again: every unknown setting is found at once, and the component still gets
+    // a config, so that its output schema can be checked downstream (the pipeline is
+    // refused all the same).
+    let mut provisional = false;
     let config = descriptor.and_then(|d| {
-        let value = Spanned::new(body.span(), DeValue::Table(settings));
-        match d.parse(value) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errors.push(spanned_error(path, e, starts));
-                None
+        let mut settings = settings;
+        loop {
+            let value = Spanned::new(body.span(), DeValue::Table(settings.clone()));
+            match d.parse(value) {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    let unknown = e.message.starts_with("unknown field `")
+                        && !e.path.is_empty()
+                        && !e.path.contains(['.', '['])
+                        && settings.contains_key(e.path.as_str());
+                    let key = e.path.clone();
+                    errors.push(spanned_error(path, e, starts));
+                    if !unknown {
+                        return None;
+                    }
+                    settings.remove(key.as_str());
+                    provisional = true;
+                }
             }
         }
     });
@@ -646,7 +670,7 @@ fn parse_component(
         entry.type_name = d.type_name;
     }
     entry.inputs = inputs;
-    entry.config = config.filter(|_| errors.is_empty());
+    entry.config = config.filter(|_| errors.is_empty() || provisional);
     (entry, errors)
 }
 

@@ -233,6 +233,21 @@ impl Runner {
                 runtime: self.runtime.clone(),
             };
             let rt = build_node(n, cx).await.map_err(|e| e.message)?;
+            if let (crate::registry::AnyConfig::Source(c), Some(cp)) =
+                (&n.config, &self.checkpoints)
+            {
+                // Checkpoints from now on record what the new source reads.
+                cp.store
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_input(
+                        &n.id,
+                        crate::checkpoint::InputIdentity {
+                            type_name: n.type_name.to_string(),
+                            input: c.input_identity(),
+                        },
+                    );
+            }
             if let (Some(cfg), Some(input)) = (&n.buffer, &n.input_schema) {
                 let b = open_buffer(&n.id, cfg, input, &component).map_err(|e| e.message)?;
                 buffers.insert(n.id.clone(), b);

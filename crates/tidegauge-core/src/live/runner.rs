@@ -177,6 +177,7 @@ pub(super) fn start(
                 starts[i].source_checkpoint = Some(store.source_handle(&n.id));
             }
         }
+        handle.set_checkpoint_telemetry(store.telemetry());
         let kinds = nodes.iter().map(|(n, _)| (n.id.clone(), n.kind)).collect();
         let c = Coordinator::new(store, kinds, requests);
         for s in &mut starts {

@@ -205,3 +205,183 @@ fields = {{ datetime = "timestamp", Pressure = "float64" }}
         "{dead}"
     );
 }
+
+#[test]
+fn rfc3339_timestamps_with_offsets_are_read_by_the_jsonl_and_csv_decoders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 2026-01-01T08:00:00Z, written in three zones.
+    let want = 1_767_254_400_000_i64;
+    let stamps = [
+        "2026-01-01T10:00:00+02:00",
+        "2026-01-01T02:30:00-05:30",
+        "2026-01-01T08:00:00Z",
+    ];
+    let mut jsonl = String::new();
+    let mut csv = String::from("sensor_id,ts,value\n");
+    for (i, t) in stamps.iter().enumerate() {
+        jsonl.push_str(&format!(
+            "{{\"sensor_id\":\"s-{i}\",\"ts\":\"{t}\",\"value\":1.0}}\n"
+        ));
+        csv.push_str(&format!("s-{i},{t},1.0\n"));
+    }
+    std::fs::write(d.join("in.jsonl"), &jsonl).unwrap();
+    std::fs::write(d.join("in.csv"), &csv).unwrap();
+    let out = d.join("out.jsonl");
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{}", "{}"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{}"
+
+[dead_letter]
+path = "{}"
+"#,
+        d.join("in.jsonl").display(),
+        d.join("in.csv").display(),
+        out.display(),
+        d.join("dead.jsonl").display()
+    );
+    let o = run_pipeline(d, &pipeline, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ts: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ts, vec![want; 6], "{text}");
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
+}
+
+/// A file source over `paths` into a JSON Lines file, with a dead-letter file.
+fn file_pipeline(d: &std::path::Path, paths: &[&std::path::Path]) -> String {
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    format!(
+        r#"
+[sources.in]
+type = "file"
+paths = [{}]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+        paths.join(", "),
+        d = d.display()
+    )
+}
+
+#[test]
+fn a_csv_header_without_a_declared_field_fails_the_run_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.csv");
+    let mut csv = String::from("sensor_id,ts,reading\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("s-{},{i},1.5\n", i % 7));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let o = run_pipeline(d, &file_pipeline(d, &[&input]), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("in.csv: header lacks column(s) `value` (header has: sensor_id, ts, reading)"),
+        "{e}"
+    );
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(
+        dead.is_empty(),
+        "a configuration error, not bad records: {dead}"
+    );
+}
+
+#[test]
+fn an_input_that_is_a_directory_fails_run_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sub = d.join("readings");
+    std::fs::create_dir(&sub).unwrap();
+    let text = file_pipeline(d, &[&sub]);
+    let o = run_pipeline(d, &text, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("sources.in.paths[0]: `")
+            && stderr(&check).contains("is a directory"),
+        "{}",
+        stderr(&check)
+    );
+    // Without read permission (root reads everything, so only as another user).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = d.join("locked.jsonl");
+        std::fs::write(&locked, "{\"sensor_id\":\"s\",\"ts\":1,\"value\":1}\n").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let o = run_pipeline(d, &file_pipeline(d, &[&locked]), &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+        assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+    }
+}
+
+#[test]
+fn a_missing_input_is_reported_by_check_and_fails_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = file_pipeline(d, &[&d.join("not-yet.jsonl")]);
+    std::fs::write(d.join("pipeline.toml"), &text).unwrap();
+    let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+    // Checked before the data arrives: a warning naming the place, not a failure.
+    assert!(check.status.success(), "{}", stderr(&check));
+    let e = stderr(&check);
+    assert!(
+        e.contains("warning:")
+            && e.contains("sources.in.paths[0]: `")
+            && e.contains("not-yet.jsonl` does not exist"),
+        "{e}"
+    );
+    let o = run_pipeline(d, &text, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let jsonl = d.join("in.jsonl");
+    let csv = d.join("in.csv");
+    std::fs::write(
+        &jsonl,
+        "\u{feff}{\"sensor_id\":\"s-1\",\"ts\":1,\"value\":1.5}\n{\"sensor_id\":\"s-1\",\"ts\":2,\"value\":2.5}\n",
+    )
+    .unwrap();
+    std::fs::write(&csv, "\u{feff}sensor_id,ts,value\ns-2,3,3.5\n").unwrap();
+    let o = run_pipeline(d, &file_pipeline(d, &[&jsonl, &csv]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("\"sensor_id\":\"s-2\""), "{out}");
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
+}

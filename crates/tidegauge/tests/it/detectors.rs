@@ -333,3 +333,52 @@ fn sliding_and_session_windows() {
     assert_eq!(out[0]["first"].as_f64().unwrap(), 1.0);
     assert_eq!(out[0]["last"].as_f64().unwrap(), 3.0);
 }
+
+#[test]
+fn a_huge_z_reads_in_short_scientific_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A sensor that barely moves (std about 5e-11), then a reading of 5e289: z about
+    // 1e300.
+    let mut input = String::new();
+    for i in 0..20 {
+        let v = if i % 2 == 0 { 0.0 } else { 1e-10 };
+        input.push_str(&format!(
+            "{{\"sensor_id\":\"s\",\"ts\":{i},\"value\":{v:e}}}\n"
+        ));
+    }
+    input.push_str("{\"sensor_id\":\"s\",\"ts\":20,\"value\":5e289}\n");
+    std::fs::write(d.join("in.jsonl"), input).unwrap();
+    let out = d.join("out.jsonl");
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{}"]
+
+[transforms.z]
+type = "zscore"
+inputs = ["in"]
+window = 20
+threshold = 3.0
+
+[sinks.out]
+type = "jsonl"
+inputs = ["z"]
+path = "{}"
+"#,
+        d.join("in.jsonl").display(),
+        out.display()
+    );
+    let o = run_pipeline(d, &pipeline, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["z"].as_f64().unwrap() > 1e299, "{last}");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("|z| ") && (reason.contains("e29") || reason.contains("e300")),
+        "{reason}"
+    );
+    assert!(reason.len() < 60, "short: {reason}");
+}
