@@ -540,7 +540,11 @@ mod tests {
             .map(|i| d.observe(5000 + i, 20.0))
             .find(|v| v.is_anomaly)
             .expect("stuck flagged");
-        assert!(d.explain(&v).starts_with("relative entropy G "), "{}", d.explain(&v));
+        assert!(
+            d.explain(&v).starts_with("relative entropy G "),
+            "{}",
+            d.explain(&v)
+        );
     }
 
     #[test]
