@@ -18,9 +18,15 @@
 //! G(P, Q) = 2·W·D(P‖Q) = 2·Σ_b c_b·ln(c_b / (W·q_b)),   c_b = W·p_b the counts
 //! ```
 //!
-//! which, when the block was drawn from `Q`, follows a chi-square law with `k − 1`
-//! degrees of freedom (`k` bins): the critical value `χ²(k − 1)` at significance
-//! `target_alarm_rate` (Wilson–Hilferty) decides. If the best hypothesis is not
+//! which, were the block's values independent draws from `Q`, would follow a chi-square
+//! law with `k − 1` degrees of freedom (`k` bins). Sensor readings are not independent
+//! (a slow wander fills a window unevenly), so the critical value is learnt per sensor
+//! from its warm-up, as `baseline` learns its threshold: the warm-up is replayed once,
+//! the `G` of each window against the closest hypothesis learnt before it noted, an
+//! exponential tail fitted to those (90th percentile `u`, mean excess `β`) and cut where
+//! it predicts `target_alarm_rate`: `critical = max(χ²(k − 1), u + β·ln(0.1 / r))`, the
+//! chi-square value at significance `r` (Wilson–Hilferty) as the floor. The warm-up is
+//! then replayed again to learn the hypotheses under that value. If the best hypothesis is not
 //! rejected, its support grows by one and it moves toward `P` (mean of the last
 //! `min(support, 32)` blocks it took); otherwise `P` becomes a new hypothesis of support
 //! 1, taking, when `hypotheses` are already known, the place of the least supported
@@ -36,9 +42,11 @@
 //! spike moves one count of the window and is not what this detector sees.
 //!
 //! Cost: O(bins × hypotheses) per event, bounded by the parameters (a logarithm per
-//! bin, a product per bin and hypothesis); state with the defaults under 2 kB, plus 8
-//! bytes per warm-up value while it lasts.
+//! bin, a product per bin and hypothesis), and twice that per warm-up value once, at its
+//! end; state with the defaults under 2 kB, plus 8 bytes per warm-up value while it lasts
+//! (and 4 more at its end).
 
+use crate::baseline::tail_threshold;
 use crate::judge::{self, NO_VERDICT};
 use crate::{Detector, ParamError, Verdict};
 
@@ -63,10 +71,9 @@ pub struct RelativeEntropyParams {
     pub bins: u32,
     /// Finite values that fix the bins; at least `window`, at most 1,000,000. Default 400.
     pub warmup: u32,
-    /// Significance of the chi-square test: the share of windows drawn from a known state
-    /// it would flag if the test's law held exactly (sliding windows overlap and the
-    /// hypotheses are estimated, so the measured share differs; see `docs/detectors.md`).
-    /// Above 0 and below 0.5. Default 0.001.
+    /// Share of normal windows the critical value learnt from the warm-up aims to flag,
+    /// and the significance of its chi-square floor (the measured share differs: see
+    /// `docs/detectors.md`). Above 0 and below 0.5. Default 0.001.
     pub target_alarm_rate: f64,
     /// Most hypotheses kept. In `1..=64`. Default 8.
     pub hypotheses: u32,
@@ -318,9 +325,10 @@ impl RelativeEntropy {
         self.edges.partition_point(|&e| e <= x) as u8
     }
 
-    /// Fixes the bins from the warm-up and replays it; false when it has no spread.
-    fn finish_warmup(&mut self) -> bool {
-        let mut sorted = std::mem::take(&mut self.warm);
+    /// Fixes the bins from the warm-up, the critical value from it, and replays it to learn
+    /// the hypotheses; false when it has no spread.
+    fn finish_warmup(&mut self, values: &[f64]) -> bool {
+        let mut sorted = values.to_vec();
         sorted.sort_unstable_by(f64::total_cmp);
         let n = sorted.len();
         let bins = self.params.bins as usize;
@@ -331,15 +339,41 @@ impl RelativeEntropy {
         if edges.is_empty() {
             return false;
         }
-        self.critical = chi_square_critical(edges.len() as f64, self.params.target_alarm_rate);
+        let rate = self.params.target_alarm_rate;
+        let chi2 = chi_square_critical(edges.len() as f64, rate);
         self.edges = edges;
-        self.counts = vec![0; self.edges.len() + 1];
-        self.ring = Vec::with_capacity(self.params.window as usize);
+        // First pass: how far windows of this sensor's normal operation lie from the
+        // closest state learnt before them.
+        self.reset_window(chi2);
+        let mut seen = Vec::with_capacity(values.len());
+        for &x in values {
+            if let Some(g) = self.step(self.bin(x), 1) {
+                seen.push(g as f32);
+            }
+        }
+        let critical = tail_threshold(&mut seen, chi2, rate);
+        // Second pass: the hypotheses, learnt under that critical value.
+        self.reset_window(critical);
+        for &x in values {
+            self.step(self.bin(x), u32::MAX);
+        }
         true
     }
 
-    /// Puts bin `b` in the window, dropping the oldest once it is full.
-    fn push(&mut self, b: u8) {
+    /// Empties the window and the hypotheses, with critical value `critical`.
+    fn reset_window(&mut self, critical: f64) {
+        self.critical = critical;
+        self.counts = vec![0; self.edges.len() + 1];
+        self.ring = Vec::with_capacity(self.params.window as usize);
+        self.head = 0;
+        self.in_block = 0;
+        self.hypotheses.clear();
+    }
+
+    /// Puts bin `b` in the window (dropping the oldest once it is full); returns `G` of the
+    /// full window against the closest hypothesis of support `min_support` or more, then
+    /// learns the block if the window ends one.
+    fn step(&mut self, b: u8, min_support: u32) -> Option<f64> {
         let w = self.params.window as usize;
         if self.ring.len() < w {
             self.ring.push(b);
@@ -349,11 +383,17 @@ impl RelativeEntropy {
             self.head = (self.head + 1) % w;
         }
         self.counts[usize::from(b)] += 1;
+        let g = if self.ring.len() == w {
+            self.statistic(min_support)
+        } else {
+            None
+        };
         self.in_block += 1;
         if self.in_block == self.params.window {
             self.in_block = 0;
             self.learn_block();
         }
+        g
     }
 
     /// The window is a finished block: the closest hypothesis takes it, or it becomes one.
@@ -396,12 +436,15 @@ impl RelativeEntropy {
         }
     }
 
-    /// `G` of the window against the closest hypothesis of enough support.
-    fn statistic(&self) -> Option<f64> {
+    /// `G` of the window against the closest hypothesis of support `min_support` or more.
+    fn statistic(&self, min_support: u32) -> Option<f64> {
+        if min_support == u32::MAX {
+            return None;
+        }
         let own = self_part(&self.counts, self.params.window);
         self.hypotheses
             .iter()
-            .filter(|h| h.support >= self.params.min_support)
+            .filter(|h| h.support >= min_support)
             .map(|h| g_statistic(&self.counts, own, h))
             .min_by(f64::total_cmp)
     }
@@ -415,38 +458,16 @@ impl Detector for RelativeEntropy {
         if self.edges.is_empty() {
             self.warm.push(value);
             if self.warm.len() >= self.params.warmup as usize {
-                let warm = self.warm.clone();
-                // Without spread the warm-up starts again (`finish_warmup` emptied it).
-                if self.finish_warmup() {
-                    for x in warm {
-                        let b = self.bin(x);
-                        self.push(b);
-                    }
-                }
+                let warm = std::mem::take(&mut self.warm);
+                // Without spread the warm-up starts again (it was emptied).
+                self.finish_warmup(&warm);
             }
             return Verdict::WARMING_UP;
         }
-        let b = self.bin(value);
-        // Judge the window with this value in, before it can end a block and be learnt.
-        let w = self.params.window as usize;
-        if self.ring.len() < w {
-            self.push(b);
-            return Verdict::WARMING_UP;
-        }
-        let old = std::mem::replace(&mut self.ring[self.head], b);
-        self.counts[usize::from(old)] -= 1;
-        self.counts[usize::from(b)] += 1;
-        self.head = (self.head + 1) % w;
-        let verdict = match self.statistic() {
+        match self.step(self.bin(value), self.params.min_support) {
             Some(g) => judge::over_threshold(g, g, self.critical),
             None => NO_VERDICT,
-        };
-        self.in_block += 1;
-        if self.in_block == self.params.window {
-            self.in_block = 0;
-            self.learn_block();
         }
-        verdict
     }
 
     fn explain(&self, verdict: &Verdict) -> String {
@@ -521,7 +542,13 @@ mod tests {
             assert_eq!(d.observe(i, 20.0 + rng.normal()), Verdict::WARMING_UP);
         }
         assert_eq!(d.edges().len(), 7);
-        assert!((d.critical() - 24.32).abs() < 0.3, "{}", d.critical());
+        // Never below the chi-square critical value; above it by the warm-up's own spread.
+        let chi2 = chi_square_critical(7.0, 0.001);
+        assert!(
+            d.critical() >= chi2 && d.critical() < 4.0 * chi2,
+            "{}",
+            d.critical()
+        );
         let mut flagged = 0;
         for i in 400..4400 {
             flagged += u32::from(d.observe(i, 20.0 + rng.normal()).is_anomaly);
@@ -699,9 +726,31 @@ mod tests {
                     }
                     let warm = std::mem::take(&mut self.warm);
                     if !edges.is_empty() {
-                        self.critical =
+                        let chi2 =
                             chi_square_critical(edges.len() as f64, self.p.target_alarm_rate);
+                        self.critical = chi2;
                         self.edges = edges;
+                        // Pass 1: G of each full window against every hypothesis so far.
+                        let mut gs: Vec<f32> = Vec::new();
+                        for &v in &warm {
+                            let b = self.edges.iter().filter(|&&e| e <= v).count();
+                            self.seen.push(b);
+                            if self.seen.len() >= self.p.window as usize && !self.hyps.is_empty() {
+                                let counts = self.counts();
+                                let g = self
+                                    .hyps
+                                    .iter()
+                                    .map(|h| self.g(&counts, &h.0))
+                                    .fold(f64::INFINITY, f64::min);
+                                gs.push(g as f32);
+                            }
+                            if self.seen.len() % self.p.window as usize == 0 {
+                                self.learn();
+                            }
+                        }
+                        self.critical = tail_threshold(&mut gs, chi2, self.p.target_alarm_rate);
+                        self.seen.clear();
+                        self.hyps.clear();
                         for v in warm {
                             self.add(v);
                         }

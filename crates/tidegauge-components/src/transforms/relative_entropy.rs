@@ -15,8 +15,9 @@ detector_config! {
     ///
     /// The first `warmup` values fix `bins` bins of equal probability (no scale to tune).
     /// Every `window` values, the block's histogram joins the closest known state if the
-    /// G-test (twice the window times the relative entropy) does not reject it at
-    /// `target_alarm_rate`, or becomes a new state. Each value is judged by the G-test of
+    /// G-test (twice the window times the relative entropy) does not reject it, or becomes
+    /// a new state; the critical value is learnt per sensor from its warm-up to flag about
+    /// `target_alarm_rate` of its normal windows (never below the chi-square value). Each value is judged by the G-test of
     /// the window ending at it against the closest state seen in `min_support` blocks or
     /// more: an anomaly above the chi-square critical value. Finds level shifts, changes of
     /// spread or shape and stuck values; a state that keeps coming back becomes normal.
@@ -34,7 +35,8 @@ detector_config! {
         /// Values that fix the bins (at least `window`; longer while they are all equal).
         #[schemars(range(min = 4, max = 1000000))]
         pub warmup: u32 = RelativeEntropyParams::default().warmup,
-        /// Significance of the chi-square test (its nominal false-alarm rate per window).
+        /// Share of normal windows the learnt critical value aims to flag (and the
+        /// significance of its chi-square floor).
         #[schemars(range(min = 0.0, max = 0.5))]
         pub target_alarm_rate: f64 = RelativeEntropyParams::default().target_alarm_rate,
         /// Most states kept per sensor (the least seen makes room for a new one).
@@ -62,11 +64,12 @@ impl RelativeEntropyConfig {
 impl DetectorSpec for RelativeEntropyConfig {
     type State = RelativeEntropy;
 
-    /// The warm-up's values (8 bytes each, with a growing vector's slack: twice), or once
+    /// The warm-up's values (8 bytes each, with a growing vector's slack: twice, and their
+    /// sorted copy and 4 bytes of statistic each while it ends), or once
     /// it is over the window's ring, the counts and the states' histograms.
     fn bytes_per_key(&self) -> u64 {
         let bins = u64::from(self.bins.clamp(2, 64));
-        let warm = 16 * u64::from(self.warmup);
+        let warm = 20 * u64::from(self.warmup);
         let judged = u64::from(self.window)
             + 4 * bins
             + u64::from(self.hypotheses) * (16 * bins + 64)
