@@ -13,16 +13,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, StaleReadings, WatermarkLag};
+use tidegauge_core::telemetry::{ComponentErrorOccurred, KeysTracked, StaleReadings, WatermarkLag};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
 };
 use tidegauge_detect::{Accumulator, Aggregate};
 
-use super::KeyInterner;
 use super::float_values;
 use super::keyed::param_errors;
+use super::{KeyInterner, key_hash};
 
 /// The shape of the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -99,6 +99,11 @@ pub struct WindowConfig {
     pub allowed_lateness_ms: i64,
     /// What to do with events for windows that have closed.
     pub late: LatePolicy,
+    /// Most sensors with open windows at once. Events of a further sensor are not
+    /// windowed until one of them has no open window left (counted in `/metrics` as
+    /// events without state, with a warning): a sender inventing keys cannot grow memory.
+    #[schemars(range(min = 1))]
+    pub max_keys: usize,
 }
 
 impl Default for WindowConfig {
@@ -116,6 +121,7 @@ impl Default for WindowConfig {
             time: TimeKind::Event,
             allowed_lateness_ms: 0,
             late: LatePolicy::Drop,
+            max_keys: super::keyed::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -216,6 +222,9 @@ impl TransformConfig for WindowConfig {
         if self.gap_ms <= 0 {
             errors.push(ConfigError::new("gap_ms", "expected a positive integer"));
         }
+        if self.max_keys == 0 {
+            errors.push(ConfigError::new("max_keys", "expected at least 1"));
+        }
         if self.allowed_lateness_ms < 0 {
             errors.push(ConfigError::new(
                 "allowed_lateness_ms",
@@ -282,34 +291,47 @@ impl TransformConfig for WindowConfig {
         output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
+        Ok(Box::new(Window::new(self, &input, output)?))
+    }
+}
+
+impl Window {
+    fn new(
+        config: &WindowConfig,
+        input: &SchemaRef,
+        output: SchemaRef,
+    ) -> Result<Self, BuildError> {
         let find = |name: &str| {
             input
                 .index_of(name)
                 .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
         };
-        let aggregates = self
+        let aggregates = config
             .aggregates()
             .map_err(|e| BuildError::new(format!("{e:?}")))?;
-        Ok(Box::new(Window {
-            key: find(&self.key_field)?,
-            value: find(&self.value_field)?,
-            ts: if self.time == TimeKind::Event {
-                Some(find(&self.ts_field)?)
+        Ok(Window {
+            key: find(&config.key_field)?,
+            value: find(&config.value_field)?,
+            ts: if config.time == TimeKind::Event {
+                Some(find(&config.ts_field)?)
             } else {
                 None
             },
-            config: self.clone(),
+            config: config.clone(),
             aggregates,
             output,
             keys: KeyInterner::default(),
             names: Vec::new(),
+            held: Vec::new(),
+            live: 0,
+            refused: 0,
             windows: HashMap::new(),
             closing: BTreeSet::new(),
             sessions: HashMap::new(),
             session_ends: BTreeSet::new(),
             max_ts: i64::MIN,
             batch_seq: 0,
-        }))
+        })
     }
 }
 
@@ -337,6 +359,12 @@ struct Window {
     output: SchemaRef,
     keys: KeyInterner,
     names: Vec<Box<str>>,
+    /// Open windows (or the session) of each key, by id.
+    held: Vec<u32>,
+    /// Keys with at least one open window: at most `max_keys`.
+    live: usize,
+    /// Events not windowed since the last report because `max_keys` keys were live.
+    refused: u64,
     /// Tumbling/sliding windows by (key, start).
     windows: HashMap<(u32, i64), Open>,
     /// (end, key, start) of every open window, to close them in order.
@@ -485,6 +513,7 @@ impl Window {
             }
             self.closing.pop_first();
             if let Some(open) = self.windows.remove(&(key, start)) {
+                self.release(key);
                 rows.push(&self.names[key as usize], start, end, open, false);
             }
         }
@@ -495,6 +524,7 @@ impl Window {
             }
             self.session_ends.pop_first();
             if let Some(s) = self.sessions.remove(&key) {
+                self.release(key);
                 rows.push(
                     &self.names[key as usize],
                     s.start,
@@ -503,6 +533,81 @@ impl Window {
                     false,
                 );
             }
+        }
+    }
+
+    /// The id of key `name`, or `None` when it has no open window and `max_keys` keys
+    /// have. Ids of keys without open windows are reclaimed once they are as many as the
+    /// cap allows ([`Window::compact`]), so the names held stay under twice the cap.
+    fn key_id(&mut self, name: &str) -> Option<u32> {
+        let hash = key_hash(name);
+        let room = self.live < self.config.max_keys;
+        if let Some(id) = self.keys.find_hashed(name, hash) {
+            return (room || self.held[id] > 0).then_some(id as u32);
+        }
+        if !room {
+            return None;
+        }
+        if self.names.len() >= 2 * self.config.max_keys.max(1024) {
+            self.compact();
+        }
+        let (id, _) = self.keys.id_hashed(name, hash);
+        self.names.push(name.into());
+        self.held.push(0);
+        Some(id as u32)
+    }
+
+    /// Forgets the keys without open windows and renumbers the others densely.
+    fn compact(&mut self) {
+        let mut renumber = vec![u32::MAX; self.names.len()];
+        let mut keys = KeyInterner::default();
+        let mut names = Vec::with_capacity(self.live);
+        let mut held = Vec::with_capacity(self.live);
+        for (old, name) in std::mem::take(&mut self.names).into_iter().enumerate() {
+            if self.held[old] > 0 {
+                let (new, _) = keys.id(&name);
+                renumber[old] = new as u32;
+                names.push(name);
+                held.push(self.held[old]);
+            }
+        }
+        let at = |k: u32| renumber[k as usize];
+        self.windows = std::mem::take(&mut self.windows)
+            .into_iter()
+            .map(|((k, start), o)| ((at(k), start), o))
+            .collect();
+        self.closing = std::mem::take(&mut self.closing)
+            .into_iter()
+            .map(|(end, k, start)| (end, at(k), start))
+            .collect();
+        self.sessions = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .map(|(k, s)| (at(k), s))
+            .collect();
+        self.session_ends = std::mem::take(&mut self.session_ends)
+            .into_iter()
+            .map(|(end, k)| (end, at(k)))
+            .collect();
+        self.keys = keys;
+        self.names = names;
+        self.held = held;
+    }
+
+    /// Key `key` opened a window (or session).
+    fn hold(&mut self, key: u32) {
+        let h = &mut self.held[key as usize];
+        if *h == 0 {
+            self.live += 1;
+        }
+        *h += 1;
+    }
+
+    /// One of key `key`'s windows (or its session) closed.
+    fn release(&mut self, key: u32) {
+        let h = &mut self.held[key as usize];
+        *h -= 1;
+        if *h == 0 {
+            self.live -= 1;
         }
     }
 
@@ -546,11 +651,23 @@ impl Transform for Window {
             };
             let v = values[row];
             let name = keys.value(row);
-            let (id, new) = self.keys.id(name);
-            if new {
-                self.names.push(name.into());
-            }
-            let key = id as u32;
+            let key = match self.key_id(name) {
+                Some(key) => key,
+                None => {
+                    // Windows this event's time closes may make room (their keys are
+                    // not this one, so closing them first changes nothing else).
+                    if self.config.time == TimeKind::Event && t > self.max_ts {
+                        self.max_ts = t;
+                        let w = self.watermark();
+                        self.close(w, &mut rows);
+                    }
+                    let Some(key) = self.key_id(name) else {
+                        self.refused += 1;
+                        continue;
+                    };
+                    key
+                }
+            };
             let watermark = self.watermark();
             match self.config.kind {
                 WindowKind::Session => {
@@ -569,6 +686,7 @@ impl Transform for Window {
                                 self.late(&mut rows, key, t, v, cx);
                             } else {
                                 if let Some(old) = self.sessions.remove(&key) {
+                                    self.release(key);
                                     self.session_ends.remove(&(old.last + gap, key));
                                     rows.push(name, old.start, old.last + gap, old.open, false);
                                 }
@@ -583,6 +701,7 @@ impl Transform for Window {
                                     },
                                 );
                                 self.session_ends.insert((t + gap, key));
+                                self.hold(key);
                             }
                         }
                     }
@@ -596,15 +715,15 @@ impl Transform for Window {
                             continue;
                         }
                         placed = true;
-                        let open = match self.windows.get_mut(&(key, start)) {
-                            Some(o) => o,
-                            None => {
-                                let o = self.new_open();
-                                self.closing.insert((end, key, start));
-                                self.windows.entry((key, start)).or_insert(o)
-                            }
-                        };
-                        Self::add(open, t, v, seq, &tokens);
+                        if !self.windows.contains_key(&(key, start)) {
+                            let o = self.new_open();
+                            self.hold(key);
+                            self.closing.insert((end, key, start));
+                            self.windows.insert((key, start), o);
+                        }
+                        if let Some(open) = self.windows.get_mut(&(key, start)) {
+                            Self::add(open, t, v, seq, &tokens);
+                        }
                     }
                     if !placed {
                         self.late(&mut rows, key, t, v, cx);
@@ -618,9 +737,15 @@ impl Transform for Window {
                 self.close(w, &mut rows);
             }
         }
-        // Tokens of events that landed in no open window (dropped as late) are released
-        // now; the others travel with their windows.
+        // Tokens of events that landed in no open window (dropped as late, or past the
+        // key cap) are released now; the others travel with their windows.
         drop(tokens);
+        cx.component().emit(KeysTracked {
+            keys: self.live as u64,
+            evicted: 0,
+            refused: std::mem::take(&mut self.refused),
+            max_keys: self.config.max_keys as u64,
+        });
         if self.config.time == TimeKind::Event && self.max_ts != i64::MIN {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -659,100 +784,4 @@ impl Transform for Window {
 tidegauge_core::register_transform!(WindowConfig);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(text: &str) -> WindowConfig {
-        toml::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn sliding_windows_cover_each_event_size_over_slide_times() {
-        let c = config("kind = \"sliding\"\nsize_ms = 100\nslide_ms = 25");
-        let w = Window {
-            key: 0,
-            value: 0,
-            ts: None,
-            aggregates: vec![],
-            output: Arc::new(Schema::empty()),
-            keys: KeyInterner::default(),
-            names: vec![],
-            windows: HashMap::new(),
-            closing: BTreeSet::new(),
-            sessions: HashMap::new(),
-            session_ends: BTreeSet::new(),
-            max_ts: i64::MIN,
-            batch_seq: 0,
-            config: c,
-        };
-        assert_eq!(w.starts(130).collect::<Vec<_>>(), vec![125, 100, 75, 50]);
-        assert_eq!(w.starts(-10).collect::<Vec<_>>(), vec![-25, -50, -75, -100]);
-    }
-
-    #[test]
-    fn aggregate_names() {
-        assert_eq!(
-            aggregate("p99", 0.01).unwrap(),
-            Aggregate::Quantile {
-                q: 0.99,
-                relative_accuracy: 0.01
-            }
-        );
-        assert!(aggregate("p101", 0.01).is_err());
-        assert!(
-            aggregate("median", 0.01)
-                .unwrap_err()
-                .contains("unknown aggregate")
-        );
-    }
-
-    #[test]
-    fn late_events_count_as_stale_and_the_watermark_lag_is_reported() {
-        use arrow_array::{Float64Array, Int64Array, StringArray};
-        use tidegauge_core::dead_letter::DeadLetter;
-        use tidegauge_core::registry::ComponentKind;
-        use tidegauge_core::telemetry::ComponentTelemetry;
-        use tidegauge_core::{BuildContext, ComponentContext, TransformConfig};
-
-        let input: SchemaRef = Arc::new(Schema::new(vec![
-            Field::new("sensor_id", DataType::Utf8, false),
-            Field::new("ts", DataType::Int64, false),
-            Field::new("value", DataType::Float64, true),
-        ]));
-        let c = config("size_ms = 100\naggregates = [\"mean\"]");
-        let output = c.validate(&input).unwrap();
-        let telemetry = Arc::new(ComponentTelemetry::new(
-            "w",
-            ComponentKind::Transform,
-            "window",
-        ));
-        let component = ComponentContext::new(telemetry.clone(), DeadLetter::stderr());
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let mut w = c
-            .build(
-                input.clone(),
-                output,
-                BuildContext {
-                    component: component.clone(),
-                    runtime: runtime.handle().clone(),
-                },
-            )
-            .unwrap();
-        let batch = RecordBatch::try_new(
-            input,
-            vec![
-                Arc::new(StringArray::from(vec!["s"; 3])),
-                // 1000 closes the window [0, 100); 50 then arrives behind the watermark.
-                Arc::new(Int64Array::from(vec![10, 1000, 50])),
-                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])),
-            ],
-        )
-        .unwrap();
-        let mut cx = TransformContext::new(component);
-        w.process(batch, &mut cx).unwrap();
-        let s = telemetry.snapshot();
-        assert_eq!(s.stale_readings, 1);
-        // Event time 1970 trails the wall clock by decades.
-        assert!(s.watermark_lag_ms > 1_000_000_000, "{}", s.watermark_lag_ms);
-    }
-}
+mod tests;

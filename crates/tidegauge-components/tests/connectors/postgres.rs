@@ -1,7 +1,7 @@
 //! `postgres` sink against PostgreSQL.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -61,6 +61,24 @@ struct Relay {
     port: u16,
     cut: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    /// Relayed connections still open.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a relayed connection as open until its task ends (and its sockets are dropped).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::SeqCst);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Relay {
@@ -69,7 +87,8 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
-        let (c, g) = (cut.clone(), generation.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (c, g, o) = (cut.clone(), generation.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -80,7 +99,9 @@ impl Relay {
                 }
                 let (c, g, target) = (c.clone(), g.clone(), target.clone());
                 let born = g.load(Ordering::SeqCst);
+                let open = Open::new(&o);
                 tokio::spawn(async move {
+                    let _open = open;
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
@@ -103,12 +124,25 @@ impl Relay {
             port,
             cut,
             generation,
+            open,
         }
     }
 
-    fn cut(&self, on: bool) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    /// Cuts the link (`on`) or restores it. Returns once every connection open at the
+    /// cut is gone: a write made after it cannot slip through an old connection.
+    async fn cut(&self, on: bool) {
         self.cut.store(on, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if on {
+            let deadline = tokio::time::Instant::now() + harness::PATIENCE;
+            while self.open.load(Ordering::SeqCst) > 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "relay did not drop its connections"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
     }
 }
 
@@ -142,7 +176,7 @@ async fn postgres_sink_retries_across_a_lost_connection() {
     assert!(running.next_ack().await.delivered);
 
     // The link goes down: the next batch cannot be copied; the sink keeps retrying.
-    relay.cut(true);
+    relay.cut(true).await;
     let second = harness::events(100, 200);
     running.send(&second).await;
     let deadline = tokio::time::Instant::now() + harness::PATIENCE;
@@ -155,7 +189,7 @@ async fn postgres_sink_retries_across_a_lost_connection() {
         "not acknowledged while the link is down"
     );
     // The link comes back: the batch goes through on a new connection.
-    relay.cut(false);
+    relay.cut(false).await;
     assert!(running.next_ack().await.delivered);
     let third = harness::events(200, 300);
     running.send(&third).await;

@@ -335,8 +335,14 @@ impl Runner {
                             start.after = predecessors.get(&n.id).cloned();
                         }
                     }
-                    if n.kind == ComponentKind::Sink && replaces {
+                    if n.kind == ComponentKind::Sink
+                        && let Action::Rebuild(o) = action
+                    {
                         start.after = predecessors.get(&n.id).cloned();
+                        start.fallback = self.nodes[*o]
+                            .definition
+                            .as_ref()
+                            .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).clone());
                     }
                     starts.insert(n.id.clone(), start);
                     slot

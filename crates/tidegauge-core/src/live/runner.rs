@@ -24,7 +24,7 @@ use crate::disk_buffer::DiskBuffer;
 use crate::error::ComponentError;
 use crate::kind::ComponentKind;
 use crate::telemetry::{ComponentStopped, ComponentTelemetry};
-use crate::topology::{BuiltPipeline, RunReport};
+use crate::topology::{BuiltPipeline, Node, RunReport};
 
 /// A component instance in the running graph.
 pub(super) struct Running {
@@ -51,7 +51,13 @@ pub(super) struct Running {
     pub(super) slot: usize,
     /// Cancelled once the instance's task has ended.
     pub(super) ended: CancellationToken,
+    /// A sink's definition as it runs: what a reload falls back to when the sink's new
+    /// settings fail to build (updated by the sink's task if it rolled back itself).
+    pub(super) definition: Option<Definition>,
 }
+
+/// A sink's running definition, shared with its task.
+pub(super) type Definition = Arc<std::sync::Mutex<Arc<Node>>>;
 
 impl Running {
     /// What a reload compares with the new pipeline.
@@ -100,6 +106,9 @@ pub(super) struct Start {
     /// The instance this one replaces, to wait for: a source then resumes at the
     /// position that one committed, a sink reopens the disk buffer that one closed.
     pub(super) after: Option<CancellationToken>,
+    /// For a sink that replaces a running one: that one's definition, built instead
+    /// when the new settings fail to build (the reload is rolled back for this sink).
+    pub(super) fallback: Option<Arc<Node>>,
 }
 
 /// The running graph, and all it takes to run it to its end or change it.

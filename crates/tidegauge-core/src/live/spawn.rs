@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{InEdge, Runner, Running, Start};
+use super::runner::{Definition, InEdge, Runner, Running, Start};
 use super::transform_loop::{TransformIo, run_transform};
 use crate::ack::ack_channel;
 use crate::checkpoint::{Report, ReportPort, SourceCheckpoint};
@@ -17,7 +17,9 @@ use crate::control;
 use crate::disk_buffer::DiskBuffer;
 use crate::error::ComponentError;
 use crate::kind::ComponentKind;
-use crate::telemetry::{ComponentStarted, ComponentTelemetry, QueueFill, QueueProbe};
+use crate::telemetry::{
+    ComponentErrorOccurred, ComponentStarted, ComponentTelemetry, QueueFill, QueueProbe,
+};
 use crate::topology::{Node, Runtime, build_node, open_buffer};
 
 /// What every instance's task gets: its counters and dead letters, the runtime, and what
@@ -114,6 +116,7 @@ impl Runner {
             task,
             slot: start.slot,
             ended,
+            definition: None,
         };
         match (rt, out, node.kind) {
             (Some(Runtime::Source(src)), Some(out), ComponentKind::Source) => {
@@ -138,7 +141,10 @@ impl Runner {
                     Some(Runtime::Sink(sink)) => Some(sink),
                     _ => None,
                 };
-                self.spawn_sink(node, ready, input, start, launch);
+                let node = Arc::new(node);
+                let definition = Arc::new(std::sync::Mutex::new(node.clone()));
+                running.definition = Some(definition.clone());
+                self.spawn_sink(node, definition, ready, input, start, launch);
             }
             _ => {
                 let r = launch.end.with(Err(ComponentError::new(
@@ -248,7 +254,8 @@ impl Runner {
     /// in front, the buffer reads the input and the sink reads the buffer.
     fn spawn_sink(
         &mut self,
-        node: Node,
+        node: Arc<Node>,
+        definition: Definition,
         ready: Option<Box<dyn Sink>>,
         input: SinkInput,
         start: Start,
@@ -277,7 +284,7 @@ impl Runner {
         };
         let later = ready.is_none().then_some(node);
         let edge_capacity = self.edge_capacity;
-        let (buffer, after) = (start.buffer, start.after);
+        let (buffer, after, fallback) = (start.buffer, start.after, start.fallback);
         self.tasks.spawn(async move {
             let cx = SinkContext {
                 component: component.clone(),
@@ -290,9 +297,32 @@ impl Runner {
                     if let Some(previous) = &after {
                         previous.cancelled().await;
                     }
-                    match build_later(&later, &component, runtime).await {
+                    match build_later(&later, &component, runtime.clone()).await {
                         Ok(built) => built,
-                        Err(message) => return end.with(Err(ComponentError::new(message))),
+                        Err(message) => match fallback {
+                            // Roll this sink back: its previous settings built and ran.
+                            Some(previous) => {
+                                let error = format!(
+                                    "reload rolled back for sink `{}`: its new settings failed to build ({message}); it runs with its previous settings",
+                                    later.id
+                                );
+                                tracing::error!(component_id = %later.id, "{error}");
+                                component.emit(ComponentErrorOccurred { error: &error });
+                                match build_later(&previous, &component, runtime).await {
+                                    Ok(built) => {
+                                        *definition.lock().unwrap_or_else(|p| p.into_inner()) =
+                                            previous;
+                                        built
+                                    }
+                                    Err(again) => {
+                                        return end.with(Err(ComponentError::new(format!(
+                                            "{message}; its previous settings failed to build too: {again}"
+                                        ))));
+                                    }
+                                }
+                            }
+                            None => return end.with(Err(ComponentError::new(message))),
+                        },
                     }
                 }
                 (None, None) => return end.with(Err(ComponentError::new("sink was not built"))),

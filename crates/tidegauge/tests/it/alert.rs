@@ -373,3 +373,80 @@ fn a_slack_style_template_posts_one_message_per_alert() {
     assert!(texts[0].starts_with("pump-7 is firing: "), "{texts:?}");
     assert!(texts[1].starts_with("pump-7 is resolved: "), "{texts:?}");
 }
+
+/// What an operator watching the pipeline sees of an incident: `GET /alerts` (no token
+/// needed) and `tidegauge top` list it while it is open, and drop it once it resolves.
+#[test]
+fn open_incidents_show_in_the_admin_api_and_in_top_until_they_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.jsonl");
+    let out = d.join("alerts.jsonl");
+    let path = d.join("p.toml");
+    let text = pipeline(&input, &out, &d.join("state")).replace(
+        "[sources.in]",
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"TIDEGAUGE_TOKEN\"\n\n[sources.in]",
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut first = readings("s-2", 0..5, 20.0);
+    first.push_str(&readings("s-1", 0..5, 500.0));
+    std::fs::write(&input, first).unwrap();
+
+    let tg = Running::start(&[&path], &[]);
+    let open = |tg: &Running| -> Vec<serde_json::Value> {
+        let reply = tg.request(None, "GET", "/alerts", None);
+        assert_eq!(reply.status, 200, "GET /alerts: {}", reply.text());
+        reply.json().unwrap()["open"].as_array().unwrap().clone()
+    };
+    wait_until("an open incident in GET /alerts", || !open(&tg).is_empty());
+    let incidents = open(&tg);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let i = &incidents[0];
+    assert_eq!(i["component_id"], "alert");
+    assert_eq!(i["key"], "s-1");
+    assert_eq!(i["starts_at_ms"], 0);
+    assert_eq!(i["detector"], "threshold");
+    wait_until("all five anomalies counted", || {
+        open(&tg)[0]["anomalies"] == 5
+    });
+    let firing: Vec<_> = alerts(&out)
+        .into_iter()
+        .filter(|a| a["status"] == "firing")
+        .collect();
+    assert_eq!(firing.len(), 1);
+    assert_eq!(open(&tg)[0]["incident_id"], firing[0]["incident_id"]);
+
+    let top = Tmux::start(
+        d,
+        &format!(
+            "{} top --address {} --interval 300ms",
+            env!("CARGO_BIN_EXE_tidegauge"),
+            tg.address
+        ),
+    );
+    let screen = top.wait_screen("the open incident", |s| s.contains("open alerts: 1"));
+    let row = screen
+        .lines()
+        .find(|l| l.contains("since 1970-01-01T00:00:00Z"))
+        .unwrap_or_else(|| panic!("no incident row:\n{screen}"));
+    for needle in ["alert", "s-1", "5 anomalies"] {
+        assert!(row.contains(needle), "{needle} not in {row:?}");
+    }
+
+    // Time moves on without anomalies: the incident resolves and leaves both views.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap()
+        .write_all(readings("s-1", 5..3000, 20.0).as_bytes())
+        .unwrap();
+    wait_until("the incident gone from GET /alerts", || {
+        open(&tg).is_empty()
+    });
+    top.wait_screen("no open incident", |s| s.contains("open alerts: 0"));
+    assert!(alerts(&out).iter().any(|a| a["status"] == "resolved"));
+    top.send_keys("q");
+    top.wait_closed("top did not quit on q");
+    let (code, _) = tg.stop();
+    assert_eq!(code, Some(0));
+}

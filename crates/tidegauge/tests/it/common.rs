@@ -258,3 +258,88 @@ pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A terminal program running in a detached tmux session of its own (own socket), as a
+/// user sees it on a 150x40 terminal. The session is killed when this is dropped.
+pub struct Tmux {
+    socket: PathBuf,
+    session: String,
+}
+
+impl Tmux {
+    /// Starts `command` (a shell command line) in a new session whose socket lives in `dir`.
+    pub fn start(dir: &Path, command: &str) -> Tmux {
+        assert!(
+            Command::new("tmux").arg("-V").output().is_ok(),
+            "tmux is needed (scripts/test installs it)"
+        );
+        let tmux = Tmux {
+            socket: dir.join("tmux.sock"),
+            session: format!("tg-{}", std::process::id()),
+        };
+        let started = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            &tmux.session,
+            "-x",
+            "150",
+            "-y",
+            "40",
+            command,
+        ]);
+        assert!(started.status.success(), "{}", stderr(&started));
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The screen now.
+    pub fn screen(&self) -> String {
+        stdout(&self.run(&["capture-pane", "-p", "-t", &self.session]))
+    }
+
+    /// Polls the screen until `ok` holds for it; fails after a minute, showing the screen.
+    pub fn wait_screen(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} on screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Types `keys`.
+    pub fn send_keys(&self, keys: &str) {
+        self.run(&["send-keys", "-t", &self.session, keys]);
+    }
+
+    /// Waits until the program has ended (and with it the session).
+    pub fn wait_closed(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .run(&["has-session", "-t", &self.session])
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -367,6 +367,43 @@ fn sighup_reloads_when_file_watching_is_off() {
     assert_eq!(code, Some(0));
 }
 
+/// A sink whose new settings pass `check` but fail to build once the old instance has
+/// ended (its file cannot be created) is rolled back: the previous settings run again,
+/// the error says so, and the pipeline goes on (it used to stop). Fixing the file then
+/// applies as usual.
+#[test]
+fn a_rebuilt_sink_that_fails_to_build_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let out = dir.path().join("out.jsonl");
+    let fixed = dir.path().join("fixed.jsonl");
+    // A path under a regular file: valid text, no file can be created there.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let broken = blocker.join("out.jsonl");
+    std::fs::write(&file, pipeline("4.0", "", &out)).unwrap();
+    let tg = start(&[file.to_str().unwrap(), "--no-watch"], &[]);
+    wait_until("events", || lines(&out).len() >= 100);
+
+    std::fs::write(&file, pipeline("4.0", "", &broken)).unwrap();
+    tg.signal(libc::SIGHUP);
+    let err = tg.wait_stderr(|s| s.contains("reload rolled back for sink `out`"));
+    assert!(err.contains("it runs with its previous settings"), "{err}");
+    let before = lines(&out).len();
+    wait_until("events on the previous sink after the rollback", || {
+        lines(&out).len() > before + 100
+    });
+    assert!(!broken.exists());
+    assert!(tg.metric("tidegauge_component_errors_total{component_id=\"out\",component_kind=\"sink\",component_type=\"jsonl\",error_kind=\"component\"}") >= 1.0);
+
+    // A working change afterwards is applied.
+    std::fs::write(&file, pipeline("4.0", "", &fixed)).unwrap();
+    tg.signal(libc::SIGHUP);
+    wait_until("events on the fixed sink", || lines(&fixed).len() >= 50);
+    let (code, err) = tg.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
 #[test]
 fn logs_are_queryable_by_level_component_time_and_text() {
     let dir = tempfile::tempdir().unwrap();
@@ -467,13 +504,6 @@ fn profile_reports_every_stage() {
 
 #[test]
 fn top_shows_components_and_anomalies_in_a_terminal() {
-    if std::process::Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        panic!("tmux is needed (scripts/test installs it)");
-    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     let example = example();
@@ -486,45 +516,20 @@ fn top_shows_components_and_anomalies_in_a_terminal() {
         ],
         &[("OBSERVED_OUTPUT", out.to_str().unwrap())],
     );
-    let session = format!("tg-top-{}", std::process::id());
-    let socket = dir.path().join("tmux.sock");
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let command = format!(
-        "{} top --address {} --interval 300ms",
-        env!("CARGO_BIN_EXE_tidegauge"),
-        tg.address
+    let top = Tmux::start(
+        dir.path(),
+        &format!(
+            "{} top --address {} --interval 300ms",
+            env!("CARGO_BIN_EXE_tidegauge"),
+            tg.address
+        ),
     );
-    let started = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "150",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(started.status.success(), "{}", stderr(&started));
-    let mut screen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        screen = stdout(&tmux(&["capture-pane", "-p", "-t", &session]));
+    let screen = top.wait_screen("rates and anomalies", |screen| {
         let rate_shown = screen
             .lines()
             .any(|l| l.contains("spikes") && l.contains("zscore") && !l.contains('…'));
-        if rate_shown && screen.contains("s-0") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        rate_shown && screen.contains("s-0")
+    });
     for needle in [
         "tidegauge top",
         "components",
@@ -546,12 +551,8 @@ fn top_shows_components_and_anomalies_in_a_terminal() {
         .find(|l| l.contains("spikes") && l.contains("zscore"))
         .unwrap();
     assert!(row.contains("/4"), "{row}");
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tmux(&["has-session", "-t", &session]).status.success() {
-        assert!(Instant::now() < deadline, "top did not quit on q");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    top.send_keys("q");
+    top.wait_closed("top did not quit on q");
     let (code, _) = tg.stop();
     assert_eq!(code, Some(0));
 }

@@ -1,0 +1,186 @@
+//! Unit tests of the `window` transform.
+use super::*;
+
+fn config(text: &str) -> WindowConfig {
+    toml::from_str(text).unwrap()
+}
+
+#[test]
+fn sliding_windows_cover_each_event_size_over_slide_times() {
+    let c = config("kind = \"sliding\"\nsize_ms = 100\nslide_ms = 25");
+    let w = Window {
+        key: 0,
+        value: 0,
+        ts: None,
+        aggregates: vec![],
+        output: Arc::new(Schema::empty()),
+        keys: KeyInterner::default(),
+        names: vec![],
+        held: vec![],
+        live: 0,
+        refused: 0,
+        windows: HashMap::new(),
+        closing: BTreeSet::new(),
+        sessions: HashMap::new(),
+        session_ends: BTreeSet::new(),
+        max_ts: i64::MIN,
+        batch_seq: 0,
+        config: c,
+    };
+    assert_eq!(w.starts(130).collect::<Vec<_>>(), vec![125, 100, 75, 50]);
+    assert_eq!(w.starts(-10).collect::<Vec<_>>(), vec![-25, -50, -75, -100]);
+}
+
+#[test]
+fn aggregate_names() {
+    assert_eq!(
+        aggregate("p99", 0.01).unwrap(),
+        Aggregate::Quantile {
+            q: 0.99,
+            relative_accuracy: 0.01
+        }
+    );
+    assert!(aggregate("p101", 0.01).is_err());
+    assert!(
+        aggregate("median", 0.01)
+            .unwrap_err()
+            .contains("unknown aggregate")
+    );
+}
+
+use arrow_array::{Float64Array, Int64Array, StringArray};
+use tidegauge_core::telemetry::ComponentTelemetry;
+
+fn input_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("sensor_id", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("value", DataType::Float64, true),
+    ]))
+}
+
+/// A window transform built from `text`, its context and its telemetry.
+fn built(
+    text: &str,
+) -> (
+    Window,
+    TransformContext,
+    Arc<ComponentTelemetry>,
+    tokio::runtime::Runtime,
+) {
+    use tidegauge_core::dead_letter::DeadLetter;
+    use tidegauge_core::registry::ComponentKind;
+    use tidegauge_core::{ComponentContext, TransformConfig};
+
+    let c = config(text);
+    let output = c.validate(&input_schema()).unwrap();
+    let telemetry = Arc::new(ComponentTelemetry::new(
+        "w",
+        ComponentKind::Transform,
+        "window",
+    ));
+    let component = ComponentContext::new(telemetry.clone(), DeadLetter::stderr());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let w = Window::new(&c, &input_schema(), output).unwrap();
+    (w, TransformContext::new(component), telemetry, runtime)
+}
+
+fn batch(rows: &[(&str, i64, f64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        input_schema(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// (key, window_start, count) of every window emitted so far.
+fn emitted(cx: &mut TransformContext) -> Vec<(String, i64, i64)> {
+    let mut out = Vec::new();
+    for (b, _) in cx.take_emitted() {
+        let keys = b.column(0).as_string::<i32>();
+        let starts = b.column(1).as_primitive::<Int64Type>();
+        let counts = b
+            .column_by_name("count")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            out.push((keys.value(r).to_string(), starts.value(r), counts.value(r)));
+        }
+    }
+    out
+}
+
+#[test]
+fn late_events_count_as_stale_and_the_watermark_lag_is_reported() {
+    let (mut w, mut cx, telemetry, _rt) = built("size_ms = 100\naggregates = [\"mean\"]");
+    // 1000 closes the window [0, 100); 50 then arrives behind the watermark.
+    let b = batch(&[("s", 10, 1.0), ("s", 1000, 2.0), ("s", 50, 3.0)]);
+    w.process(b, &mut cx).unwrap();
+    let s = telemetry.snapshot();
+    assert_eq!(s.stale_readings, 1);
+    // Event time 1970 trails the wall clock by decades.
+    assert!(s.watermark_lag_ms > 1_000_000_000, "{}", s.watermark_lag_ms);
+}
+
+#[test]
+fn keys_past_max_keys_are_not_windowed_until_a_key_closes_its_windows() {
+    for kind in ["kind = \"tumbling\"", "kind = \"session\"\ngap_ms = 100"] {
+        let (mut w, mut cx, telemetry, _rt) = built(&format!(
+            "{kind}\nsize_ms = 100\naggregates = [\"count\"]\nmax_keys = 2"
+        ));
+        let b = batch(&[("a", 0, 1.0), ("b", 1, 1.0), ("c", 2, 1.0), ("a", 3, 1.0)]);
+        w.process(b, &mut cx).unwrap();
+        let s = telemetry.snapshot();
+        assert_eq!(s.keys, 2, "{kind}");
+        assert_eq!(s.events_without_state, 1, "{kind}: c had no room");
+        // Time moves on: a's and b's windows close, c now has room.
+        w.process(batch(&[("c", 500, 1.0), ("c", 501, 1.0)]), &mut cx)
+            .unwrap();
+        w.flush(&mut cx).unwrap();
+        let mut got = emitted(&mut cx);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), 0, 2),
+                ("b".into(), if kind.contains("session") { 1 } else { 0 }, 1),
+                ("c".into(), 500, 2)
+            ],
+            "{kind}"
+        );
+        assert_eq!(telemetry.snapshot().events_without_state, 1, "{kind}");
+    }
+}
+
+#[test]
+fn names_of_keys_without_open_windows_are_reclaimed() {
+    // One key at a time, each in its own window: 10,000 keys pass, at most 2 x 1024
+    // names are held, and every key's window comes out whole.
+    let (mut w, mut cx, telemetry, _rt) =
+        built("size_ms = 10\naggregates = [\"count\"]\nmax_keys = 3");
+    let mut want = Vec::new();
+    for i in 0..10_000i64 {
+        let key = format!("k{i}");
+        let b = batch(&[(&key, i * 10, 1.0), (&key, i * 10 + 1, 2.0)]);
+        w.process(b, &mut cx).unwrap();
+        want.push((key, i * 10, 2));
+    }
+    w.flush(&mut cx).unwrap();
+    let mut got = emitted(&mut cx);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(telemetry.snapshot().events_without_state, 0);
+    let held = w.names.len();
+    assert!(held <= 2048, "{held} names held");
+}
