@@ -147,7 +147,7 @@ pub(crate) fn normal_upper_quantile(p: f64) -> f64 {
         -3.969683028665376e+01,
         2.209460984245205e+02,
         -2.759285104469687e+02,
-        1.383577518672690e+02,
+        1.38357751867269e+02,
         -3.066479806614716e+01,
         2.506628277459239e+00,
     ];
@@ -704,7 +704,7 @@ mod tests {
             let b = self.edges.iter().filter(|&&e| e <= x).count();
             self.seen.push(b);
             let w = self.p.window as usize;
-            if self.seen.len() % w == 0 {
+            if self.seen.len().is_multiple_of(w) {
                 self.learn();
             }
         }
@@ -744,7 +744,7 @@ mod tests {
                                     .fold(f64::INFINITY, f64::min);
                                 gs.push(g as f32);
                             }
-                            if self.seen.len() % self.p.window as usize == 0 {
+                            if self.seen.len().is_multiple_of(self.p.window as usize) {
                                 self.learn();
                             }
                         }
