@@ -467,6 +467,7 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
         reloads_applied: s.counters.reloads_applied.load(Ordering::Relaxed),
         reloads_rejected: s.counters.reloads_rejected.load(Ordering::Relaxed),
         parameter_changes: s.counters.parameter_changes.load(Ordering::Relaxed),
+        checkpoint: s.live.checkpoint_metrics(),
     };
     let mut text = metrics::render(&process, &s.live.snapshot());
     connection_metrics(&mut text, &s.connections);

@@ -39,6 +39,7 @@ pub mod redact;
 pub mod registry;
 pub mod resilience;
 pub mod schema;
+pub mod suggest;
 pub mod telemetry;
 pub mod topology;
 

@@ -23,6 +23,79 @@ pub struct ProcessMetrics {
     pub reloads_rejected: u64,
     /// Parameters changed while running (admin API).
     pub parameter_changes: u64,
+    /// Checkpointing, when the pipeline has a `[checkpoint]` table.
+    pub checkpoint: Option<CheckpointMetrics>,
+}
+
+/// Checkpointing of a running pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointMetrics {
+    /// Id of the last complete checkpoint (written, or restored from).
+    pub last_id: u64,
+    /// Seconds since this process last wrote one (`None`: not yet).
+    pub age_seconds: Option<f64>,
+    /// Seconds the last one took, from the barrier request to the manifest on disk.
+    pub last_duration_seconds: f64,
+    /// Bytes the last one wrote.
+    pub last_bytes: u64,
+    /// Checkpoints written by this process.
+    pub completed: u64,
+    /// Checkpoints that failed.
+    pub failures: u64,
+    /// Restarts that fell back to an older checkpoint (the newest damaged or missing).
+    pub restore_fallbacks: u64,
+}
+
+fn checkpoint_metrics(f: &mut Family<'_>, c: &CheckpointMetrics) {
+    let gauges: [(&str, &str, Option<f64>); 4] = [
+        (
+            "tidegauge_checkpoint_last_id",
+            "Id of the last complete checkpoint (written, or restored from).",
+            Some(c.last_id as f64),
+        ),
+        (
+            "tidegauge_checkpoint_age_seconds",
+            "Seconds since the last checkpoint was written (absent until one is).",
+            c.age_seconds,
+        ),
+        (
+            "tidegauge_checkpoint_duration_seconds",
+            "How long the last checkpoint took, from the barrier request to the manifest on disk.",
+            Some(c.last_duration_seconds),
+        ),
+        (
+            "tidegauge_checkpoint_size_bytes",
+            "Bytes the last checkpoint wrote (state files and manifest).",
+            Some(c.last_bytes as f64),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(v) = value {
+            f.header(name, "gauge", help);
+            f.sample(name, "", v);
+        }
+    }
+    let counters = [
+        (
+            "tidegauge_checkpoints_total",
+            "Checkpoints written.",
+            c.completed,
+        ),
+        (
+            "tidegauge_checkpoint_failures_total",
+            "Checkpoints that failed (not written, a state not snapshotted, a sink that did not deliver).",
+            c.failures,
+        ),
+        (
+            "tidegauge_checkpoint_restore_fallbacks_total",
+            "Restarts that fell back to an older checkpoint because the newest was damaged or missing.",
+            c.restore_fallbacks,
+        ),
+    ];
+    for (name, help, value) in counters {
+        f.header(name, "counter", help);
+        f.sample(name, "", value);
+    }
 }
 
 /// Content type of the text exposition format.
@@ -141,6 +214,9 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
         "",
         process.parameter_changes,
     );
+    if let Some(c) = &process.checkpoint {
+        checkpoint_metrics(f, c);
+    }
 
     let labelled: Vec<(String, &TelemetrySnapshot)> = components
         .iter()

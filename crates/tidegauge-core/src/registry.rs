@@ -58,9 +58,19 @@ pub trait ErasedSourceConfig: Debug + Send + Sync {
         schema: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>>;
+    /// See [`SourceConfig::input_identity`].
+    fn input_identity(&self) -> serde_json::Value;
+    /// See [`SourceConfig::check_inputs`].
+    fn check_inputs(&self) -> Vec<crate::component::InputProblem>;
 }
 
 impl<T: SourceConfig> ErasedSourceConfig for T {
+    fn input_identity(&self) -> serde_json::Value {
+        SourceConfig::input_identity(self)
+    }
+    fn check_inputs(&self) -> Vec<crate::component::InputProblem> {
+        SourceConfig::check_inputs(self)
+    }
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         SourceConfig::validate(self)
     }
@@ -180,6 +190,14 @@ fn friendly_serde_message(msg: &str) -> String {
         ("expected a string", "expected a string (in quotes)"),
     ];
     let mut out = msg.trim_end_matches('\n').to_string();
+    // `unknown field `x`, expected one of `a`, `b``: name the likely one.
+    if let Some(rest) = out.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once('`')
+    {
+        let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let hint = crate::suggest::hint(field, names);
+        out.push_str(&hint);
+    }
     for (from, to) in WORDS {
         if let Some(pos) = out.find(from) {
             let end = pos + from.len();

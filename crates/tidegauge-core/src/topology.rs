@@ -1,7 +1,7 @@
 //! A pipeline's life: validate (pure, every error) -> build (I/O) -> run (bounded
 //! channels, backpressure to the sources, orderly drain on shutdown).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,15 +126,28 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         for input in &c.inputs {
             match index.get(input.as_str()) {
                 None => {
-                    let known: Vec<&str> = components
+                    let mut known: Vec<&str> = components
                         .iter()
                         .filter(|o| o.kind != ComponentKind::Sink && o.id != c.id)
                         .map(|o| o.id.as_str())
+                        .take(21)
                         .collect();
+                    if known.len() > 20 {
+                        // Bounded, however large the pipeline.
+                        known.truncate(20);
+                        known.push("...");
+                    }
+                    let hint = crate::suggest::hint(
+                        input,
+                        components
+                            .iter()
+                            .filter(|o| o.kind != ComponentKind::Sink && o.id != c.id)
+                            .map(|o| o.id.as_str()),
+                    );
                     errors.push(ConfigError::new(
                         path.clone(),
                         format!(
-                            "unknown input `{input}` (known sources and transforms: {})",
+                            "unknown input `{input}` (known sources and transforms: {}){hint}",
                             if known.is_empty() {
                                 "none".to_string()
                             } else {
@@ -154,6 +167,7 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
                     "a component cannot read its own output",
                 )),
                 Some(&j) => {
+                    // Inputs are few per component: a scan is cheaper than a set.
                     if !edges[i].contains(&j) {
                         edges[i].push(j);
                         consumers[j].push(i);
@@ -191,25 +205,40 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         }
     }
     if order.len() < components.len() {
-        let on_cycle: BTreeSet<&str> = (0..components.len())
-            .filter(|i| !order.contains(i))
-            .map(|i| components[i].id.as_str())
-            .collect();
-        for i in (0..components.len()).filter(|i| !order.contains(i)) {
-            let c = &components[i];
+        let mut ordered = vec![false; components.len()];
+        for &i in &order {
+            ordered[i] = true;
+        }
+        let rest: Vec<usize> = (0..components.len()).filter(|&i| !ordered[i]).collect();
+        // What is left is on a cycle or downstream of one; each cycle (a strongly
+        // connected group) is reported once, at its first member in the file, its
+        // members listed once and at most `SHOWN` of them: the output stays small
+        // whatever the size of the pipeline.
+        const SHOWN: usize = 10;
+        for group in cycles(&rest, &edges) {
+            let first = group[0];
+            let c = &components[first];
+            let mut names: Vec<&str> = group
+                .iter()
+                .take(SHOWN)
+                .map(|&i| components[i].id.as_str())
+                .collect();
+            let more = if group.len() > SHOWN {
+                names.push("...");
+                format!(" ({} in all)", group.len())
+            } else {
+                String::new()
+            };
             errors.push(ConfigError::new(
                 format!("{}.{}.inputs", c.kind.table(), c.id),
                 format!(
-                    "`{}` is part of a cycle among: {}",
+                    "`{}` is part of a cycle among: {}{more}",
                     c.id,
-                    on_cycle.iter().copied().collect::<Vec<_>>().join(", ")
+                    names.join(", ")
                 ),
             ));
         }
         // Still check what can be checked.
-        let rest: Vec<usize> = (0..components.len())
-            .filter(|i| !order.contains(i))
-            .collect();
         order.extend(rest);
     }
 
@@ -275,6 +304,77 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         admin,
         lines,
     })
+}
+
+/// The cycles among `nodes` (those a topological sort could not place): each strongly
+/// connected group of more than one node, its members in file order, the groups in the
+/// order of their first member. Iterative Tarjan, linear in nodes and edges.
+fn cycles(nodes: &[usize], edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    const UNSEEN: usize = usize::MAX;
+    let n = edges.len();
+    let mut member = vec![false; n];
+    for &i in nodes {
+        member[i] = true;
+    }
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0usize; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut next = 0usize;
+    let mut groups = Vec::new();
+    // (node, position in its edge list)
+    let mut work: Vec<(usize, usize)> = Vec::new();
+    for &root in nodes {
+        if index[root] != UNSEEN {
+            continue;
+        }
+        work.push((root, 0));
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(top) = work.last_mut() {
+            let v = top.0;
+            if let Some(&w) = edges[v].get(top.1) {
+                top.1 += 1;
+                if !member[w] {
+                    continue;
+                }
+                if index[w] == UNSEEN {
+                    index[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    work.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            work.pop();
+            if let Some(&(parent, _)) = work.last() {
+                low[parent] = low[parent].min(low[v]);
+            }
+            if low[v] == index[v] {
+                let mut group = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    group.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                if group.len() > 1 {
+                    group.sort_unstable();
+                    groups.push(group);
+                }
+            }
+        }
+    }
+    groups.sort_by_key(|g| g[0]);
+    groups
 }
 
 /// The schema a component sees on its input: that of its inputs, which must agree.
@@ -381,6 +481,30 @@ impl TelemetryHandle {
     }
 }
 
+/// What `tidegauge check` adds to validation: every source looks at the input it would
+/// read. Returns the inputs that cannot be read (directories, no permission) and those
+/// missing, each with its place and line. Does I/O; [`build`] finds the same problems by
+/// failing.
+pub fn check_inputs(pipeline: &Pipeline) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    use crate::component::InputProblem;
+    let (mut unreadable, mut missing) = (Vec::new(), Vec::new());
+    for n in &pipeline.nodes {
+        let AnyConfig::Source(c) = &n.config else {
+            continue;
+        };
+        let place = format!("{}.{}", n.kind.table(), n.id);
+        for p in c.check_inputs() {
+            match p {
+                InputProblem::Unreadable(e) => unreadable.push(e.prefixed(&place)),
+                InputProblem::Missing(e) => missing.push(e.prefixed(&place)),
+            }
+        }
+    }
+    pipeline.lines.locate(&mut unreadable);
+    pipeline.lines.locate(&mut missing);
+    (unreadable, missing)
+}
+
 /// Builds every component (opening files, connecting), in topological order.
 pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
     let dead_letter = DeadLetter::open(&pipeline.dead_letter).map_err(|e| {
@@ -433,6 +557,22 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
                 matches!(rt, Runtime::Transform(t) if matches!(t.checkpoint(), Ok(Some(_))))
             });
         store.set_stateful(stateful);
+        let inputs = nodes
+            .iter()
+            .filter_map(|(n, _)| match &n.config {
+                AnyConfig::Source(c) => Some((
+                    n.id.clone(),
+                    crate::checkpoint::InputIdentity {
+                        type_name: n.type_name.to_string(),
+                        input: c.input_identity(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        store
+            .begin(inputs)
+            .map_err(|e| BuildError::new(format!("checkpoint: {e}")))?;
         for id in store.transforms_with_state() {
             if !nodes
                 .iter()

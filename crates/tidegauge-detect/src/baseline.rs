@@ -112,12 +112,7 @@ impl BaselineParams {
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
         let mut errors = Vec::new();
-        if !(2..=1_000_000).contains(&self.warmup) {
-            errors.push(ParamError::new(
-                "warmup",
-                format!("must be between 2 and 1000000, got {}", self.warmup),
-            ));
-        }
+        judge::check_count(&mut errors, "warmup", self.warmup, 2..=1_000_000);
         judge::check_positive(&mut errors, "half_life", self.half_life);
         judge::check_positive(&mut errors, "threshold", self.threshold);
         judge::check_alarm_rate(&mut errors, "target_alarm_rate", self.target_alarm_rate);
@@ -333,8 +328,8 @@ impl Detector for Baseline {
             threshold: self.params.threshold,
         });
         format!(
-            "|z| {:.2} > {}: smoothed value {} vs reference mean {}, std {}",
-            verdict.statistic.unwrap_or(0.0).abs(),
+            "|z| {} > {}: smoothed value {} vs reference mean {}, std {}",
+            judge::stat(verdict.statistic.unwrap_or(0.0).abs()),
             judge::num(r.threshold),
             judge::num(self.smoothed),
             judge::num(r.mean),
@@ -591,10 +586,7 @@ mod tests {
             let mut warm: Option<usize> = None;
             for (i, &v) in values.iter().enumerate() {
                 let got = d.observe(i as i64, v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
-                if !v.is_finite() {
-                    prop_assert_eq!(got, NO_VERDICT);
+                if !crate::judge::check_verdict(&got, v.is_finite())? {
                     continue;
                 }
                 hist.push(v);
@@ -641,8 +633,7 @@ mod tests {
             let mut d = baseline(3, 2.0, 3.0);
             for (v, t) in values.iter().zip(&ts) {
                 let got = d.observe(*t, *v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
                 prop_assert!(d.smoothed().is_finite());
                 if got.is_anomaly {
@@ -673,9 +664,7 @@ mod tests {
             let mut reference: Option<(f64, f64, f64)> = None;
             for (i, &v) in values.iter().enumerate() {
                 let got = d.observe(i as i64, v);
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
-                if !v.is_finite() {
-                    prop_assert_eq!(got, NO_VERDICT);
+                if !crate::judge::check_verdict(&got, v.is_finite())? {
                     continue;
                 }
                 hist.push(v);

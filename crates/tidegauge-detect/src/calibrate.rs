@@ -604,8 +604,7 @@ mod tests {
             );
             for (i, &v) in values.iter().enumerate() {
                 let got = d.observe(i as i64, v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 if got.is_anomaly {
                     prop_assert!(!d.explain(&got).is_empty());
                 }

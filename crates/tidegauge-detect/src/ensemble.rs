@@ -215,8 +215,7 @@ mod tests {
             let judged: Vec<f64> = members.iter().filter(|m| m.statistic.is_some()).map(|m| m.score).collect();
             for c in [Combine::Max, Combine::Mean, Combine::Vote { min_votes }] {
                 let got = c.combine(&members);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 if judged.is_empty() {
                     prop_assert_eq!(got, Verdict::WARMING_UP);
                     continue;

@@ -72,12 +72,7 @@ impl HotellingParams {
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
         let mut errors = Vec::new();
-        if !(4..=1_000_000).contains(&self.warmup) {
-            errors.push(ParamError::new(
-                "warmup",
-                format!("must be between 4 and 1000000, got {}", self.warmup),
-            ));
-        }
+        judge::check_count(&mut errors, "warmup", self.warmup, 4..=1_000_000);
         judge::check_positive(&mut errors, "half_life", self.half_life);
         judge::check_positive(&mut errors, "threshold", self.threshold);
         judge::check_alarm_rate(&mut errors, "target_alarm_rate", self.target_alarm_rate);
@@ -308,8 +303,8 @@ impl Hotelling {
     /// channel (its index in the row) that moved furthest.
     pub fn explain(&self, verdict: &Verdict) -> String {
         format!(
-            "distance {:.2} > {} from the reference; most of it from reading {}",
-            verdict.statistic.unwrap_or(self.last.0),
+            "distance {} > {} from the reference; most of it from reading {}",
+            judge::stat(verdict.statistic.unwrap_or(self.last.0)),
             judge::num(self.threshold().unwrap_or(self.params.threshold)),
             self.last.1
         )
@@ -491,7 +486,7 @@ mod tests {
             let rows: Vec<Vec<f64>> = values.chunks(4).map(|c| c[..d].to_vec()).collect();
             for (i, r) in rows.iter().enumerate() {
                 let got = det.observe(i as i64, r);
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 if i < warmup as usize {
                     prop_assert_eq!(got, Verdict::WARMING_UP);
                     continue;
@@ -510,8 +505,7 @@ mod tests {
             let mut det = Hotelling::new(HotellingParams { warmup: 4, ..HotellingParams::default() });
             for (i, r) in rows.iter().enumerate() {
                 let got = det.observe(i as i64, r);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
             }
         }

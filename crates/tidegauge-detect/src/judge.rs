@@ -74,6 +74,61 @@ pub(crate) fn check_alarm_rate(errors: &mut Vec<ParamError>, field: &'static str
     }
 }
 
+/// Collects a [`ParamError`] unless `value` lies in `range` (a count: a window, a warm-up,
+/// a number of slots).
+pub(crate) fn check_count<T>(
+    errors: &mut Vec<ParamError>,
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) where
+    T: PartialOrd + std::fmt::Display,
+{
+    if !range.contains(&value) {
+        errors.push(ParamError::new(
+            field,
+            format!(
+                "must be in {}..={}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+}
+
+/// For property tests: `got` is a consistent verdict, a score in `[0, 1]` and an anomaly
+/// exactly when the score is above 0.5.
+#[cfg(test)]
+pub(crate) fn check_consistent(got: &Verdict) -> Result<(), proptest::test_runner::TestCaseError> {
+    proptest::prop_assert!((0.0..=1.0).contains(&got.score), "score {}", got.score);
+    proptest::prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+    Ok(())
+}
+
+/// For property tests: [`check_consistent`], and no verdict at all for a value that cannot
+/// be judged (`judged` false). Returns `judged`: whether the test goes on with this value.
+#[cfg(test)]
+pub(crate) fn check_verdict(
+    got: &Verdict,
+    judged: bool,
+) -> Result<bool, proptest::test_runner::TestCaseError> {
+    check_consistent(got)?;
+    if !judged {
+        proptest::prop_assert_eq!(got, &NO_VERDICT);
+    }
+    Ok(judged)
+}
+
+/// For property tests: events given as (time step, value) with their absolute times, the
+/// first step counted from 0.
+#[cfg(test)]
+pub(crate) fn timed(events: &[(i64, f64)]) -> impl Iterator<Item = (i64, f64)> + '_ {
+    events.iter().scan(0i64, |ts, &(dt, v)| {
+        *ts += dt;
+        Some((*ts, v))
+    })
+}
+
 /// Turns collected errors into the `validate` result.
 pub(crate) fn into_result(errors: Vec<ParamError>) -> Result<(), Vec<ParamError>> {
     if errors.is_empty() {
@@ -158,6 +213,16 @@ mod tests {
     }
 }
 
+/// A test statistic for a human reason: two decimals (`6.14`), in short scientific
+/// notation from 10^7 up (`1.000e300`, not three hundred digits).
+pub(crate) fn stat(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e7 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
 /// A number for a human reason: four decimals at most, trailing zeros dropped; very large
 /// or very small magnitudes in scientific notation.
 pub(crate) fn num(x: f64) -> String {
@@ -184,5 +249,10 @@ mod num_tests {
         assert_eq!(super::num(-0.00001), "-1.000e-5");
         assert_eq!(super::num(0.0), "0");
         assert_eq!(super::num(123456789.0), "1.235e8");
+        assert_eq!(super::num(1e300), "1.000e300");
+        assert_eq!(super::stat(6.1449), "6.14");
+        assert_eq!(super::stat(1e300), "1.000e300");
+        assert_eq!(super::stat(-2.5e9), "-2.500e9");
+        assert_eq!(super::stat(f64::INFINITY), "inf");
     }
 }

@@ -69,12 +69,7 @@ impl MadParams {
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
         let mut errors = Vec::new();
-        if !(3..=MAX_WINDOW).contains(&self.window) {
-            errors.push(ParamError::new(
-                "window",
-                format!("must be in 3..={MAX_WINDOW}, got {}", self.window),
-            ));
-        }
+        judge::check_count(&mut errors, "window", self.window, 3..=MAX_WINDOW);
         judge::check_positive(&mut errors, "threshold", self.threshold);
         judge::into_result(errors)
     }
@@ -323,8 +318,8 @@ impl Detector for Mad {
     fn explain(&self, verdict: &Verdict) -> String {
         match verdict.statistic {
             Some(z) => format!(
-                "|robust z| {:.2} > {} (median {}, MAD {} of last {} values)",
-                z.abs(),
+                "|robust z| {} > {} (median {}, MAD {} of last {} values)",
+                judge::stat(z.abs()),
                 self.params.threshold,
                 judge::num(self.last_median),
                 judge::num(self.last_mad),
@@ -515,9 +510,7 @@ mod tests {
             let mut win: VecDeque<f64> = VecDeque::new();
             for (i, &v) in values.iter().enumerate() {
                 let got = d.observe(i as i64, v);
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
-                if !v.is_finite() {
-                    prop_assert_eq!(got, NO_VERDICT);
+                if !crate::judge::check_verdict(&got, v.is_finite())? {
                     continue;
                 }
                 if win.len() < window {
@@ -564,8 +557,7 @@ mod tests {
             let mut d = mad(4, 3.5);
             for &v in &values {
                 let got = d.observe(0, v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
             }
         }

@@ -72,12 +72,7 @@ impl SeasonalParams {
                 format!("must be above 0, got {}", self.slot_ms),
             ));
         }
-        if !(1..=MAX_SLOTS).contains(&self.slots) {
-            errors.push(ParamError::new(
-                "slots",
-                format!("must be in 1..={MAX_SLOTS}, got {}", self.slots),
-            ));
-        }
+        judge::check_count(&mut errors, "slots", self.slots, 1..=MAX_SLOTS);
         judge::check_positive(&mut errors, "half_life_events", self.half_life_events);
         judge::check_positive(&mut errors, "threshold", self.threshold);
         if self.min_per_slot < 2 {
@@ -174,10 +169,12 @@ impl Detector for Seasonal {
         let (slot, mean, std) = self.last;
         let start = judge::human_ms(self.params.slot_ms.saturating_mul(slot as i64));
         format!(
-            "|z| {:.2} > {} against slot {slot} of {} (starting {start} into the cycle; mean {mean:.4}, std {std:.4})",
-            verdict.statistic.unwrap_or(0.0).abs(),
+            "|z| {} > {} against slot {slot} of {} (starting {start} into the cycle; mean {}, std {})",
+            judge::stat(verdict.statistic.unwrap_or(0.0).abs()),
             self.params.threshold,
             self.params.slots,
+            judge::num(mean),
+            judge::num(std),
         )
     }
 }
@@ -300,9 +297,7 @@ mod tests {
             let mut hist: Vec<Vec<f64>> = vec![Vec::new(); slots as usize];
             for &(ts, v) in &events {
                 let got = d.observe(ts, v);
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
-                if v.is_nan() {
-                    prop_assert_eq!(got, NO_VERDICT);
+                if !crate::judge::check_verdict(&got, !v.is_nan())? {
                     continue;
                 }
                 let s = (ts.div_euclid(1000)).rem_euclid(i64::from(slots)) as usize;
@@ -336,8 +331,7 @@ mod tests {
             let mut d = Seasonal::new(SeasonalParams { offset_ms: i64::MAX, min_per_slot: 2, ..SeasonalParams::default() });
             for &(t, v) in &events {
                 let got = d.observe(t, v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 if got.is_anomaly {
                     let _ = d.explain(&got);
                 }

@@ -50,12 +50,7 @@ impl ZScoreParams {
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
         let mut errors = Vec::new();
-        if !(2..=MAX_WINDOW).contains(&self.window) {
-            errors.push(ParamError::new(
-                "window",
-                format!("must be in 2..={MAX_WINDOW}, got {}", self.window),
-            ));
-        }
+        judge::check_count(&mut errors, "window", self.window, 2..=MAX_WINDOW);
         judge::check_positive(&mut errors, "threshold", self.threshold);
         judge::into_result(errors)
     }
@@ -121,8 +116,8 @@ impl Detector for ZScore {
     fn explain(&self, verdict: &Verdict) -> String {
         match verdict.statistic {
             Some(z) => format!(
-                "|z| {:.2} > {} (last {} values)",
-                z.abs(),
+                "|z| {} > {} (last {} values)",
+                judge::stat(z.abs()),
                 self.params.threshold,
                 self.params.window
             ),
@@ -221,10 +216,7 @@ mod tests {
             let mut win: VecDeque<f64> = VecDeque::new();
             for (i, &v) in values.iter().enumerate() {
                 let got = d.observe(i as i64, v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
-                if !v.is_finite() {
-                    prop_assert_eq!(got, NO_VERDICT);
+                if !crate::judge::check_verdict(&got, v.is_finite())? {
                     continue;
                 }
                 if win.len() < window {
@@ -257,8 +249,7 @@ mod tests {
             let mut d = zs(4, 3.0);
             for (v, t) in values.iter().zip(&ts) {
                 let got = d.observe(*t, *v);
-                prop_assert!((0.0..=1.0).contains(&got.score));
-                prop_assert_eq!(got.is_anomaly, got.score > 0.5);
+                crate::judge::check_consistent(&got)?;
                 prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
                 if got.is_anomaly {
                     let _ = d.explain(&got);

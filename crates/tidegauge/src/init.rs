@@ -387,18 +387,21 @@ fn object_schema<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value> {
 }
 
 fn range_of(schema: &Value) -> Option<String> {
-    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
-    let show = |v: f64| {
-        if v.fract() == 0.0 && v.abs() < 1e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v}")
-        }
+    let low = |b: &tidegauge_core::params::Bound| {
+        let word = if b.inclusive { "at least" } else { "above" };
+        format!("{word} {}", b.value)
     };
-    match (num("minimum"), num("maximum")) {
-        (Some(lo), Some(hi)) => Some(format!("{} to {}", show(lo), show(hi))),
-        (Some(lo), None) => Some(format!("at least {}", show(lo))),
-        (None, Some(hi)) => Some(format!("at most {}", show(hi))),
+    let high = |b: &tidegauge_core::params::Bound| {
+        let word = if b.inclusive { "at most" } else { "below" };
+        format!("{word} {}", b.value)
+    };
+    match tidegauge_core::params::schema_bounds(schema) {
+        (Some(lo), Some(hi)) if lo.inclusive && hi.inclusive => {
+            Some(format!("{} to {}", lo.value, hi.value))
+        }
+        (Some(lo), Some(hi)) => Some(format!("{}, {}", low(&lo), high(&hi))),
+        (Some(lo), None) => Some(low(&lo)),
+        (None, Some(hi)) => Some(high(&hi)),
         (None, None) => None,
     }
 }

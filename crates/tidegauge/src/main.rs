@@ -104,6 +104,13 @@ enum Command {
         /// else `<pipeline>.state` beside the pipeline file).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Start over: remove what earlier runs left in the `[checkpoint]` directory
+        /// (checkpoints, transform state, acknowledged positions) before running. Needed
+        /// when the checkpoint is damaged beyond the ones kept, its manifest is missing,
+        /// or it was taken by another pipeline or on other input (the run refuses to
+        /// start then, exit status 1).
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate a pipeline without running it: every problem, each with its place.
     Check {
@@ -217,53 +224,7 @@ enum Command {
     #[command(
         after_help = "Example (SKAB):\n  tidegauge score --detector zscore --set window=100 --delimiter ';' \\\n      --ignore-columns anomaly,changepoint --out pred data/skab/valve1 data/skab/valve2 data/skab/other"
     )]
-    Score {
-        /// Detector type (`zscore`, `mad`, `ensemble`, ...) or a pipeline file holding one.
-        #[arg(long, short)]
-        detector: String,
-        /// With a pipeline file: the id of the transform that judges.
-        #[arg(long)]
-        transform: Option<String>,
-        /// A detector setting, NAME=VALUE (repeatable), e.g. `--set window=50`.
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<String>,
-        /// A setting for one value column only, CHANNEL:NAME=VALUE (repeatable), on top of
-        /// --set: e.g. `--channel-set Temperature:threshold=20` when sensors differ.
-        #[arg(long = "channel-set", value_name = "CHANNEL:NAME=VALUE")]
-        channel_set: Vec<String>,
-        /// CSV or JSON Lines files, or directories of them.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Directory for the results.
-        #[arg(long, short)]
-        out: PathBuf,
-        /// Time column (default: datetime, timestamp, time or ts, whichever exists).
-        #[arg(long)]
-        time_column: Option<String>,
-        /// Value columns (default: every numeric column but the time, key and ignored ones).
-        #[arg(long, value_delimiter = ',')]
-        value_columns: Option<Vec<String>>,
-        /// Columns never used as values (e.g. labels).
-        #[arg(long, value_delimiter = ',')]
-        ignore_columns: Vec<String>,
-        /// Column naming the series when a file holds several.
-        #[arg(long)]
-        key_column: Option<String>,
-        /// CSV field separator.
-        #[arg(long, default_value = ",")]
-        delimiter: String,
-        /// Channels that must flag a row for it to count as an anomaly.
-        #[arg(long, default_value_t = 1)]
-        min_channels: usize,
-        /// Judge whole rows: one event per row with every value column as a field, for a
-        /// detector of several readings at once (`hotelling`; its `value_fields` are set to
-        /// the value columns).
-        #[arg(long)]
-        rows: bool,
-        /// No progress bar.
-        #[arg(long)]
-        no_progress: bool,
-    },
+    Score(score::ScoreArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(
         after_help = "Install (the .deb package does this for bash, zsh and fish):\n  tidegauge completions bash > ~/.local/share/bash-completion/completions/tidegauge\n  tidegauge completions zsh  > ~/.zfunc/_tidegauge          # with fpath+=(~/.zfunc)\n  tidegauge completions fish > ~/.config/fish/completions/tidegauge.fish"
@@ -358,6 +319,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             profile,
             no_watch,
             state_dir: given,
+            reset_state,
         } => {
             let (origin, text) = read_pipeline(pipeline.as_deref())?;
             let loaded = topology::load(&text, &tidegauge_core::config::process_env);
@@ -382,6 +344,25 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             };
             if show_graph {
                 ewrite!("{}", p.describe());
+            }
+            if reset_state {
+                match &p.checkpoint {
+                    Some(c) => match tidegauge_core::checkpoint::reset(c) {
+                        Ok(n) => {
+                            tracing::warn!(
+                                "--reset-state: removed {n} file(s) of earlier runs from {}; starting over",
+                                c.dir.display()
+                            );
+                        }
+                        Err(e) => {
+                            ewriteln!("error: --reset-state: {e}");
+                            return Ok(ExitCode::from(EXIT_FAILED));
+                        }
+                    },
+                    None => tracing::warn!(
+                        "--reset-state: {origin} has no [checkpoint] table; nothing to reset"
+                    ),
+                }
             }
             drop(out);
             let result = run::run(
@@ -469,6 +450,19 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             match load_or_report(&origin, &text) {
                 None => Ok(ExitCode::from(EXIT_INVALID)),
                 Some(p) => {
+                    // Inputs that are there but cannot be read are errors; missing ones
+                    // may appear before the pipeline runs (it is often checked first).
+                    let (unreadable, missing) = topology::check_inputs(&p);
+                    if !unreadable.is_empty() {
+                        report(&origin, &unreadable);
+                        return Ok(ExitCode::from(EXIT_INVALID));
+                    }
+                    for e in &missing {
+                        let at = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+                        ewriteln!(
+                            "warning: {origin}{at}: {e} (yet); `run` fails unless it exists by then"
+                        );
+                    }
                     writeln!(
                         out,
                         "{origin}: ok ({} sources, {} transforms, {} sinks)",
@@ -515,8 +509,9 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             if found.is_empty() {
                 let known: Vec<_> = registry::all().iter().map(|d| d.type_name).collect();
                 ewriteln!(
-                    "error: no component called `{name}` (known: {})",
-                    known.join(", ")
+                    "error: no component called `{name}` (known: {}){}",
+                    known.join(", "),
+                    tidegauge_core::suggest::hint(&name, known.iter().copied())
                 );
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
@@ -536,49 +531,24 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Score {
-            detector,
-            transform,
-            set,
-            channel_set,
-            inputs,
-            out,
-            time_column,
-            value_columns,
-            ignore_columns,
-            key_column,
-            delimiter,
-            min_channels,
-            rows,
-            no_progress,
-        } => {
-            let delimiter = match delimiter.as_bytes() {
+        Command::Score(mut args) => {
+            args.delimiter_byte = match args.delimiter.as_bytes() {
                 [b] if b.is_ascii() => *b,
                 _ => {
-                    ewriteln!("error: --delimiter takes one ASCII character, got {delimiter:?}");
+                    ewriteln!(
+                        "error: --delimiter takes one ASCII character, got {:?}",
+                        args.delimiter
+                    );
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
             };
-            if min_channels == 0 {
+            if args.min_channels == 0 {
                 ewriteln!("error: --min-channels must be at least 1");
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
-            score::run(score::ScoreArgs {
-                detector,
-                transform,
-                set,
-                channel_set,
-                inputs,
-                out,
-                time_column,
-                value_columns,
-                ignore_columns,
-                key_column,
-                delimiter,
-                min_channels,
-                rows,
-                progress: !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            })?;
+            args.progress =
+                !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            score::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 
 /// One framed line.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     /// A complete line, without its `\n` (and without a trailing `\r`).
     Complete(&'a [u8]),

@@ -20,6 +20,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tidegauge_core::ComponentContext;
+use tidegauge_core::telemetry::{ComponentErrorOccurred, EventsReceived};
 
 /// The type of a field a source extracts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -251,6 +253,29 @@ impl Columns {
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), columns)
     }
+
+    /// A source's hand-over: the rows appended so far as a batch (none if there are none),
+    /// counted as received by `cx`.
+    pub fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
+        if self.is_empty() {
+            return None;
+        }
+        match self.finish() {
+            Ok(b) => {
+                cx.emit(EventsReceived {
+                    count: b.num_rows() as u64,
+                });
+                Some(b)
+            }
+            Err(e) => {
+                // Builders always produce columns of equal length and declared types.
+                cx.emit(ComponentErrorOccurred {
+                    error: &format!("cannot assemble batch: {e}"),
+                });
+                None
+            }
+        }
+    }
 }
 
 fn describe_slot(slot: Slot, row: &Row) -> String {
@@ -320,17 +345,47 @@ fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
     }
 }
 
-/// Epoch milliseconds from an integer in text or RFC 3339 text (zone-less text is UTC).
+/// Epoch milliseconds from an integer in text or RFC 3339 text: `Z`, an offset
+/// (`+02:00`, `-0530`), or none (zone-less text is UTC). This is the one timestamp
+/// parser: every decoder and `score` read timestamps through it.
 pub fn parse_timestamp_ms(text: &str) -> Option<i64> {
     let t = text.trim();
     if let Ok(ms) = t.parse::<i64>() {
         return Some(ms);
     }
-    let time = humantime::parse_rfc3339_weak(t).ok()?;
-    match time.duration_since(std::time::UNIX_EPOCH) {
+    let (local, offset_s) = split_offset(t);
+    let time = humantime::parse_rfc3339_weak(local).ok()?;
+    let ms = match time.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).ok(),
         Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
+    }?;
+    ms.checked_sub(offset_s * 1000)
+}
+
+/// Splits a trailing UTC offset (`+HH:MM`, `-HH:MM`, `+HHMM`) off a date-time; returns
+/// the rest and the offset in seconds (0 when there is none).
+fn split_offset(t: &str) -> (&str, i64) {
+    let Some(time_start) = t.find(['T', 't', ' ']) else {
+        return (t, 0);
+    };
+    let Some(sign_at) = t.rfind(['+', '-']).filter(|&i| i > time_start) else {
+        return (t, 0);
+    };
+    let digits: String = t[sign_at + 1..].chars().filter(|c| *c != ':').collect();
+    let well_formed = digits.len() == 4
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && matches!(t.len() - sign_at - 1, 4 | 5);
+    if !well_formed {
+        return (t, 0);
     }
+    let (Ok(h), Ok(m)) = (digits[..2].parse::<i64>(), digits[2..].parse::<i64>()) else {
+        return (t, 0);
+    };
+    if h > 23 || m > 59 {
+        return (t, 0);
+    }
+    let sign = if t.as_bytes()[sign_at] == b'-' { -1 } else { 1 };
+    (&t[..sign_at], sign * (h * 3600 + m * 60))
 }
 
 #[cfg(test)]
@@ -393,5 +448,15 @@ mod tests {
         assert_eq!(parse_timestamp_ms("1700000000123"), Some(1_700_000_000_123));
         assert_eq!(parse_timestamp_ms("1970-01-01T00:00:01.5Z"), Some(1500));
         assert_eq!(parse_timestamp_ms("yesterday"), None);
+        let utc = parse_timestamp_ms("2026-01-01T08:00:00Z").unwrap();
+        assert_eq!(parse_timestamp_ms("2026-01-01T10:00:00+02:00"), Some(utc));
+        assert_eq!(parse_timestamp_ms("2026-01-01T10:00:00+0200"), Some(utc));
+        assert_eq!(
+            parse_timestamp_ms("2026-01-01T02:30:00.250-05:30"),
+            Some(utc + 250)
+        );
+        assert_eq!(parse_timestamp_ms("2026-01-01 10:00:00+02:00"), Some(utc));
+        assert_eq!(parse_timestamp_ms("2026-01-01T10:00:00+25:00"), None);
+        assert_eq!(parse_timestamp_ms("2026-01-01T10:00:00+02"), None);
     }
 }

@@ -14,12 +14,19 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::{AckSender, Finalizers, ack_channel};
 use tidegauge_core::component::SendError;
-use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred, EventsReceived};
+use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred};
 use tidegauge_core::{Batch, ComponentContext, ComponentError, ConfigError, SourceContext};
 
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, FieldType, Row};
+use crate::sources::BatchConfig;
 use crate::sources::linger::Linger;
+
+/// The default of a broker source's `drain_timeout_ms`: how long it waits at shutdown
+/// for the sinks' acknowledgements.
+pub(crate) fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
 
 /// Where a field's value comes from instead of the payload: a level of the message's
 /// subject (MQTT topic, NATS subject) or its key (Kafka).
@@ -138,6 +145,26 @@ impl MessageDecoder {
         added
     }
 
+    /// Decodes one message whose key is picked from its topic or subject
+    /// ([`KeyFromTopic::pick`]): `key` is `None` when no key is configured, `Some(None)`
+    /// when the topic lacks the level, and then the message is dead-lettered with the
+    /// reason `missing`.
+    pub fn decode_picked(
+        &mut self,
+        cx: &ComponentContext,
+        origin: &dyn Fn() -> String,
+        key: Option<Option<&str>>,
+        missing: &str,
+        payload: &[u8],
+    ) {
+        match key {
+            Some(None) => cx.dead_letter(&origin(), missing, payload),
+            key => {
+                self.decode(cx, origin, key.flatten(), payload);
+            }
+        }
+    }
+
     /// Rows waiting.
     pub fn len(&self) -> usize {
         self.columns.len()
@@ -155,24 +182,7 @@ impl MessageDecoder {
 
     /// The rows decoded so far as a batch (none if there are none); counts them in.
     pub fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
-        if self.columns.is_empty() {
-            return None;
-        }
-        match self.columns.finish() {
-            Ok(b) => {
-                cx.emit(EventsReceived {
-                    count: b.num_rows() as u64,
-                });
-                Some(b)
-            }
-            Err(e) => {
-                // Builders always produce columns of equal length and declared types.
-                cx.emit(ComponentErrorOccurred {
-                    error: &format!("cannot assemble batch: {e}"),
-                });
-                None
-            }
-        }
+        self.columns.take(cx)
     }
 }
 
@@ -223,9 +233,11 @@ pub(crate) async fn run<B: BrokerSource>(
     mut broker: B,
     cx: SourceContext,
     mut decoder: MessageDecoder,
-    mut linger: Linger,
-    drain_timeout: Duration,
+    batch: &BatchConfig,
+    drain_timeout_ms: u64,
 ) -> Result<(), ComponentError> {
+    let mut linger = Linger::new(batch);
+    let drain_timeout = Duration::from_millis(drain_timeout_ms);
     let SourceContext {
         component,
         mut out,

@@ -190,6 +190,20 @@ pub(crate) async fn run_writer_with_retry(
             }
             ComponentError::reader_gone(writer.target_dyn())
         };
+        // Makes what was written durable (recovering as a write does) and releases it.
+        let flush = |writer: &mut dyn BatchWriterDyn,
+                     pending: &mut Vec<(RecordBatch, Finalizers)>|
+         -> Result<(), ComponentError> {
+            match writer.flush_dyn() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return Err(reader_gone(writer, pending));
+                }
+                Err(e) => recover(writer, pending, "flush", e)?,
+            }
+            release(pending);
+            Ok(())
+        };
         loop {
             let wait = rule.wait(!pending.is_empty(), Instant::now());
             let idle = match input.blocking_recv_timeout(&runtime, wait) {
@@ -218,26 +232,11 @@ pub(crate) async fn run_writer_with_retry(
                 Recv::Closed => break,
             };
             if rule.due(!pending.is_empty(), idle, Instant::now()) {
-                match writer.flush() {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        return Err(reader_gone(&writer, &mut pending));
-                    }
-                    Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
-                }
-                release(&mut pending);
+                flush(&mut writer, &mut pending)?;
                 rule.flushed(Instant::now());
             }
         }
-        match writer.flush() {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                return Err(reader_gone(&writer, &mut pending));
-            }
-            Err(e) => recover(&mut writer, &mut pending, "flush", e)?,
-        }
-        release(&mut pending);
-        Ok(())
+        flush(&mut writer, &mut pending)
     });
     task.await
         .map_err(|e| ComponentError::new(format!("writer stopped: {e}")))?

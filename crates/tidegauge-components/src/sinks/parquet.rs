@@ -206,18 +206,14 @@ struct ParquetFiles {
     seq: u64,
 }
 
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// The `date=YYYY-MM-DD` partition (UTC) of an event time in epoch milliseconds; times
+/// beyond the calendar's range (±262,000 years) share `date=__out_of_range__`.
+fn date_partition(ts_ms: i64) -> String {
+    use chrono::Datelike;
+    match chrono::DateTime::from_timestamp_millis(ts_ms) {
+        Some(t) => format!("date={:04}-{:02}-{:02}", t.year(), t.month(), t.day()),
+        None => "date=__out_of_range__".into(),
+    }
 }
 
 /// A value usable as a directory name: no separators, no leading dot.
@@ -253,8 +249,7 @@ impl ParquetFiles {
                         let part = if ts.is_null(row) {
                             "date=__null__".to_string()
                         } else {
-                            let (y, m, d) = civil_from_days(ts.value(row).div_euclid(86_400_000));
-                            format!("date={y:04}-{m:02}-{d:02}")
+                            date_partition(ts.value(row))
                         };
                         push_dir(p, &part);
                     }
@@ -392,11 +387,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_from_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_722), (2023, 12, 31));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn dates_from_event_times() {
+        const DAY: i64 = 86_400_000;
+        assert_eq!(date_partition(0), "date=1970-01-01");
+        assert_eq!(date_partition(19_722 * DAY + DAY - 1), "date=2023-12-31");
+        assert_eq!(date_partition(-1), "date=1969-12-31");
+        assert_eq!(date_partition(11_016 * DAY), "date=2000-02-29");
+        assert_eq!(date_partition(i64::MAX), "date=__out_of_range__");
     }
 
     #[test]

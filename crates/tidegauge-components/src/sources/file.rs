@@ -20,6 +20,7 @@ use tidegauge_core::{
     SourceConfig, SourceContext,
 };
 
+use super::file_paths::{expand, input_problems};
 use super::file_watch::FileWatch;
 use super::linger::Linger;
 use super::{CsvOptions, Format, LineDecoder, LineOutcome};
@@ -168,33 +169,29 @@ impl SourceConfig for FileSourceConfig {
             source.read_all(cx)
         }))
     }
+
+    fn check_inputs(&self) -> Vec<tidegauge_core::component::InputProblem> {
+        input_problems(&self.paths)
+    }
+
+    /// Each listed path made absolute with a fingerprint of its first bytes (a pattern
+    /// as written; when following, paths alone: a followed log may be rotated).
+    fn input_identity(&self) -> serde_json::Value {
+        self.paths
+            .iter()
+            .map(|p| {
+                if p.contains(['*', '?', '[']) {
+                    serde_json::json!({ "pattern": p })
+                } else {
+                    tidegauge_core::checkpoint::file_identity(Path::new(p), self.follow)
+                }
+            })
+            .collect()
+    }
 }
 
-/// Expands patterns; literal paths must exist, patterns must match something.
-pub(crate) fn expand(paths: &[String]) -> Result<Vec<PathBuf>, BuildError> {
-    let mut files = Vec::new();
-    for p in paths {
-        let is_pattern = p.contains(['*', '?', '[']);
-        if !is_pattern {
-            let path = PathBuf::from(p);
-            std::fs::metadata(&path)
-                .map_err(|e| BuildError::new(format!("cannot read `{p}`: {e}")))?;
-            files.push(path);
-            continue;
-        }
-        let mut matched: Vec<PathBuf> = glob::glob(p)
-            .map_err(|e| BuildError::new(format!("bad pattern `{p}`: {e}")))?
-            .filter_map(Result::ok)
-            .filter(|m| m.is_file())
-            .collect();
-        if matched.is_empty() {
-            return Err(BuildError::new(format!("no file matches `{p}`")));
-        }
-        matched.sort();
-        files.extend(matched);
-    }
-    Ok(files)
-}
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 struct FileSource {
     config: FileSourceConfig,
@@ -240,6 +237,9 @@ impl Read for Counted {
 enum Ended {
     /// The file was read to its end (or skipped after an error); go on.
     Done,
+    /// The file cannot be read with this config (a CSV header without a declared
+    /// field): the source fails with this reason.
+    Unreadable(String),
     /// Stop everything: shutdown requested or nobody downstream.
     Stop,
 }
@@ -248,8 +248,8 @@ enum Ended {
 enum Halt {
     /// A batch is full: send it, with the position just after its last line.
     Full,
-    /// The rest of this input cannot be read with this config.
-    Skip,
+    /// The rest of this input cannot be read with this config, for this reason.
+    Unreadable(String),
 }
 
 /// How far one file has been read: the bytes of its (decompressed) content and the lines
@@ -487,7 +487,7 @@ impl FileSource {
         while first.is_none() {
             let polled = lines.poll(true, |_, line| {
                 if let Line::Complete(text) = line {
-                    first = Some(text.to_vec());
+                    first = Some(text.strip_prefix(UTF8_BOM).unwrap_or(text).to_vec());
                 }
                 Err(())
             })?;
@@ -525,6 +525,7 @@ impl FileSource {
             Format::Csv => 1,
         };
         let mut current: Option<Format> = None;
+        let mut failure = None;
         'files: for (i, path) in self.files.iter().enumerate() {
             let format = self.config.format_of(path);
             if let Some(prev) = current.filter(|&p| p != format)
@@ -544,7 +545,7 @@ impl FileSource {
                 )
             });
             let follow = self.config.follow && i + 1 == self.files.len();
-            if let Ended::Stop = self.read_file(
+            match self.read_file(
                 path,
                 format,
                 follow,
@@ -554,7 +555,17 @@ impl FileSource {
                 &shutdown,
                 &mut progress,
             ) {
-                break;
+                Ended::Done => {}
+                Ended::Stop => break,
+                Ended::Unreadable(reason) => {
+                    // Every record of the file would fail the same way: a configuration
+                    // error, not 200,000 bad records.
+                    failure = Some(ComponentError::new(format!(
+                        "{}: {reason}; fix the file or the source's `fields`/`csv` settings",
+                        path.display()
+                    )));
+                    break;
+                }
             }
         }
         for d in decoders.iter_mut().flatten() {
@@ -568,7 +579,7 @@ impl FileSource {
         if let Some(acks) = progress.acks.take() {
             acks.finish(progress.position.to_value(), &component);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -678,10 +689,18 @@ impl FileSource {
                     return Ended::Stop;
                 }
                 let polled = lines.poll(!follow, |line_no, line| {
-                    if dec.line(component, &origin, base_lines + line_no, line)
-                        == LineOutcome::SkipInput
+                    let line = match line {
+                        // A byte-order mark opens the first line of some files written on
+                        // Windows; it is not part of the first field.
+                        Line::Complete(text) if base_lines == 0 && line_no == 1 => {
+                            Line::Complete(text.strip_prefix(UTF8_BOM).unwrap_or(text))
+                        }
+                        other => other,
+                    };
+                    if let LineOutcome::SkipInput(reason) =
+                        dec.line(component, &origin, base_lines + line_no, line)
                     {
-                        return Err(Halt::Skip);
+                        return Err(Halt::Unreadable(reason));
                     }
                     if dec.is_full() {
                         return Err(Halt::Full);
@@ -706,7 +725,7 @@ impl FileSource {
                         );
                         return Ended::Done;
                     }
-                    Ok(Err(Halt::Skip)) => return Ended::Done,
+                    Ok(Err(Halt::Unreadable(reason))) => return Ended::Unreadable(reason),
                     Ok(Err(Halt::Full)) => {
                         if progress.send(dec, component, out).is_err() {
                             return Ended::Stop;

@@ -3,6 +3,7 @@
 //! live in [`crate::connectors`], grouped by the system they talk to.
 
 pub mod file;
+mod file_paths;
 mod file_watch;
 pub(crate) mod linger;
 pub mod simulate;
@@ -13,7 +14,6 @@ use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::component::SendError;
-use tidegauge_core::telemetry::EventsReceived;
 use tidegauge_core::{Batch, ComponentContext, ConfigError, Output};
 
 use crate::codec::csv::{CsvDecoder, CsvError, CsvLine};
@@ -162,8 +162,8 @@ pub(crate) enum LineOutcome {
     /// Go on.
     Continue,
     /// The rest of this input cannot be read with this config (a CSV header without the
-    /// declared fields); the reason has been reported.
-    SkipInput,
+    /// declared fields), for this reason; the caller reports it.
+    SkipInput(String),
 }
 
 /// Lines in, batches out: decodes each line, dead-letters what cannot be decoded.
@@ -234,14 +234,7 @@ impl LineDecoder {
                 Ok(CsvLine::Header) => return LineOutcome::Continue,
                 Ok(CsvLine::Record) => Ok(()),
                 Err(CsvError::Record(e)) => Err(e),
-                Err(CsvError::Header(e)) => {
-                    cx.dead_letter(
-                        &format!("{origin}:{line_no}"),
-                        &format!("{e}; rest of this input skipped"),
-                        text,
-                    );
-                    return LineOutcome::SkipInput;
-                }
+                Err(CsvError::Header(e)) => return LineOutcome::SkipInput(e),
             },
         };
         if let Err(reason) = decoded.and_then(|()| self.columns.push(&mut self.row)) {
@@ -257,24 +250,7 @@ impl LineDecoder {
 
     /// The rows decoded so far as a batch (none if there are none).
     pub(crate) fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
-        if self.columns.is_empty() {
-            return None;
-        }
-        match self.columns.finish() {
-            Ok(b) => {
-                cx.emit(EventsReceived {
-                    count: b.num_rows() as u64,
-                });
-                Some(b)
-            }
-            Err(e) => {
-                // Builders always produce columns of equal length and declared types.
-                cx.emit(tidegauge_core::telemetry::ComponentErrorOccurred {
-                    error: &format!("cannot assemble batch: {e}"),
-                });
-                None
-            }
-        }
+        self.columns.take(cx)
     }
 
     /// Sends what is decoded, if anything. `Err(Closed)` means stop: nobody listens.

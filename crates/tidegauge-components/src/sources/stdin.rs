@@ -14,7 +14,7 @@ use tidegauge_core::{
 use super::file::default_max_line_bytes;
 use super::linger::Linger;
 use super::{CsvOptions, Format, LineDecoder, LineOutcome};
-use crate::codec::lines::{LineReader, Poll};
+use crate::codec::lines::{Line, LineReader, Poll};
 use crate::settings::{config, decoded_records};
 
 config! {
@@ -189,7 +189,16 @@ impl StdinSource {
                 if skipping {
                     return Ok::<(), tidegauge_core::component::SendError>(());
                 }
-                if dec.line(&component, "stdin", line_no, line) == LineOutcome::SkipInput {
+                if let LineOutcome::SkipInput(e) = dec.line(&component, "stdin", line_no, line) {
+                    let text = match line {
+                        Line::Complete(text) => text,
+                        Line::TooLong { head, .. } => head,
+                    };
+                    component.dead_letter(
+                        &format!("stdin:{line_no}"),
+                        &format!("{e}; rest of this input skipped"),
+                        text,
+                    );
                     skipping = true;
                 }
                 if dec.is_full() {

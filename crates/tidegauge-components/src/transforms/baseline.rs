@@ -6,7 +6,7 @@ use tidegauge_detect::{Baseline, BaselineParams};
 
 use super::KeyInterner;
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors_renamed};
 use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
@@ -30,11 +30,11 @@ detector_config! {
         #[schemars(range(min = 2, max = 1000000))]
         pub warmup: u32 = BaselineParams::default().warmup,
         /// Half-life of the smoothing, in values.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_events: f64 = BaselineParams::default().half_life,
         /// Lowest |z| of the smoothed value that is an anomaly (the threshold itself when
         /// `target_alarm_rate` is 0).
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = BaselineParams::default().threshold,
         /// Share of normal values each sensor's learnt threshold aims to flag; 0 turns the
         /// self-calibration off (every sensor then uses `threshold`).
@@ -79,15 +79,7 @@ impl DetectorSpec for BaselineConfig {
     }
 
     fn check(&self) -> Vec<ConfigError> {
-        param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = "half_life_events".into();
-                }
-                e
-            })
-            .collect()
+        param_errors_renamed(self.params().validate(), "half_life", "half_life_events")
     }
 
     fn new_state(&self) -> Baseline {

@@ -6,7 +6,7 @@ use tidegauge_detect::{Calibrated, CalibrationParams};
 
 use super::detector::{BoxedDetector, DetectorFactory, detector_config};
 use super::ensemble::Member;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors_renamed};
 use super::state::deserialize_state;
 
 detector_config! {
@@ -78,15 +78,8 @@ impl DetectorSpec for CalibratedConfig {
     }
 
     fn check(&self) -> Vec<ConfigError> {
-        let mut errors: Vec<ConfigError> = param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = "history_half_life".into();
-                }
-                e
-            })
-            .collect();
+        let mut errors =
+            param_errors_renamed(self.params().validate(), "half_life", "history_half_life");
         match &self.detector {
             None => errors.push(ConfigError::new(
                 "detector",

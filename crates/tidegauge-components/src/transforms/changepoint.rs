@@ -6,7 +6,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{ChangePoint, ChangePointMethod, ChangePointParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 /// The change-point test.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -34,7 +34,7 @@ detector_config! {
         #[schemars(range(min = 0.0))]
         pub k: f64 = 0.5,
         /// Decision threshold in standard deviations.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub h: f64 = 5.0,
         /// Values that learn the baseline, at the start and after each change.
         #[schemars(range(min = 2))]

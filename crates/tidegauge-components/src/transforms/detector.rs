@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use tidegauge_core::ConfigError;
 use tidegauge_detect::{Detector, Verdict};
 
-use super::keyed::{Common, DetectorSpec};
+use super::spec::{Common, DetectorSpec};
 
 /// The settings every keyed detector shares, implemented by [`detector_config!`].
 pub trait KeyedSettings {
@@ -256,8 +256,8 @@ macro_rules! detector_config {
         }
 
         impl $crate::transforms::detector::KeyedSettings for $name {
-            fn common(&self) -> $crate::transforms::keyed::Common {
-                $crate::transforms::keyed::Common::resolve(
+            fn common(&self) -> $crate::transforms::spec::Common {
+                $crate::transforms::spec::Common::resolve(
                     &self.key_field,
                     &self.value_field,
                     &self.ts_field,

@@ -8,7 +8,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Combine, Detector, Verdict};
 
 use super::detector::{self, BoxedDetector, DetectorFactory, detector_config};
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 /// One member of an ensemble: a registered detector and its settings, as in its own
 /// transform (without `key_field`, `value_field`, `ts_field` or `workers`, which the

@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Ewma, EwmaParams, HalfLife};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors_renamed};
 
 detector_config! {
     /// Per-sensor exponentially weighted moving average: flags a value more than
@@ -17,13 +17,13 @@ detector_config! {
     pub struct EwmaConfig as "ewma" {
         /// Half-life in events: after this many values a value weighs half as much.
         /// Used unless `half_life_ms` is set.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_events: f64 = 30.0,
         /// Half-life in milliseconds of event time; when set, replaces `half_life_events`.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub half_life_ms: Option<f64> = None,
         /// |z| above which a value is an anomaly.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = 3.0,
         /// Values to learn from before judging.
         #[schemars(range(min = 2))]
@@ -58,19 +58,12 @@ impl DetectorSpec for EwmaConfig {
     }
 
     fn check(&self) -> Vec<ConfigError> {
-        param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = if self.half_life_ms.is_some() {
-                        "half_life_ms".into()
-                    } else {
-                        "half_life_events".into()
-                    };
-                }
-                e
-            })
-            .collect()
+        let setting = if self.half_life_ms.is_some() {
+            "half_life_ms"
+        } else {
+            "half_life_events"
+        };
+        param_errors_renamed(self.params().validate(), "half_life", setting)
     }
 
     fn new_state(&self) -> Ewma {

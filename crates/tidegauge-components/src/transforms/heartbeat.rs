@@ -19,7 +19,7 @@ use tidegauge_core::{
 use tidegauge_detect::{DeadlineTracker, HeartbeatParams, score_from_ratio};
 
 use super::key_table::{EvictionHooks, KeyLimits, KeyTable};
-use super::keyed::param_errors;
+use super::spec::param_errors;
 use super::{detector_fields, key_hash};
 
 /// Which clock tells that time has passed.
@@ -53,7 +53,7 @@ pub struct HeartbeatConfig {
     #[schemars(range(min = 1))]
     pub expected_interval_ms: i64,
     /// Expected intervals of silence tolerated before a sensor is reported.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub tolerance: f64,
     /// The clock that measures silence.
     pub clock: Clock,
@@ -77,7 +77,7 @@ impl Default for HeartbeatConfig {
             expected_interval_ms: 60_000,
             tolerance: 3.0,
             clock: Clock::Event,
-            max_keys: super::keyed::DEFAULT_MAX_KEYS,
+            max_keys: super::spec::DEFAULT_MAX_KEYS,
             key_idle_ms: None,
         }
     }
@@ -86,7 +86,7 @@ impl Default for HeartbeatConfig {
 impl HeartbeatConfig {
     fn key_idle_ms(&self) -> u64 {
         self.key_idle_ms.unwrap_or_else(|| {
-            super::keyed::DEFAULT_KEY_IDLE_MS.max(self.params().limit_ms().max(0) as u64 * 2)
+            super::spec::DEFAULT_KEY_IDLE_MS.max(self.params().limit_ms().max(0) as u64 * 2)
         })
     }
 
@@ -121,7 +121,7 @@ impl TransformConfig for HeartbeatConfig {
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = param_errors(self.params().validate());
         if errors.is_empty() {
-            errors.extend(super::keyed::check_key_limits(
+            errors.extend(super::spec::check_key_limits(
                 self.max_keys,
                 self.key_idle_ms(),
                 HEARTBEAT_BYTES_PER_KEY,

@@ -15,7 +15,7 @@ use tidegauge_core::{
 use tidegauge_detect::{Hotelling, HotellingParams, hotelling::MAX_CHANNELS};
 
 use super::key_table::{KeyLimits, KeyTable, NoHooks};
-use super::keyed::param_errors;
+use super::spec::param_errors_renamed;
 use super::state::{decode_keyed, encode_keyed};
 use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
 
@@ -44,10 +44,10 @@ pub struct HotellingConfig {
     #[schemars(range(min = 4, max = 1000000))]
     pub warmup: u32,
     /// Half-life of each reading's smoothing, in rows.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub half_life_events: f64,
     /// Lowest distance that is an anomaly.
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub threshold: f64,
     /// Share of normal rows each machine's learnt threshold aims to flag; 0: `threshold`.
     #[schemars(range(min = 0.0, max = 1.0))]
@@ -77,8 +77,8 @@ impl Default for HotellingConfig {
             threshold: p.threshold,
             target_alarm_rate: p.target_alarm_rate,
             ridge: p.ridge,
-            max_keys: super::keyed::DEFAULT_MAX_KEYS,
-            key_idle_ms: super::keyed::DEFAULT_KEY_IDLE_MS,
+            max_keys: super::spec::DEFAULT_MAX_KEYS,
+            key_idle_ms: super::spec::DEFAULT_KEY_IDLE_MS,
         }
     }
 }
@@ -102,15 +102,8 @@ impl TransformConfig for HotellingConfig {
     const TYPE: &'static str = NAME;
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
-        let mut errors: Vec<ConfigError> = param_errors(self.params().validate())
-            .into_iter()
-            .map(|mut e| {
-                if e.path == "half_life" {
-                    e.path = "half_life_events".into();
-                }
-                e
-            })
-            .collect();
+        let mut errors =
+            param_errors_renamed(self.params().validate(), "half_life", "half_life_events");
         if self.value_fields.is_empty() || self.value_fields.len() > MAX_CHANNELS {
             errors.push(ConfigError::new(
                 "value_fields",
@@ -143,7 +136,7 @@ impl TransformConfig for HotellingConfig {
                 + 4 * u64::from(self.warmup)
                 + std::mem::size_of::<Hotelling>() as u64
                 + 64;
-            errors.extend(super::keyed::check_key_limits(
+            errors.extend(super::spec::check_key_limits(
                 self.max_keys,
                 self.key_idle_ms,
                 bytes,

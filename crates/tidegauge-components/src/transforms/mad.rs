@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Mad, MadParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Per-sensor robust z-score: distance from the rolling median in units of the median
@@ -19,7 +19,7 @@ detector_config! {
         #[schemars(range(min = 3, max = 16777216))]
         pub window: usize = 100,
         /// |robust z| above which a value is an anomaly.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = 3.5,
     }
 }

@@ -18,6 +18,7 @@ pub mod mad;
 pub mod rate_of_change;
 pub mod relative_entropy;
 pub mod seasonal;
+pub mod spec;
 pub mod state;
 pub mod threshold;
 pub mod window;

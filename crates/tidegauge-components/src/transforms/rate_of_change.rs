@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Rate, RateParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Rate of change: flags a value whose change from the sensor's previous value,
@@ -15,7 +15,7 @@ detector_config! {
     /// value and time.
     pub struct RateOfChangeConfig as "rate_of_change" {
         /// Largest normal change per second, in the value's units. Required.
-        #[schemars(range(min = 0.0), example = 10.0)]
+        #[schemars(extend("exclusiveMinimum" = 0.0), example = 10.0)]
         pub max_rate_per_sec: Option<f64> = None,
     }
 }

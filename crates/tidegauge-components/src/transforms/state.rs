@@ -124,7 +124,7 @@ pub fn save_with_settings<C: Serialize, S: Serialize>(
 /// Reads what [`save_with_settings`] wrote, each state rebuilt by `spec`'s
 /// `restore_state`. States saved under other settings were learnt under other parameters:
 /// they are dropped with a warning and every sensor starts cold. Damaged bytes are an error.
-pub fn load_with_settings<C: super::keyed::DetectorSpec>(
+pub fn load_with_settings<C: super::spec::DetectorSpec>(
     spec: &C,
     bytes: &[u8],
 ) -> Result<(KeyInterner, Vec<C::State>), ComponentError> {

@@ -4,7 +4,7 @@ use tidegauge_core::ConfigError;
 use tidegauge_detect::{Threshold, ThresholdParams};
 
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 
 detector_config! {
     /// Static bounds: a value below `low` or above `high` is an anomaly; the alarm ends only
@@ -24,7 +24,7 @@ detector_config! {
         #[schemars(range(min = 0.0))]
         pub hysteresis: f64 = 0.0,
         /// Distance past a bound at which the score reaches 0.73.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub scale: f64 = 1.0,
     }
 }

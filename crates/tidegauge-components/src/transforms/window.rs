@@ -21,7 +21,7 @@ use tidegauge_core::{
 use tidegauge_detect::{Accumulator, Aggregate};
 
 use super::float_values;
-use super::keyed::param_errors;
+use super::spec::param_errors;
 use super::{KeyInterner, key_hash};
 
 /// The shape of the windows.
@@ -121,7 +121,7 @@ impl Default for WindowConfig {
             time: TimeKind::Event,
             allowed_lateness_ms: 0,
             late: LatePolicy::Drop,
-            max_keys: super::keyed::DEFAULT_MAX_KEYS,
+            max_keys: super::spec::DEFAULT_MAX_KEYS,
         }
     }
 }

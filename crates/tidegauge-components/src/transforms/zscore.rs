@@ -5,7 +5,7 @@ use tidegauge_detect::{ZScore, ZScoreParams};
 
 use super::KeyInterner;
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
@@ -21,7 +21,7 @@ detector_config! {
         #[schemars(range(min = 2, max = 10000000))]
         pub window: usize = 100,
         /// |z| above which a value is an anomaly.
-        #[schemars(range(min = 0.0))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
         pub threshold: f64 = 3.0,
     }
 }

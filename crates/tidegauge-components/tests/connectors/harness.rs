@@ -344,6 +344,41 @@ impl RunningSource {
         got
     }
 
+    /// Polls until the source delivers what is published from now on (its subscription
+    /// is in place), instead of sleeping for it: each attempt publishes one probe with
+    /// `probe(i)` (an event with `ts` = i, where the source reads it) and waits briefly
+    /// for a batch. Once a probe has arrived, the later ones (published after it, so
+    /// after the subscription, and bound to arrive) are taken too, so that none mixes
+    /// with what the test publishes next. The probes are acknowledged.
+    pub async fn until_flowing<F: std::future::Future<Output = ()>>(
+        &mut self,
+        mut probe: impl FnMut(i64) -> F,
+    ) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut published = 0i64;
+        let mut newest: Option<i64> = None;
+        while newest != Some(published - 1) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the source never delivered a probe ({published} published)"
+            );
+            if newest.is_none() {
+                probe(published).await;
+                published += 1;
+            }
+            let wait = Duration::from_millis(100);
+            if let Ok(b) = tokio::time::timeout(wait, next_batch(&mut self.rx)).await {
+                let b = b.expect("source stopped early");
+                newest = rows(std::slice::from_ref(&b.data))
+                    .iter()
+                    .map(|e| e.1)
+                    .chain(newest)
+                    .max();
+                b.finalizers.release();
+            }
+        }
+    }
+
     /// Acknowledges (as delivered) every batch received so far.
     pub fn ack_all(&mut self) {
         self.held.drain(..).for_each(Finalizers::release);

@@ -63,34 +63,34 @@ async fn mqtt_source_compliance() {
     let Some((host, port)) = broker() else { return };
     let h = Harness::new();
     let prefix = unique("tg");
-    let source = h.source(&format!(
+    let body = format!(
         "type = \"mqtt\"\nhost = \"{host}\"\nport = {port}\ntopics = [\"{prefix}/+/data\"]\nqos = 1\nclient_id = \"{}\"\ndrain_timeout_ms = 2000\n{SOURCE_BATCH}",
         unique("src")
-    ));
+    );
+    let source = h.source(&body);
     let (client, acked) = publisher(&host, port).await;
     let topic = format!("{prefix}/plant-1/data");
     let publish = |payloads: Vec<Vec<u8>>| {
         let (client, acked, topic) = (&client, &acked, &topic);
         async move { publish_all(client, acked, topic, payloads).await }.boxed()
     };
-    // The subscription must exist before messages are published.
-    let mut probe = source.start().await;
-    wait_subscribed(&client, &acked, &prefix).await;
+    // The subscription (a persistent session: same client id) must exist before
+    // messages are published. The probes go through a source of its own, so that they
+    // do not count in the telemetry under test.
+    let mut probe = Harness::new().source(&body).start().await;
+    let probe_topic = format!("{prefix}/probe/data");
+    probe
+        .until_flowing(|i| publish_probe(&client, &acked, &probe_topic, i))
+        .await;
     probe.stop(true).await;
     check_source(&h, &source, &publish, &topic).await;
 }
 
-/// Publishes to a topic the source does not read until the broker acknowledges, which
-/// orders it after the source's (earlier requested) subscription on a loopback broker.
-async fn wait_subscribed(client: &AsyncClient, acked: &Mutex<u64>, prefix: &str) {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    publish_all(
-        client,
-        acked,
-        &format!("{prefix}/unrelated"),
-        vec![b"{}".to_vec()],
-    )
-    .await;
+/// Publishes the probe event `i` (sensor `probe`, `ts` = i) to `topic`, for
+/// [`RunningSource::until_flowing`](harness::RunningSource::until_flowing).
+async fn publish_probe(client: &AsyncClient, acked: &Mutex<u64>, topic: &str, i: i64) {
+    let probe = harness::json(&("probe".to_string(), i, 0.0));
+    publish_all(client, acked, topic, vec![probe.into_bytes()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +103,9 @@ async fn mqtt_source_maps_topic_level_to_key_and_honours_wildcards() {
     ));
     let mut run = source.start().await;
     let (client, acked) = publisher(&host, port).await;
-    wait_subscribed(&client, &acked, &prefix).await;
+    let probe_topic = format!("{prefix}/probe/temp");
+    run.until_flowing(|i| publish_probe(&client, &acked, &probe_topic, i))
+        .await;
     let body =
         |ts: i64| format!("{{\"sensor_id\":\"ignored\",\"ts\":{ts},\"value\":1.5}}").into_bytes();
     publish_all(
@@ -240,7 +242,12 @@ async fn mqtt_over_tls_with_password() {
         "type = \"mqtt\"\n{common}\ntopics = [\"{prefix}/#\"]\nqos = 1\nbatch = {{ rows = 5, linger_ms = 600000 }}"
     ));
     let mut run = source.start().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Probes go through the broker's plain listener, to a topic the source reads.
+    let (plain_host, plain_port) = broker().expect("the plain listener beside the TLS one");
+    let (client, acked) = publisher(&plain_host, plain_port).await;
+    let probe_topic = format!("{prefix}/probe");
+    run.until_flowing(|i| publish_probe(&client, &acked, &probe_topic, i))
+        .await;
     let sink = h.sink(&format!(
         "type = \"mqtt\"\n{common}\ntopic = \"{prefix}/{{sensor_id}}\"\nqos = 1"
     ));

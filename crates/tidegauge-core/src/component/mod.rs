@@ -315,6 +315,31 @@ pub trait SourceConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 's
         schema: SchemaRef,
         cx: BuildContext,
     ) -> impl Future<Output = Result<Box<dyn Source>, BuildError>> + Send;
+
+    /// What identifies the input this source reads (e.g. file paths and first bytes),
+    /// recorded with every checkpoint: a restart whose source reads other input does
+    /// not resume at the positions of the old one. Null (the default) when positions
+    /// do not depend on more than the settings' source id and type. Called after
+    /// `build`, so it may look at the input.
+    fn input_identity(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Looks at the input the source would read (files: exist, are files, can be
+    /// read) for `tidegauge check`, which otherwise does no I/O; every problem, paths
+    /// relative to the component. None by default.
+    fn check_inputs(&self) -> Vec<InputProblem> {
+        Vec::new()
+    }
+}
+
+/// A problem `tidegauge check` finds with the input a source would read.
+#[derive(Debug)]
+pub enum InputProblem {
+    /// It is not there (yet): `run` fails unless it appears by then.
+    Missing(ConfigError),
+    /// It is there but cannot be read as input (a directory, no permission).
+    Unreadable(ConfigError),
 }
 
 /// Typed configuration of a transform.

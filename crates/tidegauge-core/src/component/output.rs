@@ -44,13 +44,13 @@ pub enum Message {
 
 /// Barrier requests a source's output serves, and where it reports them.
 pub(crate) struct BarrierPort {
-    requests: mpsc::UnboundedReceiver<u64>,
+    requests: mpsc::Receiver<u64>,
     reports: ReportPort,
     position: Option<serde_json::Value>,
 }
 
 impl BarrierPort {
-    pub(crate) fn new(requests: mpsc::UnboundedReceiver<u64>, reports: ReportPort) -> Self {
+    pub(crate) fn new(requests: mpsc::Receiver<u64>, reports: ReportPort) -> Self {
         BarrierPort {
             requests,
             reports,

@@ -74,6 +74,8 @@ struct LiveState {
     profiling: bool,
     /// Serializes changes (parameter changes and reloads).
     changing: tokio::sync::Mutex<()>,
+    /// Checkpointing's counters (with a `[checkpoint]` table).
+    checkpoint: std::sync::OnceLock<Arc<crate::checkpoint::CheckpointTelemetry>>,
 }
 
 /// A shared view of a running pipeline: what runs, its counters, and the way to change
@@ -88,7 +90,17 @@ impl LiveHandle {
             started: Instant::now(),
             profiling,
             changing: tokio::sync::Mutex::new(()),
+            checkpoint: std::sync::OnceLock::new(),
         }))
+    }
+
+    pub(super) fn set_checkpoint_telemetry(&self, t: Arc<crate::checkpoint::CheckpointTelemetry>) {
+        let _ = self.0.checkpoint.set(t);
+    }
+
+    /// Checkpointing's counters now, when the pipeline has a `[checkpoint]` table.
+    pub fn checkpoint_metrics(&self) -> Option<crate::metrics::CheckpointMetrics> {
+        self.0.checkpoint.get().map(|t| t.metrics())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<ComponentView>> {

@@ -233,6 +233,21 @@ impl Runner {
                 runtime: self.runtime.clone(),
             };
             let rt = build_node(n, cx).await.map_err(|e| e.message)?;
+            if let (crate::registry::AnyConfig::Source(c), Some(cp)) =
+                (&n.config, &self.checkpoints)
+            {
+                // Checkpoints from now on record what the new source reads.
+                cp.store
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_input(
+                        &n.id,
+                        crate::checkpoint::InputIdentity {
+                            type_name: n.type_name.to_string(),
+                            input: c.input_identity(),
+                        },
+                    );
+            }
             if let (Some(cfg), Some(input)) = (&n.buffer, &n.input_schema) {
                 let b = open_buffer(&n.id, cfg, input, &component).map_err(|e| e.message)?;
                 buffers.insert(n.id.clone(), b);
@@ -327,7 +342,8 @@ impl Runner {
                     if let Some(reports) = self.report_port(slot)
                         && n.kind == ComponentKind::Source
                     {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        // One barrier request at a time (see the coordinator).
+                        let (tx, rx) = mpsc::channel(1);
                         requests.insert(slot, tx);
                         start.barriers = Some(BarrierPort::new(rx, reports));
                         // A source resumes where the instance it replaces stopped.

@@ -160,11 +160,14 @@ pub(super) fn start(
         })
         .collect();
     let checkpoints = checkpoints.map(|store| {
+        // Unbounded, yet bounded by the barriers: see `ReportPort`.
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let mut requests = HashMap::new();
         for (i, (n, _)) in nodes.iter().enumerate() {
             if n.kind == ComponentKind::Source {
-                let (tx, rx) = mpsc::unbounded_channel();
+                // One barrier request at a time: the coordinator starts a checkpoint
+                // only when every source has room for it.
+                let (tx, rx) = mpsc::channel(1);
                 requests.insert(i, tx);
                 let port = ReportPort {
                     node: i,
@@ -174,6 +177,7 @@ pub(super) fn start(
                 starts[i].source_checkpoint = Some(store.source_handle(&n.id));
             }
         }
+        handle.set_checkpoint_telemetry(store.telemetry());
         let kinds = nodes.iter().map(|(n, _)| (n.id.clone(), n.kind)).collect();
         let c = Coordinator::new(store, kinds, requests);
         for s in &mut starts {

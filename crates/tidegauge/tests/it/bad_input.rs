@@ -43,6 +43,19 @@ fn write_gzip_bomb(path: &std::path::Path) {
     gz.finish().unwrap();
 }
 
+/// Runs a pipeline from the source `[sources.in]` described by `source` (its settings, as
+/// TOML lines) to `out.jsonl` in `d`, dead letters to `dead.jsonl`; asserts it succeeds.
+fn run_to_files(d: &std::path::Path, source: &str) -> std::process::Output {
+    let pipeline = format!(
+        "[sources.in]\n{source}\n\n[sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\n\
+         path = \"{d}/out.jsonl\"\n\n[dead_letter]\npath = \"{d}/dead.jsonl\"\n",
+        d = d.display()
+    );
+    let out = run_pipeline(d, &pipeline, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 #[test]
 fn every_kind_of_bad_line_is_dead_lettered_and_the_rest_flows() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,25 +67,17 @@ fn every_kind_of_bad_line_is_dead_lettered_and_the_rest_flows() {
         "{\"sensor_id\":\"s-4\",\"ts\":11,\"value\":4.0}\n",
     )
     .unwrap();
-    let pipeline = format!(
-        r#"
-[sources.in]
+    let out = run_to_files(
+        d,
+        &format!(
+            r#"
 type = "file"
 paths = ["{d}/bad.jsonl", "{d}/bomb.jsonl.gz", "{d}/after.jsonl"]
 max_decompressed_bytes = 20_000_000
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
 "#,
-        d = d.display()
+            d = d.display()
+        ),
     );
-    let out = run_pipeline(d, &pipeline, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
 
     let got = keys(&std::fs::read_to_string(d.join("out.jsonl")).unwrap());
     let want: Vec<(String, i64)> = vec![
@@ -134,24 +139,16 @@ fn a_gzip_bomb_under_default_limits_is_cut_at_the_line_limit_in_bounded_memory()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_gzip_bomb(&d.join("bomb.gz"));
-    let pipeline = format!(
-        r#"
-[sources.in]
+    run_to_files(
+        d,
+        &format!(
+            r#"
 type = "file"
 paths = ["{d}/bomb.gz"]
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
 "#,
-        d = d.display()
+            d = d.display()
+        ),
     );
-    let out = run_pipeline(d, &pipeline, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
     assert_eq!(dead.lines().count(), 1);
     assert!(
@@ -174,26 +171,18 @@ fn csv_with_a_header_and_bad_rows() {
          2020-03-09 10:14:37;\"0.29\";1.8\n",
     )
     .unwrap();
-    let pipeline = format!(
-        r#"
-[sources.in]
+    run_to_files(
+        d,
+        &format!(
+            r#"
 type = "file"
 paths = ["{d}/in.csv"]
 csv = {{ delimiter = ";" }}
 fields = {{ datetime = "timestamp", Pressure = "float64" }}
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
 "#,
-        d = d.display()
+            d = d.display()
+        ),
     );
-    let out = run_pipeline(d, &pipeline, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("out.jsonl"))
         .unwrap()
         .lines()
@@ -215,4 +204,184 @@ path = "{d}/dead.jsonl"
         dead.contains("in.csv:5") && dead.contains("expected a timestamp"),
         "{dead}"
     );
+}
+
+#[test]
+fn rfc3339_timestamps_with_offsets_are_read_by_the_jsonl_and_csv_decoders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 2026-01-01T08:00:00Z, written in three zones.
+    let want = 1_767_254_400_000_i64;
+    let stamps = [
+        "2026-01-01T10:00:00+02:00",
+        "2026-01-01T02:30:00-05:30",
+        "2026-01-01T08:00:00Z",
+    ];
+    let mut jsonl = String::new();
+    let mut csv = String::from("sensor_id,ts,value\n");
+    for (i, t) in stamps.iter().enumerate() {
+        jsonl.push_str(&format!(
+            "{{\"sensor_id\":\"s-{i}\",\"ts\":\"{t}\",\"value\":1.0}}\n"
+        ));
+        csv.push_str(&format!("s-{i},{t},1.0\n"));
+    }
+    std::fs::write(d.join("in.jsonl"), &jsonl).unwrap();
+    std::fs::write(d.join("in.csv"), &csv).unwrap();
+    let out = d.join("out.jsonl");
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{}", "{}"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{}"
+
+[dead_letter]
+path = "{}"
+"#,
+        d.join("in.jsonl").display(),
+        d.join("in.csv").display(),
+        out.display(),
+        d.join("dead.jsonl").display()
+    );
+    let o = run_pipeline(d, &pipeline, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ts: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ts, vec![want; 6], "{text}");
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
+}
+
+/// A file source over `paths` into a JSON Lines file, with a dead-letter file.
+fn file_pipeline(d: &std::path::Path, paths: &[&std::path::Path]) -> String {
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    format!(
+        r#"
+[sources.in]
+type = "file"
+paths = [{}]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+        paths.join(", "),
+        d = d.display()
+    )
+}
+
+#[test]
+fn a_csv_header_without_a_declared_field_fails_the_run_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.csv");
+    let mut csv = String::from("sensor_id,ts,reading\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("s-{},{i},1.5\n", i % 7));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let o = run_pipeline(d, &file_pipeline(d, &[&input]), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("in.csv: header lacks column(s) `value` (header has: sensor_id, ts, reading)"),
+        "{e}"
+    );
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(
+        dead.is_empty(),
+        "a configuration error, not bad records: {dead}"
+    );
+}
+
+#[test]
+fn an_input_that_is_a_directory_fails_run_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sub = d.join("readings");
+    std::fs::create_dir(&sub).unwrap();
+    let text = file_pipeline(d, &[&sub]);
+    let o = run_pipeline(d, &text, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("sources.in.paths[0]: `")
+            && stderr(&check).contains("is a directory"),
+        "{}",
+        stderr(&check)
+    );
+    // Without read permission (root reads everything, so only as another user).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = d.join("locked.jsonl");
+        std::fs::write(&locked, "{\"sensor_id\":\"s\",\"ts\":1,\"value\":1}\n").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let o = run_pipeline(d, &file_pipeline(d, &[&locked]), &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+        assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+    }
+}
+
+#[test]
+fn a_missing_input_is_reported_by_check_and_fails_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = file_pipeline(d, &[&d.join("not-yet.jsonl")]);
+    std::fs::write(d.join("pipeline.toml"), &text).unwrap();
+    let check = run(&["check", d.join("pipeline.toml").to_str().unwrap()]);
+    // Checked before the data arrives: a warning naming the place, not a failure.
+    assert!(check.status.success(), "{}", stderr(&check));
+    let e = stderr(&check);
+    assert!(
+        e.contains("warning:")
+            && e.contains("sources.in.paths[0]: `")
+            && e.contains("not-yet.jsonl` does not exist"),
+        "{e}"
+    );
+    let o = run_pipeline(d, &text, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let jsonl = d.join("in.jsonl");
+    let csv = d.join("in.csv");
+    std::fs::write(
+        &jsonl,
+        "\u{feff}{\"sensor_id\":\"s-1\",\"ts\":1,\"value\":1.5}\n{\"sensor_id\":\"s-1\",\"ts\":2,\"value\":2.5}\n",
+    )
+    .unwrap();
+    std::fs::write(&csv, "\u{feff}sensor_id,ts,value\ns-2,3,3.5\n").unwrap();
+    let o = run_pipeline(d, &file_pipeline(d, &[&jsonl, &csv]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("\"sensor_id\":\"s-2\""), "{out}");
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
 }

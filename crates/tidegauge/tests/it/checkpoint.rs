@@ -207,3 +207,187 @@ fn a_checkpoint_taken_with_other_tunable_parameters_is_brought_in_line() {
         stderr(&o)
     );
 }
+
+/// Runs `path` (with `extra` arguments) to its end.
+fn run_file(path: &Path, extra: &[&str]) -> std::process::Output {
+    tidegauge()
+        .arg("run")
+        .args(extra)
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn append(path: &Path, text: &str) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// A pipeline run once to its end, with its checkpoint directory.
+struct Ran {
+    dir: tempfile::TempDir,
+    input: std::path::PathBuf,
+    out: std::path::PathBuf,
+    state: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+fn ran(n: usize) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.jsonl");
+    std::fs::write(&input, events(0..n)).unwrap();
+    let out = d.join("out.jsonl");
+    let state = d.join("state");
+    let path = d.join("p.toml");
+    std::fs::write(&path, pipeline(&input, &out, Some(&state), 1)).unwrap();
+    let o = run_file(&path, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    Ran {
+        dir,
+        input,
+        out,
+        state,
+        path,
+    }
+}
+
+fn manifests(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint") && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_deleted_manifest_is_noticed_and_refused_without_older_ones_until_reset_state() {
+    let r = ran(2_000);
+    let kept = manifests(&r.state);
+    assert!(
+        kept.len() >= 2 && kept.contains(&"checkpoint.json".to_string()),
+        "the newest and at least one before it are kept: {kept:?}"
+    );
+    // The newest manifest gone: the restart falls back to the one kept before it, and
+    // says so, instead of silently starting from line 0.
+    std::fs::remove_file(r.state.join("checkpoint.json")).unwrap();
+    let o = run_file(&r.path, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("checkpoint.json is missing; falling back to checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    // Every manifest gone while acknowledged positions remain: refused, exit 1.
+    for name in manifests(&r.state) {
+        std::fs::remove_file(r.state.join(name)).unwrap();
+    }
+    let o = run_file(&r.path, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no checkpoint manifest") && e.contains("--reset-state"),
+        "{e}"
+    );
+    // Told to start over, it does: every event read again.
+    let o = run_file(&r.path, &["--reset-state"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2,000 events"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_different_input_file_with_the_same_state_dir_is_refused() {
+    let r = ran(1_000);
+    let other = r.dir.path().join("other.jsonl");
+    std::fs::write(&other, events(5_000..6_000)).unwrap();
+    let text = std::fs::read_to_string(&r.path)
+        .unwrap()
+        .replace(&r.input.display().to_string(), &other.display().to_string());
+    std::fs::write(&r.path, text).unwrap();
+    let o = run_file(&r.path, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("with source `in` reading")
+            && e.contains("in.jsonl")
+            && e.contains("other.jsonl")
+            && e.contains("--reset-state"),
+        "{e}"
+    );
+    // The same path with other content (rewritten in place): refused too.
+    let text = std::fs::read_to_string(&r.path)
+        .unwrap()
+        .replace(&other.display().to_string(), &r.input.display().to_string());
+    std::fs::write(&r.path, text).unwrap();
+    std::fs::write(&r.input, events(7_000..8_000)).unwrap();
+    let o = run_file(&r.path, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = run_file(&r.path, &["--reset-state"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1,000 events"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_damaged_acknowledged_position_gives_way_to_the_checkpoint() {
+    let r = ran(1_000);
+    std::fs::write(r.state.join("acked/in.json"), b"{\"version\":1,\"pos").unwrap();
+    append(&r.input, &events(1_000..1_500));
+    let o = run_file(&r.path, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("acked/in.json is not an acknowledged position")
+            && e.contains("resumes from checkpoint"),
+        "{e}"
+    );
+    assert!(
+        e.contains("500 events"),
+        "only what was appended is read: {e}"
+    );
+}
+
+#[test]
+fn a_damaged_newest_state_falls_back_to_an_older_checkpoint() {
+    let r = ran(2_000);
+    let d = r.dir.path();
+    let all = d.join("all.jsonl");
+    std::fs::write(&all, events(0..4_000)).unwrap();
+    let expected = reference(d, &all);
+    append(&r.input, &events(2_000..4_000));
+    // Damage the state of the newest checkpoint.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.state.join("checkpoint.json")).unwrap()).unwrap();
+    let file = manifest["transforms"]["z"]["file"].as_str().unwrap();
+    let state_file = r.state.join("state").join(file);
+    let mut bytes = std::fs::read(&state_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&state_file, bytes).unwrap();
+
+    let o = run_file(&r.path, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("checksum") && e.contains("falling back to checkpoint"),
+        "{e}"
+    );
+    // Events after the older checkpoint are read again with its state: every z is the
+    // one of an uninterrupted run.
+    let (got, lines) = z_by_event(&r.out);
+    assert_eq!(got.len(), 4_000);
+    assert!(lines >= 4_000);
+    for (key, zs) in &got {
+        assert!(
+            zs.iter().all(|z| z == &expected[key][0]),
+            "{key:?}: z {zs:?}, want {}",
+            expected[key][0]
+        );
+    }
+}

@@ -225,3 +225,126 @@ fn help_explains_the_commands() {
     assert!(out.status.success());
     insta::assert_snapshot!("help", stdout(&out));
 }
+
+#[test]
+fn check_reports_a_cycle_of_ten_thousand_filters_once_in_bounded_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 10_000;
+    let mut text = String::from(
+        "[sources.fleet]\ntype = \"simulate\"\n\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"f0\"]\n",
+    );
+    for i in 0..n {
+        // f0 reads the source and the last filter: every filter is on the cycle.
+        let inputs = if i == 0 {
+            format!("\"fleet\", \"f{}\"", n - 1)
+        } else {
+            format!("\"f{}\"", i - 1)
+        };
+        text.push_str(&format!(
+            "\n[transforms.f{i}]\ntype = \"filter\"\ninputs = [{inputs}]\ncondition = \"value > 0\"\n"
+        ));
+    }
+    let path = dir.path().join("cycle.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tidegauge().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("part of a cycle").count(),
+        1,
+        "one cycle, one error: {err}"
+    );
+    assert!(err.contains("(10000 in all)"), "{err}");
+    assert!(
+        out.stdout.len() + out.stderr.len() < 2_048,
+        "{} bytes of output:\n{err}",
+        out.stdout.len() + out.stderr.len()
+    );
+}
+
+#[test]
+fn check_reports_every_mistake_at_once_with_did_you_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        r#"[sources.fleet]
+type = "simulate"
+
+[transforms.z]
+type = "zscore"
+inputs = ["fleet"]
+windwo = 50
+treshold = 4.0
+
+[transforms.w]
+type = "windwo"
+inputs = ["z"]
+
+[transforms.pick]
+type = "filter"
+inputs = ["z"]
+condition = "valeu > 3"
+
+[sinks.out]
+type = "stdout"
+inputs = ["pikc", "w"]
+"#,
+    )
+    .unwrap();
+    let out = tidegauge().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for want in [
+        "p.toml:7: transforms.z.windwo: unknown field `windwo`",
+        "did you mean `window`?",
+        "p.toml:8: transforms.z.treshold: unknown field `treshold`",
+        "did you mean `threshold`?",
+        "transforms.w.type: unknown transform type `windwo`",
+        // Downstream of the misspelled parameter, the filter is still checked.
+        "p.toml:17: transforms.pick.condition: unknown field `valeu`",
+        "did you mean `value`?",
+        "sinks.out.inputs: unknown input `pikc`",
+        "did you mean `pick`?",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+    let describe = tidegauge().args(["describe", "zcore"]).output().unwrap();
+    assert_eq!(describe.status.code(), Some(2));
+    assert!(
+        stderr(&describe).contains("did you mean `zscore`?"),
+        "{}",
+        stderr(&describe)
+    );
+}
+
+#[test]
+fn describe_shows_the_bounds_check_enforces() {
+    // `threshold` must be above 0: describe says so, check agrees on both sides of it.
+    let text = stdout(&run(&["describe", "zscore"]));
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("threshold "))
+        .unwrap();
+    assert!(line.ends_with("range > 0"), "{line}");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |threshold: &str| {
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[sources.fleet]\ntype = \"simulate\"\n\n[transforms.z]\ntype = \"zscore\"\ninputs = [\"fleet\"]\nthreshold = {threshold}\n\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"z\"]\n"
+            ),
+        )
+        .unwrap();
+        tidegauge().arg("check").arg(&path).output().unwrap()
+    };
+    assert_eq!(check("0.0").status.code(), Some(2));
+    assert!(check("0.001").status.success());
+    let schema: serde_json::Value =
+        serde_json::from_slice(&run(&["describe", "zscore", "--json"]).stdout).unwrap();
+    assert_eq!(
+        schema["properties"]["threshold"]["exclusiveMinimum"],
+        serde_json::json!(0.0)
+    );
+}

@@ -50,6 +50,22 @@ pub fn run_pipeline(dir: &Path, text: &str, env: &[(&str, &str)]) -> Output {
     c.output().expect("run tidegauge")
 }
 
+/// Writes a pipeline given as text to `dir/p.toml` and starts `tidegauge run --quiet` on
+/// it with stdin, stdout and stderr piped: the test feeds the input and reads the output.
+pub fn spawn_piped(dir: &Path, text: &str) -> Child {
+    let path = dir.join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    tidegauge()
+        .arg("run")
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -34,13 +34,17 @@ start_ms = 1700000000000
 {inject}
 
 {transforms}
+"#
+    );
+    run_into_jsonl(d, &pipeline)
+}
 
-[sinks.out]
-type = "jsonl"
-inputs = ["last"]
-path = "{d}/out.jsonl"
-"#,
-        d = d.display()
+/// Runs a pipeline whose last transform is called `last`, given without its sink, into
+/// `out.jsonl` in `d`, and returns the rows written.
+fn run_into_jsonl(d: &std::path::Path, pipeline: &str) -> Vec<Value> {
+    let pipeline = format!(
+        "{pipeline}\n[sinks.out]\ntype = \"jsonl\"\ninputs = [\"last\"]\npath = \"{}/out.jsonl\"\n",
+        d.display()
     );
     let out = run_pipeline(d, &pipeline, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -191,7 +195,7 @@ path = "{out}"
     }
 }
 
-fn run_on_lines(lines: &[&str], transform: &str) -> Vec<Value> {
+fn run_on_lines(lines: &[String], transform: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), lines.join("\n")).unwrap();
@@ -204,17 +208,10 @@ paths = ["{d}/in.jsonl"]
 [transforms.last]
 inputs = ["in"]
 {transform}
-
-[sinks.out]
-type = "jsonl"
-inputs = ["last"]
-path = "{d}/out.jsonl"
 "#,
         d = d.display()
     );
-    let o = run_pipeline(d, &pipeline, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    rows(&d.join("out.jsonl"))
+    run_into_jsonl(d, &pipeline)
 }
 
 fn ev(sensor: &str, ts: i64, value: f64) -> String {
@@ -229,7 +226,6 @@ fn threshold_with_hysteresis_and_rate_of_change() {
         .enumerate()
         .map(|(i, v)| ev("a", i as i64 * 1000, *v))
         .collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let out = run_on_lines(
         &lines,
         "type = \"threshold\"\nhigh = 10.0\nhysteresis = 1.0",
@@ -255,7 +251,6 @@ fn tumbling_windows_with_a_watermark_and_late_events() {
         ev("a", 500, 100.0),
         ev("b", 2100, 20.0),
     ];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let out = run_on_lines(
         &lines,
         "type = \"window\"\nsize_ms = 1000\naggregates = [\"count\", \"mean\", \"max\", \"p50\"]\nlate = \"emit\"",
@@ -300,7 +295,6 @@ fn sliding_and_session_windows() {
         ev("a", 1200, 3.0),
         ev("a", 5000, 4.0),
     ];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let out = run_on_lines(
         &lines,
         "type = \"window\"\nkind = \"sliding\"\nsize_ms = 1000\nslide_ms = 500\naggregates = [\"count\", \"sum\"]",
@@ -338,4 +332,53 @@ fn sliding_and_session_windows() {
     assert_eq!(sessions, vec![(0, 2200, 3), (5000, 6000, 1)]);
     assert_eq!(out[0]["first"].as_f64().unwrap(), 1.0);
     assert_eq!(out[0]["last"].as_f64().unwrap(), 3.0);
+}
+
+#[test]
+fn a_huge_z_reads_in_short_scientific_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A sensor that barely moves (std about 5e-11), then a reading of 5e289: z about
+    // 1e300.
+    let mut input = String::new();
+    for i in 0..20 {
+        let v = if i % 2 == 0 { 0.0 } else { 1e-10 };
+        input.push_str(&format!(
+            "{{\"sensor_id\":\"s\",\"ts\":{i},\"value\":{v:e}}}\n"
+        ));
+    }
+    input.push_str("{\"sensor_id\":\"s\",\"ts\":20,\"value\":5e289}\n");
+    std::fs::write(d.join("in.jsonl"), input).unwrap();
+    let out = d.join("out.jsonl");
+    let pipeline = format!(
+        r#"
+[sources.in]
+type = "file"
+paths = ["{}"]
+
+[transforms.z]
+type = "zscore"
+inputs = ["in"]
+window = 20
+threshold = 3.0
+
+[sinks.out]
+type = "jsonl"
+inputs = ["z"]
+path = "{}"
+"#,
+        d.join("in.jsonl").display(),
+        out.display()
+    );
+    let o = run_pipeline(d, &pipeline, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["z"].as_f64().unwrap() > 1e299, "{last}");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("|z| ") && (reason.contains("e29") || reason.contains("e300")),
+        "{reason}"
+    );
+    assert!(reason.len() < 60, "short: {reason}");
 }

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn interrupt(child: &std::process::Child) {
-    // SAFETY: sending SIGINT to a child process we started and still own; kill(2) has no
-    // memory-safety preconditions.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(rc, 0);
+    signal(child, libc::SIGINT);
 }
 
 fn wait_for(path: &std::path::Path, what: impl Fn(&str) -> bool) -> String {
@@ -59,9 +56,8 @@ fn the_default_pipeline_runs_and_stops_cleanly_on_ctrl_c() {
 #[test]
 fn stdin_to_json_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.toml");
-    std::fs::write(
-        &path,
+    let mut child = spawn_piped(
+        dir.path(),
         r#"
 [sources.in]
 type = "stdin"
@@ -76,17 +72,7 @@ type = "stdout"
 inputs = ["big"]
 format = "json"
 "#,
-    )
-    .unwrap();
-    let mut child = tidegauge()
-        .arg("run")
-        .arg("--quiet")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    );
     {
         let mut input = child.stdin.take().unwrap();
         for i in 0..1000 {
@@ -113,21 +99,10 @@ format = "json"
 #[test]
 fn a_slow_stdin_stream_flows_promptly() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.toml");
-    std::fs::write(
-        &path,
+    let mut child = spawn_piped(
+        dir.path(),
         "[sources.in]\ntype = \"stdin\"\nbatch = { linger_ms = 50 }\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"in\"]\nformat = \"json\"\n",
-    )
-    .unwrap();
-    let mut child = tidegauge()
-        .arg("run")
-        .arg("--quiet")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    );
     let mut input = child.stdin.take().unwrap();
     let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
     for i in 0..3 {
@@ -214,9 +189,8 @@ fn a_failing_sink_stops_the_pipeline_with_status_1() {
 #[test]
 fn heartbeat_on_the_wall_clock_reports_silence_while_nothing_arrives() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.toml");
-    std::fs::write(
-        &path,
+    let mut child = spawn_piped(
+        dir.path(),
         r#"
 [sources.in]
 type = "stdin"
@@ -239,17 +213,7 @@ type = "stdout"
 inputs = ["alerts"]
 format = "json"
 "#,
-    )
-    .unwrap();
-    let mut child = tidegauge()
-        .arg("run")
-        .arg("--quiet")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    );
     let mut input = child.stdin.take().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -706,3 +706,57 @@ fn reloads_under_checkpoints_lose_no_acknowledged_event() {
     let twice = seen.iter().filter(|&&n| n > 1).count();
     assert_eq!(twice, 0, "events written twice across the reloads");
 }
+
+#[test]
+fn checkpoint_metrics_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let out = dir.path().join("out.jsonl");
+    let state = dir.path().join("state");
+    let extra = format!(
+        "\n[checkpoint]\ndir = \"{}\"\ninterval_ms = 50\n",
+        state.display()
+    );
+    std::fs::write(&file, pipeline("4.0", &extra, &out)).unwrap();
+    let tg = start(&[file.to_str().unwrap()], &[]);
+    wait_until("three checkpoints", || {
+        tg.metric("tidegauge_checkpoints_total") >= 3.0
+    });
+    let metrics = tg.metrics();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(value("tidegauge_checkpoint_last_id") >= 3.0);
+    let age = value("tidegauge_checkpoint_age_seconds");
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert!(value("tidegauge_checkpoint_duration_seconds") > 0.0);
+    // The detector's state is in every checkpoint.
+    assert!(value("tidegauge_checkpoint_size_bytes") > 100.0);
+    assert_eq!(value("tidegauge_checkpoint_failures_total"), 0.0);
+    assert_eq!(value("tidegauge_checkpoint_restore_fallbacks_total"), 0.0);
+    let (code, _) = tg.stop();
+    assert_eq!(code, Some(0));
+
+    // Restarted on a damaged newest checkpoint: the fallback is counted.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(state.join("checkpoint.json")).unwrap()).unwrap();
+    let state_file = state
+        .join("state")
+        .join(manifest["transforms"]["spikes"]["file"].as_str().unwrap());
+    std::fs::write(&state_file, b"damaged").unwrap();
+    let tg = start(&[file.to_str().unwrap()], &[]);
+    assert_eq!(
+        tg.metric("tidegauge_checkpoint_restore_fallbacks_total"),
+        1.0
+    );
+    assert!(
+        tg.stderr().contains("falling back to checkpoint"),
+        "{}",
+        tg.stderr()
+    );
+}

@@ -1,13 +1,28 @@
 //! `tidegauge score`: recorded data through the detectors of live pipelines.
 
+use std::ffi::OsStr;
+use std::path::Path;
+
 use crate::common::*;
 
-fn read_csv(path: &std::path::Path) -> Vec<Vec<String>> {
+fn read_csv(path: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| l.split(',').map(str::to_string).collect())
         .collect()
+}
+
+/// Runs `tidegauge score ARGS --out OUT INPUTS...`.
+fn score(args: &[&OsStr], out: &Path, inputs: &[&Path]) -> std::process::Output {
+    tidegauge()
+        .arg("score")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .args(inputs)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -45,22 +60,20 @@ path = "{d}/live.jsonl"
         .collect();
 
     // Recorded: the same events, the same detector taken from the pipeline file.
-    let out = tidegauge()
-        .args(["score", "--detector"])
-        .arg(d.join("pipeline.toml"))
-        .args([
+    let pipeline = d.join("pipeline.toml");
+    let mut args = vec![OsStr::new("--detector"), pipeline.as_os_str()];
+    args.extend(
+        [
             "--key-column",
             "sensor_id",
             "--value-columns",
             "value",
             "--time-column",
             "ts",
-            "--out",
-        ])
-        .arg(d.join("scored"))
-        .arg(d.join("events.jsonl"))
-        .output()
-        .unwrap();
+        ]
+        .map(OsStr::new),
+    );
+    let out = score(&args, &d.join("scored"), &[&d.join("events.jsonl")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let scored = read_csv(&d.join("scored/events.csv"));
     assert_eq!(scored[0], vec!["ts", "anomaly_score", "is_anomaly"]);
@@ -84,23 +97,26 @@ path = "{d}/live.jsonl"
 fn skab_layout_in_skab_layout_out() {
     let dir = tempfile::tempdir().unwrap();
     let skab = shared().join("data/skab");
-    let out = tidegauge()
-        .args([
-            "score",
-            "--detector",
-            "zscore",
-            "--set",
-            "window=100",
-            "--delimiter",
-            ";",
-        ])
-        .args(["--ignore-columns", "anomaly,changepoint", "--out"])
-        .arg(dir.path())
-        .arg(skab.join("valve1"))
-        .arg(skab.join("valve2"))
-        .arg(skab.join("other"))
-        .output()
-        .unwrap();
+    let args = [
+        "--detector",
+        "zscore",
+        "--set",
+        "window=100",
+        "--delimiter",
+        ";",
+        "--ignore-columns",
+        "anomaly,changepoint",
+    ]
+    .map(OsStr::new);
+    let out = score(
+        &args,
+        dir.path(),
+        &[
+            &skab.join("valve1"),
+            &skab.join("valve2"),
+            &skab.join("other"),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("scored 34 file(s), 37401 rows"),
@@ -128,30 +144,19 @@ fn skab_layout_in_skab_layout_out() {
 fn score_reports_bad_usage_clearly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.csv"), "time,label\n1,x\n").unwrap();
-    let out = tidegauge()
-        .args(["score", "--detector", "zscore", "--out"])
-        .arg(dir.path().join("o"))
-        .arg(dir.path().join("a.csv"))
-        .output()
-        .unwrap();
+    let (out_dir, input) = (dir.path().join("o"), dir.path().join("a.csv"));
+    let out = score(
+        &["--detector", "zscore"].map(OsStr::new),
+        &out_dir,
+        &[&input],
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("no numeric value columns"),
         "{}",
         stderr(&out)
     );
-    let out = tidegauge()
-        .args([
-            "score",
-            "--detector",
-            "zscore",
-            "--set",
-            "window=1",
-            "--out",
-        ])
-        .arg(dir.path().join("o"))
-        .arg(dir.path().join("a.csv"))
-        .output()
-        .unwrap();
+    let args = ["--detector", "zscore", "--set", "window=1"].map(OsStr::new);
+    let out = score(&args, &out_dir, &[&input]);
     assert!(stderr(&out).contains("window"), "{}", stderr(&out));
 }

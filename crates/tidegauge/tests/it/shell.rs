@@ -460,3 +460,42 @@ fn init_writes_a_pipeline_that_check_accepts() {
     let text = stdout(&run(&["init", "--all-events"]));
     assert!(text.contains("[sources.input]") && !text.contains("[transforms.anomalies]"));
 }
+
+#[test]
+fn services_start_piped_to_tail_ends_when_the_script_does() {
+    // The servers started must not hold the pipe: `tail` sees its end when the script
+    // exits, not when the servers do. Run in a directory of its own, stopped after.
+    let dir = tempfile::tempdir().unwrap();
+    let script = root().join("scripts/services");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{}' start mqtt nats 2>&1 | tail -n 5",
+            script.display()
+        ))
+        .env("TIDEGAUGE_SERVICES_DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ended = None;
+    wait_until("`scripts/services start | tail` to end", || {
+        ended = child.try_wait().unwrap();
+        ended.is_some()
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let stop = Command::new(&script)
+        .args(["stop", "mqtt", "nats"])
+        .env("TIDEGAUGE_SERVICES_DIR", dir.path())
+        .status()
+        .unwrap();
+    assert!(ended.unwrap().success(), "{out}");
+    assert!(out.contains("services: nats on 127.0.0.1:"), "{out}");
+    assert!(stop.success());
+}

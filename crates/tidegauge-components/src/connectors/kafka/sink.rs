@@ -13,10 +13,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::SinkContext;
 use tidegauge_core::component::sink_fn;
-use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{Resilience, RetryPolicy};
-use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
     SinkInput,
@@ -24,6 +23,7 @@ use tidegauge_core::{
 
 use super::kafka_connection;
 use crate::codec::encode::JsonEncoder;
+use crate::connectors::outbound::{self, BrokerSink, Tally};
 use crate::settings::{collect, config};
 
 config! {
@@ -198,7 +198,10 @@ type Msg = (Option<String>, Vec<u8>);
 /// A batch whose messages are on their way.
 struct Pending {
     finalizers: Finalizers,
-    deliveries: Vec<(DeliveryFuture, Msg)>,
+    /// Messages handed to the producer, oldest first, their delivery still to hear of.
+    deliveries: VecDeque<(DeliveryFuture, Msg)>,
+    /// What became of the messages whose delivery was heard of.
+    tally: Tally<Msg>,
 }
 
 /// Batches being delivered at once; the producer batches across them.
@@ -215,27 +218,13 @@ impl KafkaSink {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut buf = Vec::with_capacity(1 << 16);
         let result: Result<(), ComponentError> = async {
-            loop {
-                // Wait for input only when nothing is pending; otherwise take what is
-                // ready and settle the rest as soon as the input is quiet.
-                let wait = if pending.is_empty() {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::ZERO
-                };
-                let batch = match input.recv_timeout(wait).await {
-                    Recv::Batch(b) => b,
-                    Recv::Idle => {
-                        while let Some(p) = pending.pop_front() {
-                            self.settle(&component, &origin, p).await?;
-                        }
-                        continue;
-                    }
-                    Recv::Closed => break,
-                };
+            while let Some(batch) =
+                outbound::next_batch(&self, &component, &origin, &mut input, &mut pending).await?
+            {
                 let mut p = Pending {
                     finalizers: batch.finalizers,
-                    deliveries: Vec::with_capacity(batch.data.num_rows()),
+                    deliveries: VecDeque::with_capacity(batch.data.num_rows()),
+                    tally: Tally::default(),
                 };
                 // Whatever fails from here on, the batch is failed, never released.
                 if let Err(e) = self
@@ -259,10 +248,7 @@ impl KafkaSink {
                     }
                 }
             }
-            while let Some(p) = pending.pop_front() {
-                self.settle(&component, &origin, p).await?;
-            }
-            Ok(())
+            outbound::settle_all(&self, &component, &origin, &mut pending).await
         }
         .await;
         if result.is_err() {
@@ -315,30 +301,60 @@ impl KafkaSink {
                 continue;
             }
             let msg = (key, payload.to_vec());
-            let d = self.produce(component, origin, &msg, pending).await?;
-            p.deliveries.push((d, msg));
+            let d = self.produce(component, origin, &msg, p, pending).await?;
+            p.deliveries.push_back((d, msg));
         }
         Ok(())
     }
 
-    /// Hands one message to the producer, settling older batches (or waiting) while its
-    /// queue is full.
+    /// Hands one message of batch `p` to the producer. While the producer's queue is
+    /// full it waits for deliveries, which free places: of the older batches first (each
+    /// settled whole), then of `p`'s own oldest messages. The queue holds nothing but
+    /// these (the producer is this sink's own, and a settled batch has heard of every
+    /// message), so there is always one to wait for.
     async fn produce(
         &self,
         component: &ComponentContext,
         origin: &str,
         msg: &Msg,
+        p: &mut Pending,
         pending: &mut VecDeque<Pending>,
     ) -> Result<DeliveryFuture, ComponentError> {
         loop {
             if let Some(d) = self.try_produce(origin, msg)? {
                 return Ok(d);
             }
-            match pending.pop_front() {
-                Some(older) => self.settle(component, origin, older).await?,
-                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            if let Some(older) = pending.pop_front() {
+                self.settle(component, origin, older).await?;
+            } else if !self
+                .hear_oldest(component, origin, &mut p.deliveries, &mut p.tally)
+                .await
+            {
+                return Err(ComponentError::new(format!(
+                    "{origin}: the producer's queue is full with no message of this sink in it"
+                )));
             }
         }
+    }
+
+    /// Waits for the delivery of the oldest message of `deliveries` and counts it in
+    /// `tally`; false when there is none.
+    async fn hear_oldest(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        deliveries: &mut VecDeque<(DeliveryFuture, Msg)>,
+        tally: &mut Tally<Msg>,
+    ) -> bool {
+        let Some((d, msg)) = deliveries.pop_front() else {
+            return false;
+        };
+        match self.outcome(component, origin, d, &msg).await {
+            Outcome::Delivered => tally.delivered(msg.1.len()),
+            Outcome::DeadLettered => {}
+            Outcome::Failed(e) => tally.failed(msg, e),
+        }
+        true
     }
 
     /// Hands one message to the producer; `None` when its queue is full.
@@ -360,73 +376,6 @@ impl KafkaSink {
                     .redact(&format!("{origin}: cannot produce: {e}")),
             )),
         }
-    }
-
-    /// Waits for every message of a batch; produces those not delivered again, through
-    /// the shared retry layer; releases the batch's finalizers when all arrived, fails
-    /// them when the attempts are spent.
-    async fn settle(
-        &self,
-        component: &ComponentContext,
-        origin: &str,
-        p: Pending,
-    ) -> Result<(), ComponentError> {
-        let mut delivered = 0u64;
-        let mut bytes = 0u64;
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        for (d, msg) in p.deliveries {
-            match self.outcome(component, origin, d, &msg).await {
-                Outcome::Delivered => {
-                    delivered += 1;
-                    bytes += msg.1.len() as u64;
-                }
-                Outcome::DeadLettered => {}
-                Outcome::Failed(e) => {
-                    first_error.get_or_insert(e);
-                    failed.push(msg);
-                }
-            }
-        }
-        if !failed.is_empty() {
-            component.emit(ComponentErrorOccurred {
-                error: &format!(
-                    "{origin}: {} message(s) not delivered: {}; producing again",
-                    failed.len(),
-                    first_error.as_deref().unwrap_or("unknown error")
-                ),
-            });
-            let left = tokio::sync::Mutex::new(failed);
-            let left = &left;
-            let result = self
-                .resilience
-                .call(
-                    None,
-                    move |_| async move {
-                        let mut left = left.lock().await;
-                        self.produce_again(component, origin, &mut left).await
-                    },
-                    |_| true,
-                    |_| {},
-                )
-                .await;
-            match result {
-                Ok((n, b)) => {
-                    delivered += n;
-                    bytes += b;
-                }
-                Err(e) => {
-                    p.finalizers.fail();
-                    return Err(ComponentError::new(format!(
-                        "{origin}: messages not delivered: {e}"
-                    )));
-                }
-            }
-        }
-        component.emit(EventsSent { count: delivered });
-        component.emit(BytesSent { bytes });
-        p.finalizers.release();
-        Ok(())
     }
 
     /// What became of one message.
@@ -456,41 +405,77 @@ impl KafkaSink {
         origin: &str,
         left: &mut Vec<Msg>,
     ) -> Result<(u64, u64), String> {
-        let mut deliveries = Vec::with_capacity(left.len());
+        let mut deliveries = VecDeque::with_capacity(left.len());
+        let mut tally = Tally::default();
         for msg in left.drain(..) {
-            // Older batches wait for this one: a full queue is waited out.
-            let d = loop {
+            // Older batches wait for this one: a full queue is waited out, on the
+            // delivery of the oldest message produced again, else on the producer's
+            // own pace (the queue then holds only younger batches' messages).
+            loop {
                 match self.try_produce(origin, &msg) {
-                    Ok(Some(d)) => break Ok(d),
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    Err(e) => break Err(e),
-                }
-            };
-            deliveries.push((d, msg));
-        }
-        let (mut count, mut bytes) = (0, 0);
-        let mut first_error = None;
-        for (d, msg) in deliveries {
-            let outcome = match d {
-                Ok(d) => self.outcome(component, origin, d, &msg).await,
-                Err(e) => Outcome::Failed(e.to_string()),
-            };
-            match outcome {
-                Outcome::Delivered => {
-                    count += 1;
-                    bytes += msg.1.len() as u64;
-                }
-                Outcome::DeadLettered => {}
-                Outcome::Failed(e) => {
-                    first_error.get_or_insert(e);
-                    left.push(msg);
+                    Ok(Some(d)) => {
+                        deliveries.push_back((d, msg));
+                        break;
+                    }
+                    Ok(None) => {
+                        if !self
+                            .hear_oldest(component, origin, &mut deliveries, &mut tally)
+                            .await
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    Err(e) => {
+                        tally.failed(msg, e.to_string());
+                        break;
+                    }
                 }
             }
         }
-        match first_error {
-            None => Ok((count, bytes)),
-            Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
-        }
+        while self
+            .hear_oldest(component, origin, &mut deliveries, &mut tally)
+            .await
+        {}
+        tally.into_retry_result(left)
+    }
+}
+
+impl BrokerSink for KafkaSink {
+    type Msg = Msg;
+    type Pending = Pending;
+
+    /// Waits for every message of a batch; produces those not delivered again, through
+    /// the shared retry layer; releases the batch's finalizers when all arrived, fails
+    /// them when the attempts are spent.
+    async fn settle(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        mut p: Pending,
+    ) -> Result<(), ComponentError> {
+        while self
+            .hear_oldest(component, origin, &mut p.deliveries, &mut p.tally)
+            .await
+        {}
+        outbound::settle(
+            self,
+            component,
+            origin,
+            &self.resilience,
+            p.finalizers,
+            p.tally,
+            ["delivered", "producing"],
+        )
+        .await
+    }
+
+    async fn send_again(
+        &self,
+        component: &ComponentContext,
+        origin: &str,
+        left: &mut Vec<Msg>,
+    ) -> Result<(u64, u64), String> {
+        self.produce_again(component, origin, left).await
     }
 }
 

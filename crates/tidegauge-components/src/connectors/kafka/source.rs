@@ -22,7 +22,6 @@ use super::kafka_connection;
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
 use crate::settings::{config, decoded_records};
-use crate::sources::linger::Linger;
 
 config! {
     [kafka_connection, decoded_records]
@@ -47,7 +46,7 @@ config! {
         pub key_field: Option<String>,
         /// At shutdown, how long to wait for the sinks' acknowledgements before the last
         /// commit, in milliseconds.
-        #[serde(default = "default_drain_timeout_ms")]
+        #[serde(default = "inbound::default_drain_timeout_ms")]
         pub drain_timeout_ms: u64,
     }
 }
@@ -61,10 +60,6 @@ pub enum StartFrom {
     Earliest,
     /// Only messages produced from now on.
     Latest,
-}
-
-fn default_drain_timeout_ms() -> u64 {
-    10_000
 }
 
 /// Properties tidegauge sets itself; `options` may not override them.
@@ -295,15 +290,15 @@ impl KafkaSource {
             self.config.key_field.as_deref(),
             self.config.batch.rows,
         );
-        let linger = Linger::new(&self.config.batch);
-        let drain = Duration::from_millis(self.config.drain_timeout_ms);
+        let batch = self.config.batch.clone();
+        let drain_timeout_ms = self.config.drain_timeout_ms;
         let member = Member {
             origin: self.config.connection().origin(),
             consumer: self.consumer,
             commits: Commits::default(),
             config: self.config,
         };
-        inbound::run(member, cx, decoder, linger, drain).await
+        inbound::run(member, cx, decoder, &batch, drain_timeout_ms).await
     }
 }
 

@@ -157,6 +157,9 @@ struct InFlight {
 }
 
 /// Batches in publication order; the connection reports map onto them in that order.
+/// Bounded: a batch stays only while one of its messages is unsent or unacknowledged,
+/// and messages in that state are bounded by the client's request queue and the
+/// broker's in-flight window (a batch whose rows were all refused is released at once).
 #[derive(Default)]
 struct Ledger {
     batches: VecDeque<InFlight>,
@@ -214,6 +217,13 @@ impl MqttSink {
     async fn run_async(self, input: SinkInput, cx: SinkContext) -> Result<(), ComponentError> {
         let component = cx.component;
         let (client, eventloop) = AsyncClient::new(self.options.clone(), 1024);
+        // The connection's reports: Sent and Acked once per message handed to the client,
+        // and one per connection error (each after a backoff). Unbounded so that the
+        // connection task, which also carries the disconnect, never waits on this task;
+        // yet bounded: this task reads every report ready before it takes a batch and
+        // while it waits to hand a message over, so the reports waiting come from at
+        // most the messages the client holds, which its request queue (1024) and the
+        // in-flight window (`inflight`) bound: two each, plus the errors.
         let (tx, mut reports) = mpsc::unbounded_channel();
         let conn = tokio::spawn(drive(
             eventloop,

@@ -21,7 +21,6 @@ use crate::connectors::inbound::{
 };
 use crate::secret::Secret;
 use crate::settings::{config, decoded_records};
-use crate::sources::linger::Linger;
 
 config! {
     [mqtt_connection, decoded_records]
@@ -57,16 +56,13 @@ config! {
         /// At shutdown, how long to wait for the sinks' acknowledgements of messages
         /// already sent on, in milliseconds, before disconnecting (unacknowledged ones are
         /// redelivered next time).
-        #[serde(default = "default_drain_timeout_ms")]
+        #[serde(default = "inbound::default_drain_timeout_ms")]
         pub drain_timeout_ms: u64,
     }
 }
 
 fn default_qos() -> u8 {
     1
-}
-fn default_drain_timeout_ms() -> u64 {
-    10_000
 }
 
 impl SourceConfig for MqttSourceConfig {
@@ -229,8 +225,8 @@ impl MqttSource {
             broker,
             cx,
             decoder,
-            Linger::new(&self.config.batch),
-            Duration::from_millis(self.config.drain_timeout_ms),
+            &self.config.batch,
+            self.config.drain_timeout_ms,
         )
         .await
     }
@@ -260,19 +256,13 @@ impl BrokerSource for Subscription {
             None => return Next::End,
         };
         let origin = || format!("{}/{}", self.broker, p.topic);
-        match self.key_from_topic.as_ref().map(|k| k.pick(&p.topic, '/')) {
-            Some(None) => cx.dead_letter(
-                &origin(),
-                "topic has no level to fill the key field",
-                &p.payload,
-            ),
-            Some(Some(k)) => {
-                decoder.decode(cx, &origin, Some(k), &p.payload);
-            }
-            None => {
-                decoder.decode(cx, &origin, None, &p.payload);
-            }
-        }
+        decoder.decode_picked(
+            cx,
+            &origin,
+            self.key_from_topic.as_ref().map(|k| k.pick(&p.topic, '/')),
+            "topic has no level to fill the key field",
+            &p.payload,
+        );
         Next::Message(self.manual.then_some(p))
     }
 

@@ -2,15 +2,13 @@
 //! delivered once the stream has stored (acknowledged) every one of its messages.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use tidegauge_core::ack::Finalizers;
+use tidegauge_core::component::SinkContext;
 use tidegauge_core::component::sink_fn;
-use tidegauge_core::component::{Recv, SinkContext};
 use tidegauge_core::resilience::{Resilience, RetryPolicy};
-use tidegauge_core::telemetry::{BytesSent, ComponentErrorOccurred, EventsSent};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Sink, SinkConfig,
     SinkInput,
@@ -18,6 +16,7 @@ use tidegauge_core::{
 
 use super::nats_connection;
 use crate::codec::encode::JsonEncoder;
+use crate::connectors::outbound::{self, BrokerSink, Tally};
 use crate::connectors::template::Template;
 use crate::settings::{collect, config};
 
@@ -128,32 +127,11 @@ struct NatsSink {
 /// A message: subject and payload.
 type Msg = (String, bytes::Bytes);
 
-/// What became of published messages: stored, or to publish again.
-#[derive(Default)]
-struct Tally {
-    stored: u64,
-    bytes: u64,
-    /// Messages not stored (or not taken by the client), to publish again.
-    failed: Vec<Msg>,
-    /// Why the first of them was not stored.
-    first_error: Option<String>,
-}
-
-impl Tally {
-    /// Waits for one message's acknowledgement.
-    async fn settle_one(&mut self, ack: PublishAckFuture, msg: Msg) {
-        match ack.await {
-            Ok(_) => {
-                self.stored += 1;
-                self.bytes += msg.1.len() as u64;
-            }
-            Err(e) => self.not_stored(msg, e.to_string()),
-        }
-    }
-
-    fn not_stored(&mut self, msg: Msg, error: String) {
-        self.first_error.get_or_insert(error);
-        self.failed.push(msg);
+/// Waits for one message's acknowledgement and counts it in `tally`.
+async fn settle_one(tally: &mut Tally<Msg>, ack: PublishAckFuture, msg: Msg) {
+    match ack.await {
+        Ok(_) => tally.delivered(msg.1.len()),
+        Err(e) => tally.failed(msg, e.to_string()),
     }
 }
 
@@ -163,7 +141,7 @@ struct Pending {
     /// Messages published, oldest first, with their acknowledgements still to come.
     acks: VecDeque<(PublishAckFuture, Msg)>,
     /// What became of the messages whose acknowledgement already came.
-    tally: Tally,
+    tally: Tally<Msg>,
 }
 
 impl Pending {
@@ -171,7 +149,7 @@ impl Pending {
     async fn settle_oldest(&mut self) -> bool {
         match self.acks.pop_front() {
             Some((ack, msg)) => {
-                self.tally.settle_one(ack, msg).await;
+                settle_one(&mut self.tally, ack, msg).await;
                 true
             }
             None => false,
@@ -191,25 +169,11 @@ impl NatsSink {
             .is_static()
             .then(|| self.config.subject.clone());
         let result: Result<(), ComponentError> = async {
-            loop {
-                // Wait for input only when nothing is pending; otherwise take what is
-                // ready and settle the rest as soon as the input is quiet.
-                let wait = if pending.is_empty() {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::ZERO
-                };
-                let batch = match input.recv_timeout(wait).await {
-                    Recv::Batch(b) => b,
-                    Recv::Idle => {
-                        while let Some(p) = pending.pop_front() {
-                            in_flight -= p.acks.len();
-                            self.settle(&component, &origin, p).await?;
-                        }
-                        continue;
-                    }
-                    Recv::Closed => break,
-                };
+            while let Some(batch) =
+                outbound::next_batch(&self, &component, &origin, &mut input, &mut pending).await?
+            {
+                // Settling while the input was quiet took acknowledgements off.
+                in_flight = pending.iter().map(|p| p.acks.len()).sum();
                 let rows = batch.num_rows();
                 let mut p = Pending {
                     finalizers: batch.finalizers,
@@ -268,15 +232,12 @@ impl NatsSink {
                             p.acks.push_back((ack, msg));
                             in_flight += 1;
                         }
-                        Err(e) => p.tally.not_stored(msg, e.to_string()),
+                        Err(e) => p.tally.failed(msg, e.to_string()),
                     }
                 }
                 pending.push_back(p);
             }
-            while let Some(p) = pending.pop_front() {
-                self.settle(&component, &origin, p).await?;
-            }
-            Ok(())
+            outbound::settle_all(&self, &component, &origin, &mut pending).await
         }
         .await;
         if result.is_err() {
@@ -287,6 +248,11 @@ impl NatsSink {
         let _ = self.js.client().flush().await;
         result
     }
+}
+
+impl BrokerSink for NatsSink {
+    type Msg = Msg;
+    type Pending = Pending;
 
     /// Waits for the stream to store every message of a batch; publishes those it did
     /// not store again, through the shared retry layer; releases the batch's finalizers
@@ -298,53 +264,25 @@ impl NatsSink {
         mut p: Pending,
     ) -> Result<(), ComponentError> {
         while p.settle_oldest().await {}
-        let Tally {
-            stored: mut count,
-            mut bytes,
-            failed,
-            first_error,
-        } = p.tally;
-        if !failed.is_empty() {
-            component.emit(ComponentErrorOccurred {
-                error: &format!(
-                    "{origin}: {} message(s) not stored: {}; publishing again",
-                    failed.len(),
-                    first_error.as_deref().unwrap_or("unknown error")
-                ),
-            });
-            let left = tokio::sync::Mutex::new(failed);
-            let left = &left;
-            let js = &self.js;
-            let window = self.config.max_in_flight;
-            let result = self
-                .resilience
-                .call(
-                    None,
-                    move |_| async move {
-                        let mut left = left.lock().await;
-                        publish_again(js, &mut left, window).await
-                    },
-                    |_| true,
-                    |_| {},
-                )
-                .await;
-            match result {
-                Ok(stored) => {
-                    count += stored.0;
-                    bytes += stored.1;
-                }
-                Err(e) => {
-                    p.finalizers.fail();
-                    return Err(ComponentError::new(format!(
-                        "{origin}: messages not stored: {e}"
-                    )));
-                }
-            }
-        }
-        component.emit(EventsSent { count });
-        component.emit(BytesSent { bytes });
-        p.finalizers.release();
-        Ok(())
+        outbound::settle(
+            self,
+            component,
+            origin,
+            &self.resilience,
+            p.finalizers,
+            p.tally,
+            ["stored", "publishing"],
+        )
+        .await
+    }
+
+    async fn send_again(
+        &self,
+        _component: &ComponentContext,
+        _origin: &str,
+        left: &mut Vec<Msg>,
+    ) -> Result<(u64, u64), String> {
+        publish_again(&self.js, left, self.config.max_in_flight).await
     }
 }
 
@@ -362,21 +300,17 @@ async fn publish_again(
         if acks.len() >= window
             && let Some((ack, msg)) = acks.pop_front()
         {
-            tally.settle_one(ack, msg).await;
+            settle_one(&mut tally, ack, msg).await;
         }
         match js.publish(msg.0.clone(), msg.1.clone()).await {
             Ok(ack) => acks.push_back((ack, msg)),
-            Err(e) => tally.not_stored(msg, e.to_string()),
+            Err(e) => tally.failed(msg, e.to_string()),
         }
     }
     for (ack, msg) in acks {
-        tally.settle_one(ack, msg).await;
+        settle_one(&mut tally, ack, msg).await;
     }
-    *left = tally.failed;
-    match tally.first_error {
-        None => Ok((tally.stored, tally.bytes)),
-        Some(e) => Err(format!("{e} ({} message(s) left)", left.len())),
-    }
+    tally.into_retry_result(left)
 }
 
 tidegauge_core::register_sink!(NatsSinkConfig);

@@ -20,7 +20,6 @@ use crate::connectors::inbound::{
     self, BrokerSource, KeyFromTopic, MessageDecoder, Next, Released,
 };
 use crate::settings::{config, decoded_records};
-use crate::sources::linger::Linger;
 
 config! {
     [nats_connection, decoded_records]
@@ -58,7 +57,7 @@ config! {
         #[schemars(range(min = 1))]
         pub max_ack_pending: i64,
         /// At shutdown, how long to wait for the sinks' acknowledgements, in milliseconds.
-        #[serde(default = "default_drain_timeout_ms")]
+        #[serde(default = "inbound::default_drain_timeout_ms")]
         pub drain_timeout_ms: u64,
         /// Connection attempts at start (backoff with full jitter, shared budget); once
         /// running, the client reconnects without end, waiting as this policy's backoff
@@ -73,9 +72,6 @@ fn default_ack_wait_ms() -> u64 {
 }
 fn default_max_ack_pending() -> i64 {
     50_000
-}
-fn default_drain_timeout_ms() -> u64 {
-    10_000
 }
 
 impl SourceConfig for NatsSourceConfig {
@@ -191,8 +187,8 @@ impl NatsSource {
             consumer,
             cx,
             decoder,
-            Linger::new(&self.config.batch),
-            Duration::from_millis(self.config.drain_timeout_ms),
+            &self.config.batch,
+            self.config.drain_timeout_ms,
         )
         .await
     }
@@ -223,19 +219,13 @@ impl BrokerSource for Consumer {
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
         let subject = m.subject.as_str();
         let origin = || format!("{}/{}/{subject}#{seq}", self.origin, self.stream);
-        match self.key_from_subject.as_ref().map(|k| k.pick(subject, '.')) {
-            Some(None) => cx.dead_letter(
-                &origin(),
-                "subject has no token to fill the key field",
-                &m.payload,
-            ),
-            Some(Some(k)) => {
-                decoder.decode(cx, &origin, Some(k), &m.payload);
-            }
-            None => {
-                decoder.decode(cx, &origin, None, &m.payload);
-            }
-        }
+        decoder.decode_picked(
+            cx,
+            &origin,
+            self.key_from_subject.as_ref().map(|k| k.pick(subject, '.')),
+            "subject has no token to fill the key field",
+            &m.payload,
+        );
         Next::Message(Some(m))
     }
 

@@ -7,6 +7,8 @@
 //! a row's score is the highest of its channels' scores, and it is an anomaly when at
 //! least `--min-channels` of its channels are. Each file starts from fresh state.
 
+mod input;
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -19,43 +21,66 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use tidegauge_components::codec::csv::CsvDecoder;
-use tidegauge_components::codec::lines::{Line, LineReader, Poll};
-use tidegauge_components::codec::parse_timestamp_ms;
-use tidegauge_core::component::{BuildContext, ComponentContext, TransformContext};
+use tidegauge_core::component::{BuildContext, ComponentContext, Transform, TransformContext};
 use tidegauge_core::dead_letter::DeadLetter;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
 use tidegauge_core::telemetry::ComponentTelemetry;
 
+use input::{Layout, Reader, Row, collect_inputs, count_lines, csv_field, layout, to_row};
+
 /// What `score` was asked to do.
+#[derive(clap::Args)]
 pub struct ScoreArgs {
-    /// Detector type or pipeline file.
+    /// Detector type (`zscore`, `mad`, `ensemble`, ...) or a pipeline file holding one.
+    #[arg(long, short)]
     pub detector: String,
-    /// Transform id in the pipeline file.
+    /// With a pipeline file: the id of the transform that judges.
+    #[arg(long)]
     pub transform: Option<String>,
-    /// `key=value` settings for a detector given by name.
+    /// A detector setting, NAME=VALUE (repeatable), e.g. `--set window=50`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
-    /// `channel:key=value` settings for one channel, on top of `set`.
+    /// A setting for one value column only, CHANNEL:NAME=VALUE (repeatable), on top of
+    /// --set: e.g. `--channel-set Temperature:threshold=20` when sensors differ.
+    #[arg(long = "channel-set", value_name = "CHANNEL:NAME=VALUE")]
     pub channel_set: Vec<String>,
-    /// Files or directories.
+    /// CSV or JSON Lines files, or directories of them.
+    #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Output directory.
+    /// Directory for the results.
+    #[arg(long, short)]
     pub out: PathBuf,
-    /// Time column (default: `datetime`, `timestamp`, `time` or `ts`, whichever exists).
+    /// Time column (default: datetime, timestamp, time or ts, whichever exists).
+    #[arg(long)]
     pub time_column: Option<String>,
-    /// Value columns (default: every numeric column).
+    /// Value columns (default: every numeric column but the time, key and ignored ones).
+    #[arg(long, value_delimiter = ',')]
     pub value_columns: Option<Vec<String>>,
-    /// Columns never used as values.
+    /// Columns never used as values (e.g. labels).
+    #[arg(long, value_delimiter = ',')]
     pub ignore_columns: Vec<String>,
-    /// Column naming the series (rows with different keys are different series).
+    /// Column naming the series when a file holds several.
+    #[arg(long)]
     pub key_column: Option<String>,
-    /// CSV delimiter.
-    pub delimiter: u8,
-    /// Channels that must flag a row for it to be an anomaly.
+    /// CSV field separator.
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
+    /// Channels that must flag a row for it to count as an anomaly.
+    #[arg(long, default_value_t = 1)]
     pub min_channels: usize,
-    /// One event per row with every value column as a field (multi-reading detectors).
+    /// Judge whole rows: one event per row with every value column as a field, for a
+    /// detector of several readings at once (`hotelling`; its `value_fields` are set to
+    /// the value columns).
+    #[arg(long)]
     pub rows: bool,
-    /// Show a progress bar.
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// `delimiter` as a byte (checked by the caller).
+    #[arg(skip)]
+    pub delimiter_byte: u8,
+    /// Show a progress bar (`no_progress` unset and stderr a terminal).
+    #[arg(skip)]
     pub progress: bool,
 }
 
@@ -65,6 +90,34 @@ struct Detector {
     config: Box<dyn ErasedTransformConfig>,
     input: SchemaRef,
     output: SchemaRef,
+}
+
+impl Detector {
+    /// Builds the detector's transform, with its own telemetry and dead letters to stderr;
+    /// returns it with the context to run it in.
+    fn build(
+        &self,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<(Box<dyn Transform>, TransformContext)> {
+        let telemetry = Arc::new(ComponentTelemetry::new(
+            self.name.as_str(),
+            ComponentKind::Transform,
+            "score",
+        ));
+        let component = ComponentContext::new(telemetry, DeadLetter::stderr());
+        let transform = self
+            .config
+            .build(
+                self.input.clone(),
+                self.output.clone(),
+                BuildContext {
+                    component: component.clone(),
+                    runtime: runtime.clone(),
+                },
+            )
+            .map_err(|e| anyhow!("{}: {e}", self.name))?;
+        Ok((transform, TransformContext::new(component)))
+    }
 }
 
 fn long_schema() -> SchemaRef {
@@ -185,271 +238,6 @@ fn join(errors: &[tidegauge_core::ConfigError]) -> String {
         .join("; ")
 }
 
-/// Files to score with the path each gets under the output directory.
-fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found = Vec::new();
-            walk(input, &mut found)?;
-            found.sort();
-            files.extend(found);
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            bail!("{}: no such file or directory", input.display());
-        }
-    }
-    if files.is_empty() {
-        bail!("no .csv or .jsonl files among the inputs");
-    }
-    let absolute: Vec<PathBuf> = files
-        .iter()
-        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
-        .collect();
-    // Relative to the deepest directory holding every input.
-    let mut base: PathBuf = absolute[0]
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    while !absolute.iter().all(|f| f.starts_with(&base)) {
-        if !base.pop() {
-            break;
-        }
-    }
-    Ok(files
-        .into_iter()
-        .zip(absolute)
-        .map(|(f, a)| {
-            let rel = a
-                .strip_prefix(&base)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|_| PathBuf::from(a.file_name().unwrap_or_default()));
-            (f, rel)
-        })
-        .collect())
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("csv" | "jsonl" | "json")
-        ) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// One input row: its time text and its fields.
-struct Row {
-    time_text: String,
-    ts: i64,
-    key: String,
-    values: Vec<Option<f64>>,
-}
-
-/// Reads rows of a CSV or JSON Lines file.
-struct Reader {
-    lines: LineReader<File>,
-    csv: bool,
-    splitter: CsvDecoder,
-    header: Option<Vec<String>>,
-    pending: VecDeque<(u64, Vec<u8>)>,
-    eof: bool,
-}
-
-impl Reader {
-    fn open(path: &Path, delimiter: u8) -> anyhow::Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let csv = path.extension().and_then(|e| e.to_str()) == Some("csv");
-        Ok(Reader {
-            lines: LineReader::new(file, 16 << 20),
-            csv,
-            splitter: CsvDecoder::new(Vec::new(), delimiter, false),
-            header: None,
-            pending: VecDeque::new(),
-            eof: false,
-        })
-    }
-
-    /// The next non-empty line with its number.
-    fn next_line(&mut self) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
-        while self.pending.is_empty() && !self.eof {
-            let pending = &mut self.pending;
-            let polled = self.lines.poll::<()>(true, |n, line| {
-                match line {
-                    Line::Complete(l) if !l.iter().all(|b| b.is_ascii_whitespace()) => {
-                        pending.push_back((n, l.to_vec()))
-                    }
-                    Line::Complete(_) => {}
-                    // A row too long to read still takes its place, with no values.
-                    Line::TooLong { .. } => pending.push_back((n, Vec::new())),
-                }
-                Ok(())
-            })?;
-            if let Ok(Poll::Eof) = polled {
-                self.eof = true;
-            }
-        }
-        Ok(self.pending.pop_front())
-    }
-
-    fn split_csv(&mut self, line: &[u8]) -> Vec<String> {
-        // A malformed line (an unterminated quote) keeps its place with no values.
-        self.splitter
-            .fields(line)
-            .map(|f| f.into_iter().map(|v| v.trim().to_string()).collect())
-            .unwrap_or_default()
-    }
-
-    /// The column names (CSV header, or the keys of the first JSON object).
-    fn columns(&mut self) -> anyhow::Result<Vec<String>> {
-        if let Some(h) = &self.header {
-            return Ok(h.clone());
-        }
-        let Some((n, first)) = self.next_line()? else {
-            bail!("the file is empty");
-        };
-        let header = if self.csv {
-            self.split_csv(&first)
-        } else {
-            let v: serde_json::Value =
-                serde_json::from_slice(&first).map_err(|e| anyhow!("line {n}: {e}"))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| anyhow!("line {n}: expected a JSON object"))?;
-            // The first object is data too: put it back.
-            self.pending.push_front((n, first));
-            obj.keys().cloned().collect()
-        };
-        self.header = Some(header.clone());
-        Ok(header)
-    }
-
-    /// The fields of the next row as text (missing ones empty), or `None` at the end.
-    fn next_fields(&mut self) -> anyhow::Result<Option<Vec<Option<String>>>> {
-        let columns = self.columns()?;
-        let Some((_, line)) = self.next_line()? else {
-            return Ok(None);
-        };
-        if self.csv {
-            let mut f: Vec<Option<String>> = self.split_csv(&line).into_iter().map(Some).collect();
-            f.resize(columns.len(), None);
-            return Ok(Some(f));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null);
-        Ok(Some(
-            columns
-                .iter()
-                .map(|c| match v.get(c) {
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(serde_json::Value::Null) | None => None,
-                    Some(other) => Some(other.to_string()),
-                })
-                .collect(),
-        ))
-    }
-}
-
-/// The chosen columns of one file.
-struct Layout {
-    time: Option<usize>,
-    time_name: String,
-    key: Option<usize>,
-    values: Vec<(usize, String)>,
-}
-
-fn layout(
-    args: &ScoreArgs,
-    columns: &[String],
-    first: Option<&[Option<String>]>,
-) -> anyhow::Result<Layout> {
-    let find = |name: &str| columns.iter().position(|c| c == name);
-    let time = match &args.time_column {
-        Some(t) => Some(
-            find(t)
-                .ok_or_else(|| anyhow!("no time column `{t}` (columns: {})", columns.join(", ")))?,
-        ),
-        None => ["datetime", "timestamp", "time", "ts"]
-            .iter()
-            .find_map(|n| find(n)),
-    };
-    let key = match &args.key_column {
-        Some(k) => Some(find(k).ok_or_else(|| anyhow!("no key column `{k}`"))?),
-        None => None,
-    };
-    let values: Vec<(usize, String)> = match &args.value_columns {
-        Some(v) => v
-            .iter()
-            .map(|c| {
-                find(c).map(|i| (i, c.clone())).ok_or_else(|| {
-                    anyhow!("no value column `{c}` (columns: {})", columns.join(", "))
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-        None => columns
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| {
-                Some(*i) != time && Some(*i) != key && !args.ignore_columns.contains(c)
-            })
-            .filter(|(i, _)| {
-                first
-                    .and_then(|f| f.get(*i).cloned().flatten())
-                    .is_some_and(|v| v.parse::<f64>().is_ok())
-            })
-            .map(|(i, c)| (i, c.clone()))
-            .collect(),
-    };
-    if values.is_empty() {
-        bail!(
-            "no numeric value columns (columns: {}); name them with --value-columns",
-            columns.join(", ")
-        );
-    }
-    Ok(Layout {
-        time,
-        time_name: time
-            .map(|t| columns[t].clone())
-            .unwrap_or_else(|| "row".into()),
-        key,
-        values,
-    })
-}
-
-fn to_row(fields: Vec<Option<String>>, layout: &Layout, index: u64) -> Row {
-    let get = |i: usize| fields.get(i).cloned().flatten();
-    let time_text = match layout.time {
-        Some(t) => get(t).unwrap_or_default(),
-        None => index.to_string(),
-    };
-    let ts = parse_timestamp_ms(&time_text).unwrap_or(index as i64);
-    Row {
-        ts,
-        time_text,
-        key: layout.key.and_then(get).unwrap_or_default(),
-        values: layout
-            .values
-            .iter()
-            .map(|(i, _)| get(*i).and_then(|v| v.parse::<f64>().ok()))
-            .collect(),
-    }
-}
-
-/// Writes a CSV field, quoted when it must be.
-fn csv_field(out: &mut impl Write, text: &str) -> std::io::Result<()> {
-    if text.contains([',', '"', '\n', '\r']) {
-        write!(out, "\"{}\"", text.replace('"', "\"\""))
-    } else {
-        out.write_all(text.as_bytes())
-    }
-}
-
 const CHUNK_ROWS: usize = 4096;
 
 /// The channels one detector instance judges, and the verdicts it gave that are not yet
@@ -517,32 +305,29 @@ fn groups<'a>(
     }
     plan.into_iter()
         .map(|(detector, channels)| {
-            let telemetry = Arc::new(ComponentTelemetry::new(
-                detector.name.as_str(),
-                ComponentKind::Transform,
-                "score",
-            ));
-            let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-            let transform = detector
-                .config
-                .build(
-                    detector.input.clone(),
-                    detector.output.clone(),
-                    BuildContext {
-                        component: component.clone(),
-                        runtime: runtime.clone(),
-                    },
-                )
-                .map_err(|e| anyhow!("{}: {e}", detector.name))?;
+            let (transform, cx) = detector.build(runtime)?;
             Ok(Group {
                 detector,
                 channels,
                 transform,
-                cx: TransformContext::new(component),
+                cx,
                 verdicts: VecDeque::new(),
             })
         })
         .collect()
+}
+
+/// Creates the output file (and its directory) with the header line: the time column,
+/// then the score and the flag.
+fn create_output(out: &Path, time_name: &str) -> anyhow::Result<BufWriter<File>> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut w = BufWriter::new(file);
+    csv_field(&mut w, time_name)?;
+    writeln!(w, ",anomaly_score,is_anomaly")?;
+    Ok(w)
 }
 
 /// Scores one file into `out`. Returns (rows, anomalous rows).
@@ -554,19 +339,13 @@ fn score_file(
     runtime: &tokio::runtime::Handle,
     progress: &Option<indicatif::ProgressBar>,
 ) -> anyhow::Result<(u64, u64)> {
-    let mut reader = Reader::open(input, args.delimiter)?;
+    let mut reader = Reader::open(input, args.delimiter_byte)?;
     let columns = reader.columns()?;
     let mut rows: Vec<Row> = Vec::new();
     let first = reader.next_fields()?;
     let layout = layout(args, &columns, first.as_deref())?;
     let mut groups = groups(detectors.0, detectors.1, &layout, runtime)?;
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut w = BufWriter::new(file);
-    csv_field(&mut w, &layout.time_name)?;
-    writeln!(w, ",anomaly_score,is_anomaly")?;
+    let mut w = create_output(out, &layout.time_name)?;
 
     // Rows judged but not yet written.
     let mut waiting: VecDeque<Row> = VecDeque::new();
@@ -685,7 +464,7 @@ fn score_file_rows(
     out: &Path,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<(u64, u64)> {
-    let mut reader = Reader::open(input, args.delimiter)?;
+    let mut reader = Reader::open(input, args.delimiter_byte)?;
     let columns = reader.columns()?;
     let first = reader.next_fields()?;
     let layout = layout(args, &columns, first.as_deref())?;
@@ -705,33 +484,10 @@ fn score_file_rows(
         set.push("key_field=sensor_id".into());
     }
     let detector = resolve_detector_for(args, &set, row_schema(&layout))?;
-    let telemetry = Arc::new(ComponentTelemetry::new(
-        detector.name.as_str(),
-        ComponentKind::Transform,
-        "score",
-    ));
-    let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-    let mut transform = detector
-        .config
-        .build(
-            detector.input.clone(),
-            detector.output.clone(),
-            BuildContext {
-                component: component.clone(),
-                runtime: runtime.clone(),
-            },
-        )
-        .map_err(|e| anyhow!("{}: {e}", detector.name))?;
-    let mut cx = TransformContext::new(component);
+    let (mut transform, mut cx) = detector.build(runtime)?;
     let score_col = detector.output.index_of("anomaly_score")?;
     let flag_col = detector.output.index_of("is_anomaly")?;
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut w = BufWriter::new(file);
-    csv_field(&mut w, &layout.time_name)?;
-    writeln!(w, ",anomaly_score,is_anomaly")?;
+    let mut w = create_output(out, &layout.time_name)?;
     let (mut total, mut flagged) = (0u64, 0u64);
     let mut index = 0u64;
     let mut next = first;
@@ -942,20 +698,4 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-fn count_lines(path: &Path) -> u64 {
-    use std::io::Read;
-    let Ok(mut f) = File::open(path) else {
-        return 0;
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    while let Ok(read) = f.read(&mut buf) {
-        if read == 0 {
-            break;
-        }
-        n += buf[..read].iter().filter(|&&c| c == b'\n').count() as u64;
-    }
-    n
 }

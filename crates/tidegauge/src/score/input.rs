@@ -1,0 +1,295 @@
+//! The input side of `tidegauge score`: which files, their rows (CSV or JSON Lines),
+//! and which columns hold the time, the key and the values.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use tidegauge_components::codec::csv::CsvDecoder;
+use tidegauge_components::codec::lines::{Line, LineReader, Poll};
+use tidegauge_components::codec::parse_timestamp_ms;
+
+use super::ScoreArgs;
+
+/// Files to score with the path each gets under the output directory.
+pub(super) fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            walk(input, &mut found)?;
+            found.sort();
+            files.extend(found);
+        } else if input.is_file() {
+            files.push(input.clone());
+        } else {
+            bail!("{}: no such file or directory", input.display());
+        }
+    }
+    if files.is_empty() {
+        bail!("no .csv or .jsonl files among the inputs");
+    }
+    let absolute: Vec<PathBuf> = files
+        .iter()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    // Relative to the deepest directory holding every input.
+    let mut base: PathBuf = absolute[0]
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    while !absolute.iter().all(|f| f.starts_with(&base)) {
+        if !base.pop() {
+            break;
+        }
+    }
+    Ok(files
+        .into_iter()
+        .zip(absolute)
+        .map(|(f, a)| {
+            let rel = a
+                .strip_prefix(&base)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| PathBuf::from(a.file_name().unwrap_or_default()));
+            (f, rel)
+        })
+        .collect())
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("csv" | "jsonl" | "json")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// One input row: its time text and its fields.
+pub(super) struct Row {
+    pub(super) time_text: String,
+    pub(super) ts: i64,
+    pub(super) key: String,
+    pub(super) values: Vec<Option<f64>>,
+}
+
+/// Reads rows of a CSV or JSON Lines file.
+pub(super) struct Reader {
+    lines: LineReader<File>,
+    csv: bool,
+    splitter: CsvDecoder,
+    header: Option<Vec<String>>,
+    pending: VecDeque<(u64, Vec<u8>)>,
+    eof: bool,
+}
+
+impl Reader {
+    pub(super) fn open(path: &Path, delimiter: u8) -> anyhow::Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let csv = path.extension().and_then(|e| e.to_str()) == Some("csv");
+        Ok(Reader {
+            lines: LineReader::new(file, 16 << 20),
+            csv,
+            splitter: CsvDecoder::new(Vec::new(), delimiter, false),
+            header: None,
+            pending: VecDeque::new(),
+            eof: false,
+        })
+    }
+
+    /// The next non-empty line with its number.
+    fn next_line(&mut self) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+        while self.pending.is_empty() && !self.eof {
+            let pending = &mut self.pending;
+            let polled = self.lines.poll::<()>(true, |n, line| {
+                match line {
+                    Line::Complete(l) if !l.iter().all(|b| b.is_ascii_whitespace()) => {
+                        pending.push_back((n, l.to_vec()))
+                    }
+                    Line::Complete(_) => {}
+                    // A row too long to read still takes its place, with no values.
+                    Line::TooLong { .. } => pending.push_back((n, Vec::new())),
+                }
+                Ok(())
+            })?;
+            if let Ok(Poll::Eof) = polled {
+                self.eof = true;
+            }
+        }
+        Ok(self.pending.pop_front())
+    }
+
+    fn split_csv(&mut self, line: &[u8]) -> Vec<String> {
+        // A malformed line (an unterminated quote) keeps its place with no values.
+        self.splitter
+            .fields(line)
+            .map(|f| f.into_iter().map(|v| v.trim().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The column names (CSV header, or the keys of the first JSON object).
+    pub(super) fn columns(&mut self) -> anyhow::Result<Vec<String>> {
+        if let Some(h) = &self.header {
+            return Ok(h.clone());
+        }
+        let Some((n, first)) = self.next_line()? else {
+            bail!("the file is empty");
+        };
+        let header = if self.csv {
+            self.split_csv(&first)
+        } else {
+            let v: serde_json::Value =
+                serde_json::from_slice(&first).map_err(|e| anyhow!("line {n}: {e}"))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| anyhow!("line {n}: expected a JSON object"))?;
+            // The first object is data too: put it back.
+            self.pending.push_front((n, first));
+            obj.keys().cloned().collect()
+        };
+        self.header = Some(header.clone());
+        Ok(header)
+    }
+
+    /// The fields of the next row as text (missing ones empty), or `None` at the end.
+    pub(super) fn next_fields(&mut self) -> anyhow::Result<Option<Vec<Option<String>>>> {
+        let columns = self.columns()?;
+        let Some((_, line)) = self.next_line()? else {
+            return Ok(None);
+        };
+        if self.csv {
+            let mut f: Vec<Option<String>> = self.split_csv(&line).into_iter().map(Some).collect();
+            f.resize(columns.len(), None);
+            return Ok(Some(f));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null);
+        Ok(Some(
+            columns
+                .iter()
+                .map(|c| match v.get(c) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(serde_json::Value::Null) | None => None,
+                    Some(other) => Some(other.to_string()),
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// The chosen columns of one file.
+pub(super) struct Layout {
+    pub(super) time: Option<usize>,
+    pub(super) time_name: String,
+    pub(super) key: Option<usize>,
+    pub(super) values: Vec<(usize, String)>,
+}
+
+pub(super) fn layout(
+    args: &ScoreArgs,
+    columns: &[String],
+    first: Option<&[Option<String>]>,
+) -> anyhow::Result<Layout> {
+    let find = |name: &str| columns.iter().position(|c| c == name);
+    let time = match &args.time_column {
+        Some(t) => Some(
+            find(t)
+                .ok_or_else(|| anyhow!("no time column `{t}` (columns: {})", columns.join(", ")))?,
+        ),
+        None => ["datetime", "timestamp", "time", "ts"]
+            .iter()
+            .find_map(|n| find(n)),
+    };
+    let key = match &args.key_column {
+        Some(k) => Some(find(k).ok_or_else(|| anyhow!("no key column `{k}`"))?),
+        None => None,
+    };
+    let values: Vec<(usize, String)> = match &args.value_columns {
+        Some(v) => v
+            .iter()
+            .map(|c| {
+                find(c).map(|i| (i, c.clone())).ok_or_else(|| {
+                    anyhow!("no value column `{c}` (columns: {})", columns.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                Some(*i) != time && Some(*i) != key && !args.ignore_columns.contains(c)
+            })
+            .filter(|(i, _)| {
+                first
+                    .and_then(|f| f.get(*i).cloned().flatten())
+                    .is_some_and(|v| v.parse::<f64>().is_ok())
+            })
+            .map(|(i, c)| (i, c.clone()))
+            .collect(),
+    };
+    if values.is_empty() {
+        bail!(
+            "no numeric value columns (columns: {}); name them with --value-columns",
+            columns.join(", ")
+        );
+    }
+    Ok(Layout {
+        time,
+        time_name: time
+            .map(|t| columns[t].clone())
+            .unwrap_or_else(|| "row".into()),
+        key,
+        values,
+    })
+}
+
+pub(super) fn to_row(fields: Vec<Option<String>>, layout: &Layout, index: u64) -> Row {
+    let get = |i: usize| fields.get(i).cloned().flatten();
+    let time_text = match layout.time {
+        Some(t) => get(t).unwrap_or_default(),
+        None => index.to_string(),
+    };
+    let ts = parse_timestamp_ms(&time_text).unwrap_or(index as i64);
+    Row {
+        ts,
+        time_text,
+        key: layout.key.and_then(get).unwrap_or_default(),
+        values: layout
+            .values
+            .iter()
+            .map(|(i, _)| get(*i).and_then(|v| v.parse::<f64>().ok()))
+            .collect(),
+    }
+}
+
+/// Writes a CSV field, quoted when it must be.
+pub(super) fn csv_field(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+    if text.contains([',', '"', '\n', '\r']) {
+        write!(out, "\"{}\"", text.replace('"', "\"\""))
+    } else {
+        out.write_all(text.as_bytes())
+    }
+}
+
+pub(super) fn count_lines(path: &Path) -> u64 {
+    use std::io::Read;
+    let Ok(mut f) = File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    while let Ok(read) = f.read(&mut buf) {
+        if read == 0 {
+            break;
+        }
+        n += buf[..read].iter().filter(|&&c| c == b'\n').count() as u64;
+    }
+    n
+}
