@@ -6,7 +6,7 @@ use tidegauge_detect::{RelativeEntropy, RelativeEntropyParams};
 
 use super::KeyInterner;
 use super::detector::detector_config;
-use super::keyed::{DetectorSpec, param_errors};
+use super::spec::{DetectorSpec, param_errors};
 use super::state::{decode_keyed, encode_keyed};
 
 detector_config! {
