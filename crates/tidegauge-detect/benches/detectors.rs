@@ -12,8 +12,8 @@ use tidegauge_detect::{
     Aggregate, Baseline, BaselineParams, Calibrated, CalibrationParams, ChangePoint,
     ChangePointMethod, ChangePointParams, Combine, DeadlineTracker, Detector, Ewma, EwmaParams,
     Flatline, FlatlineParams, HalfLife, HeartbeatParams, Hotelling, HotellingParams, Mad,
-    MadParams, Rate, RateParams, Seasonal, SeasonalParams, Threshold, ThresholdParams, Verdict,
-    ZScore, ZScoreParams,
+    MadParams, Rate, RateParams, RelativeEntropy, RelativeEntropyParams, Seasonal, SeasonalParams,
+    Threshold, ThresholdParams, Verdict, ZScore, ZScoreParams,
 };
 
 const EVENTS: usize = 10_000;
@@ -160,6 +160,13 @@ fn detectors(c: &mut Criterion) {
         "baseline",
         "held",
         Baseline::new(BaselineParams::held(400, 5.0, 12.8)),
+        &data,
+    );
+    run(
+        c,
+        "relative_entropy",
+        "default",
+        RelativeEntropy::new(RelativeEntropyParams::default()),
         &data,
     );
     // The calibration layer on top of a detector (its own cost is the difference).

@@ -6,8 +6,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tidegauge_detect::{
     Baseline, BaselineParams, ChangePoint, ChangePointMethod, ChangePointParams, Detector, Ewma,
-    EwmaParams, Flatline, FlatlineParams, HalfLife, Mad, MadParams, Rate, RateParams, Seasonal,
-    SeasonalParams, Threshold, ThresholdParams, Verdict, ZScore, ZScoreParams,
+    EwmaParams, Flatline, FlatlineParams, HalfLife, Mad, MadParams, Rate, RateParams,
+    RelativeEntropy, RelativeEntropyParams, Seasonal, SeasonalParams, Threshold, ThresholdParams,
+    Verdict, ZScore, ZScoreParams,
 };
 
 /// Checks one detector on one stream of (timestamp, value).
@@ -150,6 +151,14 @@ proptest! {
         };
         check(Baseline::new(params), &events)?;
     }
+
+    #[test]
+    fn relative_entropy(events in stream(), bins in prop_oneof![Just(2u32), Just(4)], min_support in 1u32..3) {
+        let params = RelativeEntropyParams {
+            window: 4, bins, warmup: 8, target_alarm_rate: 0.01, hypotheses: 3, min_support,
+        };
+        check(RelativeEntropy::new(params), &events)?;
+    }
 }
 
 #[test]
@@ -162,6 +171,7 @@ fn every_default_is_valid() {
     assert!(SeasonalParams::default().validate().is_ok());
     assert!(ChangePointParams::default().validate().is_ok());
     assert!(BaselineParams::default().validate().is_ok());
+    assert!(RelativeEntropyParams::default().validate().is_ok());
     assert!(
         tidegauge_detect::HeartbeatParams::default()
             .validate()

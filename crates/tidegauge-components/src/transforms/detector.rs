@@ -549,6 +549,7 @@ mod tests {
             "mad",
             "seasonal",
             "changepoint",
+            "relative_entropy",
         ] {
             assert!(checked.contains(&name), "{checked:?}");
         }

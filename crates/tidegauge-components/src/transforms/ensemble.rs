@@ -110,16 +110,39 @@ pub enum CombineMode {
     Vote,
 }
 
+/// The members of an ensemble that lists none: one detector per kind of anomaly, each with
+/// a score of 0.5 at its own one-in-a-thousand false-alarm rate learnt per sensor (see
+/// `docs/detectors.md` for how they were chosen).
+pub fn default_members() -> &'static [Member] {
+    static MEMBERS: std::sync::OnceLock<Vec<Member>> = std::sync::OnceLock::new();
+    MEMBERS.get_or_init(|| {
+        let set = serde_json::json!([
+            { "type": "baseline" },
+            { "type": "relative_entropy" },
+            { "type": "calibrated", "detector": { "type": "mad" }, "min_events": 300 },
+        ]);
+        // Registered detectors with valid settings, checked by `default_members_are_valid`.
+        serde_json::from_value(set).expect("the default members are valid")
+    })
+}
+
 detector_config! {
     /// Several detectors on each sensor, combined into one verdict: the highest score, the
     /// mean score, or a vote of at least `min_votes` members.
+    ///
+    /// Without `members`, a default set that needs no tuning per sensor, combined by the
+    /// highest score: `baseline` (sustained shifts against the sensor's normal level),
+    /// `relative_entropy` (changes of the recent distribution: shifts, spread, stuck
+    /// values) and `calibrated` `mad` with `min_events = 300` (spikes), each flagging about
+    /// one normal value in a thousand on its own; all three judge once they have learnt
+    /// 400 values of a sensor. Chosen on synthetic streams (see `docs/detectors.md`).
     ///
     /// Members still warming up do not count. Adds `combined` (the combined score, or the
     /// number of votes), `anomaly_score`, `is_anomaly`, `detector` ("ensemble") and a
     /// `reason` naming what the members said. Example:
     /// `members = [{ type = "zscore", window = 100 }, { type = "mad", window = 50 }]`.
     pub struct EnsembleConfig as "ensemble" {
-        /// The detectors, each a table with `type` and its settings.
+        /// The detectors, each a table with `type` and its settings; none: the default set.
         #[schemars(example = serde_json::json!([
             { "type": "zscore", "window": 100 },
             { "type": "mad", "window": 50 }
@@ -134,6 +157,15 @@ detector_config! {
 }
 
 impl EnsembleConfig {
+    /// The members in force: those listed, or the default set.
+    pub fn members(&self) -> &[Member] {
+        if self.members.is_empty() {
+            default_members()
+        } else {
+            &self.members
+        }
+    }
+
     fn combine(&self) -> Combine {
         match self.combine {
             CombineMode::Max => Combine::Max,
@@ -193,7 +225,7 @@ impl DetectorSpec for EnsembleConfig {
 
     /// Every member's state, and a verdict per member.
     fn bytes_per_key(&self) -> u64 {
-        self.members
+        self.members()
             .iter()
             .map(|m| m.0.bytes_per_key() + 64)
             .sum::<u64>()
@@ -205,15 +237,15 @@ impl DetectorSpec for EnsembleConfig {
     /// Each member's state restored by its own factory, in order.
     fn restore_state(&self, state: ciborium::Value) -> Result<EnsembleState, String> {
         let saved: SavedEnsemble = super::state::deserialize_state(state)?;
-        if saved.members.len() != self.members.len() {
+        if saved.members.len() != self.members().len() {
             return Err(format!(
                 "{} members saved, {} configured",
                 saved.members.len(),
-                self.members.len()
+                self.members().len()
             ));
         }
         let members = self
-            .members
+            .members()
             .iter()
             .zip(saved.members)
             .map(|(m, (name, s))| {
@@ -231,18 +263,12 @@ impl DetectorSpec for EnsembleConfig {
     }
 
     fn needs_time(&self) -> bool {
-        self.members.iter().any(|m| m.0.needs_time())
+        self.members().iter().any(|m| m.0.needs_time())
     }
 
     fn check(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        if self.members.is_empty() {
-            errors.push(ConfigError::new(
-                "members",
-                "list at least one detector, e.g. `members = [{ type = \"zscore\" }]`",
-            ));
-        }
-        for (i, m) in self.members.iter().enumerate() {
+        for (i, m) in self.members().iter().enumerate() {
             if m.0.sets_common() {
                 errors.push(ConfigError::new(
                     format!("members[{i}]"),
@@ -257,10 +283,10 @@ impl DetectorSpec for EnsembleConfig {
         }
         if self.combine == CombineMode::Vote {
             errors.extend(param_errors(self.combine().validate()));
-            if self.min_votes as usize > self.members.len() {
+            if self.min_votes as usize > self.members().len() {
                 errors.push(ConfigError::new(
                     "min_votes",
-                    format!("cannot be more than the {} member(s)", self.members.len()),
+                    format!("cannot be more than the {} member(s)", self.members().len()),
                 ));
             }
         }
@@ -270,12 +296,76 @@ impl DetectorSpec for EnsembleConfig {
     fn new_state(&self) -> EnsembleState {
         EnsembleState {
             members: self
-                .members
+                .members()
                 .iter()
                 .map(|m| (m.0.name(), m.0.new_state()))
                 .collect(),
-            last: Vec::with_capacity(self.members.len()),
+            last: Vec::with_capacity(self.members().len()),
             combine: self.combine(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_members_are_valid() {
+        let config = EnsembleConfig::default();
+        let names: Vec<&str> = config.members().iter().map(|m| m.0.name()).collect();
+        assert_eq!(names, ["baseline", "relative_entropy", "calibrated"]);
+        assert!(
+            DetectorSpec::check(&config).is_empty(),
+            "{:?}",
+            DetectorSpec::check(&config)
+        );
+        // Listed members replace the default set.
+        let listed: EnsembleConfig =
+            serde_json::from_value(serde_json::json!({ "members": [{ "type": "zscore" }] }))
+                .unwrap();
+        assert_eq!(listed.members().len(), 1);
+    }
+
+    /// The default set judges once 400 values are learnt and finds a spike, a shift and a
+    /// stuck stretch on a sensor it was never tuned for; its state survives a checkpoint.
+    #[test]
+    fn default_members_find_the_usual_anomalies() {
+        let config = EnsembleConfig::default();
+        let mut state = DetectorSpec::new_state(&config);
+        let noise = |i: i64| ((i * 7919) % 101) as f64 / 100.0 - 0.5 + ((i % 13) as f64) / 26.0;
+        let mut first_judged = None;
+        for i in 0..1000 {
+            let v = Detector::observe(&mut state, i, 1e4 + 3.0 * noise(i));
+            if v.statistic.is_some() && first_judged.is_none() {
+                first_judged = Some(i);
+            }
+        }
+        assert_eq!(first_judged, Some(400));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&state, &mut bytes).unwrap();
+        let mut restored =
+            DetectorSpec::restore_state(&config, ciborium::from_reader(&bytes[..]).unwrap())
+                .unwrap();
+        let value = |i: i64| match i {
+            1100 => 1e4 + 60.0,
+            1300..1500 => 1e4 + 12.0 + 3.0 * noise(i),
+            1700..1900 => 1e4 + 0.25,
+            _ => 1e4 + 3.0 * noise(i),
+        };
+        let mut flags = Vec::new();
+        for i in 1000..2000 {
+            let a = Detector::observe(&mut state, i, value(i));
+            let b = Detector::observe(&mut restored, i, value(i));
+            assert_eq!(a, b, "at {i}: {:?} vs {:?}", state.last, restored.last);
+            flags.push(a.is_anomaly);
+            if a.is_anomaly {
+                assert!(!state.explain(&a).is_empty());
+            }
+        }
+        let any = |from: usize, to: usize| flags[from - 1000..to - 1000].iter().any(|&f| f);
+        assert!(any(1100, 1101), "spike");
+        assert!(any(1300, 1350), "shift");
+        assert!(any(1700, 1800), "stuck");
     }
 }

@@ -16,6 +16,7 @@ pub mod key_table;
 pub mod keyed;
 pub mod mad;
 pub mod rate_of_change;
+pub mod relative_entropy;
 pub mod seasonal;
 pub mod spec;
 pub mod state;
