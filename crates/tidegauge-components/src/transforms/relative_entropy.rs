@@ -37,7 +37,8 @@ detector_config! {
         pub warmup: u32 = RelativeEntropyParams::default().warmup,
         /// Share of normal windows the learnt critical value aims to flag (and the
         /// significance of its chi-square floor).
-        #[schemars(range(min = 0.0, max = 0.5))]
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
+        #[schemars(extend("exclusiveMaximum" = 0.5))]
         pub target_alarm_rate: f64 = RelativeEntropyParams::default().target_alarm_rate,
         /// Most states kept per sensor (the least seen makes room for a new one).
         #[schemars(range(min = 1, max = 64))]
