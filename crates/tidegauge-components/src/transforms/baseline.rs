@@ -7,7 +7,7 @@ use tidegauge_detect::{Baseline, BaselineParams};
 use super::KeyInterner;
 use super::detector::detector_config;
 use super::spec::{DetectorSpec, param_errors_renamed};
-use super::state::{decode_keyed, encode_keyed};
+use super::state::{decode_keyed_learnt, encode_keyed};
 
 detector_config! {
     /// Per-sensor reference with a self-calibrated threshold: learns each sensor's normal
@@ -98,14 +98,7 @@ impl DetectorSpec for BaselineConfig {
     /// the reference and threshold were learnt under them. It is refused, and the
     /// detector starts cold.
     fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<Baseline>), ComponentError> {
-        let (keys, states): (KeyInterner, Vec<Baseline>) = decode_keyed(bytes)?;
-        if let Some(s) = states.iter().find(|s| s.params() != &self.params()) {
-            return Err(ComponentError::new(format!(
-                "baseline state was checkpointed with other parameters ({:?})",
-                s.params()
-            )));
-        }
-        Ok((keys, states))
+        decode_keyed_learnt(bytes, "baseline", &self.params(), Baseline::params)
     }
 }
 

@@ -7,7 +7,7 @@ use tidegauge_detect::{RelativeEntropy, RelativeEntropyParams};
 use super::KeyInterner;
 use super::detector::detector_config;
 use super::spec::{DetectorSpec, param_errors};
-use super::state::{decode_keyed, encode_keyed};
+use super::state::{decode_keyed_learnt, encode_keyed};
 
 detector_config! {
     /// Per-sensor relative entropy over histograms (Wang et al., IM 2011): is the shape of
@@ -110,14 +110,12 @@ impl DetectorSpec for RelativeEntropyConfig {
         &self,
         bytes: &[u8],
     ) -> Result<(KeyInterner, Vec<RelativeEntropy>), ComponentError> {
-        let (keys, states): (KeyInterner, Vec<RelativeEntropy>) = decode_keyed(bytes)?;
-        if let Some(s) = states.iter().find(|s| s.params() != &self.params()) {
-            return Err(ComponentError::new(format!(
-                "relative_entropy state was checkpointed with other parameters ({:?})",
-                s.params()
-            )));
-        }
-        Ok((keys, states))
+        decode_keyed_learnt(
+            bytes,
+            "relative_entropy",
+            &self.params(),
+            RelativeEntropy::params,
+        )
     }
 }
 

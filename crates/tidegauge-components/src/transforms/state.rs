@@ -56,6 +56,25 @@ pub fn encode_keyed<S: Serialize>(
 }
 
 /// Decodes what [`encode_keyed`] wrote: the interner (same ids) and the states.
+/// [`decode_keyed`] for a detector whose states remember the parameters they were learnt
+/// under (`params_of`): a checkpoint taken with other parameters cannot continue, and is
+/// refused (the detector then starts cold).
+pub fn decode_keyed_learnt<S: DeserializeOwned, P: PartialEq + std::fmt::Debug>(
+    bytes: &[u8],
+    detector: &str,
+    params: &P,
+    params_of: impl Fn(&S) -> &P,
+) -> Result<(KeyInterner, Vec<S>), ComponentError> {
+    let (keys, states): (KeyInterner, Vec<S>) = decode_keyed(bytes)?;
+    if let Some(s) = states.iter().find(|s| params_of(s) != params) {
+        return Err(ComponentError::new(format!(
+            "{detector} state was checkpointed with other parameters ({:?})",
+            params_of(s)
+        )));
+    }
+    Ok((keys, states))
+}
+
 pub fn decode_keyed<S: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(KeyInterner, Vec<S>), ComponentError> {

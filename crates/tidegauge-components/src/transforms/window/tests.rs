@@ -8,25 +8,7 @@ fn config(text: &str) -> WindowConfig {
 #[test]
 fn sliding_windows_cover_each_event_size_over_slide_times() {
     let c = config("kind = \"sliding\"\nsize_ms = 100\nslide_ms = 25");
-    let w = Window {
-        key: 0,
-        value: 0,
-        ts: None,
-        aggregates: vec![],
-        output: Arc::new(Schema::empty()),
-        keys: KeyInterner::default(),
-        names: vec![],
-        held: vec![],
-        live: 0,
-        refused: 0,
-        windows: HashMap::new(),
-        closing: BTreeSet::new(),
-        sessions: HashMap::new(),
-        session_ends: BTreeSet::new(),
-        max_ts: i64::MIN,
-        batch_seq: 0,
-        config: c,
-    };
+    let w = Window::new(&c, &input_schema(), Arc::new(Schema::empty())).unwrap();
     assert_eq!(w.starts(130).collect::<Vec<_>>(), vec![125, 100, 75, 50]);
     assert_eq!(w.starts(-10).collect::<Vec<_>>(), vec![-25, -50, -75, -100]);
 }
