@@ -131,16 +131,8 @@ mod tests {
             warmup: 40,
             ..RelativeEntropyConfig::default()
         };
-        let mut keys = KeyInterner::default();
-        let mut states = Vec::new();
-        for k in ["a", "b"] {
-            keys.id(k);
-            let mut s = config.new_state();
-            for i in 0..95 {
-                s.observe(i, (i % 7) as f64 + if k == "b" { 100.0 } else { 0.0 });
-            }
-            states.push(s);
-        }
+        let (keys, mut states) =
+            crate::transforms::state::two_trained_sensors(|| config.new_state(), 95);
         let bytes = config.save_states(&keys, &states).unwrap().unwrap();
         let (keys2, mut restored) = config.load_states(&bytes).unwrap();
         assert_eq!(keys2.len(), 2);

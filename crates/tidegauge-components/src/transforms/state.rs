@@ -254,6 +254,26 @@ mod serde_bytes_like {
     }
 }
 
+/// Two sensors, `a` (values 0..7 repeating) and `b` (the same, 100 higher), each fed
+/// `events` readings by a fresh state from `new`: what a detector's checkpoint test saves.
+#[cfg(test)]
+pub(crate) fn two_trained_sensors<S: tidegauge_detect::Detector>(
+    new: impl Fn() -> S,
+    events: i64,
+) -> (KeyInterner, Vec<S>) {
+    let mut keys = KeyInterner::default();
+    let mut states = Vec::new();
+    for k in ["a", "b"] {
+        keys.id(k);
+        let mut s = new();
+        for i in 0..events {
+            s.observe(i, (i % 7) as f64 + if k == "b" { 100.0 } else { 0.0 });
+        }
+        states.push(s);
+    }
+    (keys, states)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
