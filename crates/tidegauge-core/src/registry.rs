@@ -246,7 +246,7 @@ fn parse_typed<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
 }
 
 /// Rewrites serde's Rust-flavoured type names into words a user of a TOML file knows.
-fn friendly_serde_message(msg: &str) -> String {
+pub(crate) fn friendly_serde_message(msg: &str) -> String {
     const WORDS: [(&str, &str); 14] = [
         ("expected usize", "expected a non-negative integer"),
         ("expected u64", "expected a non-negative integer"),
