@@ -76,6 +76,7 @@ mod tests {
         Linger::new(&BatchConfig {
             rows: 100,
             linger_ms,
+            ..BatchConfig::default()
         })
     }
 

@@ -211,7 +211,7 @@ impl MqttSource {
             &self.config.fields,
             self.schema.clone(),
             key_field,
-            self.config.batch.rows,
+            &self.config.batch,
         );
         let broker = Subscription {
             broker: self.config.connection().broker(),
