@@ -18,7 +18,9 @@
     if (token && remember) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
     showTokenState();
-    loadParams();
+    // Forgetting the token leaves the parameters already shown (an Apply then goes out
+    // without a token and the API refuses it); a new token reloads them.
+    if (token) loadParams();
     loadChanges();
   }
 
