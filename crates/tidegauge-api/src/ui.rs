@@ -13,11 +13,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{Value, json};
 use tidegauge_core::live::SensorHistory;
 use tidegauge_core::redact;
@@ -86,7 +86,10 @@ fn asset(name: &str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
@@ -217,9 +220,7 @@ struct Feed {
 fn event(name: &str, data: &Value) -> Event {
     // Masked like every other answer of the API.
     let text = data.to_string();
-    Event::default()
-        .event(name)
-        .data(redact::scrub(&text).into_owned())
+    Event::default().event(name).data(&*redact::scrub(&text))
 }
 
 impl Feed {
@@ -231,16 +232,18 @@ impl Feed {
             && (self.seen != Some(p.total))
         {
             self.seen = Some(p.total);
-            self.queued
-                .push_back(event("points", &serde_json::to_value(p).unwrap_or_default()));
+            self.queued.push_back(event(
+                "points",
+                &serde_json::to_value(p).unwrap_or_default(),
+            ));
         }
-        if self.ticks % 2 == 0 {
+        if self.ticks.is_multiple_of(2) {
             self.queued.push_back(event(
                 "components",
                 &json!({ "at_ms": now_ms(), "components": super::components_value(&self.state) }),
             ));
         }
-        if self.ticks % 4 == 0 {
+        if self.ticks.is_multiple_of(4) {
             let top = self
                 .state
                 .history
@@ -370,7 +373,11 @@ mod tests {
         for tag in html.split("<script").skip(1) {
             let head = &tag[..tag.find('>').unwrap()];
             assert!(head.contains("src=\""), "inline script: {head}");
-            assert!(tag[tag.find('>').unwrap() + 1..].trim_start().starts_with("</script>"));
+            assert!(
+                tag[tag.find('>').unwrap() + 1..]
+                    .trim_start()
+                    .starts_with("</script>")
+            );
         }
         for asset in ASSETS {
             let text = String::from_utf8_lossy(asset.2);

@@ -108,18 +108,6 @@ impl AdminConfig {
             }
             Ok(_) => {}
         }
-        if self.history_points == 0 || self.history_points > 100_000 {
-            errors.push(ConfigError::new(
-                "history_points",
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.history_sensors > 10_000_000 {
-            errors.push(ConfigError::new(
-                "history_sensors",
-                "must be at most 10000000 (0 keeps no history)",
-            ));
-        }
         if self.token.is_some() && self.token_env.is_some() {
             errors.push(ConfigError::new(
                 "token",

@@ -227,8 +227,9 @@ impl tidegauge_api::LogSearch for LogDir {
                 .as_deref()
                 .filter(|l| !l.is_empty())
                 .map(|l| {
-                    l.parse()
-                        .map_err(|_| format!("level: `{l}` is not one of error, warn, info, debug, trace"))
+                    l.parse().map_err(|_| {
+                        format!("level: `{l}` is not one of error, warn, info, debug, trace")
+                    })
                 })
                 .transpose()?,
             component: q.component.clone().filter(|c| !c.is_empty()),

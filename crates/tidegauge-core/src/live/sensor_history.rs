@@ -33,6 +33,8 @@ pub struct Point {
 
 /// Bytes a stored point takes.
 pub const POINT_BYTES: usize = std::mem::size_of::<Point>();
+// What the documentation of `[admin] history_points` states (48 bytes a point).
+const _: () = assert!(POINT_BYTES <= 48);
 /// Bytes a series takes besides its points (ids, counters, table entry), an upper bound
 /// for ids of up to 64 bytes.
 pub const SERIES_OVERHEAD_BYTES: usize = 256;
@@ -372,14 +374,13 @@ impl HistoryColumns {
         use arrow_array::types::Float64Type;
         let (Some(keys), Some(scores), Some(flags)) = (
             batch.column(self.key).as_string_opt::<i32>(),
-            batch
-                .column(self.score)
-                .as_primitive_opt::<Float64Type>(),
+            batch.column(self.score).as_primitive_opt::<Float64Type>(),
             batch.column(self.flag).as_boolean_opt(),
         ) else {
             return;
         };
-        let floats = |i: Option<usize>| i.and_then(|i| batch.column(i).as_primitive_opt::<Float64Type>());
+        let floats =
+            |i: Option<usize>| i.and_then(|i| batch.column(i).as_primitive_opt::<Float64Type>());
         let values = floats(self.value);
         let stats = floats(self.statistic.as_ref().map(|(i, _)| *i));
         let at = |c: Option<&arrow_array::Float64Array>, r: usize| {
@@ -387,22 +388,24 @@ impl HistoryColumns {
                 .map(|c| c.value(r))
                 .filter(|v| v.is_finite())
         };
-        let rows = (0..batch.num_rows()).filter(|&r| keys.is_valid(r)).map(|r| {
-            (
-                keys.value(r),
-                Point {
-                    t_ms: now_ms,
-                    value: at(values, r),
-                    statistic: at(stats, r),
-                    score: if scores.is_valid(r) {
-                        scores.value(r) as f32
-                    } else {
-                        0.0
+        let rows = (0..batch.num_rows())
+            .filter(|&r| keys.is_valid(r))
+            .map(|r| {
+                (
+                    keys.value(r),
+                    Point {
+                        t_ms: now_ms,
+                        value: at(values, r),
+                        statistic: at(stats, r),
+                        score: if scores.is_valid(r) {
+                            scores.value(r) as f32
+                        } else {
+                            0.0
+                        },
+                        anomaly: flags.is_valid(r) && flags.value(r),
                     },
-                    anomaly: flags.is_valid(r) && flags.value(r),
-                },
-            )
-        });
+                )
+            });
         history.record(
             component,
             self.statistic.as_ref().map(|(_, n)| n.as_str()),
@@ -447,22 +450,30 @@ mod tests {
     fn when_full_only_anomalies_get_a_slot_replacing_the_quietest() {
         let h = SensorHistory::new(2, 4);
         let c: Arc<str> = "z".into();
-        h.record(&c, None, [("a", p(1, 0.9, true)), ("b", p(1, 0.1, false))].into_iter());
+        h.record(
+            &c,
+            None,
+            [("a", p(1, 0.9, true)), ("b", p(1, 0.1, false))].into_iter(),
+        );
         h.record(&c, None, [("c", p(2, 0.1, false))].into_iter());
         assert!(h.points("c", None, None).is_none());
         h.record(&c, None, [("d", p(3, 0.8, true))].into_iter());
-        assert!(h.points("b", None, None).is_none(), "b never had an anomaly");
+        assert!(
+            h.points("b", None, None).is_none(),
+            "b never had an anomaly"
+        );
         assert!(h.points("a", None, None).is_some());
         assert!(h.points("d", None, None).is_some());
         let stats = h.stats();
-        assert_eq!((stats.tracked, stats.untracked_rows, stats.evicted), (2, 1, 1));
+        assert_eq!(
+            (stats.tracked, stats.untracked_rows, stats.evicted),
+            (2, 1, 1)
+        );
         assert_eq!(h.search("", 10).0, 2);
         assert_eq!(h.search("D", 10).1[0].sensor, "d");
         let top = h.top(0, 10);
         assert_eq!(top.len(), 2);
         assert!(top[0].peak_score >= top[1].peak_score);
         assert!(h.stats().bytes_bound >= 2 * 4 * POINT_BYTES);
-        // What the documentation of `[admin] history_points` states.
-        assert!(POINT_BYTES <= 48, "{POINT_BYTES}");
     }
 }

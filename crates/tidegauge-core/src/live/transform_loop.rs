@@ -51,9 +51,12 @@ pub(super) fn run_transform(
     let tap = AnomalyTap::new(out.schema(), input_schema.as_ref());
     telemetry.set_detector(tap.is_some());
     // Only detectors (what the anomaly tap accepts) feed the history.
-    let history = history
-        .filter(|_| tap.is_some())
-        .and_then(|h| HistoryColumns::new(out.schema()).map(|c| Recorder { history: h, columns: c }));
+    let history = history.filter(|_| tap.is_some()).and_then(|h| {
+        HistoryColumns::new(out.schema()).map(|c| Recorder {
+            history: h,
+            columns: c,
+        })
+    });
     let mut cx = TransformContext::new(component);
     let mut last_tick = Instant::now();
     loop {
