@@ -76,6 +76,7 @@ pub struct MessageDecoder {
     columns: Columns,
     key_index: Option<usize>,
     batch_rows: usize,
+    batch_bytes: usize,
 }
 
 impl MessageDecoder {
@@ -85,16 +86,17 @@ impl MessageDecoder {
         fields: &FieldMap,
         schema: SchemaRef,
         key_field: Option<&str>,
-        batch_rows: usize,
+        batch: &BatchConfig,
     ) -> Self {
         let names: Vec<String> = fields.keys().cloned().collect();
         let key_index = key_field.and_then(|k| names.iter().position(|n| n == k));
         MessageDecoder {
             json: JsonDecoder::new(names),
             row: Row::new(fields.len()),
-            columns: Columns::new(schema, fields, batch_rows),
+            columns: Columns::new(schema, fields, batch.rows),
             key_index,
-            batch_rows,
+            batch_rows: batch.rows,
+            batch_bytes: batch.max_bytes,
         }
     }
 
@@ -177,7 +179,7 @@ impl MessageDecoder {
 
     /// Whether a full batch is ready.
     pub fn is_full(&self) -> bool {
-        self.columns.len() >= self.batch_rows
+        self.columns.len() >= self.batch_rows || self.columns.bytes() >= self.batch_bytes
     }
 
     /// The rows decoded so far as a batch (none if there are none); counts them in.

@@ -288,7 +288,7 @@ impl KafkaSource {
             &self.config.fields,
             self.schema.clone(),
             self.config.key_field.as_deref(),
-            self.config.batch.rows,
+            &self.config.batch,
         );
         let batch = self.config.batch.clone();
         let drain_timeout_ms = self.config.drain_timeout_ms;
