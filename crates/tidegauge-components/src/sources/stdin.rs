@@ -14,7 +14,7 @@ use tidegauge_core::{
 use super::file::default_max_line_bytes;
 use super::linger::Linger;
 use super::{CsvOptions, Format, LineDecoder, LineOutcome};
-use crate::codec::lines::{Line, LineReader, Poll};
+use crate::codec::lines::{LineReader, Poll};
 use crate::settings::{config, decoded_records};
 
 config! {

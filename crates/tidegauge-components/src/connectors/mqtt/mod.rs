@@ -302,7 +302,10 @@ mod tests {
                 .into_iter()
                 .filter(|p| p.name.starts_with("retry"))
                 .collect();
-            let max = shown.iter().find(|p| p.name == "retry.max_attempts").unwrap();
+            let max = shown
+                .iter()
+                .find(|p| p.name == "retry.max_attempts")
+                .unwrap();
             assert_eq!(max.default.as_deref(), Some(attempts.to_string().as_str()));
             let table = shown.iter().find(|p| p.name == "retry").unwrap();
             assert!(
@@ -326,17 +329,17 @@ mod tests {
             );
         }
         // A partial table keeps the reconnect defaults for what it leaves out.
-        let source: source::MqttSourceConfig = toml::from_str(
-            "topics = [\"t\"]\nretry = { max_backoff_ms = 30000 }",
-        )
-        .unwrap();
+        let source: source::MqttSourceConfig =
+            toml::from_str("host = \"h\"\ntopics = [\"t\"]\nretry = { max_backoff_ms = 30000 }")
+                .unwrap();
         assert_eq!(source.retry.max_attempts, attempts);
         assert_eq!(source.retry.max_backoff_ms, 30000);
-        let source: source::MqttSourceConfig = toml::from_str("topics = [\"t\"]").unwrap();
+        let source: source::MqttSourceConfig =
+            toml::from_str("host = \"h\"\ntopics = [\"t\"]").unwrap();
         assert_eq!(source.retry, default_reconnect());
         assert!(
             toml::from_str::<source::MqttSourceConfig>(
-                "topics = [\"t\"]\nretry = { max_attemps = 3 }"
+                "host = \"h\"\ntopics = [\"t\"]\nretry = { max_attemps = 3 }"
             )
             .is_err(),
             "unknown settings are still refused"
