@@ -3,10 +3,14 @@
 //! partition moving to another member) resumes without losing anything.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
@@ -18,7 +22,9 @@ use tidegauge_core::{
     SourceContext,
 };
 
+use super::changelog::{Changelog, Rebalancer};
 use super::kafka_connection;
+use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD};
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
 use crate::settings::{config, decoded_records};
@@ -48,7 +54,28 @@ config! {
         /// commit, in milliseconds.
         #[serde(default = "inbound::default_drain_timeout_ms")]
         pub drain_timeout_ms: u64,
+        /// Partition-aligned state: keyed transforms keep their state per partition, and
+        /// every `snapshot_interval_ms` each partition's state is written, with the
+        /// offset it belongs to, to a changelog topic that the partition's next owner
+        /// restores from (so several instances can share the group). Needs one topic,
+        /// and the int fields `kafka_partition` and `kafka_offset` declared, which the
+        /// source fills from each message.
+        #[serde(default)]
+        pub partition_state: bool,
+        /// The changelog topic (default `<group_id>.<topic>.changelog`); created,
+        /// compacted, with the input's partition count if missing.
+        #[serde(default)]
+        pub changelog_topic: Option<String>,
+        /// How often each partition's state is snapshotted to the changelog, in
+        /// milliseconds. A new owner replays at most about this much of the partition.
+        #[serde(default = "default_snapshot_interval_ms")]
+        #[schemars(range(min = 1))]
+        pub snapshot_interval_ms: u64,
     }
+}
+
+fn default_snapshot_interval_ms() -> u64 {
+    1_000
 }
 
 /// Where to start without a committed offset.
@@ -79,6 +106,28 @@ impl SourceConfig for KafkaSourceConfig {
                 "group_id",
                 "expected a consumer group name",
             ));
+        }
+        if self.partition_state {
+            if self.topics.len() != 1 {
+                errors.push(ConfigError::new(
+                    "partition_state",
+                    "needs exactly one topic in `topics` (one changelog per input topic)",
+                ));
+            }
+            for f in [PARTITION_FIELD, OFFSET_FIELD] {
+                if self.fields.get(f) != Some(&FieldType::Int64) {
+                    errors.push(ConfigError::new(
+                        "partition_state",
+                        format!("declare the field `{f}` as int; the source fills it from each message"),
+                    ));
+                }
+            }
+            if self.snapshot_interval_ms == 0 {
+                errors.push(ConfigError::new(
+                    "snapshot_interval_ms",
+                    "expected a positive integer",
+                ));
+            }
         }
         if let Some(k) = &self.key_field {
             match self.fields.get(k) {
@@ -112,12 +161,40 @@ impl SourceConfig for KafkaSourceConfig {
                     StartFrom::Latest => "latest",
                 },
             );
-        let consumer: StreamConsumer = c.create().map_err(|e| {
-            BuildError::new(
-                self.connection()
-                    .redact(&format!("cannot create Kafka consumer: {e}")),
-            )
-        })?;
+        let redact = |e: String| BuildError::new(self.connection().redact(&e));
+        let changelog = if self.partition_state {
+            if !self.options.contains_key("partition.assignment.strategy") {
+                // Only the partitions that move pause.
+                c.set("partition.assignment.strategy", "cooperative-sticky");
+            }
+            let input = self.topics[0].clone();
+            let topic = self.changelog_topic.clone().unwrap_or_else(|| {
+                format!("{}.{input}.changelog", self.group_id)
+            });
+            let client = self.connection().client_config();
+            let opened = tokio::task::spawn_blocking(move || {
+                Changelog::open(&client, &input, &topic)
+            })
+            .await
+            .map_err(|e| BuildError::new(format!("changelog: {e}")))?
+            .map_err(redact)?;
+            Some(Arc::new(opened))
+        } else {
+            None
+        };
+        let hub = crate::partitions::process_hub();
+        let consumer: StreamConsumer<Context> = match &changelog {
+            Some(changelog) => c.create_with_context(Context::Changelog(Rebalancer {
+                hub: hub.clone(),
+                changelog: changelog.clone(),
+                without_snapshot: match self.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            })),
+            None => c.create_with_context(Context::Plain),
+        }
+        .map_err(|e| redact(format!("cannot create Kafka consumer: {e}")))?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| {
             BuildError::new(format!(
@@ -129,6 +206,14 @@ impl SourceConfig for KafkaSourceConfig {
             config: self.clone(),
             consumer,
             schema,
+            changelog: changelog.map(|changelog| Partitioned {
+                changelog,
+                hub,
+                decoded: BTreeMap::new(),
+                cut: BTreeMap::new(),
+                last_cut: Instant::now(),
+                interval: Duration::from_millis(self.snapshot_interval_ms),
+            }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
     }
@@ -136,8 +221,93 @@ impl SourceConfig for KafkaSourceConfig {
 
 struct KafkaSource {
     config: KafkaSourceConfig,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Context>,
     schema: SchemaRef,
+    changelog: Option<Partitioned>,
+}
+
+/// The consumer's context: with partition-aligned state, the one that restores state
+/// before a partition is assigned.
+enum Context {
+    Plain,
+    Changelog(Rebalancer),
+}
+
+impl rdkafka::client::ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match self {
+            Context::Changelog(r) => r.rebalance_with(consumer, err, tpl),
+            Context::Plain => plain_rebalance(consumer, err, tpl),
+        }
+    }
+}
+
+/// What the default context does: take or give up the partitions.
+fn plain_rebalance<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    err: RDKafkaRespErr,
+    tpl: &TopicPartitionList,
+) {
+    let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    let r = match err {
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
+            consumer.incremental_assign(tpl)
+        }
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.assign(tpl),
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+            consumer.incremental_unassign(tpl)
+        }
+        _ => consumer.unassign(),
+    };
+    if let Err(e) = r {
+        tracing::error!("rebalance: {e}");
+    }
+}
+
+/// The source's side of partition-aligned state (see [`crate::partitions`]).
+struct Partitioned {
+    changelog: Arc<Changelog>,
+    hub: Arc<Hub>,
+    /// Per partition, the offset after the last message decoded.
+    decoded: BTreeMap<i32, i64>,
+    /// Per partition, the offset of its last cut.
+    cut: BTreeMap<i32, i64>,
+    last_cut: Instant,
+    interval: Duration,
+}
+
+impl Partitioned {
+    /// Writes the snapshots that are complete, and cuts the partitions read since their
+    /// last cut when the interval is up.
+    fn maintain(&mut self, cx: &ComponentContext) {
+        for (p, snapshot) in self.hub.take_ready() {
+            if let Err(e) = self.changelog.write(p, &snapshot) {
+                cx.emit(ComponentErrorOccurred { error: &e });
+            }
+        }
+        if self.last_cut.elapsed() < self.interval {
+            return;
+        }
+        self.last_cut = Instant::now();
+        let owned = self.hub.owned();
+        self.decoded.retain(|p, _| owned.contains(p));
+        self.cut.retain(|p, _| owned.contains(p));
+        for (&p, &offset) in &self.decoded {
+            if self.cut.get(&p).is_some_and(|c| *c >= offset) {
+                continue;
+            }
+            if self.hub.cut(p, offset) {
+                self.cut.insert(p, offset);
+            }
+        }
+    }
 }
 
 /// A message's place: (topic, partition, offset).
@@ -190,8 +360,9 @@ impl Commits {
 struct Member {
     origin: String,
     config: KafkaSourceConfig,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Context>,
     commits: Commits,
+    changelog: Option<Partitioned>,
 }
 
 impl Member {
@@ -215,12 +386,38 @@ impl BrokerSource for Member {
         decoder: &mut MessageDecoder,
         cx: &ComponentContext,
     ) -> Next<Position> {
-        match self.consumer.recv().await {
+        let received = match &mut self.changelog {
+            None => self.consumer.recv().await,
+            Some(partitioned) => {
+                tokio::select! {
+                    m = self.consumer.recv() => m,
+                    () = tokio::time::sleep(partitioned.interval / 4) => {
+                        partitioned.maintain(cx);
+                        return Next::Message(None);
+                    }
+                }
+            }
+        };
+        match received {
             Ok(m) => {
                 let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
                 let origin = || format!("{}/{topic}/{partition}@{offset}", self.origin);
                 let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                decoder.decode(cx, &origin, key, m.payload().unwrap_or_default());
+                let payload = m.payload().unwrap_or_default();
+                match &mut self.changelog {
+                    Some(partitioned) => {
+                        if !partitioned.hub.owned().contains(&partition) {
+                            // Fetched before a revocation took effect: its next owner
+                            // reads it.
+                            return Next::Message(None);
+                        }
+                        decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
+                        partitioned.decoded.insert(partition, offset + 1);
+                    }
+                    None => {
+                        decoder.decode(cx, &origin, key, payload);
+                    }
+                }
                 Next::Message(Some((topic.to_string(), partition, offset)))
             }
             Err(e) => Next::Error(
@@ -240,7 +437,23 @@ impl BrokerSource for Member {
         draining: bool,
     ) {
         let failed = released.failed.len();
-        let (tpl, seeks) = self.commits.settle(released);
+        let (mut tpl, seeks) = self.commits.settle(released);
+        if let Some(partitioned) = &mut self.changelog {
+            // A revoked partition's offsets are its new owner's to commit.
+            let owned = partitioned.hub.owned();
+            let mut kept = TopicPartitionList::new();
+            for e in tpl.elements() {
+                if owned.contains(&e.partition()) {
+                    if let Offset::Offset(o) = e.offset() {
+                        partitioned.hub.set_durable(e.partition(), o);
+                    }
+                    let _ = kept.add_partition_offset(e.topic(), e.partition(), e.offset());
+                }
+            }
+            tpl = kept;
+            self.commits.next.retain(|(_, p), _| owned.contains(p));
+            partitioned.maintain(cx);
+        }
         let mode = if draining {
             CommitMode::Sync
         } else {
@@ -292,11 +505,17 @@ impl KafkaSource {
         );
         let batch = self.config.batch.clone();
         let drain_timeout_ms = self.config.drain_timeout_ms;
+        let decoder = if self.config.partition_state {
+            decoder.with_position_fields(&self.config.fields, PARTITION_FIELD, OFFSET_FIELD)
+        } else {
+            decoder
+        };
         let member = Member {
             origin: self.config.connection().origin(),
             consumer: self.consumer,
             commits: Commits::default(),
             config: self.config,
+            changelog: self.changelog,
         };
         inbound::run(member, cx, decoder, &batch, drain_timeout_ms).await
     }
