@@ -68,9 +68,11 @@ struct State {
     cuts: BTreeMap<i32, Cut>,
     /// Per partition, the offset below which the sinks hold every output.
     durable: HashMap<i32, i64>,
-    /// Per transform, the size of its last snapshot of each partition (for the admin
-    /// API).
+    /// The size of the last snapshot written of each partition (for the admin API).
     sizes: BTreeMap<i32, u64>,
+    /// Per partition, bumped at every assignment and revocation: positions read under an
+    /// older epoch belong to an earlier ownership.
+    epochs: HashMap<i32, u64>,
 }
 
 /// Where a changelog-backed source and the keyed transforms meet. See the module
@@ -115,6 +117,7 @@ impl Hub {
     pub fn assign(&self, partition: i32, snapshot: Option<Snapshot>) {
         let mut s = self.lock();
         s.owned.insert(partition);
+        *s.epochs.entry(partition).or_insert(0) += 1;
         s.cuts.remove(&partition);
         s.durable.remove(&partition);
         let transforms: Vec<String> = s.transforms.iter().cloned().collect();
@@ -136,6 +139,7 @@ impl Hub {
     pub fn revoke(&self, partition: i32) {
         let mut s = self.lock();
         s.owned.remove(&partition);
+        *s.epochs.entry(partition).or_insert(0) += 1;
         s.cuts.remove(&partition);
         s.durable.remove(&partition);
         s.sizes.remove(&partition);
@@ -149,6 +153,20 @@ impl Hub {
     /// The partitions owned now.
     pub fn owned(&self) -> BTreeSet<i32> {
         self.lock().owned.clone()
+    }
+
+    /// Bumped at every assignment and revocation.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The partitions owned now, each with its ownership epoch.
+    pub fn epochs(&self) -> BTreeMap<i32, u64> {
+        let s = self.lock();
+        s.owned
+            .iter()
+            .map(|p| (*p, s.epochs.get(p).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// Cuts `partition` at `offset` unless a cut of it is pending; true if cut.

@@ -156,6 +156,18 @@ pub fn build<S: DetectorSpec>(
     output: SchemaRef,
     id: &str,
 ) -> Result<Box<dyn Transform>, BuildError> {
+    build_in(spec, common, input, output, id, process_hub())
+}
+
+/// [`build`], meeting a changelog-backed source in `hub`.
+pub(crate) fn build_in<S: DetectorSpec>(
+    spec: S,
+    common: &Common,
+    input: &SchemaRef,
+    output: SchemaRef,
+    id: &str,
+    hub: Arc<crate::partitions::Hub>,
+) -> Result<Box<dyn Transform>, BuildError> {
     let columns = locate(common, input)?;
     let partitioning = partition_columns(input).and_then(|(partition, offset)| {
         if spec.save_states(&KeyInterner::default(), &[]).is_none() {
@@ -169,7 +181,7 @@ pub fn build<S: DetectorSpec>(
         Some(Partitioning {
             partition,
             offset,
-            registration: process_hub().register(id),
+            registration: hub.register(id),
             seen: Seen::default(),
             owned: BTreeSet::new(),
             key_partition: HashMap::new(),
@@ -920,6 +932,9 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod partition_tests;
 
 #[cfg(test)]
 mod tests {

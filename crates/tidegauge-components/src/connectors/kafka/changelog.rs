@@ -248,6 +248,7 @@ impl Rebalancer {
                     let offset = snapshot
                         .as_ref()
                         .map_or(self.without_snapshot, |s| Offset::Offset(s.offset));
+                    tracing::debug!(partition = p, ?offset, "consuming from");
                     restored_bytes += snapshot
                         .as_ref()
                         .map_or(0, |s| s.states.values().map(Vec::len).sum());

@@ -213,6 +213,8 @@ impl SourceConfig for KafkaSourceConfig {
                 cut: BTreeMap::new(),
                 last_cut: Instant::now(),
                 interval: Duration::from_millis(self.snapshot_interval_ms),
+                seen: 0,
+                epochs: BTreeMap::new(),
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -281,13 +283,37 @@ struct Partitioned {
     cut: BTreeMap<i32, i64>,
     last_cut: Instant,
     interval: Duration,
+    /// The hub's version and the ownership epochs as last seen.
+    seen: u64,
+    epochs: BTreeMap<i32, u64>,
 }
 
 impl Partitioned {
+    /// The current epoch of `partition`, after forgetting what was read of a partition
+    /// under an earlier ownership (the hub's version is one atomic load).
+    fn epoch(&mut self, partition: i32, commits: &mut Commits) -> Option<u64> {
+        let v = self.hub.version();
+        if v != self.seen {
+            self.seen = v;
+            let epochs = self.hub.epochs();
+            for (&p, e) in &self.epochs {
+                if epochs.get(&p) != Some(e) {
+                    self.decoded.remove(&p);
+                    self.cut.remove(&p);
+                    commits.next.retain(|(_, q), _| *q != p);
+                    commits.caps.retain(|(_, q), _| *q != p);
+                }
+            }
+            self.epochs = epochs;
+        }
+        self.epochs.get(&partition).copied()
+    }
+
     /// Writes the snapshots that are complete, and cuts the partitions read since their
     /// last cut when the interval is up.
     fn maintain(&mut self, cx: &ComponentContext) {
         for (p, snapshot) in self.hub.take_ready() {
+            tracing::debug!(partition = p, offset = snapshot.offset, "snapshot written");
             if let Err(e) = self.changelog.write(p, &snapshot) {
                 cx.emit(ComponentErrorOccurred { error: &e });
             }
@@ -310,8 +336,9 @@ impl Partitioned {
     }
 }
 
-/// A message's place: (topic, partition, offset).
-type Position = (String, i32, i64);
+/// A message's place: (topic, partition, offset), and with partition-aligned state the
+/// partition's ownership epoch when it was read.
+type Position = (String, i32, i64, u64);
 
 /// Per partition, what may be committed. A batch a sink failed to deliver caps the
 /// partition at its first offset until that offset is delivered on a later read.
@@ -328,14 +355,14 @@ impl Commits {
         released: Released<Position>,
     ) -> (TopicPartitionList, Vec<(String, i32, i64)>) {
         let mut seek = BTreeMap::new();
-        for (t, p, o) in released.failed {
+        for (t, p, o, _) in released.failed {
             let e = seek.entry((t.clone(), p)).or_insert(o);
             *e = (*e).min(o);
             let cap = self.caps.entry((t, p)).or_insert(o);
             *cap = (*cap).min(o);
         }
         let mut changed = BTreeMap::new();
-        for (t, p, o) in released.delivered {
+        for (t, p, o, _) in released.delivered {
             let key = (t, p);
             if self.caps.get(&key) == Some(&o) {
                 self.caps.remove(&key);
@@ -406,19 +433,22 @@ impl BrokerSource for Member {
                 let payload = m.payload().unwrap_or_default();
                 match &mut self.changelog {
                     Some(partitioned) => {
-                        if !partitioned.hub.owned().contains(&partition) {
+                        let Some(epoch) = partitioned.epoch(partition, &mut self.commits) else {
                             // Fetched before a revocation took effect: its next owner
                             // reads it.
                             return Next::Message(None);
-                        }
+                        };
                         decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
-                        partitioned.decoded.insert(partition, offset + 1);
+                        if partitioned.decoded.insert(partition, offset + 1).is_none() {
+                            tracing::debug!(partition, offset, "first message of the partition");
+                        }
+                        Next::Message(Some((topic.to_string(), partition, offset, epoch)))
                     }
                     None => {
                         decoder.decode(cx, &origin, key, payload);
+                        Next::Message(Some((topic.to_string(), partition, offset, 0)))
                     }
                 }
-                Next::Message(Some((topic.to_string(), partition, offset)))
             }
             Err(e) => Next::Error(
                 self.config
@@ -436,6 +466,16 @@ impl BrokerSource for Member {
         released: Released<Position>,
         draining: bool,
     ) {
+        let mut released = released;
+        if let Some(partitioned) = &mut self.changelog {
+            // What was read under an earlier ownership of a partition is neither
+            // committed nor read again here: the partition's owner reads it from its
+            // snapshot's offset.
+            let commits = &mut self.commits;
+            let mut current = |(_, p, _, e): &Position| partitioned.epoch(*p, commits) == Some(*e);
+            released.delivered.retain(&mut current);
+            released.failed.retain(&mut current);
+        }
         let failed = released.failed.len();
         let (mut tpl, seeks) = self.commits.settle(released);
         if let Some(partitioned) = &mut self.changelog {
@@ -451,7 +491,6 @@ impl BrokerSource for Member {
                 }
             }
             tpl = kept;
-            self.commits.next.retain(|(_, p), _| owned.contains(p));
             partitioned.maintain(cx);
         }
         let mode = if draining {
