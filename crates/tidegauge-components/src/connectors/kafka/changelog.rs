@@ -107,6 +107,15 @@ impl Changelog {
             .map_err(|(e, _)| format!("cannot write snapshot of {key}: {e}"))
     }
 
+    /// The high watermark of input `partition` (`None` if the broker does not answer
+    /// within a second). Blocking.
+    pub fn input_high_watermark(&self, partition: i32) -> Option<i64> {
+        self.reader
+            .fetch_watermarks(&self.input, partition, Duration::from_secs(1))
+            .ok()
+            .map(|(_, high)| high)
+    }
+
     /// The latest snapshot of input `partition`, read back from the end of its changelog
     /// partition. Blocking.
     pub fn read(&self, partition: i32) -> Result<Option<Snapshot>, String> {

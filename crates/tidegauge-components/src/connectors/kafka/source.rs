@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::component::source_fn;
-use tidegauge_core::telemetry::ComponentErrorOccurred;
+use tidegauge_core::telemetry::{ComponentErrorOccurred, OwnedPartition, Ownership};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Source, SourceConfig,
     SourceContext,
@@ -167,6 +167,7 @@ impl SourceConfig for KafkaSourceConfig {
                 // Only the partitions that move pause.
                 c.set("partition.assignment.strategy", "cooperative-sticky");
             }
+
             let input = self.topics[0].clone();
             let topic = self.changelog_topic.clone().unwrap_or_else(|| {
                 format!("{}.{input}.changelog", self.group_id)
@@ -215,6 +216,8 @@ impl SourceConfig for KafkaSourceConfig {
                 interval: Duration::from_millis(self.snapshot_interval_ms),
                 seen: 0,
                 epochs: BTreeMap::new(),
+                watermarks: Arc::default(),
+                querying: Arc::default(),
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -286,9 +289,69 @@ struct Partitioned {
     /// The hub's version and the ownership epochs as last seen.
     seen: u64,
     epochs: BTreeMap<i32, u64>,
+    /// High watermarks per partition, as last asked of the broker.
+    watermarks: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
+    querying: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Partitioned {
+    /// What this member owns, for the admin API and metrics.
+    fn report(&self, cx: &ComponentContext) {
+        // High watermarks come from the broker, off the runtime, one query at a time;
+        // the lag shown is as of the previous report.
+        if !self.querying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let (changelog, marks, querying) = (
+                self.changelog.clone(),
+                self.watermarks.clone(),
+                self.querying.clone(),
+            );
+            let owned = self.hub.owned();
+            tokio::task::spawn_blocking(move || {
+                for p in owned {
+                    if let Some(high) = changelog.input_high_watermark(p) {
+                        marks.lock().unwrap_or_else(|e| e.into_inner()).insert(p, high);
+                    }
+                }
+                querying.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        let marks = self
+            .watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sizes = self.hub.state_sizes();
+        let stats = crate::partitions::rebalance_stats();
+        let partitions = self
+            .hub
+            .owned()
+            .into_iter()
+            .map(|p| {
+                let position = self.decoded.get(&p).copied().unwrap_or(-1);
+                let high = marks.get(&p).copied().unwrap_or(-1);
+                OwnedPartition {
+                    topic: self.changelog.input.clone(),
+                    partition: p,
+                    position,
+                    high_watermark: high,
+                    lag: if high >= 0 && position >= 0 {
+                        (high - position).max(0)
+                    } else {
+                        -1
+                    },
+                    state_bytes: sizes.get(&p).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        cx.telemetry().set_ownership(Ownership {
+            partitions,
+            assignments: stats.assignments,
+            revocations: stats.revocations,
+            last_assign_ms: stats.last_assign_ms,
+            last_revoke_ms: stats.last_revoke_ms,
+        });
+    }
+
     /// The current epoch of `partition`, after forgetting what was read of a partition
     /// under an earlier ownership (the hub's version is one atomic load).
     fn epoch(&mut self, partition: i32, commits: &mut Commits) -> Option<u64> {
@@ -322,6 +385,7 @@ impl Partitioned {
             return;
         }
         self.last_cut = Instant::now();
+        self.report(cx);
         let owned = self.hub.owned();
         self.decoded.retain(|p, _| owned.contains(p));
         self.cut.retain(|p, _| owned.contains(p));
