@@ -1,4 +1,11 @@
 //! A small client of the admin API, for `tidegauge top`, `tidegauge changes` and tests.
+//!
+//! It speaks HTTP/1.1 over one loopback connection per request with hyper's client
+//! connection API, on the hyper the API's server already uses. reqwest, in the tree for
+//! the `http` sink and `http_poll`, was tried here and left: this crate would then depend
+//! on the connectors' TLS choice (with their `http-tls` feature, reqwest's rustls needs a
+//! process-wide crypto provider installed before any client is built, or building one
+//! panics), for a client that never uses TLS and sends one request at a time.
 
 use std::time::Duration;
 

@@ -559,26 +559,74 @@ fn partition_metrics(out: &mut String, s: &AdminState) {
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(out, "tidegauge_kafka_rebalances_total", "counter", "Partition assignments and revocations handled.");
+    family(
+        out,
+        "tidegauge_kafka_rebalances_total",
+        "counter",
+        "Partition assignments and revocations handled.",
+    );
     for (id, o) in &owned {
-        let _ = writeln!(out, "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"assign\"}} {}", o.assignments);
-        let _ = writeln!(out, "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"revoke\"}} {}", o.revocations);
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"assign\"}} {}",
+            o.assignments
+        );
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"revoke\"}} {}",
+            o.revocations
+        );
     }
-    family(out, "tidegauge_kafka_last_rebalance_seconds", "gauge", "Duration of the last assignment (state restore included) and revocation.");
+    family(
+        out,
+        "tidegauge_kafka_last_rebalance_seconds",
+        "gauge",
+        "Duration of the last assignment (state restore included) and revocation.",
+    );
     for (id, o) in &owned {
-        let _ = writeln!(out, "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"assign\"}} {}", o.last_assign_ms as f64 / 1000.0);
-        let _ = writeln!(out, "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"revoke\"}} {}", o.last_revoke_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"assign\"}} {}",
+            o.last_assign_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"revoke\"}} {}",
+            o.last_revoke_ms as f64 / 1000.0
+        );
     }
-    family(out, "tidegauge_kafka_partition_lag_messages", "gauge", "Messages behind the high watermark, per owned partition (-1: unknown yet).");
+    family(
+        out,
+        "tidegauge_kafka_partition_lag_messages",
+        "gauge",
+        "Messages behind the high watermark, per owned partition (-1: unknown yet).",
+    );
     for (id, o) in &owned {
         for p in &o.partitions {
-            let _ = writeln!(out, "tidegauge_kafka_partition_lag_messages{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}", metrics::escape(&p.topic), p.partition, p.lag);
+            let _ = writeln!(
+                out,
+                "tidegauge_kafka_partition_lag_messages{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}",
+                metrics::escape(&p.topic),
+                p.partition,
+                p.lag
+            );
         }
     }
-    family(out, "tidegauge_kafka_partition_state_bytes", "gauge", "Bytes of the last state snapshot written, per owned partition.");
+    family(
+        out,
+        "tidegauge_kafka_partition_state_bytes",
+        "gauge",
+        "Bytes of the last state snapshot written, per owned partition.",
+    );
     for (id, o) in &owned {
         for p in &o.partitions {
-            let _ = writeln!(out, "tidegauge_kafka_partition_state_bytes{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}", metrics::escape(&p.topic), p.partition, p.state_bytes);
+            let _ = writeln!(
+                out,
+                "tidegauge_kafka_partition_state_bytes{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}",
+                metrics::escape(&p.topic),
+                p.partition,
+                p.state_bytes
+            );
         }
     }
 }

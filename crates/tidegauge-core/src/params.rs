@@ -119,55 +119,6 @@ fn range_of(root: &Value, schema: &Value) -> Option<String> {
     crate::ranges::Bounds::of(resolve(root, schema)).describe()
 }
 
-/// A lower or upper bound a JSON schema sets on a number.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Bound {
-    /// The value as a user reads it: a whole number without a fraction (`10`, not `10.0`).
-    pub value: String,
-    /// Whether the value itself is allowed (`minimum`), or not (`exclusiveMinimum`).
-    pub inclusive: bool,
-}
-
-impl Bound {
-    /// `>= 0` or `> 0` (with `op` `>`), `<= 1` or `< 1` (with `<`).
-    pub fn symbol(&self, op: &str) -> String {
-        let eq = if self.inclusive { "=" } else { "" };
-        format!("{op}{eq} {}", self.value)
-    }
-}
-
-/// The lower and upper bounds a JSON schema sets on a number (`minimum` or
-/// `exclusiveMinimum`, `maximum` or `exclusiveMaximum`): what `describe` and `init` show
-/// and what `check` enforces come from the same schema.
-pub fn schema_bounds(schema: &Value) -> (Option<Bound>, Option<Bound>) {
-    let show = |v: f64| {
-        if v.fract() == 0.0 && v.abs() < 1e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v}")
-        }
-    };
-    let bound = |inclusive: &str, exclusive: &str| {
-        if let Some(v) = schema.get(exclusive).and_then(Value::as_f64) {
-            return Some(Bound {
-                value: show(v),
-                inclusive: false,
-            });
-        }
-        schema
-            .get(inclusive)
-            .and_then(Value::as_f64)
-            .map(|v| Bound {
-                value: show(v),
-                inclusive: true,
-            })
-    };
-    (
-        bound("minimum", "exclusiveMinimum"),
-        bound("maximum", "exclusiveMaximum"),
-    )
-}
-
 fn collect(root: &Value, object: &Value, prefix: &str, out: &mut Vec<Param>) {
     let required: Vec<&str> = object
         .get("required")

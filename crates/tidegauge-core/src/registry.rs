@@ -38,6 +38,20 @@ pub enum AnyConfig {
     Sink(Box<dyn ErasedSinkConfig>),
 }
 
+impl AnyConfig {
+    /// The settings' numbers outside the ranges of the config's schema: what can be
+    /// checked of a component whose input could not be typed (an upstream mistake), so
+    /// that `check` still reports every such error at once.
+    pub fn range_errors(&self) -> Vec<ConfigError> {
+        let r = match self {
+            AnyConfig::Source(c) => c.range_errors(),
+            AnyConfig::Transform(c) => c.range_errors(),
+            AnyConfig::Sink(c) => c.range_errors(),
+        };
+        r.err().unwrap_or_default()
+    }
+}
+
 impl Debug for AnyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -62,6 +76,8 @@ pub trait ErasedSourceConfig: Debug + Send + Sync {
     fn input_identity(&self) -> serde_json::Value;
     /// See [`SourceConfig::check_inputs`].
     fn check_inputs(&self) -> Vec<crate::component::InputProblem>;
+    /// See [`AnyConfig::range_errors`].
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>>;
 }
 
 /// A component config with the settings it was read from: validation first checks each
@@ -87,7 +103,7 @@ impl<T: schemars::JsonSchema> Parsed<T> {
     }
 
     /// The settings' numbers outside their schema ranges.
-    fn range_errors(&self) -> Result<(), Vec<ConfigError>> {
+    fn check_ranges(&self) -> Result<(), Vec<ConfigError>> {
         let schema = schema_of::<T>().to_value();
         let errors = crate::ranges::check(&schema, &self.settings);
         if errors.is_empty() {
@@ -105,8 +121,11 @@ impl<T: SourceConfig> ErasedSourceConfig for Parsed<T> {
     fn check_inputs(&self) -> Vec<crate::component::InputProblem> {
         SourceConfig::check_inputs(&self.config)
     }
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>> {
+        self.check_ranges()
+    }
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
-        self.range_errors()?;
+        self.check_ranges()?;
         SourceConfig::validate(&self.config)
     }
     fn build(
@@ -122,6 +141,8 @@ impl<T: SourceConfig> ErasedSourceConfig for Parsed<T> {
 pub trait ErasedTransformConfig: Debug + Send + Sync {
     /// See [`TransformConfig::validate`].
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>>;
+    /// See [`AnyConfig::range_errors`].
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>>;
     /// See [`TransformConfig::build`].
     fn build(
         &self,
@@ -133,8 +154,11 @@ pub trait ErasedTransformConfig: Debug + Send + Sync {
 
 impl<T: TransformConfig> ErasedTransformConfig for Parsed<T> {
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
-        self.range_errors()?;
+        self.check_ranges()?;
         TransformConfig::validate(&self.config, input)
+    }
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>> {
+        self.check_ranges()
     }
     fn build(
         &self,
@@ -150,6 +174,8 @@ impl<T: TransformConfig> ErasedTransformConfig for Parsed<T> {
 pub trait ErasedSinkConfig: Debug + Send + Sync {
     /// See [`SinkConfig::validate`].
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>>;
+    /// See [`AnyConfig::range_errors`].
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>>;
     /// See [`SinkConfig::build`].
     fn build(
         &self,
@@ -160,8 +186,11 @@ pub trait ErasedSinkConfig: Debug + Send + Sync {
 
 impl<T: SinkConfig> ErasedSinkConfig for Parsed<T> {
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
-        self.range_errors()?;
+        self.check_ranges()?;
         SinkConfig::validate(&self.config, input)
+    }
+    fn range_errors(&self) -> Result<(), Vec<ConfigError>> {
+        self.check_ranges()
     }
     fn build(
         &self,
@@ -217,7 +246,7 @@ fn parse_typed<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
 }
 
 /// Rewrites serde's Rust-flavoured type names into words a user of a TOML file knows.
-fn friendly_serde_message(msg: &str) -> String {
+pub(crate) fn friendly_serde_message(msg: &str) -> String {
     const WORDS: [(&str, &str); 14] = [
         ("expected usize", "expected a non-negative integer"),
         ("expected u64", "expected a non-negative integer"),

@@ -243,7 +243,8 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
     }
 
     // Schemas, in order. A component whose input could not be typed is skipped, so one
-    // mistake is reported once, not once per downstream component.
+    // mistake is reported once, not once per downstream component; its own settings'
+    // ranges, which need no input, are still checked.
     let mut outputs: Vec<Option<SchemaRef>> = vec![None; components.len()];
     let mut inputs_of: Vec<Option<SchemaRef>> = vec![None; components.len()];
     for &i in &order {
@@ -252,11 +253,20 @@ pub fn validate(config: PipelineConfig) -> Result<Pipeline, Vec<ConfigError>> {
         let input = if c.kind == ComponentKind::Source {
             None
         } else {
+            let ranges = |errors: &mut Vec<ConfigError>| {
+                if let Some(cfg) = &c.config {
+                    errors.extend(cfg.range_errors().into_iter().map(|e| e.prefixed(&prefix)));
+                }
+            };
             match merged_input(c, &edges[i], &components, &outputs) {
                 Ok(Some(s)) => Some(s),
-                Ok(None) => continue,
+                Ok(None) => {
+                    ranges(&mut errors);
+                    continue;
+                }
                 Err(e) => {
                     errors.push(e.prefixed(&prefix));
+                    ranges(&mut errors);
                     continue;
                 }
             }

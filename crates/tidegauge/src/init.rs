@@ -387,21 +387,23 @@ fn object_schema<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value> {
 }
 
 fn range_of(schema: &Value) -> Option<String> {
-    let low = |b: &tidegauge_core::params::Bound| {
-        let word = if b.inclusive { "at least" } else { "above" };
-        format!("{word} {}", b.value)
+    use tidegauge_core::ranges::{Bound, Bounds, show};
+    let low = |b: Bound| {
+        let word = if b.exclusive { "above" } else { "at least" };
+        format!("{word} {}", show(b.value))
     };
-    let high = |b: &tidegauge_core::params::Bound| {
-        let word = if b.inclusive { "at most" } else { "below" };
-        format!("{word} {}", b.value)
+    let high = |b: Bound| {
+        let word = if b.exclusive { "below" } else { "at most" };
+        format!("{word} {}", show(b.value))
     };
-    match tidegauge_core::params::schema_bounds(schema) {
-        (Some(lo), Some(hi)) if lo.inclusive && hi.inclusive => {
-            Some(format!("{} to {}", lo.value, hi.value))
+    let bounds = Bounds::of(schema);
+    match (bounds.low, bounds.high) {
+        (Some(lo), Some(hi)) if !lo.exclusive && !hi.exclusive => {
+            Some(format!("{} to {}", show(lo.value), show(hi.value)))
         }
-        (Some(lo), Some(hi)) => Some(format!("{}, {}", low(&lo), high(&hi))),
-        (Some(lo), None) => Some(low(&lo)),
-        (None, Some(hi)) => Some(high(&hi)),
+        (Some(lo), Some(hi)) => Some(format!("{}, {}", low(lo), high(hi))),
+        (Some(lo), None) => Some(low(lo)),
+        (None, Some(hi)) => Some(high(hi)),
         (None, None) => None,
     }
 }

@@ -155,6 +155,12 @@ pub struct Columns {
     builders: Vec<Builder>,
     rows: usize,
     capacity: usize,
+    /// Bytes of the values appended since the last finish (see [`Columns::bytes`]).
+    bytes: usize,
+    /// What every row adds whatever its values: 8 per number, 1 per flag, 4 per string.
+    fixed_row_bytes: usize,
+    /// The string columns, whose text adds to that.
+    text_columns: Vec<usize>,
 }
 
 impl Columns {
@@ -169,7 +175,22 @@ impl Columns {
             types,
             rows: 0,
             capacity,
+            bytes: 0,
+            fixed_row_bytes: 0,
+            text_columns: Vec::new(),
         };
+        c.fixed_row_bytes = c
+            .types
+            .iter()
+            .map(|t| match t {
+                FieldType::String => 4,
+                FieldType::Bool => 1,
+                _ => 8,
+            })
+            .sum();
+        c.text_columns = (0..c.types.len())
+            .filter(|&i| c.types[i] == FieldType::String)
+            .collect();
         c.builders = c.fresh_builders();
         c
     }
@@ -232,7 +253,21 @@ impl Columns {
             }
         }
         self.rows += 1;
+        // Numbers, flags and string offsets are the same for every row; only the text
+        // varies.
+        self.bytes += self.fixed_row_bytes;
+        for &i in &self.text_columns {
+            if let Slot::Str(s, e) = row.slots[i] {
+                self.bytes += (e - s) as usize;
+            }
+        }
         Ok(())
+    }
+
+    /// What the rows appended so far hold: 8 bytes per number, 1 per flag, 4 plus the
+    /// text per string (Arrow's offsets and values).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The rows appended so far as a batch; the builders start over.
@@ -251,6 +286,7 @@ impl Columns {
             })
             .collect();
         self.rows = 0;
+        self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), columns)
     }
 

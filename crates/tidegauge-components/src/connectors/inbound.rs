@@ -76,6 +76,7 @@ pub struct MessageDecoder {
     columns: Columns,
     key_index: Option<usize>,
     batch_rows: usize,
+    batch_bytes: usize,
     /// The declared fields filled with the message's partition and offset, and the
     /// values for the message being decoded.
     position_fields: Option<(usize, usize)>,
@@ -89,16 +90,17 @@ impl MessageDecoder {
         fields: &FieldMap,
         schema: SchemaRef,
         key_field: Option<&str>,
-        batch_rows: usize,
+        batch: &BatchConfig,
     ) -> Self {
         let names: Vec<String> = fields.keys().cloned().collect();
         let key_index = key_field.and_then(|k| names.iter().position(|n| n == k));
         MessageDecoder {
             json: JsonDecoder::new(names),
             row: Row::new(fields.len()),
-            columns: Columns::new(schema, fields, batch_rows),
+            columns: Columns::new(schema, fields, batch.rows),
             key_index,
-            batch_rows,
+            batch_rows: batch.rows,
+            batch_bytes: batch.max_bytes,
             position_fields: None,
             position: (0, 0),
         }
@@ -106,7 +108,12 @@ impl MessageDecoder {
 
     /// Fills the declared fields `partition` and `offset` of every record with its
     /// message's partition and offset (see [`MessageDecoder::decode_at`]).
-    pub fn with_position_fields(mut self, fields: &FieldMap, partition: &str, offset: &str) -> Self {
+    pub fn with_position_fields(
+        mut self,
+        fields: &FieldMap,
+        partition: &str,
+        offset: &str,
+    ) -> Self {
         let index = |name: &str| fields.keys().position(|n| n == name);
         self.position_fields = index(partition).zip(index(offset));
         self
@@ -208,7 +215,7 @@ impl MessageDecoder {
 
     /// Whether a full batch is ready.
     pub fn is_full(&self) -> bool {
-        self.columns.len() >= self.batch_rows
+        self.columns.len() >= self.batch_rows || self.columns.bytes() >= self.batch_bytes
     }
 
     /// The rows decoded so far as a batch (none if there are none); counts them in.

@@ -122,15 +122,6 @@ impl SinkConfig for ParquetSinkConfig {
                 ));
             }
         }
-        for (name, v) in [
-            ("max_file_bytes", self.max_file_bytes),
-            ("max_file_age_ms", self.max_file_age_ms),
-            ("row_group_rows", self.row_group_rows as u64),
-        ] {
-            if v == 0 {
-                errors.push(ConfigError::new(name, "expected a positive integer"));
-            }
-        }
         if errors.is_empty() {
             Ok(())
         } else {

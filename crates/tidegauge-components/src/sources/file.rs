@@ -523,7 +523,7 @@ impl FileSource {
                     &self.config.csv,
                     &self.config.fields,
                     self.schema.clone(),
-                    self.config.batch.rows,
+                    &self.config.batch,
                 )
             });
             let follow = self.config.follow && i + 1 == self.files.len();

@@ -37,7 +37,11 @@ impl Linger {
         self.oldest.get_or_insert(now);
     }
 
-    /// Whether input is held since the last send.
+    /// Whether input is held since the last send (asked by the broker sources' loop).
+    #[cfg_attr(
+        not(any(feature = "mqtt", feature = "kafka", feature = "nats")),
+        allow(dead_code)
+    )]
     pub(crate) fn holding(&self) -> bool {
         self.oldest.is_some()
     }
@@ -72,6 +76,7 @@ mod tests {
         Linger::new(&BatchConfig {
             rows: 100,
             linger_ms,
+            ..BatchConfig::default()
         })
     }
 

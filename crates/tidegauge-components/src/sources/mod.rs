@@ -92,6 +92,16 @@ pub struct BatchConfig {
     #[serde(default = "default_linger_ms")]
     #[schemars(range(min = 1))]
     pub linger_ms: u64,
+    /// Most bytes a batch holds (its columns' values: 8 per number, 4 plus the text per
+    /// string), so that events with large text fields cannot make one batch take hundreds
+    /// of MiB; a batch is sent when it reaches either `rows` or this.
+    #[serde(default = "default_batch_max_bytes")]
+    #[schemars(range(min = 1024))]
+    pub max_bytes: usize,
+}
+
+fn default_batch_max_bytes() -> usize {
+    16 << 20
 }
 
 fn default_batch_rows() -> usize {
@@ -107,6 +117,7 @@ impl Default for BatchConfig {
         BatchConfig {
             rows: default_batch_rows(),
             linger_ms: default_linger_ms(),
+            max_bytes: default_batch_max_bytes(),
         }
     }
 }
@@ -154,6 +165,7 @@ pub(crate) struct LineDecoder {
     row: Row,
     columns: Columns,
     batch_rows: usize,
+    batch_bytes: usize,
 }
 
 impl LineDecoder {
@@ -162,7 +174,7 @@ impl LineDecoder {
         csv: &CsvOptions,
         fields: &FieldMap,
         schema: SchemaRef,
-        batch_rows: usize,
+        batch: &BatchConfig,
     ) -> Self {
         let names: Vec<String> = fields.keys().cloned().collect();
         let decoder = match format {
@@ -176,8 +188,9 @@ impl LineDecoder {
         LineDecoder {
             decoder,
             row: Row::new(fields.len()),
-            columns: Columns::new(schema, fields, batch_rows),
-            batch_rows,
+            columns: Columns::new(schema, fields, batch.rows),
+            batch_rows: batch.rows,
+            batch_bytes: batch.max_bytes,
         }
     }
 
@@ -227,7 +240,7 @@ impl LineDecoder {
 
     /// Whether a full batch is ready.
     pub(crate) fn is_full(&self) -> bool {
-        self.columns.len() >= self.batch_rows
+        self.columns.len() >= self.batch_rows || self.columns.bytes() >= self.batch_bytes
     }
 
     /// The rows decoded so far as a batch (none if there are none).
@@ -245,5 +258,69 @@ impl LineDecoder {
             Some(b) => out.blocking_send(Batch::new(b)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tidegauge_core::dead_letter::DeadLetter;
+    use tidegauge_core::registry::ComponentKind;
+    use tidegauge_core::telemetry::ComponentTelemetry;
+
+    use super::*;
+    use crate::codec::{default_fields, schema_for};
+
+    fn decoder(batch: &BatchConfig) -> (LineDecoder, ComponentContext) {
+        let fields = default_fields();
+        let schema = schema_for(&fields, &[]);
+        let dec = LineDecoder::new(
+            Format::Jsonl,
+            &CsvOptions::default(),
+            &fields,
+            schema,
+            batch,
+        );
+        let t = Arc::new(ComponentTelemetry::new("in", ComponentKind::Source, "file"));
+        (dec, ComponentContext::new(t, DeadLetter::stderr()))
+    }
+
+    #[test]
+    fn a_batch_of_large_events_is_full_at_max_bytes_before_max_rows() {
+        let batch = BatchConfig {
+            rows: 1_000,
+            max_bytes: 64 * 1024,
+            ..BatchConfig::default()
+        };
+        let (mut dec, cx) = decoder(&batch);
+        let name = "s".repeat(10_000);
+        let mut rows = 0;
+        while !dec.is_full() {
+            let line = format!(r#"{{"sensor_id":"{name}-{rows}","ts":{rows},"value":1.5}}"#);
+            dec.line(&cx, "test", rows + 1, Line::Complete(line.as_bytes()));
+            rows += 1;
+            assert!(rows < 1_000, "never full by bytes");
+        }
+        // 64 KiB of about 10 KB per event: the seventh fills it.
+        assert_eq!(rows, 7);
+        let b = dec.take(&cx).unwrap();
+        assert_eq!(b.num_rows(), 7);
+        assert!(!dec.is_full(), "the count starts over with the next batch");
+    }
+
+    #[test]
+    fn small_events_fill_a_batch_by_rows() {
+        let batch = BatchConfig {
+            rows: 100,
+            ..BatchConfig::default()
+        };
+        let (mut dec, cx) = decoder(&batch);
+        for i in 0..100u64 {
+            assert!(!dec.is_full());
+            let line = format!(r#"{{"sensor_id":"s-{i}","ts":{i},"value":1.5}}"#);
+            dec.line(&cx, "test", i + 1, Line::Complete(line.as_bytes()));
+        }
+        assert!(dec.is_full());
     }
 }

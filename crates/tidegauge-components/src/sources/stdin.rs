@@ -174,7 +174,7 @@ impl StdinSource {
             &self.config.csv,
             &self.config.fields,
             self.schema,
-            self.config.batch.rows,
+            &self.config.batch,
         );
         dec.start_input();
         let mut skipping = false;

@@ -568,7 +568,10 @@ impl<S: DetectorSpec> KeyedDetector<S> {
 
 impl<S: DetectorSpec> KeyedDetector<S> {
     /// Every key's state with its key, whichever worker holds it.
-    fn pairs(&mut self, cx: &mut TransformContext) -> Result<Vec<(Box<str>, S::State)>, ComponentError> {
+    fn pairs(
+        &mut self,
+        cx: &mut TransformContext,
+    ) -> Result<Vec<(Box<str>, S::State)>, ComponentError> {
         self.drain(cx)?;
         let Some(bytes) = self.checkpoint()? else {
             return Ok(Vec::new());
@@ -648,7 +651,11 @@ impl<S: DetectorSpec> KeyedDetector<S> {
     }
 
     /// Hands the hub a snapshot of each partition in `cuts` (partition, offset).
-    fn snapshot(&mut self, cuts: &[(i32, i64)], cx: &mut TransformContext) -> Result<(), ComponentError> {
+    fn snapshot(
+        &mut self,
+        cuts: &[(i32, i64)],
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         if cuts.is_empty() {
             return Ok(());
         }
@@ -659,7 +666,11 @@ impl<S: DetectorSpec> KeyedDetector<S> {
         let mut by_partition: HashMap<i32, Vec<(Box<str>, S::State)>> =
             cuts.iter().map(|c| (c.0, Vec::new())).collect();
         for (k, st) in pairs {
-            if let Some(v) = p.key_partition.get(&k).and_then(|q| by_partition.get_mut(q)) {
+            if let Some(v) = p
+                .key_partition
+                .get(&k)
+                .and_then(|q| by_partition.get_mut(q))
+            {
                 v.push((k, st));
             }
         }
@@ -772,7 +783,11 @@ impl<S: DetectorSpec> KeyedDetector<S> {
             .map_err(|e| ComponentError::new(format!("cannot select rows: {e}")))
         };
         if crossed.is_empty() {
-            let batch = if all_kept { batch.clone() } else { select(keep)? };
+            let batch = if all_kept {
+                batch.clone()
+            } else {
+                select(keep)?
+            };
             return self.process_rows(batch, cx);
         }
         let before: Vec<bool> = keep.iter().zip(&after).map(|(k, a)| *k && !a).collect();

@@ -21,7 +21,7 @@ use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef;
 use tidegauge_core::ack::{Ack, AckReceiver, Finalizers, ack_channel};
-use tidegauge_core::checkpoint::SourceCheckpoint;
+use tidegauge_core::checkpoint::{CheckpointConfig, CheckpointStore, SourceCheckpoint};
 use tidegauge_core::component::{Message, SinkContext, SourceContext};
 use tidegauge_core::dead_letter::{DeadLetter, DeadLetterConfig};
 use tidegauge_core::registry::{AnyConfig, ComponentKind};
@@ -189,6 +189,23 @@ impl Harness {
             .collect()
     }
 
+    /// As [`Harness::source`], for a source that keeps its own position (a file): each
+    /// [`SourceUnderTest::start`] resumes from what the previous instance committed as
+    /// acknowledged, as a reload of a running pipeline does (one checkpoint store, its
+    /// positions committed at once).
+    pub fn source_with_positions(&self, body: &str) -> SourceUnderTest {
+        let store = CheckpointStore::open(&CheckpointConfig {
+            dir: self.dir.path().join("positions"),
+            interval_ms: 60_000,
+            commit_interval_ms: 1,
+        })
+        .expect("checkpoint store");
+        SourceUnderTest {
+            positions: Some(std::sync::Mutex::new(store)),
+            ..self.source(body)
+        }
+    }
+
     /// A source from the body of its `[sources.under_test]` table, validated as part of a
     /// pipeline.
     pub fn source(&self, body: &str) -> SourceUnderTest {
@@ -210,6 +227,7 @@ impl Harness {
             schema: node.output_schema.unwrap(),
             type_name: node.type_name,
             component: self.context("under_test", ComponentKind::Source, node.type_name),
+            positions: None,
         }
     }
 
@@ -245,6 +263,9 @@ pub struct SourceUnderTest {
     #[allow(dead_code)]
     type_name: &'static str,
     pub component: ComponentContext,
+    /// Where a source that keeps its own position commits it (see
+    /// [`Harness::source_with_positions`]).
+    positions: Option<std::sync::Mutex<CheckpointStore>>,
 }
 
 impl SourceUnderTest {
@@ -273,7 +294,14 @@ impl SourceUnderTest {
             ),
             shutdown: shutdown.clone(),
             runtime: tokio::runtime::Handle::current(),
-            checkpoint: SourceCheckpoint::disabled(),
+            checkpoint: match &self.positions {
+                Some(store) => store
+                    .lock()
+                    .unwrap()
+                    .takeover_handle("under_test")
+                    .expect("committed position readable"),
+                None => SourceCheckpoint::disabled(),
+            },
         };
         let handle = tokio::spawn(source.run(cx));
         RunningSource {

@@ -1,6 +1,8 @@
 //! Connectors against real servers, through the one compliance harness. Servers come
 //! from `scripts/services start` (see `harness::server`).
 
+mod coverage;
+mod files;
 mod harness;
 #[cfg(feature = "http")]
 mod http;

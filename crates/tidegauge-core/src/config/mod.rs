@@ -390,7 +390,10 @@ pub fn load(
     let dead_letter = match root.get("dead_letter") {
         None => DeadLetterConfig::default(),
         Some(v) => match parse_settings::<DeadLetterConfig>(v.clone()) {
-            Ok(c) => c,
+            Ok(c) => {
+                errors.extend(range_errors::<DeadLetterConfig>(v, "dead_letter"));
+                c
+            }
             Err(e) => {
                 errors.push(spanned_error("dead_letter", e, &starts));
                 DeadLetterConfig::default()
@@ -405,6 +408,7 @@ pub fn load(
                 if let Some(t) = &c.token {
                     crate::redact::remember(t);
                 }
+                errors.extend(range_errors::<AdminConfig>(v, "admin"));
                 errors.extend(c.validate().into_iter().map(|e| e.prefixed("admin")));
                 Some(c)
             }
@@ -419,6 +423,7 @@ pub fn load(
         None => None,
         Some(v) => match parse_settings::<CheckpointConfig>(v.clone()) {
             Ok(c) => {
+                errors.extend(range_errors::<CheckpointConfig>(v, "checkpoint"));
                 errors.extend(c.validate());
                 Some(c)
             }
@@ -509,11 +514,28 @@ fn parse_settings<T: serde::de::DeserializeOwned>(
             let inner = e.into_inner();
             registry::ParseError {
                 path: if path == "." { String::new() } else { path },
-                message: inner.message().trim_end().to_string(),
+                message: registry::friendly_serde_message(inner.message().trim_end()),
                 span: inner.span(),
             }
         },
     )
+}
+
+/// The numbers of a settings table outside the ranges `T`'s schema sets, under `prefix`
+/// (`checkpoint`, `sinks.out.buffer`): the same check, from the same source, as a
+/// component's settings get.
+fn range_errors<T: schemars::JsonSchema>(
+    value: &Spanned<DeValue<'_>>,
+    prefix: &str,
+) -> Vec<ConfigError> {
+    let settings: serde_json::Value =
+        serde::Deserialize::deserialize(toml::de::ValueDeserializer::from(value.clone()))
+            .unwrap_or(serde_json::Value::Null);
+    let schema = schemars::schema_for!(T).to_value();
+    crate::ranges::check(&schema, &settings)
+        .into_iter()
+        .map(|e| e.prefixed(prefix))
+        .collect()
 }
 
 fn spanned_error(prefix: &str, e: registry::ParseError, starts: &LineStarts) -> ConfigError {
@@ -629,9 +651,12 @@ fn parse_component(
     if kind == ComponentKind::Sink
         && let Some(b) = settings.remove("buffer")
     {
-        match parse_settings::<crate::disk_buffer::DiskBufferConfig>(b) {
+        match parse_settings::<crate::disk_buffer::DiskBufferConfig>(b.clone()) {
             Ok(c) => {
                 let prefix = format!("{path}.buffer");
+                errors.extend(range_errors::<crate::disk_buffer::DiskBufferConfig>(
+                    &b, &prefix,
+                ));
                 errors.extend(c.validate(&prefix));
                 entry.buffer = Some(c);
             }

@@ -7,11 +7,20 @@
 //!   ("full jitter"), up to `max_attempts` attempts in all.
 //! - [`RetryBudget`]: retries may add at most `ratio` of the first attempts (plus
 //!   `min_per_sec` retries every second) — when many calls fail at once, only a few are
-//!   retried (after tower's `retry::budget`).
+//!   retried. It is tower's `retry::budget::TpsBudget`; the jitter comes from `fastrand`.
 //! - [`CircuitBreaker`]: after `failure_threshold` consecutive failures, or a failure rate
 //!   of at least `failure_rate` over the last `window` calls, the breaker opens and calls
 //!   fail fast for `cool_down_ms`; then one probe at a time is let through (half-open);
 //!   `probes_to_close` successes close it, a failure opens it again.
+//!
+//! What stays written here, and why: the backoff bound is one line of arithmetic; the
+//! retry loop must call blocking and async code alike, ask the breaker before each
+//! attempt and report each attempt to the component's telemetry, which a
+//! `tower::Service` middleware would only do by wrapping every call of every connector
+//! (MQTT, Kafka and NATS clients are not `Service`s); and the breaker's states and
+//! transitions are what `/metrics`, the logs and `tidegauge top` show, with both a
+//! consecutive-failure and a failure-rate trigger, which the maintained breaker crates
+//! do not offer together.
 
 mod breaker;
 mod retry;

@@ -1,9 +1,9 @@
 //! The retry policy (exponential backoff with full jitter) and the retry budget a
 //! component's calls share.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tower::retry::budget::{Budget, TpsBudget};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,12 +31,18 @@ pub struct RetryPolicy {
     /// Retries allowed on top of first attempts, as a fraction of them (0.2 = 20 %),
     /// shared by every call of the component.
     #[serde(default = "default_budget_ratio")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1000.0))]
     pub budget_ratio: f64,
     /// Retries allowed every second whatever the ratio says.
     #[serde(default = "default_budget_min_per_sec")]
+    #[schemars(range(max = 1000000))]
     pub budget_min_per_sec: u32,
 }
+
+/// Largest `budget_ratio` (as the schema says).
+const MAX_BUDGET_RATIO: f64 = 1000.0;
+/// Largest `budget_min_per_sec` (as the schema says).
+const MAX_BUDGET_MIN_PER_SEC: u32 = 1_000_000;
 
 fn default_max_attempts() -> u32 {
     4
@@ -112,108 +118,52 @@ impl RetryPolicy {
     }
 }
 
-/// Uniform in `[0, 1)`, from a per-thread xorshift seeded by the clock and thread.
+/// Uniform in `[0, 1)`.
 fn jitter() -> f64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x9E37_79B9_7F4A_7C15);
-            let addr = &t as *const u64 as u64;
-            (t ^ addr.rotate_left(32)) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
+    fastrand::f64()
 }
 
 /// A budget of retries shared by all calls of one component: every first attempt deposits
-/// `ratio` tokens, every retry withdraws one; `min_per_sec` tokens arrive each second.
-/// Deposits expire after ten seconds, so a long quiet spell does not bank a storm.
-#[derive(Debug)]
+/// `ratio` retries, every retry withdraws one; `min_per_sec` retries are allowed each
+/// second on top. Deposits expire after ten seconds, so a long quiet spell does not bank
+/// a storm. tower's `TpsBudget` (Finagle's design): fixed memory (ten time slots) and
+/// constant time per call, however many calls fail.
 pub struct RetryBudget {
-    ratio: f64,
-    min_per_sec: u32,
-    inner: Mutex<BudgetState>,
+    inner: TpsBudget,
 }
 
-#[derive(Debug)]
-struct BudgetState {
-    /// (time, tokens) deposits within the last ten seconds.
-    deposits: VecDeque<(Instant, f64)>,
-    withdrawn: VecDeque<Instant>,
+impl std::fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryBudget").finish_non_exhaustive()
+    }
 }
 
+/// How long a deposit counts.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 impl RetryBudget {
-    /// A budget from a policy's `budget_ratio` and `budget_min_per_sec`.
+    /// A budget from a policy's `budget_ratio` and `budget_min_per_sec` (their ranges,
+    /// checked from the schema, are within what the budget accepts; values outside are
+    /// clamped into it).
     pub fn new(policy: &RetryPolicy) -> Self {
+        let ratio = if policy.budget_ratio.is_finite() {
+            policy.budget_ratio.clamp(0.0, MAX_BUDGET_RATIO) as f32
+        } else {
+            0.0
+        };
+        let min_per_sec = policy.budget_min_per_sec.min(MAX_BUDGET_MIN_PER_SEC);
         RetryBudget {
-            ratio: policy.budget_ratio,
-            min_per_sec: policy.budget_min_per_sec,
-            inner: Mutex::new(BudgetState {
-                deposits: VecDeque::new(),
-                withdrawn: VecDeque::new(),
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn expire(state: &mut BudgetState, now: Instant) {
-        while state
-            .deposits
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > BUDGET_WINDOW)
-        {
-            state.deposits.pop_front();
-        }
-        while state
-            .withdrawn
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW)
-        {
-            state.withdrawn.pop_front();
+            inner: TpsBudget::new(BUDGET_WINDOW, min_per_sec, ratio),
         }
     }
 
     /// Records a first attempt.
     pub fn deposit(&self) {
-        self.deposit_at(Instant::now());
-    }
-
-    pub(super) fn deposit_at(&self, now: Instant) {
-        let mut s = self.lock();
-        Self::expire(&mut s, now);
-        s.deposits.push_back((now, self.ratio));
+        self.inner.deposit();
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
     pub fn try_withdraw(&self) -> bool {
-        self.try_withdraw_at(Instant::now())
-    }
-
-    pub(super) fn try_withdraw_at(&self, now: Instant) -> bool {
-        let mut s = self.lock();
-        Self::expire(&mut s, now);
-        let deposited: f64 = s.deposits.iter().map(|(_, t)| t).sum();
-        let reserve = self.min_per_sec as f64 * BUDGET_WINDOW.as_secs_f64();
-        if (s.withdrawn.len() as f64) < deposited + reserve {
-            s.withdrawn.push_back(now);
-            true
-        } else {
-            false
-        }
+        self.inner.withdraw()
     }
 }

@@ -151,6 +151,41 @@ fn an_open_incident_survives_sigkill_and_resolves_once_after_restart() {
     assert_eq!(r["detector"], "threshold");
 }
 
+#[test]
+fn an_incident_resolves_when_the_stream_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.jsonl");
+    let out = d.join("alerts.jsonl");
+    let state = d.join("state");
+    let path = d.join("p.toml");
+    // Event time only would keep this incident open for ever: nothing comes after the
+    // anomalies. With `idle_after_ms`, event time follows the wall clock once the input
+    // has been silent that long.
+    let text = pipeline(&input, &out, &state).replace(
+        "resolve_after_ms = 1000",
+        "resolve_after_ms = 1000\nidle_after_ms = 200",
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(&input, readings("s-1", 0..5, 500.0)).unwrap();
+
+    let mut child = start(&path);
+    wait_for("resolved alert", &mut child, || {
+        alerts(&out).iter().any(|a| a["status"] == "resolved")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let got = alerts(&out);
+    let resolved: Vec<_> = got.iter().filter(|a| a["status"] == "resolved").collect();
+    assert_eq!(resolved.len(), 1, "{got:?}");
+    assert_eq!(
+        resolved[0]["ends_at"],
+        4 + 1000,
+        "quiet time after the last anomaly"
+    );
+    assert_eq!(resolved[0]["anomalies"], 5);
+}
+
 /// A receiver on loopback that checks each request body against the shape of
 /// Alertmanager's `POST /api/v2/alerts` (a list of `postableAlert`): 200 and the alerts
 /// kept when it fits, 400 with the reason when it does not.

@@ -229,6 +229,77 @@ fn help_explains_the_commands() {
 /// One value out of range in a source, a detector and a sink's `retry` table: all three
 /// reported at once, each at its path, in the one wording `describe` also uses.
 #[test]
+fn check_reports_ranges_of_the_pipeline_tables_in_the_components_wording() {
+    // `[checkpoint]`, `[dead_letter]` and a sink's `buffer` are read through their
+    // schemas as components are: the same check, the same words, every error at once.
+    const PIPELINE: &str = r#"[sources.s]
+type = "simulate"
+
+[sinks.o]
+type = "jsonl"
+inputs = ["s"]
+path = "o.jsonl"
+buffer = { path = "buf", max_bytes = 0 }
+
+[checkpoint]
+dir = "cp"
+interval_ms = 0
+commit_interval_ms = 0
+
+[dead_letter]
+max_raw_bytes = -1
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tables.toml");
+    std::fs::write(&path, PIPELINE).unwrap();
+    let out = tidegauge().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "invalid pipeline exits 2");
+    let text = stderr(&out).replace(&path.display().to_string(), "tables.toml");
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        [
+            "error: tables.toml:8: sinks.o.buffer.max_bytes: must be at least 1, got 0",
+            "error: tables.toml:12: checkpoint.interval_ms: must be at least 1, got 0",
+            "error: tables.toml:13: checkpoint.commit_interval_ms: must be at least 1, got 0",
+            "error: tables.toml:16: dead_letter.max_raw_bytes: invalid value: integer `-1`, expected a non-negative integer",
+        ],
+        "{text}"
+    );
+}
+
+#[test]
+fn check_reports_ranges_downstream_of_a_component_in_error() {
+    // The sink's input cannot be typed (its source is wrong), yet its own settings'
+    // ranges need no input: both mistakes are reported in one run.
+    const PIPELINE: &str = r#"[sources.fleet]
+type = "simulate"
+sensors = 0
+
+[sinks.archive]
+type = "parquet"
+inputs = ["fleet"]
+path = "out"
+row_group_rows = 0
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("downstream.toml");
+    std::fs::write(&path, PIPELINE).unwrap();
+    let out = tidegauge().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "invalid pipeline exits 2");
+    let text = stderr(&out).replace(&path.display().to_string(), "downstream.toml");
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        [
+            "error: downstream.toml:3: sources.fleet.sensors: must be in 1..=10000000, got 0",
+            "error: downstream.toml:9: sinks.archive.row_group_rows: must be at least 1, got 0",
+        ],
+        "{text}"
+    );
+}
+
+#[test]
 fn check_reports_every_out_of_range_value_in_one_wording() {
     const PIPELINE: &str = r#"[sources.fleet]
 type = "simulate"

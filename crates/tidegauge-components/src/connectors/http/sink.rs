@@ -272,15 +272,6 @@ impl SinkConfig for HttpSinkConfig {
                 "not a valid header value (control characters?)",
             ));
         }
-        for (name, v) in [
-            ("max_events", self.max_events as u64),
-            ("flush_interval_ms", self.flush_interval_ms),
-            ("timeout_ms", self.timeout_ms),
-        ] {
-            if v == 0 {
-                errors.push(ConfigError::new(name, "expected a positive integer"));
-            }
-        }
         match (self.encoding, &self.template) {
             (HttpEncoding::Template, None) => errors.push(ConfigError::new(
                 "template",

@@ -220,16 +220,6 @@ impl SourceConfig for HttpPollConfig {
                 "expected a name other than `stale` and `stale_age_ms`",
             ));
         }
-        for (name, v) in [
-            ("interval_ms", self.interval_ms),
-            ("timeout_ms", self.timeout_ms),
-            ("concurrency", self.concurrency as u64),
-            ("max_body_bytes", self.max_body_bytes as u64),
-        ] {
-            if v == 0 {
-                errors.push(ConfigError::new(name, "expected a positive integer"));
-            }
-        }
         errors.extend(self.retry.validate("retry"));
         errors.extend(self.breaker.validate("breaker"));
         if !errors.is_empty() {

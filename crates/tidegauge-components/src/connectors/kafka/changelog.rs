@@ -55,7 +55,9 @@ impl Changelog {
         };
         let input_partitions = count(input)?;
         if input_partitions == 0 {
-            return Err(format!("topic `{input}` does not exist (create it with its partitions first)"));
+            return Err(format!(
+                "topic `{input}` does not exist (create it with its partitions first)"
+            ));
         }
         if count(topic)? == 0 {
             create_topic(config, topic, input_partitions)?;
@@ -206,10 +208,15 @@ fn create_topic(config: &ClientConfig, topic: &str, partitions: i32) -> Result<(
     // same, the topic only keeps the older snapshots too.
     let second = create(false);
     if ok(&second) {
-        tracing::warn!(topic, "changelog created without cleanup.policy=compact: {first:?}");
+        tracing::warn!(
+            topic,
+            "changelog created without cleanup.policy=compact: {first:?}"
+        );
         return Ok(());
     }
-    Err(format!("cannot create changelog topic `{topic}`: {second:?}"))
+    Err(format!(
+        "cannot create changelog topic `{topic}`: {second:?}"
+    ))
 }
 
 /// The source's consumer context: before a partition is assigned, reads its snapshot
@@ -230,7 +237,10 @@ impl Rebalancer {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let started = Instant::now();
         let partitions: Vec<(String, i32)> = tpl
             .elements()

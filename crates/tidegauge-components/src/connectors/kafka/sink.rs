@@ -401,7 +401,11 @@ impl KafkaSink {
         for msg in left.drain(..) {
             // Older batches wait for this one: a full queue is waited out, on the
             // delivery of the oldest message produced again, else on the producer's
-            // own pace (the queue then holds only younger batches' messages).
+            // own pace (the queue then holds only younger batches' messages, whose
+            // deliveries other tasks await). librdkafka has no wait for room in its
+            // queue (rdkafka's own `FutureProducer::send` polls every 100 ms in this
+            // case); 5 ms between attempts, only in this corner of a retry, keeps the
+            // wait short without a busy loop.
             loop {
                 match self.try_produce(origin, &msg) {
                     Ok(Some(d)) => {

@@ -10,8 +10,8 @@ use arrow_schema::SchemaRef;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -24,9 +24,9 @@ use tidegauge_core::{
 
 use super::changelog::{Changelog, Rebalancer};
 use super::kafka_connection;
-use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD};
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
+use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD};
 use crate::settings::{config, decoded_records};
 
 config! {
@@ -118,7 +118,9 @@ impl SourceConfig for KafkaSourceConfig {
                 if self.fields.get(f) != Some(&FieldType::Int64) {
                     errors.push(ConfigError::new(
                         "partition_state",
-                        format!("declare the field `{f}` as int; the source fills it from each message"),
+                        format!(
+                            "declare the field `{f}` as int; the source fills it from each message"
+                        ),
                     ));
                 }
             }
@@ -169,16 +171,16 @@ impl SourceConfig for KafkaSourceConfig {
             }
 
             let input = self.topics[0].clone();
-            let topic = self.changelog_topic.clone().unwrap_or_else(|| {
-                format!("{}.{input}.changelog", self.group_id)
-            });
+            let topic = self
+                .changelog_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.{input}.changelog", self.group_id));
             let client = self.connection().client_config();
-            let opened = tokio::task::spawn_blocking(move || {
-                Changelog::open(&client, &input, &topic)
-            })
-            .await
-            .map_err(|e| BuildError::new(format!("changelog: {e}")))?
-            .map_err(redact)?;
+            let opened =
+                tokio::task::spawn_blocking(move || Changelog::open(&client, &input, &topic))
+                    .await
+                    .map_err(|e| BuildError::new(format!("changelog: {e}")))?
+                    .map_err(redact)?;
             Some(Arc::new(opened))
         } else {
             None
@@ -260,7 +262,10 @@ fn plain_rebalance<C: ConsumerContext>(
     err: RDKafkaRespErr,
     tpl: &TopicPartitionList,
 ) {
-    let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    let cooperative = matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    );
     let r = match err {
         RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
             consumer.incremental_assign(tpl)
@@ -299,7 +304,10 @@ impl Partitioned {
     fn report(&self, cx: &ComponentContext) {
         // High watermarks come from the broker, off the runtime, one query at a time;
         // the lag shown is as of the previous report.
-        if !self.querying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self
+            .querying
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             let (changelog, marks, querying) = (
                 self.changelog.clone(),
                 self.watermarks.clone(),
@@ -309,7 +317,10 @@ impl Partitioned {
             tokio::task::spawn_blocking(move || {
                 for p in owned {
                     if let Some(high) = changelog.input_high_watermark(p) {
-                        marks.lock().unwrap_or_else(|e| e.into_inner()).insert(p, high);
+                        marks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p, high);
                     }
                 }
                 querying.store(false, std::sync::atomic::Ordering::Release);
@@ -604,7 +615,7 @@ impl KafkaSource {
             &self.config.fields,
             self.schema.clone(),
             self.config.key_field.as_deref(),
-            self.config.batch.rows,
+            &self.config.batch,
         );
         let batch = self.config.batch.clone();
         let drain_timeout_ms = self.config.drain_timeout_ms;

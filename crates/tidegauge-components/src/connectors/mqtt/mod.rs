@@ -115,23 +115,13 @@ impl Connection<'_> {
         format!("mqtt://{}:{}", self.host, self.port)
     }
 
-    /// Checks the settings, and `qos`, which both components have.
-    pub(crate) fn validate(&self, qos: u8, errors: &mut Vec<ConfigError>) {
+    /// Checks the settings both components have.
+    pub(crate) fn validate(&self, errors: &mut Vec<ConfigError>) {
         if self.host.trim().is_empty() {
             errors.push(ConfigError::new("host", "expected a host name or address"));
         }
-        if qos > 1 {
-            errors.push(ConfigError::new("qos", "expected 0 or 1"));
-        }
-        if self.keep_alive_secs < 5 {
-            errors.push(ConfigError::new("keep_alive_secs", "expected at least 5"));
-        }
-        if self.max_packet_bytes == 0 {
-            errors.push(ConfigError::new(
-                "max_packet_bytes",
-                "expected a positive integer",
-            ));
-        }
+        // `qos`, `keep_alive_secs` and `max_packet_bytes` have ranges in the schema,
+        // checked before this runs (`ranges::check`).
         if let Some(tls) = self.tls
             && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
         {

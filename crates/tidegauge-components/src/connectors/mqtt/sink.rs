@@ -71,7 +71,7 @@ impl SinkConfig for MqttSinkConfig {
 
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
-        self.connection().validate(self.qos, &mut errors);
+        self.connection().validate(&mut errors);
         Template::check("topic", &self.topic, input, &mut errors);
         if self.topic.contains(['+', '#']) {
             errors.push(ConfigError::new(

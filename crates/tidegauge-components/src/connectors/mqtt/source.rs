@@ -70,7 +70,7 @@ impl SourceConfig for MqttSourceConfig {
 
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        self.connection().validate(self.qos, &mut errors);
+        self.connection().validate(&mut errors);
         if self.topics.is_empty() {
             errors.push(ConfigError::new("topics", "list at least one topic filter"));
         }
@@ -211,7 +211,7 @@ impl MqttSource {
             &self.config.fields,
             self.schema.clone(),
             key_field,
-            self.config.batch.rows,
+            &self.config.batch,
         );
         let broker = Subscription {
             broker: self.config.connection().broker(),

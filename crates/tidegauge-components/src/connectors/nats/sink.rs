@@ -55,9 +55,6 @@ fn default_max_in_flight() -> usize {
     4096
 }
 
-/// Largest `max_in_flight`: the client keeps a permit per awaited acknowledgement.
-const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
-
 impl SinkConfig for NatsSinkConfig {
     const TYPE: &'static str = "nats";
 
@@ -69,12 +66,6 @@ impl SinkConfig for NatsSinkConfig {
             errors.push(ConfigError::new(
                 "stream_subjects",
                 "list the subjects of the stream to create",
-            ));
-        }
-        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.max_in_flight) {
-            errors.push(ConfigError::new(
-                "max_in_flight",
-                format!("expected 1 to {MAX_IN_FLIGHT_LIMIT}"),
             ));
         }
         errors.extend(self.retry.validate("retry"));

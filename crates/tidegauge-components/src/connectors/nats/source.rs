@@ -168,7 +168,7 @@ impl NatsSource {
             &self.config.fields,
             self.schema.clone(),
             key_field,
-            self.config.batch.rows,
+            &self.config.batch,
         );
         let consumer = Consumer {
             origin: self.config.connection().origin(),

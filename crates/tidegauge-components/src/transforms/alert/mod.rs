@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
@@ -32,9 +33,11 @@ use tidegauge_core::{
 /// the n-th reminder) and `flapping`.
 ///
 /// Time is event time: the latest `ts` seen across all groups, so recorded data replays
-/// the same incidents; a stream that stops entirely keeps its incidents open until
-/// events flow again. Open incidents are checkpointed with the pipeline and listed by
-/// the admin API (`GET /alerts`) and `tidegauge top`.
+/// the same incidents. When the whole input falls silent for `idle_after_ms` of wall
+/// clock, event time moves on with the wall clock from the latest `ts`, so the incidents
+/// of a stream that stopped still resolve (and reminders still go out). Open incidents
+/// are checkpointed with the pipeline and listed by the admin API (`GET /alerts`) and
+/// `tidegauge top`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertConfig {
@@ -73,6 +76,12 @@ pub struct AlertConfig {
     /// Openings within `flap_window_ms` that make a group flapping.
     #[schemars(range(min = 2))]
     pub flap_max_opens: u32,
+    /// Wall-clock time without any event after which event time is taken to move on with
+    /// the wall clock (from the latest `ts` seen), in milliseconds: a stream that stops
+    /// still resolves its incidents `resolve_after_ms` after its last anomaly. 0 keeps
+    /// pure event time (a stopped stream keeps its incidents open until events flow).
+    #[schemars(range(min = 0))]
+    pub idle_after_ms: i64,
 }
 
 impl Default for AlertConfig {
@@ -87,6 +96,7 @@ impl Default for AlertConfig {
             max_alerts_per_minute: 0,
             flap_window_ms: 0,
             flap_max_opens: 3,
+            idle_after_ms: 10_000,
         }
     }
 }
@@ -121,21 +131,7 @@ impl AlertConfig {
                 ));
             }
         }
-        let at_least = |v: i64, min: i64, path: &str, errors: &mut Vec<ConfigError>| {
-            if v < min {
-                errors.push(ConfigError::new(path, format!("expected at least {min}")));
-            }
-        };
-        if self.for_events == 0 {
-            errors.push(ConfigError::new("for_events", "expected at least 1"));
-        }
-        at_least(self.for_ms, 0, "for_ms", errors);
-        at_least(self.resolve_after_ms, 1, "resolve_after_ms", errors);
-        at_least(self.repeat_interval_ms, 0, "repeat_interval_ms", errors);
-        at_least(self.flap_window_ms, 0, "flap_window_ms", errors);
-        if self.flap_max_opens < 2 {
-            errors.push(ConfigError::new("flap_max_opens", "expected at least 2"));
-        }
+        // Numeric ranges are checked from the schema (`ranges::check`) before this runs.
     }
 }
 
@@ -203,6 +199,8 @@ impl TransformConfig for AlertConfig {
             book: Incidents::new(Rules::from(self)),
             output,
             published: false,
+            idle_after_ms: self.idle_after_ms,
+            last_input: None,
         }))
     }
 }
@@ -548,6 +546,9 @@ struct Alert {
     output: SchemaRef,
     /// The open incidents shown by the admin API are up to date.
     published: bool,
+    idle_after_ms: i64,
+    /// When the last batch arrived (wall clock), and the event time it left.
+    last_input: Option<(SystemTime, i64)>,
 }
 
 /// Separates the values of a multi-field group in its key.
@@ -611,6 +612,22 @@ impl Alert {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
+    /// Publishes the open incidents when they changed and emits the notices.
+    fn emit(
+        &mut self,
+        notices: Vec<Notice>,
+        open_before: usize,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        if !notices.is_empty() || open_before != self.book.open().count() || !self.published {
+            self.publish(cx);
+        }
+        if !notices.is_empty() {
+            cx.emit(self.notices_batch(&notices)?);
+        }
+        Ok(())
+    }
+
     /// Shows the open incidents in the admin API.
     fn publish(&mut self, cx: &TransformContext) {
         let open = self
@@ -631,6 +648,23 @@ impl Alert {
         cx.component().telemetry().set_open_incidents(open);
         self.published = true;
     }
+}
+
+/// The event time a silent input has reached: the event time `event_now` it had when
+/// the last batch came at `at`, plus the wall-clock time since, once that is at least
+/// `idle_after_ms` (0: never).
+fn idle_event_time(
+    at: SystemTime,
+    event_now: i64,
+    now: SystemTime,
+    idle_after_ms: i64,
+) -> Option<i64> {
+    if idle_after_ms <= 0 || event_now == i64::MIN {
+        return None;
+    }
+    let idle = now.duration_since(at).ok()?.as_millis();
+    let idle = i64::try_from(idle).ok()?;
+    (idle >= idle_after_ms).then(|| event_now.saturating_add(idle))
 }
 
 /// Names an incident: its group and when it started.
@@ -680,13 +714,34 @@ impl Transform for Alert {
             self.book.event(&key, ts.value(row), flagged, &mut notices);
         }
         self.book.advance(&mut notices);
-        if !notices.is_empty() || before != self.book.open().count() || !self.published {
-            self.publish(cx);
+        self.last_input = Some((SystemTime::now(), self.book.now));
+        self.emit(notices, before, cx)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        (self.idle_after_ms > 0).then(|| {
+            let step = self.idle_after_ms.min(self.book.rules.resolve_after_ms) / 4;
+            Duration::from_millis(step.clamp(10, 1_000) as u64)
+        })
+    }
+
+    /// A silent input: event time moves on with the wall clock once it has been silent
+    /// for `idle_after_ms`.
+    fn tick(&mut self, now: SystemTime, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        let Some((at, event_now)) = self.last_input else {
+            return Ok(());
+        };
+        let Some(now) = idle_event_time(at, event_now, now, self.idle_after_ms) else {
+            return Ok(());
+        };
+        if now <= self.book.now || self.book.open().next().is_none() {
+            return Ok(());
         }
-        if !notices.is_empty() {
-            cx.emit(self.notices_batch(&notices)?);
-        }
-        Ok(())
+        let before = self.book.open().count();
+        self.book.now = now;
+        let mut notices = Vec::new();
+        self.book.advance(&mut notices);
+        self.emit(notices, before, cx)
     }
 
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {

@@ -198,3 +198,51 @@ fn incidents_survive_a_checkpoint() {
     );
     assert!(again.load(b"junk").is_err());
 }
+
+#[test]
+fn a_silent_input_moves_event_time_with_the_wall_clock_once_idle_long_enough() {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let later = |ms: u64| at + Duration::from_millis(ms);
+    assert_eq!(
+        idle_event_time(at, 500, later(999), 1_000),
+        None,
+        "not idle yet"
+    );
+    assert_eq!(idle_event_time(at, 500, later(1_000), 1_000), Some(1_500));
+    assert_eq!(idle_event_time(at, 500, later(5_000), 1_000), Some(5_500));
+    assert_eq!(
+        idle_event_time(at, 500, later(5_000), 0),
+        None,
+        "0 turns it off"
+    );
+    assert_eq!(
+        idle_event_time(at, i64::MIN, later(5_000), 1_000),
+        None,
+        "no event time yet"
+    );
+    assert_eq!(
+        idle_event_time(at, 500, at - Duration::from_secs(1), 1_000),
+        None,
+        "a clock that went back"
+    );
+}
+
+#[test]
+fn an_incident_of_a_stream_that_stopped_resolves_when_event_time_moves_on() {
+    let mut book = Incidents::new(rules());
+    let mut out = Vec::new();
+    let f = || Flagged {
+        score: 2.0,
+        detector: None,
+        reason: None,
+    };
+    book.event("s", 0, Some(f()), &mut out);
+    book.event("s", 10, Some(f()), &mut out);
+    book.advance(&mut out);
+    assert_eq!(out.len(), 1, "firing");
+    // No more events; the idle clock says event time is now 10 + 100.
+    book.now = 110;
+    book.advance(&mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[1].status, out[1].ts), (Status::Resolved, 110));
+}

@@ -27,7 +27,9 @@ fn rows(n: usize) -> Vec<Row> {
     let mut seed: u64 = 7;
     (0..n)
         .map(|_| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let key = (seed >> 33) % 24;
             let p = (key as i64) % PARTITIONS;
             let o = next[p as usize];
@@ -53,7 +55,9 @@ fn batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
@@ -80,8 +84,15 @@ impl Instance {
         };
         let input = schema();
         let output = super::validate(&spec, &spec.common(), &input).unwrap();
-        let t = super::build_in(spec.clone(), &spec.common(), &input, output, "z", hub.clone())
-            .unwrap();
+        let t = super::build_in(
+            spec.clone(),
+            &spec.common(),
+            &input,
+            output,
+            "z",
+            hub.clone(),
+        )
+        .unwrap();
         let component = ComponentContext::new(
             Arc::new(ComponentTelemetry::new(
                 "z",
@@ -99,13 +110,23 @@ impl Instance {
 
     fn collect(&mut self) {
         for (b, _) in self.cx.take_emitted() {
-            let p = b.column_by_name(PARTITION_FIELD).unwrap().as_primitive::<arrow_array::types::Int64Type>();
-            let o = b.column_by_name(OFFSET_FIELD).unwrap().as_primitive::<arrow_array::types::Int64Type>();
+            let p = b
+                .column_by_name(PARTITION_FIELD)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Int64Type>();
+            let o = b
+                .column_by_name(OFFSET_FIELD)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Int64Type>();
             let z = b.column_by_name("z").unwrap().as_primitive::<Float64Type>();
             for i in 0..b.num_rows() {
                 let v = if z.is_null(i) { f64::NAN } else { z.value(i) };
                 let old = self.z.insert((p.value(i), o.value(i)), v);
-                assert!(old.is_none(), "row {:?} judged twice", (p.value(i), o.value(i)));
+                assert!(
+                    old.is_none(),
+                    "row {:?} judged twice",
+                    (p.value(i), o.value(i))
+                );
             }
         }
     }
@@ -116,7 +137,9 @@ impl Instance {
     }
 
     fn tick(&mut self) {
-        self.t.tick(std::time::SystemTime::now(), &mut self.cx).unwrap();
+        self.t
+            .tick(std::time::SystemTime::now(), &mut self.cx)
+            .unwrap();
         self.collect();
     }
 
@@ -131,7 +154,13 @@ impl Instance {
 /// (which includes the first rows of the batch not yet sent, so batches straddle cuts),
 /// outputs made durable after each batch. Returns each partition's last snapshot once
 /// `stop_at` rows are read (the instance is then dropped, as if killed).
-fn run_until(hub: &Arc<Hub>, workers: usize, rows: &[Row], size: usize, stop_at: usize) -> BTreeMap<i64, Snapshot> {
+fn run_until(
+    hub: &Arc<Hub>,
+    workers: usize,
+    rows: &[Row],
+    size: usize,
+    stop_at: usize,
+) -> BTreeMap<i64, Snapshot> {
     let mut a = Instance::new(hub, workers);
     for p in 0..PARTITIONS as i32 {
         hub.assign(p, None);
@@ -187,7 +216,11 @@ fn check(workers: usize, size: usize) {
 
     let hub_a = Arc::new(Hub::default());
     let snapshots = run_until(&hub_a, workers, &all, size, 2_900);
-    assert_eq!(snapshots.len(), PARTITIONS as usize, "every partition was written");
+    assert_eq!(
+        snapshots.len(),
+        PARTITIONS as usize,
+        "every partition was written"
+    );
 
     let hub_b = Arc::new(Hub::default());
     let mut b = Instance::new(&hub_b, workers);
