@@ -43,6 +43,11 @@ pub struct Snapshot {
     pub states: BTreeMap<String, Vec<u8>>,
 }
 
+/// An assignment as a transform applies it: the partition, the offset consumption
+/// resumes from (-1: where the group stands), and this transform's state of it (`None`:
+/// the partition starts empty).
+pub type Restore = (i32, i64, Option<Vec<u8>>);
+
 /// What a transform must apply before its next batch.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -50,7 +55,7 @@ pub struct Changes {
     pub owned: BTreeSet<i32>,
     /// Partitions newly assigned: where consumption resumes, and this transform's state
     /// (`None`: no snapshot, the partition starts empty).
-    pub restores: Vec<(i32, i64, Option<Vec<u8>>)>,
+    pub restores: Vec<Restore>,
 }
 
 #[derive(Default)]
@@ -64,7 +69,7 @@ struct State {
     transforms: BTreeSet<String>,
     owned: BTreeSet<i32>,
     /// Per transform, the assignments it has yet to apply.
-    restores: HashMap<String, Vec<(i32, i64, Option<Vec<u8>>)>>,
+    restores: HashMap<String, Vec<Restore>>,
     cuts: BTreeMap<i32, Cut>,
     /// Per partition, the offset below which the sinks hold every output.
     durable: HashMap<i32, i64>,

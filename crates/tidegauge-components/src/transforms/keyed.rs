@@ -209,6 +209,9 @@ pub(crate) fn build_in<S: DetectorSpec>(
     }))
 }
 
+/// A key with its detector state.
+type Pair<S> = (Box<str>, <S as DetectorSpec>::State);
+
 /// Where the input carries each event's Kafka partition and offset (a `kafka` source
 /// with `partition_state`), if it does.
 fn partition_columns(input: &Schema) -> Option<(usize, usize)> {
@@ -568,10 +571,7 @@ impl<S: DetectorSpec> KeyedDetector<S> {
 
 impl<S: DetectorSpec> KeyedDetector<S> {
     /// Every key's state with its key, whichever worker holds it.
-    fn pairs(
-        &mut self,
-        cx: &mut TransformContext,
-    ) -> Result<Vec<(Box<str>, S::State)>, ComponentError> {
+    fn pairs(&mut self, cx: &mut TransformContext) -> Result<Vec<Pair<S>>, ComponentError> {
         self.drain(cx)?;
         let Some(bytes) = self.checkpoint()? else {
             return Ok(Vec::new());
@@ -586,7 +586,7 @@ impl<S: DetectorSpec> KeyedDetector<S> {
     }
 
     /// `pairs` as a checkpoint blob.
-    fn encode(&self, pairs: Vec<(Box<str>, S::State)>) -> Result<Vec<u8>, ComponentError> {
+    fn encode(&self, pairs: Vec<Pair<S>>) -> Result<Vec<u8>, ComponentError> {
         let (keys, states) = super::state::from_pairs(pairs);
         let bytes = match self.spec.get().1.save_states(&keys, &states) {
             Some(b) => b?,
@@ -663,7 +663,7 @@ impl<S: DetectorSpec> KeyedDetector<S> {
         let Some(p) = &self.partitioning else {
             return Ok(());
         };
-        let mut by_partition: HashMap<i32, Vec<(Box<str>, S::State)>> =
+        let mut by_partition: HashMap<i32, Vec<Pair<S>>> =
             cuts.iter().map(|c| (c.0, Vec::new())).collect();
         for (k, st) in pairs {
             if let Some(v) = p

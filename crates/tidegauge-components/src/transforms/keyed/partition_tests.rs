@@ -35,7 +35,11 @@ fn rows(n: usize) -> Vec<Row> {
             let o = next[p as usize];
             next[p as usize] += 1;
             let noise = ((seed >> 11) % 1000) as f64 / 100.0;
-            let spike = if (seed >> 20) % 37 == 0 { 60.0 } else { 0.0 };
+            let spike = if (seed >> 20).is_multiple_of(37) {
+                60.0
+            } else {
+                0.0
+            };
             (format!("k{key}"), p, o, key as f64 * 10.0 + noise + spike)
         })
         .collect()
