@@ -220,6 +220,7 @@ impl SourceConfig for KafkaSourceConfig {
                 epochs: BTreeMap::new(),
                 watermarks: Arc::default(),
                 querying: Arc::default(),
+                redelivered: 0,
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -297,6 +298,8 @@ struct Partitioned {
     /// High watermarks per partition, as last asked of the broker.
     watermarks: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
     querying: Arc<std::sync::atomic::AtomicBool>,
+    /// Messages the client delivered again, below what was already read.
+    redelivered: u64,
 }
 
 impl Partitioned {
@@ -513,10 +516,30 @@ impl BrokerSource for Member {
                             // reads it.
                             return Next::Message(None);
                         };
-                        decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
-                        if partitioned.decoded.insert(partition, offset + 1).is_none() {
-                            tracing::debug!(partition, offset, "first message of the partition");
+                        match partitioned.decoded.get(&partition) {
+                            Some(&next) if offset < next => {
+                                // Delivered again (the client reset its fetch position):
+                                // the state already holds it; counting it twice would
+                                // shift every window of its sensors.
+                                partitioned.redelivered += 1;
+                                if partitioned.redelivered.is_power_of_two() {
+                                    tracing::warn!(
+                                        partition,
+                                        offset,
+                                        next,
+                                        redelivered = partitioned.redelivered,
+                                        "message delivered again by the client; skipped"
+                                    );
+                                }
+                                return Next::Message(None);
+                            }
+                            Some(_) => {}
+                            None => {
+                                tracing::debug!(partition, offset, "first message of the partition")
+                            }
                         }
+                        decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
+                        partitioned.decoded.insert(partition, offset + 1);
                         Next::Message(Some((topic.to_string(), partition, offset, epoch)))
                     }
                     None => {
@@ -578,6 +601,13 @@ impl BrokerSource for Member {
             cx.emit(ComponentErrorOccurred {
                 error: &format!("{failed} message(s) not delivered by a sink; reading them again"),
             });
+        }
+        if let Some(partitioned) = &mut self.changelog {
+            for (_, p, o) in &seeks {
+                // Read again on purpose (a sink failed them): let them through.
+                let next = partitioned.decoded.entry(*p).or_insert(*o);
+                *next = (*next).min(*o);
+            }
         }
         for (t, p, o) in seeks {
             if let Err(e) = self
