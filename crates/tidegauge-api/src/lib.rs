@@ -14,21 +14,31 @@
 //! | `GET /alerts` | incidents open now, from every `alert` transform |
 //! | `GET /partitions` | Kafka partitions each group member with partition state owns: lag, state size, rebalances |
 //! | `GET /openapi.json` | this API, described |
+//! | `GET /ui` | the dashboard ([`ui`]) |
+//! | `GET /sensors` | sensors with a recent history (search by id) |
+//! | `GET /sensors/top` | the sensors with the most anomalies lately |
+//! | `GET /sensors/points` | a sensor's recent verdicts: value, statistic, score, flag |
+//! | `GET /events` | live feed (Server-Sent Events): counters, top sensors, incidents, points |
+//! | `GET /logs` | logs search (bearer token) |
 //!
 //! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused;
 //! connections are bounded in number, time and memory ([`server`]).
 //!
 //! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`,
-//! `/profile`, `/alerts` and `/partitions` are open (liveness probes and Prometheus scrapers carry no token; they
-//! show counters, ids and field names, never a setting's value). Parameters
+//! `/profile`, `/alerts` and `/partitions` are open (liveness probes and Prometheus
+//! scrapers carry no token; they show counters, ids and field names, never a setting's
+//! value), and so are the dashboard's page, its sensor data (`/sensors*`, `/events`: ids
+//! and verdicts, as `/alerts` shows). Parameters
 //! (`/components/{id}/params`, which show settings) and the change history (`/changes`,
-//! which shows old and new values and who made them) need the bearer token, like changes.
+//! which shows old and new values and who made them) need the bearer token, like changes,
+//! and so does the logs search (`/logs`: log lines record parameter changes).
 #![deny(missing_docs)]
 
 pub mod changes;
 pub mod client;
 mod openapi;
 pub mod server;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +62,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use changes::{ChangeLog, ChangeRecord};
 pub use server::{ConnectionCounters, Limits};
+pub use ui::{LogQuery, LogSearch};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -79,6 +90,9 @@ pub struct AdminState {
     changes: Arc<ChangeLog>,
     counters: Arc<ProcessCounters>,
     connections: Arc<ConnectionCounters>,
+    history: Option<Arc<tidegauge_core::live::SensorHistory>>,
+    logs: Option<Arc<dyn LogSearch>>,
+    feeds: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -96,7 +110,22 @@ impl AdminState {
             changes,
             counters,
             connections: Arc::default(),
+            history: None,
+            logs: None,
+            feeds: Arc::new(tokio::sync::Semaphore::new(ui::MAX_FEEDS)),
         }
+    }
+
+    /// Serves the recent verdicts kept in `history` (the dashboard's charts).
+    pub fn with_history(mut self, history: Arc<tidegauge_core::live::SensorHistory>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    /// Searches logs with `logs`.
+    pub fn with_logs(mut self, logs: Arc<dyn LogSearch>) -> Self {
+        self.logs = Some(logs);
+        self
     }
 }
 
@@ -116,6 +145,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/alerts", get(alerts))
         .route("/partitions", get(partitions))
         .route("/openapi.json", get(openapi::document))
+        .route("/sensors", get(ui::sensors))
+        .route("/sensors/top", get(ui::top))
+        .route("/sensors/points", get(ui::points))
+        .route("/logs", get(ui::logs))
         .fallback(not_found)
         .layer(axum::middleware::map_response(scrub_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -124,6 +157,14 @@ pub fn router(state: AdminState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // A live feed lasts longer than a request may and is sent as it goes: it is
+        // outside the timeout and the whole-answer scrub (it scrubs each event itself).
+        .route("/events", get(ui::feed))
+        // The dashboard's files are constants of the binary, served as built: the scrub
+        // would take `name=value` in minified code for a secret and break it.
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .with_state(state)
 }
 
@@ -214,6 +255,11 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
 }
 
 async fn components(State(s): State<AdminState>) -> Json<Value> {
+    Json(components_value(&s))
+}
+
+/// Every component with its counters, inputs and whether it is tunable.
+fn components_value(s: &AdminState) -> Value {
     let list: Vec<Value> = s
         .live
         .components()
@@ -227,7 +273,7 @@ async fn components(State(s): State<AdminState>) -> Json<Value> {
             v
         })
         .collect();
-    Json(Value::Array(list))
+    Value::Array(list)
 }
 
 fn fields(s: &arrow_schema::SchemaRef) -> Value {
@@ -510,6 +556,11 @@ fn connection_metrics(out: &mut String, c: &ConnectionCounters) {
 
 /// Open incidents of every component that raises alerts, oldest first.
 async fn alerts(State(s): State<AdminState>) -> Json<Value> {
+    Json(alerts_value(&s))
+}
+
+/// Open incidents of every component that raises alerts, oldest first.
+fn alerts_value(s: &AdminState) -> Value {
     let mut open: Vec<(i64, Value)> = Vec::new();
     for c in s.live.components() {
         for i in c.telemetry.open_incidents() {
@@ -521,7 +572,7 @@ async fn alerts(State(s): State<AdminState>) -> Json<Value> {
         }
     }
     open.sort_by_key(|(t, _)| *t);
-    Json(json!({ "open": open.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }))
+    json!({ "open": open.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })
 }
 
 /// The partitions each consumer-group member with partition state owns, with lag and
