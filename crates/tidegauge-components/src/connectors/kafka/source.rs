@@ -221,6 +221,7 @@ impl SourceConfig for KafkaSourceConfig {
                 watermarks: Arc::default(),
                 querying: Arc::default(),
                 redelivered: 0,
+                gaps: BTreeMap::new(),
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -300,6 +301,8 @@ struct Partitioned {
     querying: Arc<std::sync::atomic::AtomicBool>,
     /// Messages the client delivered again, below what was already read.
     redelivered: u64,
+    /// Per partition, the offset read again from after a jump past it.
+    gaps: BTreeMap<i32, i64>,
 }
 
 impl Partitioned {
@@ -533,7 +536,40 @@ impl BrokerSource for Member {
                                 }
                                 return Next::Message(None);
                             }
-                            Some(_) => {}
+                            Some(&next)
+                                if offset > next
+                                    && partitioned.gaps.get(&partition) != Some(&next) =>
+                            {
+                                // A jump past messages not read: the client's position
+                                // moved under this owner (seen when a broker lets two
+                                // members hold a partition). Read from where the state
+                                // stands; a real gap (transaction markers, compaction)
+                                // comes back the same after the seek and is accepted.
+                                partitioned.gaps.insert(partition, next);
+                                tracing::warn!(
+                                    partition,
+                                    offset,
+                                    next,
+                                    "message past a gap in the partition; reading again from {next}"
+                                );
+                                if let Err(e) = self.consumer.seek(
+                                    topic,
+                                    partition,
+                                    Offset::Offset(next),
+                                    Duration::from_secs(5),
+                                ) {
+                                    cx.emit(ComponentErrorOccurred {
+                                        error: &format!(
+                                            "cannot read {topic}/{partition} again from {next}: {e}"
+                                        ),
+                                    });
+                                } else {
+                                    return Next::Message(None);
+                                }
+                            }
+                            Some(_) => {
+                                partitioned.gaps.remove(&partition);
+                            }
                             None => {
                                 tracing::debug!(partition, offset, "first message of the partition")
                             }
