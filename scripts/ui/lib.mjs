@@ -22,7 +22,8 @@ export function startPipeline(bin, pipeline, extraEnv = {}) {
     child.on('exit', (code) => reject(new Error(`tidegauge exited (${code}) before listening:\n${stderr}`)));
     child.stderr.on('data', (d) => {
       stderr += d.toString();
-      const m = stderr.match(/admin API on (http:\/\/[0-9.:]+)/);
+      // The whole line: stderr may arrive cut anywhere.
+      const m = stderr.match(/admin API on (http:\/\/[0-9.:]+)\r?\n/);
       if (m) {
         clearTimeout(timer);
         resolve({ origin: m[1], child, out });

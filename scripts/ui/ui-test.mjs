@@ -104,6 +104,13 @@ try {
     'the change history records it (old, new, actor "dashboard")', last);
   await page.waitForFunction((v) => document.querySelector('#change-table tbody').textContent.includes(String(v)), wanted);
   check(true, 'the page shows the change in its history table');
+  // Beside the chart: the detector's statistic and its threshold, now the new one.
+  await page.waitForFunction((v) => {
+    const m = document.getElementById('sensor-stats').textContent.match(/threshold\s*([0-9.]+)/);
+    return m && Number(m[1]) === v;
+  }, wanted);
+  const beside = await page.textContent('#sensor-stats');
+  check(/z\s+-?[0-9]/.test(beside), `the chart shows the statistic and the new threshold beside it (${beside})`);
   await page.locator('#params').screenshot({ path: join(shots, 'parameters.png') });
 
   // 4. Without the token the change is refused and the page says so.

@@ -74,7 +74,8 @@ fn dashboard_paths() -> Vec<(&'static str, Value)> {
             "/events",
             json!({ "get": { "summary": "Live feed, Server-Sent Events: `components` each second, `overview` (top sensors, open incidents) every two, `points` of `sensor` as they come. Ends after 10 minutes (EventSource reconnects); at most 16 at once.",
             "parameters": [query("sensor", false, "Sensor whose new points are sent."),
-                           query("component", false, "Its detector.")],
+                           query("component", false, "Its detector."),
+                           query("after", false, "Points the client has (a `total` it read); only later ones are sent.")],
             "responses": { "200": { "description": "The feed.", "content": { "text/event-stream": {} } } } } }),
         ),
         (

@@ -202,6 +202,8 @@ pub(crate) async fn points(
 pub(crate) struct FeedQuery {
     sensor: Option<String>,
     component: Option<String>,
+    /// Points of `sensor` the client has already (the `total` it last read).
+    after: Option<u64>,
 }
 
 /// What a live feed remembers between ticks.
@@ -259,14 +261,15 @@ impl Feed {
     }
 }
 
-/// `GET /events?sensor=&component=`: Server-Sent Events. `components` (every component
+/// `GET /events?sensor=&component=&after=`: Server-Sent Events. `components` (every component
 /// with its counters) each second, `overview` (top sensors and open incidents) every two
-/// seconds, and `points` (the new verdicts of `sensor`, when given) as they come. Ends
+/// seconds, and `points` (the verdicts of `sensor`, when given, past the `after`th) as
+/// they come. Ends
 /// after [`FEED_LIFETIME`]; at most [`MAX_FEEDS`] at once.
 pub(crate) async fn feed(
     State(s): State<AdminState>,
     Query(q): Query<FeedQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let permit = s.feeds.clone().try_acquire_owned().map_err(|_| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -277,7 +280,7 @@ pub(crate) async fn feed(
         state: s,
         sensor: q.sensor,
         component: q.component,
-        seen: None,
+        seen: q.after,
         ticks: 0,
         started: Instant::now(),
         queued: VecDeque::new(),
@@ -297,10 +300,14 @@ pub(crate) async fn feed(
             f.fill();
         }
     });
-    Ok((
+    let mut response = (
         [(header::CACHE_CONTROL, "no-cache")],
         Sse::new(stream).keep_alive(KeepAlive::default()),
-    ))
+    )
+        .into_response();
+    // The connection stays busy while the feed runs (not closed as idle).
+    response.extensions_mut().insert(super::server::Streaming);
+    Ok(response)
 }
 
 /// A logs search, as `tidegauge logs` does.

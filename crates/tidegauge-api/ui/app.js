@@ -22,6 +22,7 @@
     // without a token and the API refuses it); a new token reloads them.
     if (token) loadParams();
     loadChanges();
+    loadThreshold();
   }
 
   $('token-button').addEventListener('click', () => {
@@ -155,7 +156,8 @@
       root.append(svg('path', { class: 'edge' + (busy ? ' busy' : ''), d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, 'data-from': e.from, 'data-to': e.to }));
       const r = rates[e.from];
       const label = (r ? human(r.out) + '/s' : '') + (q ? `  q ${q.queued}/${q.capacity}` : '');
-      root.append(svg('text', { class: 'edge-label', x: mx - 30, y: (y1 + y2) / 2 - 4 }, label));
+      // Beside the edge's end: edges leaving one node part there, so labels do not meet.
+      root.append(svg('text', { class: 'edge-label', x: x2 - 66, y: y2 - 5 }, label));
     }
     for (const n of topology.nodes) {
       const p = pos[n.id];
@@ -210,11 +212,13 @@
   let charts = { values: null, score: null };
   let threshold = null;
   let searchTimer = null;
+  let pointsKept = 180; // [admin] history_points, read from GET /sensors
 
   async function search() {
     const q = $('sensor-search').value.trim();
     try {
       const r = await api('/sensors?limit=200&q=' + encodeURIComponent(q));
+      pointsKept = r.history.points_per_sensor;
       $('sensor-count').textContent = `${r.matched} of ${r.history.tracked} sensors kept` +
         ` (at most ${r.history.max_sensors} × ${r.history.points_per_sensor} points)`;
       const list = $('sensor-list');
@@ -312,21 +316,31 @@
     threshold = null;
     makeCharts();
     openFeed();
-    if (token) {
-      api('/components/' + encodeURIComponent(component) + '/params').then((r) => {
-        const t = r.params.find((p) => p.name === 'threshold');
-        threshold = t ? t.value : 'no threshold parameter';
-        markChart();
-      }).catch(() => {});
-    }
+    loadThreshold();
+  }
+
+  // The detector's `threshold` parameter, shown beside the chart (parameters need the token).
+  function loadThreshold() {
+    if (!selected || !series) return;
+    if (!token) { threshold = null; markChart(); return; }
+    const component = selected.component;
+    api('/components/' + encodeURIComponent(component) + '/params').then((r) => {
+      if (!selected || selected.component !== component) return;
+      const t = r.params.find((p) => p.name === 'threshold');
+      threshold = t ? t.value : 'no threshold parameter';
+      markChart();
+    }).catch((e) => { threshold = e.message; markChart(); });
   }
 
   function onPoints(data) {
     if (!selected || !series || data.sensor !== selected.sensor || data.component !== selected.component) return;
-    const cap = Math.max(series.points.length, 1);
-    series.points = series.points.concat(data.points);
-    const keep = Math.max(cap, data.points.length);
-    if (series.points.length > keep) series.points = series.points.slice(series.points.length - keep);
+    // Only points not had yet (a reconnected feed may repeat some): point number
+    // `data.total - data.points.length + 1` is the first of this batch.
+    if (data.total <= series.total) return;
+    const skip = Math.max(0, series.total - (data.total - data.points.length));
+    // As many as the server keeps per sensor.
+    series.points = series.points.concat(data.points.slice(skip));
+    if (series.points.length > pointsKept) series.points = series.points.slice(series.points.length - pointsKept);
     series.total = data.total;
     const d = chartData();
     charts.values.setData(d.values);
@@ -369,7 +383,10 @@
   function openFeed() {
     if (feed) feed.close();
     let url = '/events';
-    if (selected) url += '?sensor=' + encodeURIComponent(selected.sensor) + '&component=' + encodeURIComponent(selected.component);
+    if (selected) {
+      url += '?sensor=' + encodeURIComponent(selected.sensor) + '&component=' + encodeURIComponent(selected.component) +
+        (series ? '&after=' + series.total : '');
+    }
     feed = new EventSource(url);
     feed.addEventListener('components', (e) => onComponents(JSON.parse(e.data)));
     feed.addEventListener('overview', (e) => onOverview(JSON.parse(e.data)));
@@ -404,10 +421,12 @@
     try { return JSON.parse(t); } catch (_) { return t; }
   }
 
+  let paramsAsked = 0;
   async function loadParams() {
     const id = $('param-component').value;
     const body = $('param-table').tBodies[0];
     if (!id) return;
+    const asked = ++paramsAsked;
     if (!token) {
       body.replaceChildren(el('tr', {}, [el('td', { colspan: '5', class: 'muted', text: 'Parameters show settings: they need the admin token (Token… above).' })]));
       return;
@@ -416,14 +435,25 @@
     try {
       r = await api('/components/' + encodeURIComponent(id) + '/params');
     } catch (e) {
-      body.replaceChildren(el('tr', {}, [el('td', { colspan: '5', class: 'error', text: e.message })]));
+      if (asked === paramsAsked) body.replaceChildren(el('tr', {}, [el('td', { colspan: '5', class: 'error', text: e.message })]));
       return;
     }
+    if (asked !== paramsAsked) return; // a later request answers for the current choice
+    // A refresh keeps what the user is typing.
+    const edits = {};
+    if (body.dataset.component === id) {
+      for (const i of body.querySelectorAll('input.edit.changed')) edits[i.dataset.param] = i.value;
+    }
+    body.dataset.component = id;
     body.replaceChildren(...r.params.map((p) => {
       let valueCell;
       if (p.tunable) {
         const input = el('input', { class: 'edit', 'data-param': p.name, value: fmt(p.value) });
         const apply = el('button', { type: 'button', 'data-apply': p.name, text: 'Apply' });
+        if (edits[p.name] !== undefined) {
+          input.value = edits[p.name];
+          input.classList.add('changed');
+        }
         input.addEventListener('input', () => input.classList.toggle('changed', input.value !== fmt(p.value)));
         input.addEventListener('keydown', (e) => { if (e.key === 'Enter') apply.click(); });
         apply.addEventListener('click', () => change(id, p.name, parseValue(input.value, p.type)));
@@ -454,6 +484,7 @@
       out.textContent = c ? `${id}.${c.parameter}: ${fmt(c.old)} → ${fmt(c.new)}` : 'no change';
       loadParams();
       loadChanges();
+      loadThreshold();
     } catch (e) {
       out.textContent = `${id}.${name} not changed: ${e.message}`;
     }
