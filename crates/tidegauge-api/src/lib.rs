@@ -12,6 +12,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /profile` | per-stage time (when running with `--profile`) |
 //! | `GET /alerts` | incidents open now, from every `alert` transform |
+//! | `GET /partitions` | Kafka partitions each group member with partition state owns: lag, state size, rebalances |
 //! | `GET /openapi.json` | this API, described |
 //! | `GET /ui` | the dashboard ([`ui`]) |
 //! | `GET /sensors` | sensors with a recent history (search by id) |
@@ -24,10 +25,10 @@
 //! connections are bounded in number, time and memory ([`server`]).
 //!
 //! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`,
-//! `/profile` and `/alerts` are open (liveness probes and Prometheus scrapers carry no token; they
-//! show counters, ids and field names, never a setting's value), and so are the
-//! dashboard's page, its sensor data (`/sensors*`, `/events`: ids and verdicts, as
-//! `/alerts` shows). Parameters
+//! `/profile`, `/alerts` and `/partitions` are open (liveness probes and Prometheus
+//! scrapers carry no token; they show counters, ids and field names, never a setting's
+//! value), and so are the dashboard's page, its sensor data (`/sensors*`, `/events`: ids
+//! and verdicts, as `/alerts` shows). Parameters
 //! (`/components/{id}/params`, which show settings) and the change history (`/changes`,
 //! which shows old and new values and who made them) need the bearer token, like changes,
 //! and so does the logs search (`/logs`: log lines record parameter changes).
@@ -142,6 +143,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/profile", get(profile))
         .route("/alerts", get(alerts))
+        .route("/partitions", get(partitions))
         .route("/openapi.json", get(openapi::document))
         .route("/sensors", get(ui::sensors))
         .route("/sensors/top", get(ui::top))
@@ -517,6 +519,7 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
     };
     let mut text = metrics::render(&process, &s.live.snapshot());
     connection_metrics(&mut text, &s.connections);
+    partition_metrics(&mut text, &s);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -570,6 +573,113 @@ fn alerts_value(s: &AdminState) -> Value {
     }
     open.sort_by_key(|(t, _)| *t);
     json!({ "open": open.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })
+}
+
+/// The partitions each consumer-group member with partition state owns, with lag and
+/// state size, and its rebalances.
+async fn partitions(State(s): State<AdminState>) -> Json<Value> {
+    let mut members = Vec::new();
+    for c in s.live.components() {
+        if let Some(o) = c.telemetry.ownership() {
+            let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("component_id".into(), json!(c.telemetry.id.as_ref()));
+            }
+            members.push(v);
+        }
+    }
+    Json(json!({ "members": members }))
+}
+
+/// Rebalances, owned partitions, lag and state size, in the exposition format.
+fn partition_metrics(out: &mut String, s: &AdminState) {
+    use std::fmt::Write as _;
+    let owned: Vec<(String, tidegauge_core::telemetry::Ownership)> = s
+        .live
+        .components()
+        .iter()
+        .filter_map(|c| {
+            c.telemetry
+                .ownership()
+                .map(|o| (metrics::escape(&c.telemetry.id), o))
+        })
+        .collect();
+    if owned.is_empty() {
+        return;
+    }
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        out,
+        "tidegauge_kafka_rebalances_total",
+        "counter",
+        "Partition assignments and revocations handled.",
+    );
+    for (id, o) in &owned {
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"assign\"}} {}",
+            o.assignments
+        );
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"revoke\"}} {}",
+            o.revocations
+        );
+    }
+    family(
+        out,
+        "tidegauge_kafka_last_rebalance_seconds",
+        "gauge",
+        "Duration of the last assignment (state restore included) and revocation.",
+    );
+    for (id, o) in &owned {
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"assign\"}} {}",
+            o.last_assign_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"revoke\"}} {}",
+            o.last_revoke_ms as f64 / 1000.0
+        );
+    }
+    family(
+        out,
+        "tidegauge_kafka_partition_lag_messages",
+        "gauge",
+        "Messages behind the high watermark, per owned partition (-1: unknown yet).",
+    );
+    for (id, o) in &owned {
+        for p in &o.partitions {
+            let _ = writeln!(
+                out,
+                "tidegauge_kafka_partition_lag_messages{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}",
+                metrics::escape(&p.topic),
+                p.partition,
+                p.lag
+            );
+        }
+    }
+    family(
+        out,
+        "tidegauge_kafka_partition_state_bytes",
+        "gauge",
+        "Bytes of the last state snapshot written, per owned partition.",
+    );
+    for (id, o) in &owned {
+        for p in &o.partitions {
+            let _ = writeln!(
+                out,
+                "tidegauge_kafka_partition_state_bytes{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}",
+                metrics::escape(&p.topic),
+                p.partition,
+                p.state_bytes
+            );
+        }
+    }
 }
 
 async fn profile(State(s): State<AdminState>) -> Json<Value> {

@@ -191,6 +191,8 @@ fn routes() -> Value {
                 "responses": { "200": { "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
             "/alerts": { "get": { "summary": "Incidents open now (from `alert` transforms), oldest first: key, incident id, start, latest anomaly, count, peak score, detector and reason.",
                 "responses": json_ok("Open incidents: `{\"open\": [...]}`.", json!({ "type": "object" })) } },
+            "/partitions": { "get": { "summary": "Kafka partitions each consumer-group member with partition state owns: position, lag, state size; its rebalances.",
+                "responses": json_ok("Owned partitions per member: `{\"members\": [...]}`.", json!({ "type": "object" })) } },
             "/profile": { "get": { "summary": "Per-stage time: ns per event, share of the total, events per second.",
                 "responses": json_ok("Profile.", json!({ "type": "object" })) } },
             "/openapi.json": { "get": { "summary": "This description.",

@@ -268,7 +268,15 @@ impl SensorHistory {
             .filter(|s| needle.is_empty() || s.sensor.to_lowercase().contains(&needle))
             .collect();
         let matched = found.len();
-        found.sort_by(|a, b| (&a.sensor, &a.component).cmp(&(&b.sensor, &b.component)));
+        let order =
+            |a: &&Series, b: &&Series| (&a.sensor, &a.component).cmp(&(&b.sensor, &b.component));
+        // The first `limit` in order without sorting every match (the page asks for 200
+        // among as many as 100,000).
+        if limit < found.len() {
+            found.select_nth_unstable_by(limit, order);
+            found.truncate(limit);
+        }
+        found.sort_by(order);
         let list = found
             .into_iter()
             .take(limit)
@@ -471,6 +479,11 @@ mod tests {
         );
         assert_eq!(h.search("", 10).0, 2);
         assert_eq!(h.search("D", 10).1[0].sensor, "d");
+        let (matched, first) = h.search("", 1);
+        assert_eq!(
+            (matched, first.len(), first[0].sensor.as_str()),
+            (2, 1, "a")
+        );
         let top = h.top(0, 10);
         assert_eq!(top.len(), 2);
         assert!(top[0].peak_score >= top[1].peak_score);
