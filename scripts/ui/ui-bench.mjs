@@ -67,6 +67,7 @@ try {
   const c0 = comps.find((c) => c.id === 'fleet').events_out;
   await new Promise((r) => setTimeout(r, 2000));
   const c1 = (await api(origin, '/components')).body.find((c) => c.id === 'fleet').events_out;
+  console.log(`load average (1, 5, 15 min) at start: ${(await import('node:fs')).readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} on ${(await import('node:os')).cpus().length} cores`);
   console.log(`pipeline: ${sensors} sensors, ${rate} events/s asked, ${((c1 - c0) / 2).toFixed(0)} events/s measured`);
   console.log(`history: ${stats.tracked} series kept (at most ${stats.max_sensors} x ${stats.points_per_sensor} points, bound ${(stats.bytes_bound / 1048576).toFixed(1)} MiB)`);
 

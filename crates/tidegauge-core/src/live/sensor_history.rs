@@ -106,7 +106,8 @@ pub struct HistoryStats {
 
 #[derive(Default)]
 struct Inner {
-    index: HashMap<(Arc<str>, Box<str>), usize>,
+    /// Component -> sensor -> slot in `series` (looked up by `&str`, no allocation a row).
+    index: HashMap<Arc<str>, HashMap<Box<str>, usize>>,
     series: Vec<Series>,
     statistic: HashMap<Arc<str>, String>,
     untracked_rows: u64,
@@ -166,7 +167,8 @@ impl SensorHistory {
             inner.statistic.insert(component.clone(), name.to_string());
         }
         for (sensor, point) in points {
-            let slot = match inner.index.get(&(component.clone(), Box::from(sensor))) {
+            let found = inner.index.get(component).and_then(|m| m.get(sensor));
+            let slot = match found {
                 Some(&i) => Some(i),
                 None => self.admit(&mut inner, component, sensor, point.anomaly),
             };
@@ -195,6 +197,10 @@ impl SensorHistory {
         sensor: &str,
         anomaly: bool,
     ) -> Option<usize> {
+        let full = inner.series.len() >= self.max_sensors;
+        if full && !anomaly {
+            return None;
+        }
         let fresh = Series {
             component: component.clone(),
             sensor: sensor.into(),
@@ -204,27 +210,29 @@ impl SensorHistory {
             anomalies: 0,
             last_anomaly_ms: None,
         };
-        let key = (component.clone(), Box::<str>::from(sensor));
-        if inner.series.len() < self.max_sensors {
+        let slot = if full {
+            let victim = inner
+                .series
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| (s.last_anomaly_ms.unwrap_or(i64::MIN), s.total))
+                .map(|(i, _)| i)?;
+            let old = std::mem::replace(&mut inner.series[victim], fresh);
+            if let Some(m) = inner.index.get_mut(&old.component) {
+                m.remove(&old.sensor);
+            }
+            inner.evicted += 1;
+            victim
+        } else {
             inner.series.push(fresh);
-            let i = inner.series.len() - 1;
-            inner.index.insert(key, i);
-            return Some(i);
-        }
-        if !anomaly {
-            return None;
-        }
-        let victim = inner
-            .series
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| (s.last_anomaly_ms.unwrap_or(i64::MIN), s.total))
-            .map(|(i, _)| i)?;
-        let old = std::mem::replace(&mut inner.series[victim], fresh);
-        inner.index.remove(&(old.component, old.sensor));
-        inner.index.insert(key, victim);
-        inner.evicted += 1;
-        Some(victim)
+            inner.series.len() - 1
+        };
+        inner
+            .index
+            .entry(component.clone())
+            .or_default()
+            .insert(sensor.into(), slot);
+        Some(slot)
     }
 
     /// The store's counters.
@@ -268,7 +276,15 @@ impl SensorHistory {
             .filter(|s| needle.is_empty() || s.sensor.to_lowercase().contains(&needle))
             .collect();
         let matched = found.len();
-        found.sort_by(|a, b| (&a.sensor, &a.component).cmp(&(&b.sensor, &b.component)));
+        let order =
+            |a: &&Series, b: &&Series| (&a.sensor, &a.component).cmp(&(&b.sensor, &b.component));
+        // The first `limit` in order without sorting every match (the page asks for 200
+        // among as many as 100,000).
+        if limit < found.len() {
+            found.select_nth_unstable_by(limit, order);
+            found.truncate(limit);
+        }
+        found.sort_by(order);
         let list = found
             .into_iter()
             .take(limit)
@@ -471,6 +487,11 @@ mod tests {
         );
         assert_eq!(h.search("", 10).0, 2);
         assert_eq!(h.search("D", 10).1[0].sensor, "d");
+        let (matched, first) = h.search("", 1);
+        assert_eq!(
+            (matched, first.len(), first[0].sensor.as_str()),
+            (2, 1, "a")
+        );
         let top = h.top(0, 10);
         assert_eq!(top.len(), 2);
         assert!(top[0].peak_score >= top[1].peak_score);
