@@ -321,11 +321,15 @@ impl SensorHistory {
         after: Option<u64>,
     ) -> Option<SeriesPoints> {
         let inner = self.lock();
-        let s = inner
-            .series
+        // Through the index: a live feed asks twice a second, whatever the fleet's size.
+        let slot = inner
+            .index
             .iter()
-            .filter(|s| &*s.sensor == sensor && component.is_none_or(|c| &*s.component == c))
-            .min_by(|a, b| a.component.cmp(&b.component))?;
+            .filter(|(c, _)| component.is_none_or(|want| &***c == want))
+            .filter_map(|(c, m)| m.get(sensor).map(|&i| (c, i)))
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, i)| i)?;
+        let s = &inner.series[slot];
         let skip = match after {
             Some(seen) => {
                 let new = s.total.saturating_sub(seen) as usize;
