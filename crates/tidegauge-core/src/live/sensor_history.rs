@@ -106,7 +106,8 @@ pub struct HistoryStats {
 
 #[derive(Default)]
 struct Inner {
-    index: HashMap<(Arc<str>, Box<str>), usize>,
+    /// Component -> sensor -> slot in `series` (looked up by `&str`, no allocation a row).
+    index: HashMap<Arc<str>, HashMap<Box<str>, usize>>,
     series: Vec<Series>,
     statistic: HashMap<Arc<str>, String>,
     untracked_rows: u64,
@@ -166,7 +167,8 @@ impl SensorHistory {
             inner.statistic.insert(component.clone(), name.to_string());
         }
         for (sensor, point) in points {
-            let slot = match inner.index.get(&(component.clone(), Box::from(sensor))) {
+            let found = inner.index.get(component).and_then(|m| m.get(sensor));
+            let slot = match found {
                 Some(&i) => Some(i),
                 None => self.admit(&mut inner, component, sensor, point.anomaly),
             };
@@ -195,6 +197,10 @@ impl SensorHistory {
         sensor: &str,
         anomaly: bool,
     ) -> Option<usize> {
+        let full = inner.series.len() >= self.max_sensors;
+        if full && !anomaly {
+            return None;
+        }
         let fresh = Series {
             component: component.clone(),
             sensor: sensor.into(),
@@ -204,27 +210,29 @@ impl SensorHistory {
             anomalies: 0,
             last_anomaly_ms: None,
         };
-        let key = (component.clone(), Box::<str>::from(sensor));
-        if inner.series.len() < self.max_sensors {
+        let slot = if full {
+            let victim = inner
+                .series
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| (s.last_anomaly_ms.unwrap_or(i64::MIN), s.total))
+                .map(|(i, _)| i)?;
+            let old = std::mem::replace(&mut inner.series[victim], fresh);
+            if let Some(m) = inner.index.get_mut(&old.component) {
+                m.remove(&old.sensor);
+            }
+            inner.evicted += 1;
+            victim
+        } else {
             inner.series.push(fresh);
-            let i = inner.series.len() - 1;
-            inner.index.insert(key, i);
-            return Some(i);
-        }
-        if !anomaly {
-            return None;
-        }
-        let victim = inner
-            .series
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| (s.last_anomaly_ms.unwrap_or(i64::MIN), s.total))
-            .map(|(i, _)| i)?;
-        let old = std::mem::replace(&mut inner.series[victim], fresh);
-        inner.index.remove(&(old.component, old.sensor));
-        inner.index.insert(key, victim);
-        inner.evicted += 1;
-        Some(victim)
+            inner.series.len() - 1
+        };
+        inner
+            .index
+            .entry(component.clone())
+            .or_default()
+            .insert(sensor.into(), slot);
+        Some(slot)
     }
 
     /// The store's counters.
@@ -313,11 +321,15 @@ impl SensorHistory {
         after: Option<u64>,
     ) -> Option<SeriesPoints> {
         let inner = self.lock();
-        let s = inner
-            .series
+        // Through the index: a live feed asks twice a second, whatever the fleet's size.
+        let slot = inner
+            .index
             .iter()
-            .filter(|s| &*s.sensor == sensor && component.is_none_or(|c| &*s.component == c))
-            .min_by(|a, b| a.component.cmp(&b.component))?;
+            .filter(|(c, _)| component.is_none_or(|want| &***c == want))
+            .filter_map(|(c, m)| m.get(sensor).map(|&i| (c, i)))
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, i)| i)?;
+        let s = &inner.series[slot];
         let skip = match after {
             Some(seen) => {
                 let new = s.total.saturating_sub(seen) as usize;
