@@ -12,22 +12,33 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /profile` | per-stage time (when running with `--profile`) |
 //! | `GET /alerts` | incidents open now, from every `alert` transform |
+//! | `GET /partitions` | Kafka partitions each group member with partition state owns: lag, state size, rebalances |
 //! | `GET /openapi.json` | this API, described |
+//! | `GET /ui` | the dashboard ([`ui`]) |
+//! | `GET /sensors` | sensors with a recent history (search by id) |
+//! | `GET /sensors/top` | the sensors with the most anomalies lately |
+//! | `GET /sensors/points` | a sensor's recent verdicts: value, statistic, score, flag |
+//! | `GET /events` | live feed (Server-Sent Events): counters, top sensors, incidents, points |
+//! | `GET /logs` | logs search (bearer token) |
 //!
 //! Requests larger than [`MAX_BODY_BYTES`] or slower than [`REQUEST_TIMEOUT`] are refused;
 //! connections are bounded in number, time and memory ([`server`]).
 //!
 //! Who may read what: `/health`, `/metrics`, `/openapi.json`, `/components`, `/topology`,
-//! `/profile` and `/alerts` are open (liveness probes and Prometheus scrapers carry no token; they
-//! show counters, ids and field names, never a setting's value). Parameters
+//! `/profile`, `/alerts` and `/partitions` are open (liveness probes and Prometheus
+//! scrapers carry no token; they show counters, ids and field names, never a setting's
+//! value), and so are the dashboard's page, its sensor data (`/sensors*`, `/events`: ids
+//! and verdicts, as `/alerts` shows). Parameters
 //! (`/components/{id}/params`, which show settings) and the change history (`/changes`,
-//! which shows old and new values and who made them) need the bearer token, like changes.
+//! which shows old and new values and who made them) need the bearer token, like changes,
+//! and so does the logs search (`/logs`: log lines record parameter changes).
 #![deny(missing_docs)]
 
 pub mod changes;
 pub mod client;
 mod openapi;
 pub mod server;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +62,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use changes::{ChangeLog, ChangeRecord};
 pub use server::{ConnectionCounters, Limits};
+pub use ui::{LogQuery, LogSearch};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -78,6 +90,9 @@ pub struct AdminState {
     changes: Arc<ChangeLog>,
     counters: Arc<ProcessCounters>,
     connections: Arc<ConnectionCounters>,
+    history: Option<Arc<tidegauge_core::live::SensorHistory>>,
+    logs: Option<Arc<dyn LogSearch>>,
+    feeds: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -95,7 +110,22 @@ impl AdminState {
             changes,
             counters,
             connections: Arc::default(),
+            history: None,
+            logs: None,
+            feeds: Arc::new(tokio::sync::Semaphore::new(ui::MAX_FEEDS)),
         }
+    }
+
+    /// Serves the recent verdicts kept in `history` (the dashboard's charts).
+    pub fn with_history(mut self, history: Arc<tidegauge_core::live::SensorHistory>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    /// Searches logs with `logs`.
+    pub fn with_logs(mut self, logs: Arc<dyn LogSearch>) -> Self {
+        self.logs = Some(logs);
+        self
     }
 }
 
@@ -113,7 +143,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/profile", get(profile))
         .route("/alerts", get(alerts))
+        .route("/partitions", get(partitions))
         .route("/openapi.json", get(openapi::document))
+        .route("/sensors", get(ui::sensors))
+        .route("/sensors/top", get(ui::top))
+        .route("/sensors/points", get(ui::points))
+        .route("/logs", get(ui::logs))
         .fallback(not_found)
         .layer(axum::middleware::map_response(scrub_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -122,6 +157,14 @@ pub fn router(state: AdminState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // A live feed lasts longer than a request may and is sent as it goes: it is
+        // outside the timeout and the whole-answer scrub (it scrubs each event itself).
+        .route("/events", get(ui::feed))
+        // The dashboard's files are constants of the binary, served as built: the scrub
+        // would take `name=value` in minified code for a secret and break it.
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .with_state(state)
 }
 
@@ -212,6 +255,11 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
 }
 
 async fn components(State(s): State<AdminState>) -> Json<Value> {
+    Json(components_value(&s))
+}
+
+/// Every component with its counters, inputs and whether it is tunable.
+fn components_value(s: &AdminState) -> Value {
     let list: Vec<Value> = s
         .live
         .components()
@@ -225,7 +273,7 @@ async fn components(State(s): State<AdminState>) -> Json<Value> {
             v
         })
         .collect();
-    Json(Value::Array(list))
+    Value::Array(list)
 }
 
 fn fields(s: &arrow_schema::SchemaRef) -> Value {
@@ -471,6 +519,7 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
     };
     let mut text = metrics::render(&process, &s.live.snapshot());
     connection_metrics(&mut text, &s.connections);
+    partition_metrics(&mut text, &s);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -507,6 +556,11 @@ fn connection_metrics(out: &mut String, c: &ConnectionCounters) {
 
 /// Open incidents of every component that raises alerts, oldest first.
 async fn alerts(State(s): State<AdminState>) -> Json<Value> {
+    Json(alerts_value(&s))
+}
+
+/// Open incidents of every component that raises alerts, oldest first.
+fn alerts_value(s: &AdminState) -> Value {
     let mut open: Vec<(i64, Value)> = Vec::new();
     for c in s.live.components() {
         for i in c.telemetry.open_incidents() {
@@ -518,7 +572,114 @@ async fn alerts(State(s): State<AdminState>) -> Json<Value> {
         }
     }
     open.sort_by_key(|(t, _)| *t);
-    Json(json!({ "open": open.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }))
+    json!({ "open": open.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })
+}
+
+/// The partitions each consumer-group member with partition state owns, with lag and
+/// state size, and its rebalances.
+async fn partitions(State(s): State<AdminState>) -> Json<Value> {
+    let mut members = Vec::new();
+    for c in s.live.components() {
+        if let Some(o) = c.telemetry.ownership() {
+            let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("component_id".into(), json!(c.telemetry.id.as_ref()));
+            }
+            members.push(v);
+        }
+    }
+    Json(json!({ "members": members }))
+}
+
+/// Rebalances, owned partitions, lag and state size, in the exposition format.
+fn partition_metrics(out: &mut String, s: &AdminState) {
+    use std::fmt::Write as _;
+    let owned: Vec<(String, tidegauge_core::telemetry::Ownership)> = s
+        .live
+        .components()
+        .iter()
+        .filter_map(|c| {
+            c.telemetry
+                .ownership()
+                .map(|o| (metrics::escape(&c.telemetry.id), o))
+        })
+        .collect();
+    if owned.is_empty() {
+        return;
+    }
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        out,
+        "tidegauge_kafka_rebalances_total",
+        "counter",
+        "Partition assignments and revocations handled.",
+    );
+    for (id, o) in &owned {
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"assign\"}} {}",
+            o.assignments
+        );
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_rebalances_total{{component_id=\"{id}\",kind=\"revoke\"}} {}",
+            o.revocations
+        );
+    }
+    family(
+        out,
+        "tidegauge_kafka_last_rebalance_seconds",
+        "gauge",
+        "Duration of the last assignment (state restore included) and revocation.",
+    );
+    for (id, o) in &owned {
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"assign\"}} {}",
+            o.last_assign_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "tidegauge_kafka_last_rebalance_seconds{{component_id=\"{id}\",kind=\"revoke\"}} {}",
+            o.last_revoke_ms as f64 / 1000.0
+        );
+    }
+    family(
+        out,
+        "tidegauge_kafka_partition_lag_messages",
+        "gauge",
+        "Messages behind the high watermark, per owned partition (-1: unknown yet).",
+    );
+    for (id, o) in &owned {
+        for p in &o.partitions {
+            let _ = writeln!(
+                out,
+                "tidegauge_kafka_partition_lag_messages{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}",
+                metrics::escape(&p.topic),
+                p.partition,
+                p.lag
+            );
+        }
+    }
+    family(
+        out,
+        "tidegauge_kafka_partition_state_bytes",
+        "gauge",
+        "Bytes of the last state snapshot written, per owned partition.",
+    );
+    for (id, o) in &owned {
+        for p in &o.partitions {
+            let _ = writeln!(
+                out,
+                "tidegauge_kafka_partition_state_bytes{{component_id=\"{id}\",topic=\"{}\",partition=\"{}\"}} {}",
+                metrics::escape(&p.topic),
+                p.partition,
+                p.state_bytes
+            );
+        }
+    }
 }
 
 async fn profile(State(s): State<AdminState>) -> Json<Value> {

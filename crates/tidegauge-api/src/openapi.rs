@@ -26,6 +26,74 @@ pub(crate) async fn document() -> Json<Value> {
 }
 
 pub(crate) fn description() -> Value {
+    let mut doc = routes();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in dashboard_paths() {
+            paths.insert(path.into(), item);
+        }
+    }
+    doc
+}
+
+fn query(name: &str, required: bool, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": required,
+            "description": description, "schema": { "type": "string" } })
+}
+
+/// The dashboard and the routes it reads.
+fn dashboard_paths() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/ui",
+            json!({ "get": { "summary": "The dashboard (HTML; its files under /ui/).",
+            "responses": { "200": { "description": "The page.", "content": { "text/html": {} } } } } }),
+        ),
+        (
+            "/sensors",
+            json!({ "get": { "summary": "Sensors with a recent history (one series per detector and sensor) whose id contains `q`, with the store's bounds and counters.",
+            "parameters": [query("q", false, "Text the sensor id contains (case-insensitive)."),
+                           query("limit", false, "Most series listed (100; at most 1000).")],
+            "responses": json_ok("`{history, matched, sensors}`.", json!({ "type": "object" })) } }),
+        ),
+        (
+            "/sensors/top",
+            json!({ "get": { "summary": "The series with the most anomalies in the last `window_s` seconds, then the highest score.",
+            "parameters": [query("window_s", false, "Seconds looked back (60)."),
+                           query("limit", false, "Most series listed (20).")],
+            "responses": json_ok("`{window_s, sensors}`.", json!({ "type": "object" })) } }),
+        ),
+        (
+            "/sensors/points",
+            json!({ "get": { "summary": "A sensor's recent verdicts: time, value, the detector's statistic, score, flag.",
+            "parameters": [query("sensor", true, "Sensor id."),
+                           query("component", false, "Detector's component id (the first one when omitted)."),
+                           query("after", false, "Only points after this count (the `total` of a previous answer).")],
+            "responses": json_ok("`{component, sensor, statistic, total, points}`.", json!({ "type": "object" })) } }),
+        ),
+        (
+            "/events",
+            json!({ "get": { "summary": "Live feed, Server-Sent Events: `components` each second, `overview` (top sensors, open incidents) every two, `points` of `sensor` as they come. Ends after 10 minutes (EventSource reconnects); at most 16 at once.",
+            "parameters": [query("sensor", false, "Sensor whose new points are sent."),
+                           query("component", false, "Its detector."),
+                           query("after", false, "Points the client has (a `total` it read); only later ones are sent.")],
+            "responses": { "200": { "description": "The feed.", "content": { "text/event-stream": {} } } } } }),
+        ),
+        (
+            "/logs",
+            json!({ "get": { "summary": "Logs search, as `tidegauge logs`: the newest `limit` matching lines, oldest first.",
+            "security": [{ "bearer": [] }],
+            "parameters": [query("level", false, "Least severe level: error, warn, info, debug, trace."),
+                           query("component", false, "Component id."),
+                           query("text", false, "Text the line contains."),
+                           query("since", false, "Newer than this long ago (`15m`)."),
+                           query("until", false, "Older than this long ago (`5m`)."),
+                           query("limit", false, "Most lines (200; at most 5000).")],
+            "responses": json_ok("`{lines}`.", json!({ "type": "object" })) } }),
+        ),
+    ]
+}
+
+fn routes() -> Value {
     let id_param = json!({
         "name": "id", "in": "path", "required": true,
         "description": "Component id as written in the pipeline file.",
@@ -123,6 +191,8 @@ pub(crate) fn description() -> Value {
                 "responses": { "200": { "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
             "/alerts": { "get": { "summary": "Incidents open now (from `alert` transforms), oldest first: key, incident id, start, latest anomaly, count, peak score, detector and reason.",
                 "responses": json_ok("Open incidents: `{\"open\": [...]}`.", json!({ "type": "object" })) } },
+            "/partitions": { "get": { "summary": "Kafka partitions each consumer-group member with partition state owns: position, lag, state size; its rebalances.",
+                "responses": json_ok("Owned partitions per member: `{\"members\": [...]}`.", json!({ "type": "object" })) } },
             "/profile": { "get": { "summary": "Per-stage time: ns per event, share of the total, events per second.",
                 "responses": json_ok("Profile.", json!({ "type": "object" })) } },
             "/openapi.json": { "get": { "summary": "This description.",

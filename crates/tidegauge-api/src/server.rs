@@ -128,6 +128,37 @@ impl Drop for Busy {
     }
 }
 
+/// Marks an answer whose body is streamed for long (a live feed): its connection counts
+/// as busy until the body ends. Such routes bound their own number and lifetime.
+#[derive(Clone, Copy, Debug)]
+pub struct Streaming;
+
+/// An answer's body, holding its connection busy while it lasts (when `_busy` is set).
+struct Guarded<B> {
+    inner: B,
+    _busy: Option<Busy>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Waits until connection `id` has been idle for `timeout`.
 async fn idle_expired(table: &Shared, id: u64, timeout: Duration) {
     loop {
@@ -222,9 +253,15 @@ pub async fn serve(
                 let busy = Busy::new(table.clone(), id);
                 let answer = hyper::service::Service::call(&inner, request);
                 async move {
-                    let response = answer.await;
-                    drop(busy);
-                    response
+                    let response = answer.await?;
+                    // A streamed answer (a live feed) keeps its connection busy until
+                    // its body ends: idle-closing it would cut the feed. Other answers
+                    // free it now, so a client that never reads a body stays evictable.
+                    let hold = response.extensions().get::<Streaming>().is_some();
+                    let busy = hold.then_some(busy);
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|inner| Guarded { inner, _busy: busy }),
+                    )
                 }
             })
         };
@@ -471,6 +508,64 @@ mod tests {
         server.release.notify_waiters();
         assert!(a.await.unwrap().ends_with("released"));
         assert!(b.await.unwrap().ends_with("released"));
+    }
+
+    /// Serves `/stream`: three chunks 400 ms apart, marked [`Streaming`] when `mark`.
+    async fn start_streaming(mark: bool) -> Server {
+        let router = Router::new().route(
+            "/stream",
+            get(move || async move {
+                let chunks = futures_util::stream::unfold(0u8, |n| async move {
+                    if n == 3 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    Some((
+                        Ok::<_, std::convert::Infallible>(format!("chunk{n};")),
+                        n + 1,
+                    ))
+                });
+                let mut r = axum::response::Response::new(axum::body::Body::from_stream(chunks));
+                if mark {
+                    r.extensions_mut().insert(Streaming);
+                }
+                r
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let counters = Arc::new(ConnectionCounters::default());
+        let stop = CancellationToken::new();
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            counters.clone(),
+            stop.clone(),
+        ));
+        Server {
+            address,
+            counters,
+            stop,
+            release: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_outlives_the_idle_timeout_only_when_marked() {
+        let marked = start_streaming(true).await;
+        let answer = fetch(marked.address, "/stream").await;
+        assert!(answer.contains("chunk2;"), "{answer:?}");
+        assert_eq!(marked.counters.idle_closed.load(Ordering::Relaxed), 0);
+        // Unmarked, the connection counts as idle once the head is sent, and is cut.
+        let unmarked = start_streaming(false).await;
+        let answer = fetch(unmarked.address, "/stream").await;
+        assert!(!answer.contains("chunk2;"), "{answer:?}");
+        assert_eq!(unmarked.counters.idle_closed.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod connectors;
 pub mod expr;
+pub mod partitions;
 pub mod secret;
 pub(crate) mod settings;
 pub mod sinks;

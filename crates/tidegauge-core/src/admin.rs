@@ -36,6 +36,26 @@ pub struct AdminConfig {
     /// (`changes.jsonl`). Default: beside the pipeline file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Sensors whose recent verdicts the dashboard (`/ui`) can chart: one series per
+    /// detector and sensor, kept in memory. When all are taken, a new sensor gets one
+    /// only with an anomaly, replacing the series whose last anomaly is the oldest.
+    /// 0 keeps no history. Memory: at most `history_sensors x (256 + 48 x
+    /// history_points)` bytes (the defaults: about 18 MB).
+    #[serde(default = "default_history_sensors")]
+    #[schemars(range(max = 10000000))]
+    pub history_sensors: usize,
+    /// Verdicts kept per series (the most recent).
+    #[serde(default = "default_history_points")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub history_points: usize,
+}
+
+fn default_history_sensors() -> usize {
+    2000
+}
+
+fn default_history_points() -> usize {
+    180
 }
 
 /// Shows everything but the token.
@@ -47,6 +67,8 @@ impl std::fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "(secret)"))
             .field("token_env", &self.token_env)
             .field("state_dir", &self.state_dir)
+            .field("history_sensors", &self.history_sensors)
+            .field("history_points", &self.history_points)
             .finish()
     }
 }

@@ -121,7 +121,7 @@ impl Family<'_> {
 }
 
 /// Escapes a label value (backslash, double quote, newline).
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
     for c in v.chars() {
         match c {

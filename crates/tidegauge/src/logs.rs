@@ -118,6 +118,8 @@ pub struct Query {
     pub component: Option<String>,
     /// Only lines newer than this.
     pub since: Option<Duration>,
+    /// Only lines older than this (the dashboard's time range; the command has none).
+    pub until: Option<Duration>,
     /// Only lines whose message or fields contain this.
     pub grep: Option<String>,
 }
@@ -140,14 +142,19 @@ impl Query {
         {
             return false;
         }
-        if let Some(since) = self.since {
-            let time = v
+        if self.since.is_some() || self.until.is_some() {
+            let age = v
                 .get("timestamp")
                 .and_then(Value::as_str)
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-            match time {
-                Some(t) if now.duration_since(t).unwrap_or_default() <= since => {}
-                _ => return false,
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .map(|t| now.duration_since(t).unwrap_or_default());
+            let Some(age) = age else {
+                return false;
+            };
+            if self.since.is_some_and(|since| age > since)
+                || self.until.is_some_and(|until| age < until)
+            {
+                return false;
             }
         }
         if let Some(g) = &self.grep
@@ -198,6 +205,65 @@ fn human(v: &Value) -> String {
         }
     }
     line
+}
+
+/// The logs of a running pipeline, searched by the admin API (`GET /logs`).
+pub struct LogDir(pub PathBuf);
+
+impl tidegauge_api::LogSearch for LogDir {
+    fn search(&self, q: &tidegauge_api::LogQuery, limit: usize) -> Result<Vec<Value>, String> {
+        let duration = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| {
+                    humantime::parse_duration(t.trim())
+                        .map_err(|e| format!("{name}: `{t}` is not a duration like 15m or 2h: {e}"))
+                })
+                .transpose()
+        };
+        let query = Query {
+            level: q
+                .level
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    l.parse().map_err(|_| {
+                        format!("level: `{l}` is not one of error, warn, info, debug, trace")
+                    })
+                })
+                .transpose()?,
+            component: q.component.clone().filter(|c| !c.is_empty()),
+            since: duration("since", &q.since)?,
+            until: duration("until", &q.until)?,
+            grep: q.text.clone().filter(|t| !t.is_empty()),
+        };
+        let now = SystemTime::now();
+        let mut found = std::collections::VecDeque::new();
+        let files = log_files(&self.0).map_err(|e| format!("{e:#}"))?;
+        for path in files {
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            for line in BufReader::new(file).lines() {
+                let Ok(line) = line else {
+                    break;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if !query.matches(&v, &line, now) {
+                    continue;
+                }
+                if found.len() == limit {
+                    found.pop_front();
+                }
+                // Masked on the way out, as `tidegauge logs` does.
+                let masked = tidegauge_core::redact::scrub(&line);
+                found.push_back(serde_json::from_str(&masked).unwrap_or(v));
+            }
+        }
+        Ok(found.into())
+    }
 }
 
 /// Prints the lines of the logs in `dir` that match `q`; returns how many.
@@ -272,6 +338,7 @@ mod tests {
             level: None,
             component: None,
             since: None,
+            until: None,
             grep: None,
         };
         assert_eq!(count(all), 3);
@@ -280,6 +347,7 @@ mod tests {
                 level: Some(tracing::Level::WARN),
                 component: None,
                 since: None,
+                until: None,
                 grep: None
             }),
             2
@@ -289,6 +357,7 @@ mod tests {
                 level: None,
                 component: Some("spikes".into()),
                 since: Some(Duration::from_secs(600)),
+                until: None,
                 grep: Some("dead-lettered".into())
             }),
             1
@@ -300,6 +369,7 @@ mod tests {
                 level: Some(tracing::Level::ERROR),
                 component: None,
                 since: None,
+                until: None,
                 grep: None,
             },
             false,

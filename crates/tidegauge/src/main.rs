@@ -432,6 +432,7 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 level,
                 component,
                 since,
+                until: None,
                 grep,
             };
             let shown = logs::query(&dir, &q, json, &mut out)?;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tidegauge_api::{AdminState, ChangeLog, ChangeRecord, ProcessCounters};
-use tidegauge_core::live::{self, LiveHandle, ReloadRequest, RunOptions};
+use tidegauge_core::live::{self, LiveHandle, ReloadRequest, RunOptions, SensorHistory};
 use tidegauge_core::metrics::{self, StageProfile};
 use tidegauge_core::registry::ComponentKind;
 use tidegauge_core::topology::{self, Pipeline, RunReport};
@@ -74,12 +74,18 @@ pub fn run(
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         let (reload_tx, reload_rx) = mpsc::channel(1);
+        // The dashboard's recent verdicts per sensor, bounded by [admin] history_*.
+        let history = admin
+            .as_ref()
+            .filter(|a| a.history_sensors > 0)
+            .map(|a| Arc::new(SensorHistory::new(a.history_sensors, a.history_points)));
         let (live, run) = live::start(
             built,
             shutdown.clone(),
             RunOptions {
                 profile: args.profile,
                 reloads: Some(reload_rx),
+                history: history.clone(),
             },
         );
         let run = tokio::spawn(run);
@@ -127,7 +133,14 @@ pub fn run(
                         ewriteln!("tidegauge: admin API on http://{bound}");
                     }
                     tracing::info!(address = %bound, "admin API listening");
-                    let state = AdminState::new(live.clone(), token, changes, counters.clone());
+                    let mut state =
+                        AdminState::new(live.clone(), token, changes, counters.clone());
+                    if let Some(h) = &history {
+                        state = state.with_history(h.clone());
+                    }
+                    if let Some(dir) = &args.state_dir {
+                        state = state.with_logs(Arc::new(crate::logs::LogDir(dir.join("logs"))));
+                    }
                     tokio::spawn(tidegauge_api::serve(listener, state, stop_services.clone()));
                 }
                 Err(e) => {

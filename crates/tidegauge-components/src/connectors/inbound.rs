@@ -77,6 +77,10 @@ pub struct MessageDecoder {
     key_index: Option<usize>,
     batch_rows: usize,
     batch_bytes: usize,
+    /// The declared fields filled with the message's partition and offset, and the
+    /// values for the message being decoded.
+    position_fields: Option<(usize, usize)>,
+    position: (i64, i64),
 }
 
 impl MessageDecoder {
@@ -97,7 +101,35 @@ impl MessageDecoder {
             key_index,
             batch_rows: batch.rows,
             batch_bytes: batch.max_bytes,
+            position_fields: None,
+            position: (0, 0),
         }
+    }
+
+    /// Fills the declared fields `partition` and `offset` of every record with its
+    /// message's partition and offset (see [`MessageDecoder::decode_at`]).
+    pub fn with_position_fields(
+        mut self,
+        fields: &FieldMap,
+        partition: &str,
+        offset: &str,
+    ) -> Self {
+        let index = |name: &str| fields.keys().position(|n| n == name);
+        self.position_fields = index(partition).zip(index(offset));
+        self
+    }
+
+    /// [`MessageDecoder::decode`] of a message at `(partition, offset)`.
+    pub fn decode_at(
+        &mut self,
+        cx: &ComponentContext,
+        origin: &dyn Fn() -> String,
+        key: Option<&str>,
+        payload: &[u8],
+        position: (i64, i64),
+    ) -> usize {
+        self.position = position;
+        self.decode(cx, origin, key, payload)
     }
 
     /// Decodes one message. `key` fills the key field (when one is configured); a payload
@@ -126,6 +158,10 @@ impl MessageDecoder {
                         Some(key) => self.row.set_text(k, key, true),
                         None => return Err("message has no key to fill the key field".into()),
                     }
+                }
+                if let Some((p, o)) = self.position_fields {
+                    self.row.slots[p] = crate::codec::Slot::I64(self.position.0);
+                    self.row.slots[o] = crate::codec::Slot::I64(self.position.1);
                 }
                 self.columns.push(&mut self.row)
             });

@@ -292,10 +292,16 @@ macro_rules! detector_config {
                 &self,
                 input: arrow_schema::SchemaRef,
                 output: arrow_schema::SchemaRef,
-                _cx: tidegauge_core::BuildContext,
+                cx: tidegauge_core::BuildContext,
             ) -> Result<Box<dyn tidegauge_core::Transform>, tidegauge_core::BuildError> {
                 use $crate::transforms::detector::KeyedSettings;
-                $crate::transforms::keyed::build(self.clone(), &self.common(), &input, output)
+                $crate::transforms::keyed::build(
+                    self.clone(),
+                    &self.common(),
+                    &input,
+                    output,
+                    cx.component.id(),
+                )
             }
         }
 

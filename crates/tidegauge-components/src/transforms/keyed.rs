@@ -10,6 +10,7 @@
 //! a key is hashed once per event. One batch is in flight while the next is split and
 //! the previous one's columns are assembled, so that work overlaps with detection.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -23,6 +24,9 @@ use tidegauge_core::schema::{extend, require_field};
 use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
 use tidegauge_detect::{Detector, Verdict};
+
+use crate::partitions::{Seen, process_hub};
+use partitioned::{Partitioning, partition_columns};
 
 use super::key_table::{KeyCounts, KeyLimits, KeyTable, NoHooks};
 use super::spec::{Common, DetectorSpec, check_key_limits};
@@ -151,8 +155,40 @@ pub fn build<S: DetectorSpec>(
     common: &Common,
     input: &SchemaRef,
     output: SchemaRef,
+    id: &str,
+) -> Result<Box<dyn Transform>, BuildError> {
+    build_in(spec, common, input, output, id, process_hub())
+}
+
+/// [`build`], meeting a changelog-backed source in `hub`.
+pub(crate) fn build_in<S: DetectorSpec>(
+    spec: S,
+    common: &Common,
+    input: &SchemaRef,
+    output: SchemaRef,
+    id: &str,
+    hub: Arc<crate::partitions::Hub>,
 ) -> Result<Box<dyn Transform>, BuildError> {
     let columns = locate(common, input)?;
+    let partitioning = partition_columns(input).and_then(|(partition, offset)| {
+        if spec.save_states(&KeyInterner::default(), &[]).is_none() {
+            tracing::warn!(
+                component_id = id,
+                "`{}` cannot snapshot its state: its state is not kept per partition",
+                S::NAME
+            );
+            return None;
+        }
+        Some(Partitioning {
+            partition,
+            offset,
+            registration: hub.register(id),
+            seen: Seen::default(),
+            owned: BTreeSet::new(),
+            key_partition: HashMap::new(),
+            applied: HashMap::new(),
+        })
+    });
     let spec = Arc::new(SpecCell::new(spec));
     // Each worker holds its share of the cap (keys spread evenly over workers).
     let workers = common.workers.max(1);
@@ -170,6 +206,7 @@ pub fn build<S: DetectorSpec>(
         in_flight: None,
         limits,
         max_keys: common.max_keys as u64,
+        partitioning,
     }))
 }
 
@@ -458,6 +495,7 @@ struct KeyedDetector<S: DetectorSpec> {
     limits: KeyLimits,
     /// The cap over all workers.
     max_keys: u64,
+    partitioning: Option<Partitioning>,
 }
 
 impl<S: DetectorSpec> KeyedDetector<S> {
@@ -494,8 +532,8 @@ impl<S: DetectorSpec> KeyedDetector<S> {
     }
 }
 
-impl<S: DetectorSpec> Transform for KeyedDetector<S> {
-    fn process(
+impl<S: DetectorSpec> KeyedDetector<S> {
+    pub(super) fn process_rows(
         &mut self,
         batch: RecordBatch,
         cx: &mut TransformContext,
@@ -525,6 +563,34 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
                 Ok(())
             }
         }
+    }
+}
+
+impl<S: DetectorSpec> Transform for KeyedDetector<S> {
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            self.process_partitioned(batch, cx)
+        } else {
+            self.process_rows(batch, cx)
+        }
+    }
+
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        self.partitioning
+            .as_ref()
+            .map(|_| std::time::Duration::from_millis(100))
+    }
+
+    fn tick(
+        &mut self,
+        _now: std::time::SystemTime,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        self.partition_upkeep(cx)
     }
 
     fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
@@ -612,6 +678,10 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod partition_tests;
+mod partitioned;
 
 #[cfg(test)]
 mod tests {

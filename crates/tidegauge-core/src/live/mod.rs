@@ -42,6 +42,7 @@ mod handle;
 mod plan;
 mod reload;
 mod runner;
+pub mod sensor_history;
 mod spawn;
 mod transform_loop;
 
@@ -53,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::topology::{BuiltPipeline, Pipeline, RunReport};
 
 pub use handle::{ComponentView, LiveHandle, ParamChange, ParamError};
+pub use sensor_history::SensorHistory;
 
 /// How to run.
 #[derive(Default)]
@@ -61,6 +63,9 @@ pub struct RunOptions {
     pub profile: bool,
     /// Where reload requests arrive; `None` for a pipeline that is never reloaded.
     pub reloads: Option<mpsc::Receiver<ReloadRequest>>,
+    /// Where every detector's verdicts are kept for live views (the dashboard's charts);
+    /// `None` keeps none.
+    pub history: Option<std::sync::Arc<SensorHistory>>,
 }
 
 /// A request to replace the running pipeline with `pipeline` (already validated).

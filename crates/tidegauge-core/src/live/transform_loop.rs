@@ -6,6 +6,7 @@ use arrow_schema::SchemaRef;
 use tokio::sync::mpsc;
 
 use super::anomaly_tap::AnomalyTap;
+use super::sensor_history::{HistoryColumns, SensorHistory};
 use crate::ack::Finalizers;
 use crate::batch::Batch;
 use crate::checkpoint::{Report, ReportPort};
@@ -38,6 +39,7 @@ pub(super) fn run_transform(
     component: ComponentContext,
     runtime: &tokio::runtime::Handle,
     input_schema: Option<SchemaRef>,
+    history: Option<std::sync::Arc<SensorHistory>>,
 ) -> Result<(), ComponentError> {
     let TransformIo {
         mut input,
@@ -48,6 +50,13 @@ pub(super) fn run_transform(
     let telemetry = component.telemetry().clone();
     let tap = AnomalyTap::new(out.schema(), input_schema.as_ref());
     telemetry.set_detector(tap.is_some());
+    // Only detectors (what the anomaly tap accepts) feed the history.
+    let history = history.filter(|_| tap.is_some()).and_then(|h| {
+        HistoryColumns::new(out.schema()).map(|c| Recorder {
+            history: h,
+            columns: c,
+        })
+    });
     let mut cx = TransformContext::new(component);
     let mut last_tick = Instant::now();
     loop {
@@ -90,7 +99,7 @@ pub(super) fn run_transform(
                 // sent before the barrier: state and outputs are then exactly those of
                 // the events before it.
                 transform.before_checkpoint(&mut cx)?;
-                if !forward(&mut cx, &mut out, tap.as_ref())? {
+                if !forward(&mut cx, &mut out, tap.as_ref(), history.as_ref())? {
                     return Ok(());
                 }
                 if let Some(port) = &reports {
@@ -98,6 +107,7 @@ pub(super) fn run_transform(
                         node: port.node,
                         id,
                         state: transform.checkpoint().map_err(|e| e.message),
+                        covered: transform.checkpoint_tokens(),
                     });
                 }
                 match out.blocking_send_barrier(id) {
@@ -116,7 +126,7 @@ pub(super) fn run_transform(
                     });
                 }
                 transform.flush(&mut cx)?;
-                forward(&mut cx, &mut out, tap.as_ref())?;
+                forward(&mut cx, &mut out, tap.as_ref(), history.as_ref())?;
                 return Ok(());
             }
         }
@@ -126,7 +136,7 @@ pub(super) fn run_transform(
             last_tick = Instant::now();
             transform.tick(SystemTime::now(), &mut cx)?;
         }
-        if !forward(&mut cx, &mut out, tap.as_ref())? {
+        if !forward(&mut cx, &mut out, tap.as_ref(), history.as_ref())? {
             return Ok(());
         }
     }
@@ -138,11 +148,19 @@ fn forward(
     cx: &mut TransformContext,
     out: &mut Output,
     tap: Option<&AnomalyTap>,
+    history: Option<&Recorder>,
 ) -> Result<bool, ComponentError> {
     let telemetry = cx.component().telemetry().clone();
     for (data, finalizers) in cx.take_emitted() {
         if let Some(tap) = tap {
             tap.scan(&data, &telemetry);
+        }
+        if let Some(r) = history {
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            r.columns.record(&data, &telemetry.id, &r.history, now_ms);
         }
         match out.blocking_send(Batch::with_finalizers(data, finalizers)) {
             Ok(()) => {}
@@ -151,4 +169,10 @@ fn forward(
         }
     }
     Ok(true)
+}
+
+/// A detector's history columns and the store they go to.
+struct Recorder {
+    history: std::sync::Arc<SensorHistory>,
+    columns: HistoryColumns,
 }

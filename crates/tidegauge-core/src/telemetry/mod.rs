@@ -63,6 +63,42 @@ pub struct ComponentTelemetry {
     events_without_state: AtomicU64,
     /// Incidents open now (components that raise alerts).
     open_incidents: Mutex<Vec<OpenIncident>>,
+    /// The partitions a consumer-group member owns (a `kafka` source with partition
+    /// state).
+    ownership: Mutex<Option<Ownership>>,
+}
+
+/// A partition a consumer-group member owns, as the admin API (`GET /partitions`) shows
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnedPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset after the last message read (-1: none read yet).
+    pub position: i64,
+    /// The partition's high watermark as last reported by the client (-1: not yet).
+    pub high_watermark: i64,
+    /// Messages behind the high watermark (-1: unknown yet).
+    pub lag: i64,
+    /// Bytes of the partition's last state snapshot written to the changelog.
+    pub state_bytes: u64,
+}
+
+/// What a consumer-group member owns, and its rebalances so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ownership {
+    /// The partitions owned now.
+    pub partitions: Vec<OwnedPartition>,
+    /// Assignments handled.
+    pub assignments: u64,
+    /// Revocations handled.
+    pub revocations: u64,
+    /// Duration of the last assignment, state restore included, in ms.
+    pub last_assign_ms: u64,
+    /// Duration of the last revocation, in ms.
+    pub last_revoke_ms: u64,
 }
 
 /// An incident that is open, as the admin API (`GET /alerts`) and `tidegauge top` show it.
@@ -216,6 +252,17 @@ impl ComponentTelemetry {
         lock(&self.open_incidents).clone()
     }
 
+    /// Replaces what the component owns of its consumer group.
+    pub fn set_ownership(&self, ownership: Ownership) {
+        *lock(&self.ownership) = Some(ownership);
+    }
+
+    /// What the component owns of its consumer group (`None`: not a member with
+    /// partition state).
+    pub fn ownership(&self) -> Option<Ownership> {
+        lock(&self.ownership).clone()
+    }
+
     /// Fresh counters for a component.
     pub fn new(id: impl Into<Arc<str>>, kind: ComponentKind, type_name: &'static str) -> Self {
         ComponentTelemetry {
@@ -244,6 +291,7 @@ impl ComponentTelemetry {
             queue_probe: ProbeSlot::default(),
             recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
             open_incidents: Mutex::new(Vec::new()),
+            ownership: Mutex::new(None),
             detector: AtomicBool::new(false),
             keys: AtomicU64::new(0),
             keys_evicted: AtomicU64::new(0),

@@ -760,3 +760,86 @@ fn checkpoint_metrics_are_served() {
         tg.stderr()
     );
 }
+
+#[test]
+fn the_dashboard_and_its_data_are_served_with_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = dir.path().join("alerts.jsonl");
+    let example = example();
+    let args = [
+        example.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let tg = start(&args, &[("OBSERVED_OUTPUT", out.to_str().unwrap())]);
+
+    let page = tg.request(None, "GET", "/ui", None);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("src=\"/ui/app.js\""),
+        "{}",
+        page.text()
+    );
+    assert_eq!(tg.request(None, "GET", "/ui/app.js", None).status, 200);
+    assert_eq!(
+        tg.request(None, "GET", "/ui/../Cargo.toml", None).status,
+        404
+    );
+
+    // Every detector's verdicts are kept per sensor, open like /alerts.
+    let mut listed = Value::Null;
+    wait_until("sensors in the history", || {
+        let r = tg.request(None, "GET", "/sensors?limit=5", None);
+        listed = r.json().unwrap();
+        r.status == 200 && listed["history"]["tracked"].as_u64() > Some(0)
+    });
+    assert_eq!(listed["history"]["max_sensors"], 2000);
+    assert_eq!(listed["history"]["points_per_sensor"], 180);
+    let sensor = listed["sensors"][0]["sensor"].as_str().unwrap().to_string();
+    assert_eq!(listed["sensors"][0]["component"], "spikes");
+    let points = |after: &str| {
+        let r = tg.request(
+            None,
+            "GET",
+            &format!("/sensors/points?sensor={sensor}&component=spikes{after}"),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().unwrap()
+    };
+    let all = points("");
+    assert_eq!(all["statistic"], "z");
+    let kept = all["points"].as_array().unwrap();
+    assert!(!kept.is_empty() && kept.len() <= 180, "{all}");
+    assert!(
+        kept.iter()
+            .all(|p| p["value"].is_number() && p["score"].is_number())
+    );
+    // Only what came after a count already read.
+    let total = all["total"].as_u64().unwrap();
+    let later = points(&format!("&after={total}"));
+    let new = later["total"].as_u64().unwrap() - total;
+    assert_eq!(
+        later["points"].as_array().unwrap().len() as u64,
+        new.min(180)
+    );
+    let missing = tg.request(None, "GET", "/sensors/points?sensor=no-such", None);
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(tg.request(None, "GET", "/sensors/top", None).status, 200);
+
+    // The logs search needs the token, like the history of changes.
+    assert_eq!(tg.request(None, "GET", "/logs", None).status, 401);
+    // Log lines reach the file from a writer thread: wait for the line.
+    let mut found = Value::Null;
+    wait_until("the start logged", || {
+        found = tg.get("/logs?level=info&text=pipeline%20started&since=10m");
+        !found["lines"].as_array().unwrap().is_empty()
+    });
+    let lines = found["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{found}");
+    assert_eq!(lines[0]["level"], "INFO");
+    let bad = tg.request(Some(TOKEN), "GET", "/logs?since=soon", None);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("since"), "{}", bad.text());
+}

@@ -2,6 +2,7 @@
 //! settings (appended to both configs by [`kafka_connection!`]), their checks, the
 //! librdkafka client configuration, and errors described without the password.
 
+mod changelog;
 pub mod sink;
 pub mod source;
 

@@ -3,24 +3,30 @@
 //! partition moving to another member) resumes without losing anything.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::component::source_fn;
-use tidegauge_core::telemetry::ComponentErrorOccurred;
+use tidegauge_core::telemetry::{ComponentErrorOccurred, OwnedPartition, Ownership};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Source, SourceConfig,
     SourceContext,
 };
 
+use super::changelog::{Changelog, Rebalancer};
 use super::kafka_connection;
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
+use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD};
 use crate::settings::{config, decoded_records};
 
 config! {
@@ -48,7 +54,28 @@ config! {
         /// commit, in milliseconds.
         #[serde(default = "inbound::default_drain_timeout_ms")]
         pub drain_timeout_ms: u64,
+        /// Partition-aligned state: keyed transforms keep their state per partition, and
+        /// every `snapshot_interval_ms` each partition's state is written, with the
+        /// offset it belongs to, to a changelog topic that the partition's next owner
+        /// restores from (so several instances can share the group). Needs one topic,
+        /// and the int fields `kafka_partition` and `kafka_offset` declared, which the
+        /// source fills from each message.
+        #[serde(default)]
+        pub partition_state: bool,
+        /// The changelog topic (default `<group_id>.<topic>.changelog`); created,
+        /// compacted, with the input's partition count if missing.
+        #[serde(default)]
+        pub changelog_topic: Option<String>,
+        /// How often each partition's state is snapshotted to the changelog, in
+        /// milliseconds. A new owner replays at most about this much of the partition.
+        #[serde(default = "default_snapshot_interval_ms")]
+        #[schemars(range(min = 1))]
+        pub snapshot_interval_ms: u64,
     }
+}
+
+fn default_snapshot_interval_ms() -> u64 {
+    1_000
 }
 
 /// Where to start without a committed offset.
@@ -79,6 +106,30 @@ impl SourceConfig for KafkaSourceConfig {
                 "group_id",
                 "expected a consumer group name",
             ));
+        }
+        if self.partition_state {
+            if self.topics.len() != 1 {
+                errors.push(ConfigError::new(
+                    "partition_state",
+                    "needs exactly one topic in `topics` (one changelog per input topic)",
+                ));
+            }
+            for f in [PARTITION_FIELD, OFFSET_FIELD] {
+                if self.fields.get(f) != Some(&FieldType::Int64) {
+                    errors.push(ConfigError::new(
+                        "partition_state",
+                        format!(
+                            "declare the field `{f}` as int; the source fills it from each message"
+                        ),
+                    ));
+                }
+            }
+            if self.snapshot_interval_ms == 0 {
+                errors.push(ConfigError::new(
+                    "snapshot_interval_ms",
+                    "expected a positive integer",
+                ));
+            }
         }
         if let Some(k) = &self.key_field {
             match self.fields.get(k) {
@@ -112,12 +163,41 @@ impl SourceConfig for KafkaSourceConfig {
                     StartFrom::Latest => "latest",
                 },
             );
-        let consumer: StreamConsumer = c.create().map_err(|e| {
-            BuildError::new(
-                self.connection()
-                    .redact(&format!("cannot create Kafka consumer: {e}")),
-            )
-        })?;
+        let redact = |e: String| BuildError::new(self.connection().redact(&e));
+        let changelog = if self.partition_state {
+            if !self.options.contains_key("partition.assignment.strategy") {
+                // Only the partitions that move pause.
+                c.set("partition.assignment.strategy", "cooperative-sticky");
+            }
+
+            let input = self.topics[0].clone();
+            let topic = self
+                .changelog_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.{input}.changelog", self.group_id));
+            let client = self.connection().client_config();
+            let opened =
+                tokio::task::spawn_blocking(move || Changelog::open(&client, &input, &topic))
+                    .await
+                    .map_err(|e| BuildError::new(format!("changelog: {e}")))?
+                    .map_err(redact)?;
+            Some(Arc::new(opened))
+        } else {
+            None
+        };
+        let hub = crate::partitions::process_hub();
+        let consumer: StreamConsumer<Context> = match &changelog {
+            Some(changelog) => c.create_with_context(Context::Changelog(Rebalancer {
+                hub: hub.clone(),
+                changelog: changelog.clone(),
+                without_snapshot: match self.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            })),
+            None => c.create_with_context(Context::Plain),
+        }
+        .map_err(|e| redact(format!("cannot create Kafka consumer: {e}")))?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| {
             BuildError::new(format!(
@@ -129,6 +209,20 @@ impl SourceConfig for KafkaSourceConfig {
             config: self.clone(),
             consumer,
             schema,
+            changelog: changelog.map(|changelog| Partitioned {
+                changelog,
+                hub,
+                decoded: BTreeMap::new(),
+                cut: BTreeMap::new(),
+                last_cut: Instant::now(),
+                interval: Duration::from_millis(self.snapshot_interval_ms),
+                seen: 0,
+                epochs: BTreeMap::new(),
+                watermarks: Arc::default(),
+                querying: Arc::default(),
+                redelivered: 0,
+                gaps: BTreeMap::new(),
+            }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
     }
@@ -136,12 +230,196 @@ impl SourceConfig for KafkaSourceConfig {
 
 struct KafkaSource {
     config: KafkaSourceConfig,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Context>,
     schema: SchemaRef,
+    changelog: Option<Partitioned>,
 }
 
-/// A message's place: (topic, partition, offset).
-type Position = (String, i32, i64);
+/// The consumer's context: with partition-aligned state, the one that restores state
+/// before a partition is assigned.
+enum Context {
+    Plain,
+    Changelog(Rebalancer),
+}
+
+impl rdkafka::client::ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match self {
+            Context::Changelog(r) => r.rebalance_with(consumer, err, tpl),
+            Context::Plain => plain_rebalance(consumer, err, tpl),
+        }
+    }
+}
+
+/// What the default context does: take or give up the partitions.
+fn plain_rebalance<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    err: RDKafkaRespErr,
+    tpl: &TopicPartitionList,
+) {
+    let cooperative = matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    );
+    let r = match err {
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
+            consumer.incremental_assign(tpl)
+        }
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.assign(tpl),
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+            consumer.incremental_unassign(tpl)
+        }
+        _ => consumer.unassign(),
+    };
+    if let Err(e) = r {
+        tracing::error!("rebalance: {e}");
+    }
+}
+
+/// The source's side of partition-aligned state (see [`crate::partitions`]).
+struct Partitioned {
+    changelog: Arc<Changelog>,
+    hub: Arc<Hub>,
+    /// Per partition, the offset after the last message decoded.
+    decoded: BTreeMap<i32, i64>,
+    /// Per partition, the offset of its last cut.
+    cut: BTreeMap<i32, i64>,
+    last_cut: Instant,
+    interval: Duration,
+    /// The hub's version and the ownership epochs as last seen.
+    seen: u64,
+    epochs: BTreeMap<i32, u64>,
+    /// High watermarks per partition, as last asked of the broker.
+    watermarks: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
+    querying: Arc<std::sync::atomic::AtomicBool>,
+    /// Messages the client delivered again, below what was already read.
+    redelivered: u64,
+    /// Per partition, the offset read again from after a jump past it.
+    gaps: BTreeMap<i32, i64>,
+}
+
+impl Partitioned {
+    /// What this member owns, for the admin API and metrics.
+    fn report(&self, cx: &ComponentContext) {
+        // High watermarks come from the broker, off the runtime, one query at a time;
+        // the lag shown is as of the previous report.
+        if !self
+            .querying
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let (changelog, marks, querying) = (
+                self.changelog.clone(),
+                self.watermarks.clone(),
+                self.querying.clone(),
+            );
+            let owned = self.hub.owned();
+            tokio::task::spawn_blocking(move || {
+                for p in owned {
+                    if let Some(high) = changelog.input_high_watermark(p) {
+                        marks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p, high);
+                    }
+                }
+                querying.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        let marks = self
+            .watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sizes = self.hub.state_sizes();
+        let stats = crate::partitions::rebalance_stats();
+        let partitions = self
+            .hub
+            .owned()
+            .into_iter()
+            .map(|p| {
+                let position = self.decoded.get(&p).copied().unwrap_or(-1);
+                let high = marks.get(&p).copied().unwrap_or(-1);
+                OwnedPartition {
+                    topic: self.changelog.input.clone(),
+                    partition: p,
+                    position,
+                    high_watermark: high,
+                    lag: if high >= 0 && position >= 0 {
+                        (high - position).max(0)
+                    } else {
+                        -1
+                    },
+                    state_bytes: sizes.get(&p).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        cx.telemetry().set_ownership(Ownership {
+            partitions,
+            assignments: stats.assignments,
+            revocations: stats.revocations,
+            last_assign_ms: stats.last_assign_ms,
+            last_revoke_ms: stats.last_revoke_ms,
+        });
+    }
+
+    /// The current epoch of `partition`, after forgetting what was read of a partition
+    /// under an earlier ownership (the hub's version is one atomic load).
+    fn epoch(&mut self, partition: i32, commits: &mut Commits) -> Option<u64> {
+        let v = self.hub.version();
+        if v != self.seen {
+            self.seen = v;
+            let epochs = self.hub.epochs();
+            for (&p, e) in &self.epochs {
+                if epochs.get(&p) != Some(e) {
+                    self.decoded.remove(&p);
+                    self.cut.remove(&p);
+                    commits.next.retain(|(_, q), _| *q != p);
+                    commits.caps.retain(|(_, q), _| *q != p);
+                }
+            }
+            self.epochs = epochs;
+        }
+        self.epochs.get(&partition).copied()
+    }
+
+    /// Writes the snapshots that are complete, and cuts the partitions read since their
+    /// last cut when the interval is up.
+    fn maintain(&mut self, cx: &ComponentContext) {
+        for (p, snapshot) in self.hub.take_ready() {
+            tracing::debug!(partition = p, offset = snapshot.offset, "snapshot written");
+            if let Err(e) = self.changelog.write(p, &snapshot) {
+                cx.emit(ComponentErrorOccurred { error: &e });
+            }
+        }
+        if self.last_cut.elapsed() < self.interval {
+            return;
+        }
+        self.last_cut = Instant::now();
+        self.report(cx);
+        let owned = self.hub.owned();
+        self.decoded.retain(|p, _| owned.contains(p));
+        self.cut.retain(|p, _| owned.contains(p));
+        for (&p, &offset) in &self.decoded {
+            if self.cut.get(&p).is_some_and(|c| *c >= offset) {
+                continue;
+            }
+            if self.hub.cut(p, offset) {
+                self.cut.insert(p, offset);
+            }
+        }
+    }
+}
+
+/// A message's place: (topic, partition, offset), and with partition-aligned state the
+/// partition's ownership epoch when it was read.
+type Position = (String, i32, i64, u64);
 
 /// Per partition, what may be committed. A batch a sink failed to deliver caps the
 /// partition at its first offset until that offset is delivered on a later read.
@@ -158,14 +436,14 @@ impl Commits {
         released: Released<Position>,
     ) -> (TopicPartitionList, Vec<(String, i32, i64)>) {
         let mut seek = BTreeMap::new();
-        for (t, p, o) in released.failed {
+        for (t, p, o, _) in released.failed {
             let e = seek.entry((t.clone(), p)).or_insert(o);
             *e = (*e).min(o);
             let cap = self.caps.entry((t, p)).or_insert(o);
             *cap = (*cap).min(o);
         }
         let mut changed = BTreeMap::new();
-        for (t, p, o) in released.delivered {
+        for (t, p, o, _) in released.delivered {
             let key = (t, p);
             if self.caps.get(&key) == Some(&o) {
                 self.caps.remove(&key);
@@ -190,8 +468,9 @@ impl Commits {
 struct Member {
     origin: String,
     config: KafkaSourceConfig,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Context>,
     commits: Commits,
+    changelog: Option<Partitioned>,
 }
 
 impl Member {
@@ -215,13 +494,95 @@ impl BrokerSource for Member {
         decoder: &mut MessageDecoder,
         cx: &ComponentContext,
     ) -> Next<Position> {
-        match self.consumer.recv().await {
+        let received = match &mut self.changelog {
+            None => self.consumer.recv().await,
+            Some(partitioned) => {
+                tokio::select! {
+                    m = self.consumer.recv() => m,
+                    () = tokio::time::sleep(partitioned.interval / 4) => {
+                        partitioned.maintain(cx);
+                        return Next::Message(None);
+                    }
+                }
+            }
+        };
+        match received {
             Ok(m) => {
                 let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
                 let origin = || format!("{}/{topic}/{partition}@{offset}", self.origin);
                 let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                decoder.decode(cx, &origin, key, m.payload().unwrap_or_default());
-                Next::Message(Some((topic.to_string(), partition, offset)))
+                let payload = m.payload().unwrap_or_default();
+                match &mut self.changelog {
+                    Some(partitioned) => {
+                        let Some(epoch) = partitioned.epoch(partition, &mut self.commits) else {
+                            // Fetched before a revocation took effect: its next owner
+                            // reads it.
+                            return Next::Message(None);
+                        };
+                        match partitioned.decoded.get(&partition) {
+                            Some(&next) if offset < next => {
+                                // Delivered again (the client reset its fetch position):
+                                // the state already holds it; counting it twice would
+                                // shift every window of its sensors.
+                                partitioned.redelivered += 1;
+                                if partitioned.redelivered.is_power_of_two() {
+                                    tracing::warn!(
+                                        partition,
+                                        offset,
+                                        next,
+                                        redelivered = partitioned.redelivered,
+                                        "message delivered again by the client; skipped"
+                                    );
+                                }
+                                return Next::Message(None);
+                            }
+                            Some(&next)
+                                if offset > next
+                                    && partitioned.gaps.get(&partition) != Some(&next) =>
+                            {
+                                // A jump past messages not read: the client's position
+                                // moved under this owner (seen when a broker lets two
+                                // members hold a partition). Read from where the state
+                                // stands; a real gap (transaction markers, compaction)
+                                // comes back the same after the seek and is accepted.
+                                partitioned.gaps.insert(partition, next);
+                                tracing::warn!(
+                                    partition,
+                                    offset,
+                                    next,
+                                    "message past a gap in the partition; reading again from {next}"
+                                );
+                                if let Err(e) = self.consumer.seek(
+                                    topic,
+                                    partition,
+                                    Offset::Offset(next),
+                                    Duration::from_secs(5),
+                                ) {
+                                    cx.emit(ComponentErrorOccurred {
+                                        error: &format!(
+                                            "cannot read {topic}/{partition} again from {next}: {e}"
+                                        ),
+                                    });
+                                } else {
+                                    return Next::Message(None);
+                                }
+                            }
+                            Some(_) => {
+                                partitioned.gaps.remove(&partition);
+                            }
+                            None => {
+                                tracing::debug!(partition, offset, "first message of the partition")
+                            }
+                        }
+                        decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
+                        partitioned.decoded.insert(partition, offset + 1);
+                        Next::Message(Some((topic.to_string(), partition, offset, epoch)))
+                    }
+                    None => {
+                        decoder.decode(cx, &origin, key, payload);
+                        Next::Message(Some((topic.to_string(), partition, offset, 0)))
+                    }
+                }
             }
             Err(e) => Next::Error(
                 self.config
@@ -239,8 +600,33 @@ impl BrokerSource for Member {
         released: Released<Position>,
         draining: bool,
     ) {
+        let mut released = released;
+        if let Some(partitioned) = &mut self.changelog {
+            // What was read under an earlier ownership of a partition is neither
+            // committed nor read again here: the partition's owner reads it from its
+            // snapshot's offset.
+            let commits = &mut self.commits;
+            let mut current = |(_, p, _, e): &Position| partitioned.epoch(*p, commits) == Some(*e);
+            released.delivered.retain(&mut current);
+            released.failed.retain(&mut current);
+        }
         let failed = released.failed.len();
-        let (tpl, seeks) = self.commits.settle(released);
+        let (mut tpl, seeks) = self.commits.settle(released);
+        if let Some(partitioned) = &mut self.changelog {
+            // A revoked partition's offsets are its new owner's to commit.
+            let owned = partitioned.hub.owned();
+            let mut kept = TopicPartitionList::new();
+            for e in tpl.elements() {
+                if owned.contains(&e.partition()) {
+                    if let Offset::Offset(o) = e.offset() {
+                        partitioned.hub.set_durable(e.partition(), o);
+                    }
+                    let _ = kept.add_partition_offset(e.topic(), e.partition(), e.offset());
+                }
+            }
+            tpl = kept;
+            partitioned.maintain(cx);
+        }
         let mode = if draining {
             CommitMode::Sync
         } else {
@@ -251,6 +637,13 @@ impl BrokerSource for Member {
             cx.emit(ComponentErrorOccurred {
                 error: &format!("{failed} message(s) not delivered by a sink; reading them again"),
             });
+        }
+        if let Some(partitioned) = &mut self.changelog {
+            for (_, p, o) in &seeks {
+                // Read again on purpose (a sink failed them): let them through.
+                let next = partitioned.decoded.entry(*p).or_insert(*o);
+                *next = (*next).min(*o);
+            }
         }
         for (t, p, o) in seeks {
             if let Err(e) = self
@@ -292,11 +685,17 @@ impl KafkaSource {
         );
         let batch = self.config.batch.clone();
         let drain_timeout_ms = self.config.drain_timeout_ms;
+        let decoder = if self.config.partition_state {
+            decoder.with_position_fields(&self.config.fields, PARTITION_FIELD, OFFSET_FIELD)
+        } else {
+            decoder
+        };
         let member = Member {
             origin: self.config.connection().origin(),
             consumer: self.consumer,
             commits: Commits::default(),
             config: self.config,
+            changelog: self.changelog,
         };
         inbound::run(member, cx, decoder, &batch, drain_timeout_ms).await
     }

@@ -1,0 +1,274 @@
+//! Partition-aligned state: a partition's snapshot, restored by another instance that
+//! consumes from the snapshot's offset, gives exactly the verdicts one instance reading
+//! everything gives.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use tidegauge_core::dead_letter::DeadLetter;
+use tidegauge_core::telemetry::ComponentTelemetry;
+use tidegauge_core::{ComponentContext, Transform, TransformContext};
+
+use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD, Snapshot};
+use crate::transforms::detector::KeyedSettings;
+use crate::transforms::zscore::ZScoreConfig;
+
+const PARTITIONS: i64 = 3;
+
+/// One row: (key, partition, offset, value), in the order a consumer reads them.
+type Row = (String, i64, i64, f64);
+
+fn rows(n: usize) -> Vec<Row> {
+    let mut next = [0i64; PARTITIONS as usize];
+    let mut seed: u64 = 7;
+    (0..n)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = (seed >> 33) % 24;
+            let p = (key as i64) % PARTITIONS;
+            let o = next[p as usize];
+            next[p as usize] += 1;
+            let noise = ((seed >> 11) % 1000) as f64 / 100.0;
+            let spike = if (seed >> 20).is_multiple_of(37) {
+                60.0
+            } else {
+                0.0
+            };
+            (format!("k{key}"), p, o, key as f64 * 10.0 + noise + spike)
+        })
+        .collect()
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("sensor_id", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new(PARTITION_FIELD, DataType::Int64, false),
+        Field::new(OFFSET_FIELD, DataType::Int64, false),
+    ]))
+}
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap()
+}
+
+struct Instance {
+    t: Box<dyn Transform>,
+    cx: TransformContext,
+    /// z per (partition, offset); NaN when no verdict.
+    z: BTreeMap<(i64, i64), f64>,
+}
+
+impl Instance {
+    fn new(hub: &Arc<Hub>, workers: usize) -> Self {
+        let spec = ZScoreConfig {
+            window: 10,
+            threshold: 2.0,
+            workers: Some(workers),
+            ..ZScoreConfig::default()
+        };
+        let input = schema();
+        let output = super::validate(&spec, &spec.common(), &input).unwrap();
+        let t = super::build_in(
+            spec.clone(),
+            &spec.common(),
+            &input,
+            output,
+            "z",
+            hub.clone(),
+        )
+        .unwrap();
+        let component = ComponentContext::new(
+            Arc::new(ComponentTelemetry::new(
+                "z",
+                tidegauge_core::ComponentKind::Transform,
+                "zscore",
+            )),
+            DeadLetter::stderr(),
+        );
+        Instance {
+            t,
+            cx: TransformContext::new(component),
+            z: BTreeMap::new(),
+        }
+    }
+
+    fn collect(&mut self) {
+        for (b, _) in self.cx.take_emitted() {
+            let p = b
+                .column_by_name(PARTITION_FIELD)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Int64Type>();
+            let o = b
+                .column_by_name(OFFSET_FIELD)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Int64Type>();
+            let z = b.column_by_name("z").unwrap().as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                let v = if z.is_null(i) { f64::NAN } else { z.value(i) };
+                let old = self.z.insert((p.value(i), o.value(i)), v);
+                assert!(
+                    old.is_none(),
+                    "row {:?} judged twice",
+                    (p.value(i), o.value(i))
+                );
+            }
+        }
+    }
+
+    fn feed(&mut self, rows: &[Row]) {
+        self.t.process(batch(rows), &mut self.cx).unwrap();
+        self.collect();
+    }
+
+    fn tick(&mut self) {
+        self.t
+            .tick(std::time::SystemTime::now(), &mut self.cx)
+            .unwrap();
+        self.collect();
+    }
+
+    fn finish(&mut self) {
+        self.t.flush(&mut self.cx).unwrap();
+        self.collect();
+    }
+}
+
+/// Reads `rows` in batches of `size` as a source with a changelog would: a cut of every
+/// partition after each `cut_every` batches, at the offset after the last row decoded
+/// (which includes the first rows of the batch not yet sent, so batches straddle cuts),
+/// outputs made durable after each batch. Returns each partition's last snapshot once
+/// `stop_at` rows are read (the instance is then dropped, as if killed).
+fn run_until(
+    hub: &Arc<Hub>,
+    workers: usize,
+    rows: &[Row],
+    size: usize,
+    stop_at: usize,
+) -> BTreeMap<i64, Snapshot> {
+    let mut a = Instance::new(hub, workers);
+    for p in 0..PARTITIONS as i32 {
+        hub.assign(p, None);
+    }
+    let mut written = BTreeMap::new();
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for (i, chunk) in rows[..stop_at].chunks(size).enumerate() {
+        if i % 3 == 2 {
+            // Decoded half of this batch before the cut.
+            for r in &chunk[..chunk.len() / 2] {
+                last.insert(r.1, r.2 + 1);
+            }
+            for (&p, &o) in &last {
+                hub.cut(p as i32, o);
+            }
+        }
+        a.feed(chunk);
+        for r in chunk {
+            last.insert(r.1, r.2 + 1);
+        }
+        if i % 2 == 1 {
+            a.tick();
+        }
+        // Workers hold a batch: what they emitted is durable, the rest is not.
+        let mut durable: BTreeMap<i64, i64> = BTreeMap::new();
+        for &(p, o) in a.z.keys() {
+            let d = durable.entry(p).or_insert(0);
+            *d = (*d).max(o + 1);
+        }
+        for (p, d) in durable {
+            hub.set_durable(p as i32, d);
+        }
+        for (p, snap) in hub.take_ready() {
+            written.insert(p as i64, snap);
+        }
+    }
+    written
+}
+
+fn check(workers: usize, size: usize) {
+    let all = rows(4_000);
+    // One instance owning every partition, reading everything.
+    let ref_hub = Arc::new(Hub::default());
+    let mut reference = Instance::new(&ref_hub, 1);
+    for p in 0..PARTITIONS as i32 {
+        ref_hub.assign(p, None);
+    }
+    for chunk in all.chunks(97) {
+        reference.feed(chunk);
+    }
+    reference.finish();
+    assert_eq!(reference.z.len(), all.len());
+
+    let hub_a = Arc::new(Hub::default());
+    let snapshots = run_until(&hub_a, workers, &all, size, 2_900);
+    assert_eq!(
+        snapshots.len(),
+        PARTITIONS as usize,
+        "every partition was written"
+    );
+
+    let hub_b = Arc::new(Hub::default());
+    let mut b = Instance::new(&hub_b, workers);
+    for (&p, snap) in &snapshots {
+        assert!(snap.offset > 0);
+        hub_b.assign(p as i32, Some(snap.clone()));
+    }
+    let resume: Vec<Row> = all
+        .iter()
+        .filter(|r| r.2 >= snapshots[&r.1].offset)
+        .cloned()
+        .collect();
+    for chunk in resume.chunks(size) {
+        b.feed(chunk);
+    }
+    b.finish();
+    assert_eq!(b.z.len(), resume.len());
+    for (k, z) in &b.z {
+        let want = reference.z[k];
+        assert!(
+            (z.is_nan() && want.is_nan()) || z == &want,
+            "row {k:?}: z {z} after the move, {want} reading everything"
+        );
+    }
+}
+
+#[test]
+fn a_moved_partition_resumes_exactly_inline() {
+    check(1, 50);
+}
+
+#[test]
+fn a_moved_partition_resumes_exactly_with_workers() {
+    check(3, 64);
+}
+
+#[test]
+fn rows_of_partitions_not_owned_are_dropped() {
+    let hub = Arc::new(Hub::default());
+    let mut a = Instance::new(&hub, 1);
+    hub.assign(0, None);
+    let all = rows(300);
+    a.feed(&all);
+    a.finish();
+    assert!(!a.z.is_empty());
+    assert!(a.z.keys().all(|(p, _)| *p == 0));
+}
