@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use tidegauge_components::codec::csv::CsvDecoder;
 use tidegauge_components::codec::lines::{Line, LineReader, Poll};
 use tidegauge_components::codec::parse_timestamp_ms;
+use tidegauge_core::dead_letter::DeadLetter;
 
 use super::ScoreArgs;
 
@@ -81,28 +82,57 @@ pub(super) struct Row {
     pub(super) values: Vec<Option<f64>>,
 }
 
-/// Reads rows of a CSV or JSON Lines file.
+/// Longest line read; a longer one is skipped (dead-lettered).
+const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Reads rows of a CSV or JSON Lines file. A line that is not a record (malformed CSV,
+/// not a JSON object, too long) is skipped: counted, and written to the dead letters
+/// with its place (`file:line`) and reason, as the `file` source does.
 pub(super) struct Reader {
     lines: LineReader<File>,
     csv: bool,
     splitter: CsvDecoder,
     header: Option<Vec<String>>,
-    pending: VecDeque<(u64, Vec<u8>)>,
+    /// Lines read ahead: their text, or the length of one too long to keep.
+    pending: VecDeque<(u64, Result<Vec<u8>, u64>)>,
     eof: bool,
+    origin: String,
+    dead: DeadLetter,
+    /// The line the last row came from (for [`Reader::reject`]).
+    last: (u64, Vec<u8>),
+    /// Lines skipped so far.
+    pub(super) skipped: u64,
 }
 
 impl Reader {
-    pub(super) fn open(path: &Path, delimiter: u8) -> anyhow::Result<Self> {
+    pub(super) fn open(path: &Path, delimiter: u8, dead: DeadLetter) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let csv = path.extension().and_then(|e| e.to_str()) == Some("csv");
         Ok(Reader {
-            lines: LineReader::new(file, 16 << 20),
+            lines: LineReader::new(file, MAX_LINE_BYTES),
             csv,
             splitter: CsvDecoder::new(Vec::new(), delimiter, false),
             header: None,
             pending: VecDeque::new(),
             eof: false,
+            origin: path.display().to_string(),
+            dead,
+            last: (0, Vec::new()),
+            skipped: 0,
         })
+    }
+
+    /// Skips line `n`: counted and dead-lettered with `reason`.
+    fn skip(&mut self, n: u64, reason: &str, raw: &[u8]) {
+        self.skipped += 1;
+        self.dead
+            .write("score", &format!("{}:{n}", self.origin), reason, raw);
+    }
+
+    /// Skips the line the last row came from (its values cannot be used).
+    pub(super) fn reject(&mut self, reason: &str) {
+        let (n, raw) = std::mem::take(&mut self.last);
+        self.skip(n, reason, &raw);
     }
 
     /// The next non-empty line with its number.
@@ -112,11 +142,10 @@ impl Reader {
             let polled = self.lines.poll::<()>(true, |n, line| {
                 match line {
                     Line::Complete(l) if !l.iter().all(|b| b.is_ascii_whitespace()) => {
-                        pending.push_back((n, l.to_vec()))
+                        pending.push_back((n, Ok(l.to_vec())))
                     }
                     Line::Complete(_) => {}
-                    // A row too long to read still takes its place, with no values.
-                    Line::TooLong { .. } => pending.push_back((n, Vec::new())),
+                    Line::TooLong { len, .. } => pending.push_back((n, Err(len))),
                 }
                 Ok(())
             })?;
@@ -124,7 +153,17 @@ impl Reader {
                 self.eof = true;
             }
         }
-        Ok(self.pending.pop_front())
+        loop {
+            match self.pending.pop_front() {
+                None => return Ok(None),
+                Some((n, Ok(line))) => return Ok(Some((n, line))),
+                Some((n, Err(len))) => self.skip(
+                    n,
+                    &format!("line of {len} bytes exceeds {MAX_LINE_BYTES} bytes; skipped"),
+                    b"",
+                ),
+            }
+        }
     }
 
     fn split_csv(&mut self, line: &[u8]) -> Vec<String> {
@@ -152,7 +191,7 @@ impl Reader {
                 .as_object()
                 .ok_or_else(|| anyhow!("line {n}: expected a JSON object"))?;
             // The first object is data too: put it back.
-            self.pending.push_front((n, first));
+            self.pending.push_front((n, Ok(first)));
             obj.keys().cloned().collect()
         };
         self.header = Some(header.clone());
@@ -160,27 +199,50 @@ impl Reader {
     }
 
     /// The fields of the next row as text (missing ones empty), or `None` at the end.
+    /// Lines that are not records are skipped (see [`Reader`]).
     pub(super) fn next_fields(&mut self) -> anyhow::Result<Option<Vec<Option<String>>>> {
         let columns = self.columns()?;
-        let Some((_, line)) = self.next_line()? else {
-            return Ok(None);
-        };
-        if self.csv {
-            let mut f: Vec<Option<String>> = self.split_csv(&line).into_iter().map(Some).collect();
-            f.resize(columns.len(), None);
-            return Ok(Some(f));
+        loop {
+            let Some((n, line)) = self.next_line()? else {
+                return Ok(None);
+            };
+            let fields = if self.csv {
+                match self.splitter.fields(&line) {
+                    Ok(f) if f.len() <= columns.len() => {
+                        let mut f: Vec<Option<String>> =
+                            f.into_iter().map(|v| Some(v.trim().to_string())).collect();
+                        f.resize(columns.len(), None);
+                        Ok(f)
+                    }
+                    Ok(f) => Err(format!(
+                        "expected {} columns as in the header, got {}",
+                        columns.len(),
+                        f.len()
+                    )),
+                    Err(e) => Err(format!("malformed CSV record: {e}")),
+                }
+            } else {
+                match serde_json::from_slice::<serde_json::Value>(&line) {
+                    Ok(v) if v.is_object() => Ok(columns
+                        .iter()
+                        .map(|c| match v.get(c) {
+                            Some(serde_json::Value::String(s)) => Some(s.clone()),
+                            Some(serde_json::Value::Null) | None => None,
+                            Some(other) => Some(other.to_string()),
+                        })
+                        .collect()),
+                    Ok(_) => Err("expected a JSON object".to_string()),
+                    Err(e) => Err(format!("invalid JSON: {e}")),
+                }
+            };
+            match fields {
+                Ok(f) => {
+                    self.last = (n, line);
+                    return Ok(Some(f));
+                }
+                Err(reason) => self.skip(n, &reason, &line),
+            }
         }
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null);
-        Ok(Some(
-            columns
-                .iter()
-                .map(|c| match v.get(c) {
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(serde_json::Value::Null) | None => None,
-                    Some(other) => Some(other.to_string()),
-                })
-                .collect(),
-        ))
     }
 }
 
@@ -250,14 +312,33 @@ pub(super) fn layout(
     })
 }
 
-pub(super) fn to_row(fields: Vec<Option<String>>, layout: &Layout, index: u64) -> Row {
+/// The row of `fields`; an error (the row is skipped) when its time column holds no
+/// time.
+pub(super) fn to_row(
+    fields: Vec<Option<String>>,
+    layout: &Layout,
+    index: u64,
+) -> Result<Row, String> {
     let get = |i: usize| fields.get(i).cloned().flatten();
-    let time_text = match layout.time {
-        Some(t) => get(t).unwrap_or_default(),
-        None => index.to_string(),
+    let (time_text, ts) = match layout.time {
+        Some(t) => {
+            let text = get(t).unwrap_or_default();
+            match parse_timestamp_ms(&text) {
+                Some(ts) => (text, ts),
+                None if text.is_empty() => {
+                    return Err(format!("field `{}`: missing", layout.time_name));
+                }
+                None => {
+                    return Err(format!(
+                        "field `{}`: not a timestamp: {text:?}",
+                        layout.time_name
+                    ));
+                }
+            }
+        }
+        None => (index.to_string(), index as i64),
     };
-    let ts = parse_timestamp_ms(&time_text).unwrap_or(index as i64);
-    Row {
+    Ok(Row {
         ts,
         time_text,
         key: layout.key.and_then(get).unwrap_or_default(),
@@ -266,7 +347,7 @@ pub(super) fn to_row(fields: Vec<Option<String>>, layout: &Layout, index: u64) -
             .iter()
             .map(|(i, _)| get(*i).and_then(|v| v.parse::<f64>().ok()))
             .collect(),
-    }
+    })
 }
 
 /// Writes a CSV field, quoted when it must be.

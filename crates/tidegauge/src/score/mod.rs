@@ -76,6 +76,11 @@ pub struct ScoreArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Where the lines that cannot be scored go (malformed CSV or JSON, a time that is
+    /// not one, a line too long), one JSON object each with its place and reason, as the
+    /// `file` source dead-letters them; standard error when not given.
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
     /// `delimiter` as a byte (checked by the caller).
     #[arg(skip)]
     pub delimiter_byte: u8,
@@ -338,8 +343,9 @@ fn score_file(
     out: &Path,
     runtime: &tokio::runtime::Handle,
     progress: &Option<indicatif::ProgressBar>,
-) -> anyhow::Result<(u64, u64)> {
-    let mut reader = Reader::open(input, args.delimiter_byte)?;
+    dead: &DeadLetter,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut reader = Reader::open(input, args.delimiter_byte, dead.clone())?;
     let columns = reader.columns()?;
     let mut rows: Vec<Row> = Vec::new();
     let first = reader.next_fields()?;
@@ -355,8 +361,13 @@ fn score_file(
     loop {
         while rows.len() < CHUNK_ROWS {
             let Some(fields) = next.take() else { break };
-            rows.push(to_row(fields, &layout, index));
-            index += 1;
+            match to_row(fields, &layout, index) {
+                Ok(row) => {
+                    rows.push(row);
+                    index += 1;
+                }
+                Err(reason) => reader.reject(&reason),
+            }
             next = reader.next_fields()?;
         }
         let done = rows.is_empty();
@@ -438,7 +449,7 @@ fn score_file(
         bail!("the detector emitted fewer events than it was given");
     }
     w.flush()?;
-    Ok((total, flagged))
+    Ok((total, flagged, reader.skipped))
 }
 
 /// The schema of a row event: `sensor_id`, `ts` and one Float64 field per value column.
@@ -463,8 +474,9 @@ fn score_file_rows(
     input: &Path,
     out: &Path,
     runtime: &tokio::runtime::Handle,
-) -> anyhow::Result<(u64, u64)> {
-    let mut reader = Reader::open(input, args.delimiter_byte)?;
+    dead: &DeadLetter,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut reader = Reader::open(input, args.delimiter_byte, dead.clone())?;
     let columns = reader.columns()?;
     let first = reader.next_fields()?;
     let layout = layout(args, &columns, first.as_deref())?;
@@ -495,8 +507,13 @@ fn score_file_rows(
         let mut rows: Vec<Row> = Vec::new();
         while rows.len() < CHUNK_ROWS {
             let Some(fields) = next.take() else { break };
-            rows.push(to_row(fields, &layout, index));
-            index += 1;
+            match to_row(fields, &layout, index) {
+                Ok(row) => {
+                    rows.push(row);
+                    index += 1;
+                }
+                Err(reason) => reader.reject(&reason),
+            }
             next = reader.next_fields()?;
         }
         if rows.is_empty() {
@@ -566,7 +583,7 @@ fn score_file_rows(
         }
     }
     w.flush()?;
-    Ok((total, flagged))
+    Ok((total, flagged, reader.skipped))
 }
 
 /// The detectors of the channels `--channel-set` gives settings of their own: each gets
@@ -606,6 +623,30 @@ fn channel_detectors(args: &ScoreArgs) -> anyhow::Result<Vec<(String, Detector)>
         .collect()
 }
 
+/// The dead-letter output of `--dead-letter`, or standard error.
+fn open_dead_letters(args: &ScoreArgs) -> anyhow::Result<DeadLetter> {
+    match &args.dead_letter {
+        None => Ok(DeadLetter::stderr()),
+        Some(path) => DeadLetter::open(&tidegauge_core::dead_letter::DeadLetterConfig {
+            path: Some(path.clone()),
+            ..Default::default()
+        })
+        .with_context(|| format!("cannot open {}", path.display())),
+    }
+}
+
+/// What the summary says of skipped lines.
+fn skipped_note(args: &ScoreArgs, skipped: u64) -> String {
+    if skipped == 0 {
+        return String::new();
+    }
+    let place = match &args.dead_letter {
+        Some(p) => p.display().to_string(),
+        None => "standard error".into(),
+    };
+    format!("; {skipped} line(s) skipped, each with its place and reason in {place}")
+}
+
 /// `tidegauge score --rows`.
 fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
     if !args.channel_set.is_empty() || args.min_channels != 1 {
@@ -615,19 +656,24 @@ fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (mut rows, mut anomalies) = (0, 0);
+    let dead = open_dead_letters(&args)?;
+    let (mut rows, mut anomalies, mut skipped) = (0, 0, 0);
     for (input, rel) in &files {
         let out = args.out.join(rel).with_extension("csv");
-        let (r, a) = score_file_rows(&args, input, &out, runtime.handle())
+        let (r, a, s) = score_file_rows(&args, input, &out, runtime.handle(), &dead)
             .with_context(|| input.display().to_string())?;
         rows += r;
         anomalies += a;
+        skipped += s;
     }
+    dead.flush()
+        .with_context(|| "cannot write the dead letters".to_string())?;
     ewriteln!(
-        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {} on whole rows; results in {}",
+        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {} on whole rows; results in {}{}",
         files.len(),
         args.detector,
-        args.out.display()
+        args.out.display(),
+        skipped_note(&args, skipped)
     );
     Ok(())
 }
@@ -670,32 +716,38 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
         );
         p
     });
-    let (mut rows, mut anomalies) = (0, 0);
+    let dead = open_dead_letters(&args)?;
+    let (mut rows, mut anomalies, mut skipped) = (0, 0, 0);
     for (input, rel) in &files {
         let out = args.out.join(rel).with_extension("csv");
         if let Some(p) = &progress {
             p.set_message(rel.display().to_string());
         }
-        let (r, a) = score_file(
+        let (r, a, s) = score_file(
             &args,
             (&detector, &per_channel),
             input,
             &out,
             runtime.handle(),
             &progress,
+            &dead,
         )
         .with_context(|| input.display().to_string())?;
         rows += r;
         anomalies += a;
+        skipped += s;
     }
+    dead.flush()
+        .with_context(|| "cannot write the dead letters".to_string())?;
     if let Some(p) = progress {
         p.finish_and_clear();
     }
     ewriteln!(
-        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}",
+        "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {}; results in {}{}",
         files.len(),
         name,
-        args.out.display()
+        args.out.display(),
+        skipped_note(&args, skipped)
     );
     Ok(())
 }

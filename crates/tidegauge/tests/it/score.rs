@@ -160,3 +160,75 @@ fn score_reports_bad_usage_clearly() {
     let out = score(&args, &out_dir, &[&input]);
     assert!(stderr(&out).contains("window"), "{}", stderr(&out));
 }
+
+#[test]
+fn score_skips_and_dead_letters_what_it_cannot_read() {
+    // A time that is not one, malformed CSV, too many fields, bad JSON, a JSON value
+    // that is not an object: each line is skipped, counted, and dead-lettered with its
+    // place and reason (none silently becomes a row number, a null or an empty row).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("a.csv"),
+        "timestamp,value\n\
+         2026-01-01T00:00:00Z,1\n\
+         not a time,3\n\
+         2026-01-01T00:00:03Z,\"4\n\
+         2026-01-01T00:00:04Z,5,6\n\
+         2026-01-01T00:00:05Z,6\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.jsonl"),
+        "{\"ts\":\"2026-01-01T00:00:00Z\",\"value\":1}\n\
+         not json\n\
+         [1,2]\n\
+         {\"ts\":\"yesterday\",\"value\":3}\n\
+         {\"ts\":\"2026-01-01T12:00:02+02:00\",\"value\":4}\n",
+    )
+    .unwrap();
+    let dead = d.join("dead.jsonl");
+    let args = [
+        OsStr::new("--detector"),
+        OsStr::new("zscore"),
+        OsStr::new("--no-progress"),
+        OsStr::new("--dead-letter"),
+        dead.as_os_str(),
+    ];
+    let out = score(&args, &d.join("o"), &[&d.join("a.csv"), &d.join("b.jsonl")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("4 rows")
+            && stderr(&out).contains("6 line(s) skipped")
+            && stderr(&out).contains("dead.jsonl"),
+        "{}",
+        stderr(&out)
+    );
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, String)> = dead
+        .iter()
+        .map(|r| {
+            let loc = r["location"].as_str().unwrap();
+            let file = Path::new(loc).file_name().unwrap().to_str().unwrap();
+            (file.to_string(), r["reason"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let reasons: Vec<(&str, &str)> = got.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+    assert_eq!(reasons.len(), 6, "{reasons:?}");
+    assert!(reasons[0].0 == "a.csv:3" && reasons[0].1.contains("not a timestamp"));
+    assert!(reasons[1].0 == "a.csv:4" && reasons[1].1.contains("malformed CSV"));
+    assert!(reasons[2].0 == "a.csv:5" && reasons[2].1.contains("expected 2 columns"));
+    assert!(reasons[3].0 == "b.jsonl:2" && reasons[3].1.contains("invalid JSON"));
+    assert!(reasons[4].0 == "b.jsonl:3" && reasons[4].1.contains("JSON object"));
+    assert!(reasons[5].0 == "b.jsonl:4" && reasons[5].1.contains("not a timestamp"));
+    // Only the readable rows are scored, an offset time among them.
+    let a = read_csv(&d.join("o/a.csv"));
+    let b = read_csv(&d.join("o/b.csv"));
+    assert_eq!(a.len() - 1, 2, "{a:?}");
+    assert_eq!(b.len() - 1, 2, "{b:?}");
+    assert_eq!(b[2][0], "2026-01-01T12:00:02+02:00");
+}
