@@ -50,11 +50,26 @@ struct Inner {
     target: Target,
     max_raw_bytes: usize,
     written: u64,
+    /// `written` when the output was last made durable.
+    synced: u64,
 }
 
 /// Shared handle on the dead-letter output. Clone freely.
+///
+/// Dead letters are delivered under the same rule as sinks' data: a position is
+/// committed (acknowledged, or in a checkpoint) only once every dead letter written
+/// before it is durable. Records are written while the batch they come from is built,
+/// before anything after them can be acknowledged, so the checkpoint store calls
+/// [`DeadLetter::sync`] before it writes a position: a crash can then lose a dead letter
+/// only together with the position that would skip its line, and the line is read again.
 #[derive(Clone)]
 pub struct DeadLetter(Arc<Mutex<Inner>>);
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadLetter")
+    }
+}
 
 /// One dead-lettered record.
 #[derive(serde::Serialize)]
@@ -87,6 +102,7 @@ impl DeadLetter {
             target,
             max_raw_bytes: config.max_raw_bytes,
             written: 0,
+            synced: 0,
         }))))
     }
 
@@ -96,6 +112,7 @@ impl DeadLetter {
             target: Target::Stderr,
             max_raw_bytes: default_max_raw_bytes(),
             written: 0,
+            synced: 0,
         })))
     }
 
@@ -152,13 +169,29 @@ impl DeadLetter {
     /// Flushes and syncs the output (at shutdown).
     pub fn flush(&self) -> io::Result<()> {
         let mut inner = self.lock();
+        let written = inner.written;
         match &mut inner.target {
-            Target::Stderr => Ok(()),
-            Target::File { out, .. } => {
+            Target::Stderr => {}
+            Target::File { out, last_flush } => {
                 out.flush()?;
-                out.get_ref().sync_data()
+                *last_flush = Instant::now();
+                out.get_ref().sync_data()?;
             }
         }
+        inner.synced = written;
+        Ok(())
+    }
+
+    /// Makes every record written so far durable; free when there is none since the
+    /// last time. Called before a source position is committed.
+    pub fn sync(&self) -> io::Result<()> {
+        {
+            let inner = self.lock();
+            if inner.synced == inner.written {
+                return Ok(());
+            }
+        }
+        self.flush()
     }
 
     /// Number of records written so far.
@@ -194,5 +227,21 @@ mod tests {
         assert_eq!(lines[0]["raw_bytes"], 7);
         assert_eq!(lines[1]["reason"], "invalid UTF-8");
         assert_eq!(dl.written(), 2);
+    }
+
+    #[test]
+    fn sync_writes_buffered_records_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let dl = DeadLetter::open(&DeadLetterConfig {
+            path: Some(path.clone()),
+            max_raw_bytes: 64,
+        })
+        .unwrap();
+        dl.sync().unwrap(); // nothing written: nothing to do
+        dl.write("src", "in.csv:2", "bad number", b"x");
+        assert_eq!(std::fs::read(&path).unwrap().len(), 0, "still buffered");
+        dl.sync().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 }

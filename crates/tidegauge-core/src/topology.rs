@@ -535,6 +535,9 @@ pub async fn build(pipeline: Pipeline) -> Result<BuiltPipeline, BuildError> {
                 .map_err(|e| BuildError::new(format!("checkpoint: cannot open: {e}")))?,
         ),
     };
+    if let Some(store) = &mut checkpoints {
+        store.set_dead_letter(dead_letter.clone());
+    }
     let runtime = tokio::runtime::Handle::current();
     let mut buffers = HashMap::new();
     let mut nodes = Vec::with_capacity(pipeline.nodes.len());

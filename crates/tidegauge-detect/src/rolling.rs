@@ -30,6 +30,10 @@ pub struct RollingStats {
     since_exact: u32,
     mean: f64,
     m2: f64,
+    /// The largest square of a value that went into the running `mean` and `m2` since
+    /// they were last computed exactly: their rounding error is a tiny multiple of it.
+    /// Capped at `f64::MAX`, so that it is always finite (and serializable as JSON).
+    peak_sq: f64,
 }
 
 impl RollingStats {
@@ -51,6 +55,7 @@ impl RollingStats {
             since_exact: 0,
             mean: 0.0,
             m2: 0.0,
+            peak_sq: 0.0,
         }
     }
 
@@ -107,6 +112,7 @@ impl RollingStats {
 
     /// Adds a value, evicting the oldest one when the window is full.
     pub fn push(&mut self, x: f64) {
+        self.peak_sq = self.peak_sq.max(square(x));
         let n = self.window as usize;
         let head = self.head as usize;
         if !self.is_full() && self.buf.len() == self.buf.capacity() {
@@ -144,6 +150,9 @@ impl RollingStats {
         self.mean = mean;
         self.m2 = m2;
         self.since_exact = 0;
+        self.peak_sq = self.buf[..self.len as usize]
+            .iter()
+            .fold(0.0, |m, &v| m.max(square(v)));
     }
 
     /// Mean and sum of squared deviations by compensated (Neumaier) two-pass sums.
@@ -182,7 +191,12 @@ impl RollingStats {
         }
         let var = self.variance();
         let mean = self.mean;
-        let suspicious_spread = var <= 1e-9 * mean * mean || var <= 0.0;
+        // A spread within the running sums' rounding error of zero: the window may hold
+        // one value repeated (no z-score), which only exact statistics can tell. The
+        // error scales with the largest value involved, not the mean: after 1000 the
+        // window [0, 0, 0] keeps a residue in `m2` while its mean is near 0.
+        let suspicious_spread =
+            var <= 1e-9 * mean * mean || var <= 1e-9 * self.peak_sq || var <= 0.0;
         if !suspicious_spread {
             let z = (x - mean) / var.sqrt();
             if (z.abs() - threshold).abs() > 1e-9 * threshold.abs().max(1.0) {
@@ -208,6 +222,15 @@ struct RollingStatsRepr {
     since_exact: u32,
     mean: f64,
     m2: f64,
+    /// States saved before it was kept have none: until their next exact computation,
+    /// verdicts then come from exact statistics.
+    #[serde(default = "unknown_peak")]
+    peak_sq: f64,
+}
+
+#[cfg(feature = "serde")]
+fn unknown_peak() -> f64 {
+    f64::MAX
 }
 
 #[cfg(feature = "serde")]
@@ -244,12 +267,22 @@ impl TryFrom<RollingStatsRepr> for RollingStats {
             since_exact: r.since_exact.min(r.len),
             mean: r.mean,
             m2: r.m2,
+            peak_sq: if r.peak_sq.is_finite() {
+                r.peak_sq.max(0.0)
+            } else {
+                f64::MAX
+            },
         };
         if !(stats.mean.is_finite() && stats.m2.is_finite()) {
             stats.recompute();
         }
         Ok(stats)
     }
+}
+
+/// `x²`, capped at `f64::MAX`.
+fn square(x: f64) -> f64 {
+    (x * x).min(f64::MAX)
 }
 
 /// Sum with Neumaier's compensation: error independent of the number of terms.
@@ -280,6 +313,21 @@ mod tests {
         let mean = neumaier_sum(win.iter().copied()) / n;
         let var = neumaier_sum(win.iter().map(|v| (v - mean) * (v - mean))) / n;
         (mean, var.sqrt())
+    }
+
+    #[test]
+    fn a_repeated_value_after_large_ones_has_no_z_score() {
+        // The running sums keep a rounding residue from the large values that left the
+        // window; the mean is near 0, so a spread test relative to the mean misses it.
+        for big in [1000.5, -987.25, 1e12, 3.3e-3] {
+            let mut s = RollingStats::new(3);
+            for v in [big, 0.0, 0.0, 0.0] {
+                s.push(v);
+            }
+            assert_eq!(s.exact_mean_std().1, 0.0);
+            assert_eq!(s.zscore(0.0, 3.0), None, "after {big}");
+            assert_eq!(s.zscore(1.0, 3.0), None, "after {big}");
+        }
     }
 
     #[test]
@@ -357,6 +405,7 @@ mod tests {
             since_exact: 0,
             mean: 0.0,
             m2: 0.0,
+            peak_sq: unknown_peak(),
         };
         assert!(RollingStats::try_from(repr(2, 2)).is_ok());
         assert!(RollingStats::try_from(repr(3, 1)).is_ok());
@@ -386,6 +435,7 @@ mod tests {
             since_exact: 0,
             mean: 0.0,
             m2: 0.0,
+            peak_sq: 1.0,
         };
         assert!(RollingStats::try_from(new_form(vec![1.0], 1, 1)).is_ok());
         assert!(RollingStats::try_from(new_form(vec![1.0], 2, 2)).is_err());

@@ -14,7 +14,7 @@ use tidegauge_core::{
 use super::file::default_max_line_bytes;
 use super::linger::Linger;
 use super::{CsvOptions, Format, LineDecoder, LineOutcome};
-use crate::codec::lines::{Line, LineReader, Poll};
+use crate::codec::lines::{LineReader, Poll};
 use crate::settings::{config, decoded_records};
 
 config! {
@@ -177,23 +177,17 @@ impl StdinSource {
             &self.config.batch,
         );
         dec.start_input();
-        let mut skipping = false;
+        // Why every record would fail the same way (a CSV header lacking a declared
+        // field): a configuration error that ends the run, as for the `file` source.
+        let mut unusable: Option<String> = None;
         while !shutdown.is_cancelled() {
             let polled = lines.poll(true, |line_no, line| {
-                if skipping {
+                if unusable.is_some() {
                     return Ok::<(), tidegauge_core::component::SendError>(());
                 }
                 if let LineOutcome::SkipInput(e) = dec.line(&component, "stdin", line_no, line) {
-                    let text = match line {
-                        Line::Complete(text) => text,
-                        Line::TooLong { head, .. } => head,
-                    };
-                    component.dead_letter(
-                        &format!("stdin:{line_no}"),
-                        &format!("{e}; rest of this input skipped"),
-                        text,
-                    );
-                    skipping = true;
+                    unusable = Some(format!("stdin:{line_no}: {e}"));
+                    return Ok(());
                 }
                 if dec.is_full() {
                     dec.flush_to(&component, &mut out)?;
@@ -201,6 +195,12 @@ impl StdinSource {
                 }
                 Ok(())
             });
+            if let Some(reason) = unusable {
+                let _ = dec.flush_to(&component, &mut out);
+                return Err(ComponentError::new(format!(
+                    "{reason}; fix the input or the source's `fields`/`csv` settings"
+                )));
+            }
             // Caught up with the input: what is held goes now.
             let caught_up = matches!(&polled, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             match polled {

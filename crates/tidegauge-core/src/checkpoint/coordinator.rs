@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ack::Finalizers;
 use crate::kind::ComponentKind;
 
 use super::CheckpointTelemetry;
@@ -27,11 +28,13 @@ pub(crate) enum Report {
         node: usize,
         position: Option<Value>,
     },
-    /// A transform's state at barrier `id`.
+    /// A transform's state at barrier `id`, and the acknowledgement tokens it held for
+    /// events that state covers (released once checkpoint `id` is written or abandoned).
     TransformBarrier {
         node: usize,
         id: u64,
         state: Result<Option<Vec<u8>>, String>,
+        covered: Finalizers,
     },
     /// A transform's state after its last batch.
     TransformFinal {
@@ -99,6 +102,9 @@ pub(super) struct InFlight {
     failed: Option<String>,
     /// When its barriers were requested.
     started: Instant,
+    /// Tokens transforms held for events their states in this checkpoint cover: dropped
+    /// (the events count as delivered) with the checkpoint, once written or abandoned.
+    covered: Vec<Finalizers>,
 }
 
 /// Takes checkpoints while a pipeline runs. See the module documentation.
@@ -199,6 +205,7 @@ impl Coordinator {
                                 states: HashMap::new(),
                                 failed: None,
                                 started: Instant::now(),
+                                covered: Vec::new(),
                             };
                             if self.fill_from_finals(&mut cp) {
                                 self.in_flight = Some(cp);
@@ -261,6 +268,7 @@ impl Coordinator {
             states: HashMap::new(),
             failed: None,
             started: Instant::now(),
+            covered: Vec::new(),
         });
     }
 
@@ -311,9 +319,17 @@ impl Coordinator {
             Report::SourceFinal { node, position } => {
                 self.finals.insert(node, Final::Position(position));
             }
-            Report::TransformBarrier { node, id, state } => {
+            Report::TransformBarrier {
+                node,
+                id,
+                state,
+                covered,
+            } => {
                 let name = self.name(node).to_string();
+                // Tokens of a checkpoint no longer in flight (abandoned) are released
+                // here, when `covered` drops.
                 if let Some(cp) = self.in_flight.as_mut().filter(|c| c.id == id) {
+                    cp.covered.push(covered);
                     match state {
                         Ok(s) => {
                             cp.states.insert(node, s);

@@ -14,7 +14,9 @@
 //!   bounded). A closed input counts as aligned: everything it carried has been read.
 //! - A transform, once aligned, snapshots its state ([`Transform::checkpoint`]) — which
 //!   then reflects exactly the events before the barrier on every input — reports it, and
-//!   forwards the barrier.
+//!   forwards the barrier. With the state it hands over the acknowledgement tokens it held
+//!   for the events that state covers ([`Transform::checkpoint_tokens`]: a window's open
+//!   windows); the coordinator drops them once the checkpoint is written or abandoned.
 //! - A sink does not take part: its [`SinkInput`](crate::SinkInput) tags every batch it
 //!   hands out with an acknowledgement token of the current *epoch* (the batches between
 //!   barrier `n-1` and `n`). When barrier `n` is aligned, the epoch is closed; once the
@@ -51,6 +53,20 @@
 //! has not seen) or the checkpoint holds some; otherwise from their last acknowledged
 //! position when there is one (fewer duplicates). Delivery
 //! is at least once: events after the resumed position may be written again.
+//!
+//! A transform that holds events back (a window holds the tokens of the events in its
+//! open windows until it emits them) would otherwise keep its sources' acknowledged
+//! positions far behind, and a restart mixing the state of barrier `n` with a source's
+//! acknowledged position would count events twice (position earlier than `n`) or lose
+//! them (later). Neither happens: such a transform has state, so its sources resume
+//! from the checkpoint's positions, which are exactly the positions of barrier `n`
+//! whose state is restored. The tokens it holds at a barrier are therefore released
+//! once the checkpoint holding that state is written: from then on the events are safe
+//! in the checkpoint, not in the transform's memory. Releasing them on an abandoned
+//! checkpoint too is equally safe (a restart uses the previous complete checkpoint,
+//! state and positions together), and keeps a failing disk from stalling the sources.
+//! The results emitted later from restored state are covered like any output: the
+//! checkpoint after them completes only once the sinks have made them durable.
 
 mod coordinator;
 mod identity;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CheckpointConfig, CheckpointError, CheckpointTelemetry, InputIdentity};
+use crate::dead_letter::DeadLetter;
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
@@ -168,6 +169,8 @@ pub struct CheckpointStore {
     /// What this run's sources read, recorded with every checkpoint.
     inputs: BTreeMap<String, InputIdentity>,
     telemetry: Arc<CheckpointTelemetry>,
+    /// Made durable before any position is written (checkpoint or acknowledged).
+    dead_letter: Option<DeadLetter>,
 }
 
 /// Reads manifest `name` and checks every state file it names (length and checksum).
@@ -364,7 +367,26 @@ impl CheckpointStore {
             stateful: false,
             inputs: BTreeMap::new(),
             telemetry,
+            dead_letter: None,
         })
+    }
+
+    /// The pipeline's dead-letter output: every position written from now on (the
+    /// checkpoints' and the acknowledged ones) is written only after the dead letters
+    /// written before it are durable, as a sink's data is before its batch is
+    /// acknowledged. Handles made earlier are not affected.
+    pub fn set_dead_letter(&mut self, dead_letter: DeadLetter) {
+        self.dead_letter = Some(dead_letter);
+    }
+
+    fn sync_dead_letters(&self) -> Result<(), CheckpointError> {
+        match &self.dead_letter {
+            Some(dl) => dl.sync().map_err(|source| CheckpointError::Io {
+                path: PathBuf::from("dead_letter.path"),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Checks that the checkpoint resumed from was taken on the same input as `inputs`
@@ -536,6 +558,7 @@ impl CheckpointStore {
             every: Duration::from_millis(self.config.commit_interval_ms),
             last_write: None,
             pending: None,
+            dead_letter: self.dead_letter.clone(),
         }))
     }
 
@@ -549,6 +572,9 @@ impl CheckpointStore {
         states: BTreeMap<String, Vec<u8>>,
     ) -> Result<(), CheckpointError> {
         let started = Instant::now();
+        // The sources' positions skip lines that were dead-lettered: those records must
+        // be on disk before a position past them is.
+        self.sync_dead_letters()?;
         let dir = self.config.dir.clone();
         let state_dir = dir.join("state");
         let mut transforms = BTreeMap::new();
@@ -668,6 +694,7 @@ pub(super) struct Committer {
     every: Duration,
     last_write: Option<Instant>,
     pending: Option<Value>,
+    dead_letter: Option<DeadLetter>,
 }
 
 impl Committer {
@@ -675,6 +702,13 @@ impl Committer {
         let Some(position) = self.pending.take() else {
             return Ok(());
         };
+        if let Some(dl) = &self.dead_letter
+            && let Err(e) = dl.sync()
+        {
+            // Not committed: the dead letters before it are not durable.
+            self.pending = Some(position);
+            return Err(e);
+        }
         let file = AckedFile {
             version: VERSION,
             time: now_text(),

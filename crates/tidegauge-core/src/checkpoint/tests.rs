@@ -292,3 +292,59 @@ fn a_garbled_manifest_is_an_error() {
     let e = CheckpointStore::open(&config(dir.path())).unwrap_err();
     assert!(matches!(e, CheckpointError::Corrupt { .. }), "{e}");
 }
+
+#[test]
+fn no_position_is_written_ahead_of_the_dead_letters_before_it() {
+    use crate::dead_letter::{DeadLetter, DeadLetterConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let dl_path = dir.path().join("dead.jsonl");
+    let dl = DeadLetter::open(&DeadLetterConfig {
+        path: Some(dl_path.clone()),
+        max_raw_bytes: 64,
+    })
+    .unwrap();
+    let on_disk = || {
+        fs::read_to_string(&dl_path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    let mut store = CheckpointStore::open(&config(dir.path().join("cp").as_path())).unwrap();
+    store.set_dead_letter(dl.clone());
+    let handle = store.source_handle("in");
+    for line in 1..=20u64 {
+        // The source dead-letters line `line`, then (once the batch is delivered)
+        // commits the position after it. What is on disk at that moment is what a
+        // kill -9 right after the commit leaves.
+        dl.write("in", &format!("in.csv:{line}"), "bad number", b"x");
+        assert_eq!(
+            on_disk(),
+            line as usize - 1,
+            "line {line} is still buffered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2)); // past commit_interval_ms
+        handle
+            .commit(serde_json::json!({ "line": line + 1 }))
+            .unwrap();
+        let acked: Value =
+            serde_json::from_slice(&fs::read(dir.path().join("cp/acked/in.json")).unwrap())
+                .unwrap();
+        assert_eq!(acked["position"]["line"], line + 1);
+        assert_eq!(
+            on_disk(),
+            line as usize,
+            "position past line {line} written first"
+        );
+    }
+    // A checkpoint's positions likewise.
+    dl.write("in", "in.csv:21", "bad number", b"x");
+    store
+        .write(
+            1,
+            BTreeMap::from([("in".to_string(), serde_json::json!({"line": 22}))]),
+            BTreeMap::new(),
+        )
+        .unwrap();
+    assert_eq!(on_disk(), 21);
+}

@@ -231,6 +231,17 @@ pub trait Transform: Send + 'static {
         Ok(None)
     }
 
+    /// Called right after [`Transform::checkpoint`]: gives up the acknowledgement tokens
+    /// the transform holds for events the state just snapshotted covers (a window's open
+    /// windows). The runtime releases them once that checkpoint is written (or abandoned),
+    /// instead of when the transform would emit the events' results: a restart restores
+    /// the state and resumes sources from the checkpoint's positions, so those events no
+    /// longer depend on the sources' acknowledged positions. Transforms that emit the
+    /// results of each batch at once hold no tokens and keep the default.
+    fn checkpoint_tokens(&mut self) -> Finalizers {
+        Finalizers::none()
+    }
+
     /// Restores what [`Transform::checkpoint`] produced; called before the first batch.
     fn restore(&mut self, _state: &[u8]) -> Result<(), ComponentError> {
         Ok(())

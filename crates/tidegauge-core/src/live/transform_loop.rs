@@ -107,6 +107,7 @@ pub(super) fn run_transform(
                         node: port.node,
                         id,
                         state: transform.checkpoint().map_err(|e| e.message),
+                        covered: transform.checkpoint_tokens(),
                     });
                 }
                 match out.blocking_send_barrier(id) {

@@ -385,3 +385,49 @@ fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_stripped() {
     let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
     assert!(dead.is_empty(), "{dead}");
 }
+
+#[test]
+fn a_stdin_csv_header_without_a_declared_field_fails_the_run_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut child = spawn_piped(
+        d,
+        &format!(
+            r#"
+[sources.in]
+type = "stdin"
+format = "csv"
+fields = {{ sensor_id = "string", ts = "timestamp", value = "float64" }}
+
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{d}/out.jsonl"
+
+[dead_letter]
+path = "{d}/dead.jsonl"
+"#,
+            d = d.display()
+        ),
+    );
+    let mut csv = String::from("sensor_id,ts,reading\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("s-{},{i},1.5\n", i % 7));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    // The run may end before it has read everything: a closed pipe is expected then.
+    let _ = stdin.write_all(csv.as_bytes());
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("stdin:1: header lacks column(s) `value` (header has: sensor_id, ts, reading)"),
+        "{e}"
+    );
+    let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default();
+    assert!(
+        dead.is_empty(),
+        "a configuration error, not bad records: {dead}"
+    );
+}

@@ -63,7 +63,11 @@ macro_rules! mqtt_connection {
             /// Reconnection after a lost connection: attempts and backoff with full jitter
             /// (default 30 attempts, waits up to 10 s); when they are spent the component
             /// fails (a sink's unacknowledged batches count as not delivered).
-            #[serde(default = "crate::connectors::mqtt::default_reconnect")]
+            #[serde(
+                default = "crate::connectors::mqtt::default_reconnect",
+                deserialize_with = "crate::connectors::mqtt::deserialize_reconnect"
+            )]
+            #[schemars(schema_with = "crate::connectors::mqtt::reconnect_schema")]
             pub retry: tidegauge_core::resilience::RetryPolicy,
         } $rest);
 
@@ -194,6 +198,43 @@ pub(crate) fn default_reconnect() -> RetryPolicy {
     }
 }
 
+/// `retry` as given, its missing settings taken from [`default_reconnect`] (not from
+/// the general retry defaults: `retry = { max_backoff_ms = 30000 }` keeps 30 attempts).
+pub(crate) fn deserialize_reconnect<'de, D>(d: D) -> Result<RetryPolicy, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let serde_json::Value::Object(given) = serde_json::Value::deserialize(d)? else {
+        return Err(D::Error::custom("expected a table"));
+    };
+    let mut merged = serde_json::to_value(default_reconnect()).map_err(D::Error::custom)?;
+    if let serde_json::Value::Object(m) = &mut merged {
+        m.extend(given);
+    }
+    serde_json::from_value(merged).map_err(D::Error::custom)
+}
+
+/// The schema of `retry` with [`default_reconnect`]'s values as its defaults, so that
+/// `describe` and validation read the same numbers the connection uses.
+pub(crate) fn reconnect_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = RetryPolicy::json_schema(generator);
+    let defaults = serde_json::to_value(default_reconnect()).unwrap_or_default();
+    if let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+        && let Some(values) = defaults.as_object()
+    {
+        for (name, value) in values {
+            if let Some(serde_json::Value::Object(p)) = props.get_mut(name) {
+                p.insert("default".into(), value.clone());
+            }
+        }
+    }
+    schema.insert("default".into(), defaults);
+    schema
+}
+
 /// After a lost connection: reconnects through the shared retry layer (backoff with
 /// full jitter, the component's retry budget) until the broker accepts the connection.
 /// A refusal that cannot change by retrying (bad credentials, not authorized) and spent
@@ -240,5 +281,68 @@ pub(crate) async fn reconnect(
             describe_error(&error, password)
         )),
         Err(RetryError::BreakerOpen) => Err("circuit breaker open".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidegauge_core::{params, ranges, registry};
+
+    #[test]
+    fn retry_defaults_are_the_reconnect_defaults_in_help_validation_and_use() {
+        let attempts = default_reconnect().max_attempts;
+        assert_ne!(attempts, RetryPolicy::default().max_attempts);
+        for kind in [
+            tidegauge_core::registry::ComponentKind::Source,
+            tidegauge_core::registry::ComponentKind::Sink,
+        ] {
+            let d = registry::find(kind, "mqtt").unwrap();
+            let shown: Vec<_> = params::params(d)
+                .into_iter()
+                .filter(|p| p.name.starts_with("retry"))
+                .collect();
+            let max = shown
+                .iter()
+                .find(|p| p.name == "retry.max_attempts")
+                .unwrap();
+            assert_eq!(max.default.as_deref(), Some(attempts.to_string().as_str()));
+            let table = shown.iter().find(|p| p.name == "retry").unwrap();
+            assert!(
+                table
+                    .default
+                    .as_deref()
+                    .unwrap()
+                    .contains(&format!("\"max_attempts\":{attempts}")),
+                "{:?}",
+                table.default
+            );
+            // Validation still reads the ranges of the nested settings.
+            let schema = d.json_schema().to_value();
+            let errors = ranges::check(
+                &schema,
+                &serde_json::json!({ "retry": { "max_attempts": 0 } }),
+            );
+            assert!(
+                errors.iter().any(|e| e.path == "retry.max_attempts"),
+                "{errors:?}"
+            );
+        }
+        // A partial table keeps the reconnect defaults for what it leaves out.
+        let source: source::MqttSourceConfig =
+            toml::from_str("host = \"h\"\ntopics = [\"t\"]\nretry = { max_backoff_ms = 30000 }")
+                .unwrap();
+        assert_eq!(source.retry.max_attempts, attempts);
+        assert_eq!(source.retry.max_backoff_ms, 30000);
+        let source: source::MqttSourceConfig =
+            toml::from_str("host = \"h\"\ntopics = [\"t\"]").unwrap();
+        assert_eq!(source.retry, default_reconnect());
+        assert!(
+            toml::from_str::<source::MqttSourceConfig>(
+                "host = \"h\"\ntopics = [\"t\"]\nretry = { max_attemps = 3 }"
+            )
+            .is_err(),
+            "unknown settings are still refused"
+        );
     }
 }
