@@ -276,6 +276,14 @@ impl Judge {
         Ok(self.cx.take_emitted().map(|(b, _)| b).collect())
     }
 
+    /// Waits for the verdicts still with the detector's workers (none without workers).
+    fn drain(&mut self) -> Result<Vec<RecordBatch>> {
+        self.transform
+            .before_checkpoint(&mut self.cx)
+            .map_err(|e| Failure::Other(format!("{}: {e}", self.spec.name)))?;
+        Ok(self.cx.take_emitted().map(|(b, _)| b).collect())
+    }
+
     /// The columns the detector adds to an event, and their fields.
     fn added(&self) -> Vec<(usize, Field)> {
         self.spec
@@ -457,6 +465,8 @@ impl NativeDetector {
                 judged.extend(judge.feed(&batch)?);
                 inputs.push(batch);
             }
+            // With workers, verdicts come back later: wait for those of these rows.
+            judged.extend(judge.drain()?);
             let schema = output_schema(&input_schema, &judge.added());
             Ok((schema, judge.attach(&inputs, &judged)?))
         });

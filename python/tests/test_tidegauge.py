@@ -189,3 +189,13 @@ def test_w1_200k_equals_the_oracle(w1_200k):
     got = set(zip(flagged.column("sensor_id").to_pylist(), flagged.column("ts").to_pylist()))
     assert len(expected) == 730
     assert got == expected
+
+
+def test_detector_with_workers_returns_every_row_of_each_update():
+    t = small_table()
+    whole = tidegauge.score(t, detector="zscore", window=8, workers=2)
+    d = tidegauge.Detector("zscore", window=8, workers=2)
+    a = d.update(t.slice(0, 15))
+    b = d.update(t.slice(15))
+    got = a.column("anomaly_score").to_pylist() + b.column("anomaly_score").to_pylist()
+    assert got == whole.column("anomaly_score").to_pylist()
