@@ -312,13 +312,36 @@ pub(super) fn layout(
     })
 }
 
+/// The fields of one row, as [`Reader::next_fields`] gives them.
+pub(super) type Fields = Vec<Option<String>>;
+
+/// Reads rows into `rows` until it holds [`super::CHUNK_ROWS`] or the input ends. `next`
+/// is the row read ahead (the first is read before, to choose the layout); `index`
+/// counts the rows kept. A row whose time is not one is skipped (dead-lettered).
+pub(super) fn read_chunk(
+    reader: &mut Reader,
+    layout: &Layout,
+    next: &mut Option<Fields>,
+    index: &mut u64,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    while rows.len() < super::CHUNK_ROWS {
+        let Some(fields) = next.take() else { break };
+        match to_row(fields, layout, *index) {
+            Ok(row) => {
+                rows.push(row);
+                *index += 1;
+            }
+            Err(reason) => reader.reject(&reason),
+        }
+        *next = reader.next_fields()?;
+    }
+    Ok(())
+}
+
 /// The row of `fields`; an error (the row is skipped) when its time column holds no
 /// time.
-pub(super) fn to_row(
-    fields: Vec<Option<String>>,
-    layout: &Layout,
-    index: u64,
-) -> Result<Row, String> {
+fn to_row(fields: Vec<Option<String>>, layout: &Layout, index: u64) -> Result<Row, String> {
     let get = |i: usize| fields.get(i).cloned().flatten();
     let (time_text, ts) = match layout.time {
         Some(t) => {

@@ -26,7 +26,7 @@ use tidegauge_core::dead_letter::DeadLetter;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
 use tidegauge_core::telemetry::ComponentTelemetry;
 
-use input::{Layout, Reader, Row, collect_inputs, count_lines, csv_field, layout, to_row};
+use input::{Layout, Reader, Row, collect_inputs, count_lines, csv_field, layout, read_chunk};
 
 /// What `score` was asked to do.
 #[derive(clap::Args)]
@@ -359,17 +359,7 @@ fn score_file(
     let mut index = 0u64;
     let mut next = first;
     loop {
-        while rows.len() < CHUNK_ROWS {
-            let Some(fields) = next.take() else { break };
-            match to_row(fields, &layout, index) {
-                Ok(row) => {
-                    rows.push(row);
-                    index += 1;
-                }
-                Err(reason) => reader.reject(&reason),
-            }
-            next = reader.next_fields()?;
-        }
+        read_chunk(&mut reader, &layout, &mut next, &mut index, &mut rows)?;
         let done = rows.is_empty();
         for g in &mut groups {
             if done {
@@ -505,17 +495,7 @@ fn score_file_rows(
     let mut next = first;
     loop {
         let mut rows: Vec<Row> = Vec::new();
-        while rows.len() < CHUNK_ROWS {
-            let Some(fields) = next.take() else { break };
-            match to_row(fields, &layout, index) {
-                Ok(row) => {
-                    rows.push(row);
-                    index += 1;
-                }
-                Err(reason) => reader.reject(&reason),
-            }
-            next = reader.next_fields()?;
-        }
+        read_chunk(&mut reader, &layout, &mut next, &mut index, &mut rows)?;
         if rows.is_empty() {
             transform
                 .flush(&mut cx)
