@@ -159,8 +159,6 @@ pub struct Columns {
     bytes: usize,
     /// What every row adds whatever its values: 8 per number, 1 per flag, 4 per string.
     fixed_row_bytes: usize,
-    /// The string columns, whose text adds to that.
-    text_columns: Vec<usize>,
 }
 
 impl Columns {
@@ -177,7 +175,6 @@ impl Columns {
             capacity,
             bytes: 0,
             fixed_row_bytes: 0,
-            text_columns: Vec::new(),
         };
         c.fixed_row_bytes = c
             .types
@@ -188,9 +185,7 @@ impl Columns {
                 _ => 8,
             })
             .sum();
-        c.text_columns = (0..c.types.len())
-            .filter(|&i| c.types[i] == FieldType::String)
-            .collect();
+
         c.builders = c.fresh_builders();
         c
     }
@@ -253,19 +248,15 @@ impl Columns {
             }
         }
         self.rows += 1;
-        // Numbers, flags and string offsets are the same for every row; only the text
-        // varies.
-        self.bytes += self.fixed_row_bytes;
-        for &i in &self.text_columns {
-            if let Slot::Str(s, e) = row.slots[i] {
-                self.bytes += (e - s) as usize;
-            }
-        }
+        // Numbers, flags and string offsets are the same for every row; the text is at
+        // most the record's text (its strings, and for CSV its numbers as written): two
+        // additions per row, whatever the columns.
+        self.bytes += self.fixed_row_bytes + row.scratch.len();
         Ok(())
     }
 
-    /// What the rows appended so far hold: 8 bytes per number, 1 per flag, 4 plus the
-    /// text per string (Arrow's offsets and values).
+    /// What the rows appended so far hold, at most: 8 bytes per number, 1 per flag, 4
+    /// per string (Arrow's offsets) and the text of each record.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
