@@ -404,22 +404,34 @@ fn score(
     let cols = columns(key, value, time);
     let result = py.detach(move || -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let mut judge = Judge::new(spec, cols)?;
-        let mut inputs = Vec::new();
-        let mut judged = Vec::new();
-        for batch in reader {
-            let batch = batch?;
-            judged.extend(judge.feed(&batch)?);
-            inputs.push(batch);
-        }
-        judged.extend(judge.finish()?);
-        let schema = output_schema(&input_schema, &judge.added());
-        Ok((schema, judge.attach(&inputs, &judged)?))
+        judge_stream(&mut judge, reader, &input_schema, Judge::finish)
     });
     let (schema, batches) = result.map_err(|e| e.into_py(py))?;
     Ok(ArrowStream {
         schema,
         batches: Some(batches),
     })
+}
+
+/// Feeds every batch of `reader` to `judge`, then takes what `last` gives (the
+/// verdicts still held: `finish` at the end of a stream, `drain` between updates), and
+/// returns the batches with the detector's columns attached.
+fn judge_stream(
+    judge: &mut Judge,
+    reader: RecordBatchStreamReader,
+    input_schema: &SchemaRef,
+    last: fn(&mut Judge) -> Result<Vec<RecordBatch>>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut inputs = Vec::new();
+    let mut judged = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        judged.extend(judge.feed(&batch)?);
+        inputs.push(batch);
+    }
+    judged.extend(last(judge)?);
+    let schema = output_schema(input_schema, &judge.added());
+    Ok((schema, judge.attach(&inputs, &judged)?))
 }
 
 fn poisoned(py: Python<'_>) -> PyErr {
@@ -457,19 +469,8 @@ impl NativeDetector {
         let input_schema = reader.schema();
         let mut guard = self.judge.lock().map_err(|_| poisoned(py))?;
         let judge = &mut *guard;
-        let result = py.detach(move || -> Result<(SchemaRef, Vec<RecordBatch>)> {
-            let mut inputs = Vec::new();
-            let mut judged = Vec::new();
-            for batch in reader {
-                let batch = batch?;
-                judged.extend(judge.feed(&batch)?);
-                inputs.push(batch);
-            }
-            // With workers, verdicts come back later: wait for those of these rows.
-            judged.extend(judge.drain()?);
-            let schema = output_schema(&input_schema, &judge.added());
-            Ok((schema, judge.attach(&inputs, &judged)?))
-        });
+        // With workers, verdicts come back later: `drain` waits for those of these rows.
+        let result = py.detach(move || judge_stream(judge, reader, &input_schema, Judge::drain));
         let (schema, batches) = result.map_err(|e| e.into_py(py))?;
         Ok(ArrowStream {
             schema,

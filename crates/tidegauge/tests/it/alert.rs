@@ -3,7 +3,7 @@
 //! the start and the anomalies counted before the kill.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,14 +97,20 @@ fn start(path: &Path) -> Child {
         .unwrap()
 }
 
+/// Input, alerts output, state directory and pipeline file of a test under `d`.
+fn places(d: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    (
+        d.join("in.jsonl"),
+        d.join("alerts.jsonl"),
+        d.join("state"),
+        d.join("p.toml"),
+    )
+}
+
 #[test]
 fn an_open_incident_survives_sigkill_and_resolves_once_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let input = d.join("in.jsonl");
-    let out = d.join("alerts.jsonl");
-    let state = d.join("state");
-    let path = d.join("p.toml");
+    let (input, out, state, path) = places(dir.path());
     std::fs::write(&path, pipeline(&input, &out, &state)).unwrap();
     // s-1 misbehaves for 5 readings; s-2 is fine.
     let mut first = readings("s-2", 0..5, 20.0);
@@ -154,11 +160,7 @@ fn an_open_incident_survives_sigkill_and_resolves_once_after_restart() {
 #[test]
 fn an_incident_resolves_when_the_stream_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let input = d.join("in.jsonl");
-    let out = d.join("alerts.jsonl");
-    let state = d.join("state");
-    let path = d.join("p.toml");
+    let (input, out, state, path) = places(dir.path());
     // Event time only would keep this incident open for ever: nothing comes after the
     // anomalies. With `idle_after_ms`, event time follows the wall clock once the input
     // has been silent that long.
