@@ -327,6 +327,15 @@ fn describe_slot(slot: Slot, row: &Row) -> String {
 }
 
 /// Converts a raw slot to the normalised slot for `ty` (`Str`, `I64`, `F64`, `Bool` or `Null`).
+/// `text` without surrounding white space (as `str::trim`), at the cost of two byte
+/// checks when there is none.
+fn trim(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(a), Some(b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
 fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
     let bad = |want: &str| Err(format!("expected {want}, got {}", describe_slot(slot, row)));
     match (ty, slot) {
@@ -335,19 +344,36 @@ fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
         (FieldType::String, Slot::Str(s, e) | Slot::Text(s, e)) => Ok(Slot::Str(s, e)),
         (FieldType::String, _) => bad("a string"),
         (FieldType::Int64, Slot::I64(v)) => Ok(Slot::I64(v)),
-        (FieldType::Int64, Slot::Text(s, e)) => match row.text(s, e).trim().parse::<i64>() {
-            Ok(v) => Ok(Slot::I64(v)),
-            Err(_) => bad("an integer"),
-        },
+        (FieldType::Int64, Slot::Text(s, e)) => {
+            let t = trim(row.text(s, e));
+            if let Some(Slot::I64(v)) = flat_json::number(t.as_bytes()) {
+                return Ok(Slot::I64(v));
+            }
+            match t.parse::<i64>() {
+                Ok(v) => Ok(Slot::I64(v)),
+                Err(_) => bad("an integer"),
+            }
+        }
         (FieldType::Int64, Slot::U64(_)) => bad("an integer that fits 64 bits"),
         (FieldType::Int64, _) => bad("an integer"),
         (FieldType::Float64, Slot::F64(v)) => Ok(Slot::F64(v)),
         (FieldType::Float64, Slot::I64(v)) => Ok(Slot::F64(v as f64)),
         (FieldType::Float64, Slot::U64(v)) => Ok(Slot::F64(v as f64)),
-        (FieldType::Float64, Slot::Text(s, e)) => match row.text(s, e).trim().parse::<f64>() {
-            Ok(v) => Ok(Slot::F64(v)),
-            Err(_) => bad("a number"),
-        },
+        (FieldType::Float64, Slot::Text(s, e)) => {
+            let t = trim(row.text(s, e));
+            // Numbers as JSON writes them (most text) by the fast reader, which gives
+            // what `parse` gives; anything else (`+1`, `.5`, `inf`) by `parse`.
+            match flat_json::number(t.as_bytes()) {
+                Some(Slot::F64(v)) => return Ok(Slot::F64(v)),
+                Some(Slot::I64(v)) => return Ok(Slot::F64(v as f64)),
+                Some(Slot::U64(v)) => return Ok(Slot::F64(v as f64)),
+                _ => {}
+            }
+            match t.parse::<f64>() {
+                Ok(v) => Ok(Slot::F64(v)),
+                Err(_) => bad("a number"),
+            }
+        }
         (FieldType::Float64, _) => bad("a number"),
         (FieldType::Bool, Slot::Bool(v)) => Ok(Slot::Bool(v)),
         (FieldType::Bool, Slot::Text(s, e)) => {
@@ -363,7 +389,11 @@ fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
             Ok(Slot::I64(v as i64))
         }
         (FieldType::Timestamp, Slot::Str(s, e) | Slot::Text(s, e)) => {
-            match parse_timestamp_ms(row.text(s, e)) {
+            let t = row.text(s, e);
+            if let Some(Slot::I64(v)) = flat_json::number(trim(t).as_bytes()) {
+                return Ok(Slot::I64(v));
+            }
+            match parse_timestamp_ms(t) {
                 Some(ms) => Ok(Slot::I64(ms)),
                 None => bad("a timestamp (epoch milliseconds or RFC 3339 text)"),
             }
@@ -425,6 +455,43 @@ mod tests {
         let fields = default_fields();
         let optional: Vec<String> = optional.iter().map(|s| s.to_string()).collect();
         Columns::new(schema_for(&fields, &optional), &fields, 16)
+    }
+
+    use proptest::strategy::Strategy;
+
+    fn converted(ty: FieldType, text: &str) -> Result<Slot, String> {
+        let mut row = Row::new(1);
+        row.set_text(0, text, false);
+        convert(ty, row.slots[0], &row)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn text_numbers_convert_as_parse_reads_them(
+            text in proptest::prop_oneof![
+                "[ ]?[+-]?[0-9]{0,21}([.][0-9]{0,20})?([eE][+-]?[0-9]{1,3})?[ ]?",
+                "[-+.0-9eE ]{1,12}",
+                proptest::prelude::any::<f64>().prop_map(|v| v.to_string()),
+                proptest::prelude::any::<i64>().prop_map(|v| v.to_string()),
+            ],
+        ) {
+            proptest::prop_assume!(!text.is_empty());
+            let t = text.trim();
+            let float = converted(FieldType::Float64, &text).ok();
+            let want = t.parse::<f64>().ok().map(Slot::F64);
+            match (float, want) {
+                (Some(Slot::F64(a)), Some(Slot::F64(b))) => {
+                    proptest::prop_assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{text}: {a} vs {b}")
+                }
+                (a, b) => proptest::prop_assert_eq!(a, b, "{}", text),
+            }
+            let int = converted(FieldType::Int64, &text).ok();
+            let want = t.parse::<i64>().ok().map(Slot::I64);
+            proptest::prop_assert_eq!(int, want, "{}", text);
+            let ts = converted(FieldType::Timestamp, &text).ok();
+            let want = parse_timestamp_ms(&text).map(Slot::I64);
+            proptest::prop_assert_eq!(ts, want, "{}", text);
+        }
     }
 
     #[test]

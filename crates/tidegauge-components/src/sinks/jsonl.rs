@@ -18,9 +18,10 @@ use crate::codec::encode::JsonEncoder;
 
 /// Writes events to a file as JSON Lines, one object per event with every field.
 ///
-/// Writes are buffered and flushed to disk (fsync) as soon as no more events are
-/// waiting, at most `flush_interval_ms` apart while they keep coming, and at shutdown; a
-/// batch counts as delivered only once it is on disk. Only whole lines are
+/// Writes are buffered and handed to the file as soon as no more events are waiting
+/// (readers of the file see them at once); they are synced to disk (fsync) every
+/// `flush_interval_ms` and at shutdown, and a batch counts as delivered only once it is
+/// on disk. Only whole lines are
 /// written: if a crash left a partial last line, it is cut off when the file is opened
 /// again. When a write or flush fails (a full disk), the file is cut back to what was
 /// last flushed and the batches since are written again, with backoff, as `retry`
@@ -34,8 +35,8 @@ pub struct JsonlSinkConfig {
     /// Append to an existing file (`true`) or replace it (`false`).
     #[serde(default = "default_append")]
     pub append: bool,
-    /// Longest time buffered lines wait to be flushed and synced to disk while events
-    /// keep coming, in milliseconds (an idle sink flushes at once).
+    /// How often written lines are synced to disk (and their events acknowledged), in
+    /// milliseconds. Lines reach the file itself as soon as the sink's input is idle.
     #[serde(default = "default_flush_interval_ms")]
     #[schemars(range(min = 1))]
     pub flush_interval_ms: u64,
@@ -187,6 +188,14 @@ impl BatchWriter for JsonlWriter {
         self.out.get_ref().sync_data()?;
         self.durable_len += std::mem::take(&mut self.unflushed);
         Ok(())
+    }
+
+    fn can_publish(&self) -> bool {
+        true
+    }
+
+    fn publish(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 
     fn target(&self) -> String {

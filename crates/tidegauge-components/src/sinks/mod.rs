@@ -84,6 +84,20 @@ pub(crate) trait BatchWriter: Send + 'static {
     fn flush_when_idle(&self) -> bool {
         true
     }
+    /// Whether [`BatchWriter::publish`] does less than a flush. Then an idle input gets
+    /// a publish (what was written is seen at once) and the costly flush (an fsync)
+    /// comes only every `flush_every` and at the end: a fast stream leaves the sink idle
+    /// between most of its batches, and a sync per pause would bound the whole
+    /// pipeline by the disk's sync rate.
+    fn can_publish(&self) -> bool {
+        false
+    }
+    /// Hands what was written to the target so its readers see it, without making it
+    /// durable (a file: written to the system, not synced). Only called when
+    /// [`BatchWriter::can_publish`].
+    fn publish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
     /// Goes back to where the last successful flush left the target, dropping whatever
     /// was written since, so those batches can be written again after an error (a file
     /// is cut back to its durable length). Writers that cannot return the error.
@@ -95,7 +109,8 @@ pub(crate) trait BatchWriter: Send + 'static {
 }
 
 /// Drives `writer`: writes each batch, flushes by the [`FlushRule`] (when the input is
-/// idle, and while busy at least every `flush_every`) and at the end, and
+/// idle, and while busy at least every `flush_every`; a writer that can publish
+/// publishes when idle and flushes every `flush_every`) and at the end, and
 /// releases each batch's finalizers only after the flush that made it durable. A write
 /// or flush that fails is not retried; the sink fails.
 pub(crate) async fn run_writer(
@@ -133,6 +148,9 @@ pub(crate) async fn run_writer_with_retry(
         if !writer.flush_when_idle() {
             rule = rule.timed_only();
         }
+        let publishing = writer.can_publish();
+        // Everything written so far has been published (or flushed).
+        let mut published = true;
         // Rolls back and writes every pending batch again, then flushes.
         let recover = |writer: &mut dyn BatchWriterDyn,
                        pending: &mut Vec<(RecordBatch, Finalizers)>,
@@ -205,12 +223,15 @@ pub(crate) async fn run_writer_with_retry(
             Ok(())
         };
         loop {
-            let wait = rule.wait(!pending.is_empty(), Instant::now());
+            // Holding what no reader has seen yet: look for idleness at once.
+            let unseen = !pending.is_empty() && !(publishing && published);
+            let wait = rule.wait(unseen, Instant::now());
             let idle = match input.blocking_recv_timeout(&runtime, wait) {
                 Recv::Batch(batch) => {
                     let rows = batch.num_rows() as u64;
                     let written = writer.write(&batch.data);
                     pending.push((batch.data, batch.finalizers));
+                    published = false;
                     match written {
                         Ok(bytes) => {
                             component.emit(EventsSent { count: rows });
@@ -224,6 +245,7 @@ pub(crate) async fn run_writer_with_retry(
                             component.emit(EventsSent { count: rows });
                             release(&mut pending);
                             rule.flushed(Instant::now());
+                            published = true;
                         }
                     }
                     false
@@ -231,9 +253,24 @@ pub(crate) async fn run_writer_with_retry(
                 Recv::Idle => true,
                 Recv::Closed => break,
             };
-            if rule.due(!pending.is_empty(), idle, Instant::now()) {
+            let holding = !pending.is_empty();
+            if rule.due(holding, idle && !publishing, Instant::now()) {
                 flush(&mut writer, &mut pending)?;
                 rule.flushed(Instant::now());
+                published = true;
+            } else if idle && publishing && !published {
+                match writer.publish() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Err(reader_gone(&writer, &mut pending));
+                    }
+                    Err(e) => {
+                        recover(&mut writer, &mut pending, "write to", e)?;
+                        release(&mut pending);
+                        rule.flushed(Instant::now());
+                    }
+                }
+                published = true;
             }
         }
         flush(&mut writer, &mut pending)

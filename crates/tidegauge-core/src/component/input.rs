@@ -233,11 +233,20 @@ impl SinkInput {
     /// The next batch, barrier, the end of input, or [`Event::Idle`] after `wait`.
     pub async fn next_event_timeout(&mut self, wait: Duration) -> Event {
         self.before_wait();
-        let e = match tokio::time::timeout(wait, std::future::poll_fn(|cx| self.poll_event(cx)))
+        let e = if wait.is_zero() {
+            // Only what is there now: no timer, whose firing would cost the waiting
+            // thread a sleep and a wake-up from the runtime (a sink asks this after
+            // every batch to learn whether its input is idle).
+            std::future::poll_fn(|cx| match self.poll_event(cx) {
+                std::task::Poll::Ready(e) => std::task::Poll::Ready(e),
+                std::task::Poll::Pending => std::task::Poll::Ready(Event::Idle),
+            })
             .await
-        {
-            Ok(e) => e,
-            Err(_) => Event::Idle,
+        } else {
+            match tokio::time::timeout(wait, std::future::poll_fn(|cx| self.poll_event(cx))).await {
+                Ok(e) => e,
+                Err(_) => Event::Idle,
+            }
         };
         self.hand_out(e)
     }

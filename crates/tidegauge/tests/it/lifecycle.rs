@@ -164,6 +164,49 @@ fn following_a_growing_file_then_ctrl_c_flushes_everything() {
 }
 
 #[test]
+fn a_jsonl_sink_shows_lines_when_idle_long_before_its_sync_interval() {
+    // Lines reach the file as soon as the sink's input is idle; the sync to disk (and
+    // the acknowledgement) waits for the interval, here far beyond the test's life.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("live.jsonl");
+    std::fs::write(&input, "{\"sensor_id\":\"a\",\"ts\":1,\"value\":1}\n").unwrap();
+    let pipeline = d.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\nfollow = true\n\
+             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\npath = \"{}\"\nflush_interval_ms = 3600000\n",
+            input.display(),
+            d.join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let child = tidegauge()
+        .arg("run")
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&d.join("out.jsonl"), |t| t.lines().count() == 1);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&input)
+            .unwrap();
+        writeln!(f, "{{\"sensor_id\":\"a\",\"ts\":2,\"value\":1}}").unwrap();
+    }
+    wait_for(&d.join("out.jsonl"), |t| t.lines().count() == 2);
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    let ts: Vec<i64> = keys(&text).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(ts, vec![1, 2]);
+}
+
+#[test]
 fn a_failing_sink_stops_the_pipeline_with_status_1() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
