@@ -224,7 +224,8 @@ pub(crate) async fn run_writer_with_retry(
         };
         loop {
             // Holding what no reader has seen yet: look for idleness at once.
-            let unseen = !pending.is_empty() && !(publishing && published);
+            let seen = publishing && published;
+            let unseen = !pending.is_empty() && !seen;
             let wait = rule.wait(unseen, Instant::now());
             let idle = match input.blocking_recv_timeout(&runtime, wait) {
                 Recv::Batch(batch) => {
