@@ -212,7 +212,7 @@ impl SourceConfig for KafkaSourceConfig {
             changelog: changelog.map(|changelog| Partitioned {
                 changelog,
                 hub,
-                decoded: BTreeMap::new(),
+                reads: Reads::default(),
                 cut: BTreeMap::new(),
                 last_cut: Instant::now(),
                 interval: Duration::from_millis(self.snapshot_interval_ms),
@@ -220,8 +220,6 @@ impl SourceConfig for KafkaSourceConfig {
                 epochs: BTreeMap::new(),
                 watermarks: Arc::default(),
                 querying: Arc::default(),
-                redelivered: 0,
-                gaps: BTreeMap::new(),
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -287,8 +285,8 @@ fn plain_rebalance<C: ConsumerContext>(
 struct Partitioned {
     changelog: Arc<Changelog>,
     hub: Arc<Hub>,
-    /// Per partition, the offset after the last message decoded.
-    decoded: BTreeMap<i32, i64>,
+    /// Per partition, the offset after the last message decoded, and what was skipped.
+    reads: Reads,
     /// Per partition, the offset of its last cut.
     cut: BTreeMap<i32, i64>,
     last_cut: Instant,
@@ -299,10 +297,6 @@ struct Partitioned {
     /// High watermarks per partition, as last asked of the broker.
     watermarks: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
     querying: Arc<std::sync::atomic::AtomicBool>,
-    /// Messages the client delivered again, below what was already read.
-    redelivered: u64,
-    /// Per partition, the offset read again from after a jump past it.
-    gaps: BTreeMap<i32, i64>,
 }
 
 impl Partitioned {
@@ -344,7 +338,7 @@ impl Partitioned {
             .owned()
             .into_iter()
             .map(|p| {
-                let position = self.decoded.get(&p).copied().unwrap_or(-1);
+                let position = self.reads.next.get(&p).copied().unwrap_or(-1);
                 let high = marks.get(&p).copied().unwrap_or(-1);
                 OwnedPartition {
                     topic: self.changelog.input.clone(),
@@ -377,14 +371,25 @@ impl Partitioned {
             self.seen = v;
             let epochs = self.hub.epochs();
             for (&p, e) in &self.epochs {
-                if epochs.get(&p) != Some(e) {
-                    self.decoded.remove(&p);
+                if epochs.get(&p).map(|(e, _)| e) != Some(e) {
+                    self.reads.forget(p);
                     self.cut.remove(&p);
                     commits.next.retain(|(_, q), _| *q != p);
                     commits.caps.retain(|(_, q), _| *q != p);
                 }
             }
-            self.epochs = epochs;
+            for (&p, &(e, start)) in &epochs {
+                if self.epochs.get(&p) != Some(&e)
+                    && let Some(start) = start
+                {
+                    // The state stands at `start`: the next message to apply is there,
+                    // whatever the client delivers first. The restored snapshot is this
+                    // ownership's first cut.
+                    self.reads.resume(p, start);
+                    self.cut.insert(p, start);
+                }
+            }
+            self.epochs = epochs.into_iter().map(|(p, (e, _))| (p, e)).collect();
         }
         self.epochs.get(&partition).copied()
     }
@@ -404,9 +409,9 @@ impl Partitioned {
         self.last_cut = Instant::now();
         self.report(cx);
         let owned = self.hub.owned();
-        self.decoded.retain(|p, _| owned.contains(p));
+        self.reads.next.retain(|p, _| owned.contains(p));
         self.cut.retain(|p, _| owned.contains(p));
-        for (&p, &offset) in &self.decoded {
+        for (&p, &offset) in &self.reads.next {
             if self.cut.get(&p).is_some_and(|c| *c >= offset) {
                 continue;
             }
@@ -414,6 +419,117 @@ impl Partitioned {
                 self.cut.insert(p, offset);
             }
         }
+    }
+}
+
+/// What a changelog-backed member has read of each partition, and the guards that keep
+/// the rows applied to a partition's state contiguous: the state of offset N must see
+/// exactly the messages N, N+1, ... in order, whatever the client delivers.
+#[derive(Default)]
+struct Reads {
+    /// Per partition, the next offset to apply (after the last message decoded, or the
+    /// offset the restored state stands at).
+    next: BTreeMap<i32, i64>,
+    /// Per partition, the last jump past unread messages: (next, offset jumped to, times
+    /// seen in a row).
+    gaps: BTreeMap<i32, (i64, i64, u32)>,
+    /// Messages the client delivered again, below what was already read.
+    redelivered: u64,
+}
+
+/// What to do with a delivered message.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Apply it.
+    Take,
+    /// Already applied (or below the restored state): skip it.
+    Skip,
+    /// Messages before it were not delivered: read again from this offset.
+    Seek(i64),
+}
+
+/// How many times the same jump is read again before it is taken as a real gap in the
+/// partition (transaction markers, compaction), which comes back the same every time.
+const GAP_SEEKS: u32 = 3;
+
+impl Reads {
+    /// Decides about the message at `offset` of `partition`.
+    fn admit(&mut self, partition: i32, offset: i64) -> Admit {
+        let Some(&next) = self.next.get(&partition) else {
+            // Nothing read and no state restored: the partition starts where it starts.
+            tracing::debug!(partition, offset, "first message of the partition");
+            return Admit::Take;
+        };
+        if offset < next {
+            // Delivered again (the client reset its fetch position), or below the offset
+            // the restored state stands at: the state already holds it; counting it
+            // twice would shift every window of its sensors.
+            self.redelivered += 1;
+            if self.redelivered.is_power_of_two() {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    next,
+                    redelivered = self.redelivered,
+                    "message delivered again by the client; skipped"
+                );
+            }
+            return Admit::Skip;
+        }
+        if offset == next {
+            self.gaps.remove(&partition);
+            return Admit::Take;
+        }
+        // A jump past messages not read: the client's position moved under this owner,
+        // or its first fetch after an assignment started past the offset asked for (both
+        // seen with tansu). Read again from where the state stands; a real gap comes back
+        // the same every time and is taken after GAP_SEEKS reads.
+        let seen = match self.gaps.get(&partition) {
+            Some(&(n, o, times)) if n == next && o == offset => times,
+            _ => 0,
+        };
+        if seen >= GAP_SEEKS {
+            tracing::warn!(
+                partition,
+                offset,
+                next,
+                "messages {next}..{offset} are missing from the partition (read {seen} times); going on from {offset}"
+            );
+            self.gaps.remove(&partition);
+            return Admit::Take;
+        }
+        self.gaps.insert(partition, (next, offset, seen + 1));
+        tracing::warn!(
+            partition,
+            offset,
+            next,
+            "message past a gap in the partition; reading again from {next}"
+        );
+        Admit::Seek(next)
+    }
+
+    /// The message at `offset` of `partition` was decoded.
+    fn taken(&mut self, partition: i32, offset: i64) {
+        self.next.insert(partition, offset + 1);
+    }
+
+    /// A new ownership of `partition` whose state stands at `start`.
+    fn resume(&mut self, partition: i32, start: i64) {
+        self.next.insert(partition, start);
+        self.gaps.remove(&partition);
+    }
+
+    /// What was read of `partition` belongs to an earlier ownership.
+    fn forget(&mut self, partition: i32) {
+        self.next.remove(&partition);
+        self.gaps.remove(&partition);
+    }
+
+    /// `partition` is read again from `offset` on purpose (a sink failed it).
+    fn rewind(&mut self, partition: i32, offset: i64) {
+        let next = self.next.entry(partition).or_insert(offset);
+        *next = (*next).min(offset);
+        self.gaps.remove(&partition);
     }
 }
 
@@ -519,39 +635,10 @@ impl BrokerSource for Member {
                             // reads it.
                             return Next::Message(None);
                         };
-                        match partitioned.decoded.get(&partition) {
-                            Some(&next) if offset < next => {
-                                // Delivered again (the client reset its fetch position):
-                                // the state already holds it; counting it twice would
-                                // shift every window of its sensors.
-                                partitioned.redelivered += 1;
-                                if partitioned.redelivered.is_power_of_two() {
-                                    tracing::warn!(
-                                        partition,
-                                        offset,
-                                        next,
-                                        redelivered = partitioned.redelivered,
-                                        "message delivered again by the client; skipped"
-                                    );
-                                }
-                                return Next::Message(None);
-                            }
-                            Some(&next)
-                                if offset > next
-                                    && partitioned.gaps.get(&partition) != Some(&next) =>
-                            {
-                                // A jump past messages not read: the client's position
-                                // moved under this owner (seen when a broker lets two
-                                // members hold a partition). Read from where the state
-                                // stands; a real gap (transaction markers, compaction)
-                                // comes back the same after the seek and is accepted.
-                                partitioned.gaps.insert(partition, next);
-                                tracing::warn!(
-                                    partition,
-                                    offset,
-                                    next,
-                                    "message past a gap in the partition; reading again from {next}"
-                                );
+                        match partitioned.reads.admit(partition, offset) {
+                            Admit::Take => {}
+                            Admit::Skip => return Next::Message(None),
+                            Admit::Seek(next) => {
                                 if let Err(e) = self.consumer.seek(
                                     topic,
                                     partition,
@@ -563,19 +650,12 @@ impl BrokerSource for Member {
                                             "cannot read {topic}/{partition} again from {next}: {e}"
                                         ),
                                     });
-                                } else {
-                                    return Next::Message(None);
                                 }
-                            }
-                            Some(_) => {
-                                partitioned.gaps.remove(&partition);
-                            }
-                            None => {
-                                tracing::debug!(partition, offset, "first message of the partition")
+                                return Next::Message(None);
                             }
                         }
                         decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
-                        partitioned.decoded.insert(partition, offset + 1);
+                        partitioned.reads.taken(partition, offset);
                         Next::Message(Some((topic.to_string(), partition, offset, epoch)))
                     }
                     None => {
@@ -641,8 +721,7 @@ impl BrokerSource for Member {
         if let Some(partitioned) = &mut self.changelog {
             for (_, p, o) in &seeks {
                 // Read again on purpose (a sink failed them): let them through.
-                let next = partitioned.decoded.entry(*p).or_insert(*o);
-                *next = (*next).min(*o);
+                partitioned.reads.rewind(*p, *o);
             }
         }
         for (t, p, o) in seeks {
@@ -702,3 +781,49 @@ impl KafkaSource {
 }
 
 tidegauge_core::register_source!(KafkaSourceConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_partition_applies_from_its_snapshot_offset_whatever_comes_first() {
+        // The state of partition 5 stands at 100; the client's first message is 119 (as
+        // tansu delivered once): the 19 messages before it must not be skipped.
+        let mut reads = Reads::default();
+        reads.resume(5, 100);
+        assert_eq!(reads.admit(5, 119), Admit::Seek(100));
+        assert_eq!(reads.admit(5, 99), Admit::Skip, "below the state: applied already");
+        assert_eq!(reads.admit(5, 100), Admit::Take);
+        reads.taken(5, 100);
+        assert_eq!(reads.admit(5, 101), Admit::Take);
+    }
+
+    #[test]
+    fn a_jump_is_read_again_and_taken_only_when_it_comes_back_the_same() {
+        let mut reads = Reads::default();
+        reads.taken(0, 9);
+        for _ in 0..GAP_SEEKS {
+            assert_eq!(reads.admit(0, 15), Admit::Seek(10));
+        }
+        assert_eq!(reads.admit(0, 15), Admit::Take, "a real gap");
+        reads.taken(0, 15);
+        // Messages fetched before a seek took effect differ: each is read again.
+        for offset in 20..20 + 2 * GAP_SEEKS as i64 {
+            assert_eq!(reads.admit(0, offset), Admit::Seek(16));
+        }
+        assert_eq!(reads.admit(0, 16), Admit::Take);
+    }
+
+    #[test]
+    fn a_partition_without_state_starts_where_it_starts_and_forgets_an_earlier_ownership() {
+        let mut reads = Reads::default();
+        assert_eq!(reads.admit(1, 42), Admit::Take);
+        reads.taken(1, 42);
+        reads.forget(1);
+        assert_eq!(reads.admit(1, 7), Admit::Take);
+        reads.taken(1, 7);
+        reads.rewind(1, 3);
+        assert_eq!(reads.admit(1, 3), Admit::Take, "read again on purpose");
+    }
+}
