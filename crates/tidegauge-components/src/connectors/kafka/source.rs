@@ -71,7 +71,19 @@ config! {
         #[serde(default = "default_snapshot_interval_ms")]
         #[schemars(range(min = 1))]
         pub snapshot_interval_ms: u64,
+        /// With `partition_state`: how long a jump past unread messages of a partition
+        /// must last, read again and again, before it is taken as a real gap (messages
+        /// compacted away, transaction markers) and consumption goes on past it, in
+        /// milliseconds. Some brokers (tansu) show such jumps for a moment at the end of
+        /// a partition being written; taken at once, they would leave messages out of
+        /// the state.
+        #[serde(default = "default_gap_wait_ms")]
+        pub gap_wait_ms: u64,
     }
+}
+
+fn default_gap_wait_ms() -> u64 {
+    10_000
 }
 
 fn default_snapshot_interval_ms() -> u64 {
@@ -212,10 +224,11 @@ impl SourceConfig for KafkaSourceConfig {
             changelog: changelog.map(|changelog| Partitioned {
                 changelog,
                 hub,
-                reads: Reads::default(),
+                reads: Reads::new(Duration::from_millis(self.gap_wait_ms)),
                 cut: BTreeMap::new(),
                 last_cut: Instant::now(),
                 interval: Duration::from_millis(self.snapshot_interval_ms),
+                upkeep_at: tokio::time::Instant::now(),
                 seen: 0,
                 epochs: BTreeMap::new(),
                 watermarks: Arc::default(),
@@ -291,6 +304,8 @@ struct Partitioned {
     cut: BTreeMap<i32, i64>,
     last_cut: Instant,
     interval: Duration,
+    /// When the next upkeep (writing complete snapshots, cutting) is due while idle.
+    upkeep_at: tokio::time::Instant,
     /// The hub's version and the ownership epochs as last seen.
     seen: u64,
     epochs: BTreeMap<i32, u64>,
@@ -430,9 +445,11 @@ struct Reads {
     /// Per partition, the next offset to apply (after the last message decoded, or the
     /// offset the restored state stands at).
     next: BTreeMap<i32, i64>,
-    /// Per partition, the last jump past unread messages: (next, offset jumped to, times
-    /// seen in a row).
-    gaps: BTreeMap<i32, (i64, i64, u32)>,
+    /// Per partition, the jump past unread messages being read again: (next, offset
+    /// jumped to, when first seen, times read again since).
+    gaps: BTreeMap<i32, (i64, i64, Instant, u32)>,
+    /// How long the same jump must last before it is taken as a real gap.
+    gap_wait: Duration,
     /// Messages the client delivered again, below what was already read.
     redelivered: u64,
 }
@@ -448,13 +465,20 @@ enum Admit {
     Seek(i64),
 }
 
-/// How many times the same jump is read again before it is taken as a real gap in the
-/// partition (transaction markers, compaction), which comes back the same every time.
-const GAP_SEEKS: u32 = 3;
+/// How far before the state's offset the second read of a lasting jump starts (doubled
+/// at each further read).
+const GAP_STEP_BACK: i64 = 64;
 
 impl Reads {
-    /// Decides about the message at `offset` of `partition`.
-    fn admit(&mut self, partition: i32, offset: i64) -> Admit {
+    fn new(gap_wait: Duration) -> Self {
+        Reads {
+            gap_wait,
+            ..Reads::default()
+        }
+    }
+
+    /// Decides about the message at `offset` of `partition`, delivered at `now`.
+    fn admit(&mut self, partition: i32, offset: i64, now: Instant) -> Admit {
         let Some(&next) = self.next.get(&partition) else {
             // Nothing read and no state restored: the partition starts where it starts.
             tracing::debug!(partition, offset, "first message of the partition");
@@ -480,32 +504,47 @@ impl Reads {
             self.gaps.remove(&partition);
             return Admit::Take;
         }
-        // A jump past messages not read: the client's position moved under this owner,
-        // or its first fetch after an assignment started past the offset asked for (both
-        // seen with tansu). Read again from where the state stands; a real gap comes back
-        // the same every time and is taken after GAP_SEEKS reads.
-        let seen = match self.gaps.get(&partition) {
-            Some(&(n, o, times)) if n == next && o == offset => times,
-            _ => 0,
+        // A jump past messages not read: the fetch started past the offset asked for.
+        // Seen with tansu, whose fetch from an offset inside a record batch can return
+        // the next batch (after an assignment at a snapshot's offset, or a fetch cut
+        // short); a fetch from an earlier offset has them. Read again from where the
+        // state stands, then from further and further back (what is below the state is
+        // skipped above), until the same jump has lasted `gap_wait`: only then is it a
+        // real gap (compaction, transaction markers). A message fetched before a seek
+        // took effect jumps elsewhere and starts over.
+        let tries = match self.gaps.get_mut(&partition) {
+            Some((n, o, since, tries)) if *n == next && *o == offset => {
+                if now.duration_since(*since) >= self.gap_wait {
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        next,
+                        "messages {next}..{offset} are missing from the partition (still after {:?}); going on from {offset}",
+                        self.gap_wait
+                    );
+                    self.gaps.remove(&partition);
+                    return Admit::Take;
+                }
+                *tries += 1;
+                *tries
+            }
+            _ => {
+                self.gaps.insert(partition, (next, offset, now, 0));
+                tracing::warn!(
+                    partition,
+                    offset,
+                    next,
+                    "message past a gap in the partition; reading again from {next}"
+                );
+                0
+            }
         };
-        if seen >= GAP_SEEKS {
-            tracing::warn!(
-                partition,
-                offset,
-                next,
-                "messages {next}..{offset} are missing from the partition (read {seen} times); going on from {offset}"
-            );
-            self.gaps.remove(&partition);
-            return Admit::Take;
-        }
-        self.gaps.insert(partition, (next, offset, seen + 1));
-        tracing::warn!(
-            partition,
-            offset,
-            next,
-            "message past a gap in the partition; reading again from {next}"
-        );
-        Admit::Seek(next)
+        let back = if tries == 0 {
+            0
+        } else {
+            GAP_STEP_BACK << (tries - 1).min(20)
+        };
+        Admit::Seek((next - back).max(0))
     }
 
     /// The message at `offset` of `partition` was decoded.
@@ -613,9 +652,15 @@ impl BrokerSource for Member {
         let received = match &mut self.changelog {
             None => self.consumer.recv().await,
             Some(partitioned) => {
+                // A deadline kept across calls: the loop calling `next` wakes for other
+                // reasons (checkpoint barriers every 100 ms) and a fresh sleep each call
+                // would never end on an idle partition, whose last snapshots would then
+                // never be written.
+                let due = partitioned.upkeep_at;
                 tokio::select! {
                     m = self.consumer.recv() => m,
-                    () = tokio::time::sleep(partitioned.interval / 4) => {
+                    () = tokio::time::sleep_until(due) => {
+                        partitioned.upkeep_at = tokio::time::Instant::now() + partitioned.interval / 4;
                         partitioned.maintain(cx);
                         return Next::Message(None);
                     }
@@ -635,7 +680,7 @@ impl BrokerSource for Member {
                             // reads it.
                             return Next::Message(None);
                         };
-                        match partitioned.reads.admit(partition, offset) {
+                        match partitioned.reads.admit(partition, offset, Instant::now()) {
                             Admit::Take => {}
                             Admit::Skip => return Next::Message(None),
                             Admit::Seek(next) => {
@@ -786,44 +831,76 @@ tidegauge_core::register_source!(KafkaSourceConfig);
 mod tests {
     use super::*;
 
+    const WAIT: Duration = Duration::from_secs(10);
+
     #[test]
     fn a_restored_partition_applies_from_its_snapshot_offset_whatever_comes_first() {
         // The state of partition 5 stands at 100; the client's first message is 119 (as
         // tansu delivered once): the 19 messages before it must not be skipped.
-        let mut reads = Reads::default();
+        let mut reads = Reads::new(WAIT);
+        let now = Instant::now();
         reads.resume(5, 100);
-        assert_eq!(reads.admit(5, 119), Admit::Seek(100));
-        assert_eq!(reads.admit(5, 99), Admit::Skip, "below the state: applied already");
-        assert_eq!(reads.admit(5, 100), Admit::Take);
+        assert_eq!(reads.admit(5, 119, now), Admit::Seek(100));
+        assert_eq!(
+            reads.admit(5, 99, now),
+            Admit::Skip,
+            "below the state: applied already"
+        );
+        assert_eq!(reads.admit(5, 100, now), Admit::Take);
         reads.taken(5, 100);
-        assert_eq!(reads.admit(5, 101), Admit::Take);
+        assert_eq!(reads.admit(5, 101, now), Admit::Take);
     }
 
     #[test]
-    fn a_jump_is_read_again_and_taken_only_when_it_comes_back_the_same() {
-        let mut reads = Reads::default();
-        reads.taken(0, 9);
-        for _ in 0..GAP_SEEKS {
-            assert_eq!(reads.admit(0, 15), Admit::Seek(10));
+    fn a_jump_is_read_again_from_further_back_and_taken_only_when_it_lasts() {
+        let mut reads = Reads::new(WAIT);
+        let t0 = Instant::now();
+        reads.taken(0, 999);
+        // tansu: a fetch from 1000, inside a record batch, returns the next batch (1032)
+        // every time; a fetch from further back has them.
+        let seeks: Vec<Admit> = [0, 500, 1000, 1500]
+            .into_iter()
+            .map(|ms| reads.admit(0, 1032, t0 + Duration::from_millis(ms)))
+            .collect();
+        assert_eq!(
+            seeks,
+            [
+                Admit::Seek(1000),
+                Admit::Seek(936),
+                Admit::Seek(872),
+                Admit::Seek(744)
+            ]
+        );
+        assert_eq!(reads.admit(0, 990, t0), Admit::Skip, "below the state");
+        assert_eq!(reads.admit(0, 1000, t0), Admit::Take);
+        reads.taken(0, 1000);
+        // A jump that lasts is a real gap, taken after the wait, not before.
+        assert_eq!(reads.admit(0, 1010, t0), Admit::Seek(1001));
+        assert_eq!(
+            reads.admit(0, 1010, t0 + WAIT - Duration::from_millis(1)),
+            Admit::Seek(937)
+        );
+        assert_eq!(reads.admit(0, 1010, t0 + WAIT), Admit::Take, "a real gap");
+        reads.taken(0, 1010);
+        // Messages fetched before a seek took effect jump elsewhere: each starts over.
+        let t1 = t0 + 2 * WAIT;
+        for (i, offset) in (1020..1026).enumerate() {
+            let at = t1 + WAIT * i as u32;
+            assert_eq!(reads.admit(0, offset, at), Admit::Seek(1011));
         }
-        assert_eq!(reads.admit(0, 15), Admit::Take, "a real gap");
-        reads.taken(0, 15);
-        // Messages fetched before a seek took effect differ: each is read again.
-        for offset in 20..20 + 2 * GAP_SEEKS as i64 {
-            assert_eq!(reads.admit(0, offset), Admit::Seek(16));
-        }
-        assert_eq!(reads.admit(0, 16), Admit::Take);
+        assert_eq!(reads.admit(0, 1011, t1 + 7 * WAIT), Admit::Take);
     }
 
     #[test]
     fn a_partition_without_state_starts_where_it_starts_and_forgets_an_earlier_ownership() {
-        let mut reads = Reads::default();
-        assert_eq!(reads.admit(1, 42), Admit::Take);
+        let mut reads = Reads::new(WAIT);
+        let now = Instant::now();
+        assert_eq!(reads.admit(1, 42, now), Admit::Take);
         reads.taken(1, 42);
         reads.forget(1);
-        assert_eq!(reads.admit(1, 7), Admit::Take);
+        assert_eq!(reads.admit(1, 7, now), Admit::Take);
         reads.taken(1, 7);
         reads.rewind(1, 3);
-        assert_eq!(reads.admit(1, 3), Admit::Take, "read again on purpose");
+        assert_eq!(reads.admit(1, 3, now), Admit::Take, "read again on purpose");
     }
 }
