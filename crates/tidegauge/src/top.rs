@@ -107,7 +107,13 @@ fn partition_lines(members: &[Value]) -> Vec<Line<'static>> {
         if parts.is_empty() {
             lines.push(Line::from(format!("{id:<12} owns no partition")).style(muted()));
         }
-        let known = |v: i64| if v < 0 { "-".to_string() } else { v.to_string() };
+        let known = |v: i64| {
+            if v < 0 {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
         for p in parts {
             let i = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(-1);
             lines.push(Line::from(format!(
