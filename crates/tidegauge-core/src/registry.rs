@@ -133,6 +133,7 @@ impl<T: SourceConfig> ErasedSourceConfig for Parsed<T> {
         schema: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>> {
+        cx.component.telemetry().declare(T::METRICS);
         Box::pin(SourceConfig::build(&self.config, schema, cx))
     }
 }
@@ -166,6 +167,7 @@ impl<T: TransformConfig> ErasedTransformConfig for Parsed<T> {
         output: SchemaRef,
         cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
+        cx.component.telemetry().declare(T::METRICS);
         TransformConfig::build(&self.config, input, output, cx)
     }
 }
@@ -197,6 +199,7 @@ impl<T: SinkConfig> ErasedSinkConfig for Parsed<T> {
         input: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Sink>, BuildError>> {
+        cx.component.telemetry().declare(T::METRICS);
         Box::pin(SinkConfig::build(&self.config, input, cx))
     }
 }

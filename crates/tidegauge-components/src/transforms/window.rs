@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::telemetry::{KeysTracked, StaleReadings, WatermarkLag};
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -32,7 +33,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, KeysTracked, StaleReadings, WatermarkLag};
+use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricDesc};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -207,6 +208,7 @@ impl WindowConfig {
 
 impl TransformConfig for WindowConfig {
     const TYPE: &'static str = "window";
+    const METRICS: &'static [&'static MetricDesc] = crate::telemetry::WINDOW_METRICS;
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
