@@ -1,40 +1,40 @@
 //! The metrics components keep besides those every component has, declared here with
 //! their exposition names and help text (core renders whatever a component declares),
-//! and the internal events that move them.
-
-use std::time::Duration;
+//! and the internal events that move them (besides core's `MetricAdded` and `MetricSet`).
 
 use tidegauge_core::telemetry::{ComponentTelemetry, InternalEvent, MetricDesc};
 
-/// Keys holding state in a keyed stage.
-pub static KEYS: MetricDesc = MetricDesc::gauge(
-    "tidegauge_component_keys",
-    "Distinct keys (sensors) holding state in a keyed stage.",
-);
-/// Keys evicted to make room under the key cap.
-pub static KEYS_EVICTED: MetricDesc = MetricDesc::counter(
-    "tidegauge_component_keys_evicted_total",
-    "Keys whose state was dropped after their idle time to make room under max_keys.",
-);
-/// Events of new keys refused under the key cap.
-pub static EVENTS_WITHOUT_STATE: MetricDesc = MetricDesc::counter(
-    "tidegauge_component_events_without_state_total",
-    "Events of new keys that got no verdict: max_keys reached and no key idle long enough.",
-);
-/// What every keyed stage (keyed detectors, windows, heartbeat, hotelling) declares.
-pub const KEY_METRICS: &[&MetricDesc] = &[&KEYS, &KEYS_EVICTED, &EVENTS_WITHOUT_STATE];
+/// One `pub static` [`MetricDesc`] a line: doc, name, kind, exposition name, help.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $id:ident: $kind:ident $name:literal, $help:literal;)*) => {
+        $($(#[$doc])* pub static $id: MetricDesc = MetricDesc::$kind($name, $help);)*
+    };
+}
 
-/// Late readings of a window.
-pub static STALE_READINGS: MetricDesc = MetricDesc::counter(
-    "tidegauge_component_stale_readings_total",
-    "Readings that arrived, or failed to arrive, later than allowed.",
-);
+metrics! {
+    /// Keys holding state in a keyed stage.
+    KEYS: gauge "tidegauge_component_keys", "Distinct keys (sensors) holding state in a keyed stage.";
+    /// Keys evicted to make room under the key cap.
+    KEYS_EVICTED: counter "tidegauge_component_keys_evicted_total", "Keys whose state was dropped after their idle time to make room under max_keys.";
+    /// Events of new keys refused under the key cap.
+    EVENTS_WITHOUT_STATE: counter "tidegauge_component_events_without_state_total", "Events of new keys that got no verdict: max_keys reached and no key idle long enough.";
+    /// Late readings of a window.
+    STALE_READINGS: counter "tidegauge_component_stale_readings_total", "Readings that arrived, or failed to arrive, later than allowed.";
+    /// Last good readings a polled source re-emitted.
+    STALE_EVENTS: counter "tidegauge_component_stale_events_total", "Last good readings re-emitted, flagged stale, for failing endpoints (polled sources).";
+    /// Polls that gave no usable reading.
+    MISSING_READINGS: counter "tidegauge_component_missing_readings_total", "Polls whose endpoint had neither a fresh nor a recent enough reading.";
+}
+
 /// How far a window's event-time watermark trails the wall clock (kept in ms).
 pub static WATERMARK_LAG: MetricDesc = MetricDesc::gauge(
     "tidegauge_component_watermark_lag_seconds",
     "How far the component's event-time watermark trails the wall clock.",
 )
 .stored_in(1000);
+
+/// What every keyed stage (keyed detectors, windows, heartbeat, hotelling) declares.
+pub const KEY_METRICS: &[&MetricDesc] = &[&KEYS, &KEYS_EVICTED, &EVENTS_WITHOUT_STATE];
 /// What a window declares.
 pub const WINDOW_METRICS: &[&MetricDesc] = &[
     &KEYS,
@@ -43,17 +43,6 @@ pub const WINDOW_METRICS: &[&MetricDesc] = &[
     &STALE_READINGS,
     &WATERMARK_LAG,
 ];
-
-/// Last good readings a polled source re-emitted.
-pub static STALE_EVENTS: MetricDesc = MetricDesc::counter(
-    "tidegauge_component_stale_events_total",
-    "Last good readings re-emitted, flagged stale, for failing endpoints (polled sources).",
-);
-/// Polls that gave no usable reading.
-pub static MISSING_READINGS: MetricDesc = MetricDesc::counter(
-    "tidegauge_component_missing_readings_total",
-    "Polls whose endpoint had neither a fresh nor a recent enough reading.",
-);
 /// What a polled source declares.
 pub const POLL_METRICS: &[&MetricDesc] = &[&STALE_EVENTS, &MISSING_READINGS];
 
@@ -92,55 +81,6 @@ impl InternalEvent for KeysTracked {
                 self.max_keys
             );
         }
-    }
-}
-
-/// Readings arrived (or failed to arrive) later than allowed.
-pub struct StaleReadings {
-    /// How many.
-    pub count: u64,
-}
-
-impl InternalEvent for StaleReadings {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.metric(&STALE_READINGS).add(self.count);
-    }
-}
-
-/// Where the component's event-time watermark stands relative to the wall clock.
-pub struct WatermarkLag {
-    /// Wall clock minus watermark.
-    pub lag: Duration,
-}
-
-impl InternalEvent for WatermarkLag {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.metric(&WATERMARK_LAG).set(self.lag.as_millis() as u64);
-    }
-}
-
-/// Stale readings (last good values, flagged `stale`) were emitted for failing endpoints.
-pub struct StaleReadingsEmitted {
-    /// Number of stale readings.
-    pub count: u64,
-}
-
-impl InternalEvent for StaleReadingsEmitted {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.metric(&STALE_EVENTS).add(self.count);
-    }
-}
-
-/// Polls that gave neither a fresh reading nor a recent enough last good one (the
-/// endpoint's missing state and its warning are core's `EndpointDataMissing`).
-pub struct ReadingsMissing {
-    /// Number of polls.
-    pub count: u64,
-}
-
-impl InternalEvent for ReadingsMissing {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.metric(&MISSING_READINGS).add(self.count);
     }
 }
 

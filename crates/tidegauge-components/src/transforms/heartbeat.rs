@@ -163,11 +163,7 @@ impl TransformConfig for HeartbeatConfig {
 
 impl HeartbeatConfig {
     fn heartbeat(&self, input: SchemaRef, output: SchemaRef) -> Result<Heartbeat, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
         Ok(Heartbeat {
             key: find(&self.key_field)?,
             ts: find(&self.ts_field)?,

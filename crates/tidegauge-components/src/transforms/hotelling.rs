@@ -153,11 +153,7 @@ impl TransformConfig for HotellingConfig {
         output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
         Ok(Box::new(HotellingTransform {
             params: self.params(),
             key: self.key_field.as_deref().map(find).transpose()?,

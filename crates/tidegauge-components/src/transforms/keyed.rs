@@ -138,11 +138,7 @@ struct Columns {
 }
 
 fn locate(common: &Common, input: &Schema) -> Result<Columns, BuildError> {
-    let find = |name: &str| {
-        input
-            .index_of(name)
-            .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-    };
+    let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
     Ok(Columns {
         key: find(&common.key_field)?,
         value: find(&common.value_field)?,

@@ -23,7 +23,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::telemetry::{KeysTracked, StaleReadings, WatermarkLag};
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -33,7 +32,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricDesc};
+use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricAdded, MetricDesc, MetricSet};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -43,6 +42,7 @@ use tidegauge_detect::{Accumulator, Aggregate};
 use super::float_values;
 use super::spec::param_errors;
 use super::{KeyInterner, key_hash};
+use crate::telemetry::{KeysTracked, STALE_READINGS, WATERMARK_LAG};
 
 /// The shape of the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -309,11 +309,7 @@ impl Window {
         input: &SchemaRef,
         output: SchemaRef,
     ) -> Result<Self, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
         let aggregates = config
             .aggregates()
             .map_err(|e| BuildError::new(format!("{e:?}")))?;
@@ -490,7 +486,10 @@ impl Window {
     }
 
     fn late(&mut self, rows: &mut Rows, key: u32, ts: i64, v: f64, cx: &TransformContext) {
-        cx.component().emit(StaleReadings { count: 1 });
+        cx.component().emit(MetricAdded {
+            metric: &STALE_READINGS,
+            count: 1,
+        });
         match self.config.late {
             LatePolicy::Drop => cx.component().emit(ComponentErrorOccurred {
                 error: &format!(
@@ -759,8 +758,9 @@ impl Transform for Window {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            cx.component().emit(WatermarkLag {
-                lag: Duration::from_millis(now_ms.saturating_sub(self.watermark()).max(0) as u64),
+            cx.component().emit(MetricSet {
+                metric: &WATERMARK_LAG,
+                value: now_ms.saturating_sub(self.watermark()).max(0) as u64,
             });
         }
         self.emit(rows, cx)

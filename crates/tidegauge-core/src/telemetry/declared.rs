@@ -125,6 +125,34 @@ impl serde::Serialize for MetricValue {
     }
 }
 
+/// Adds `count` to a declared counter (declaring it if need be).
+pub struct MetricAdded {
+    /// The counter.
+    pub metric: &'static MetricDesc,
+    /// How much.
+    pub count: u64,
+}
+
+impl super::InternalEvent for MetricAdded {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.metric(self.metric).add(self.count);
+    }
+}
+
+/// Sets a declared gauge (declaring it if need be), in its stored unit.
+pub struct MetricSet {
+    /// The gauge.
+    pub metric: &'static MetricDesc,
+    /// The value.
+    pub value: u64,
+}
+
+impl super::InternalEvent for MetricSet {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.metric(self.metric).set(self.value);
+    }
+}
+
 impl ComponentTelemetry {
     /// The component's metric `desc`, declared now if it was not yet (by name: two
     /// descriptions of one name are one metric).

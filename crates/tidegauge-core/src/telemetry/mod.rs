@@ -7,7 +7,7 @@
 mod declared;
 mod events;
 
-pub use declared::{Metric, MetricDesc, MetricKind, MetricValue};
+pub use declared::{Metric, MetricAdded, MetricDesc, MetricKind, MetricSet, MetricValue};
 pub use events::*;
 
 use std::sync::Arc;

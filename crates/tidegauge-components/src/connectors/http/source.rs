@@ -14,8 +14,8 @@
 //! - after that, or when there never was a good reading, nothing is emitted for it: the
 //!   missing-data signal is telemetry — [`EndpointDataMissing`] (a warning when the
 //!   endpoint goes missing, the endpoint marked `missing` in the component's
-//!   per-endpoint health next to its breaker state) and [`ReadingsMissing`] (a counter
-//!   per poll) — until it answers again
+//!   per-endpoint health next to its breaker state) and a count per poll
+//!   ([`MISSING_READINGS`]) — until it answers again
 //!   ([`EndpointRecovered`]). Downstream, the absence of rows is what a heartbeat
 //!   detector watches.
 //!
@@ -36,7 +36,7 @@ use tidegauge_core::resilience::{
 };
 use tidegauge_core::telemetry::{
     BreakerTransitioned, BytesReceived, ComponentErrorOccurred, EndpointDataMissing,
-    EndpointRecovered, EventsReceived, MetricDesc,
+    EndpointRecovered, EventsReceived, MetricAdded, MetricDesc,
 };
 use tidegauge_core::{
     Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
@@ -44,7 +44,7 @@ use tidegauge_core::{
 };
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::telemetry::{ReadingsMissing, StaleReadingsEmitted};
+use crate::telemetry::{MISSING_READINGS, STALE_EVENTS};
 
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, Row, default_fields, schema_for};
@@ -557,10 +557,10 @@ impl HttpPoll {
                                         // At least 1 ms: a stale reading never looks fresh.
                                         let ms = (age.as_millis() as u64).max(1);
                                         pending.push(&component, &config, i, &g.body, Some(ms));
-                                        component.emit(StaleReadingsEmitted { count: 1 });
+                                        component.emit(MetricAdded { metric: &STALE_EVENTS, count: 1 });
                                     }
                                     _ => {
-                                        component.emit(ReadingsMissing { count: 1 });
+                                        component.emit(MetricAdded { metric: &MISSING_READINGS, count: 1 });
                                         component.emit(EndpointDataMissing {
                                             endpoint: &ids[i],
                                             last_good_age_ms: age.map(|a| a.as_millis() as u64),
