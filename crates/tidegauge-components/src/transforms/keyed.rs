@@ -138,7 +138,7 @@ struct Columns {
 }
 
 fn locate(common: &Common, input: &Schema) -> Result<Columns, BuildError> {
-    let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
+    let find = |name: &str| tidegauge_core::schema::field_index(input, name);
     Ok(Columns {
         key: find(&common.key_field)?,
         value: find(&common.value_field)?,

@@ -309,7 +309,7 @@ impl Window {
         input: &SchemaRef,
         output: SchemaRef,
     ) -> Result<Self, BuildError> {
-        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
+        let find = |name: &str| tidegauge_core::schema::field_index(input, name);
         let aggregates = config
             .aggregates()
             .map_err(|e| BuildError::new(format!("{e:?}")))?;
