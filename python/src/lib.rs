@@ -18,7 +18,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use tidegauge_core::component::{Transform, TransformContext};
-use tidegauge_core::describe;
+use tidegauge_core::describe as cli_describe;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
 
 /// What went wrong, by the Python exception it becomes (see `tidegauge/_errors.py`).
@@ -552,7 +552,7 @@ fn describe(py: Python<'_>, name: &str, json: bool) -> PyResult<String> {
     let mut out = String::new();
     for (i, d) in found.iter().enumerate() {
         if json {
-            let text = serde_json::to_string_pretty(&describe::component_schema(d))
+            let text = serde_json::to_string_pretty(&cli_describe::component_schema(d))
                 .map_err(|e| Failure::Other(e.to_string()).into_py(py))?;
             out.push_str(&text);
             out.push('\n');
@@ -560,7 +560,7 @@ fn describe(py: Python<'_>, name: &str, json: bool) -> PyResult<String> {
             if i > 0 {
                 out.push('\n');
             }
-            out.push_str(&describe::describe_text(d));
+            out.push_str(&cli_describe::describe_text(d));
         }
     }
     Ok(out)
@@ -573,7 +573,7 @@ fn detector_schema(py: Python<'_>, name: &str) -> PyResult<String> {
     let d = registry::find(ComponentKind::Transform, name).ok_or_else(|| {
         Failure::UnknownDetector(format!("no detector called `{name}`")).into_py(py)
     })?;
-    serde_json::to_string_pretty(&describe::component_schema(d))
+    serde_json::to_string_pretty(&cli_describe::component_schema(d))
         .map_err(|e| Failure::Other(e.to_string()).into_py(py))
 }
 

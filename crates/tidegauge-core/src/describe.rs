@@ -1,9 +1,9 @@
 //! Self-description: component lists, parameter tables and JSON Schemas, all generated
 //! from the config structs (their serde attributes and doc comments).
 
-use serde_json::{Map, Value, json};
 use crate::params::params;
 use crate::registry::{self, ComponentDescriptor, ComponentKind};
+use serde_json::{Map, Value, json};
 
 /// The text `tidegauge describe` prints.
 pub fn describe_text(d: &ComponentDescriptor) -> String {
@@ -144,8 +144,7 @@ pub fn pipeline_schema() -> Value {
             }),
         );
     }
-    let mut dead_letter =
-        schemars::schema_for!(crate::dead_letter::DeadLetterConfig).to_value();
+    let mut dead_letter = schemars::schema_for!(crate::dead_letter::DeadLetterConfig).to_value();
     if let Some(obj) = dead_letter.as_object_mut() {
         obj.remove("$schema");
     }
@@ -155,8 +154,7 @@ pub fn pipeline_schema() -> Value {
         obj.remove("$schema");
     }
     tables.insert("admin".into(), admin);
-    let mut checkpoint =
-        schemars::schema_for!(crate::checkpoint::CheckpointConfig).to_value();
+    let mut checkpoint = schemars::schema_for!(crate::checkpoint::CheckpointConfig).to_value();
     if let Some(obj) = checkpoint.as_object_mut() {
         obj.remove("$schema");
     }

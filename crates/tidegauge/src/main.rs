@@ -32,8 +32,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tidegauge_core::ConfigError;
-use tidegauge_core::describe;
 use tidegauge_core::admin::AdminConfig;
+use tidegauge_core::describe;
 use tidegauge_core::registry::{self, ComponentKind};
 use tidegauge_core::topology::{self, Pipeline};
 
