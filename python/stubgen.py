@@ -80,7 +80,7 @@ def param_doc(name: str, prop: dict) -> str:
     text = " ".join(prop.get("description", "").split())
     if facts:
         text += f" ({', '.join(facts)})"
-    return f"{name}: " + "\n".join(textwrap.wrap(text, 84, subsequent_indent="    "))
+    return "\n".join(textwrap.wrap(f"{name}: {text}", 84, subsequent_indent="    "))
 
 
 def overload(kind: str, name: str, s: dict, default: bool) -> str:
@@ -121,6 +121,9 @@ def generate(schema_of, names) -> str:
 
 
 if __name__ == "__main__":
+    # The installed package, not the source tree beside this script (it has no _native).
+    here = Path(__file__).resolve().parent
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != here]
     import tidegauge
     from tidegauge import _native
 
