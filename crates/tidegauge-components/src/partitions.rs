@@ -78,6 +78,9 @@ struct State {
     /// Per partition, bumped at every assignment and revocation: positions read under an
     /// older epoch belong to an earlier ownership.
     epochs: HashMap<i32, u64>,
+    /// Per owned partition restored from a snapshot, the offset its state stands at: the
+    /// first message this ownership may apply.
+    starts: HashMap<i32, i64>,
 }
 
 /// Where a changelog-backed source and the keyed transforms meet. See the module
@@ -125,6 +128,10 @@ impl Hub {
         *s.epochs.entry(partition).or_insert(0) += 1;
         s.cuts.remove(&partition);
         s.durable.remove(&partition);
+        match &snapshot {
+            Some(snap) => s.starts.insert(partition, snap.offset),
+            None => s.starts.remove(&partition),
+        };
         let transforms: Vec<String> = s.transforms.iter().cloned().collect();
         for t in transforms {
             let (offset, state) = match &snapshot {
@@ -148,6 +155,7 @@ impl Hub {
         s.cuts.remove(&partition);
         s.durable.remove(&partition);
         s.sizes.remove(&partition);
+        s.starts.remove(&partition);
         for r in s.restores.values_mut() {
             r.retain(|(p, _, _)| *p != partition);
         }
@@ -165,12 +173,16 @@ impl Hub {
         self.version.load(Ordering::Acquire)
     }
 
-    /// The partitions owned now, each with its ownership epoch.
-    pub fn epochs(&self) -> BTreeMap<i32, u64> {
+    /// The partitions owned now, each with its ownership epoch and, if it was restored
+    /// from a snapshot, the offset its state stands at.
+    pub fn epochs(&self) -> BTreeMap<i32, (u64, Option<i64>)> {
         let s = self.lock();
         s.owned
             .iter()
-            .map(|p| (*p, s.epochs.get(p).copied().unwrap_or(0)))
+            .map(|p| {
+                let epoch = s.epochs.get(p).copied().unwrap_or(0);
+                (*p, (epoch, s.starts.get(p).copied()))
+            })
             .collect()
     }
 
@@ -473,6 +485,11 @@ mod tests {
         hub.assign(2, None);
         hub.cut(2, 4);
         hub.revoke(2);
+        assert_eq!(
+            hub.epochs().get(&1),
+            Some(&(1, Some(9))),
+            "the source resumes partition 1 where its state stands"
+        );
         let mut seen = Seen::default();
         let changes = a.changes(&mut seen).unwrap();
         assert_eq!(changes.owned, [1].into_iter().collect());

@@ -1,6 +1,8 @@
 //! `tidegauge top`: a live view of a running pipeline, through its admin API. Per
 //! component: events/s in and out, latency, queue fill, errors, breaker; then the open
-//! alerts (incidents of `alert` transforms) and the latest anomalies. `q` or Esc quits.
+//! alerts (incidents of `alert` transforms) and the latest anomalies; with a `kafka`
+//! source that keeps partition state, the partitions this instance owns (position, lag,
+//! state size). `q` or Esc quits.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,9 @@ struct Poll {
     components: Vec<Value>,
     /// Open incidents (`GET /alerts`).
     alerts: Vec<Value>,
+    /// Consumer-group members with partition state and what they own
+    /// (`GET /partitions`).
+    members: Vec<Value>,
 }
 
 /// What is drawn: the last poll, rates against the one before, or why there is none.
@@ -88,15 +93,87 @@ fn muted() -> Style {
     }
 }
 
+/// One line per owned partition: member, topic/partition, position, high watermark,
+/// lag, state size.
+fn partition_lines(members: &[Value]) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    for m in members {
+        let id = s(m, "component_id").to_string();
+        let parts = m
+            .get("partitions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if parts.is_empty() {
+            lines.push(Line::from(format!("{id:<12} owns no partition")).style(muted()));
+        }
+        let known = |v: i64| {
+            if v < 0 {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        for p in parts {
+            let i = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(-1);
+            lines.push(Line::from(format!(
+                "{id:<12} {:<20} position {:>10}  high {:>10}  lag {:>8}  state {}",
+                format!("{}/{}", s(&p, "topic"), i("partition")),
+                known(i("position")),
+                known(i("high_watermark")),
+                known(i("lag")),
+                human_bytes(u(&p, "state_bytes")),
+            )));
+        }
+        lines.push(
+            Line::from(format!(
+                "{id:<12} {} assignments (last {} ms, restores included), {} revocations",
+                u(m, "assignments"),
+                u(m, "last_assign_ms"),
+                u(m, "revocations"),
+            ))
+            .style(muted()),
+        );
+    }
+    lines
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
 fn draw(frame: &mut Frame, view: &View) {
-    let [head, table, open_alerts, anomalies, foot] = Layout::vertical([
+    let partitions = view
+        .last
+        .as_ref()
+        .map(|p| partition_lines(&p.members))
+        .unwrap_or_default();
+    // The partitions pane only when the instance has a partition-state source.
+    let pane = if partitions.is_empty() {
+        0
+    } else {
+        (partitions.len() as u16 + 2).min(10)
+    };
+    let [head, table, owned, open_alerts, anomalies, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(6),
+        Constraint::Length(pane),
         Constraint::Length(6),
         Constraint::Length(10),
         Constraint::Length(1),
     ])
     .areas(frame.area());
+    if pane > 0 {
+        frame.render_widget(
+            Paragraph::new(partitions).block(Block::bordered().title(" partitions owned ")),
+            owned,
+        );
+    }
 
     let title = match (&view.last, &view.error) {
         (_, Some(e)) => format!("tidegauge top  {}  error: {e}", view.address),
@@ -308,11 +385,19 @@ async fn poll(client: &AdminClient) -> Result<Poll, String> {
         .ok()
         .and_then(|v| v.get("open").and_then(Value::as_array).cloned())
         .unwrap_or_default();
+    // Likewise partitions: none without the route or without a partition-state source.
+    let members = client
+        .get_json("/partitions")
+        .await
+        .ok()
+        .and_then(|v| v.get("members").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
     Ok(Poll {
         at: Instant::now(),
         health,
         components: components.as_array().cloned().unwrap_or_default(),
         alerts,
+        members,
     })
 }
 
@@ -362,4 +447,73 @@ pub fn run(address: &str, interval: Duration) -> anyhow::Result<()> {
     })();
     ratatui::restore();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use serde_json::json;
+
+    fn screen(members: Vec<Value>) -> String {
+        let view = View {
+            address: "127.0.0.1:9598".into(),
+            last: Some(Poll {
+                at: Instant::now(),
+                health: json!({ "components": 3, "running": 3 }),
+                components: Vec::new(),
+                alerts: Vec::new(),
+                members,
+            }),
+            previous: None,
+            error: None,
+        };
+        let mut terminal = Terminal::new(TestBackend::new(120, 40)).unwrap();
+        terminal.draw(|f| draw(f, &view)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn owned_partitions_are_shown_with_lag_and_state_size() {
+        let members = vec![json!({
+            "component_id": "readings",
+            "partitions": [
+                { "topic": "w1", "partition": 4, "position": 1200, "high_watermark": 1500,
+                  "lag": 300, "state_bytes": 171_435 },
+                { "topic": "w1", "partition": 5, "position": -1, "high_watermark": -1,
+                  "lag": -1, "state_bytes": 0 }
+            ],
+            "assignments": 2, "revocations": 1, "last_assign_ms": 254, "last_revoke_ms": 1
+        })];
+        let text = screen(members);
+        assert!(text.contains("partitions owned"), "{text}");
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle}:\n{text}"))
+                .to_string()
+        };
+        let p4 = line("w1/4");
+        assert!(p4.contains("readings"), "{p4}");
+        assert!(p4.contains("1200") && p4.contains("1500"), "{p4}");
+        assert!(p4.contains("lag      300"), "{p4}");
+        assert!(p4.contains("167.4 KiB"), "{p4}");
+        let p5 = line("w1/5");
+        assert!(p5.contains("lag        -"), "{p5}");
+        assert!(line("assignments").contains("2 assignments (last 254 ms"));
+    }
+
+    #[test]
+    fn without_a_partition_state_source_there_is_no_partitions_pane() {
+        assert!(!screen(Vec::new()).contains("partitions owned"));
+    }
 }

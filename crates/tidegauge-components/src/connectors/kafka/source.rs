@@ -71,7 +71,19 @@ config! {
         #[serde(default = "default_snapshot_interval_ms")]
         #[schemars(range(min = 1))]
         pub snapshot_interval_ms: u64,
+        /// With `partition_state`: how long a jump past unread messages of a partition
+        /// must last, read again and again, before it is taken as a real gap (messages
+        /// compacted away, transaction markers) and consumption goes on past it, in
+        /// milliseconds. Some brokers (tansu) show such jumps for a moment at the end of
+        /// a partition being written; taken at once, they would leave messages out of
+        /// the state.
+        #[serde(default = "default_gap_wait_ms")]
+        pub gap_wait_ms: u64,
     }
+}
+
+fn default_gap_wait_ms() -> u64 {
+    10_000
 }
 
 fn default_snapshot_interval_ms() -> u64 {
@@ -212,16 +224,15 @@ impl SourceConfig for KafkaSourceConfig {
             changelog: changelog.map(|changelog| Partitioned {
                 changelog,
                 hub,
-                decoded: BTreeMap::new(),
+                reads: Reads::new(Duration::from_millis(self.gap_wait_ms)),
                 cut: BTreeMap::new(),
                 last_cut: Instant::now(),
                 interval: Duration::from_millis(self.snapshot_interval_ms),
+                upkeep_at: tokio::time::Instant::now(),
                 seen: 0,
                 epochs: BTreeMap::new(),
                 watermarks: Arc::default(),
                 querying: Arc::default(),
-                redelivered: 0,
-                gaps: BTreeMap::new(),
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -287,22 +298,20 @@ fn plain_rebalance<C: ConsumerContext>(
 struct Partitioned {
     changelog: Arc<Changelog>,
     hub: Arc<Hub>,
-    /// Per partition, the offset after the last message decoded.
-    decoded: BTreeMap<i32, i64>,
+    /// Per partition, the offset after the last message decoded, and what was skipped.
+    reads: Reads,
     /// Per partition, the offset of its last cut.
     cut: BTreeMap<i32, i64>,
     last_cut: Instant,
     interval: Duration,
+    /// When the next upkeep (writing complete snapshots, cutting) is due while idle.
+    upkeep_at: tokio::time::Instant,
     /// The hub's version and the ownership epochs as last seen.
     seen: u64,
     epochs: BTreeMap<i32, u64>,
     /// High watermarks per partition, as last asked of the broker.
     watermarks: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
     querying: Arc<std::sync::atomic::AtomicBool>,
-    /// Messages the client delivered again, below what was already read.
-    redelivered: u64,
-    /// Per partition, the offset read again from after a jump past it.
-    gaps: BTreeMap<i32, i64>,
 }
 
 impl Partitioned {
@@ -344,7 +353,7 @@ impl Partitioned {
             .owned()
             .into_iter()
             .map(|p| {
-                let position = self.decoded.get(&p).copied().unwrap_or(-1);
+                let position = self.reads.next.get(&p).copied().unwrap_or(-1);
                 let high = marks.get(&p).copied().unwrap_or(-1);
                 OwnedPartition {
                     topic: self.changelog.input.clone(),
@@ -377,14 +386,25 @@ impl Partitioned {
             self.seen = v;
             let epochs = self.hub.epochs();
             for (&p, e) in &self.epochs {
-                if epochs.get(&p) != Some(e) {
-                    self.decoded.remove(&p);
+                if epochs.get(&p).map(|(e, _)| e) != Some(e) {
+                    self.reads.forget(p);
                     self.cut.remove(&p);
                     commits.next.retain(|(_, q), _| *q != p);
                     commits.caps.retain(|(_, q), _| *q != p);
                 }
             }
-            self.epochs = epochs;
+            for (&p, &(e, start)) in &epochs {
+                if self.epochs.get(&p) != Some(&e)
+                    && let Some(start) = start
+                {
+                    // The state stands at `start`: the next message to apply is there,
+                    // whatever the client delivers first. The restored snapshot is this
+                    // ownership's first cut.
+                    self.reads.resume(p, start);
+                    self.cut.insert(p, start);
+                }
+            }
+            self.epochs = epochs.into_iter().map(|(p, (e, _))| (p, e)).collect();
         }
         self.epochs.get(&partition).copied()
     }
@@ -404,9 +424,9 @@ impl Partitioned {
         self.last_cut = Instant::now();
         self.report(cx);
         let owned = self.hub.owned();
-        self.decoded.retain(|p, _| owned.contains(p));
+        self.reads.next.retain(|p, _| owned.contains(p));
         self.cut.retain(|p, _| owned.contains(p));
-        for (&p, &offset) in &self.decoded {
+        for (&p, &offset) in &self.reads.next {
             if self.cut.get(&p).is_some_and(|c| *c >= offset) {
                 continue;
             }
@@ -414,6 +434,141 @@ impl Partitioned {
                 self.cut.insert(p, offset);
             }
         }
+    }
+}
+
+/// What a changelog-backed member has read of each partition, and the guards that keep
+/// the rows applied to a partition's state contiguous: the state of offset N must see
+/// exactly the messages N, N+1, ... in order, whatever the client delivers.
+#[derive(Default)]
+struct Reads {
+    /// Per partition, the next offset to apply (after the last message decoded, or the
+    /// offset the restored state stands at).
+    next: BTreeMap<i32, i64>,
+    /// Per partition, the jump past unread messages being read again: (next, offset
+    /// jumped to, when first seen, times read again since).
+    gaps: BTreeMap<i32, (i64, i64, Instant, u32)>,
+    /// How long the same jump must last before it is taken as a real gap.
+    gap_wait: Duration,
+    /// Messages the client delivered again, below what was already read.
+    redelivered: u64,
+}
+
+/// What to do with a delivered message.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Apply it.
+    Take,
+    /// Already applied (or below the restored state): skip it.
+    Skip,
+    /// Messages before it were not delivered: read again from this offset.
+    Seek(i64),
+}
+
+/// How far before the state's offset the second read of a lasting jump starts (doubled
+/// at each further read).
+const GAP_STEP_BACK: i64 = 64;
+
+impl Reads {
+    fn new(gap_wait: Duration) -> Self {
+        Reads {
+            gap_wait,
+            ..Reads::default()
+        }
+    }
+
+    /// Decides about the message at `offset` of `partition`, delivered at `now`.
+    fn admit(&mut self, partition: i32, offset: i64, now: Instant) -> Admit {
+        let Some(&next) = self.next.get(&partition) else {
+            // Nothing read and no state restored: the partition starts where it starts.
+            tracing::debug!(partition, offset, "first message of the partition");
+            return Admit::Take;
+        };
+        if offset < next {
+            // Delivered again (the client reset its fetch position), or below the offset
+            // the restored state stands at: the state already holds it; counting it
+            // twice would shift every window of its sensors.
+            self.redelivered += 1;
+            if self.redelivered.is_power_of_two() {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    next,
+                    redelivered = self.redelivered,
+                    "message delivered again by the client; skipped"
+                );
+            }
+            return Admit::Skip;
+        }
+        if offset == next {
+            self.gaps.remove(&partition);
+            return Admit::Take;
+        }
+        // A jump past messages not read: the fetch started past the offset asked for.
+        // Seen with tansu, whose fetch from an offset inside a record batch can return
+        // the next batch (after an assignment at a snapshot's offset, or a fetch cut
+        // short); a fetch from an earlier offset has them. Read again from where the
+        // state stands, then from further and further back (what is below the state is
+        // skipped above), until the same jump has lasted `gap_wait`: only then is it a
+        // real gap (compaction, transaction markers). A message fetched before a seek
+        // took effect jumps elsewhere and starts over.
+        let tries = match self.gaps.get_mut(&partition) {
+            Some((n, o, since, tries)) if *n == next && *o == offset => {
+                if now.duration_since(*since) >= self.gap_wait {
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        next,
+                        "messages {next}..{offset} are missing from the partition (still after {:?}); going on from {offset}",
+                        self.gap_wait
+                    );
+                    self.gaps.remove(&partition);
+                    return Admit::Take;
+                }
+                *tries += 1;
+                *tries
+            }
+            _ => {
+                self.gaps.insert(partition, (next, offset, now, 0));
+                tracing::warn!(
+                    partition,
+                    offset,
+                    next,
+                    "message past a gap in the partition; reading again from {next}"
+                );
+                0
+            }
+        };
+        let back = if tries == 0 {
+            0
+        } else {
+            GAP_STEP_BACK << (tries - 1).min(20)
+        };
+        Admit::Seek((next - back).max(0))
+    }
+
+    /// The message at `offset` of `partition` was decoded.
+    fn taken(&mut self, partition: i32, offset: i64) {
+        self.next.insert(partition, offset + 1);
+    }
+
+    /// A new ownership of `partition` whose state stands at `start`.
+    fn resume(&mut self, partition: i32, start: i64) {
+        self.next.insert(partition, start);
+        self.gaps.remove(&partition);
+    }
+
+    /// What was read of `partition` belongs to an earlier ownership.
+    fn forget(&mut self, partition: i32) {
+        self.next.remove(&partition);
+        self.gaps.remove(&partition);
+    }
+
+    /// `partition` is read again from `offset` on purpose (a sink failed it).
+    fn rewind(&mut self, partition: i32, offset: i64) {
+        let next = self.next.entry(partition).or_insert(offset);
+        *next = (*next).min(offset);
+        self.gaps.remove(&partition);
     }
 }
 
@@ -497,9 +652,15 @@ impl BrokerSource for Member {
         let received = match &mut self.changelog {
             None => self.consumer.recv().await,
             Some(partitioned) => {
+                // A deadline kept across calls: the loop calling `next` wakes for other
+                // reasons (checkpoint barriers every 100 ms) and a fresh sleep each call
+                // would never end on an idle partition, whose last snapshots would then
+                // never be written.
+                let due = partitioned.upkeep_at;
                 tokio::select! {
                     m = self.consumer.recv() => m,
-                    () = tokio::time::sleep(partitioned.interval / 4) => {
+                    () = tokio::time::sleep_until(due) => {
+                        partitioned.upkeep_at = tokio::time::Instant::now() + partitioned.interval / 4;
                         partitioned.maintain(cx);
                         return Next::Message(None);
                     }
@@ -519,39 +680,10 @@ impl BrokerSource for Member {
                             // reads it.
                             return Next::Message(None);
                         };
-                        match partitioned.decoded.get(&partition) {
-                            Some(&next) if offset < next => {
-                                // Delivered again (the client reset its fetch position):
-                                // the state already holds it; counting it twice would
-                                // shift every window of its sensors.
-                                partitioned.redelivered += 1;
-                                if partitioned.redelivered.is_power_of_two() {
-                                    tracing::warn!(
-                                        partition,
-                                        offset,
-                                        next,
-                                        redelivered = partitioned.redelivered,
-                                        "message delivered again by the client; skipped"
-                                    );
-                                }
-                                return Next::Message(None);
-                            }
-                            Some(&next)
-                                if offset > next
-                                    && partitioned.gaps.get(&partition) != Some(&next) =>
-                            {
-                                // A jump past messages not read: the client's position
-                                // moved under this owner (seen when a broker lets two
-                                // members hold a partition). Read from where the state
-                                // stands; a real gap (transaction markers, compaction)
-                                // comes back the same after the seek and is accepted.
-                                partitioned.gaps.insert(partition, next);
-                                tracing::warn!(
-                                    partition,
-                                    offset,
-                                    next,
-                                    "message past a gap in the partition; reading again from {next}"
-                                );
+                        match partitioned.reads.admit(partition, offset, Instant::now()) {
+                            Admit::Take => {}
+                            Admit::Skip => return Next::Message(None),
+                            Admit::Seek(next) => {
                                 if let Err(e) = self.consumer.seek(
                                     topic,
                                     partition,
@@ -563,19 +695,12 @@ impl BrokerSource for Member {
                                             "cannot read {topic}/{partition} again from {next}: {e}"
                                         ),
                                     });
-                                } else {
-                                    return Next::Message(None);
                                 }
-                            }
-                            Some(_) => {
-                                partitioned.gaps.remove(&partition);
-                            }
-                            None => {
-                                tracing::debug!(partition, offset, "first message of the partition")
+                                return Next::Message(None);
                             }
                         }
                         decoder.decode_at(cx, &origin, key, payload, (partition as i64, offset));
-                        partitioned.decoded.insert(partition, offset + 1);
+                        partitioned.reads.taken(partition, offset);
                         Next::Message(Some((topic.to_string(), partition, offset, epoch)))
                     }
                     None => {
@@ -641,8 +766,7 @@ impl BrokerSource for Member {
         if let Some(partitioned) = &mut self.changelog {
             for (_, p, o) in &seeks {
                 // Read again on purpose (a sink failed them): let them through.
-                let next = partitioned.decoded.entry(*p).or_insert(*o);
-                *next = (*next).min(*o);
+                partitioned.reads.rewind(*p, *o);
             }
         }
         for (t, p, o) in seeks {
@@ -702,3 +826,81 @@ impl KafkaSource {
 }
 
 tidegauge_core::register_source!(KafkaSourceConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_restored_partition_applies_from_its_snapshot_offset_whatever_comes_first() {
+        // The state of partition 5 stands at 100; the client's first message is 119 (as
+        // tansu delivered once): the 19 messages before it must not be skipped.
+        let mut reads = Reads::new(WAIT);
+        let now = Instant::now();
+        reads.resume(5, 100);
+        assert_eq!(reads.admit(5, 119, now), Admit::Seek(100));
+        assert_eq!(
+            reads.admit(5, 99, now),
+            Admit::Skip,
+            "below the state: applied already"
+        );
+        assert_eq!(reads.admit(5, 100, now), Admit::Take);
+        reads.taken(5, 100);
+        assert_eq!(reads.admit(5, 101, now), Admit::Take);
+    }
+
+    #[test]
+    fn a_jump_is_read_again_from_further_back_and_taken_only_when_it_lasts() {
+        let mut reads = Reads::new(WAIT);
+        let t0 = Instant::now();
+        reads.taken(0, 999);
+        // tansu: a fetch from 1000, inside a record batch, returns the next batch (1032)
+        // every time; a fetch from further back has them.
+        let seeks: Vec<Admit> = [0, 500, 1000, 1500]
+            .into_iter()
+            .map(|ms| reads.admit(0, 1032, t0 + Duration::from_millis(ms)))
+            .collect();
+        assert_eq!(
+            seeks,
+            [
+                Admit::Seek(1000),
+                Admit::Seek(936),
+                Admit::Seek(872),
+                Admit::Seek(744)
+            ]
+        );
+        assert_eq!(reads.admit(0, 990, t0), Admit::Skip, "below the state");
+        assert_eq!(reads.admit(0, 1000, t0), Admit::Take);
+        reads.taken(0, 1000);
+        // A jump that lasts is a real gap, taken after the wait, not before.
+        assert_eq!(reads.admit(0, 1010, t0), Admit::Seek(1001));
+        assert_eq!(
+            reads.admit(0, 1010, t0 + WAIT - Duration::from_millis(1)),
+            Admit::Seek(937)
+        );
+        assert_eq!(reads.admit(0, 1010, t0 + WAIT), Admit::Take, "a real gap");
+        reads.taken(0, 1010);
+        // Messages fetched before a seek took effect jump elsewhere: each starts over.
+        let t1 = t0 + 2 * WAIT;
+        for (i, offset) in (1020..1026).enumerate() {
+            let at = t1 + WAIT * i as u32;
+            assert_eq!(reads.admit(0, offset, at), Admit::Seek(1011));
+        }
+        assert_eq!(reads.admit(0, 1011, t1 + 7 * WAIT), Admit::Take);
+    }
+
+    #[test]
+    fn a_partition_without_state_starts_where_it_starts_and_forgets_an_earlier_ownership() {
+        let mut reads = Reads::new(WAIT);
+        let now = Instant::now();
+        assert_eq!(reads.admit(1, 42, now), Admit::Take);
+        reads.taken(1, 42);
+        reads.forget(1);
+        assert_eq!(reads.admit(1, 7, now), Admit::Take);
+        reads.taken(1, 7);
+        reads.rewind(1, 3);
+        assert_eq!(reads.admit(1, 3, now), Admit::Take, "read again on purpose");
+    }
+}
