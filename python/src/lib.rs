@@ -6,12 +6,9 @@
 //! (key column, time column, value column), and the columns the transform adds (its
 //! statistic, `anomaly_score`, `is_anomaly`, `reason`) are appended to the row.
 
-#[path = "../../crates/tidegauge/src/describe.rs"]
-#[allow(dead_code)]
-mod cli_describe;
-
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::{
     Array, ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, RecordBatchReader, StringArray,
@@ -20,10 +17,9 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
-use tidegauge_core::component::{BuildContext, ComponentContext, Transform, TransformContext};
-use tidegauge_core::dead_letter::DeadLetter;
+use tidegauge_core::component::{Transform, TransformContext};
+use tidegauge_core::describe as cli_describe;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
-use tidegauge_core::telemetry::ComponentTelemetry;
 
 /// What went wrong, by the Python exception it becomes (see `tidegauge/_errors.py`).
 #[derive(Debug)]
@@ -165,28 +161,21 @@ impl Judge {
             .enable_all()
             .build()
             .map_err(|e| Failure::Other(e.to_string()))?;
-        let telemetry = Arc::new(ComponentTelemetry::new(
-            spec.name.as_str(),
-            ComponentKind::Transform,
-            "python",
-        ));
-        let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-        let transform = spec
+        let (transform, cx) = spec
             .config
-            .build(
+            .build_alone(
+                &spec.name,
+                "python",
                 spec.input.clone(),
                 spec.output.clone(),
-                BuildContext {
-                    component: component.clone(),
-                    runtime: runtime.handle().clone(),
-                },
+                runtime.handle().clone(),
             )
             .map_err(|e| Failure::Param(format!("{}: {e}", spec.name)))?;
         Ok(Judge {
             spec,
             columns,
             transform,
-            cx: TransformContext::new(component),
+            cx,
             rows: 0,
             _runtime: runtime,
         })
@@ -215,10 +204,10 @@ impl Judge {
         }
         let value = arrow_cast::cast(value, &DataType::Float64)?;
         let key: ArrayRef = match &self.columns.key {
-            Some(k) => arrow_cast::cast(column("key", k)?, &DataType::Utf8).map_err(|e| {
+            Some(k) => key_text(column("key", k)?).map_err(|e| {
                 Failure::ColumnType(format!("key column `{k}` cannot be read as text: {e}"))
             })?,
-            None => Arc::new(StringArray::from(vec![self.columns.value.as_str(); n])),
+            None => Arc::new(StringArray::new_repeated(&self.columns.value, n)),
         };
         if key.null_count() > 0 {
             return Err(Failure::Other(format!(
@@ -297,6 +286,9 @@ impl Judge {
     }
 
     /// `inputs` with the added columns of `judged` (the same rows, in order) appended.
+    /// Without copying when a judged batch covers an input batch (one worker: the
+    /// detector answers each batch with one batch of the same rows); otherwise only the
+    /// added columns of the pieces covering an input batch are put together.
     fn attach(&self, inputs: &[RecordBatch], judged: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
         let rows_in: usize = inputs.iter().map(|b| b.num_rows()).sum();
         let rows_out: usize = judged.iter().map(|b| b.num_rows()).sum();
@@ -307,19 +299,56 @@ impl Judge {
             )));
         }
         let added = self.added();
-        let judged = arrow_select_concat(&self.spec.output, judged)?;
         let mut out = Vec::with_capacity(inputs.len());
-        let mut offset = 0;
+        // The judged batch being read, and the first of its rows not attached yet.
+        let (mut at, mut offset) = (0, 0);
         for batch in inputs {
             let schema = output_schema(&batch.schema(), &added);
             let mut columns = batch.columns().to_vec();
-            for (i, _) in &added {
-                columns.push(judged.column(*i).slice(offset, batch.num_rows()));
+            let mut pieces: Vec<Vec<ArrayRef>> = vec![Vec::new(); added.len()];
+            let mut wanted = batch.num_rows();
+            while wanted > 0 {
+                let piece = &judged[at];
+                let take = wanted.min(piece.num_rows() - offset);
+                for ((i, _), p) in added.iter().zip(&mut pieces) {
+                    p.push(piece.column(*i).slice(offset, take));
+                }
+                wanted -= take;
+                offset += take;
+                if offset == piece.num_rows() {
+                    (at, offset) = (at + 1, 0);
+                }
             }
-            offset += batch.num_rows();
+            for p in pieces {
+                columns.push(match p.as_slice() {
+                    [one] => one.clone(),
+                    [] => arrow_array::new_empty_array(
+                        added[columns.len() - batch.num_columns()].1.data_type(),
+                    ),
+                    many => {
+                        let refs: Vec<&dyn Array> = many.iter().map(|a| a.as_ref()).collect();
+                        arrow_select::concat::concat(&refs)?
+                    }
+                });
+            }
             out.push(RecordBatch::try_new(schema, columns)?);
         }
         Ok(out)
+    }
+}
+
+/// A key column as the text keys detectors read. Text is taken as it is (`Utf8`) or in
+/// one bulk copy (large or view strings); a dictionary has its distinct values converted
+/// once and then spread over its rows; other types (integers) are formatted.
+fn key_text(column: &ArrayRef) -> std::result::Result<ArrayRef, ArrowError> {
+    match column.data_type() {
+        DataType::Utf8 => Ok(column.clone()),
+        DataType::Dictionary(..) => {
+            let dict = column.as_any_dictionary();
+            let values = key_text(dict.values())?;
+            arrow_select::take::take(&values, dict.keys(), None)
+        }
+        _ => arrow_cast::cast(column, &DataType::Utf8),
     }
 }
 
@@ -327,10 +356,6 @@ fn output_schema(input: &SchemaRef, added: &[(usize, Field)]) -> SchemaRef {
     let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(added.iter().map(|(_, f)| f.clone()));
     Arc::new(Schema::new(fields))
-}
-
-fn arrow_select_concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
-    Ok(arrow_select::concat::concat_batches(schema, batches)?)
 }
 
 /// The batches of an object with `__arrow_c_stream__` (PyArrow, Polars, pandas >= 2.2).
@@ -541,6 +566,17 @@ fn describe(py: Python<'_>, name: &str, json: bool) -> PyResult<String> {
     Ok(out)
 }
 
+/// The detector `name`'s JSON Schema, as `tidegauge describe --json NAME` prints it for
+/// the transform of that name.
+#[pyfunction]
+fn detector_schema(py: Python<'_>, name: &str) -> PyResult<String> {
+    let d = registry::find(ComponentKind::Transform, name).ok_or_else(|| {
+        Failure::UnknownDetector(format!("no detector called `{name}`")).into_py(py)
+    })?;
+    serde_json::to_string_pretty(&cli_describe::component_schema(d))
+        .map_err(|e| Failure::Other(e.to_string()).into_py(py))
+}
+
 /// The names of the detectors.
 #[pyfunction]
 fn detectors() -> Vec<&'static str> {
@@ -556,6 +592,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(score, m)?)?;
     m.add_function(wrap_pyfunction!(describe, m)?)?;
     m.add_function(wrap_pyfunction!(detectors, m)?)?;
+    m.add_function(wrap_pyfunction!(detector_schema, m)?)?;
     m.add_class::<NativeDetector>()?;
     m.add_class::<ArrowStream>()?;
     Ok(())

@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -199,3 +200,76 @@ def test_detector_with_workers_returns_every_row_of_each_update():
     b = d.update(t.slice(15))
     got = a.column("anomaly_score").to_pylist() + b.column("anomaly_score").to_pylist()
     assert got == whole.column("anomaly_score").to_pylist()
+
+
+def keyed_table(n: int = 3000) -> pa.Table:
+    ids = [i % 7 for i in range(n)]
+    values = [float((i * 37) % 101) + (50.0 if i % 500 == 499 else 0.0) for i in range(n)]
+    return pa.table({"sensor_id": pa.array([f"s{k}" for k in ids]), "ts": list(range(n)), "value": values}), ids
+
+
+@pytest.mark.parametrize("kind", ["dictionary", "large_string", "string_view", "int32", "dictionary_of_int"])
+def test_key_columns_of_other_types_give_the_results_of_text_keys(kind):
+    text, ids = keyed_table()
+    if kind == "dictionary":
+        key = text.column("sensor_id").dictionary_encode()
+    elif kind == "large_string":
+        key = text.column("sensor_id").cast(pa.large_string())
+    elif kind == "string_view":
+        key = text.column("sensor_id").cast(pa.string_view())
+    else:
+        key = pa.array(ids, pa.int32())
+        if kind == "dictionary_of_int":
+            key = key.dictionary_encode()
+        text = text.set_column(0, "sensor_id", pa.array([str(k) for k in ids]))
+    other = text.set_column(0, "sensor_id", key)
+    expected = tidegauge.score(text, detector="zscore", window=50)
+    got = tidegauge.score(other, detector="zscore", window=50)
+    assert any(expected.column("is_anomaly").to_pylist())
+    assert got.column("sensor_id").type == key.type
+    for name in ["z", "anomaly_score", "is_anomaly", "reason"]:
+        assert got.column(name).to_pylist() == expected.column(name).to_pylist(), name
+
+
+def test_results_over_many_input_batches_are_those_of_one():
+    t, _ = keyed_table()
+    whole = tidegauge.score(t.combine_chunks(), detector="mad", window=30)
+    chunked = tidegauge.score(pa.Table.from_batches(t.to_batches(max_chunksize=97)), detector="mad", window=30)
+    with_workers = tidegauge.score(pa.Table.from_batches(t.to_batches(max_chunksize=97)), detector="mad", window=30, workers=3)
+    for name in ["robust_z", "anomaly_score", "is_anomaly", "reason"]:
+        assert chunked.column(name).to_pylist() == whole.column(name).to_pylist(), name
+        assert with_workers.column(name).to_pylist() == whole.column(name).to_pylist(), name
+
+
+def test_reason_is_given_for_anomalies_only():
+    out = tidegauge.score(keyed_table()[0], detector="zscore", window=50)
+    for flagged, why in zip(out.column("is_anomaly").to_pylist(), out.column("reason").to_pylist()):
+        assert (why is not None) == flagged
+
+
+def test_stubs_carry_the_detectors_own_docs():
+    import sys
+
+    from conftest import REPO
+    from tidegauge import _native
+
+    sys.path.insert(0, str(REPO / "python"))
+    import stubgen
+
+    committed = (REPO / "python" / "tidegauge" / "__init__.pyi").read_text()
+    generated = stubgen.generate(_native.detector_schema, tidegauge.detectors())
+    assert generated == committed, "the stubs differ from the detectors' docs: run python/stubgen.py"
+    # The stubs document every parameter of every detector.
+    for name in tidegauge.detectors():
+        assert f'detector: Literal["{name}"]' in committed
+        for param, prop in json.loads(_native.detector_schema(name))["properties"].items():
+            if param not in stubgen.NOT_PARAMS:
+                assert f"    {param}: " in committed, (name, param)
+
+
+def test_detector_schemas_are_what_describe_prints(tidegauge_bin):
+    from tidegauge import _native
+
+    for name in tidegauge.detectors():
+        cli = subprocess.run([str(tidegauge_bin), "describe", "--json", name], check=True, capture_output=True, text=True).stdout
+        assert _native.detector_schema(name) in cli, name

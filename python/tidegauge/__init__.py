@@ -58,14 +58,25 @@ def _to_arrow(data: Any, kind: str) -> Any:
     return data
 
 
+def _table(stream: Any) -> Any:
+    """The batches of `stream` as a PyArrow Table, without copying them. Not through
+    `pyarrow.table(...)`: it imports pandas to ask whether the object is a DataFrame, which
+    costs more than scoring 200,000 rows the first time."""
+    import pyarrow as pa
+
+    if hasattr(pa.RecordBatchReader, "from_stream"):  # pyarrow >= 15
+        return pa.RecordBatchReader.from_stream(stream).read_all()
+    return pa.table(stream)
+
+
 def _from_arrow(stream: Any, like: Any, kind: str) -> Any:
     import pyarrow as pa
 
     if kind == "polars":
         import polars as pl
 
-        return pl.DataFrame(pa.table(stream))
-    table = pa.table(stream)
+        return pl.DataFrame(_table(stream))
+    table = _table(stream)
     if kind == "pandas":
         frame = table.to_pandas()
         frame.index = like.index

@@ -352,6 +352,15 @@ mod tests {
                     }
                 }),
             );
+        serve_on_loopback(router, limits, release).await
+    }
+
+    /// Serves `router` on a free loopback port until the [`Server`] is dropped.
+    async fn serve_on_loopback(
+        router: Router,
+        limits: Limits,
+        release: Arc<tokio::sync::Notify>,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let counters = Arc::new(ConnectionCounters::default());
@@ -532,27 +541,11 @@ mod tests {
                 r
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let counters = Arc::new(ConnectionCounters::default());
-        let stop = CancellationToken::new();
         let limits = Limits {
             idle_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        tokio::spawn(serve(
-            listener,
-            router,
-            limits,
-            counters.clone(),
-            stop.clone(),
-        ));
-        Server {
-            address,
-            counters,
-            stop,
-            release: Arc::new(tokio::sync::Notify::new()),
-        }
+        serve_on_loopback(router, limits, Arc::new(tokio::sync::Notify::new())).await
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod secret;
 pub(crate) mod settings;
 pub mod sinks;
 pub mod sources;
+pub mod telemetry;
 #[cfg(any(feature = "mqtt", feature = "http-tls"))]
 pub(crate) mod tls;
 pub mod transforms;

@@ -29,6 +29,7 @@ pub mod component;
 pub mod config;
 pub mod control;
 pub mod dead_letter;
+pub mod describe;
 pub mod disk_buffer;
 pub mod error;
 pub mod kind;

@@ -1,5 +1,7 @@
 //! Prometheus text exposition of the counters that the typed internal events keep
-//! ([`crate::telemetry`]). Every metric name is written here and nowhere else.
+//! ([`crate::telemetry`]). The names of what every component has are written here; what
+//! only some components have, they declare themselves
+//! ([`MetricDesc`](crate::telemetry::MetricDesc)) and this renders as declared.
 //!
 //! The counters already live as atomics in each component's
 //! [`ComponentTelemetry`](crate::telemetry::ComponentTelemetry), read by the run summary,
@@ -169,6 +171,28 @@ fn per_component(
     }
 }
 
+/// What components declared for themselves ([`crate::telemetry::MetricDesc`]): one
+/// family per name, in order of first declaration, with a sample for each component
+/// that declared it.
+fn declared_metrics(f: &mut Family<'_>, components: &[(String, &TelemetrySnapshot)]) {
+    let mut families: Vec<&'static crate::telemetry::MetricDesc> = Vec::new();
+    for (_, c) in components {
+        for m in &c.metrics {
+            if !families.iter().any(|d| d.name == m.desc.name) {
+                families.push(m.desc);
+            }
+        }
+    }
+    for desc in families {
+        per_component(f, components, desc.name, desc.kind.name(), desc.help, |c| {
+            c.metrics
+                .iter()
+                .find(|m| m.desc.name == desc.name)
+                .map(|m| m.value().to_string())
+        });
+    }
+}
+
 /// The whole exposition: process facts, then every component's counters.
 pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> String {
     let mut out = String::new();
@@ -281,62 +305,7 @@ pub fn render(process: &ProcessMetrics, components: &[TelemetrySnapshot]) -> Str
         "Records sent to the dead-letter output.",
         |c| all(c.dead_lettered),
     );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_stale_readings_total",
-        "counter",
-        "Readings that arrived, or failed to arrive, later than allowed.",
-        |c| all(c.stale_readings),
-    );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_stale_events_total",
-        "counter",
-        "Last good readings re-emitted, flagged stale, for failing endpoints (polled sources).",
-        |c| all(c.stale_events),
-    );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_missing_readings_total",
-        "counter",
-        "Polls whose endpoint had neither a fresh nor a recent enough reading.",
-        |c| all(c.missing_readings),
-    );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_keys",
-        "gauge",
-        "Distinct keys (sensors) holding state in a keyed stage.",
-        |c| (c.kind == ComponentKind::Transform).then(|| c.keys.to_string()),
-    );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_keys_evicted_total",
-        "counter",
-        "Keys whose state was dropped after their idle time to make room under max_keys.",
-        |c| (c.kind == ComponentKind::Transform).then(|| c.keys_evicted.to_string()),
-    );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_events_without_state_total",
-        "counter",
-        "Events of new keys that got no verdict: max_keys reached and no key idle long enough.",
-        |c| (c.kind == ComponentKind::Transform).then(|| c.events_without_state.to_string()),
-    );
-    per_component(
-        f,
-        &labelled,
-        "tidegauge_component_watermark_lag_seconds",
-        "gauge",
-        "How far the component's event-time watermark trails the wall clock.",
-        |c| Some((c.watermark_lag_ms as f64 / 1e3).to_string()),
-    );
+    declared_metrics(f, &labelled);
 
     // Anomalies by detector: a detector transform's type names its detector.
     let detectors: Vec<(String, &TelemetrySnapshot)> = labelled
@@ -497,13 +466,16 @@ pub fn profile(components: &[TelemetrySnapshot]) -> Vec<StageProfile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::{BatchProcessed, ComponentTelemetry, EventsReceived};
+    use crate::telemetry::{BatchProcessed, ComponentTelemetry, EventsReceived, MetricDesc};
     use std::time::Duration;
 
     #[test]
     fn exposition_has_help_type_and_labelled_samples() {
         let t = ComponentTelemetry::new("spikes", ComponentKind::Transform, "zscore");
         t.set_detector(true);
+        static LAG: MetricDesc =
+            MetricDesc::gauge("tidegauge_test_lag_seconds", "How far behind.").stored_in(1000);
+        t.metric(&LAG).set(2500);
         t.emit(EventsReceived { count: 42 });
         t.emit(BatchProcessed {
             elapsed: Duration::from_micros(20),
@@ -517,6 +489,12 @@ mod tests {
         assert!(text.contains("le=\"0.00005\"} 1\n"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 1\n"), "{text}");
         assert!(text.contains("detector=\"zscore\"} 0\n"), "{text}");
+        // What the component declared, under its own name and help.
+        assert!(
+            text.contains("# HELP tidegauge_test_lag_seconds How far behind.\n# TYPE tidegauge_test_lag_seconds gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("tidegauge_test_lag_seconds{component_id=\"spikes\",component_kind=\"transform\",component_type=\"zscore\"} 2.5\n"), "{text}");
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

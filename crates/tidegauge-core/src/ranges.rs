@@ -18,6 +18,20 @@ pub struct Bound {
     pub exclusive: bool,
 }
 
+impl Bound {
+    /// As a lower end in words: `above 0`, `at least 1`.
+    pub fn as_low(self) -> String {
+        let word = if self.exclusive { "above" } else { "at least" };
+        format!("{word} {}", show(self.value))
+    }
+
+    /// As an upper end in words: `below 1`, `at most 100`.
+    pub fn as_high(self) -> String {
+        let word = if self.exclusive { "below" } else { "at most" };
+        format!("{word} {}", show(self.value))
+    }
+}
+
 /// The range a JSON schema sets on a number (`minimum`, `maximum` and their exclusive
 /// forms); either end may be open.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -116,21 +130,13 @@ impl Bounds {
             Some(f) if value.is_f64() => show(f),
             _ => value.to_string(),
         };
-        let low = |b: Bound| {
-            let word = if b.exclusive { "above" } else { "at least" };
-            format!("{word} {}", show(b.value))
-        };
-        let high = |b: Bound| {
-            let word = if b.exclusive { "below" } else { "at most" };
-            format!("{word} {}", show(b.value))
-        };
         let what = match (self.low, self.high) {
             (Some(l), Some(h)) if !l.exclusive && !h.exclusive => {
                 format!("in {}", self.describe()?)
             }
-            (Some(l), Some(h)) => format!("{} and {}", low(l), high(h)),
-            (Some(l), None) => low(l),
-            (None, Some(h)) => high(h),
+            (Some(l), Some(h)) => format!("{} and {}", l.as_low(), h.as_high()),
+            (Some(l), None) => l.as_low(),
+            (None, Some(h)) => h.as_high(),
             (None, None) => return None,
         };
         Some(format!("must be {what}, got {got}"))
@@ -152,7 +158,7 @@ fn compare(value: &Number, bound: f64) -> Option<std::cmp::Ordering> {
 }
 
 /// The schema `schema` stands for, following `$ref`s into `root`'s `$defs`.
-fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+pub(crate) fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     let mut s = schema;
     // A chain of references is short; the bound guards against a cycle.
     for _ in 0..16 {

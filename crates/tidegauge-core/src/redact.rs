@@ -24,6 +24,7 @@
 use std::borrow::Cow;
 use std::sync::RwLock;
 
+use crate::ranges::resolve;
 use serde_json::Value;
 
 /// What a secret is replaced with.
@@ -379,23 +380,6 @@ fn scrub_pairs(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Follows `$ref`s into `root`'s `$defs`.
-fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
-    let mut s = schema;
-    for _ in 0..32 {
-        match s
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix("#/$defs/"))
-            .and_then(|name| root.get("$defs")?.get(name))
-        {
-            Some(def) => s = def,
-            None => break,
-        }
-    }
-    s
-}
-
 /// Whether `schema` (a property's, within `root`) marks its value secret: `writeOnly`
 /// on it or on what it refers to, through `Option` (`anyOf` with null), `oneOf`, `allOf`.
 pub fn schema_marks_secret(root: &Value, schema: &Value) -> bool {
@@ -420,6 +404,29 @@ pub fn schema_marks_secret_path(root: &Value, schema: &Value) -> bool {
 }
 
 fn schema_has(root: &Value, schema: &Value, mark: &dyn Fn(&Value) -> bool) -> bool {
+    schema_options(root, schema, &mut |s| mark(s))
+}
+
+/// The object schema a value at `schema` is (through `$ref` and `Option`), if any.
+fn object_schema<'a>(root: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
+    let mut out = Vec::new();
+    schema_options(root, schema, &mut |s| {
+        if s.get("properties").is_some() || s.get("additionalProperties").is_some() {
+            out.push(s);
+        }
+        false
+    });
+    out
+}
+
+/// Visits `schema` and every schema it may stand for (what its `$ref` names, the
+/// options of its `anyOf`, `oneOf`, `allOf`, recursively) until `visit` says stop
+/// (then `true`); at most 256 visits, against cycles.
+fn schema_options<'a>(
+    root: &'a Value,
+    schema: &'a Value,
+    visit: &mut dyn FnMut(&'a Value) -> bool,
+) -> bool {
     let mut stack = vec![schema];
     let mut seen = 0;
     while let Some(s) = stack.pop() {
@@ -427,7 +434,7 @@ fn schema_has(root: &Value, schema: &Value, mark: &dyn Fn(&Value) -> bool) -> bo
         if seen > 256 {
             break;
         }
-        if mark(s) {
+        if visit(s) {
             return true;
         }
         let r = resolve(root, s);
@@ -441,29 +448,6 @@ fn schema_has(root: &Value, schema: &Value, mark: &dyn Fn(&Value) -> bool) -> bo
         }
     }
     false
-}
-
-/// The object schema a value at `schema` is (through `$ref` and `Option`), if any.
-fn object_schema<'a>(root: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![schema];
-    let mut seen = 0;
-    while let Some(s) = stack.pop() {
-        seen += 1;
-        if seen > 256 {
-            break;
-        }
-        let s = resolve(root, s);
-        if s.get("properties").is_some() || s.get("additionalProperties").is_some() {
-            out.push(s);
-        }
-        for key in ["anyOf", "oneOf", "allOf"] {
-            if let Some(options) = s.get(key).and_then(Value::as_array) {
-                stack.extend(options.iter());
-            }
-        }
-    }
-    out
 }
 
 /// How a settings value is to be redacted, from its schema.

@@ -11,9 +11,12 @@ use arrow_schema::SchemaRef;
 
 use crate::BoxFuture;
 use crate::component::{
-    BuildContext, Sink, SinkConfig, Source, SourceConfig, Transform, TransformConfig,
+    BuildContext, ComponentContext, Sink, SinkConfig, Source, SourceConfig, Transform,
+    TransformConfig, TransformContext,
 };
+use crate::dead_letter::DeadLetter;
 use crate::error::{BuildError, ConfigError};
+use crate::telemetry::ComponentTelemetry;
 
 pub use crate::kind::ComponentKind;
 
@@ -133,6 +136,7 @@ impl<T: SourceConfig> ErasedSourceConfig for Parsed<T> {
         schema: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Source>, BuildError>> {
+        cx.component.telemetry().declare(T::METRICS);
         Box::pin(SourceConfig::build(&self.config, schema, cx))
     }
 }
@@ -150,6 +154,34 @@ pub trait ErasedTransformConfig: Debug + Send + Sync {
         output: SchemaRef,
         cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError>;
+
+    /// Builds the transform outside a pipeline (`tidegauge score`, the Python package):
+    /// telemetry of its own (component `id`, reported as of type `type_name`), dead
+    /// letters to standard error. Returns it with the context to run it in.
+    fn build_alone(
+        &self,
+        id: &str,
+        type_name: &'static str,
+        input: SchemaRef,
+        output: SchemaRef,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<(Box<dyn Transform>, TransformContext), BuildError> {
+        let telemetry = std::sync::Arc::new(ComponentTelemetry::new(
+            id,
+            ComponentKind::Transform,
+            type_name,
+        ));
+        let component = ComponentContext::new(telemetry, DeadLetter::stderr());
+        let transform = self.build(
+            input,
+            output,
+            BuildContext {
+                component: component.clone(),
+                runtime,
+            },
+        )?;
+        Ok((transform, TransformContext::new(component)))
+    }
 }
 
 impl<T: TransformConfig> ErasedTransformConfig for Parsed<T> {
@@ -166,6 +198,7 @@ impl<T: TransformConfig> ErasedTransformConfig for Parsed<T> {
         output: SchemaRef,
         cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
+        cx.component.telemetry().declare(T::METRICS);
         TransformConfig::build(&self.config, input, output, cx)
     }
 }
@@ -197,6 +230,7 @@ impl<T: SinkConfig> ErasedSinkConfig for Parsed<T> {
         input: SchemaRef,
         cx: BuildContext,
     ) -> BoxFuture<'_, Result<Box<dyn Sink>, BuildError>> {
+        cx.component.telemetry().declare(T::METRICS);
         Box::pin(SinkConfig::build(&self.config, input, cx))
     }
 }

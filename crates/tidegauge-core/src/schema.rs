@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 
-use crate::error::ConfigError;
+use crate::error::{BuildError, ConfigError};
 
 /// `name: Type, ...` for messages.
 pub fn describe(schema: &Schema) -> String {
@@ -66,6 +66,14 @@ pub fn extend(input: &Schema, added: &[Field]) -> SchemaRef {
         }
     }
     Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()))
+}
+
+/// The index of field `name` of `input`, for `build` (which runs after `validate` found
+/// it): an error naming it if it is not there.
+pub fn field_index(input: &Schema, name: &str) -> Result<usize, BuildError> {
+    input
+        .index_of(name)
+        .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
 }
 
 #[cfg(test)]

@@ -129,6 +129,19 @@ pub(crate) fn timed(events: &[(i64, f64)]) -> impl Iterator<Item = (i64, f64)> +
     })
 }
 
+/// Checks a rolling window's length (in `windows`) and a positive threshold: the
+/// parameters of the window detectors.
+pub(crate) fn check_window_and_threshold(
+    window: usize,
+    windows: std::ops::RangeInclusive<usize>,
+    threshold: f64,
+) -> Result<(), Vec<ParamError>> {
+    let mut errors = Vec::new();
+    check_count(&mut errors, "window", window, windows);
+    check_positive(&mut errors, "threshold", threshold);
+    into_result(errors)
+}
+
 /// Turns collected errors into the `validate` result.
 pub(crate) fn into_result(errors: Vec<ParamError>) -> Result<(), Vec<ParamError>> {
     if errors.is_empty() {

@@ -68,10 +68,7 @@ const MAX_WINDOW: usize = 1 << 24;
 impl MadParams {
     /// Checks every field; returns all problems found.
     pub fn validate(&self) -> Result<(), Vec<ParamError>> {
-        let mut errors = Vec::new();
-        judge::check_count(&mut errors, "window", self.window, 3..=MAX_WINDOW);
-        judge::check_positive(&mut errors, "threshold", self.threshold);
-        judge::into_result(errors)
+        judge::check_window_and_threshold(self.window, 3..=MAX_WINDOW, self.threshold)
     }
 }
 

@@ -387,23 +387,15 @@ fn object_schema<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Value> {
 }
 
 fn range_of(schema: &Value) -> Option<String> {
-    use tidegauge_core::ranges::{Bound, Bounds, show};
-    let low = |b: Bound| {
-        let word = if b.exclusive { "above" } else { "at least" };
-        format!("{word} {}", show(b.value))
-    };
-    let high = |b: Bound| {
-        let word = if b.exclusive { "below" } else { "at most" };
-        format!("{word} {}", show(b.value))
-    };
+    use tidegauge_core::ranges::{Bounds, show};
     let bounds = Bounds::of(schema);
     match (bounds.low, bounds.high) {
         (Some(lo), Some(hi)) if !lo.exclusive && !hi.exclusive => {
             Some(format!("{} to {}", show(lo.value), show(hi.value)))
         }
-        (Some(lo), Some(hi)) => Some(format!("{}, {}", low(lo), high(hi))),
-        (Some(lo), None) => Some(low(lo)),
-        (None, Some(hi)) => Some(high(hi)),
+        (Some(lo), Some(hi)) => Some(format!("{}, {}", lo.as_low(), hi.as_high())),
+        (Some(lo), None) => Some(lo.as_low()),
+        (None, Some(hi)) => Some(hi.as_high()),
         (None, None) => None,
     }
 }

@@ -17,7 +17,6 @@ macro_rules! ewrite {
     }};
 }
 
-mod describe;
 mod generate;
 mod init;
 mod logs;
@@ -34,6 +33,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tidegauge_core::ConfigError;
 use tidegauge_core::admin::AdminConfig;
+use tidegauge_core::describe;
 use tidegauge_core::registry::{self, ComponentKind};
 use tidegauge_core::topology::{self, Pipeline};
 

@@ -279,6 +279,8 @@ macro_rules! detector_config {
 
         impl tidegauge_core::TransformConfig for $name {
             const TYPE: &'static str = $type_name;
+            const METRICS: &'static [&'static tidegauge_core::telemetry::MetricDesc] =
+                $crate::telemetry::KEY_METRICS;
 
             fn validate(
                 &self,

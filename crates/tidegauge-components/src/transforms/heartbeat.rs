@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::telemetry::KeysTracked;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -11,7 +12,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
+use tidegauge_core::telemetry::{AnomaliesDetected, MetricDesc};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -117,6 +118,7 @@ fn output_schema(input: &Schema) -> SchemaRef {
 
 impl TransformConfig for HeartbeatConfig {
     const TYPE: &'static str = "heartbeat";
+    const METRICS: &'static [&'static MetricDesc] = crate::telemetry::KEY_METRICS;
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = param_errors(self.params().validate());
@@ -161,11 +163,7 @@ impl TransformConfig for HeartbeatConfig {
 
 impl HeartbeatConfig {
     fn heartbeat(&self, input: SchemaRef, output: SchemaRef) -> Result<Heartbeat, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
         Ok(Heartbeat {
             key: find(&self.key_field)?,
             ts: find(&self.ts_field)?,
@@ -316,6 +314,11 @@ impl Heartbeat {
 }
 
 impl Transform for Heartbeat {
+    fn verdict_columns(&self) -> Option<tidegauge_core::component::VerdictColumns> {
+        let key = self.input.field(self.key).name();
+        Some(super::detector_verdicts(Some(key), None, "silent_ms"))
+    }
+
     fn process(
         &mut self,
         batch: RecordBatch,

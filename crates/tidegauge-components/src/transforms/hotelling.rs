@@ -1,13 +1,14 @@
 //! `hotelling` transform: several readings of one machine judged together (Hotelling's
 //! T² of their smoothed values against a reference learnt over a warm-up).
 
+use crate::telemetry::KeysTracked;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::schema::{extend, require_field};
-use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
+use tidegauge_core::telemetry::{AnomaliesDetected, MetricDesc};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -100,6 +101,7 @@ const NAME: &str = "hotelling";
 
 impl TransformConfig for HotellingConfig {
     const TYPE: &'static str = NAME;
+    const METRICS: &'static [&'static MetricDesc] = crate::telemetry::KEY_METRICS;
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors =
@@ -151,11 +153,7 @@ impl TransformConfig for HotellingConfig {
         output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
         Ok(Box::new(HotellingTransform {
             params: self.params(),
             key: self.key_field.as_deref().map(find).transpose()?,
@@ -248,6 +246,12 @@ impl Transform for HotellingTransform {
         let result = out.finish(&batch, &self.output, STATISTIC, NAME)?;
         cx.emit(result);
         Ok(())
+    }
+
+    fn verdict_columns(&self) -> Option<tidegauge_core::component::VerdictColumns> {
+        // The output keeps the input's columns where they were.
+        let key = self.key.map(|i| self.output.field(i).name().as_str());
+        Some(super::detector_verdicts(key, None, STATISTIC))
     }
 
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {

@@ -14,14 +14,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use crate::telemetry::KeysTracked;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Schema, SchemaRef};
 use tidegauge_core::ack::Finalizers;
-use tidegauge_core::component::Tunable;
+use tidegauge_core::component::{Tunable, VerdictColumns};
 use tidegauge_core::schema::{extend, require_field};
-use tidegauge_core::telemetry::{AnomaliesDetected, KeysTracked};
+use tidegauge_core::telemetry::AnomaliesDetected;
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
 use tidegauge_detect::{Detector, Verdict};
 
@@ -137,11 +138,7 @@ struct Columns {
 }
 
 fn locate(common: &Common, input: &Schema) -> Result<Columns, BuildError> {
-    let find = |name: &str| {
-        input
-            .index_of(name)
-            .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-    };
+    let find = |name: &str| tidegauge_core::schema::field_index(input, name);
     Ok(Columns {
         key: find(&common.key_field)?,
         value: find(&common.value_field)?,
@@ -199,6 +196,11 @@ pub(crate) fn build_in<S: DetectorSpec>(
         Engine::Pool(Pool::start(spec.clone(), columns, workers, limits)?)
     };
     Ok(Box::new(KeyedDetector {
+        verdicts: super::detector_verdicts(
+            Some(&common.key_field),
+            Some(&common.value_field),
+            S::STATISTIC,
+        ),
         spec,
         columns,
         output,
@@ -487,6 +489,8 @@ struct InFlight {
 
 /// The runtime of every keyed detector.
 struct KeyedDetector<S: DetectorSpec> {
+    /// Where its verdicts are, for the runtime's live views.
+    verdicts: VerdictColumns,
     spec: Arc<SpecCell<S>>,
     columns: Columns,
     output: SchemaRef,
@@ -599,6 +603,10 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
 
     fn tunables(&self) -> Vec<Tunable> {
         self.spec.tunables()
+    }
+
+    fn verdict_columns(&self) -> Option<VerdictColumns> {
+        Some(self.verdicts.clone())
     }
 
     fn set_tunable(&mut self, name: &str, value: &serde_json::Value) -> Result<(), String> {

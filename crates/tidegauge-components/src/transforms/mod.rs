@@ -136,6 +136,23 @@ pub fn detector_fields(statistic: &str) -> Vec<Field> {
     ]
 }
 
+/// Where a detector that adds [`detector_fields`] says its verdicts are, for the
+/// runtime's live views: the key and value it reads, and the columns it adds.
+pub fn detector_verdicts(
+    key: Option<&str>,
+    value: Option<&str>,
+    statistic: &str,
+) -> tidegauge_core::component::VerdictColumns {
+    tidegauge_core::component::VerdictColumns {
+        key: key.map(str::to_string),
+        value: value.map(str::to_string),
+        statistic: Some(statistic.to_string()),
+        score: "anomaly_score".to_string(),
+        flag: "is_anomaly".to_string(),
+        reason: Some("reason".to_string()),
+    }
+}
+
 /// A detector's added columns for one batch, filled in any row order (each row at most
 /// once, so shards can fill their own rows); a row never set has no verdict (no
 /// statistic, score 0, not an anomaly).

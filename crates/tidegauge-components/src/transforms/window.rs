@@ -32,7 +32,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, KeysTracked, StaleReadings, WatermarkLag};
+use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricAdded, MetricDesc, MetricSet};
 use tidegauge_core::{
     BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
     TransformContext,
@@ -42,6 +42,7 @@ use tidegauge_detect::{Accumulator, Aggregate};
 use super::float_values;
 use super::spec::param_errors;
 use super::{KeyInterner, key_hash};
+use crate::telemetry::{KeysTracked, STALE_READINGS, WATERMARK_LAG};
 
 /// The shape of the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -207,6 +208,7 @@ impl WindowConfig {
 
 impl TransformConfig for WindowConfig {
     const TYPE: &'static str = "window";
+    const METRICS: &'static [&'static MetricDesc] = crate::telemetry::WINDOW_METRICS;
 
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
@@ -307,11 +309,7 @@ impl Window {
         input: &SchemaRef,
         output: SchemaRef,
     ) -> Result<Self, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(input, name);
         let aggregates = config
             .aggregates()
             .map_err(|e| BuildError::new(format!("{e:?}")))?;
@@ -382,77 +380,6 @@ struct Window {
     batch_seq: u64,
 }
 
-/// Rows to emit, built column by column.
-struct Rows {
-    keys: StringBuilder,
-    start: Int64Builder,
-    end: Int64Builder,
-    values: Vec<Float64Builder>,
-    count: Vec<Option<Int64Builder>>,
-    late: BooleanBuilder,
-    finalizers: Finalizers,
-    n: usize,
-}
-
-impl Rows {
-    fn new(aggregates: &[Aggregate]) -> Self {
-        Rows {
-            keys: StringBuilder::new(),
-            start: Int64Builder::new(),
-            end: Int64Builder::new(),
-            values: aggregates.iter().map(|_| Float64Builder::new()).collect(),
-            count: aggregates
-                .iter()
-                .map(|a| matches!(a, Aggregate::Count).then(Int64Builder::new))
-                .collect(),
-            late: BooleanBuilder::new(),
-            finalizers: Finalizers::none(),
-            n: 0,
-        }
-    }
-
-    fn push(&mut self, key: &str, start: i64, end: i64, open: Open, late: bool) {
-        self.keys.append_value(key);
-        self.start.append_value(start);
-        self.end.append_value(end);
-        for (i, acc) in open.accumulators.iter().enumerate() {
-            let v = acc.finish();
-            match &mut self.count[i] {
-                Some(c) => c.append_value(v.unwrap_or(0.0) as i64),
-                None => self.values[i].append_option(v),
-            }
-        }
-        self.late.append_value(late);
-        self.finalizers.merge(open.finalizers);
-        self.n += 1;
-    }
-
-    fn finish(
-        mut self,
-        output: &SchemaRef,
-    ) -> Result<Option<(RecordBatch, Finalizers)>, ComponentError> {
-        if self.n == 0 {
-            return Ok(None);
-        }
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(self.keys.finish()),
-            Arc::new(self.start.finish()),
-            Arc::new(self.end.finish()),
-        ];
-        for (v, c) in self.values.iter_mut().zip(self.count.iter_mut()) {
-            columns.push(match c {
-                Some(c) => Arc::new(c.finish()),
-                None => Arc::new(v.finish()),
-            });
-        }
-        columns.push(Arc::new(self.late.finish()));
-        Ok(Some((
-            RecordBatch::try_new(output.clone(), columns)?,
-            self.finalizers,
-        )))
-    }
-}
-
 impl Window {
     fn new_open(&self) -> Open {
         Open {
@@ -488,7 +415,10 @@ impl Window {
     }
 
     fn late(&mut self, rows: &mut Rows, key: u32, ts: i64, v: f64, cx: &TransformContext) {
-        cx.component().emit(StaleReadings { count: 1 });
+        cx.component().emit(MetricAdded {
+            metric: &STALE_READINGS,
+            count: 1,
+        });
         match self.config.late {
             LatePolicy::Drop => cx.component().emit(ComponentErrorOccurred {
                 error: &format!(
@@ -757,8 +687,9 @@ impl Transform for Window {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            cx.component().emit(WatermarkLag {
-                lag: Duration::from_millis(now_ms.saturating_sub(self.watermark()).max(0) as u64),
+            cx.component().emit(MetricSet {
+                metric: &WATERMARK_LAG,
+                value: now_ms.saturating_sub(self.watermark()).max(0) as u64,
             });
         }
         self.emit(rows, cx)
@@ -811,174 +742,11 @@ impl Transform for Window {
     }
 }
 
-/// The checkpoint format version.
-const STATE_VERSION: u32 = 1;
-
-/// A window's checkpoint: its shape and its open windows, per key.
-#[derive(Serialize, Deserialize)]
-struct WindowState {
-    version: u32,
-    kind: WindowKind,
-    size_ms: i64,
-    slide_ms: i64,
-    gap_ms: i64,
-    /// Latest event time seen (`i64::MIN` before the first).
-    max_ts: i64,
-    keys: Vec<KeyState>,
-}
-
-/// One key's open windows.
-#[derive(Serialize, Deserialize)]
-struct KeyState {
-    key: String,
-    /// Tumbling or sliding windows by start.
-    windows: Vec<SavedWindow>,
-    session: Option<SavedSession>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SavedWindow {
-    start: i64,
-    accumulators: Vec<Accumulator>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SavedSession {
-    start: i64,
-    last: i64,
-    accumulators: Vec<Accumulator>,
-}
-
-impl Window {
-    fn state(&self) -> WindowState {
-        let mut keys: Vec<KeyState> = Vec::new();
-        let mut slot: HashMap<u32, usize> = HashMap::new();
-        let mut entry = |key: u32, keys: &mut Vec<KeyState>| {
-            *slot.entry(key).or_insert_with(|| {
-                keys.push(KeyState {
-                    key: self.names[key as usize].to_string(),
-                    windows: Vec::new(),
-                    session: None,
-                });
-                keys.len() - 1
-            })
-        };
-        // In closing order, so a restored window closes its windows in the same order.
-        for &(_, key, start) in &self.closing {
-            if let Some(open) = self.windows.get(&(key, start)) {
-                let i = entry(key, &mut keys);
-                keys[i].windows.push(SavedWindow {
-                    start,
-                    accumulators: open.accumulators.clone(),
-                });
-            }
-        }
-        for &(_, key) in &self.session_ends {
-            if let Some(s) = self.sessions.get(&key) {
-                let i = entry(key, &mut keys);
-                keys[i].session = Some(SavedSession {
-                    start: s.start,
-                    last: s.last,
-                    accumulators: s.open.accumulators.clone(),
-                });
-            }
-        }
-        WindowState {
-            version: STATE_VERSION,
-            kind: self.config.kind,
-            size_ms: self.config.size_ms,
-            slide_ms: self.config.slide(),
-            gap_ms: self.config.gap_ms,
-            max_ts: self.max_ts,
-            keys,
-        }
-    }
-
-    fn restore_state(&mut self, state: WindowState) -> Result<(), ComponentError> {
-        if state.version != STATE_VERSION {
-            return Err(ComponentError::new(format!(
-                "window state version {} (this build reads {STATE_VERSION})",
-                state.version
-            )));
-        }
-        let (kind, size, slide, gap) = (
-            self.config.kind,
-            self.config.size_ms,
-            self.config.slide(),
-            self.config.gap_ms,
-        );
-        let same_shape = state.kind == kind
-            && match kind {
-                WindowKind::Session => state.gap_ms == gap,
-                _ => state.size_ms == size && state.slide_ms == slide,
-            };
-        if !same_shape {
-            return Err(ComponentError::new(format!(
-                "the window state was checkpointed for {:?} windows of size_ms {}, slide_ms {}, \
-                 gap_ms {}; the window is now {kind:?} with size_ms {size}, slide_ms {slide}, \
-                 gap_ms {gap}",
-                state.kind, state.size_ms, state.slide_ms, state.gap_ms
-            )));
-        }
-        let same_aggregates = |accs: &[Accumulator]| {
-            accs.len() == self.aggregates.len()
-                && accs
-                    .iter()
-                    .zip(&self.aggregates)
-                    .all(|(a, b)| a.aggregate() == *b)
-        };
-        let all_same = state.keys.iter().all(|k| {
-            k.windows.iter().all(|w| same_aggregates(&w.accumulators))
-                && k.session
-                    .as_ref()
-                    .is_none_or(|s| same_aggregates(&s.accumulators))
-        });
-        if !all_same {
-            return Err(ComponentError::new(
-                "the window state was checkpointed with other aggregates",
-            ));
-        }
-        self.max_ts = state.max_ts;
-        for k in state.keys {
-            let (id, new) = self.keys.id(&k.key);
-            let key = id as u32;
-            if new {
-                self.names.push(k.key.into());
-                self.held.push(0);
-            }
-            for w in k.windows {
-                let open = Open {
-                    accumulators: w.accumulators,
-                    finalizers: Finalizers::none(),
-                    last_batch: u64::MAX,
-                };
-                if self.windows.insert((key, w.start), open).is_none() {
-                    self.closing.insert((w.start + size, key, w.start));
-                    self.hold(key);
-                }
-            }
-            if let Some(s) = k.session {
-                let open = Open {
-                    accumulators: s.accumulators,
-                    finalizers: Finalizers::none(),
-                    last_batch: u64::MAX,
-                };
-                let session = Session {
-                    start: s.start,
-                    last: s.last,
-                    open,
-                };
-                if self.sessions.insert(key, session).is_none() {
-                    self.session_ends.insert((s.last + gap, key));
-                    self.hold(key);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 tidegauge_core::register_transform!(WindowConfig);
 
+mod rows;
+mod state;
+use rows::Rows;
+use state::WindowState;
 #[cfg(test)]
 mod tests;

@@ -107,6 +107,20 @@ pub(super) struct InFlight {
     covered: Vec<Finalizers>,
 }
 
+impl InFlight {
+    /// Checkpoint `id`, its barriers requested now, nothing reported yet.
+    fn new(id: u64) -> Self {
+        InFlight {
+            id,
+            positions: HashMap::new(),
+            states: HashMap::new(),
+            failed: None,
+            started: Instant::now(),
+            covered: Vec::new(),
+        }
+    }
+}
+
 /// Takes checkpoints while a pipeline runs. See the module documentation.
 pub(crate) struct Coordinator {
     store: Arc<Mutex<CheckpointStore>>,
@@ -199,14 +213,7 @@ impl Coordinator {
                             self.in_flight = None;
                             let id = self.next_id;
                             self.next_id += 1;
-                            let mut cp = InFlight {
-                                id,
-                                positions: HashMap::new(),
-                                states: HashMap::new(),
-                                failed: None,
-                                started: Instant::now(),
-                                covered: Vec::new(),
-                            };
+                            let mut cp = InFlight::new(id);
                             if self.fill_from_finals(&mut cp) {
                                 self.in_flight = Some(cp);
                                 self.try_complete(&mut summary).await;
@@ -262,14 +269,7 @@ impl Coordinator {
                 let _ = tx.try_send(id);
             }
         }
-        self.in_flight = Some(InFlight {
-            id,
-            positions: HashMap::new(),
-            states: HashMap::new(),
-            failed: None,
-            started: Instant::now(),
-            covered: Vec::new(),
-        });
+        self.in_flight = Some(InFlight::new(id));
     }
 
     /// Fills what finished components contribute; false if one of them failed.

@@ -26,7 +26,7 @@ use crate::ack::Finalizers;
 use crate::checkpoint::SourceCheckpoint;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BuildError, ComponentError, ConfigError};
-use crate::telemetry::{ComponentTelemetry, InternalEvent, RecordDeadLettered};
+use crate::telemetry::{ComponentTelemetry, InternalEvent, MetricDesc, RecordDeadLettered};
 
 pub use input::{Event, Recv, SinkInput};
 pub(crate) use output::BarrierPort;
@@ -257,6 +257,32 @@ pub trait Transform: Send + 'static {
     fn set_tunable(&mut self, name: &str, _value: &serde_json::Value) -> Result<(), String> {
         Err(format!("`{name}` cannot be changed while running"))
     }
+
+    /// For a detector: the output columns holding its verdicts, which the runtime's live
+    /// views (recent anomalies, the dashboard's sensor history) read. `None` (the
+    /// default) for transforms that judge nothing, including those passing on another
+    /// detector's verdicts.
+    fn verdict_columns(&self) -> Option<VerdictColumns> {
+        None
+    }
+}
+
+/// Where a detector writes its verdicts in its output: column names, each of the type
+/// said (a column missing or of another type is read as absent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerdictColumns {
+    /// What is judged, a sensor (Utf8).
+    pub key: Option<String>,
+    /// The value judged (Float64).
+    pub value: Option<String>,
+    /// The detector's own statistic (`z`, `statistic`, ...; Float64).
+    pub statistic: Option<String>,
+    /// The score, 0..1, 0.5 at the threshold (Float64).
+    pub score: String,
+    /// Whether the row is an anomaly (Boolean).
+    pub flag: String,
+    /// Why it is one (Utf8).
+    pub reason: Option<String>,
 }
 
 /// A parameter that may be changed while a pipeline runs.
@@ -316,6 +342,10 @@ pub trait SourceConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 's
     /// The `type = "..."` name in pipeline files.
     const TYPE: &'static str;
 
+    /// The metrics this component keeps besides those every component has (declared
+    /// before `build`, so `/metrics` shows them at 0 from the start). None by default.
+    const METRICS: &'static [&'static MetricDesc] = &[];
+
     /// Checks the config (pure, no I/O) and returns the schema of the events it will emit,
     /// or every problem found (paths relative to the component).
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>>;
@@ -358,6 +388,10 @@ pub trait TransformConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync +
     /// The `type = "..."` name in pipeline files.
     const TYPE: &'static str;
 
+    /// The metrics this component keeps besides those every component has (declared
+    /// before `build`, so `/metrics` shows them at 0 from the start). None by default.
+    const METRICS: &'static [&'static MetricDesc] = &[];
+
     /// Checks the config against the schema of its input (pure) and returns the schema of
     /// its output, or every problem found.
     fn validate(&self, input: &SchemaRef) -> Result<SchemaRef, Vec<ConfigError>>;
@@ -375,6 +409,10 @@ pub trait TransformConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync +
 pub trait SinkConfig: DeserializeOwned + JsonSchema + Debug + Send + Sync + 'static {
     /// The `type = "..."` name in pipeline files.
     const TYPE: &'static str;
+
+    /// The metrics this component keeps besides those every component has (declared
+    /// before `build`, so `/metrics` shows them at 0 from the start). None by default.
+    const METRICS: &'static [&'static MetricDesc] = &[];
 
     /// Checks the config against the schema of its input (pure).
     fn validate(&self, input: &SchemaRef) -> Result<(), Vec<ConfigError>>;

@@ -2,34 +2,35 @@
 
 use std::time::SystemTime;
 
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
+
+use crate::component::VerdictColumns;
 
 use crate::telemetry::ComponentTelemetry;
 
-/// Picks the latest flagged rows out of a detector's output, for live views. Only for
-/// transforms that add `is_anomaly` (a filter passing it on is no detector).
+/// Picks the latest flagged rows out of a detector's output, for live views, from the
+/// verdict columns the detector declared.
 pub(super) struct AnomalyTap {
     flag: usize,
     key: Option<usize>,
     reason: Option<usize>,
 }
 
+/// The index of column `name` of `output` if it has type `ty`.
+pub(super) fn typed_column(output: &SchemaRef, name: Option<&str>, ty: &DataType) -> Option<usize> {
+    output
+        .index_of(name?)
+        .ok()
+        .filter(|&i| output.field(i).data_type() == ty)
+}
+
 impl AnomalyTap {
-    pub(super) fn new(output: &SchemaRef, input: Option<&SchemaRef>) -> Option<AnomalyTap> {
-        use arrow_schema::DataType;
-        if input.is_some_and(|i| i.index_of("is_anomaly").is_ok()) {
-            return None;
-        }
-        let typed = |name: &str, ty: DataType| {
-            output
-                .index_of(name)
-                .ok()
-                .filter(|&i| output.field(i).data_type() == &ty)
-        };
+    /// `None` when the declared flag column is not a Boolean column of `output`.
+    pub(super) fn new(output: &SchemaRef, columns: &VerdictColumns) -> Option<AnomalyTap> {
         Some(AnomalyTap {
-            flag: typed("is_anomaly", DataType::Boolean)?,
-            key: typed("sensor_id", DataType::Utf8),
-            reason: typed("reason", DataType::Utf8),
+            flag: typed_column(output, Some(&columns.flag), &DataType::Boolean)?,
+            key: typed_column(output, columns.key.as_deref(), &DataType::Utf8),
+            reason: typed_column(output, columns.reason.as_deref(), &DataType::Utf8),
         })
     }
 

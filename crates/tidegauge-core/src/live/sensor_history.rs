@@ -16,6 +16,8 @@ use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_schema::{DataType, SchemaRef};
 
+use crate::component::VerdictColumns;
+
 /// One verdict of a detector on one sensor.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Point {
@@ -357,28 +359,20 @@ pub(super) struct HistoryColumns {
 }
 
 impl HistoryColumns {
-    /// The columns of a detector's output (`sensor_id`, `anomaly_score`, `is_anomaly`;
-    /// `value` and the statistic, the Float64 column just before `anomaly_score`, when
-    /// present); `None` when a required one is missing.
-    pub(super) fn new(output: &SchemaRef) -> Option<Self> {
-        let typed = |name: &str, ty: DataType| {
-            output
-                .index_of(name)
-                .ok()
-                .filter(|&i| output.field(i).data_type() == &ty)
-        };
-        let score = typed("anomaly_score", DataType::Float64)?;
-        let statistic = score
-            .checked_sub(1)
-            .map(|i| output.field(i))
-            .filter(|f| f.data_type() == &DataType::Float64 && f.name() != "value")
-            .map(|f| (score - 1, f.name().clone()));
+    /// The columns a detector declared, found in its output; `None` when the key, score
+    /// or flag is missing (or not of its type).
+    pub(super) fn new(output: &SchemaRef, columns: &VerdictColumns) -> Option<Self> {
+        use super::anomaly_tap::typed_column;
+        let float = |name: Option<&str>| typed_column(output, name, &DataType::Float64);
         Some(HistoryColumns {
-            key: typed("sensor_id", DataType::Utf8)?,
-            value: typed("value", DataType::Float64),
-            statistic,
-            score,
-            flag: typed("is_anomaly", DataType::Boolean)?,
+            key: typed_column(output, columns.key.as_deref(), &DataType::Utf8)?,
+            value: float(columns.value.as_deref()),
+            statistic: columns
+                .statistic
+                .as_deref()
+                .and_then(|name| float(Some(name)).map(|i| (i, name.to_string()))),
+            score: float(Some(&columns.score))?,
+            flag: typed_column(output, Some(&columns.flag), &DataType::Boolean)?,
         })
     }
 

@@ -231,12 +231,11 @@ impl Runner {
         }: Launch,
     ) {
         let (done_tx, done_rx) = oneshot::channel();
-        let input_schema = node.input_schema.clone();
         let history = self.history.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("tg-{}", node.id))
             .spawn(move || {
-                let r = run_transform(tr, io, component, &runtime, input_schema, history);
+                let r = run_transform(tr, io, component, &runtime, history);
                 let _ = done_tx.send(r);
             });
         self.tasks.spawn(async move {

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use arrow_schema::SchemaRef;
 use tokio::sync::mpsc;
 
 use super::anomaly_tap::AnomalyTap;
@@ -38,7 +37,6 @@ pub(super) fn run_transform(
     io: TransformIo,
     component: ComponentContext,
     runtime: &tokio::runtime::Handle,
-    input_schema: Option<SchemaRef>,
     history: Option<std::sync::Arc<SensorHistory>>,
 ) -> Result<(), ComponentError> {
     let TransformIo {
@@ -48,11 +46,14 @@ pub(super) fn run_transform(
         reports,
     } = io;
     let telemetry = component.telemetry().clone();
-    let tap = AnomalyTap::new(out.schema(), input_schema.as_ref());
+    // Only detectors, which declare where their verdicts are, feed the live views.
+    let verdicts = transform.verdict_columns();
+    let tap = verdicts
+        .as_ref()
+        .and_then(|v| AnomalyTap::new(out.schema(), v));
     telemetry.set_detector(tap.is_some());
-    // Only detectors (what the anomaly tap accepts) feed the history.
-    let history = history.filter(|_| tap.is_some()).and_then(|h| {
-        HistoryColumns::new(out.schema()).map(|c| Recorder {
+    let history = history.zip(verdicts.as_ref()).and_then(|(h, v)| {
+        HistoryColumns::new(out.schema(), v).map(|c| Recorder {
             history: h,
             columns: c,
         })

@@ -113,45 +113,6 @@ impl InternalEvent for ComponentErrorOccurred<'_> {
     }
 }
 
-/// A keyed stage's key table after a batch: how many keys hold state, and what the key
-/// cap did (warns, at most once a second, when it evicts or refuses).
-pub struct KeysTracked {
-    /// Keys holding state now.
-    pub keys: u64,
-    /// Keys evicted during the batch (idle longer than allowed, to make room).
-    pub evicted: u64,
-    /// Events of new keys that got no state during the batch.
-    pub refused: u64,
-    /// The cap.
-    pub max_keys: u64,
-}
-
-impl InternalEvent for KeysTracked {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.keys.store(self.keys, Ordering::Relaxed);
-        if self.evicted == 0 && self.refused == 0 {
-            return;
-        }
-        t.keys_evicted.fetch_add(self.evicted, Ordering::Relaxed);
-        t.events_without_state
-            .fetch_add(self.refused, Ordering::Relaxed);
-        if let Some(suppressed) = t.log_allowed() {
-            tracing::warn!(
-                component_id = %t.id,
-                keys = self.keys,
-                max_keys = self.max_keys,
-                evicted = self.evicted,
-                events_without_state = self.refused,
-                suppressed,
-                "key limit reached: {} idle key(s) evicted, {} event(s) of new keys got no verdict (max_keys = {})",
-                self.evicted,
-                self.refused,
-                self.max_keys
-            );
-        }
-    }
-}
-
 /// A batch was processed (transforms) or written (sinks) in `elapsed`.
 pub struct BatchProcessed {
     /// Time the batch took.
@@ -242,31 +203,6 @@ impl InternalEvent for BreakerTransitioned<'_> {
     }
 }
 
-/// Readings arrived (or failed to arrive) later than allowed.
-pub struct StaleReadings {
-    /// How many.
-    pub count: u64,
-}
-
-impl InternalEvent for StaleReadings {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.stale_readings.fetch_add(self.count, Ordering::Relaxed);
-    }
-}
-
-/// Where the component's event-time watermark stands relative to the wall clock.
-pub struct WatermarkLag {
-    /// Wall clock minus watermark.
-    pub lag: Duration,
-}
-
-impl InternalEvent for WatermarkLag {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.watermark_lag_ms
-            .store(self.lag.as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
 /// A component's circuit breaker exists and stands in `state` (reported once at build).
 pub struct BreakerReady {
     /// Initial state.
@@ -277,18 +213,6 @@ impl InternalEvent for BreakerReady {
     fn emit(self, t: &ComponentTelemetry) {
         t.breaker_state
             .store(self.state.as_gauge(), Ordering::Relaxed);
-    }
-}
-
-/// Stale readings (last good values, flagged `stale`) were emitted for failing endpoints.
-pub struct StaleReadingsEmitted {
-    /// Number of stale readings.
-    pub count: u64,
-}
-
-impl InternalEvent for StaleReadingsEmitted {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.stale_events.fetch_add(self.count, Ordering::Relaxed);
     }
 }
 
@@ -303,7 +227,6 @@ pub struct EndpointDataMissing<'a> {
 
 impl InternalEvent for EndpointDataMissing<'_> {
     fn emit(self, t: &ComponentTelemetry) {
-        t.missing_readings.fetch_add(1, Ordering::Relaxed);
         let mut newly = false;
         t.endpoint(self.endpoint, |h| {
             newly = !h.missing;

@@ -4,8 +4,10 @@
 //! one of the event structs below through [`ComponentTelemetry::emit`]. The counters are
 //! plain atomics, read by the run summary and exported as metrics.
 
+mod declared;
 mod events;
 
+pub use declared::{Metric, MetricAdded, MetricDesc, MetricKind, MetricSet, MetricValue};
 pub use events::*;
 
 use std::sync::Arc;
@@ -32,8 +34,6 @@ pub struct ComponentTelemetry {
     errors: AtomicU64,
     dead_lettered: AtomicU64,
     anomalies: AtomicU64,
-    stale_events: AtomicU64,
-    missing_readings: AtomicU64,
     breaker_transitions: AtomicU64,
     /// Per endpoint (network sources and sinks): breaker state and whether data is missing.
     endpoints: Mutex<std::collections::BTreeMap<String, EndpointHealth>>,
@@ -45,27 +45,21 @@ pub struct ComponentTelemetry {
     waited_ns: AtomicU64,
     /// Active time: from the first start to the last finish of the component's task.
     active: Mutex<ActiveTime>,
-    stale_readings: AtomicU64,
-    watermark_lag_ms: AtomicU64,
     /// `BreakerState::as_gauge`, or `NO_BREAKER`.
     breaker_state: AtomicU64,
     /// Reads the fill of the component's input queue (set by the topology).
     queue_probe: ProbeSlot,
     /// The latest anomalies a detector flagged, newest last.
     recent_anomalies: Mutex<std::collections::VecDeque<AnomalyRecord>>,
-    /// Whether the component is a detector (adds `is_anomaly` to its events).
+    /// Whether the component is a detector (declares verdict columns).
     detector: AtomicBool,
-    /// Distinct keys (sensors) holding state now (keyed stages).
-    keys: AtomicU64,
-    /// Keys whose state was dropped to make room for new ones, after their idle time.
-    keys_evicted: AtomicU64,
-    /// Events of new keys that got no state (the key cap was reached, none idle).
-    events_without_state: AtomicU64,
     /// Incidents open now (components that raise alerts).
     open_incidents: Mutex<Vec<OpenIncident>>,
     /// The partitions a consumer-group member owns (a `kafka` source with partition
     /// state).
     ownership: Mutex<Option<Ownership>>,
+    /// The metrics the component declared for itself, in order of declaration.
+    declared: Mutex<Vec<(&'static MetricDesc, Metric)>>,
 }
 
 /// A partition a consumer-group member owns, as the admin API (`GET /partitions`) shows
@@ -199,10 +193,6 @@ pub struct TelemetrySnapshot {
     pub dead_lettered: u64,
     /// Events flagged as anomalies (detectors).
     pub anomalies: u64,
-    /// Readings found stale (older than allowed, or missing when expected).
-    pub stale_readings: u64,
-    /// How far the component's event-time watermark trails the wall clock, in ms.
-    pub watermark_lag_ms: u64,
     /// Circuit breaker state, for components that call out through one.
     pub breaker: Option<BreakerState>,
     /// Breaker state changes so far.
@@ -220,21 +210,22 @@ pub struct TelemetrySnapshot {
     pub waited_ns: u64,
     /// The latest anomalies flagged (detectors), newest last.
     pub recent_anomalies: Vec<AnomalyRecord>,
-    /// Whether the component is a detector (adds `is_anomaly` to its events).
+    /// Whether the component is a detector (declares verdict columns).
     pub detector: bool,
-    /// Stale readings emitted in place of fresh ones (polled sources).
-    pub stale_events: u64,
-    /// Polls whose endpoint had neither a fresh nor a recent enough reading.
-    pub missing_readings: u64,
-    /// Distinct keys (sensors) holding state now (keyed stages).
-    pub keys: u64,
-    /// Keys whose state was dropped to make room for new ones (key cap, idle keys).
-    pub keys_evicted: u64,
-    /// Events of new keys that got no state: the key cap was reached and no key was idle.
-    pub events_without_state: u64,
+    /// The metrics the component declared for itself (keys of a keyed stage, a
+    /// window's watermark lag, ...), in order of declaration.
+    pub metrics: Vec<MetricValue>,
 }
 
 impl TelemetrySnapshot {
+    /// The stored value of the declared metric `name`, if the component declared it.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        self.metrics
+            .iter()
+            .find(|m| m.desc.name == name)
+            .map(|m| m.raw)
+    }
+
     /// Time spent working: active time less waits (profiling only; else active time).
     pub fn busy_ns(&self) -> u64 {
         self.active_ns.saturating_sub(self.waited_ns)
@@ -276,8 +267,6 @@ impl ComponentTelemetry {
             errors: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             anomalies: AtomicU64::new(0),
-            stale_events: AtomicU64::new(0),
-            missing_readings: AtomicU64::new(0),
             breaker_transitions: AtomicU64::new(0),
             endpoints: Mutex::new(Default::default()),
             log_gate: Mutex::new(LogGate::default()),
@@ -285,17 +274,13 @@ impl ComponentTelemetry {
             profiling: AtomicBool::new(false),
             waited_ns: AtomicU64::new(0),
             active: Mutex::new(ActiveTime::default()),
-            stale_readings: AtomicU64::new(0),
-            watermark_lag_ms: AtomicU64::new(0),
             breaker_state: AtomicU64::new(NO_BREAKER),
             queue_probe: ProbeSlot::default(),
             recent_anomalies: Mutex::new(std::collections::VecDeque::new()),
             open_incidents: Mutex::new(Vec::new()),
             ownership: Mutex::new(None),
             detector: AtomicBool::new(false),
-            keys: AtomicU64::new(0),
-            keys_evicted: AtomicU64::new(0),
-            events_without_state: AtomicU64::new(0),
+            declared: Mutex::new(Vec::new()),
         }
     }
 
@@ -304,7 +289,8 @@ impl ComponentTelemetry {
         self.profiling.store(on, Ordering::Relaxed);
     }
 
-    /// Marks the component as a detector (the topology does, from its schemas).
+    /// Marks the component as a detector (the runtime does, when the transform declares
+    /// its verdict columns).
     pub fn set_detector(&self, yes: bool) {
         self.detector.store(yes, Ordering::Relaxed);
     }
@@ -367,8 +353,6 @@ impl ComponentTelemetry {
             errors: self.errors.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             anomalies: self.anomalies.load(Ordering::Relaxed),
-            stale_readings: self.stale_readings.load(Ordering::Relaxed),
-            watermark_lag_ms: self.watermark_lag_ms.load(Ordering::Relaxed),
             breaker: self.breaker(),
             breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
             queue: self.queue_fill(),
@@ -381,11 +365,7 @@ impl ComponentTelemetry {
             waited_ns: self.waited_ns.load(Ordering::Relaxed),
             recent_anomalies: lock(&self.recent_anomalies).iter().cloned().collect(),
             detector: self.detector.load(Ordering::Relaxed),
-            stale_events: self.stale_events.load(Ordering::Relaxed),
-            missing_readings: self.missing_readings.load(Ordering::Relaxed),
-            keys: self.keys.load(Ordering::Relaxed),
-            keys_evicted: self.keys_evicted.load(Ordering::Relaxed),
-            events_without_state: self.events_without_state.load(Ordering::Relaxed),
+            metrics: self.declared_values(),
         }
     }
 
@@ -413,8 +393,9 @@ impl ComponentTelemetry {
     }
 
     /// Whether a repeated warning may be logged now; at most one per second per
-    /// component, the rest counted and reported with the next one that passes.
-    fn log_allowed(&self) -> Option<u64> {
+    /// component, the rest counted and reported with the next one that passes (the
+    /// count of those suppressed since the last one is returned).
+    pub fn log_allowed(&self) -> Option<u64> {
         lock(&self.log_gate).allow(Instant::now())
     }
 }

@@ -21,10 +21,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use tidegauge_core::component::{BuildContext, ComponentContext, Transform, TransformContext};
+use tidegauge_core::component::{Transform, TransformContext};
 use tidegauge_core::dead_letter::DeadLetter;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
-use tidegauge_core::telemetry::ComponentTelemetry;
 
 use input::{Layout, Reader, Row, collect_inputs, count_lines, csv_field, layout, read_chunk};
 
@@ -104,24 +103,15 @@ impl Detector {
         &self,
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<(Box<dyn Transform>, TransformContext)> {
-        let telemetry = Arc::new(ComponentTelemetry::new(
-            self.name.as_str(),
-            ComponentKind::Transform,
-            "score",
-        ));
-        let component = ComponentContext::new(telemetry, DeadLetter::stderr());
-        let transform = self
-            .config
-            .build(
+        self.config
+            .build_alone(
+                &self.name,
+                "score",
                 self.input.clone(),
                 self.output.clone(),
-                BuildContext {
-                    component: component.clone(),
-                    runtime: runtime.clone(),
-                },
+                runtime.clone(),
             )
-            .map_err(|e| anyhow!("{}: {e}", self.name))?;
-        Ok((transform, TransformContext::new(component)))
+            .map_err(|e| anyhow!("{}: {e}", self.name))
     }
 }
 

@@ -486,3 +486,21 @@ fn describe_shows_the_bounds_check_enforces() {
         serde_json::json!(0.0)
     );
 }
+
+#[test]
+fn usage_errors_exit_2_and_say_how_to_get_help() {
+    for args in [
+        &["--no-such-flag"][..],
+        &["no-such-command"],
+        &["check"],
+        &["run", "p.toml", "--no-such-flag"],
+    ] {
+        let out = tidegauge().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--help"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -197,6 +197,38 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
+    // Every metric a component declared for itself (listed by the admin API) is
+    // exposed under that component's labels; the keyed detector declares its keys.
+    let components = tg.get("/components");
+    let mut declared = Vec::new();
+    for c in components.as_array().unwrap() {
+        let labels = format!(
+            "{{component_id=\"{}\",component_kind=\"{}\",component_type=\"{}\"}}",
+            c["id"].as_str().unwrap(),
+            c["kind"].as_str().unwrap(),
+            c["type_name"].as_str().unwrap()
+        );
+        for m in c["metrics"].as_array().unwrap() {
+            let name = m["name"].as_str().unwrap();
+            let kind = m["kind"].as_str().unwrap();
+            assert!(
+                metrics.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} has no TYPE line in\n{metrics}"
+            );
+            assert!(
+                metrics.contains(&format!("\n{name}{labels} ")),
+                "{name}{labels}, declared, is missing from\n{metrics}"
+            );
+            declared.push(format!("{}:{name}", c["id"].as_str().unwrap()));
+        }
+    }
+    assert!(
+        declared.contains(&"spikes:tidegauge_component_keys".to_string()),
+        "{declared:?}"
+    );
+    // Only the detector declares verdicts; the filter passing them on is none.
+    assert_eq!(components[1]["detector"], true);
+    assert_eq!(components[2]["detector"], false);
     // A counter that a source has moved is positive.
     let sent = metrics
         .lines()

@@ -13,8 +13,9 @@
 //!   `max_stale_ms`;
 //! - after that, or when there never was a good reading, nothing is emitted for it: the
 //!   missing-data signal is telemetry — [`EndpointDataMissing`] (a warning when the
-//!   endpoint goes missing, a counter per poll, the endpoint marked `missing` in the
-//!   component's per-endpoint health next to its breaker state) — until it answers again
+//!   endpoint goes missing, the endpoint marked `missing` in the component's
+//!   per-endpoint health next to its breaker state) and a count per poll
+//!   ([`MISSING_READINGS`]) — until it answers again
 //!   ([`EndpointRecovered`]). Downstream, the absence of rows is what a heartbeat
 //!   detector watches.
 //!
@@ -35,13 +36,15 @@ use tidegauge_core::resilience::{
 };
 use tidegauge_core::telemetry::{
     BreakerTransitioned, BytesReceived, ComponentErrorOccurred, EndpointDataMissing,
-    EndpointRecovered, EventsReceived, StaleReadingsEmitted,
+    EndpointRecovered, EventsReceived, MetricAdded, MetricDesc,
 };
 use tidegauge_core::{
     Batch, BoxFuture, BuildContext, BuildError, ComponentContext, ComponentError, ConfigError,
     Output, Source, SourceConfig, SourceContext,
 };
 use tokio::sync::{Semaphore, mpsc};
+
+use crate::telemetry::{MISSING_READINGS, STALE_EVENTS};
 
 use crate::codec::json::JsonDecoder;
 use crate::codec::{Columns, FieldMap, Row, default_fields, schema_for};
@@ -165,6 +168,7 @@ const STALE_AGE: &str = "stale_age_ms";
 
 impl SourceConfig for HttpPollConfig {
     const TYPE: &'static str = "http_poll";
+    const METRICS: &'static [&'static MetricDesc] = crate::telemetry::POLL_METRICS;
 
     fn validate(&self) -> Result<SchemaRef, Vec<ConfigError>> {
         let mut errors = Vec::new();
@@ -553,12 +557,15 @@ impl HttpPoll {
                                         // At least 1 ms: a stale reading never looks fresh.
                                         let ms = (age.as_millis() as u64).max(1);
                                         pending.push(&component, &config, i, &g.body, Some(ms));
-                                        component.emit(StaleReadingsEmitted { count: 1 });
+                                        component.emit(MetricAdded { metric: &STALE_EVENTS, count: 1 });
                                     }
-                                    _ => component.emit(EndpointDataMissing {
-                                        endpoint: &ids[i],
-                                        last_good_age_ms: age.map(|a| a.as_millis() as u64),
-                                    }),
+                                    _ => {
+                                        component.emit(MetricAdded { metric: &MISSING_READINGS, count: 1 });
+                                        component.emit(EndpointDataMissing {
+                                            endpoint: &ids[i],
+                                            last_good_age_ms: age.map(|a| a.as_millis() as u64),
+                                        });
+                                    }
                                 }
                             }
                         }

@@ -174,11 +174,7 @@ impl TransformConfig for AlertConfig {
         output: SchemaRef,
         _cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        let find = |name: &str| {
-            input
-                .index_of(name)
-                .map_err(|_| BuildError::new(format!("input lacks field `{name}`")))
-        };
+        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
         let optional = |name: &str, t: &DataType| {
             input
                 .index_of(name)

@@ -1,5 +1,6 @@
 //! Unit tests of the `window` transform.
 use super::*;
+use crate::telemetry::{EVENTS_WITHOUT_STATE, KEYS, STALE_READINGS, WATERMARK_LAG};
 
 fn config(text: &str) -> WindowConfig {
     toml::from_str(text).unwrap()
@@ -109,9 +110,10 @@ fn late_events_count_as_stale_and_the_watermark_lag_is_reported() {
     let b = batch(&[("s", 10, 1.0), ("s", 1000, 2.0), ("s", 50, 3.0)]);
     w.process(b, &mut cx).unwrap();
     let s = telemetry.snapshot();
-    assert_eq!(s.stale_readings, 1);
+    assert_eq!(s.metric(STALE_READINGS.name), Some(1));
     // Event time 1970 trails the wall clock by decades.
-    assert!(s.watermark_lag_ms > 1_000_000_000, "{}", s.watermark_lag_ms);
+    let lag_ms = s.metric(WATERMARK_LAG.name).unwrap();
+    assert!(lag_ms > 1_000_000_000, "{lag_ms}");
 }
 
 #[test]
@@ -123,8 +125,12 @@ fn keys_past_max_keys_are_not_windowed_until_a_key_closes_its_windows() {
         let b = batch(&[("a", 0, 1.0), ("b", 1, 1.0), ("c", 2, 1.0), ("a", 3, 1.0)]);
         w.process(b, &mut cx).unwrap();
         let s = telemetry.snapshot();
-        assert_eq!(s.keys, 2, "{kind}");
-        assert_eq!(s.events_without_state, 1, "{kind}: c had no room");
+        assert_eq!(s.metric(KEYS.name), Some(2), "{kind}");
+        assert_eq!(
+            s.metric(EVENTS_WITHOUT_STATE.name),
+            Some(1),
+            "{kind}: c had no room"
+        );
         // Time moves on: a's and b's windows close, c now has room.
         w.process(batch(&[("c", 500, 1.0), ("c", 501, 1.0)]), &mut cx)
             .unwrap();
@@ -140,7 +146,8 @@ fn keys_past_max_keys_are_not_windowed_until_a_key_closes_its_windows() {
             ],
             "{kind}"
         );
-        assert_eq!(telemetry.snapshot().events_without_state, 1, "{kind}");
+        let s = telemetry.snapshot();
+        assert_eq!(s.metric(EVENTS_WITHOUT_STATE.name), Some(1), "{kind}");
     }
 }
 
@@ -162,7 +169,8 @@ fn names_of_keys_without_open_windows_are_reclaimed() {
     got.sort();
     want.sort();
     assert_eq!(got, want);
-    assert_eq!(telemetry.snapshot().events_without_state, 0);
+    let refused = telemetry.snapshot().metric(EVENTS_WITHOUT_STATE.name);
+    assert_eq!(refused.unwrap_or(0), 0);
     let held = w.names.len();
     assert!(held <= 2048, "{held} names held");
 }

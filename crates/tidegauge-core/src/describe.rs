@@ -1,9 +1,9 @@
 //! Self-description: component lists, parameter tables and JSON Schemas, all generated
 //! from the config structs (their serde attributes and doc comments).
 
+use crate::params::params;
+use crate::registry::{self, ComponentDescriptor, ComponentKind};
 use serde_json::{Map, Value, json};
-use tidegauge_core::params::params;
-use tidegauge_core::registry::{self, ComponentDescriptor, ComponentKind};
 
 /// The text `tidegauge describe` prints.
 pub fn describe_text(d: &ComponentDescriptor) -> String {
@@ -61,7 +61,7 @@ pub fn component_schema(d: &ComponentDescriptor) -> Value {
             );
             if d.kind == ComponentKind::Sink {
                 let mut buffer =
-                    schemars::schema_for!(tidegauge_core::disk_buffer::DiskBufferConfig).to_value();
+                    schemars::schema_for!(crate::disk_buffer::DiskBufferConfig).to_value();
                 if let Some(b) = buffer.as_object_mut() {
                     b.remove("$schema");
                     b.remove("title");
@@ -144,19 +144,17 @@ pub fn pipeline_schema() -> Value {
             }),
         );
     }
-    let mut dead_letter =
-        schemars::schema_for!(tidegauge_core::dead_letter::DeadLetterConfig).to_value();
+    let mut dead_letter = schemars::schema_for!(crate::dead_letter::DeadLetterConfig).to_value();
     if let Some(obj) = dead_letter.as_object_mut() {
         obj.remove("$schema");
     }
     tables.insert("dead_letter".into(), dead_letter);
-    let mut admin = schemars::schema_for!(tidegauge_core::admin::AdminConfig).to_value();
+    let mut admin = schemars::schema_for!(crate::admin::AdminConfig).to_value();
     if let Some(obj) = admin.as_object_mut() {
         obj.remove("$schema");
     }
     tables.insert("admin".into(), admin);
-    let mut checkpoint =
-        schemars::schema_for!(tidegauge_core::checkpoint::CheckpointConfig).to_value();
+    let mut checkpoint = schemars::schema_for!(crate::checkpoint::CheckpointConfig).to_value();
     if let Some(obj) = checkpoint.as_object_mut() {
         obj.remove("$schema");
     }
