@@ -111,14 +111,6 @@ fn exact_decimal(mantissa: u64, exp10: i32) -> Option<f64> {
     })
 }
 
-/// `text` read whole as a JSON number (as [`decode`] reads numbers); `None` when it is
-/// not one, or not one this fast reader handles.
-pub(super) fn number(text: &[u8]) -> Option<Slot> {
-    let mut c = Cursor { s: text, i: 0 };
-    let v = c.number()?;
-    (c.i == text.len()).then_some(v)
-}
-
 struct Cursor<'a> {
     s: &'a [u8],
     i: usize,

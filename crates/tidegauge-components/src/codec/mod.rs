@@ -344,36 +344,19 @@ fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
         (FieldType::String, Slot::Str(s, e) | Slot::Text(s, e)) => Ok(Slot::Str(s, e)),
         (FieldType::String, _) => bad("a string"),
         (FieldType::Int64, Slot::I64(v)) => Ok(Slot::I64(v)),
-        (FieldType::Int64, Slot::Text(s, e)) => {
-            let t = trim(row.text(s, e));
-            if let Some(Slot::I64(v)) = flat_json::number(t.as_bytes()) {
-                return Ok(Slot::I64(v));
-            }
-            match t.parse::<i64>() {
-                Ok(v) => Ok(Slot::I64(v)),
-                Err(_) => bad("an integer"),
-            }
-        }
+        (FieldType::Int64, Slot::Text(s, e)) => match trim(row.text(s, e)).parse::<i64>() {
+            Ok(v) => Ok(Slot::I64(v)),
+            Err(_) => bad("an integer"),
+        },
         (FieldType::Int64, Slot::U64(_)) => bad("an integer that fits 64 bits"),
         (FieldType::Int64, _) => bad("an integer"),
         (FieldType::Float64, Slot::F64(v)) => Ok(Slot::F64(v)),
         (FieldType::Float64, Slot::I64(v)) => Ok(Slot::F64(v as f64)),
         (FieldType::Float64, Slot::U64(v)) => Ok(Slot::F64(v as f64)),
-        (FieldType::Float64, Slot::Text(s, e)) => {
-            let t = trim(row.text(s, e));
-            // Numbers as JSON writes them (most text) by the fast reader, which gives
-            // what `parse` gives; anything else (`+1`, `.5`, `inf`) by `parse`.
-            match flat_json::number(t.as_bytes()) {
-                Some(Slot::F64(v)) => return Ok(Slot::F64(v)),
-                Some(Slot::I64(v)) => return Ok(Slot::F64(v as f64)),
-                Some(Slot::U64(v)) => return Ok(Slot::F64(v as f64)),
-                _ => {}
-            }
-            match t.parse::<f64>() {
-                Ok(v) => Ok(Slot::F64(v)),
-                Err(_) => bad("a number"),
-            }
-        }
+        (FieldType::Float64, Slot::Text(s, e)) => match trim(row.text(s, e)).parse::<f64>() {
+            Ok(v) => Ok(Slot::F64(v)),
+            Err(_) => bad("a number"),
+        },
         (FieldType::Float64, _) => bad("a number"),
         (FieldType::Bool, Slot::Bool(v)) => Ok(Slot::Bool(v)),
         (FieldType::Bool, Slot::Text(s, e)) => {
@@ -389,11 +372,7 @@ fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
             Ok(Slot::I64(v as i64))
         }
         (FieldType::Timestamp, Slot::Str(s, e) | Slot::Text(s, e)) => {
-            let t = row.text(s, e);
-            if let Some(Slot::I64(v)) = flat_json::number(trim(t).as_bytes()) {
-                return Ok(Slot::I64(v));
-            }
-            match parse_timestamp_ms(t) {
+            match parse_timestamp_ms(row.text(s, e)) {
                 Some(ms) => Ok(Slot::I64(ms)),
                 None => bad("a timestamp (epoch milliseconds or RFC 3339 text)"),
             }
