@@ -16,18 +16,7 @@ fn pipeline(input: &Path, out: &Path, state: &Path) -> String {
 type = "file"
 paths = ["{}"]
 follow = true
-
-[transforms.detect]
-type = "threshold"
-inputs = ["in"]
-high = 100.0
-
-[transforms.alert]
-type = "alert"
-inputs = ["detect"]
-for_events = 3
-resolve_after_ms = 1000
-
+{}
 [sinks.out]
 type = "jsonl"
 inputs = ["alert"]
@@ -39,8 +28,28 @@ interval_ms = 30
 commit_interval_ms = 10
 "#,
         input.display(),
+        detect_and_alert(3),
         out.display(),
         state.display()
+    )
+}
+
+/// The middle every pipeline here shares: readings above 100 are anomalies, and `for_events`
+/// of them in a row open an incident that resolves after a second without one.
+fn detect_and_alert(for_events: u32) -> String {
+    format!(
+        r#"
+[transforms.detect]
+type = "threshold"
+inputs = ["in"]
+high = 100.0
+
+[transforms.alert]
+type = "alert"
+inputs = ["detect"]
+for_events = {for_events}
+resolve_after_ms = 1000
+"#
     )
 }
 
@@ -136,14 +145,7 @@ fn an_open_incident_survives_sigkill_and_resolves_once_after_restart() {
         .unwrap()
         .write_all(readings("s-1", 5..3000, 20.0).as_bytes())
         .unwrap();
-    let mut child = start(&path);
-    wait_for("resolved alert", &mut child, || {
-        alerts(&out).iter().any(|a| a["status"] == "resolved")
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-
-    let got = alerts(&out);
+    let got = until_resolved(&path, &out);
     let firing: Vec<_> = got.iter().filter(|a| a["status"] == "firing").collect();
     let resolved: Vec<_> = got.iter().filter(|a| a["status"] == "resolved").collect();
     assert_eq!(firing.len(), 1, "one firing event: {got:?}");
@@ -155,6 +157,18 @@ fn an_open_incident_survives_sigkill_and_resolves_once_after_restart() {
     assert_eq!(r["ends_at"], 4 + 1000);
     assert_eq!(r["incident_id"], firing[0]["incident_id"]);
     assert_eq!(r["detector"], "threshold");
+}
+
+/// Runs the pipeline at `path` until a resolved alert is out, then kills it; returns the
+/// alerts written.
+fn until_resolved(path: &Path, out: &Path) -> Vec<serde_json::Value> {
+    let mut child = start(path);
+    wait_for("resolved alert", &mut child, || {
+        alerts(out).iter().any(|a| a["status"] == "resolved")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    alerts(out)
 }
 
 #[test]
@@ -171,13 +185,7 @@ fn an_incident_resolves_when_the_stream_stops() {
     std::fs::write(&path, text).unwrap();
     std::fs::write(&input, readings("s-1", 0..5, 500.0)).unwrap();
 
-    let mut child = start(&path);
-    wait_for("resolved alert", &mut child, || {
-        alerts(&out).iter().any(|a| a["status"] == "resolved")
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let got = alerts(&out);
+    let got = until_resolved(&path, &out);
     let resolved: Vec<_> = got.iter().filter(|a| a["status"] == "resolved").collect();
     assert_eq!(resolved.len(), 1, "{got:?}");
     assert_eq!(
@@ -312,24 +320,14 @@ fn alert_pipeline(input: &Path, sink: &str) -> String {
 [sources.in]
 type = "file"
 paths = ["{}"]
-
-[transforms.detect]
-type = "threshold"
-inputs = ["in"]
-high = 100.0
-
-[transforms.alert]
-type = "alert"
-inputs = ["detect"]
-for_events = 2
-resolve_after_ms = 1000
-
+{}
 [sinks.out]
 type = "http"
 inputs = ["alert"]
 {sink}
 "#,
-        input.display()
+        input.display(),
+        detect_and_alert(2)
     )
 }
 
@@ -341,21 +339,27 @@ fn incident_input(d: &Path) -> std::path::PathBuf {
     input
 }
 
-#[test]
-fn alertmanager_bodies_are_accepted_by_a_receiver_that_checks_their_shape() {
+/// Runs one incident (open, then resolved) into an `http` sink posting to `receiver` with
+/// the given encoding settings; returns what the receiver got.
+fn post_an_incident(receiver: &Receiver, settings: &str) -> Vec<Result<serde_json::Value, String>> {
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(alertmanager_shape);
-    let sink = format!(
-        "url = \"{}\"\nencoding = \"alertmanager\"\nalertname = \"SensorAnomaly\"",
-        receiver.url
-    );
+    let sink = format!("url = \"{}\"\n{settings}", receiver.url);
     let o = run_pipeline(
         dir.path(),
         &alert_pipeline(&incident_input(dir.path()), &sink),
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let bodies = receiver.bodies.lock().unwrap().clone();
+    receiver.bodies.lock().unwrap().clone()
+}
+
+#[test]
+fn alertmanager_bodies_are_accepted_by_a_receiver_that_checks_their_shape() {
+    let receiver = Receiver::start(alertmanager_shape);
+    let bodies = post_an_incident(
+        &receiver,
+        "encoding = \"alertmanager\"\nalertname = \"SensorAnomaly\"",
+    );
     let refused: Vec<_> = bodies.iter().filter_map(|b| b.as_ref().err()).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
     let alerts: Vec<serde_json::Value> = bodies
@@ -381,22 +385,14 @@ fn alertmanager_bodies_are_accepted_by_a_receiver_that_checks_their_shape() {
 
 #[test]
 fn a_slack_style_template_posts_one_message_per_alert() {
-    let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(|v| match v["text"].as_str() {
         Some(_) if v.as_object().is_some_and(|o| o.len() == 1) => Ok(()),
         _ => Err(format!("not a {{\"text\": ...}} message: {v}")),
     });
-    let sink = format!(
-        "url = \"{}\"\nencoding = \"template\"\ntemplate = '{{{{\"text\": \"{{sensor_id}} is {{status}}: {{reason}}\"}}}}'",
-        receiver.url
+    let bodies = post_an_incident(
+        &receiver,
+        "encoding = \"template\"\ntemplate = '{{\"text\": \"{sensor_id} is {status}: {reason}\"}}'",
     );
-    let o = run_pipeline(
-        dir.path(),
-        &alert_pipeline(&incident_input(dir.path()), &sink),
-        &[],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let bodies = receiver.bodies.lock().unwrap().clone();
     let texts: Vec<String> = bodies
         .iter()
         .map(|b| {

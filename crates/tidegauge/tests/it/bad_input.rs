@@ -1,6 +1,7 @@
 //! Bad input is counted and dead-lettered with its place and reason; the rest flows.
 
 use std::io::Write;
+use std::path::Path;
 
 use crate::common::*;
 
@@ -233,19 +234,10 @@ fn rfc3339_timestamps_with_offsets_are_read_by_the_jsonl_and_csv_decoders() {
 [sources.in]
 type = "file"
 paths = ["{}", "{}"]
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{}"
-
-[dead_letter]
-path = "{}"
-"#,
+{}"#,
         d.join("in.jsonl").display(),
         d.join("in.csv").display(),
-        out.display(),
-        d.join("dead.jsonl").display()
+        out_and_dead_letters(d)
     );
     let o = run_pipeline(d, &pipeline, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -274,17 +266,9 @@ fn file_pipeline(d: &std::path::Path, paths: &[&std::path::Path]) -> String {
 [sources.in]
 type = "file"
 paths = [{}]
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
-"#,
+{}"#,
         paths.join(", "),
-        d = d.display()
+        out_and_dead_letters(d)
     )
 }
 
@@ -398,16 +382,8 @@ fn a_stdin_csv_header_without_a_declared_field_fails_the_run_with_the_reason() {
 type = "stdin"
 format = "csv"
 fields = {{ sensor_id = "string", ts = "timestamp", value = "float64" }}
-
-[sinks.out]
-type = "jsonl"
-inputs = ["in"]
-path = "{d}/out.jsonl"
-
-[dead_letter]
-path = "{d}/dead.jsonl"
-"#,
-            d = d.display()
+{}"#,
+            out_and_dead_letters(d)
         ),
     );
     let mut csv = String::from("sensor_id,ts,reading\n");
@@ -430,4 +406,21 @@ path = "{d}/dead.jsonl"
         dead.is_empty(),
         "a configuration error, not bad records: {dead}"
     );
+}
+
+/// The sink every pipeline here writes to, `out.jsonl` in `d`, and the dead letters beside it.
+fn out_and_dead_letters(d: &Path) -> String {
+    format!(
+        r#"
+[sinks.out]
+type = "jsonl"
+inputs = ["in"]
+path = "{}"
+
+[dead_letter]
+path = "{}"
+"#,
+        d.join("out.jsonl").display(),
+        d.join("dead.jsonl").display()
+    )
 }

@@ -1,7 +1,8 @@
 //! Running pipelines as a user does: the default, stdin, following a file, Ctrl-C.
 
 use std::io::Write;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -117,18 +118,17 @@ fn a_slow_stdin_stream_flows_promptly() {
     assert!(child.wait().unwrap().success());
 }
 
-#[test]
-fn following_a_growing_file_then_ctrl_c_flushes_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Runs a `file` source following `live.jsonl` in `d` (one reading in it) into `out.jsonl`,
+/// with extra settings for each, and waits until that first reading is out.
+fn follow_into_jsonl(d: &Path, source: &str, sink: &str) -> (PathBuf, Child) {
     let input = d.join("live.jsonl");
     std::fs::write(&input, "{\"sensor_id\":\"a\",\"ts\":1,\"value\":1}\n").unwrap();
     let pipeline = d.join("p.toml");
     std::fs::write(
         &pipeline,
         format!(
-            "[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\nfollow = true\npoll_interval_ms = 20\n\
-             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\npath = \"{}\"\nflush_interval_ms = 20\n",
+            "[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\nfollow = true\n{source}\n\
+             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\npath = \"{}\"\n{sink}\n",
             input.display(),
             d.join("out.jsonl").display()
         ),
@@ -142,6 +142,14 @@ fn following_a_growing_file_then_ctrl_c_flushes_everything() {
         .spawn()
         .unwrap();
     wait_for(&d.join("out.jsonl"), |t| t.lines().count() == 1);
+    (input, child)
+}
+
+#[test]
+fn following_a_growing_file_then_ctrl_c_flushes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (input, child) = follow_into_jsonl(d, "poll_interval_ms = 20", "flush_interval_ms = 20");
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -169,27 +177,7 @@ fn a_jsonl_sink_shows_lines_when_idle_long_before_its_sync_interval() {
     // the acknowledgement) waits for the interval, here far beyond the test's life.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let input = d.join("live.jsonl");
-    std::fs::write(&input, "{\"sensor_id\":\"a\",\"ts\":1,\"value\":1}\n").unwrap();
-    let pipeline = d.join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\nfollow = true\n\
-             [sinks.out]\ntype = \"jsonl\"\ninputs = [\"in\"]\npath = \"{}\"\nflush_interval_ms = 3600000\n",
-            input.display(),
-            d.join("out.jsonl").display()
-        ),
-    )
-    .unwrap();
-    let child = tidegauge()
-        .arg("run")
-        .arg(&pipeline)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&d.join("out.jsonl"), |t| t.lines().count() == 1);
+    let (input, child) = follow_into_jsonl(d, "", "flush_interval_ms = 3600000");
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)

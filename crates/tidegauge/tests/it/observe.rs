@@ -1,7 +1,7 @@
 //! Watching and steering a running pipeline as an operator does: the admin API and its
 //! token, the change history across restarts, metrics, logs, reload, the profiler, top.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,23 +24,23 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn example() -> PathBuf {
-    root().join("examples/observed.toml")
-}
-
-#[test]
-fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let out = dir.path().join("alerts.jsonl");
-    let example = example();
+/// Starts `examples/observed.toml` with its state and its alerts in `dir`.
+fn start_observed(dir: &Path) -> Running {
+    let state = dir.join("state");
+    let out = dir.join("alerts.jsonl");
+    let example = root().join("examples/observed.toml");
     let args = [
         example.to_str().unwrap(),
         "--state-dir",
         state.to_str().unwrap(),
     ];
-    let env = [("OBSERVED_OUTPUT", out.to_str().unwrap())];
-    let tg = start(&args, &env);
+    start(&args, &[("OBSERVED_OUTPUT", out.to_str().unwrap())])
+}
+
+#[test]
+fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = start_observed(dir.path());
 
     let health = tg.get("/health");
     assert_eq!(health["status"], "ok");
@@ -246,6 +246,8 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
     );
 
     // The history outlives the process: on the command line and after a restart.
+    let state = dir.path().join("state");
+    let example = root().join("examples/observed.toml");
     let listed = run(&[
         "changes",
         example.to_str().unwrap(),
@@ -259,7 +261,7 @@ fn the_observed_example_serves_every_endpoint_and_enforces_the_token() {
         "{text}"
     );
     assert!(text.contains("is_anomaly AND abs(z) > 5"), "{text}");
-    let tg = start(&args, &env);
+    let tg = start_observed(dir.path());
     let changes = tg.get("/changes?component=spikes");
     assert_eq!(changes.as_array().unwrap().len(), 1);
     assert_eq!(changes[0]["new"], json!(5.5));
@@ -537,17 +539,7 @@ fn profile_reports_every_stage() {
 #[test]
 fn top_shows_components_and_anomalies_in_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("alerts.jsonl");
-    let example = example();
-    let state = dir.path().join("state");
-    let tg = start(
-        &[
-            example.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        &[("OBSERVED_OUTPUT", out.to_str().unwrap())],
-    );
+    let tg = start_observed(dir.path());
     let top = Tmux::start(
         dir.path(),
         &format!(
@@ -796,15 +788,7 @@ fn checkpoint_metrics_are_served() {
 #[test]
 fn the_dashboard_and_its_data_are_served_with_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let out = dir.path().join("alerts.jsonl");
-    let example = example();
-    let args = [
-        example.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let tg = start(&args, &[("OBSERVED_OUTPUT", out.to_str().unwrap())]);
+    let tg = start_observed(dir.path());
 
     let page = tg.request(None, "GET", "/ui", None);
     assert_eq!(page.status, 200);

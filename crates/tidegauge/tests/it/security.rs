@@ -17,15 +17,24 @@ fn start(dir: &Path, text: &str, env: &[(&str, &str)]) -> Running {
     Running::start(&[&path], env)
 }
 
+/// The admin API on a free port of loopback, its token from `TIDEGAUGE_TOKEN`, its state
+/// (logs, parameter history) in `state`.
+fn admin_table(state: &Path) -> String {
+    format!(
+        r#"[admin]
+address = "127.0.0.1:0"
+token_env = "TIDEGAUGE_TOKEN"
+state_dir = "{}"
+"#,
+        state.display()
+    )
+}
+
 /// A small simulated fleet through a z-score and a filter into a file, admin API on.
 fn observed(dir: &Path) -> String {
     format!(
         r#"
-[admin]
-address = "127.0.0.1:0"
-token_env = "TIDEGAUGE_TOKEN"
-state_dir = "{state}"
-
+{admin}
 [sources.fleet]
 type = "simulate"
 sensors = 5
@@ -46,7 +55,7 @@ type = "jsonl"
 inputs = ["anomalies"]
 path = "{out}"
 "#,
-        state = dir.join("state").display(),
+        admin = admin_table(&dir.join("state")),
         out = dir.join("out.jsonl").display()
     )
 }
@@ -642,11 +651,7 @@ fn invented_keys_are_capped_and_idle_ones_evicted() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = format!(
         r#"
-[admin]
-address = "127.0.0.1:0"
-token_env = "TIDEGAUGE_TOKEN"
-state_dir = "{state}"
-
+{admin}
 [sources.fleet]
 type = "simulate"
 sensors = 2000
@@ -690,7 +695,7 @@ type = "jsonl"
 inputs = ["machines"]
 path = "{machine_out}"
 "#,
-        state = dir.path().join("state").display(),
+        admin = admin_table(&dir.path().join("state")),
         out = dir.path().join("out.jsonl").display(),
         beats = dir.path().join("beats.jsonl").display(),
         machine_out = dir.path().join("machines.jsonl").display()
