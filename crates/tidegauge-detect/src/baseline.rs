@@ -584,11 +584,7 @@ mod tests {
             let mut smoothed: Vec<f64> = Vec::new();
             // Length of the warm-up once it ended (None while warming up).
             let mut warm: Option<usize> = None;
-            for (i, &v) in values.iter().enumerate() {
-                let got = d.observe(i as i64, v);
-                if !crate::judge::check_verdict(&got, v.is_finite())? {
-                    continue;
-                }
+            crate::judge::judge_finite(&mut d, &values, |d, v, got| {
                 hist.push(v);
                 let s = naive_smoothed(&hist, half_life);
                 let scale = hist.iter().fold(1.0f64, |a, x| a.max(x.abs()));
@@ -622,7 +618,8 @@ mod tests {
                         }
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
 
         #[test]
@@ -631,15 +628,11 @@ mod tests {
             ts in prop::collection::vec(any::<i64>(), 200),
         ) {
             let mut d = baseline(3, 2.0, 3.0);
-            for (v, t) in values.iter().zip(&ts) {
-                let got = d.observe(*t, *v);
-                crate::judge::check_consistent(&got)?;
-                prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
+            let events = ts.iter().copied().zip(values.iter().copied());
+            crate::judge::check_any_input(&mut d, events, |d| {
                 prop_assert!(d.smoothed().is_finite());
-                if got.is_anomaly {
-                    let _ = d.explain(&got);
-                }
-            }
+                Ok(())
+            })?;
         }
 
         #[test]
@@ -662,11 +655,7 @@ mod tests {
             let mut deviations: Vec<f32> = Vec::new();
             // (mean, var, threshold) once warm.
             let mut reference: Option<(f64, f64, f64)> = None;
-            for (i, &v) in values.iter().enumerate() {
-                let got = d.observe(i as i64, v);
-                if !crate::judge::check_verdict(&got, v.is_finite())? {
-                    continue;
-                }
+            crate::judge::judge_finite(&mut d, &values, |d, v, got| {
                 hist.push(v);
                 let s = naive_smoothed(&hist, half_life);
                 let scale = hist.iter().fold(1.0f64, |a, x| a.max(x.abs()));
@@ -702,7 +691,8 @@ mod tests {
                         reference = Some((mu + a * diff, var, t));
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
     }
 }

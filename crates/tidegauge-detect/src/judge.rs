@@ -119,6 +119,45 @@ pub(crate) fn check_verdict(
     Ok(judged)
 }
 
+/// For property tests: feeds `values` to `d` (each at its index as time), checks every
+/// verdict with [`check_verdict`] (a value that is not finite gets none) and hands each
+/// judged value with its verdict to `check`, the detector beside them.
+#[cfg(test)]
+pub(crate) fn judge_finite<D: crate::Detector>(
+    d: &mut D,
+    values: &[f64],
+    mut check: impl FnMut(&mut D, f64, Verdict) -> Result<(), proptest::test_runner::TestCaseError>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    for (i, &v) in values.iter().enumerate() {
+        let got = d.observe(i as i64, v);
+        if check_verdict(&got, v.is_finite())? {
+            check(d, v, got)?;
+        }
+    }
+    Ok(())
+}
+
+/// For property tests: any events at all (any times, any values, NaN and infinities
+/// included) give consistent verdicts without a NaN statistic, an anomaly has an
+/// explanation, and `also` holds of the detector after each event.
+#[cfg(test)]
+pub(crate) fn check_any_input<D: crate::Detector>(
+    d: &mut D,
+    events: impl IntoIterator<Item = (i64, f64)>,
+    mut also: impl FnMut(&D) -> Result<(), proptest::test_runner::TestCaseError>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    for (t, v) in events {
+        let got = d.observe(t, v);
+        check_consistent(&got)?;
+        proptest::prop_assert!(got.statistic.is_none_or(|s| !s.is_nan()));
+        also(d)?;
+        if got.is_anomaly {
+            let _ = d.explain(&got);
+        }
+    }
+    Ok(())
+}
+
 /// For property tests: events given as (time step, value) with their absolute times, the
 /// first step counted from 0.
 #[cfg(test)]

@@ -505,11 +505,7 @@ mod tests {
             let params = MadParams { window, threshold };
             let mut d = if tree { Mad::new_tree_backed(params) } else { Mad::new(params) };
             let mut win: VecDeque<f64> = VecDeque::new();
-            for (i, &v) in values.iter().enumerate() {
-                let got = d.observe(i as i64, v);
-                if !crate::judge::check_verdict(&got, v.is_finite())? {
-                    continue;
-                }
+            crate::judge::judge_finite(&mut d, &values, |d, v, got| {
                 if win.len() < window {
                     prop_assert_eq!(got, Verdict::WARMING_UP);
                 } else {
@@ -528,7 +524,8 @@ mod tests {
                     win.pop_front();
                 }
                 prop_assert_eq!(d.values().collect::<Vec<_>>(), win.iter().copied().collect::<Vec<_>>());
-            }
+                Ok(())
+            })?;
         }
 
         #[test]

@@ -58,6 +58,17 @@ fn readings(sensor: &str, ts: std::ops::Range<i64>, value: f64) -> String {
         .collect()
 }
 
+/// Appends quiet readings of `s-1` (20.0, under the threshold) at ts 5 to 2999: time
+/// moves on without anomalies, so an open incident resolves.
+fn quiet_from_5(input: &Path) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(input)
+        .unwrap()
+        .write_all(readings("s-1", 5..3000, 20.0).as_bytes())
+        .unwrap();
+}
+
 fn alerts(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out)
         .unwrap_or_default()
@@ -139,12 +150,7 @@ fn an_open_incident_survives_sigkill_and_resolves_once_after_restart() {
     child.wait().unwrap();
 
     // After the restart, time moves on without anomalies: the incident resolves.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&input)
-        .unwrap()
-        .write_all(readings("s-1", 5..3000, 20.0).as_bytes())
-        .unwrap();
+    quiet_from_5(&input);
     let got = until_resolved(&path, &out);
     let firing: Vec<_> = got.iter().filter(|a| a["status"] == "firing").collect();
     let resolved: Vec<_> = got.iter().filter(|a| a["status"] == "resolved").collect();
@@ -467,12 +473,7 @@ fn open_incidents_show_in_the_admin_api_and_in_top_until_they_resolve() {
     }
 
     // Time moves on without anomalies: the incident resolves and leaves both views.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&input)
-        .unwrap()
-        .write_all(readings("s-1", 5..3000, 20.0).as_bytes())
-        .unwrap();
+    quiet_from_5(&input);
     wait_until("the incident gone from GET /alerts", || {
         open(&tg).is_empty()
     });
