@@ -3,6 +3,7 @@
 //! librdkafka client configuration, and errors described without the password.
 
 mod changelog;
+mod reads;
 pub mod sink;
 pub mod source;
 
