@@ -208,17 +208,28 @@ pub(crate) async fn run_writer_with_retry(
             }
             ComponentError::reader_gone(writer.target_dyn())
         };
+        // What a write, publish or flush came to: fine (false), failed and recovered by
+        // writing the pending batches again and flushing (true: they are durable now), or
+        // the sink's end (the reader gone, or the retries spent).
+        let settle = |writer: &mut dyn BatchWriterDyn,
+                      pending: &mut Vec<(RecordBatch, Finalizers)>,
+                      what: &str,
+                      result: io::Result<()>|
+         -> Result<bool, ComponentError> {
+            match result {
+                Ok(()) => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    Err(reader_gone(writer, pending))
+                }
+                Err(e) => recover(writer, pending, what, e).map(|()| true),
+            }
+        };
         // Makes what was written durable (recovering as a write does) and releases it.
         let flush = |writer: &mut dyn BatchWriterDyn,
                      pending: &mut Vec<(RecordBatch, Finalizers)>|
          -> Result<(), ComponentError> {
-            match writer.flush_dyn() {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    return Err(reader_gone(writer, pending));
-                }
-                Err(e) => recover(writer, pending, "flush", e)?,
-            }
+            let result = writer.flush_dyn();
+            settle(writer, pending, "flush", result)?;
             release(pending);
             Ok(())
         };
@@ -233,21 +244,15 @@ pub(crate) async fn run_writer_with_retry(
                     let written = writer.write(&batch.data);
                     pending.push((batch.data, batch.finalizers));
                     published = false;
-                    match written {
-                        Ok(bytes) => {
-                            component.emit(EventsSent { count: rows });
-                            component.emit(BytesSent { bytes });
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                            return Err(reader_gone(&writer, &mut pending));
-                        }
-                        Err(e) => {
-                            recover(&mut writer, &mut pending, "write to", e)?;
-                            component.emit(EventsSent { count: rows });
-                            release(&mut pending);
-                            rule.flushed(Instant::now());
-                            published = true;
-                        }
+                    let bytes = written.as_ref().ok().copied();
+                    if settle(&mut writer, &mut pending, "write to", written.map(drop))? {
+                        release(&mut pending);
+                        rule.flushed(Instant::now());
+                        published = true;
+                    }
+                    component.emit(EventsSent { count: rows });
+                    if let Some(bytes) = bytes {
+                        component.emit(BytesSent { bytes });
                     }
                     false
                 }
@@ -260,16 +265,10 @@ pub(crate) async fn run_writer_with_retry(
                 rule.flushed(Instant::now());
                 published = true;
             } else if idle && publishing && !published {
-                match writer.publish() {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        return Err(reader_gone(&writer, &mut pending));
-                    }
-                    Err(e) => {
-                        recover(&mut writer, &mut pending, "write to", e)?;
-                        release(&mut pending);
-                        rule.flushed(Instant::now());
-                    }
+                let result = writer.publish();
+                if settle(&mut writer, &mut pending, "write to", result)? {
+                    release(&mut pending);
+                    rule.flushed(Instant::now());
                 }
                 published = true;
             }
