@@ -335,10 +335,9 @@ impl MqttSink {
             };
             buf.clear();
             self.encoder.encode_batch(&batch.data, &mut buf)?;
-            let mut lines = buf.split(|&b| b == b'\n');
-            let mut events = Vec::with_capacity(batch.data.num_rows());
-            for row in 0..batch.data.num_rows() {
-                let payload = lines.next().unwrap_or_default();
+            let rows = batch.data.num_rows();
+            let mut events = Vec::with_capacity(rows);
+            for (row, payload) in buf.split(|&b| b == b'\n').take(rows).enumerate() {
                 let topic = match &static_topic {
                     Some(t) => t.as_str(),
                     None => topics[row].as_str(),
