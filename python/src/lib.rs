@@ -5,6 +5,9 @@
 //! from the component registry; each input row becomes one `sensor_id`/`ts`/`value` event
 //! (key column, time column, value column), and the columns the transform adds (its
 //! statistic, `anomaly_score`, `is_anomaly`, `reason`) are appended to the row.
+//!
+//! Whole pipelines run here too ([`run`]): a pipeline file on a background runtime, whose
+//! `python` sinks ([`sink`]) hand their batches to Python iterators.
 
 mod run;
 mod sink;

@@ -8,6 +8,9 @@ object per row, and the GIL is released while they work.
 >>> t = pa.table({"sensor_id": ["a"] * 5, "ts": [1, 2, 3, 4, 5], "value": [1.0, 1.1, 0.9, 1.0, 9.0]})
 >>> tidegauge.score(t, detector="zscore", window=4).column_names[-3:]
 ['anomaly_score', 'is_anomaly', 'reason']
+
+Whole pipeline files run with `run`: a sink of type ``python`` hands its batches to the
+iterator it returns, as ``pyarrow.RecordBatch``.
 """
 
 from __future__ import annotations
