@@ -152,14 +152,16 @@ mod tests {
                 );
             }
         }
-        for expected in [
-            "http.auth_header_value",
-            "http.headers",
-            "mqtt.password",
-            "nats.password",
-            "nats.token",
-            "postgres.password",
-        ] {
+        // The connectors compiled into this build (each is a feature of the crate).
+        let expected = [
+            (cfg!(feature = "http"), "http.auth_header_value"),
+            (cfg!(feature = "http"), "http.headers"),
+            (cfg!(feature = "mqtt"), "mqtt.password"),
+            (cfg!(feature = "nats"), "nats.password"),
+            (cfg!(feature = "nats"), "nats.token"),
+            (cfg!(feature = "postgres"), "postgres.password"),
+        ];
+        for expected in expected.iter().filter(|(on, _)| *on).map(|(_, e)| *e) {
             assert!(
                 found.iter().any(|f| f == expected),
                 "{expected} not secret: {found:?}"

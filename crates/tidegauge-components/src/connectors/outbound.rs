@@ -79,7 +79,7 @@ pub(crate) async fn settle_all<S: BrokerSink>(
 /// What became of the messages of a batch: delivered (counted, with their payload bytes),
 /// or kept to send again.
 pub(crate) struct Tally<M> {
-    /// Messages the broker took.
+    /// Events in the messages the broker took.
     pub delivered: u64,
     /// Their payload bytes.
     pub bytes: u64,
@@ -101,9 +101,9 @@ impl<M> Default for Tally<M> {
 }
 
 impl<M> Tally<M> {
-    /// One message of `bytes` payload bytes arrived.
-    pub fn delivered(&mut self, bytes: usize) {
-        self.delivered += 1;
+    /// One message of `events` events and `bytes` payload bytes arrived.
+    pub fn delivered(&mut self, events: u64, bytes: usize) {
+        self.delivered += events;
         self.bytes += bytes as u64;
     }
 
@@ -113,7 +113,7 @@ impl<M> Tally<M> {
         self.failed.push(msg);
     }
 
-    /// The outcome of sending a list again: the messages and bytes delivered when all
+    /// The outcome of sending a list again: the events and bytes delivered when all
     /// were, else the first error; `left` keeps those that were not.
     pub fn into_retry_result(self, left: &mut Vec<M>) -> Result<(u64, u64), String> {
         *left = self.failed;

@@ -1,5 +1,5 @@
 //! What message-broker sinks share: topic (subject) templates filled from each event's
-//! fields, and events encoded one JSON object per message.
+//! fields, and events encoded as JSON objects packed into messages ([`pack`]).
 
 use arrow_array::RecordBatch;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
@@ -137,6 +137,56 @@ impl Template {
     }
 }
 
+/// One message of [`pack`]: a topic and the events for it, as JSON Lines.
+#[derive(Debug, PartialEq)]
+pub struct Packed<'t> {
+    /// Topic (subject) of the message.
+    pub topic: &'t str,
+    /// One encoded event per line, no trailing newline.
+    pub payload: Vec<u8>,
+    /// Events in it.
+    pub events: u64,
+}
+
+/// Packs encoded events (`(topic, payload)`, in batch order) into messages: up to
+/// `per_message` events of one topic each, joined by newlines, a message's payload not
+/// growing past `max_payload(topic)` bytes (a single event larger than that still gets a
+/// message of its own; the caller refuses those before). Each topic's events keep their order across and within
+/// its messages; messages of different topics may interleave differently from the events.
+pub fn pack<'t, 'p>(
+    events: impl IntoIterator<Item = (&'t str, &'p [u8])>,
+    per_message: usize,
+    max_payload: impl Fn(&str) -> usize,
+) -> Vec<Packed<'t>> {
+    let mut out: Vec<Packed<'t>> = Vec::new();
+    // The message of each topic that may still take events.
+    let mut open: std::collections::HashMap<&'t str, usize> = std::collections::HashMap::new();
+    for (topic, payload) in events {
+        if per_message > 1
+            && let Some(&i) = open.get(topic)
+        {
+            let m = &mut out[i];
+            if (m.events as usize) < per_message
+                && m.payload.len() + 1 + payload.len() <= max_payload(topic)
+            {
+                m.payload.push(b'\n');
+                m.payload.extend_from_slice(payload);
+                m.events += 1;
+                continue;
+            }
+        }
+        out.push(Packed {
+            topic,
+            payload: payload.to_vec(),
+            events: 1,
+        });
+        if per_message > 1 {
+            open.insert(topic, out.len() - 1);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +208,43 @@ mod tests {
             "{shown:?}"
         );
         assert!(shown[1].contains("subject"), "{shown:?}");
+    }
+
+    #[test]
+    fn pack_keeps_each_topics_order_within_the_limits() {
+        let events: Vec<(&str, Vec<u8>)> = (0..10)
+            .map(|i| (["a", "b"][i % 2], format!("{{\"n\":{i}}}").into_bytes()))
+            .collect();
+        let it = || events.iter().map(|(t, p)| (*t, p.as_slice()));
+        // One event per message: the batch as it is.
+        let one = pack(it(), 1, |_| 1 << 20);
+        assert_eq!(one.len(), 10);
+        assert!(one.iter().zip(&events).all(|(m, e)| m.payload == e.1));
+        // Three per message: a: 0 2 4 | 6 8, b: 1 3 5 | 7 9.
+        let three = pack(it(), 3, |_| 1 << 20);
+        let shown: Vec<(&str, String, u64)> = three
+            .iter()
+            .map(|m| {
+                (
+                    m.topic,
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                    m.events,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("a", "{\"n\":0}\n{\"n\":2}\n{\"n\":4}".into(), 3),
+                ("b", "{\"n\":1}\n{\"n\":3}\n{\"n\":5}".into(), 3),
+                ("a", "{\"n\":6}\n{\"n\":8}".into(), 2),
+                ("b", "{\"n\":7}\n{\"n\":9}".into(), 2),
+            ]
+        );
+        // A byte limit closes a message early: 7-byte events, at most 15 bytes.
+        let small = pack(it(), 100, |_| 15);
+        assert!(small.iter().all(|m| m.payload.len() <= 15 && m.events <= 2));
+        assert_eq!(small.iter().map(|m| m.events).sum::<u64>(), 10);
     }
 
     #[test]

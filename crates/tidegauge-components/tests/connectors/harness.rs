@@ -94,6 +94,16 @@ pub fn events(from: usize, to: usize) -> Vec<Event> {
         .collect()
 }
 
+/// Each sensor's timestamps in the order of `events`: equal for two lists when both hold
+/// the same events with each sensor's in the same order.
+pub fn per_sensor(events: &[Event]) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for e in events {
+        m.entry(e.0.clone()).or_default().push(e.1);
+    }
+    m
+}
+
 /// An event as the JSON payload a source reads.
 pub fn json(e: &Event) -> String {
     format!(

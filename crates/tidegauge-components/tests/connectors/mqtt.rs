@@ -277,3 +277,44 @@ async fn mqtt_over_tls_with_password() {
     );
     assert!(bad.telemetry().errors > 0, "connection refusals counted");
 }
+
+/// Packed messages: up to `events_per_message` events of one topic per message, one JSON
+/// object per line (what the `mqtt` source reads back as separate events), each topic's
+/// events in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_sink_packs_events_of_a_topic_into_messages() {
+    let Some((host, port)) = broker() else { return };
+    let h = Harness::new();
+    let prefix = unique("tgp");
+    let got = subscriber(&host, port, &prefix).await;
+    let sink = h.sink(&format!(
+        "type = \"mqtt\"\nhost = \"{host}\"\nport = {port}\ntopic = \"{prefix}/{{sensor_id}}\"\nqos = 1\nevents_per_message = 40"
+    ));
+    let sent = harness::events(0, 1_000);
+    let mut running = sink.start().await;
+    running.send(&sent[..600]).await;
+    running.send(&sent[600..]).await;
+    let (result, acks) = running.finish().await;
+    result.expect("sink finished without error");
+    assert!(acks.iter().all(|a| a.delivered), "{acks:?}");
+    assert_eq!(sink.telemetry().events_out, 1_000);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let lines = || -> Vec<(String, Vec<u8>)> {
+        let messages = got.lock().unwrap().clone();
+        messages
+            .iter()
+            .flat_map(|(t, p)| p.split(|&b| b == b'\n').map(|l| (t.clone(), l.to_vec())))
+            .collect()
+    };
+    while lines().len() < sent.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let messages = got.lock().unwrap().len();
+    assert!(messages < 100, "1,000 events in {messages} messages");
+    let lines = lines();
+    let events = parse(&lines);
+    for ((topic, _), e) in lines.iter().zip(&events) {
+        assert_eq!(topic, &format!("{prefix}/{}", e.0));
+    }
+    assert_eq!(harness::per_sensor(&events), harness::per_sensor(&sent));
+}

@@ -306,6 +306,28 @@ impl SinkInput {
     }
 }
 
+/// A component that stops before reading all its input (it failed, or was stopped) has
+/// not delivered what it left unread: those batches are failed, so their sources do not
+/// count them as delivered (a dropped token otherwise counts as released), and neither
+/// is the epoch they would have joined.
+impl Drop for SinkInput {
+    fn drop(&mut self) {
+        let mut unread = false;
+        for port in &mut self.ports {
+            port.rx.close();
+            while let Ok(m) = port.rx.try_recv() {
+                if let Message::Batch(b) = m {
+                    b.finalizers.fail();
+                    unread = true;
+                }
+            }
+        }
+        if unread && let Some(e) = &self.epochs {
+            e.current.fail();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +406,27 @@ mod tests {
         assert_eq!(value(&input.next_event().await), "barrier 3");
         drop(a_tx);
         assert_eq!(value(&input.next_event().await), "closed");
+    }
+
+    #[tokio::test]
+    async fn batches_left_unread_are_not_delivered() {
+        let (tx, rx) = mpsc::channel(8);
+        let (acks, mut ack_rx) = crate::ack::ack_channel();
+        let mut input = SinkInput::new(rx, telemetry());
+        let mut read = batch(1);
+        read.finalizers = Finalizers::one(acks.token(1));
+        let mut unread = batch(2);
+        unread.finalizers = Finalizers::one(acks.token(2));
+        tx.send(Message::Batch(read)).await.unwrap();
+        tx.send(Message::Batch(unread)).await.unwrap();
+        drop(input.recv().await.unwrap());
+        let ack = ack_rx.recv().await.unwrap();
+        assert_eq!((ack.id, ack.delivered), (1, true));
+        drop(input);
+        let ack = ack_rx.recv().await.unwrap();
+        assert_eq!((ack.id, ack.delivered), (2, false));
+        let late = batch(3);
+        assert!(tx.send(Message::Batch(late)).await.is_err(), "input closed");
     }
 
     #[tokio::test]

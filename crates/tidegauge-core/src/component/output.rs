@@ -215,7 +215,11 @@ impl Output {
             } else {
                 batch.clone().ok_or(SendError::Closed)?
             };
-            if tx.send(Message::Batch(b)).await.is_err() {
+            // A batch a closed edge refused is not delivered there.
+            if let Err(refused) = tx.send(Message::Batch(b)).await {
+                if let Message::Batch(b) = refused.0 {
+                    b.finalizers.fail();
+                }
                 closed.push(tx.clone());
             }
         }

@@ -254,6 +254,14 @@ pub(super) struct Layout {
     pub(super) values: Vec<(usize, String)>,
 }
 
+/// The separator a header read as one column seems to use instead of `delimiter`.
+fn other_delimiter(columns: &[String], delimiter: u8) -> Option<char> {
+    let [only] = columns else { return None };
+    [';', '\t', '|', ',']
+        .into_iter()
+        .find(|&d| d != char::from(delimiter) && only.contains(d))
+}
+
 pub(super) fn layout(
     args: &ScoreArgs,
     columns: &[String],
@@ -298,8 +306,11 @@ pub(super) fn layout(
     };
     if values.is_empty() {
         bail!(
-            "no numeric value columns (columns: {}); name them with --value-columns",
-            columns.join(", ")
+            "no numeric value columns (columns: {}); name them with --value-columns{}",
+            columns.join(", "),
+            other_delimiter(columns, args.delimiter_byte)
+                .map(|d| format!(", or the header looks separated by `{d}`: try --delimiter '{d}'"))
+                .unwrap_or_default()
         );
     }
     Ok(Layout {

@@ -156,6 +156,19 @@ fn score_reports_bad_usage_clearly() {
         "{}",
         stderr(&out)
     );
+    // A file separated by semicolons, read with the default comma: the error says so.
+    let semi = dir.path().join("semi.csv");
+    std::fs::write(&semi, "time;value\n1;2.5\n2;2.6\n").unwrap();
+    let out = score(
+        &["--detector", "zscore"].map(OsStr::new),
+        &out_dir,
+        &[&semi],
+    );
+    assert!(
+        stderr(&out).contains("try --delimiter ';'"),
+        "{}",
+        stderr(&out)
+    );
     let args = ["--detector", "zscore", "--set", "window=1"].map(OsStr::new);
     let out = score(&args, &out_dir, &[&input]);
     assert!(stderr(&out).contains("window"), "{}", stderr(&out));

@@ -341,7 +341,7 @@ impl KafkaSink {
             return false;
         };
         match self.outcome(component, origin, d, &msg).await {
-            Outcome::Delivered => tally.delivered(msg.1.len()),
+            Outcome::Delivered => tally.delivered(1, msg.1.len()),
             Outcome::DeadLettered => {}
             Outcome::Failed(e) => tally.failed(msg, e),
         }
