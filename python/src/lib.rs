@@ -5,6 +5,12 @@
 //! from the component registry; each input row becomes one `sensor_id`/`ts`/`value` event
 //! (key column, time column, value column), and the columns the transform adds (its
 //! statistic, `anomaly_score`, `is_anomaly`, `reason`) are appended to the row.
+//!
+//! Whole pipelines run here too ([`run`]): a pipeline file on a background runtime, whose
+//! `python` sinks ([`sink`]) hand their batches to Python iterators.
+
+mod run;
+mod sink;
 
 use std::sync::Arc;
 
@@ -17,13 +23,14 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
+use tidegauge_core::ConfigError;
 use tidegauge_core::component::{Transform, TransformContext};
 use tidegauge_core::describe as cli_describe;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
 
 /// What went wrong, by the Python exception it becomes (see `tidegauge/_errors.py`).
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// A column that is not there.
     MissingColumn(String),
     /// A column of the wrong type.
@@ -32,6 +39,10 @@ enum Failure {
     UnknownDetector(String),
     /// A setting the detector refuses.
     Param(String),
+    /// A pipeline file that does not load or check (the command line's report).
+    InvalidPipeline(String),
+    /// A pipeline that could not be built, or failed while running.
+    Pipeline(String),
     /// Anything else (bad stream, a checkpoint that does not decode, ...).
     Other(String),
 }
@@ -43,12 +54,14 @@ impl From<ArrowError> for Failure {
 }
 
 impl Failure {
-    fn into_py(self, py: Python<'_>) -> PyErr {
+    pub(crate) fn into_py(self, py: Python<'_>) -> PyErr {
         let (class, message) = match self {
             Failure::MissingColumn(m) => ("MissingColumnError", m),
             Failure::ColumnType(m) => ("ColumnTypeError", m),
             Failure::UnknownDetector(m) => ("UnknownDetectorError", m),
             Failure::Param(m) => ("ParamError", m),
+            Failure::InvalidPipeline(m) => ("InvalidPipelineError", m),
+            Failure::Pipeline(m) => ("PipelineError", m),
             Failure::Other(m) => ("Error", m),
         };
         match py
@@ -63,14 +76,6 @@ impl Failure {
 }
 
 type Result<T> = std::result::Result<T, Failure>;
-
-fn join(errors: &[tidegauge_core::ConfigError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 /// The event shape detectors read in a pipeline.
 fn long_schema() -> SchemaRef {
@@ -117,7 +122,7 @@ impl Spec {
         let input = long_schema();
         let output = config
             .validate(&input)
-            .map_err(|e| Failure::Param(format!("{name}: {}", join(&e))))?;
+            .map_err(|e| Failure::Param(format!("{name}: {}", ConfigError::join(&e))))?;
         for needed in ["anomaly_score", "is_anomaly"] {
             if output.index_of(needed).is_err() {
                 return Err(Failure::UnknownDetector(format!(
@@ -595,5 +600,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(detector_schema, m)?)?;
     m.add_class::<NativeDetector>()?;
     m.add_class::<ArrowStream>()?;
+    m.add_function(wrap_pyfunction!(run::run, m)?)?;
+    m.add_class::<run::Output>()?;
+    m.add_class::<run::ArrowBatch>()?;
     Ok(())
 }

@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -255,6 +256,7 @@ def test_stubs_carry_the_detectors_own_docs():
 
     sys.path.insert(0, str(REPO / "python"))
     import stubgen
+    from tidegauge._docs import NOT_PARAMS
 
     committed = (REPO / "python" / "tidegauge" / "__init__.pyi").read_text()
     generated = stubgen.generate(_native.detector_schema, tidegauge.detectors())
@@ -263,7 +265,7 @@ def test_stubs_carry_the_detectors_own_docs():
     for name in tidegauge.detectors():
         assert f'detector: Literal["{name}"]' in committed
         for param, prop in json.loads(_native.detector_schema(name))["properties"].items():
-            if param not in stubgen.NOT_PARAMS:
+            if param not in NOT_PARAMS:
                 assert f"    {param}: " in committed, (name, param)
 
 
@@ -273,3 +275,25 @@ def test_detector_schemas_are_what_describe_prints(tidegauge_bin):
     for name in tidegauge.detectors():
         cli = subprocess.run([str(tidegauge_bin), "describe", "--json", name], check=True, capture_output=True, text=True).stdout
         assert _native.detector_schema(name) in cli, name
+
+
+def test_docstrings_are_what_describe_prints(tidegauge_bin):
+    """`help(tidegauge.score)` and `help(tidegauge.Detector)` document every detector
+    as the command line's `describe --json` does; `help(tidegauge.run)` the python sink."""
+    import inspect
+
+    from tidegauge import _native
+    from tidegauge._docs import detector_doc
+
+    score_doc = inspect.getdoc(tidegauge.score)
+    init_doc = inspect.getdoc(tidegauge.Detector.__init__)
+    for name in tidegauge.detectors():
+        cli = subprocess.run([str(tidegauge_bin), "describe", "--json", name], check=True, capture_output=True, text=True).stdout
+        schema = _native.detector_schema(name)
+        assert schema in cli, name
+        entry = textwrap.indent(detector_doc(name, json.loads(schema)), "    ")
+        assert entry in score_doc, name
+        assert entry in init_doc, name
+    sink = textwrap.indent(tidegauge.describe("python"), "    ").rstrip()
+    assert sink in inspect.getdoc(tidegauge.run)
+    assert "buffer_batches" in sink

@@ -8,6 +8,9 @@ object per row, and the GIL is released while they work.
 >>> t = pa.table({"sensor_id": ["a"] * 5, "ts": [1, 2, 3, 4, 5], "value": [1.0, 1.1, 0.9, 1.0, 9.0]})
 >>> tidegauge.score(t, detector="zscore", window=4).column_names[-3:]
 ['anomaly_score', 'is_anomaly', 'reason']
+
+Whole pipeline files run with `run`: a sink of type ``python`` hands its batches to the
+iterator it returns, as ``pyarrow.RecordBatch``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from . import _native
 from ._errors import (
     ColumnTypeError,
     Error,
+    InvalidPipelineError,
     MissingColumnError,
     ParamError,
+    PipelineError,
     UnknownDetectorError,
 )
 
 __all__ = [
     "score",
     "Detector",
+    "run",
+    "Output",
     "describe",
     "detectors",
     "Error",
@@ -34,6 +41,8 @@ __all__ = [
     "ColumnTypeError",
     "UnknownDetectorError",
     "ParamError",
+    "InvalidPipelineError",
+    "PipelineError",
 ]
 
 
@@ -171,6 +180,85 @@ class Detector:
         return d
 
 
+def run(path: Any = None, *, text: Optional[str] = None) -> Any:
+    """Runs the pipeline file `path` (or the pipeline in `text`) in the background and
+    returns what its sinks of type ``python`` receive.
+
+    With one ``python`` sink, the result is an `Output`: an iterator of
+    ``pyarrow.RecordBatch`` (the sink's input batches, handed over through the Arrow C
+    data interface). With several, a dict of them by sink name; each sink's buffer is its
+    own, so a sink nobody reads stalls the pipeline once its buffer is full (read them
+    from threads, or give the others ``buffer_batches`` room). Without one, an `Output`
+    that yields nothing and ends when the pipeline does (e.g. one writing JSON Lines).
+
+    The file is loaded, checked and built in the call: an invalid file raises
+    InvalidPipelineError with ``tidegauge check``'s report, a component that cannot be
+    built (a missing file, a server down) PipelineError. A failure while running raises
+    PipelineError, with ``tidegauge run``'s message, from the iteration, after the
+    batches that came before it. Waiting for a batch releases the GIL; a batch counts as
+    delivered (acknowledged to its source) once the iterator has returned it.
+
+    Closing an output (``close()``, leaving a ``with`` block, or dropping every output of
+    the run) stops the pipeline as Ctrl-C stops ``tidegauge run``: sources stop, stages
+    flush, sinks close; it returns when the pipeline's threads are gone. A
+    KeyboardInterrupt while waiting does the same and propagates.
+
+    >>> with tidegauge.run("pipeline.toml") as out:      # [sinks.scores] type = "python"
+    ...     for batch in out:
+    ...         print(batch.num_rows, pc.sum(batch["is_anomaly"]))
+    """
+    if (path is None) == (text is None):
+        raise TypeError("run() takes a pipeline file or text=, not both nor neither")
+    import os
+
+    outputs = _native.run(os.fspath(path) if path is not None else None, text)
+    if len(outputs) == 1:
+        name, native = outputs[0]
+        return Output(name, native)
+    return {name: Output(name, native) for name, native in outputs}
+
+
+class Output:
+    """The batches one ``python`` sink of a running pipeline receives, as
+    ``pyarrow.RecordBatch``; see `run`. Closing it stops the pipeline."""
+
+    def __init__(self, name: str, native: Any) -> None:
+        self.name = name
+        self._native = native
+
+    def __iter__(self) -> "Output":
+        return self
+
+    def __next__(self) -> Any:
+        batch = self._native.next()
+        if batch is None:
+            raise StopIteration
+        import pyarrow as pa
+
+        return pa.record_batch(batch)
+
+    def read_all(self) -> Any:
+        """Every batch still to come, until the pipeline ends, as one PyArrow Table
+        (``None`` when none came)."""
+        import pyarrow as pa
+
+        batches = list(self)
+        return pa.Table.from_batches(batches) if batches else None
+
+    def close(self) -> None:
+        """Stops the pipeline (every output of it ends) and waits until it has."""
+        self._native.close()
+
+    def __enter__(self) -> "Output":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<tidegauge.Output {self.name!r}>"
+
+
 def describe(name: str, json: bool = False) -> str:
     """The parameters of the component `name`, as ``tidegauge describe NAME`` prints
     them (``json=True``: its JSON Schema, as ``--json``)."""
@@ -180,3 +268,26 @@ def describe(name: str, json: bool = False) -> str:
 def detectors() -> list:
     """The names of the detectors."""
     return list(_native.detectors())
+
+
+def _document() -> None:
+    """Appends the detectors' own documentation (their JSON Schemas, what
+    ``tidegauge describe --json NAME`` prints) to the docstrings of `score` and
+    `Detector`, and the ``python`` sink's to `run`'s, so ``help()`` shows what the
+    command line describes; ``test_docstrings_are_what_describe_prints`` checks it."""
+    import textwrap
+
+    from ._docs import detectors_doc
+
+    entries = detectors_doc(_native.detector_schema, detectors())
+    # Indented as the hand-written part of each docstring is, so help() dedents them alike.
+    score.__doc__ = (score.__doc__ or "") + "\n\n    Detectors:\n\n" + textwrap.indent(entries, "        ")
+    Detector.__init__.__doc__ = (
+        "A detector `detector` with settings `params`; `key`, `value` and `time` as in `score`.\n\n"
+        "    Detectors:\n\n" + textwrap.indent(entries, "        ")
+    )
+    sink = describe("python")
+    run.__doc__ = (run.__doc__ or "") + '\n\n    ``tidegauge.describe("python")``:\n\n' + textwrap.indent(sink, "        ")
+
+
+_document()

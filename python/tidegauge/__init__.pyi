@@ -9,12 +9,32 @@ class MissingColumnError(Error, ValueError): ...
 class ColumnTypeError(Error, TypeError): ...
 class UnknownDetectorError(Error, ValueError): ...
 class ParamError(Error, ValueError): ...
+class InvalidPipelineError(Error, ValueError): ...
+class PipelineError(Error, RuntimeError): ...
 
 def describe(name: str, json: bool = False) -> str:
     """What `tidegauge describe NAME` (`--json`) prints."""
 
 def detectors() -> list[str]:
     """The names of the detectors."""
+
+class Output:
+    """The batches one `python` sink of a running pipeline receives; closing it stops the
+    pipeline."""
+    name: str
+    def __iter__(self) -> "Output": ...
+    def __next__(self) -> Any:
+        """The next batch, a `pyarrow.RecordBatch`."""
+    def read_all(self) -> Any:
+        """Every batch still to come, as one `pyarrow.Table` (None when none came)."""
+    def close(self) -> None:
+        """Stops the pipeline and waits until it has."""
+    def __enter__(self) -> "Output": ...
+    def __exit__(self, *exc: Any) -> None: ...
+
+def run(path: Any = None, *, text: Optional[str] = None) -> Any:
+    """Runs a pipeline file (or `text`) in the background; returns the `Output` of its
+    `python` sink (a dict of them by name when it has several)."""
 
 @overload
 def score(

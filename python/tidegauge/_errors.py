@@ -20,3 +20,13 @@ class UnknownDetectorError(Error, ValueError):
 
 class ParamError(Error, ValueError):
     """A detector setting is unknown or out of range."""
+
+
+class InvalidPipelineError(Error, ValueError):
+    """A pipeline file that does not load or check: the message is what `tidegauge check`
+    prints, every problem with its line."""
+
+
+class PipelineError(Error, RuntimeError):
+    """A pipeline that could not be built (a file or server it names cannot be opened) or
+    whose components failed while it ran; the message is what `tidegauge run` prints."""

@@ -38,6 +38,37 @@ impl ConfigError {
         };
         self
     }
+
+    /// Several errors on one line, `; ` between them (a lone detector's settings, where
+    /// there is no file to point into).
+    pub fn join(errors: &[ConfigError]) -> String {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// What `tidegauge check` and `tidegauge run` print for an invalid pipeline from
+    /// `origin` (its file name): one `error: origin:line: ...` line per problem, in file
+    /// order, then how many were found. Every line ends with a newline.
+    pub fn report(origin: &str, errors: &[ConfigError]) -> String {
+        let mut errors: Vec<&ConfigError> = errors.iter().collect();
+        errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.path.clone()));
+        let mut out = String::new();
+        for e in &errors {
+            match e.line {
+                Some(line) => out.push_str(&format!("error: {origin}:{line}: {e}\n")),
+                None => out.push_str(&format!("error: {origin}: {e}\n")),
+            }
+        }
+        let n = errors.len();
+        out.push_str(&format!(
+            "{origin}: {n} problem{} found; nothing was run\n",
+            if n == 1 { "" } else { "s" }
+        ));
+        out
+    }
 }
 
 /// Errors show their message with secrets masked ([`crate::redact::scrub`]): a value

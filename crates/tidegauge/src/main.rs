@@ -644,17 +644,5 @@ fn load_or_report(origin: &str, text: &str) -> Option<Pipeline> {
 }
 
 fn report(origin: &str, errors: &[ConfigError]) {
-    let mut errors: Vec<&ConfigError> = errors.iter().collect();
-    errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.path.clone()));
-    for e in &errors {
-        match e.line {
-            Some(line) => ewriteln!("error: {origin}:{line}: {e}"),
-            None => ewriteln!("error: {origin}: {e}"),
-        }
-    }
-    let n = errors.len();
-    ewriteln!(
-        "{origin}: {n} problem{} found; nothing was run",
-        if n == 1 { "" } else { "s" }
-    );
+    ewrite!("{}", ConfigError::report(origin, errors));
 }

@@ -21,6 +21,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use tidegauge_core::ConfigError;
 use tidegauge_core::component::{Transform, TransformContext};
 use tidegauge_core::dead_letter::DeadLetter;
 use tidegauge_core::registry::{self, AnyConfig, ComponentKind, ErasedTransformConfig};
@@ -144,9 +145,9 @@ fn resolve_detector_for(
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let config = tidegauge_core::config::load(&text, &tidegauge_core::config::process_env)
-            .map_err(|e| anyhow!("{}: {}", path.display(), join(&e)))?;
+            .map_err(|e| anyhow!("{}: {}", path.display(), ConfigError::join(&e)))?;
         if !config.errors.is_empty() {
-            bail!("{}: {}", path.display(), join(&config.errors));
+            bail!("{}: {}", path.display(), ConfigError::join(&config.errors));
         }
         let mut candidates: Vec<_> = config
             .components
@@ -211,7 +212,7 @@ fn resolve_detector_for(
     };
     let output = config
         .validate(&input)
-        .map_err(|e| anyhow!("{name}: {}", join(&e)))?;
+        .map_err(|e| anyhow!("{name}: {}", ConfigError::join(&e)))?;
     for needed in ["anomaly_score", "is_anomaly"] {
         if output.index_of(needed).is_err() {
             bail!("{name} is not a detector: its output has no `{needed}`");
@@ -223,14 +224,6 @@ fn resolve_detector_for(
         input,
         output,
     })
-}
-
-fn join(errors: &[tidegauge_core::ConfigError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 const CHUNK_ROWS: usize = 4096;
