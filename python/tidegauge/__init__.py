@@ -201,7 +201,9 @@ def run(path: Any = None, *, text: Optional[str] = None) -> Any:
     Closing an output (``close()``, leaving a ``with`` block, or dropping every output of
     the run) stops the pipeline as Ctrl-C stops ``tidegauge run``: sources stop, stages
     flush, sinks close; it returns when the pipeline's threads are gone. A
-    KeyboardInterrupt while waiting does the same and propagates.
+    KeyboardInterrupt while waiting does the same and propagates. The pipeline runs as
+    ``tidegauge run`` runs it, less what belongs to the command: no admin API (an
+    ``[admin]`` table is not served), no reload, no summary table.
 
     >>> with tidegauge.run("pipeline.toml") as out:      # [sinks.scores] type = "python"
     ...     for batch in out:

@@ -203,19 +203,6 @@ impl InternalEvent for BreakerTransitioned<'_> {
     }
 }
 
-/// A component's circuit breaker exists and stands in `state` (reported once at build).
-pub struct BreakerReady {
-    /// Initial state.
-    pub state: BreakerState,
-}
-
-impl InternalEvent for BreakerReady {
-    fn emit(self, t: &ComponentTelemetry) {
-        t.breaker_state
-            .store(self.state.as_gauge(), Ordering::Relaxed);
-    }
-}
-
 /// A poll of an endpoint gave no reading, and its last good one is too old (or there is
 /// none): the endpoint's data is missing.
 pub struct EndpointDataMissing<'a> {
