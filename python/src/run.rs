@@ -93,11 +93,8 @@ impl Running {
     fn stop(&self) {
         self.shutdown.cancel();
         for (_, outlet) in &self.outlets {
-            if let Some(mut rx) = lock(outlet).take() {
-                rx.close();
-                while let Ok((_, finalizers)) = rx.try_recv() {
-                    finalizers.fail();
-                }
+            if let Some(rx) = lock(outlet).take() {
+                close_outlet(rx);
             }
         }
         let _ = self.finish();
@@ -112,6 +109,16 @@ impl Running {
         if let Some(runtime) = lock(&self.runtime).take() {
             runtime.shutdown_timeout(RUNTIME_GRACE);
         }
+    }
+}
+
+/// Closes a channel Python reads no more: the sink's next send fails (and fails its
+/// batch), and the batches still queued are failed, not acknowledged (dropping them would
+/// count them as delivered).
+fn close_outlet(mut rx: mpsc::Receiver<Delivery>) {
+    rx.close();
+    while let Ok((_, finalizers)) = rx.try_recv() {
+        finalizers.fail();
     }
 }
 
@@ -335,5 +342,39 @@ impl ArrowBatch {
         let schema = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;
         let array = PyCapsule::new_with_value(py, array, c"arrow_array")?;
         PyTuple::new(py, [schema.into_any(), array.into_any()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Int64Array;
+    use tidegauge_core::ack::{Finalizers, ack_channel};
+
+    fn batch() -> RecordBatch {
+        RecordBatch::try_from_iter([(
+            "ts",
+            Arc::new(Int64Array::from(vec![1, 2])) as arrow_array::ArrayRef,
+        )])
+        .expect("one column of two rows is a valid batch")
+    }
+
+    #[test]
+    fn batches_python_did_not_take_are_failed_when_it_closes() {
+        let (acks, mut heard) = ack_channel();
+        let (tx, rx) = mpsc::channel(4);
+        for id in 0..3 {
+            tx.try_send((batch(), Finalizers::one(acks.token(id))))
+                .expect("room for three");
+        }
+        drop(acks);
+        close_outlet(rx);
+        let mut got = Vec::new();
+        while let Ok(ack) = heard.try_recv() {
+            got.push((ack.id, ack.delivered));
+        }
+        assert_eq!(got, vec![(0, false), (1, false), (2, false)]);
+        // The sink's next send fails: it fails that batch itself.
+        assert!(tx.try_send((batch(), Finalizers::none())).is_err());
     }
 }
