@@ -11,7 +11,7 @@
 //! call returns once the pipeline has drained and the runtime's threads are gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arrow_array::{Array, RecordBatch, StructArray};
@@ -43,6 +43,8 @@ struct Running {
     shutdown: CancellationToken,
     outlets: Vec<(String, Outlet)>,
     run: Mutex<Option<tokio::task::JoinHandle<RunReport>>>,
+    /// Set (and signalled) when the run has ended.
+    ended: Arc<(Mutex<bool>, Condvar)>,
     /// How the run ended, once it has: `Err` carries the command line's messages.
     outcome: Mutex<Option<Result<(), String>>>,
 }
@@ -76,16 +78,23 @@ impl Running {
         result
     }
 
+    /// Waits at most `wait` for the run to end; whether it has.
+    fn wait_end(&self, wait: Duration) -> bool {
+        let (ended, signal) = &*self.ended;
+        let guard = lock(ended);
+        *signal
+            .wait_timeout_while(guard, wait, |ended| !*ended)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
     /// Stops the run: shutdown requested, every channel closed (what Python did not take
     /// is failed), the pipeline drained, the runtime's threads ended.
     fn stop(&self) {
         self.shutdown.cancel();
         for (_, outlet) in &self.outlets {
-            if let Some(mut rx) = lock(outlet).take() {
-                rx.close();
-                while let Ok((_, finalizers)) = rx.try_recv() {
-                    finalizers.fail();
-                }
+            if let Some(rx) = lock(outlet).take() {
+                close_outlet(rx);
             }
         }
         let _ = self.finish();
@@ -100,6 +109,26 @@ impl Running {
         if let Some(runtime) = lock(&self.runtime).take() {
             runtime.shutdown_timeout(RUNTIME_GRACE);
         }
+    }
+}
+
+/// Closes a channel Python reads no more: the sink's next send fails (and fails its
+/// batch), and the batches still queued are failed, not acknowledged (dropping them would
+/// count them as delivered).
+fn close_outlet(mut rx: mpsc::Receiver<Delivery>) {
+    rx.close();
+    while let Ok((_, finalizers)) = rx.try_recv() {
+        finalizers.fail();
+    }
+}
+
+/// Tells the waiters of [`Running::wait_end`] that the run has ended, when dropped.
+struct EndSignal(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for EndSignal {
+    fn drop(&mut self) {
+        *lock(&self.0.0) = true;
+        self.0.1.notify_all();
     }
 }
 
@@ -138,10 +167,16 @@ fn start(text: &str, origin: &str) -> Result<(Vec<String>, Arc<Running>), Failur
         .block_on(OUTLETS.scope(Mutex::new(senders), topology::build(pipeline)))
         .map_err(|e| Failure::Pipeline(format!("error: {origin}: {e}")))?;
     let shutdown = CancellationToken::new();
+    let ended = Arc::new((Mutex::new(false), Condvar::new()));
     let run = {
         let _inside = runtime.enter();
         let (_, run) = live::start(built, shutdown.clone(), RunOptions::default());
-        runtime.spawn(run)
+        let signal = EndSignal(ended.clone());
+        runtime.spawn(async move {
+            // Dropped when the run ends, however it ends (a panic included).
+            let _signal = signal;
+            run.await
+        })
     };
     let names = outlets.iter().map(|(n, _)| n.clone()).collect();
     let running = Running {
@@ -150,6 +185,7 @@ fn start(text: &str, origin: &str) -> Result<(Vec<String>, Arc<Running>), Failur
         shutdown,
         outlets,
         run: Mutex::new(Some(run)),
+        ended,
         outcome: Mutex::new(None),
     };
     Ok((names, Arc::new(running)))
@@ -254,21 +290,14 @@ impl Output {
                     }
                 }
             }
-        } else {
-            // No python sink: wait for the end, letting Ctrl-C through.
-            loop {
-                let ended = {
-                    let run = lock(&running.run);
-                    run.as_ref().is_none_or(|j| j.is_finished())
-                };
-                if ended {
-                    break;
-                }
-                py.detach(|| std::thread::sleep(SIGNAL_POLL));
-                if let Err(interrupted) = py.check_signals() {
-                    py.detach(|| running.stop());
-                    return Err(interrupted);
-                }
+        }
+        // Every batch of this output has come; the run may still be busy elsewhere (a
+        // sink of another output, a file sink flushing). Wait for its end, letting Ctrl-C
+        // through.
+        while !py.detach(|| running.wait_end(SIGNAL_POLL)) {
+            if let Err(interrupted) = py.check_signals() {
+                py.detach(|| running.stop());
+                return Err(interrupted);
             }
         }
         let outcome = py.detach(|| {
@@ -313,5 +342,39 @@ impl ArrowBatch {
         let schema = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;
         let array = PyCapsule::new_with_value(py, array, c"arrow_array")?;
         PyTuple::new(py, [schema.into_any(), array.into_any()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Int64Array;
+    use tidegauge_core::ack::{Finalizers, ack_channel};
+
+    fn batch() -> RecordBatch {
+        RecordBatch::try_from_iter([(
+            "ts",
+            Arc::new(Int64Array::from(vec![1, 2])) as arrow_array::ArrayRef,
+        )])
+        .expect("one column of two rows is a valid batch")
+    }
+
+    #[test]
+    fn batches_python_did_not_take_are_failed_when_it_closes() {
+        let (acks, mut heard) = ack_channel();
+        let (tx, rx) = mpsc::channel(4);
+        for id in 0..3 {
+            tx.try_send((batch(), Finalizers::one(acks.token(id))))
+                .expect("room for three");
+        }
+        drop(acks);
+        close_outlet(rx);
+        let mut got = Vec::new();
+        while let Ok(ack) = heard.try_recv() {
+            got.push((ack.id, ack.delivered));
+        }
+        assert_eq!(got, vec![(0, false), (1, false), (2, false)]);
+        // The sink's next send fails: it fails that batch itself.
+        assert!(tx.try_send((batch(), Finalizers::none())).is_err());
     }
 }

@@ -118,6 +118,7 @@ impl<S> KeyTable<S> {
     /// The id of `key` (with its hash), marked seen at `now`; a new key gets a state from
     /// `make` when there is room (after evicting idle keys if needed). `None`: the cap is
     /// reached and no key may be evicted; the event gets no state (counted).
+    #[inline]
     pub fn get_or_insert(
         &mut self,
         key: &str,

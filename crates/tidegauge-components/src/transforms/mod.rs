@@ -37,18 +37,29 @@ use tidegauge_core::ComponentError;
 use tidegauge_detect::Verdict;
 
 /// Interns sensor keys to dense ids, so per-key state lives in a `Vec` indexed by id.
-/// Memory per key: the key's bytes plus about 48 bytes of table overhead. Ids stay dense
-/// when a key is removed ([`KeyInterner::remove_id`] moves the last key into its place).
+///
+/// The keys' text lies end to end in one buffer and the hash table holds only ids: a key
+/// costs its bytes and about 32 more (its id in the table with the control byte and load
+/// slack, where its text lies, the buffers' room to grow), instead of a heap allocation of
+/// its own and a 24-byte table entry. Ids stay dense when a key is removed ([`KeyInterner::remove_id`] moves the
+/// last key into its place); the text of removed keys is reclaimed once it is half of the
+/// buffer.
 #[derive(Debug, Default)]
 pub struct KeyInterner {
-    ids: hashbrown::HashTable<(Box<str>, u32)>,
-    /// The hash of each id's key, to find its entry without the key.
-    hashes: Vec<u64>,
+    /// Ids, filed under their key's [`key_hash`].
+    ids: hashbrown::HashTable<u32>,
+    /// Where each id's key lies in `text`: start and end.
+    spans: Vec<(usize, usize)>,
+    /// The keys' text, end to end; removed keys leave holes until the next compaction.
+    text: String,
+    /// Bytes of `text` in holes.
+    holes: usize,
 }
 
-/// Table overhead per key of a [`KeyInterner`] (besides the key's bytes): the entry
-/// (16-byte box, 4-byte id, padding), the table's control byte and load slack, the hash.
-pub const KEY_OVERHEAD_BYTES: u64 = 48;
+/// Table overhead per key of a [`KeyInterner`] (besides the key's bytes): the id in the
+/// table with its control byte and load slack, where its text lies, the buffers' room to
+/// grow.
+pub const KEY_OVERHEAD_BYTES: u64 = 32;
 
 /// The hash a [`KeyInterner`] files `key` under (also what sharding uses, so a key is
 /// hashed once per event).
@@ -67,60 +78,101 @@ impl KeyInterner {
         if let Some(id) = self.find_hashed(key, hash) {
             return (id, false);
         }
-        let id = self.ids.len() as u32;
-        self.ids
-            .insert_unique(hash, (key.into(), id), |(k, _)| key_hash(k));
-        self.hashes.push(hash);
-        (id as usize, true)
+        let id = self.spans.len();
+        let start = self.text.len();
+        self.text.push_str(key);
+        self.spans.push((start, self.text.len()));
+        let (spans, text) = (&self.spans, &self.text);
+        self.ids.insert_unique(hash, id as u32, |&i| {
+            let (s, e) = spans[i as usize];
+            key_hash(&text[s..e])
+        });
+        (id, true)
     }
 
     /// The id of `key` (with its [`key_hash`]), if it has one.
+    #[inline]
     pub fn find_hashed(&self, key: &str, hash: u64) -> Option<usize> {
+        // Bytes, not `str` slices: no char-boundary checks on the hot path.
+        let (spans, text) = (&self.spans, self.text.as_bytes());
         self.ids
-            .find(hash, |(k, _)| **k == *key)
-            .map(|(_, id)| *id as usize)
+            .find(hash, |&i| {
+                let (s, e) = spans[i as usize];
+                text[s..e] == *key.as_bytes()
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// The key with id `id`.
+    ///
+    /// # Panics
+    /// If `id` is not an id of this interner.
+    pub fn key(&self, id: usize) -> &str {
+        let (s, e) = self.spans[id];
+        &self.text[s..e]
     }
 
     /// Forgets the key with id `id`; the key with the last id takes its id, so ids stay
     /// dense (the caller moves that key's state the same way: `Vec::swap_remove`).
     pub fn remove_id(&mut self, id: usize) {
-        let last = self.hashes.len() - 1;
+        let Some(last) = self.spans.len().checked_sub(1) else {
+            return;
+        };
+        if id > last {
+            return;
+        }
         if let Ok(entry) = self
             .ids
-            .find_entry(self.hashes[id], |(_, i)| *i as usize == id)
+            .find_entry(key_hash(self.key(id)), |&i| i as usize == id)
         {
             entry.remove();
         }
-        if id != last
-            && let Some((_, i)) = self
-                .ids
-                .find_mut(self.hashes[last], |(_, i)| *i as usize == last)
-        {
-            *i = id as u32;
+        if id != last {
+            let hash = key_hash(self.key(last));
+            if let Some(i) = self.ids.find_mut(hash, |&i| i as usize == last) {
+                *i = id as u32;
+            }
         }
-        self.hashes.swap_remove(id);
+        let (s, e) = self.spans.swap_remove(id);
+        self.holes += e - s;
+        if self.spans.is_empty() {
+            self.text.clear();
+            self.holes = 0;
+        } else if self.holes > self.text.len() / 2 && self.holes >= 4096 {
+            self.compact();
+        }
+    }
+
+    /// Rewrites the text without the holes (ids, hashes and the table are unchanged).
+    fn compact(&mut self) {
+        let mut text = String::with_capacity(self.text.len() - self.holes);
+        for span in &mut self.spans {
+            let start = text.len();
+            text.push_str(&self.text[span.0..span.1]);
+            *span = (start, text.len());
+        }
+        self.text = text;
+        self.holes = 0;
     }
 
     /// Number of distinct keys seen.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.spans.len()
     }
 
     /// Whether no key has been seen.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.spans.is_empty()
     }
 
-    /// Every key with its id, in no particular order.
+    /// Every key with its id, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.ids.iter().map(|(k, id)| (&**k, *id))
+        (0..self.spans.len()).map(|id| (self.key(id), id as u32))
     }
 
     /// The keys in id order.
     pub fn into_keys(self) -> Vec<Box<str>> {
-        let mut ordered: Vec<(Box<str>, u32)> = self.ids.into_iter().collect();
-        ordered.sort_unstable_by_key(|&(_, id)| id);
-        ordered.into_iter().map(|(k, _)| k).collect()
+        self.iter().map(|(k, _)| k.into()).collect()
     }
 }
 
@@ -304,6 +356,52 @@ mod tests {
     use arrow_array::Array;
 
     use super::*;
+
+    /// A key of the interner's property test: long enough, for some, that removals
+    /// leave the holes that trigger a compaction.
+    fn test_key(i: usize) -> String {
+        format!("{i}-{}", "k".repeat(i * 37 % 700))
+    }
+
+    proptest::proptest! {
+        /// Against a model (a `Vec` of keys by id, removal moving the last key into the
+        /// gap): every key finds its id, ids stay dense, and compaction loses nothing.
+        #[test]
+        fn interner_matches_a_vec_of_keys(
+            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0usize..60), 1..400),
+        ) {
+            let mut interner = KeyInterner::default();
+            let mut model: Vec<String> = Vec::new();
+            for (insert, n) in ops {
+                if insert || model.is_empty() {
+                    let key = test_key(n);
+                    let (id, new) = interner.id(&key);
+                    match model.iter().position(|k| *k == key) {
+                        Some(at) => proptest::prop_assert_eq!((id, new), (at, false)),
+                        None => {
+                            proptest::prop_assert_eq!((id, new), (model.len(), true));
+                            model.push(key);
+                        }
+                    }
+                } else {
+                    let id = n % model.len();
+                    interner.remove_id(id);
+                    model.swap_remove(id);
+                }
+                proptest::prop_assert_eq!(interner.len(), model.len());
+                for (id, k) in model.iter().enumerate() {
+                    proptest::prop_assert_eq!(interner.find_hashed(k, key_hash(k)), Some(id));
+                    proptest::prop_assert_eq!(interner.key(id), k.as_str());
+                }
+                proptest::prop_assert!(interner.text.len() - interner.holes
+                    == model.iter().map(|k| k.len()).sum::<usize>());
+            }
+            let gone = test_key(60);
+            proptest::prop_assert_eq!(interner.find_hashed(&gone, key_hash(&gone)), None);
+            let keys: Vec<String> = interner.into_keys().into_iter().map(String::from).collect();
+            proptest::prop_assert_eq!(keys, model);
+        }
+    }
 
     #[test]
     fn sparse_strings_match_a_builder() {

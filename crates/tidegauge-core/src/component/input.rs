@@ -4,6 +4,7 @@
 //! calling thread.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_executor::block_on;
@@ -67,6 +68,8 @@ pub struct SinkInput {
     measure_latency: bool,
     handed_out: Option<Instant>,
     wait_started: Option<Instant>,
+    /// Set once every input has closed and all it carried was handed out.
+    read_to_end: Arc<AtomicBool>,
 }
 
 impl SinkInput {
@@ -96,7 +99,16 @@ impl SinkInput {
             measure_latency: false,
             handed_out: None,
             wait_started: None,
+            read_to_end: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// True, once set, when the component read this input to its end (every upstream
+    /// finished and everything was handed out); false while it has not, and for ever if
+    /// the component stopped before. Whoever runs the component keeps this to learn,
+    /// after it ended, whether it saw all its input.
+    pub(crate) fn read_to_end(&self) -> Arc<AtomicBool> {
+        self.read_to_end.clone()
     }
 
     /// Records, for each batch, the time until the next one is asked for (what a sink
@@ -184,6 +196,7 @@ impl SinkInput {
             }
         }
         if self.ports.iter().all(|p| p.closed) {
+            self.read_to_end.store(true, Ordering::Release);
             Poll::Ready(Event::Closed)
         } else {
             Poll::Pending
@@ -309,7 +322,7 @@ impl SinkInput {
 /// A component that stops before reading all its input (it failed, or was stopped) has
 /// not delivered what it left unread: those batches are failed, so their sources do not
 /// count them as delivered (a dropped token otherwise counts as released), and neither
-/// is the epoch they would have joined.
+/// is its current epoch (what comes after was never read).
 impl Drop for SinkInput {
     fn drop(&mut self) {
         let mut unread = false;
@@ -322,7 +335,9 @@ impl Drop for SinkInput {
                 }
             }
         }
-        if unread && let Some(e) = &self.epochs {
+        if (unread || !self.read_to_end.load(Ordering::Acquire))
+            && let Some(e) = &self.epochs
+        {
             e.current.fail();
         }
     }

@@ -1,6 +1,7 @@
 //! Starting one component instance: a source or sink as a task, a transform on a thread.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -40,10 +41,34 @@ struct End {
 
 impl End {
     fn with(self, r: Result<(), ComponentError>) -> (u64, Result<(), ComponentError>) {
+        let ok = r.is_ok();
+        self.report(r, ok)
+    }
+
+    /// A sink's end: it counts as done for the final checkpoint only if it also read
+    /// its input to the end. One that stopped early without an error (e.g. the Python
+    /// iterator closed) left events behind that the sources' final positions cover, so
+    /// no final checkpoint may be written past them.
+    fn with_sink(
+        self,
+        r: Result<(), ComponentError>,
+        read_to_end: &AtomicBool,
+    ) -> (u64, Result<(), ComponentError>) {
+        let read_all = read_to_end.load(Ordering::Acquire);
+        if r.is_ok() && !read_all {
+            tracing::warn!(
+                "a sink stopped before its input ended: no final checkpoint; the next run resumes from the last one and the acknowledged positions"
+            );
+        }
+        let ok = r.is_ok() && read_all;
+        self.report(r, ok)
+    }
+
+    fn report(self, r: Result<(), ComponentError>, ok: bool) -> (u64, Result<(), ComponentError>) {
         if let Some(port) = &self.reports {
             port.send(Report::Finished {
                 node: port.node,
-                ok: r.is_ok(),
+                ok,
             });
         }
         self.ended.cancel();
@@ -282,6 +307,7 @@ impl Runner {
             }
             None => input,
         };
+        let read_to_end = input.read_to_end();
         let later = ready.is_none().then_some(node);
         let edge_capacity = self.edge_capacity;
         let (buffer, after, fallback) = (start.buffer, start.after, start.fallback);
@@ -345,7 +371,7 @@ impl Runner {
                     sunk.and(buffered)
                 }
             };
-            end.with(r)
+            end.with_sink(r, &read_to_end)
         });
     }
 }
