@@ -2,7 +2,6 @@
 //! from `scripts/services start` (see `harness::server`).
 
 mod coverage;
-mod decoders;
 mod files;
 mod harness;
 #[cfg(feature = "http")]
