@@ -8,14 +8,12 @@ use arrow_schema::SchemaRef;
 use tidegauge_core::component::blocking_source_fn;
 use tidegauge_core::telemetry::BytesReceived;
 use tidegauge_core::{
-    Batch, BuildContext, BuildError, ComponentError, ConfigError, Output, Source, SourceConfig,
-    SourceContext,
+    BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig, SourceContext,
 };
 
 use super::file::default_max_line_bytes;
 use super::linger::Linger;
-use super::parallel::{DecoderSpec, Decoding, decoder_threads};
-use super::{CsvOptions, Format, LineOutcome};
+use super::{CsvOptions, Format, LineDecoder, LineOutcome};
 use crate::codec::lines::{LineReader, Poll};
 use crate::settings::{config, decoded_records};
 
@@ -37,12 +35,6 @@ config! {
         #[serde(default = "default_max_line_bytes")]
         #[schemars(range(min = 1))]
         pub max_line_bytes: usize,
-        /// Threads that decode lines into events while this source reads on: 1 decodes
-        /// on the reading thread; 0 chooses from the cores (1 on one core, else the
-        /// cores but one, at least 2 and at most 4). Events keep their input order
-        /// whatever the number, and so do dead letters.
-        #[serde(default)]
-        pub decoders: usize,
     }
 }
 
@@ -177,22 +169,13 @@ impl StdinSource {
         let input = spawn_chunk_reader(io::stdin(), Duration::from_millis(100));
         let mut linger = Linger::new(&self.config.batch);
         let mut lines = LineReader::new(input, self.config.max_line_bytes);
-        let spec = DecoderSpec {
-            format: self.config.format,
-            csv: self.config.csv.clone(),
-            fields: self.config.fields.clone(),
-            schema: self.schema,
-            batch: self.config.batch.clone(),
-        };
-        let mut dec: Decoding<()> =
-            Decoding::new(spec, decoder_threads(self.config.decoders), &component);
-        let send = |dec: &mut Decoding<()>, settle: bool, out: &mut Output| {
-            dec.send(&component, (), settle, &mut |batches, ()| {
-                batches
-                    .into_iter()
-                    .try_for_each(|b| out.blocking_send(Batch::new(b)))
-            })
-        };
+        let mut dec = LineDecoder::new(
+            self.config.format,
+            &self.config.csv,
+            &self.config.fields,
+            self.schema,
+            &self.config.batch,
+        );
         dec.start_input();
         // Why every record would fail the same way (a CSV header lacking a declared
         // field): a configuration error that ends the run, as for the `file` source.
@@ -207,13 +190,13 @@ impl StdinSource {
                     return Ok(());
                 }
                 if dec.is_full() {
-                    send(&mut dec, false, &mut out)?;
+                    dec.flush_to(&component, &mut out)?;
                     linger.sent();
                 }
                 Ok(())
             });
             if let Some(reason) = unusable {
-                let _ = send(&mut dec, true, &mut out);
+                let _ = dec.flush_to(&component, &mut out);
                 return Err(ComponentError::new(format!(
                     "{reason}; fix the input or the source's `fields`/`csv` settings"
                 )));
@@ -231,13 +214,13 @@ impl StdinSource {
                 Err(e) => return Err(ComponentError::io("reading standard input", e)),
             }
             if linger.due(dec.is_full(), caught_up, Instant::now()) {
-                if send(&mut dec, caught_up, &mut out).is_err() {
+                if dec.flush_to(&component, &mut out).is_err() {
                     return Ok(());
                 }
                 linger.sent();
             }
         }
-        let _ = send(&mut dec, true, &mut out);
+        let _ = dec.flush_to(&component, &mut out);
         Ok(())
     }
 }
