@@ -132,7 +132,7 @@ impl SourceConfig for KafkaSourceConfig {
                     errors.push(ConfigError::new(
                         "partition_state",
                         format!(
-                            "declare the field `{f}` as int; the source fills it from each message"
+                            "declare the field `{f}` as int64; the source fills it from each message"
                         ),
                     ));
                 }
@@ -712,7 +712,7 @@ mod tests {
 
     fn config(extra: &str) -> KafkaSourceConfig {
         toml::from_str(&format!(
-            "brokers = [\"127.0.0.1:9092\"]\ntopics = [\"in\"]\ngroup_id = \"g\"\npartition_state = true\nfields = {{ sensor_id = \"string\", value = \"float64\", kafka_partition = \"int\", kafka_offset = \"int\" }}\n{extra}"
+            "brokers = [\"127.0.0.1:9092\"]\ntopics = [\"in\"]\ngroup_id = \"g\"\npartition_state = true\nfields = {{ sensor_id = \"string\", value = \"float64\", kafka_partition = \"int64\", kafka_offset = \"int64\" }}\n{extra}"
         ))
         .unwrap()
     }
