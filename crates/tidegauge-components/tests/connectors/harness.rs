@@ -557,6 +557,18 @@ impl RunningSink {
 /// subscribers) may wait for that many; stores read at once.
 pub type ReadBack<'a> = &'a dyn Fn(usize) -> futures_util::future::BoxFuture<'a, Vec<Event>>;
 
+/// Runs `sink` over `events` in two batches (600 first, then the rest) and checks that
+/// it ended without error, acknowledged both as delivered and counted every event out.
+pub async fn deliver_in_two_batches(sink: &SinkUnderTest, events: &[Event]) {
+    let mut running = sink.start().await;
+    running.send(&events[..600]).await;
+    running.send(&events[600..]).await;
+    let (result, acks) = running.finish().await;
+    result.expect("sink finished without error");
+    assert!(acks.iter().all(|a| a.delivered), "{acks:?}");
+    assert_eq!(sink.telemetry().events_out, events.len() as u64);
+}
+
 /// The sink compliance checks. `read_back` returns what the server holds.
 pub async fn check_sink(sink: &SinkUnderTest, read_back: ReadBack<'_>) {
     let first = events(0, 50);

@@ -291,13 +291,7 @@ async fn mqtt_sink_packs_events_of_a_topic_into_messages() {
         "type = \"mqtt\"\nhost = \"{host}\"\nport = {port}\ntopic = \"{prefix}/{{sensor_id}}\"\nqos = 1\nevents_per_message = 40"
     ));
     let sent = harness::events(0, 1_000);
-    let mut running = sink.start().await;
-    running.send(&sent[..600]).await;
-    running.send(&sent[600..]).await;
-    let (result, acks) = running.finish().await;
-    result.expect("sink finished without error");
-    assert!(acks.iter().all(|a| a.delivered), "{acks:?}");
-    assert_eq!(sink.telemetry().events_out, 1_000);
+    harness::deliver_in_two_batches(&sink, &sent).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let lines = || -> Vec<(String, Vec<u8>)> {
         let messages = got.lock().unwrap().clone();

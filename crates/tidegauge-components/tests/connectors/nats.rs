@@ -180,13 +180,7 @@ async fn nats_packed_messages_round_trip_through_the_source() {
         "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{stream}.{{sensor_id}}\"\nstream = \"{stream}\"\nstream_subjects = [\"{stream}.>\"]\nevents_per_message = 40"
     ));
     let sent = harness::events(0, 1_000);
-    let mut running = sink.start().await;
-    running.send(&sent[..600]).await;
-    running.send(&sent[600..]).await;
-    let (result, acks) = running.finish().await;
-    result.expect("sink finished without error");
-    assert!(acks.iter().all(|a| a.delivered), "{acks:?}");
-    assert_eq!(sink.telemetry().events_out, 1_000);
+    harness::deliver_in_two_batches(&sink, &sent).await;
     let js = context(&url).await;
     let stored = js
         .get_stream(&stream)
