@@ -127,7 +127,19 @@ impl Running {
     /// Starts `tidegauge run <args>` with the admin token and `env`, and waits until the
     /// admin API listens (the pipeline, or `TIDEGAUGE_ADMIN` in `env`, must enable it).
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Running {
+        Running::start_in(None, args, env)
+    }
+
+    /// [`Running::start`] in working directory `dir` (the process's own when `None`).
+    pub fn start_in<S: AsRef<std::ffi::OsStr>>(
+        dir: Option<&Path>,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Running {
         let mut c = tidegauge();
+        if let Some(dir) = dir {
+            c.current_dir(dir);
+        }
         c.arg("run")
             .args(args)
             .env("TIDEGAUGE_TOKEN", TOKEN)
