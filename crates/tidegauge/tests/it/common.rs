@@ -130,8 +130,9 @@ impl Running {
         Running::start_in(None, args, env)
     }
 
-    /// [`Running::start`] in working directory `dir` (the process's own when `None`).
-    pub fn start_in<S: AsRef<std::ffi::OsStr>>(
+    /// Starts `tidegauge run <args>` in working directory `dir` (the process's own when
+    /// `None`) with the admin token and `env`, collecting its stderr; waits for nothing.
+    pub fn launch<S: AsRef<std::ffi::OsStr>>(
         dir: Option<&Path>,
         args: &[S],
         env: &[(&str, &str)],
@@ -160,13 +161,22 @@ impl Running {
                 s.push('\n');
             }
         });
-        let mut running = Running {
+        Running {
             child,
             address: String::new(),
             stderr,
             reader: Some(reader),
             runtime: tokio::runtime::Runtime::new().unwrap(),
-        };
+        }
+    }
+
+    /// [`Running::launch`], then waits until the admin API listens and keeps its address.
+    pub fn start_in<S: AsRef<std::ffi::OsStr>>(
+        dir: Option<&Path>,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Running {
+        let mut running = Running::launch(dir, args, env);
         let marker = "admin API on http://";
         let line = running.wait_stderr(|s| s.contains(marker));
         let start = line.find(marker).unwrap() + marker.len();

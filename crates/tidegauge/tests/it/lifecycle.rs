@@ -279,17 +279,15 @@ fn every_live_example_runs_until_ctrl_c() {
             continue;
         }
         let windows = dir.path().join(format!("{name}.windows.jsonl"));
-        let running = Running::start_in(
+        let running = Running::launch(
             Some(dir.path()),
             &[&path],
-            &[
-                ("WINDOWS_OUTPUT", windows.to_str().unwrap()),
-                ("TIDEGAUGE_ADMIN", "127.0.0.1:0"),
-            ],
+            &[("WINDOWS_OUTPUT", windows.to_str().unwrap())],
         );
-        // Running: the admin API listens, so the signal handler is installed. An example
+        // It says it runs once its signal handler is installed. An example
         // that writes windows must have written some (five sensors, one-second windows)
         // before Ctrl-C; the others are stopped right away.
+        running.wait_stderr(|s| s.contains("tidegauge: running"));
         if std::fs::read_to_string(&path).unwrap().contains("WINDOWS_OUTPUT") {
             wait_for(&windows, |text| text.lines().count() >= 5);
         }
