@@ -97,6 +97,38 @@ async fn nats_sink_compliance() {
     for (subject, e) in read_stream(&url, &stream).await {
         assert_eq!(subject, format!("{stream}.{}", e.0));
     }
+    assert_eq!(
+        storage(&url, &stream).await,
+        jetstream::stream::StorageType::File
+    );
+}
+
+/// Where stream `name` keeps its messages.
+async fn storage(url: &str, name: &str) -> jetstream::stream::StorageType {
+    let mut stream = context(url).await.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.storage
+}
+
+/// A source that creates its stream creates it on disk unless told `memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_source_creates_its_stream_with_the_storage_asked_for() {
+    let Some(url) = server() else { return };
+    let h = Harness::new();
+    for (setting, expected) in [
+        ("", jetstream::stream::StorageType::File),
+        (
+            "stream_storage = \"memory\"",
+            jetstream::stream::StorageType::Memory,
+        ),
+    ] {
+        let stream = unique("TGM").replace('-', "_");
+        let source = h.source(&format!(
+            "type = \"nats\"\nservers = [\"{url}\"]\nstream = \"{stream}\"\nsubjects = [\"{stream}.>\"]\n{setting}\n{SOURCE_BATCH}"
+        ));
+        let mut run = source.start().await;
+        run.stop(true).await;
+        assert_eq!(storage(&url, &stream).await, expected, "{setting:?}");
+    }
 }
 
 /// One batch holding more messages than the client lets await their acknowledgement at
@@ -177,20 +209,14 @@ async fn nats_packed_messages_round_trip_through_the_source() {
     let stream = unique("TGP").replace('-', "_");
     let h = Harness::new();
     let sink = h.sink(&format!(
-        "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{stream}.{{sensor_id}}\"\nstream = \"{stream}\"\nstream_subjects = [\"{stream}.>\"]\nevents_per_message = 40"
+        "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{stream}.{{sensor_id}}\"\nstream = \"{stream}\"\nstream_subjects = [\"{stream}.>\"]\nevents_per_message = 40\nstream_storage = \"memory\""
     ));
     let sent = harness::events(0, 1_000);
     harness::deliver_in_two_batches(&sink, &sent).await;
     let js = context(&url).await;
-    let stored = js
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let info = js.get_stream(&stream).await.unwrap().info().await.unwrap();
+    assert_eq!(info.config.storage, jetstream::stream::StorageType::Memory);
+    let stored = info.state.messages;
     assert!(stored < 100, "1,000 events in {stored} messages");
     let source = h.source(&format!(
         "type = \"nats\"\nservers = [\"{url}\"]\nstream = \"{stream}\"\nsubjects = [\"{stream}.>\"]\ndurable = \"{}\"\n{SOURCE_BATCH}",

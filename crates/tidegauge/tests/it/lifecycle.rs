@@ -288,7 +288,10 @@ fn every_live_example_runs_until_ctrl_c() {
         // that writes windows must have written some (five sensors, one-second windows)
         // before Ctrl-C; the others are stopped right away.
         running.wait_stderr(|s| s.contains("tidegauge: running"));
-        if std::fs::read_to_string(&path).unwrap().contains("WINDOWS_OUTPUT") {
+        if std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("WINDOWS_OUTPUT")
+        {
             wait_for(&windows, |text| text.lines().count() >= 5);
         }
         let (code, err) = running.stop();

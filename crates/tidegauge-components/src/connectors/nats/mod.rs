@@ -52,6 +52,38 @@ macro_rules! nats_connection {
 
 pub(crate) use nats_connection;
 
+/// Where a stream the component creates keeps its messages.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStorage {
+    /// On the server's disk: messages survive a server restart.
+    #[default]
+    File,
+    /// In the server's memory: lost when the server restarts, and no disk write on the
+    /// path of each message (see the README's latency table).
+    Memory,
+}
+
+impl StreamStorage {
+    /// JetStream's name for it.
+    pub(crate) fn jetstream(self) -> async_nats::jetstream::stream::StorageType {
+        match self {
+            StreamStorage::File => async_nats::jetstream::stream::StorageType::File,
+            StreamStorage::Memory => async_nats::jetstream::stream::StorageType::Memory,
+        }
+    }
+}
+
 /// The connection settings of a NATS component.
 pub(crate) struct Connection<'a> {
     pub servers: &'a [String],

@@ -39,6 +39,11 @@ config! {
         /// Subjects of the stream to create (`alerts.>`).
         #[serde(default)]
         pub stream_subjects: Vec<String>,
+        /// Where the stream this sink creates keeps its messages: `file` (survives a
+        /// server restart) or `memory` (does not; spares the server a disk write per
+        /// message). An existing stream is used as it is.
+        #[serde(default)]
+        pub stream_storage: super::StreamStorage,
         /// Messages published and not yet stored, at most (within a batch too: a batch
         /// larger than this waits for its own first messages to be stored).
         #[serde(default = "default_max_in_flight")]
@@ -107,6 +112,7 @@ impl SinkConfig for NatsSinkConfig {
             js.get_or_create_stream(jetstream::stream::Config {
                 name: name.clone(),
                 subjects: self.stream_subjects.clone(),
+                storage: self.stream_storage.jetstream(),
                 ..Default::default()
             })
             .await

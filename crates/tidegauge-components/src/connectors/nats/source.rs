@@ -37,6 +37,11 @@ config! {
         /// stream must exist.
         #[serde(default)]
         pub subjects: Vec<String>,
+        /// Where the stream this source creates keeps its messages: `file` (survives a
+        /// server restart) or `memory` (does not; spares the server a disk write per
+        /// message). An existing stream is used as it is.
+        #[serde(default)]
+        pub stream_storage: super::StreamStorage,
         /// Only messages whose subject matches this filter (`sensors.*.temp`).
         #[serde(default)]
         pub filter_subject: Option<String>,
@@ -108,6 +113,7 @@ impl SourceConfig for NatsSourceConfig {
             js.get_or_create_stream(jetstream::stream::Config {
                 name: self.stream.clone(),
                 subjects: self.subjects.clone(),
+                storage: self.stream_storage.jetstream(),
                 ..Default::default()
             })
             .await
