@@ -214,7 +214,8 @@ async fn nats_packed_messages_round_trip_through_the_source() {
     let sent = harness::events(0, 1_000);
     harness::deliver_in_two_batches(&sink, &sent).await;
     let js = context(&url).await;
-    let info = js.get_stream(&stream).await.unwrap().info().await.unwrap();
+    let mut created = js.get_stream(&stream).await.unwrap();
+    let info = created.info().await.unwrap();
     assert_eq!(info.config.storage, jetstream::stream::StorageType::Memory);
     let stored = info.state.messages;
     assert!(stored < 100, "1,000 events in {stored} messages");
