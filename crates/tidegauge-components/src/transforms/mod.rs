@@ -15,6 +15,7 @@ pub mod hotelling;
 pub mod key_table;
 pub mod keyed;
 pub mod mad;
+mod partitioned;
 pub mod rate_of_change;
 pub mod relative_entropy;
 pub mod seasonal;
