@@ -5,20 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow_array::types::Float64Type;
-use arrow_array::{Float64Array, Int64Array, StringArray};
-use tidegauge_core::ack::{AckSender, ack_channel};
-use tidegauge_core::dead_letter::DeadLetter;
-use tidegauge_core::registry::ComponentKind;
-use tidegauge_core::telemetry::ComponentTelemetry;
-use tidegauge_core::{ComponentContext, TransformConfig};
+use tidegauge_core::TransformConfig;
 
 use super::*;
-use crate::partitions::{OFFSET_FIELD, PARTITION_FIELD, Snapshot};
+use crate::partitions::Snapshot;
+use crate::transforms::partition_harness::{Fed, Row, read, schema};
 
 const PARTITIONS: i64 = 3;
-
-/// One row: (key, partition, offset, ts, value), in the order a consumer reads them.
-type Row = (String, i64, i64, i64, f64);
 
 /// Keys `k0..k11`, key `k` in partition `k % 3`. Each partition has its own clock:
 /// partition 2 runs 3 s behind the others, so with one watermark for the whole stream
@@ -49,45 +42,13 @@ fn rows(n: usize) -> Vec<Row> {
         .collect()
 }
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("sensor_id", DataType::Utf8, false),
-        Field::new("ts", DataType::Int64, false),
-        Field::new("value", DataType::Float64, false),
-        Field::new(PARTITION_FIELD, DataType::Int64, false),
-        Field::new(OFFSET_FIELD, DataType::Int64, false),
-    ]))
-}
-
-fn batch(rows: &[Row]) -> RecordBatch {
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.0.as_str()),
-            )),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.4))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-        ],
-    )
-    .unwrap()
-}
-
 /// A window: (key, start, end).
 type Span = (String, i64, i64);
 
 struct Instance {
-    w: Window,
-    cx: TransformContext,
+    fed: Fed,
     /// Every window emitted: (count, sum) per copy.
     out: BTreeMap<Span, Vec<(i64, u64)>>,
-    /// Acknowledgements: the token of batch `i` has id `i`.
-    tokens: AckSender,
-    acks: tidegauge_core::ack::AckReceiver,
-    fed: Vec<Vec<Row>>,
-    acked: BTreeSet<u64>,
 }
 
 impl Instance {
@@ -100,117 +61,56 @@ impl Instance {
             .unwrap()
             .partitioned(&input, hub, "w");
         assert!(w.partitioning.is_some());
-        let component = ComponentContext::new(
-            Arc::new(ComponentTelemetry::new(
-                "w",
-                ComponentKind::Transform,
-                "window",
-            )),
-            DeadLetter::stderr(),
-        );
-        let (tokens, acks) = ack_channel();
         Instance {
-            w,
-            cx: TransformContext::new(component),
+            fed: Fed::new(Box::new(w), "window"),
             out: BTreeMap::new(),
-            tokens,
-            acks,
-            fed: Vec::new(),
-            acked: BTreeSet::new(),
         }
     }
 
-    /// Takes what was emitted; the sinks make it durable at once (its tokens dropped).
-    fn collect(&mut self) {
-        for (b, _) in self.cx.take_emitted() {
-            let keys = b.column(0).as_string::<i32>();
-            let start = b.column(1).as_primitive::<Int64Type>();
-            let end = b.column(2).as_primitive::<Int64Type>();
-            let count = b.column(3).as_primitive::<Int64Type>();
-            let sum = b.column(4).as_primitive::<Float64Type>();
-            let late = b.column(5).as_boolean();
-            for i in 0..b.num_rows() {
-                assert!(!late.value(i), "late events are dropped");
-                self.out
-                    .entry((keys.value(i).to_string(), start.value(i), end.value(i)))
-                    .or_default()
-                    .push((count.value(i), sum.value(i).to_bits()));
-            }
-        }
-        while let Ok(ack) = self.acks.try_recv() {
-            assert!(ack.delivered, "batch {} failed", ack.id);
-            self.acked.insert(ack.id);
-        }
+    fn collect(&mut self, batches: Vec<RecordBatch>) {
+        collect(&mut self.out, batches);
     }
 
     fn feed(&mut self, rows: &[Row]) {
-        self.cx
-            .set_finalizers(Finalizers::one(self.tokens.token(self.fed.len() as u64)));
-        self.fed.push(rows.to_vec());
-        self.w.process(batch(rows), &mut self.cx).unwrap();
-        self.cx.set_finalizers(Finalizers::none());
-        self.collect();
+        let b = self.fed.feed(rows);
+        self.collect(b);
     }
 
     fn tick(&mut self) {
-        self.w.tick(SystemTime::now(), &mut self.cx).unwrap();
-        self.collect();
+        let b = self.fed.tick_at(SystemTime::now());
+        self.collect(b);
     }
 
     fn finish(&mut self) {
-        self.w.flush(&mut self.cx).unwrap();
-        self.collect();
+        let b = self.fed.finish();
+        self.collect(b);
     }
 
-    /// Per partition, the offset below which every batch is acknowledged (what the
-    /// source's commit frontier is: a contiguous prefix of acknowledged batches).
-    fn durable(&self) -> BTreeMap<i32, i64> {
-        let mut out = BTreeMap::new();
-        for (i, rows) in self.fed.iter().enumerate() {
-            if !self.acked.contains(&(i as u64)) {
-                break;
-            }
-            for r in rows {
-                out.insert(r.1 as i32, r.2 + 1);
-            }
-        }
-        out
+    fn read(&mut self, hub: &Arc<Hub>, rows: &[Row], size: usize) -> BTreeMap<i32, Snapshot> {
+        let mut written = BTreeMap::new();
+        let out = &mut self.out;
+        read(&mut self.fed, hub, rows, size, &mut written, &mut |b| {
+            collect(out, b)
+        });
+        written
     }
 }
 
-/// Feeds `rows` in batches of `size` as a source with a changelog would: a cut of every
-/// partition read after each third batch, at the offset after the last row decoded
-/// (which includes the first rows of the batch not yet sent, so batches straddle cuts),
-/// the commit frontier and the snapshots written after each batch. Returns each
-/// partition's last snapshot written.
-fn read(
-    a: &mut Instance,
-    hub: &Arc<Hub>,
-    rows: &[Row],
-    size: usize,
-    written: &mut BTreeMap<i32, Snapshot>,
-) {
-    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
-    for (i, chunk) in rows.chunks(size).enumerate() {
-        if i % 3 == 2 {
-            for r in &chunk[..chunk.len() / 2] {
-                last.insert(r.1, r.2 + 1);
-            }
-            for (&p, &o) in &last {
-                hub.cut(p as i32, o);
-            }
+/// Notes the windows of `batches` in `out`.
+fn collect(out: &mut BTreeMap<Span, Vec<(i64, u64)>>, batches: Vec<RecordBatch>) {
+    for b in batches {
+        let keys = b.column(0).as_string::<i32>();
+        let start = b.column(1).as_primitive::<Int64Type>();
+        let end = b.column(2).as_primitive::<Int64Type>();
+        let count = b.column(3).as_primitive::<Int64Type>();
+        let sum = b.column(4).as_primitive::<Float64Type>();
+        let late = b.column(5).as_boolean();
+        for i in 0..b.num_rows() {
+            assert!(!late.value(i), "late events are dropped");
+            out.entry((keys.value(i).to_string(), start.value(i), end.value(i)))
+                .or_default()
+                .push((count.value(i), sum.value(i).to_bits()));
         }
-        a.feed(chunk);
-        for r in chunk {
-            last.insert(r.1, r.2 + 1);
-        }
-        if i % 2 == 1 {
-            a.tick();
-        }
-        for (p, o) in a.durable() {
-            hub.set_durable(p, o);
-        }
-        written.extend(hub.take_ready());
     }
 }
 
@@ -278,8 +178,7 @@ fn a_moved_partition_gives_exactly_the_windows_of_one_instance() {
         for p in 0..PARTITIONS as i32 {
             hub_a.assign(p, None);
         }
-        let mut written = BTreeMap::new();
-        read(&mut a, &hub_a, &all[..stop], 50, &mut written);
+        let written = a.read(&hub_a, &all[..stop], 50);
         let snap = written
             .get(&2)
             .cloned()
@@ -290,14 +189,13 @@ fn a_moved_partition_gives_exactly_the_windows_of_one_instance() {
         let mut b = Instance::new(&hub_b, shape);
         hub_b.assign(2, Some(snap.clone()));
         // `a` reads on (partition 2's rows come in its batches and are dropped).
-        read(&mut a, &hub_a, &all[stop..], 50, &mut written);
+        a.read(&hub_a, &all[stop..], 50);
         let resume: Vec<Row> = all
             .iter()
             .filter(|r| r.1 == 2 && r.2 >= snap.offset)
             .cloned()
             .collect();
-        let mut written_b = BTreeMap::new();
-        read(&mut b, &hub_b, &resume, 40, &mut written_b);
+        b.read(&hub_b, &resume, 40);
         a.finish();
         b.finish();
         assert!(
@@ -329,7 +227,9 @@ fn a_partition_behind_the_others_is_not_closed_by_their_time() {
     w.feed(&[row("b", 1, 2, 250)]);
     assert_eq!(w.out[&("b".to_string(), 0, 100)], vec![(2, 2f64.to_bits())]);
     assert_eq!(
-        w.cx.component()
+        w.fed
+            .cx
+            .component()
             .telemetry()
             .snapshot()
             .metric(STALE_READINGS.name),
@@ -367,20 +267,20 @@ fn a_cut_releases_the_partitions_tokens_and_a_revocation_does_not_fail_them() {
     let row = |key: &str, p: i64, o: i64| (key.to_string(), p, o, 10, 1.0);
     w.feed(&[row("a", 0, 0), row("b", 1, 0)]);
     w.feed(&[row("b", 1, 1)]);
-    assert!(w.acked.is_empty(), "held by the open windows");
+    assert!(w.fed.acked.is_empty(), "held by the open windows");
     // A cut of partition 1 after both its rows: the snapshot holds them, and an idle
     // partition's open windows must not hold every acknowledgement back.
     hub.cut(1, 2);
     w.tick();
     assert_eq!(
-        w.acked,
+        w.fed.acked,
         [1].into_iter().collect(),
         "batch 1 is partition 1's alone"
     );
     // Partition 0 is revoked: its windows go, their tokens released, not failed.
     hub.revoke(0);
     w.tick();
-    assert_eq!(w.acked, [0, 1].into_iter().collect());
+    assert_eq!(w.fed.acked, [0, 1].into_iter().collect());
     // Partition 1's window still counts both its events.
     w.feed(&[("b".to_string(), 1, 2, 500, 1.0)]);
     assert_eq!(
@@ -409,6 +309,6 @@ fn a_restored_partition_keeps_its_event_time() {
         b.out.into_iter().collect::<Vec<_>>(),
         vec![(("a".to_string(), 1000, 1100), vec![(2, 2f64.to_bits())])]
     );
-    let stale = b.cx.component().telemetry().snapshot();
+    let stale = b.fed.cx.component().telemetry().snapshot();
     assert_eq!(stale.metric(STALE_READINGS.name), Some(1));
 }
