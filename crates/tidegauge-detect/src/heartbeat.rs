@@ -173,6 +173,29 @@ impl<K: Clone + Eq + Hash> DeadlineTracker<K> {
         ended
     }
 
+    /// Every key tracked, with when it was last seen and whether its current silence has
+    /// been reported.
+    pub fn entries(&self) -> impl Iterator<Item = (&K, i64, bool)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|s| Some((s.key.as_ref()?, s.last_seen_ms, s.reported)))
+    }
+
+    /// Tracks `key`, last seen at `last_seen_ms`, its current silence reported already or
+    /// not (what [`entries`](Self::entries) gave, restored). Returns false, changing
+    /// nothing, when `key` is tracked already.
+    pub fn insert(&mut self, key: K, last_seen_ms: i64, reported: bool) -> bool {
+        if self.index.contains_key(&key) {
+            return false;
+        }
+        let i = self.allocate(key, last_seen_ms);
+        self.slots[i].reported = reported;
+        if !reported {
+            self.arm(i);
+        }
+        true
+    }
+
     /// Stops tracking `key`; returns whether it was tracked.
     pub fn remove(&mut self, key: &K) -> bool {
         let Some(i) = self.index.remove(key) else {
@@ -296,13 +319,8 @@ impl<K: Clone + Eq + Hash> TryFrom<TrackerRepr<K>> for DeadlineTracker<K> {
         }
         let mut t = DeadlineTracker::new(r.params);
         for (key, last_seen_ms, reported) in r.keys {
-            if t.index.contains_key(&key) {
+            if !t.insert(key, last_seen_ms, reported) {
                 return Err(String::from("duplicate key in heartbeat checkpoint"));
-            }
-            let i = t.allocate(key, last_seen_ms);
-            t.slots[i].reported = reported;
-            if !reported {
-                t.arm(i);
             }
         }
         Ok(t)
@@ -319,6 +337,22 @@ mod tests {
             expected_interval_ms: interval,
             tolerance,
         })
+    }
+
+    #[test]
+    fn entries_inserted_elsewhere_carry_on_as_they_were() {
+        let mut t = tracker(1000, 2.0);
+        t.touch(&1, 0);
+        t.touch(&2, 1500);
+        assert_eq!(t.expired(2500), vec![(1, 2500)]);
+        let mut moved = tracker(1000, 2.0);
+        for (k, seen, reported) in t.entries() {
+            assert!(moved.insert(*k, seen, reported));
+        }
+        assert!(!moved.insert(1, 0, false), "tracked already");
+        // 1 was reported already; 2 goes silent as it would have where it was.
+        assert_eq!(moved.expired(4000), vec![(2, 2500)]);
+        assert_eq!(moved.touch(&1, 4100), Some(4100));
     }
 
     #[test]

@@ -1,5 +1,18 @@
 //! `heartbeat` transform: sensors that have gone silent.
+//!
+//! # Partition-aligned state
+//!
+//! Fed by a `kafka` source with `partition_state` (its input has `kafka_partition` and
+//! `kafka_offset`, see [`crate::partitions`]), the heartbeat keeps its sensors per
+//! partition: each partition has its own last-seen times and, on event time, its own
+//! clock (its latest `ts`), so a sensor is reported silent by its partition's time, the
+//! same whichever instance owns the partition and whatever the other partitions do.
+//! Rows of partitions not owned are dropped (their owner reports them); a revoked
+//! partition's sensors are forgotten (no longer reported by this instance); at a cut the
+//! partition's clock and sensors (name, last seen, whether the current silence was
+//! reported) go to the hub, and an assigned partition's are restored.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +24,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tidegauge_core::ack::Finalizers;
 use tidegauge_core::schema::require_field;
 use tidegauge_core::telemetry::{AnomaliesDetected, MetricDesc};
 use tidegauge_core::{
@@ -20,15 +34,18 @@ use tidegauge_core::{
 use tidegauge_detect::{DeadlineTracker, HeartbeatParams, score_from_ratio};
 
 use super::key_table::{EvictionHooks, KeyLimits, KeyTable};
+use super::partitioned::{Moves, PartitionedState, Partitioning};
 use super::spec::param_errors;
 use super::{detector_fields, key_hash};
+use crate::partitions::Hub;
 
 /// Which clock tells that time has passed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Clock {
-    /// Event time: the latest `ts` seen across all sensors. Right for recorded data and
-    /// for streams that keep flowing; a completely silent stream never reports.
+    /// Event time: the latest `ts` seen across all sensors (of the sensor's Kafka
+    /// partition, with `partition_state`). Right for recorded data and for streams that
+    /// keep flowing; a completely silent stream (or partition) never reports.
     #[default]
     Event,
     /// The wall clock of this machine, checked even when no event arrives. Right for live
@@ -155,9 +172,13 @@ impl TransformConfig for HeartbeatConfig {
         &self,
         input: SchemaRef,
         output: SchemaRef,
-        _cx: BuildContext,
+        cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        Ok(Box::new(self.heartbeat(input, output)?))
+        let heartbeat = self.heartbeat(input, output)?;
+        Ok(Box::new(heartbeat.partitioned(
+            &crate::partitions::process_hub(),
+            cx.component.id(),
+        )))
     }
 }
 
@@ -167,13 +188,14 @@ impl HeartbeatConfig {
         Ok(Heartbeat {
             key: find(&self.key_field)?,
             ts: find(&self.ts_field)?,
-            tracker: DeadlineTracker::new(self.params()),
+            params: self.params(),
+            lanes: vec![Lane::new(0, self.params())],
             table: KeyTable::new(KeyLimits::new(self.max_keys, self.key_idle_ms())),
             max_keys: self.max_keys as u64,
             limit_ms: self.params().limit_ms(),
             interval_ms: self.expected_interval_ms,
             clock: self.clock,
-            watermark: i64::MIN,
+            partitioning: None,
             input,
             output,
         })
@@ -183,34 +205,100 @@ impl HeartbeatConfig {
 /// State per sensor besides its name: its entry in the tracker (slot, heap entry, index).
 const HEARTBEAT_BYTES_PER_KEY: u64 = 96;
 
-/// Keeps the tracker in line with the key table when sensors are forgotten.
-struct Forget<'a>(&'a mut DeadlineTracker<u32>);
+/// Keeps the trackers in line with the key table when sensors are forgotten.
+struct Forget<'a>(&'a mut [Lane]);
 
 impl EvictionHooks for Forget<'_> {
     fn evicted(&mut self, id: usize, moved_from: Option<usize>) {
-        self.0.remove(&(id as u32));
-        if let Some(from) = moved_from {
-            self.0.rename(&(from as u32), id as u32);
+        for lane in self.0.iter_mut() {
+            lane.tracker.remove(&(id as u32));
+            if let Some(from) = moved_from {
+                lane.tracker.rename(&(from as u32), id as u32);
+            }
         }
     }
+}
+
+/// The sensors of one partition of the input (of the whole input when it is not
+/// partitioned), with that partition's clock.
+struct Lane {
+    partition: i32,
+    /// Latest event time seen (`i64::MIN` before the first).
+    clock: i64,
+    /// When each sensor (by id in the table) was last seen.
+    tracker: DeadlineTracker<u32>,
+}
+
+impl Lane {
+    fn new(partition: i32, params: HeartbeatParams) -> Self {
+        Lane {
+            partition,
+            clock: i64::MIN,
+            tracker: DeadlineTracker::new(params),
+        }
+    }
+}
+
+/// A sensor tracked: its name and the partition it was first seen in.
+struct Sensor {
+    name: Box<str>,
+    partition: i32,
+}
+
+/// The checkpoint format version of a partition's sensors.
+const STATE_VERSION: u32 = 1;
+
+/// A partition's snapshot: its clock and its sensors.
+#[derive(Serialize, Deserialize)]
+struct PartitionSensors {
+    version: u32,
+    /// Latest event time seen (`i64::MIN` before the first).
+    clock: i64,
+    /// (name, last seen, whether the current silence was reported).
+    sensors: Vec<(String, i64, bool)>,
 }
 
 struct Heartbeat {
     key: usize,
     ts: usize,
-    tracker: DeadlineTracker<u32>,
-    /// The sensors tracked, by id (the tracker's key), each with its name.
-    table: KeyTable<Box<str>>,
+    params: HeartbeatParams,
+    /// The sensors per partition, by partition (one lane, 0, when the input is not
+    /// partitioned).
+    lanes: Vec<Lane>,
+    /// The sensors tracked, by id (the trackers' key).
+    table: KeyTable<Sensor>,
     max_keys: u64,
     limit_ms: i64,
     interval_ms: i64,
     clock: Clock,
-    watermark: i64,
+    /// With partition-aligned state (see the module documentation).
+    partitioning: Option<Partitioning>,
     input: SchemaRef,
     output: SchemaRef,
 }
 
 impl Heartbeat {
+    /// With partition columns in its input (a `kafka` source with `partition_state`):
+    /// the sensors are kept per partition, registered with `hub` as `id`.
+    fn partitioned(mut self, hub: &Arc<Hub>, id: &str) -> Self {
+        self.partitioning = Partitioning::new(&self.input, hub, id);
+        if self.partitioning.is_some() {
+            self.lanes.clear();
+        }
+        self
+    }
+
+    /// The index of `partition`'s lane, made if missing (lanes stay in partition order).
+    fn lane(&mut self, partition: i32) -> usize {
+        match self.lanes.binary_search_by_key(&partition, |l| l.partition) {
+            Ok(i) => i,
+            Err(i) => {
+                self.lanes.insert(i, Lane::new(partition, self.params));
+                i
+            }
+        }
+    }
+
     /// The input batch with every event marked normal.
     fn pass_through(&self, batch: &RecordBatch) -> Result<RecordBatch, ComponentError> {
         let n = batch.num_rows();
@@ -250,21 +338,22 @@ impl Heartbeat {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// One event per sensor silent at `now_ms`.
+    /// One event per sensor silent at `now_ms` (the wall clock), in every lane.
     fn silences(&mut self, now_ms: i64, cx: &mut TransformContext) -> Result<(), ComponentError> {
         let silent = self
-            .tracker
-            .expired(now_ms)
-            .into_iter()
+            .lanes
+            .iter_mut()
+            .flat_map(|lane| lane.tracker.expired(now_ms))
             .map(|(key, gap)| (key, gap, now_ms))
             .collect();
-        self.emit_silences(silent, cx)
+        self.emit_silences(silent, Finalizers::none(), cx)
     }
 
-    /// Events for silences: (key, how long silent, when noticed).
+    /// Events for silences: (key, how long silent, when noticed), with `finalizers`.
     fn emit_silences(
         &mut self,
         silent: Vec<(u32, i64, i64)>,
+        finalizers: Finalizers,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
         if silent.is_empty() {
@@ -278,7 +367,7 @@ impl Heartbeat {
         let mut flag = BooleanBuilder::new();
         let mut reason = StringBuilder::new();
         for (key, gap, noticed) in &silent {
-            keys.append_value(&self.table.states()[*key as usize]);
+            keys.append_value(&self.table.states()[*key as usize].name);
             ts.append_value(*noticed);
             silent_ms.append_value(*gap as f64);
             score.append_value(score_from_ratio(*gap as f64 / self.limit_ms.max(1) as f64));
@@ -308,8 +397,78 @@ impl Heartbeat {
         ];
         cx.component().emit(AnomaliesDetected { count: n as u64 });
         let batch = self.place(columns, added)?;
-        cx.emit_with(batch, tidegauge_core::ack::Finalizers::none());
+        cx.emit_with(batch, finalizers);
         Ok(())
+    }
+
+    /// Tracks the rows of `batch` (with partition-aligned state, all of partitions
+    /// owned, each in its partition's lane) and passes them on.
+    fn track_rows(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        let keys = batch.column(self.key).as_string::<i32>();
+        let ts = batch.column(self.ts).as_primitive::<Int64Type>();
+        let parts = self
+            .partitioning
+            .as_ref()
+            .map(|p| batch.column(p.partition).as_primitive::<Int64Type>());
+        let mut silent: Vec<(u32, i64, i64)> = Vec::new();
+        let now = self.table.now();
+        let (mut lane, mut lane_partition) = (0, None);
+        for row in 0..batch.num_rows() {
+            if keys.is_null(row) || ts.is_null(row) {
+                continue;
+            }
+            if let Some(parts) = parts {
+                let q = parts.value(row) as i32;
+                if lane_partition != Some(q) {
+                    lane = self.lane(q);
+                    lane_partition = Some(q);
+                }
+            }
+            let partition = lane_partition.unwrap_or(0);
+            let t = ts.value(row);
+            let l = &mut self.lanes[lane];
+            if self.clock == Clock::Event && t > l.clock {
+                // Time has moved on: who has been silent too long by now?
+                l.clock = t;
+                silent.extend(
+                    l.tracker
+                        .expired(t)
+                        .into_iter()
+                        .map(|(key, gap)| (key, gap, t)),
+                );
+            }
+            let key = keys.value(row);
+            let mut hooks = Forget(&mut self.lanes);
+            let Some(id) = self.table.get_or_insert(
+                key,
+                key_hash(key),
+                now,
+                || Sensor {
+                    name: key.into(),
+                    partition,
+                },
+                &mut hooks,
+            ) else {
+                continue;
+            };
+            self.lanes[lane].tracker.touch(&(id as u32), t);
+        }
+        let counts = self.table.take_counts();
+        cx.component().emit(KeysTracked {
+            keys: counts.keys,
+            evicted: counts.evicted,
+            refused: counts.refused,
+            max_keys: self.max_keys,
+        });
+        cx.emit(self.pass_through(&batch)?);
+        // The silences this batch's times revealed travel with its tokens.
+        let tokens = cx.take_finalizers();
+        cx.set_finalizers(tokens.clone());
+        self.emit_silences(silent, tokens, cx)
     }
 }
 
@@ -324,52 +483,34 @@ impl Transform for Heartbeat {
         batch: RecordBatch,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
-        let keys = batch.column(self.key).as_string::<i32>();
-        let ts = batch.column(self.ts).as_primitive::<Int64Type>();
-        let mut silent: Vec<(u32, i64, i64)> = Vec::new();
-        let now = self.table.now();
-        for row in 0..batch.num_rows() {
-            if keys.is_null(row) || ts.is_null(row) {
-                continue;
-            }
-            let t = ts.value(row);
-            if self.clock == Clock::Event && t > self.watermark {
-                // Time has moved on: who has been silent too long by now?
-                self.watermark = t;
-                silent.extend(
-                    self.tracker
-                        .expired(t)
-                        .into_iter()
-                        .map(|(key, gap)| (key, gap, t)),
-                );
-            }
-            let key = keys.value(row);
-            let mut hooks = Forget(&mut self.tracker);
-            let Some(id) =
-                self.table
-                    .get_or_insert(key, key_hash(key), now, || key.into(), &mut hooks)
-            else {
-                continue;
-            };
-            self.tracker.touch(&(id as u32), t);
+        if self.partitioning.is_some() {
+            super::partitioned::process(self, batch, cx)
+        } else {
+            self.track_rows(batch, cx)
         }
-        let counts = self.table.take_counts();
-        cx.component().emit(KeysTracked {
-            keys: counts.keys,
-            evicted: counts.evicted,
-            refused: counts.refused,
-            max_keys: self.max_keys,
-        });
-        cx.emit(self.pass_through(&batch)?);
-        self.emit_silences(silent, cx)
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        (self.clock == Clock::Wall)
-            .then(|| Duration::from_millis((self.interval_ms / 4).clamp(50, 10_000) as u64))
+        let wall = (self.clock == Clock::Wall)
+            .then(|| Duration::from_millis((self.interval_ms / 4).clamp(50, 10_000) as u64));
+        // Cuts and ownership changes are looked at between batches too.
+        let upkeep = self
+            .partitioning
+            .as_ref()
+            .map(|_| Duration::from_millis(100));
+        match (wall, upkeep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(&mut self, now: SystemTime, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            super::partitioned::upkeep(self, cx)?;
+        }
+        if self.clock != Clock::Wall {
+            return Ok(());
+        }
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -378,7 +519,120 @@ impl Transform for Heartbeat {
     }
 }
 
+impl PartitionedState for Heartbeat {
+    fn partitioning(&mut self) -> Option<&mut Partitioning> {
+        self.partitioning.as_mut()
+    }
+
+    fn holding(&self) -> BTreeSet<i32> {
+        let mut held: BTreeSet<i32> = self.lanes.iter().map(|l| l.partition).collect();
+        held.extend(self.table.states().iter().map(|s| s.partition));
+        held
+    }
+
+    /// Forgets the sensors of partitions given up, restores those of partitions
+    /// assigned.
+    fn apply_moves(
+        &mut self,
+        moves: Moves,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        self.lanes.retain(|l| !moves.dropped.contains(&l.partition));
+        let forgotten = self.table.remove_where(
+            |s| moves.dropped.contains(&s.partition),
+            &mut Forget(&mut self.lanes),
+        );
+        let mut restored = 0;
+        for (q, bytes) in moves.restored {
+            let state: PartitionSensors = ciborium::from_reader(bytes.as_slice())
+                .map_err(|e| ComponentError::new(format!("cannot decode heartbeat state: {e}")))?;
+            if state.version != STATE_VERSION {
+                return Err(ComponentError::new(format!(
+                    "heartbeat state version {} (this build reads {STATE_VERSION})",
+                    state.version
+                )));
+            }
+            let lane = self.lane(q);
+            self.lanes[lane].clock = state.clock;
+            let now = self.table.now();
+            for (name, last_seen, reported) in state.sensors {
+                let mut hooks = Forget(&mut self.lanes);
+                let Some(id) = self.table.get_or_insert(
+                    &name,
+                    key_hash(&name),
+                    now,
+                    || Sensor {
+                        name: name.as_str().into(),
+                        partition: q,
+                    },
+                    &mut hooks,
+                ) else {
+                    continue;
+                };
+                if self.lanes[lane]
+                    .tracker
+                    .insert(id as u32, last_seen, reported)
+                {
+                    restored += 1;
+                }
+            }
+        }
+        tracing::info!(
+            component_id = %cx.component().id(),
+            partitions = ?moves.dropped,
+            forgotten_sensors = forgotten,
+            restored_sensors = restored,
+            "sensors of moved partitions forgotten or restored"
+        );
+        Ok(())
+    }
+
+    fn apply_rows(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        self.track_rows(batch, cx)
+    }
+
+    /// Hands the hub each cut partition's clock and sensors.
+    fn snapshot(
+        &mut self,
+        cuts: &[(i32, i64)],
+        _cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        for &(q, offset) in cuts {
+            let mut state = PartitionSensors {
+                version: STATE_VERSION,
+                clock: i64::MIN,
+                sensors: Vec::new(),
+            };
+            if let Some(lane) = self.lanes.iter().find(|l| l.partition == q) {
+                state.clock = lane.clock;
+                let names = self.table.states();
+                state.sensors = lane
+                    .tracker
+                    .entries()
+                    .map(|(id, seen, reported)| {
+                        (names[*id as usize].name.to_string(), seen, reported)
+                    })
+                    .collect();
+            }
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&state, &mut bytes)
+                .map_err(|e| ComponentError::new(format!("cannot encode heartbeat state: {e}")))?;
+            if let Some(p) = &self.partitioning {
+                p.hand_in(q, offset, bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
 tidegauge_core::register_transform!(HeartbeatConfig);
+
+#[cfg(test)]
+mod partition_tests;
 
 #[cfg(test)]
 mod tests {

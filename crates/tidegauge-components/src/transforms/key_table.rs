@@ -165,11 +165,7 @@ impl<S> KeyTable<S> {
                 id += 1;
                 continue;
             }
-            let last = self.states.len() - 1;
-            self.keys.remove_id(id);
-            self.states.swap_remove(id);
-            self.last_seen.swap_remove(id);
-            hooks.evicted(id, (id != last).then_some(last));
+            self.remove_at(id, hooks);
             self.evicted += 1;
         }
         // An idle key kept by the stage may become evictable at any time: look again in
@@ -181,6 +177,36 @@ impl<S> KeyTable<S> {
             oldest.saturating_add(idle).max(now.saturating_add(1))
         };
         self.keys.len() < self.limits.max_keys
+    }
+
+    /// Removes every key whose state `gone` picks (its partition was given up); ids stay
+    /// dense as when keys are evicted, and `hooks` are told the same way. Returns how
+    /// many went.
+    pub fn remove_where(
+        &mut self,
+        mut gone: impl FnMut(&S) -> bool,
+        hooks: &mut dyn EvictionHooks,
+    ) -> usize {
+        let mut removed = 0;
+        let mut id = 0;
+        while id < self.states.len() {
+            if !gone(&self.states[id]) {
+                id += 1;
+                continue;
+            }
+            self.remove_at(id, hooks);
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Removes key `id`; the key with the last id takes it.
+    fn remove_at(&mut self, id: usize, hooks: &mut dyn EvictionHooks) {
+        let last = self.states.len() - 1;
+        self.keys.remove_id(id);
+        self.states.swap_remove(id);
+        self.last_seen.swap_remove(id);
+        hooks.evicted(id, (id != last).then_some(last));
     }
 
     /// What the cap did since the last call, and the keys held.

@@ -10,7 +10,7 @@
 //! a key is hashed once per event. One batch is in flight while the next is split and
 //! the previous one's columns are assembled, so that work overlaps with detection.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -26,8 +26,9 @@ use tidegauge_core::telemetry::AnomaliesDetected;
 use tidegauge_core::{BuildError, ComponentError, ConfigError, Transform, TransformContext};
 use tidegauge_detect::{Detector, Verdict};
 
-use crate::partitions::{Seen, process_hub};
-use partitioned::{Partitioning, partition_columns};
+use crate::partitions::process_hub;
+
+use super::partitioned::{Partitioning, partition_columns};
 
 use super::key_table::{KeyCounts, KeyLimits, KeyTable, NoHooks};
 use super::spec::{Common, DetectorSpec, check_key_limits};
@@ -167,7 +168,7 @@ pub(crate) fn build_in<S: DetectorSpec>(
     hub: Arc<crate::partitions::Hub>,
 ) -> Result<Box<dyn Transform>, BuildError> {
     let columns = locate(common, input)?;
-    let partitioning = partition_columns(input).and_then(|(partition, offset)| {
+    let partitioning = partition_columns(input).and_then(|_| {
         if spec.save_states(&KeyInterner::default(), &[]).is_none() {
             tracing::warn!(
                 component_id = id,
@@ -176,15 +177,7 @@ pub(crate) fn build_in<S: DetectorSpec>(
             );
             return None;
         }
-        Some(Partitioning {
-            partition,
-            offset,
-            registration: hub.register(id),
-            seen: Seen::default(),
-            owned: BTreeSet::new(),
-            key_partition: HashMap::new(),
-            applied: HashMap::new(),
-        })
+        Partitioning::new(input, &hub, id)
     });
     let spec = Arc::new(SpecCell::new(spec));
     // Each worker holds its share of the cap (keys spread evenly over workers).
@@ -209,6 +202,7 @@ pub(crate) fn build_in<S: DetectorSpec>(
         limits,
         max_keys: common.max_keys as u64,
         partitioning,
+        key_partition: HashMap::new(),
     }))
 }
 
@@ -500,6 +494,8 @@ struct KeyedDetector<S: DetectorSpec> {
     /// The cap over all workers.
     max_keys: u64,
     partitioning: Option<Partitioning>,
+    /// With partition-aligned state: the partition each key came from.
+    key_partition: HashMap<Box<str>, i32>,
 }
 
 impl<S: DetectorSpec> KeyedDetector<S> {
@@ -577,7 +573,7 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
         if self.partitioning.is_some() {
-            self.process_partitioned(batch, cx)
+            super::partitioned::process(self, batch, cx)
         } else {
             self.process_rows(batch, cx)
         }
@@ -594,7 +590,7 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
         _now: std::time::SystemTime,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
-        self.partition_upkeep(cx)
+        super::partitioned::upkeep(self, cx)
     }
 
     fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {

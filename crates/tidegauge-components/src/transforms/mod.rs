@@ -15,6 +15,9 @@ pub mod hotelling;
 pub mod key_table;
 pub mod keyed;
 pub mod mad;
+#[cfg(test)]
+mod partition_harness;
+mod partitioned;
 pub mod rate_of_change;
 pub mod relative_entropy;
 pub mod seasonal;
