@@ -81,6 +81,9 @@ struct State {
     /// Per owned partition restored from a snapshot, the offset its state stands at: the
     /// first message this ownership may apply.
     starts: HashMap<i32, i64>,
+    /// Transforms that left (stopped) and were not registered again: while any is gone,
+    /// no cut is made, since no snapshot could hold its state.
+    left: BTreeSet<String>,
 }
 
 /// Where a changelog-backed source and the keyed transforms meet. See the module
@@ -112,6 +115,7 @@ impl Hub {
     pub fn register(self: &Arc<Self>, id: &str) -> Registration {
         let mut s = self.lock();
         s.transforms.insert(id.to_string());
+        s.left.remove(id);
         // A transform built after partitions were assigned (a reload) restores nothing:
         // it starts from the partitions owned now, empty.
         Registration {
@@ -188,8 +192,21 @@ impl Hub {
 
     /// Cuts `partition` at `offset` unless a cut of it is pending; true if cut.
     pub fn cut(&self, partition: i32, offset: i64) -> bool {
+        self.cut_with(partition, offset, false)
+    }
+
+    /// Cuts `partition` at `offset`, in place of a pending cut of it (whose snapshots are
+    /// dropped): the final cut of a stopping source, at the last message it read.
+    pub fn recut(&self, partition: i32, offset: i64) -> bool {
+        self.cut_with(partition, offset, true)
+    }
+
+    fn cut_with(&self, partition: i32, offset: i64, replace: bool) -> bool {
         let mut s = self.lock();
-        if !s.owned.contains(&partition) || s.cuts.contains_key(&partition) {
+        if !s.owned.contains(&partition)
+            || !s.left.is_empty()
+            || (!replace && s.cuts.contains_key(&partition))
+        {
             return false;
         }
         s.cuts.insert(
@@ -207,6 +224,11 @@ impl Hub {
     /// Whether a cut of `partition` is pending.
     pub fn has_cut(&self, partition: i32) -> bool {
         self.lock().cuts.contains_key(&partition)
+    }
+
+    /// Whether any cut is pending.
+    pub fn cutting(&self) -> bool {
+        !self.lock().cuts.is_empty()
     }
 
     /// The sinks hold every output of the rows of `partition` below `offset`.
@@ -327,9 +349,12 @@ impl Drop for Registration {
         let mut s = self.hub.lock();
         s.transforms.remove(&self.id);
         s.restores.remove(&self.id);
-        for cut in s.cuts.values_mut() {
-            cut.states.remove(&self.id);
-        }
+        // A cut this transform has not handed its state in for can never be complete:
+        // written without it, its next owner would restore this transform empty and
+        // judge from the cut's offset on with no history. Cuts it is part of stay.
+        let id = &self.id;
+        s.cuts.retain(|_, cut| cut.states.contains_key(id));
+        s.left.insert(self.id.clone());
     }
 }
 
@@ -434,6 +459,54 @@ mod tests {
         let mut cut = encode_snapshot(&snap);
         cut.pop();
         assert!(decode_snapshot(&cut).is_err());
+    }
+
+    #[test]
+    fn a_transform_that_stops_leaves_no_snapshot_without_its_state() {
+        // A stopping pipeline drops its transforms while the source still settles: a cut
+        // one of them never handed its state in for must not be written (its next owner
+        // would judge from the cut's offset with no history), nor a new cut be made.
+        let hub = Arc::new(Hub::default());
+        let a = hub.register("a");
+        let b = hub.register("b");
+        hub.assign(1, None);
+        hub.assign(2, None);
+        assert!(hub.cut(1, 10) && hub.cut(2, 20));
+        a.snapshot(1, 10, vec![1]);
+        b.snapshot(1, 10, vec![2]);
+        a.snapshot(2, 20, vec![3]);
+        drop(b);
+        hub.set_durable(1, 10);
+        hub.set_durable(2, 20);
+        let ready = hub.take_ready();
+        assert_eq!(ready.len(), 1, "only the cut both handed in: {ready:?}");
+        assert_eq!(ready[0].0, 1);
+        assert_eq!(ready[0].1.states.len(), 2);
+        assert!(!hub.cut(2, 30), "no cut while a transform is gone");
+        drop(a);
+        assert!(!hub.cut(2, 30));
+        assert!(hub.take_ready().is_empty());
+        // Registered again (a reload keeps its ids): cuts resume.
+        let _b = hub.register("b");
+        let _a = hub.register("a");
+        assert!(hub.cut(2, 30));
+    }
+
+    #[test]
+    fn a_recut_replaces_the_pending_cut() {
+        let hub = Arc::new(Hub::default());
+        let a = hub.register("a");
+        hub.assign(4, None);
+        assert!(hub.cut(4, 100));
+        a.snapshot(4, 100, vec![1]);
+        assert!(hub.recut(4, 150));
+        a.snapshot(4, 100, vec![9]);
+        hub.set_durable(4, 150);
+        assert!(hub.take_ready().is_empty(), "the cut at 100 is gone");
+        a.snapshot(4, 150, vec![2]);
+        let ready = hub.take_ready();
+        assert_eq!(ready[0].1.offset, 150);
+        assert_eq!(ready[0].1.states["a"], vec![2]);
     }
 
     #[test]

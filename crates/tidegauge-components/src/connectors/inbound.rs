@@ -257,6 +257,9 @@ pub(crate) trait BrokerSource: Send {
         released: Released<Self::Position>,
         draining: bool,
     ) -> impl Future<Output = ()> + Send;
+    /// Stopping: the last batch is sent and the stages downstream still run (they see
+    /// the input end next). What the source must tell them before they stop.
+    fn finishing(&mut self, _cx: &ComponentContext) {}
     /// After the last acknowledgement: final commit, flush, disconnect.
     fn close(self, cx: &ComponentContext) -> impl Future<Output = ()> + Send;
 }
@@ -351,6 +354,7 @@ pub(crate) async fn run<B: BrokerSource>(
     if let Some(batch) = pending.take(&mut broker, &mut decoder, &component).await {
         let _ = out.send(batch).await;
     }
+    broker.finishing(&component);
     drop(out);
     let deadline = tokio::time::Instant::now() + drain_timeout;
     while pending.tracker.in_flight() > 0 {

@@ -490,6 +490,13 @@ impl Transform for Heartbeat {
         }
     }
 
+    fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            super::partitioned::finish(self, cx)?;
+        }
+        Ok(())
+    }
+
     fn tick_interval(&self) -> Option<Duration> {
         let wall = (self.clock == Clock::Wall)
             .then(|| Duration::from_millis((self.interval_ms / 4).clamp(50, 10_000) as u64));

@@ -594,6 +594,9 @@ impl<S: DetectorSpec> Transform for KeyedDetector<S> {
     }
 
     fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            super::partitioned::finish(self, cx)?;
+        }
         self.drain(cx)
     }
 

@@ -279,3 +279,37 @@ pub(crate) fn upkeep<T: PartitionedState>(
     }
     t.snapshot(&due, cx)
 }
+
+/// When the input has ended (the instance stops): hands the hub this transform's state
+/// of every partition cut, so the stopping source can write a last snapshot of each at
+/// the last message it read, and the next owner goes on from there instead of from the
+/// previous snapshot. Every row the source read has reached this transform by now: a cut
+/// that no applied row is at or past is exact.
+pub(crate) fn finish<T: PartitionedState>(
+    t: &mut T,
+    cx: &mut TransformContext,
+) -> Result<(), ComponentError> {
+    follow_ownership(t, cx)?;
+    let Some(p) = t.partitioning() else {
+        return Ok(());
+    };
+    let Some(cuts) = p.registration.pending_cuts(&mut Seen::default()) else {
+        return Ok(());
+    };
+    if cuts.is_empty() {
+        return Ok(());
+    }
+    t.settle(cx)?;
+    let Some(p) = t.partitioning() else {
+        return Ok(());
+    };
+    let exact: Vec<(i32, i64)> = cuts
+        .into_iter()
+        .filter(|(q, x, _)| p.applied.get(q).is_none_or(|a| a <= x))
+        .map(|(q, x, _)| (q, x))
+        .collect();
+    if exact.is_empty() {
+        return Ok(());
+    }
+    t.snapshot(&exact, cx)
+}

@@ -853,8 +853,9 @@ impl Transform for Window {
             // The input does not end, this instance does: each open window is in its
             // partition's snapshot, and the partition's next owner emits it whole when
             // it closes. Emitting it now would write it a first time without the events
-            // still to come.
-            return Ok(());
+            // still to come. The stopping source's last cut gets this instance's
+            // windows as they stand.
+            return super::partitioned::finish(self, cx);
         }
         let mut rows = Rows::new(&self.aggregates);
         self.close_all(i64::MAX, &mut rows);

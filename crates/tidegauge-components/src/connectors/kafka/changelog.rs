@@ -109,6 +109,15 @@ impl Changelog {
             .map_err(|(e, _)| format!("cannot write snapshot of {key}: {e}"))
     }
 
+    /// Waits until every snapshot queued has reached the broker, at most `timeout`
+    /// (the producer drops what is still queued when it is dropped). Blocking.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        use rdkafka::producer::Producer;
+        self.producer
+            .flush(timeout)
+            .map_err(|e| format!("snapshots not all written to {}: {e}", self.topic))
+    }
+
     /// The high watermark of input `partition` (`None` if the broker does not answer
     /// within a second). Blocking.
     pub fn input_high_watermark(&self, partition: i32) -> Option<i64> {

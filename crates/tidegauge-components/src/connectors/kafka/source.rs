@@ -423,15 +423,65 @@ impl Partitioned {
         self.epochs.get(&partition).copied()
     }
 
-    /// Writes the snapshots that are complete, and cuts the partitions read since their
-    /// last cut when the interval is up.
-    fn maintain(&mut self, cx: &ComponentContext) {
-        for (p, snapshot) in self.hub.take_ready() {
+    /// Writes the snapshots that are complete; returns how many.
+    fn write_ready(&mut self, cx: &ComponentContext) -> usize {
+        let ready = self.hub.take_ready();
+        for (p, snapshot) in &ready {
             tracing::debug!(partition = p, offset = snapshot.offset, "snapshot written");
-            if let Err(e) = self.changelog.write(p, &snapshot) {
+            if let Err(e) = self.changelog.write(*p, snapshot) {
                 cx.emit(ComponentErrorOccurred { error: &e });
             }
         }
+        ready.len()
+    }
+
+    /// Stopping, once the last batch is sent: cuts every partition read since its last
+    /// cut at the last message read, so the stages hand in their state as it stands when
+    /// their input ends, and the next owner goes on from there.
+    fn final_cuts(&mut self) {
+        let owned = self.hub.owned();
+        for (&p, &next) in &self.reads.next {
+            if owned.contains(&p)
+                && self.cut.get(&p).is_none_or(|c| *c < next)
+                && self.hub.recut(p, next)
+            {
+                self.cut.insert(p, next);
+            }
+        }
+    }
+
+    /// Stopping, after the last acknowledgement: writes the final snapshots as the stages
+    /// hand them in (a stage that stops without handing its state in withdraws the cut),
+    /// at most `timeout`, and waits for the broker to have them.
+    async fn write_final(&mut self, cx: &ComponentContext, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut written = 0;
+        loop {
+            written += self.write_ready(cx);
+            if !self.hub.cutting() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.hub.cutting();
+        let changelog = self.changelog.clone();
+        let flushed = tokio::task::spawn_blocking(move || changelog.flush(timeout))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = flushed {
+            cx.emit(ComponentErrorOccurred { error: &e });
+        }
+        tracing::info!(
+            snapshots = written,
+            incomplete = left,
+            "final snapshots written to the changelog"
+        );
+    }
+
+    /// Writes the snapshots that are complete, and cuts the partitions read since their
+    /// last cut when the interval is up.
+    fn maintain(&mut self, cx: &ComponentContext) {
+        self.write_ready(cx);
         if self.last_cut.elapsed() < self.interval {
             return;
         }
@@ -662,8 +712,19 @@ impl BrokerSource for Member {
         }
     }
 
-    /// A final synchronous commit of everything settled.
-    async fn close(self, cx: &ComponentContext) {
+    fn finishing(&mut self, _cx: &ComponentContext) {
+        if let Some(partitioned) = &mut self.changelog {
+            partitioned.final_cuts();
+        }
+    }
+
+    /// The final snapshots (with partition state), then a final synchronous commit of
+    /// everything settled.
+    async fn close(mut self, cx: &ComponentContext) {
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        if let Some(partitioned) = &mut self.changelog {
+            partitioned.write_final(cx, timeout).await;
+        }
         let mut tpl = TopicPartitionList::new();
         for ((t, p), next) in &self.commits.next {
             let offset = self
