@@ -569,12 +569,15 @@ mod tests {
         assert_eq!(changes.restores, vec![(1, 9, Some(vec![5]))]);
         assert!(hub.take_ready().is_empty());
         drop(a);
-        hub.cut(1, 20);
-        hub.set_durable(1, 20);
-        assert_eq!(
-            hub.take_ready().len(),
-            1,
-            "with no transform left a cut is only offsets"
+        assert!(
+            !hub.cut(1, 20),
+            "a transform that stopped has no state to give: no cut is made"
         );
+        // A pipeline without partitioned transforms: a cut is only offsets.
+        let offsets_only = Hub::default();
+        offsets_only.assign(1, None);
+        assert!(offsets_only.cut(1, 20));
+        offsets_only.set_durable(1, 20);
+        assert_eq!(offsets_only.take_ready().len(), 1);
     }
 }
