@@ -204,9 +204,8 @@ fn run_until(
     written
 }
 
-fn check(workers: usize, size: usize) {
-    let all = rows(4_000);
-    // One instance owning every partition, reading everything.
+/// One instance owning every partition, reading everything: z per (partition, offset).
+fn reference(all: &[Row]) -> BTreeMap<(i64, i64), f64> {
     let ref_hub = Arc::new(Hub::default());
     let mut reference = Instance::new(&ref_hub, 1);
     for p in 0..PARTITIONS as i32 {
@@ -217,7 +216,11 @@ fn check(workers: usize, size: usize) {
     }
     reference.finish();
     assert_eq!(reference.z.len(), all.len());
+    reference.z
+}
 
+fn check(workers: usize, size: usize) {
+    let all = rows(4_000);
     let hub_a = Arc::new(Hub::default());
     let snapshots = run_until(&hub_a, workers, &all, size, 2_900);
     assert_eq!(
@@ -225,7 +228,19 @@ fn check(workers: usize, size: usize) {
         PARTITIONS as usize,
         "every partition was written"
     );
+    resume_from(&snapshots, &all, workers, size);
+}
 
+/// A second instance restores `snapshots` and reads the rest of `all`: every row it
+/// judges must get the verdict one instance reading everything gives. Returns how many
+/// rows it read.
+fn resume_from(
+    snapshots: &BTreeMap<i64, Snapshot>,
+    all: &[Row],
+    workers: usize,
+    size: usize,
+) -> usize {
+    let reference = reference(all);
     let hub_b = Arc::new(Hub::default());
     let mut b = Instance::new(&hub_b, workers);
     for (&p, snap) in &snapshots {
@@ -243,12 +258,73 @@ fn check(workers: usize, size: usize) {
     b.finish();
     assert_eq!(b.z.len(), resume.len());
     for (k, z) in &b.z {
-        let want = reference.z[k];
+        let want = reference[k];
         assert!(
             (z.is_nan() && want.is_nan()) || z == &want,
             "row {k:?}: z {z} after the move, {want} reading everything"
         );
     }
+    resume.len()
+}
+
+/// An instance that stops (its input ends) hands in its state of every partition at
+/// the last row read, cut there by the stopping source: the next owner reads on from
+/// exactly there, nothing read twice, every verdict as one instance's.
+fn check_stop(workers: usize) {
+    let all = rows(4_000);
+    let stop_at = 2_900;
+    let hub = Arc::new(Hub::default());
+    let mut a = Instance::new(&hub, workers);
+    for p in 0..PARTITIONS as i32 {
+        hub.assign(p, None);
+    }
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for chunk in all[..stop_at].chunks(64) {
+        a.feed(chunk);
+        for r in chunk {
+            last.insert(r.1, r.2 + 1);
+        }
+    }
+    // The source's final cuts, then the input ends.
+    for (&p, &o) in &last {
+        assert!(hub.recut(p as i32, o));
+    }
+    a.finish();
+    for (&p, &o) in &last {
+        hub.set_durable(p as i32, o);
+    }
+    let snapshots: BTreeMap<i64, Snapshot> = hub
+        .take_ready()
+        .into_iter()
+        .map(|(p, s)| (p as i64, s))
+        .collect();
+    assert_eq!(
+        snapshots.len(),
+        PARTITIONS as usize,
+        "every partition handed in"
+    );
+    for (p, snap) in &snapshots {
+        assert_eq!(
+            snap.offset, last[p],
+            "partition {p} cut at its last row read"
+        );
+    }
+    let read = resume_from(&snapshots, &all, workers, 64);
+    assert_eq!(
+        read,
+        all.len() - stop_at,
+        "nothing read twice after the stop"
+    );
+}
+
+#[test]
+fn a_stopped_instance_hands_over_at_its_last_row_inline() {
+    check_stop(1);
+}
+
+#[test]
+fn a_stopped_instance_hands_over_at_its_last_row_with_workers() {
+    check_stop(2);
 }
 
 #[test]
