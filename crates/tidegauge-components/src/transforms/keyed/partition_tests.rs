@@ -243,7 +243,7 @@ fn resume_from(
     let reference = reference(all);
     let hub_b = Arc::new(Hub::default());
     let mut b = Instance::new(&hub_b, workers);
-    for (&p, snap) in &snapshots {
+    for (&p, snap) in snapshots {
         assert!(snap.offset > 0);
         hub_b.assign(p as i32, Some(snap.clone()));
     }
