@@ -440,14 +440,17 @@ impl Partitioned {
     /// their input ends, and the next owner goes on from there.
     fn final_cuts(&mut self) {
         let owned = self.hub.owned();
+        let mut cuts = Vec::new();
         for (&p, &next) in &self.reads.next {
             if owned.contains(&p)
                 && self.cut.get(&p).is_none_or(|c| *c < next)
                 && self.hub.recut(p, next)
             {
                 self.cut.insert(p, next);
+                cuts.push((p, next));
             }
         }
+        tracing::debug!(?cuts, ?owned, read = ?self.reads.next, "final cuts");
     }
 
     /// Stopping, after the last acknowledgement: writes the final snapshots as the stages
