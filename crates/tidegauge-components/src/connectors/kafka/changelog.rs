@@ -259,6 +259,7 @@ impl Rebalancer {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut restored_bytes = 0usize;
+                let mut from = Vec::new();
                 for (topic, p) in &partitions {
                     let snapshot = if *topic == self.changelog.input {
                         match self.changelog.read(*p) {
@@ -276,7 +277,9 @@ impl Rebalancer {
                     let offset = snapshot
                         .as_ref()
                         .map_or(self.without_snapshot, |s| Offset::Offset(s.offset));
-                    tracing::debug!(partition = p, ?offset, "consuming from");
+                    if let Offset::Offset(o) = offset {
+                        from.push((*p, o));
+                    }
                     restored_bytes += snapshot
                         .as_ref()
                         .map_or(0, |s| s.states.values().map(Vec::len).sum());
@@ -295,6 +298,7 @@ impl Rebalancer {
                     partitions = ?partitions.iter().map(|p| p.1).collect::<Vec<_>>(),
                     restore_ms = started.elapsed().as_millis() as u64,
                     restored_bytes,
+                    ?from,
                     "partitions assigned, state restored from the changelog"
                 );
                 crate::partitions::record_rebalance(started.elapsed(), true);

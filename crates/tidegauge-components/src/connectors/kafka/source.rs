@@ -450,7 +450,10 @@ impl Partitioned {
                 cuts.push((p, next));
             }
         }
-        tracing::debug!(?cuts, ?owned, read = ?self.reads.next, "final cuts");
+        tracing::info!(
+            ?cuts,
+            "stopping: each partition read is cut after its last message for a last snapshot"
+        );
     }
 
     /// Stopping, after the last acknowledgement: writes the final snapshots as the stages
@@ -474,11 +477,15 @@ impl Partitioned {
         if let Err(e) = flushed {
             cx.emit(ComponentErrorOccurred { error: &e });
         }
-        tracing::info!(
-            snapshots = written,
-            incomplete = left,
-            "final snapshots written to the changelog"
-        );
+        if left {
+            tracing::warn!(
+                written,
+                "not every last snapshot was complete within drain_timeout_ms: those \
+                 partitions' next owners go on from their previous snapshots"
+            );
+        } else {
+            tracing::info!("last snapshots written to the changelog");
+        }
     }
 
     /// Writes the snapshots that are complete, and cuts the partitions read since their
