@@ -57,21 +57,19 @@ use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringB
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
-use tidegauge_core::schema::require_field;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricAdded, MetricDesc, MetricSet};
+use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricAdded, MetricSet};
 use tidegauge_core::{
-    BuildContext, BuildError, ComponentError, ConfigError, Transform, TransformConfig,
+    BuildError, ComponentError, Transform, TransformConfig,
     TransformContext,
 };
 use tidegauge_detect::{Accumulator, Aggregate};
 
 use super::float_values;
 use super::partitioned::{Moves, PartitionedState, Partitioning};
-use super::spec::param_errors;
 use super::{KeyInterner, key_hash};
 use crate::partitions::Hub;
 use crate::telemetry::{KeysTracked, STALE_READINGS, WATERMARK_LAG};

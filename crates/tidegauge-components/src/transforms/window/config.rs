@@ -1,11 +1,13 @@
 //! The `window` transform's settings: their shapes, checks and output schema.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::schema::require_field;
+use tidegauge_core::telemetry::MetricDesc;
 use tidegauge_core::{BuildContext, BuildError, ConfigError, Transform, TransformConfig};
 use tidegauge_detect::Aggregate;
 
@@ -109,7 +111,7 @@ impl Default for WindowConfig {
             time: TimeKind::Event,
             allowed_lateness_ms: 0,
             late: LatePolicy::Drop,
-            max_keys: super::spec::DEFAULT_MAX_KEYS,
+            max_keys: crate::transforms::spec::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -146,7 +148,7 @@ fn aggregate(name: &str, accuracy: f64) -> Result<Aggregate, String> {
 }
 
 impl WindowConfig {
-    fn aggregates(&self) -> Result<Vec<Aggregate>, Vec<ConfigError>> {
+    pub(super) fn aggregates(&self) -> Result<Vec<Aggregate>, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut out = Vec::new();
         for (i, name) in self.aggregates.iter().enumerate() {
@@ -169,7 +171,7 @@ impl WindowConfig {
         }
     }
 
-    fn slide(&self) -> i64 {
+    pub(super) fn slide(&self) -> i64 {
         self.slide_ms.unwrap_or(self.size_ms)
     }
 }
