@@ -58,14 +58,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidegauge_core::ack::Finalizers;
 use tidegauge_core::telemetry::{ComponentErrorOccurred, MetricAdded, MetricSet};
-use tidegauge_core::{
-    BuildError, ComponentError, Transform, TransformConfig,
-    TransformContext,
-};
+use tidegauge_core::{BuildError, ComponentError, Transform, TransformContext};
 use tidegauge_detect::{Accumulator, Aggregate};
 
 use super::float_values;
@@ -75,7 +71,6 @@ use crate::partitions::Hub;
 use crate::telemetry::{KeysTracked, STALE_READINGS, WATERMARK_LAG};
 
 pub use config::{LatePolicy, TimeKind, WindowConfig, WindowKind};
-
 
 impl Window {
     fn new(
