@@ -117,7 +117,7 @@ impl Default for WindowConfig {
 }
 
 /// Parses an aggregate name.
-fn aggregate(name: &str, accuracy: f64) -> Result<Aggregate, String> {
+pub(super) fn aggregate(name: &str, accuracy: f64) -> Result<Aggregate, String> {
     Ok(match name {
         "count" => Aggregate::Count,
         "sum" => Aggregate::Sum,

@@ -1,5 +1,8 @@
 //! Unit tests of the `window` transform.
 use super::*;
+use arrow_schema::{DataType, Field, Schema};
+
+use super::config::aggregate;
 use crate::telemetry::{EVENTS_WITHOUT_STATE, KEYS, STALE_READINGS, WATERMARK_LAG};
 
 fn config(text: &str) -> WindowConfig {
