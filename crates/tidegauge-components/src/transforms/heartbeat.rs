@@ -483,11 +483,8 @@ impl Transform for Heartbeat {
         batch: RecordBatch,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
-        if self.partitioning.is_some() {
-            super::partitioned::process(self, batch, cx)
-        } else {
-            self.track_rows(batch, cx)
-        }
+        // Without partitions, straight to the rows.
+        super::partitioned::process(self, batch, cx)
     }
 
     fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {

@@ -255,29 +255,9 @@ pub(crate) fn upkeep<T: PartitionedState>(
     t: &mut T,
     cx: &mut TransformContext,
 ) -> Result<(), ComponentError> {
-    follow_ownership(t, cx)?;
-    let Some(p) = t.partitioning() else {
-        return Ok(());
-    };
-    let Some(cuts) = p.registration.pending_cuts(&mut p.seen) else {
-        return Ok(());
-    };
-    if cuts.is_empty() {
-        return Ok(());
-    }
-    t.settle(cx)?;
-    let Some(p) = t.partitioning() else {
-        return Ok(());
-    };
-    let due: Vec<(i32, i64)> = cuts
-        .into_iter()
-        .filter(|(q, x, durable)| *durable || p.applied.get(q).is_some_and(|a| a >= x))
-        .map(|(q, x, _)| (q, x))
-        .collect();
-    if due.is_empty() {
-        return Ok(());
-    }
-    t.snapshot(&due, cx)
+    hand_in_cuts(t, cx, false, |p, q, x, durable| {
+        durable || p.applied.get(&q).is_some_and(|a| *a >= x)
+    })
 }
 
 /// When the input has ended (the instance stops): hands the hub this transform's state
@@ -289,27 +269,42 @@ pub(crate) fn finish<T: PartitionedState>(
     t: &mut T,
     cx: &mut TransformContext,
 ) -> Result<(), ComponentError> {
+    hand_in_cuts(t, cx, true, |p, q, x, _| {
+        p.applied.get(&q).is_none_or(|a| *a <= x)
+    })
+}
+
+/// Follows ownership, then snapshots the pending cuts `(partition, offset, durable)` that
+/// `due` accepts: those new since the last look, or all of them (`all`).
+fn hand_in_cuts<T: PartitionedState>(
+    t: &mut T,
+    cx: &mut TransformContext,
+    all: bool,
+    due: fn(&Partitioning, i32, i64, bool) -> bool,
+) -> Result<(), ComponentError> {
     follow_ownership(t, cx)?;
     let Some(p) = t.partitioning() else {
         return Ok(());
     };
-    let Some(cuts) = p.registration.pending_cuts(&mut Seen::default()) else {
+    let cuts = if all {
+        p.registration.pending_cuts(&mut Seen::default())
+    } else {
+        p.registration.pending_cuts(&mut p.seen)
+    };
+    let Some(cuts) = cuts.filter(|c| !c.is_empty()) else {
         return Ok(());
     };
-    if cuts.is_empty() {
-        return Ok(());
-    }
     t.settle(cx)?;
     let Some(p) = t.partitioning() else {
         return Ok(());
     };
-    let exact: Vec<(i32, i64)> = cuts
+    let due: Vec<(i32, i64)> = cuts
         .into_iter()
-        .filter(|(q, x, _)| p.applied.get(q).is_none_or(|a| a <= x))
+        .filter(|&(q, x, durable)| due(p, q, x, durable))
         .map(|(q, x, _)| (q, x))
         .collect();
-    if exact.is_empty() {
+    if due.is_empty() {
         return Ok(());
     }
-    t.snapshot(&exact, cx)
+    t.snapshot(&due, cx)
 }

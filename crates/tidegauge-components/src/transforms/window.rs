@@ -573,11 +573,8 @@ impl Transform for Window {
         batch: RecordBatch,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
-        if self.partitioning.is_some() {
-            super::partitioned::process(self, batch, cx)
-        } else {
-            self.window_rows(batch, cx)
-        }
+        // Without partitions, straight to the rows.
+        super::partitioned::process(self, batch, cx)
     }
 
     fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {

@@ -15,12 +15,10 @@ use tidegauge_core::{ComponentContext, Transform, TransformContext};
 
 use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD, Snapshot};
 use crate::transforms::detector::KeyedSettings;
+use crate::transforms::partition_harness::{Row, batch, schema};
 use crate::transforms::zscore::ZScoreConfig;
 
 const PARTITIONS: i64 = 3;
-
-/// One row: (key, partition, offset, value), in the order a consumer reads them.
-type Row = (String, i64, i64, f64);
 
 fn rows(n: usize) -> Vec<Row> {
     let mut next = [0i64; PARTITIONS as usize];
@@ -40,35 +38,16 @@ fn rows(n: usize) -> Vec<Row> {
             } else {
                 0.0
             };
-            (format!("k{key}"), p, o, key as f64 * 10.0 + noise + spike)
+            // Event time: the offset (the detector does not look at it).
+            (
+                format!("k{key}"),
+                p,
+                o,
+                o,
+                key as f64 * 10.0 + noise + spike,
+            )
         })
         .collect()
-}
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("sensor_id", DataType::Utf8, false),
-        Field::new("ts", DataType::Int64, false),
-        Field::new("value", DataType::Float64, false),
-        Field::new(PARTITION_FIELD, DataType::Int64, false),
-        Field::new(OFFSET_FIELD, DataType::Int64, false),
-    ]))
-}
-
-fn batch(rows: &[Row]) -> RecordBatch {
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.0.as_str()),
-            )),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-        ],
-    )
-    .unwrap()
 }
 
 struct Instance {
