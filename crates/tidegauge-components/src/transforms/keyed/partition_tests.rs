@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
-use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use tidegauge_core::dead_letter::DeadLetter;
 use tidegauge_core::telemetry::ComponentTelemetry;
 use tidegauge_core::{ComponentContext, Transform, TransformContext};
