@@ -539,8 +539,8 @@ impl PartitionedState for Heartbeat {
     fn apply_moves(
         &mut self,
         moves: Moves,
-        cx: &mut TransformContext,
-    ) -> Result<(), ComponentError> {
+        _cx: &mut TransformContext,
+    ) -> Result<(usize, usize), ComponentError> {
         self.lanes.retain(|l| !moves.dropped.contains(&l.partition));
         let forgotten = self.table.remove_where(
             |s| moves.dropped.contains(&s.partition),
@@ -581,14 +581,7 @@ impl PartitionedState for Heartbeat {
                 }
             }
         }
-        tracing::info!(
-            component_id = %cx.component().id(),
-            partitions = ?moves.dropped,
-            forgotten_sensors = forgotten,
-            restored_sensors = restored,
-            "sensors of moved partitions forgotten or restored"
-        );
-        Ok(())
+        Ok((forgotten, restored))
     }
 
     fn apply_rows(

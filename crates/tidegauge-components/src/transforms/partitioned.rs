@@ -170,12 +170,13 @@ pub(crate) trait PartitionedState {
     fn partitioning(&mut self) -> Option<&mut Partitioning>;
     /// The partitions it holds state of.
     fn holding(&self) -> BTreeSet<i32>;
-    /// Drops the state of `moves.dropped`, then restores `moves.restored`.
+    /// Drops the state of `moves.dropped`, then restores `moves.restored`; returns how
+    /// many entries (keys, windows, sensors) were dropped and how many restored.
     fn apply_moves(
         &mut self,
         moves: Moves,
         cx: &mut TransformContext,
-    ) -> Result<(), ComponentError>;
+    ) -> Result<(usize, usize), ComponentError>;
     /// Applies rows, all of partitions owned.
     fn apply_rows(
         &mut self,
@@ -216,7 +217,16 @@ fn follow_ownership<T: PartitionedState>(
     if moves.dropped.is_empty() {
         return Ok(());
     }
-    t.apply_moves(moves, cx)
+    let partitions = moves.dropped.clone();
+    let (dropped, restored) = t.apply_moves(moves, cx)?;
+    tracing::info!(
+        component_id = %cx.component().id(),
+        ?partitions,
+        dropped,
+        restored,
+        "state of moved partitions dropped or restored (keys, windows or sensors)"
+    );
+    Ok(())
 }
 
 /// Partition-aware processing: rows of partitions not owned are dropped (their owner

@@ -653,8 +653,8 @@ impl PartitionedState for Window {
     fn apply_moves(
         &mut self,
         moves: Moves,
-        cx: &mut TransformContext,
-    ) -> Result<(), ComponentError> {
+        _cx: &mut TransformContext,
+    ) -> Result<(usize, usize), ComponentError> {
         let mut dropped = 0;
         for &q in &moves.dropped {
             let Ok(i) = self.lanes.binary_search_by_key(&q, |l| l.partition) else {
@@ -680,14 +680,7 @@ impl PartitionedState for Window {
             restored += state.windows();
             self.restore_state(state, q)?;
         }
-        tracing::info!(
-            component_id = %cx.component().id(),
-            partitions = ?moves.dropped,
-            dropped_windows = dropped,
-            restored_windows = restored,
-            "windows of moved partitions dropped or restored"
-        );
-        Ok(())
+        Ok((dropped, restored))
     }
 
     fn apply_rows(

@@ -60,13 +60,15 @@ impl<S: DetectorSpec> PartitionedState for KeyedDetector<S> {
         &mut self,
         moves: Moves,
         cx: &mut TransformContext,
-    ) -> Result<(), ComponentError> {
+    ) -> Result<(usize, usize), ComponentError> {
         let mut pairs = self.pairs(cx)?;
+        let held = pairs.len();
         let spec = self.spec.get().1;
         let dropped = moves.dropped;
         let key_partition = &mut self.key_partition;
         pairs.retain(|(k, _)| key_partition.get(k).is_none_or(|q| !dropped.contains(q)));
         key_partition.retain(|_, q| !dropped.contains(q));
+        let gone = held - pairs.len();
         let mut restored = 0;
         for (partition, bytes) in moves.restored {
             for shard in crate::transforms::state::decode_shards(&bytes)? {
@@ -78,15 +80,9 @@ impl<S: DetectorSpec> PartitionedState for KeyedDetector<S> {
                 }
             }
         }
-        tracing::info!(
-            component_id = %cx.component().id(),
-            partitions = ?dropped,
-            restored_keys = restored,
-            keys = pairs.len(),
-            "keys of moved partitions dropped or restored"
-        );
         let bytes = self.encode(pairs)?;
-        self.restore(&bytes)
+        self.restore(&bytes)?;
+        Ok((gone, restored))
     }
 
     /// Notes the partition of keys not seen before, then judges the rows.
