@@ -18,6 +18,39 @@ use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD, Snapshot};
 /// One row: (key, partition, offset, ts, value), in the order a consumer reads them.
 pub(crate) type Row = (String, i64, i64, i64, f64);
 
+/// Draws the rows of the partition tests: key `k` of `keys` lives in partition
+/// `k % partitions`, offsets count per partition (a row is only counted once
+/// [`Draws::keep`] says so), and each draw brings random bits for the caller's values.
+pub(crate) struct Draws {
+    seed: u64,
+    next: Vec<i64>,
+}
+
+impl Draws {
+    pub(crate) fn new(seed: u64, partitions: i64) -> Self {
+        Draws {
+            seed,
+            next: vec![0; partitions as usize],
+        }
+    }
+
+    /// The next candidate row: (key, partition, offset it would take, random bits).
+    pub(crate) fn draw(&mut self, keys: u64) -> (u64, i64, i64, u64) {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let key = (self.seed >> 33) % keys;
+        let p = key as i64 % self.next.len() as i64;
+        (key, p, self.next[p as usize], self.seed)
+    }
+
+    /// The candidate of partition `p` is read: the partition's next offset moves on.
+    pub(crate) fn keep(&mut self, p: i64) {
+        self.next[p as usize] += 1;
+    }
+}
+
 pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("sensor_id", DataType::Utf8, false),

@@ -10,7 +10,7 @@ use arrow_array::types::Float64Type;
 
 use super::*;
 use crate::partitions::Snapshot;
-use crate::transforms::partition_harness::{Fed, Row, read, schema};
+use crate::transforms::partition_harness::{Draws, Fed, Row, read, schema};
 
 const PARTITIONS: i64 = 3;
 
@@ -18,21 +18,15 @@ const PARTITIONS: i64 = 3;
 /// a message; partition 2 runs 3 s behind the others). Sensor `k` is off `off_ms` out of
 /// every `4 × off_ms` of its partition's time.
 fn rows(n: usize, off_ms: i64) -> Vec<Row> {
-    let mut next = [0i64; PARTITIONS as usize];
-    let mut seed: u64 = 5;
+    let mut draws = Draws::new(5, PARTITIONS);
     let mut out = Vec::new();
     while out.len() < n {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let key = (seed >> 33) % 12;
-        let p = (key as i64) % PARTITIONS;
-        let o = next[p as usize];
+        let (key, p, o, _) = draws.draw(12);
         let ts = 10_000 + o * 10 - if p == 2 { 3_000 } else { 0 };
         if (ts / off_ms + key as i64) % 4 == 0 {
             continue;
         }
-        next[p as usize] += 1;
+        draws.keep(p);
         out.push((format!("k{key}"), p, o, ts, 1.0));
     }
     out

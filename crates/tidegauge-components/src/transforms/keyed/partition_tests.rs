@@ -14,23 +14,17 @@ use tidegauge_core::{ComponentContext, Transform, TransformContext};
 
 use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD, Snapshot};
 use crate::transforms::detector::KeyedSettings;
-use crate::transforms::partition_harness::{Row, batch, schema};
+use crate::transforms::partition_harness::{Draws, Row, batch, schema};
 use crate::transforms::zscore::ZScoreConfig;
 
 const PARTITIONS: i64 = 3;
 
 fn rows(n: usize) -> Vec<Row> {
-    let mut next = [0i64; PARTITIONS as usize];
-    let mut seed: u64 = 7;
+    let mut draws = Draws::new(7, PARTITIONS);
     (0..n)
         .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let key = (seed >> 33) % 24;
-            let p = (key as i64) % PARTITIONS;
-            let o = next[p as usize];
-            next[p as usize] += 1;
+            let (key, p, o, seed) = draws.draw(24);
+            draws.keep(p);
             let noise = ((seed >> 11) % 1000) as f64 / 100.0;
             let spike = if (seed >> 20).is_multiple_of(37) {
                 60.0

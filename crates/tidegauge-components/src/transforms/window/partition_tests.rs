@@ -9,7 +9,7 @@ use tidegauge_core::TransformConfig;
 
 use super::*;
 use crate::partitions::Snapshot;
-use crate::transforms::partition_harness::{Fed, Row, read, schema};
+use crate::transforms::partition_harness::{Draws, Fed, Row, read, schema};
 
 const PARTITIONS: i64 = 3;
 
@@ -18,17 +18,11 @@ const PARTITIONS: i64 = 3;
 /// its events would all be late. One event in 23 comes 250 ms behind its partition's
 /// time (late there, as windows are 100 ms).
 fn rows(n: usize) -> Vec<Row> {
-    let mut next = [0i64; PARTITIONS as usize];
-    let mut seed: u64 = 11;
+    let mut draws = Draws::new(11, PARTITIONS);
     (0..n)
         .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let key = (seed >> 33) % 12;
-            let p = (key as i64) % PARTITIONS;
-            let o = next[p as usize];
-            next[p as usize] += 1;
+            let (key, p, o, seed) = draws.draw(12);
+            draws.keep(p);
             let behind = if p == 2 { 3_000 } else { 0 };
             let jitter = if (seed >> 20).is_multiple_of(23) {
                 250
