@@ -610,6 +610,27 @@ fn skipped_note(args: &ScoreArgs, skipped: u64) -> String {
     format!("; {skipped} line(s) skipped, each with its place and reason in {place}")
 }
 
+/// Scores every input file (path, path under the input given) into its CSV under `--out`
+/// (third argument) with `score`, which returns the
+/// rows, anomalies and skipped lines of one file; sums them, then writes the dead letters
+/// out.
+fn score_each(
+    args: &ScoreArgs,
+    files: &[(PathBuf, PathBuf)],
+    dead: &DeadLetter,
+    mut score: impl FnMut(&Path, &Path, &Path) -> anyhow::Result<(u64, u64, u64)>,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut totals = (0, 0, 0);
+    for (input, rel) in files {
+        let out = args.out.join(rel).with_extension("csv");
+        let (r, a, s) = score(input, rel, &out).with_context(|| input.display().to_string())?;
+        totals = (totals.0 + r, totals.1 + a, totals.2 + s);
+    }
+    dead.flush()
+        .with_context(|| "cannot write the dead letters".to_string())?;
+    Ok(totals)
+}
+
 /// `tidegauge score --rows`.
 fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
     if !args.channel_set.is_empty() || args.min_channels != 1 {
@@ -620,17 +641,9 @@ fn run_rows(args: ScoreArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let dead = open_dead_letters(&args)?;
-    let (mut rows, mut anomalies, mut skipped) = (0, 0, 0);
-    for (input, rel) in &files {
-        let out = args.out.join(rel).with_extension("csv");
-        let (r, a, s) = score_file_rows(&args, input, &out, runtime.handle(), &dead)
-            .with_context(|| input.display().to_string())?;
-        rows += r;
-        anomalies += a;
-        skipped += s;
-    }
-    dead.flush()
-        .with_context(|| "cannot write the dead letters".to_string())?;
+    let (rows, anomalies, skipped) = score_each(&args, &files, &dead, |input, _, out| {
+        score_file_rows(&args, input, out, runtime.handle(), &dead)
+    })?;
     ewriteln!(
         "tidegauge: scored {} file(s), {rows} rows, {anomalies} anomalous, with {} on whole rows; results in {}{}",
         files.len(),
@@ -680,28 +693,20 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
         p
     });
     let dead = open_dead_letters(&args)?;
-    let (mut rows, mut anomalies, mut skipped) = (0, 0, 0);
-    for (input, rel) in &files {
-        let out = args.out.join(rel).with_extension("csv");
+    let (rows, anomalies, skipped) = score_each(&args, &files, &dead, |input, rel, out| {
         if let Some(p) = &progress {
             p.set_message(rel.display().to_string());
         }
-        let (r, a, s) = score_file(
+        score_file(
             &args,
             (&detector, &per_channel),
             input,
-            &out,
+            out,
             runtime.handle(),
             &progress,
             &dead,
         )
-        .with_context(|| input.display().to_string())?;
-        rows += r;
-        anomalies += a;
-        skipped += s;
-    }
-    dead.flush()
-        .with_context(|| "cannot write the dead letters".to_string())?;
+    })?;
     if let Some(p) = progress {
         p.finish_and_clear();
     }
