@@ -456,6 +456,9 @@ impl Partitioned {
         if !revocations.any() {
             return;
         }
+        // The group's rebalance waits for it: looked at often until it is carried out.
+        let soon = tokio::time::Instant::now() + REVOKING_UPKEEP;
+        self.upkeep_at = self.upkeep_at.min(soon);
         let (hub, reads, cut) = (&self.hub, &self.reads, &mut self.cut);
         let cuts = revocations.take_in(|p| {
             let next = *reads.next.get(&p)?;
@@ -750,11 +753,6 @@ impl BrokerSource for Member {
                         // read any more (its next owner reads from the cut).
                         partitioned.take_in_revocations();
                         if lock(&partitioned.revocations).revoking(partition) {
-                            if partitioned.upkeep_at > tokio::time::Instant::now() + REVOKING_UPKEEP
-                            {
-                                partitioned.upkeep_at =
-                                    tokio::time::Instant::now() + REVOKING_UPKEEP;
-                            }
                             return Next::Message(None);
                         }
                         let Some(epoch) = partitioned.epoch(partition, &mut self.commits) else {
