@@ -24,6 +24,11 @@
 //!   frontier reached `X`), the source writes `(X, snapshots)` to the changelog. A new
 //!   owner restores those snapshots and consumes from `X`: state and offset always
 //!   belong together, whatever happened to the group's committed offsets.
+//! - **Handing over.** A source that stops, or that a rebalance takes a partition from,
+//!   cuts the partition once more at the offset after the last message it read
+//!   ([`Hub::recut`]) and writes that last snapshot before it lets the partition go (a
+//!   revocation is given up to the group only then, within a deadline): the next owner
+//!   goes on from exactly there.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //! last value wins (a compacted topic on brokers that compact). Also the consumer
 //! context that reads a partition's snapshot back before the partition is assigned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -15,6 +15,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::revoke::Revocations;
 use crate::partitions::{Hub, Snapshot, decode_snapshot, encode_snapshot};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,6 +119,12 @@ impl Changelog {
             .map_err(|e| format!("snapshots not all written to {}: {e}", self.topic))
     }
 
+    /// Snapshots queued that the broker has not acknowledged yet (non-blocking).
+    pub fn in_flight(&self) -> i32 {
+        use rdkafka::producer::Producer;
+        self.producer.in_flight_count()
+    }
+
     /// The high watermark of input `partition` (`None` if the broker does not answer
     /// within a second). Blocking.
     pub fn input_high_watermark(&self, partition: i32) -> Option<i64> {
@@ -186,6 +193,11 @@ impl Changelog {
     }
 }
 
+/// The revocations, whatever a panicking holder left (every update is a few inserts).
+pub(crate) fn lock(revocations: &Mutex<Revocations>) -> std::sync::MutexGuard<'_, Revocations> {
+    revocations.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn create_topic(config: &ClientConfig, topic: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = config
         .create()
@@ -229,13 +241,16 @@ fn create_topic(config: &ClientConfig, topic: &str, partitions: i32) -> Result<(
 }
 
 /// The source's consumer context: before a partition is assigned, reads its snapshot
-/// back and hands it to the hub, then consumes from the snapshot's offset; hands
-/// revocations to the hub.
+/// back and hands it to the hub, then consumes from the snapshot's offset; defers
+/// revocations until the source has written the partitions' last snapshots (see
+/// [`super::revoke`]), or hands them to the hub at once.
 pub(crate) struct Rebalancer {
     pub hub: Arc<Hub>,
     pub changelog: Arc<Changelog>,
     /// Where a partition without a snapshot starts.
     pub without_snapshot: Offset,
+    /// Revocations deferred, shared with the source that carries them out.
+    pub revocations: Arc<Mutex<Revocations>>,
 }
 
 impl Rebalancer {
@@ -286,6 +301,19 @@ impl Rebalancer {
                     self.hub.assign(*p, snapshot);
                     let _ = tpl.set_partition_offset(topic, *p, offset);
                 }
+                let ids: Vec<i32> = partitions.iter().map(|p| p.1).collect();
+                let paused = lock(&self.revocations).assigned(&ids);
+                if !paused.is_empty() {
+                    // Paused when a rebalance took them away, and the pause outlives the
+                    // assignment: resumed before the fetch starts again, or they stall.
+                    let mut resume = TopicPartitionList::new();
+                    for (topic, p) in partitions.iter().filter(|p| paused.contains(&p.1)) {
+                        resume.add_partition(topic, *p);
+                    }
+                    if let Err(e) = consumer.resume(&resume) {
+                        tracing::error!("cannot resume partitions {paused:?}: {e}");
+                    }
+                }
                 let r = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -304,6 +332,23 @@ impl Rebalancer {
                 crate::partitions::record_rebalance(started.elapsed(), true);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let ids: Vec<i32> = partitions.iter().map(|p| p.1).collect();
+                // Lost (the session expired): the partitions are someone else's already,
+                // nothing of theirs may be committed or written any more.
+                if cooperative
+                    && !consumer.assignment_lost()
+                    && lock(&self.revocations).defer(&ids, started)
+                {
+                    if let Err(e) = consumer.pause(tpl) {
+                        tracing::error!("cannot pause revoked partitions {ids:?}: {e}");
+                    }
+                    tracing::info!(
+                        partitions = ?ids,
+                        "partitions revoked; each is given up once its last snapshot is written"
+                    );
+                    return;
+                }
+                lock(&self.revocations).forget(&ids);
                 for (_, p) in &partitions {
                     self.hub.revoke(*p);
                 }

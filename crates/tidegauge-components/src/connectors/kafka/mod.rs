@@ -4,6 +4,7 @@
 
 mod changelog;
 mod reads;
+mod revoke;
 pub mod sink;
 pub mod source;
 

@@ -22,9 +22,10 @@ use tidegauge_core::{
     SourceContext,
 };
 
-use super::changelog::{Changelog, Rebalancer};
+use super::changelog::{Changelog, Rebalancer, lock};
 use super::kafka_connection;
 use super::reads::{Admit, Reads};
+use super::revoke::{self, Due, Revocations};
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
 use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD};
@@ -212,6 +213,7 @@ impl SourceConfig for KafkaSourceConfig {
             None
         };
         let hub = crate::partitions::process_hub();
+        let revocations = Arc::new(std::sync::Mutex::new(Revocations::default()));
         let consumer: StreamConsumer<Context> = match &changelog {
             Some(changelog) => c.create_with_context(Context::Changelog(Rebalancer {
                 hub: hub.clone(),
@@ -220,6 +222,7 @@ impl SourceConfig for KafkaSourceConfig {
                     StartFrom::Earliest => Offset::Beginning,
                     StartFrom::Latest => Offset::End,
                 },
+                revocations: revocations.clone(),
             })),
             None => c.create_with_context(Context::Plain),
         }
@@ -247,6 +250,8 @@ impl SourceConfig for KafkaSourceConfig {
                 epochs: BTreeMap::new(),
                 watermarks: Arc::default(),
                 querying: Arc::default(),
+                revocations,
+                revoke_wait: Duration::from_millis(self.drain_timeout_ms).min(revoke::MAX_WAIT),
             }),
         };
         Ok(source_fn(move |cx| source.run_async(cx)))
@@ -326,6 +331,10 @@ struct Partitioned {
     /// High watermarks per partition, as last asked of the broker.
     watermarks: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
     querying: Arc<std::sync::atomic::AtomicBool>,
+    /// Revocations the rebalance callback deferred until the partitions' last snapshots
+    /// are written (see [`revoke`]), and how long one may wait for them.
+    revocations: Arc<std::sync::Mutex<Revocations>>,
+    revoke_wait: Duration,
 }
 
 impl Partitioned {
@@ -426,19 +435,55 @@ impl Partitioned {
     /// Writes the snapshots that are complete; returns how many.
     fn write_ready(&mut self, cx: &ComponentContext) -> usize {
         let ready = self.hub.take_ready();
+        let mut revocations = lock(&self.revocations);
         for (p, snapshot) in &ready {
             tracing::debug!(partition = p, offset = snapshot.offset, "snapshot written");
-            if let Err(e) = self.changelog.write(*p, snapshot) {
-                cx.emit(ComponentErrorOccurred { error: &e });
+            match self.changelog.write(*p, snapshot) {
+                Ok(()) => revocations.written(*p, snapshot.offset),
+                Err(e) => cx.emit(ComponentErrorOccurred { error: &e }),
             }
         }
         ready.len()
+    }
+
+    /// Takes in the revocations the rebalance callback deferred since the last look:
+    /// cuts each partition at the offset after the last message decoded (no message of
+    /// it is decoded any more), for a last snapshot. A partition with nothing read since
+    /// its last cut waits only for that cut, if it is still pending.
+    fn take_in_revocations(&mut self) {
+        let revocations = self.revocations.clone();
+        let mut revocations = lock(&revocations);
+        if !revocations.any() {
+            return;
+        }
+        // The group's rebalance waits for it: looked at often until it is carried out.
+        let soon = tokio::time::Instant::now() + REVOKING_UPKEEP;
+        self.upkeep_at = self.upkeep_at.min(soon);
+        let (hub, reads, cut) = (&self.hub, &self.reads, &mut self.cut);
+        let cuts = revocations.take_in(|p| {
+            let next = *reads.next.get(&p)?;
+            if cut.get(&p).is_some_and(|c| *c >= next) {
+                return hub.has_cut(p).then_some(next);
+            }
+            // No cut possible (a stage stopped): given up as it stands.
+            hub.recut(p, next).then(|| {
+                cut.insert(p, next);
+                next
+            })
+        });
+        if !cuts.is_empty() {
+            tracing::info!(
+                ?cuts,
+                "revoked: each partition read is cut after its last message for a last snapshot"
+            );
+        }
     }
 
     /// Stopping, once the last batch is sent: cuts every partition read since its last
     /// cut at the last message read, so the stages hand in their state as it stands when
     /// their input ends, and the next owner goes on from there.
     fn final_cuts(&mut self) {
+        self.take_in_revocations();
         let owned = self.hub.owned();
         let mut cuts = Vec::new();
         for (&p, &next) in &self.reads.next {
@@ -511,6 +556,9 @@ impl Partitioned {
     }
 }
 
+/// How often a source looks at a deferred revocation until it is carried out.
+const REVOKING_UPKEEP: Duration = Duration::from_millis(20);
+
 /// A message's place: (topic, partition, offset), and with partition-aligned state the
 /// partition's ownership epoch when it was read.
 type Position = (String, i32, i64, u64);
@@ -568,6 +616,80 @@ struct Member {
 }
 
 impl Member {
+    /// Carries out the deferred revocations that are complete (or waited too long).
+    fn give_up_revoked(&mut self, cx: &ComponentContext) {
+        let Some(partitioned) = &self.changelog else {
+            return;
+        };
+        let mut revocations = lock(&partitioned.revocations);
+        if !revocations.any() {
+            return;
+        }
+        let flushed = partitioned.changelog.in_flight() == 0;
+        let due = revocations.due(Instant::now(), partitioned.revoke_wait, flushed);
+        drop(revocations);
+        for d in due {
+            self.give_up(cx, d);
+        }
+    }
+
+    /// Gives up partitions a rebalance revoked: commits what the sinks hold of them,
+    /// revokes them from the hub (the stages drop their state), and tells the consumer
+    /// (the group's rebalance goes on).
+    fn give_up(&mut self, cx: &ComponentContext, due: Due) {
+        let Some(partitioned) = &self.changelog else {
+            return;
+        };
+        let topic = partitioned.changelog.input.clone();
+        let mut commit = TopicPartitionList::new();
+        let mut unassign = TopicPartitionList::new();
+        for &p in &due.partitions {
+            let key = (topic.clone(), p);
+            if let Some(next) = self.commits.next.get(&key) {
+                let offset = self
+                    .commits
+                    .caps
+                    .get(&key)
+                    .map_or(*next, |c| (*c).min(*next));
+                let _ = commit.add_partition_offset(&topic, p, Offset::Offset(offset));
+            }
+            unassign.add_partition(&topic, p);
+        }
+        // Async: the next owner goes on from the snapshot's offset, not from this commit
+        // (kept for lag monitoring), and the runtime is not blocked for the broker.
+        self.commit(cx, &commit, CommitMode::Async);
+        for &p in &due.partitions {
+            partitioned.hub.revoke(p);
+        }
+        if let Err(e) = self.consumer.incremental_unassign(&unassign) {
+            cx.emit(ComponentErrorOccurred {
+                error: &format!(
+                    "cannot give up revoked partitions {:?}: {e}",
+                    due.partitions
+                ),
+            });
+        }
+        let waited_ms = due.since.elapsed().as_millis() as u64;
+        if due.missing.is_empty() {
+            tracing::info!(
+                partitions = ?due.partitions,
+                written = ?due.written,
+                waited_ms,
+                "revoked partitions given up after their last snapshot"
+            );
+        } else {
+            tracing::warn!(
+                partitions = ?due.partitions,
+                written = ?due.written,
+                missing = ?due.missing,
+                waited_ms,
+                "revoked partitions given up; the last snapshots of `missing` were not complete \
+                 in time: their next owners go on from their previous snapshots"
+            );
+        }
+        crate::partitions::record_rebalance(due.since.elapsed(), false);
+    }
+
     fn commit(&self, component: &ComponentContext, tpl: &TopicPartitionList, mode: CommitMode) {
         if tpl.count() == 0 {
             return;
@@ -599,8 +721,20 @@ impl BrokerSource for Member {
                 tokio::select! {
                     m = self.consumer.recv() => m,
                     () = tokio::time::sleep_until(due) => {
-                        partitioned.upkeep_at = tokio::time::Instant::now() + partitioned.interval / 4;
+                        partitioned.take_in_revocations();
                         partitioned.maintain(cx);
+                        self.give_up_revoked(cx);
+                        let Some(partitioned) = &mut self.changelog else {
+                            return Next::Message(None);
+                        };
+                        // A revocation keeps the group's rebalance waiting: looked at
+                        // often until it is carried out.
+                        let every = if lock(&partitioned.revocations).any() {
+                            REVOKING_UPKEEP
+                        } else {
+                            partitioned.interval / 4
+                        };
+                        partitioned.upkeep_at = tokio::time::Instant::now() + every;
                         return Next::Message(None);
                     }
                 }
@@ -614,6 +748,13 @@ impl BrokerSource for Member {
                 let payload = m.payload().unwrap_or_default();
                 match &mut self.changelog {
                     Some(partitioned) => {
+                        // A revocation deferred during this receive is cut before any
+                        // further message is decoded; a partition being given up is not
+                        // read any more (its next owner reads from the cut).
+                        partitioned.take_in_revocations();
+                        if lock(&partitioned.revocations).revoking(partition) {
+                            return Next::Message(None);
+                        }
                         let Some(epoch) = partitioned.epoch(partition, &mut self.commits) else {
                             // Fetched before a revocation took effect: its next owner
                             // reads it.
@@ -689,6 +830,7 @@ impl BrokerSource for Member {
                 }
             }
             tpl = kept;
+            partitioned.take_in_revocations();
             partitioned.maintain(cx);
         }
         let mode = if draining {
@@ -697,6 +839,7 @@ impl BrokerSource for Member {
             CommitMode::Async
         };
         self.commit(cx, &tpl, mode);
+        self.give_up_revoked(cx);
         if failed > 0 {
             cx.emit(ComponentErrorOccurred {
                 error: &format!("{failed} message(s) not delivered by a sink; reading them again"),
@@ -732,6 +875,13 @@ impl BrokerSource for Member {
     /// everything settled.
     async fn close(mut self, cx: &ComponentContext) {
         let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        // Revocations still deferred are part of the final snapshots; from now on the
+        // consumer's close serves revocations, which must be carried out at once.
+        let deferred = self
+            .changelog
+            .as_ref()
+            .map(|p| lock(&p.revocations).close())
+            .unwrap_or_default();
         if let Some(partitioned) = &mut self.changelog {
             partitioned.write_final(cx, timeout).await;
         }
@@ -745,6 +895,18 @@ impl BrokerSource for Member {
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(offset));
         }
         self.commit(cx, &tpl, CommitMode::Sync);
+        if !deferred.is_empty() {
+            // The group waits for them before anything else (leaving included).
+            self.give_up(
+                cx,
+                Due {
+                    since: Instant::now(),
+                    partitions: deferred,
+                    written: Vec::new(),
+                    missing: Vec::new(),
+                },
+            );
+        }
         self.consumer.unsubscribe();
     }
 }
