@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tidegauge_core::component::source_fn;
-use tidegauge_core::telemetry::{ComponentErrorOccurred, OwnedPartition, Ownership};
+use tidegauge_core::telemetry::ComponentErrorOccurred;
 use tidegauge_core::{
     BuildContext, BuildError, ComponentContext, ComponentError, ConfigError, Source, SourceConfig,
     SourceContext,
@@ -28,7 +28,7 @@ use super::reads::{Admit, Reads};
 use super::revoke::{self, Due, Revocations};
 use crate::codec::FieldType;
 use crate::connectors::inbound::{self, BrokerSource, MessageDecoder, Next, Released};
-use crate::partitions::{Hub, OFFSET_FIELD, PARTITION_FIELD};
+use crate::partitions::{OFFSET_FIELD, PARTITION_FIELD};
 use crate::settings::{config, decoded_records};
 
 config! {
@@ -315,7 +315,6 @@ fn plain_rebalance<C: ConsumerContext>(
 
 mod partitioned;
 use partitioned::Partitioned;
-
 
 /// How often a source looks at a deferred revocation until it is carried out.
 const REVOKING_UPKEEP: Duration = Duration::from_millis(20);

@@ -6,15 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
-use rdkafka::{Offset, TopicPartitionList};
 use tidegauge_core::ComponentContext;
 use tidegauge_core::telemetry::{ComponentErrorOccurred, OwnedPartition, Ownership};
 
 use super::super::changelog::{Changelog, lock};
 use super::super::reads::Reads;
-use super::super::revoke::{self, Due, Revocations};
-use super::*;
+use super::super::revoke::Revocations;
+use super::{Commits, REVOKING_UPKEEP};
 use crate::partitions::Hub;
 
 /// The source's side of partition-aligned state (see [`crate::partitions`]).
