@@ -16,13 +16,15 @@
 #[derive(Clone, Debug)]
 #[cfg_attr(
     feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
+    derive(serde::Deserialize),
     serde(try_from = "RollingStatsRepr")
 )]
 pub struct RollingStats {
     /// The values: in arrival order while the window fills (it grows as values arrive,
-    /// never allocating more than twice what it holds), a ring once full.
-    buf: Vec<f64>,
+    /// never allocating more than twice what it holds), a ring once full. Its length is
+    /// its capacity, the first `len` slots hold values: a boxed slice rather than a
+    /// `Vec` saves a word in every sensor's state.
+    buf: Box<[f64]>,
     /// Capacity of the window.
     window: u32,
     len: u32,
@@ -48,7 +50,7 @@ impl RollingStats {
             "window must be in 1..=u32::MAX"
         );
         RollingStats {
-            buf: Vec::new(),
+            buf: Box::default(),
             window: window as u32,
             len: 0,
             head: 0,
@@ -115,10 +117,9 @@ impl RollingStats {
         self.peak_sq = self.peak_sq.max(square(x));
         let n = self.window as usize;
         let head = self.head as usize;
-        if !self.is_full() && self.buf.len() == self.buf.capacity() {
+        if !self.is_full() && self.len as usize == self.buf.len() {
             // Doubling, but never past the window.
-            let want = (self.buf.capacity() * 2).max(4).min(n);
-            self.buf.reserve_exact(want - self.buf.len());
+            self.grow((self.buf.len() * 2).max(4).min(n));
         }
         if self.is_full() {
             let old = self.buf[head];
@@ -135,13 +136,23 @@ impl RollingStats {
                 self.recompute();
             }
         } else {
-            self.buf.push(x);
+            self.buf[self.len as usize] = x;
             self.len += 1;
             let d = x - self.mean;
             self.mean += d / self.len as f64;
             self.m2 += d * (x - self.mean);
         }
         self.head = ((head + 1) % n) as u32;
+    }
+
+    /// Moves the values into a buffer of `cap` slots (at least `len`). Not inlined: it
+    /// runs a logarithmic number of times per window, and stays out of `push`'s hot path.
+    #[inline(never)]
+    fn grow(&mut self, cap: usize) {
+        let len = self.len as usize;
+        let mut buf = vec![0.0; cap].into_boxed_slice();
+        buf[..len].copy_from_slice(&self.buf[..len]);
+        self.buf = buf;
     }
 
     /// Recomputes mean and `m2` exactly (compensated two-pass) from the held values.
@@ -161,7 +172,7 @@ impl RollingStats {
         if len == 0 {
             return (0.0, 0.0);
         }
-        // The buffer holds exactly the values; order does not matter to a sum.
+        // The first `len` slots hold exactly the values; order does not matter to a sum.
         let values = &self.buf[..len];
         let mean = neumaier_sum(values.iter().copied()) / len as f64;
         let m2 = neumaier_sum(values.iter().map(|&v| (v - mean) * (v - mean)));
@@ -205,6 +216,40 @@ impl RollingStats {
         }
         let (mean, std) = self.exact_mean_std();
         (std > 0.0).then(|| (x - mean) / std)
+    }
+}
+
+/// The serialized form of a [`RollingStats`], as written: the values held (not the unused
+/// slots of the buffer) and the fields in their order of declaration, the form a derived
+/// `Serialize` on the former `Vec` buffer wrote, so checkpoints read either way.
+#[cfg(feature = "serde")]
+#[derive(serde::Serialize)]
+#[serde(rename = "RollingStats")]
+struct RollingStatsOut<'a> {
+    buf: &'a [f64],
+    window: u32,
+    len: u32,
+    head: u32,
+    since_exact: u32,
+    mean: f64,
+    m2: f64,
+    peak_sq: f64,
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for RollingStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RollingStatsOut {
+            buf: &self.buf[..self.len as usize],
+            window: self.window,
+            len: self.len,
+            head: self.head,
+            since_exact: self.since_exact,
+            mean: self.mean,
+            m2: self.m2,
+            peak_sq: self.peak_sq,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -260,7 +305,7 @@ impl TryFrom<RollingStatsRepr> for RollingStats {
         // An old state's unfilled tail held zeros, not values.
         r.buf.truncate(len);
         let mut stats = RollingStats {
-            buf: r.buf,
+            buf: r.buf.into_boxed_slice(),
             window: n as u32,
             len: r.len,
             head: r.head,
@@ -448,12 +493,12 @@ mod tests {
         for v in 0..10 {
             r.push(f64::from(v));
         }
-        assert!(r.buf.capacity() < 64, "{}", r.buf.capacity());
+        assert!(r.buf.len() < 64, "{}", r.buf.len());
         let mut r = RollingStats::new(100);
         for v in 0..1000 {
             r.push(f64::from(v));
         }
-        assert_eq!(r.buf.capacity(), 100);
+        assert_eq!(r.buf.len(), 100);
         assert_eq!(r.values().next(), Some(900.0));
     }
 

@@ -54,11 +54,68 @@ impl ZScoreParams {
 }
 
 /// Rolling z-score detector. See the [module documentation](self).
+///
+/// It keeps the threshold and takes the window from its [`RollingStats`], rather than a
+/// copy of [`ZScoreParams`]: one sensor's state is a word smaller. With the `serde`
+/// feature it (de)serializes as `{ params, stats }`, as it always has.
 #[derive(Clone, Debug)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(try_from = "ZScoreRepr")
+)]
 pub struct ZScore {
+    threshold: f64,
+    stats: RollingStats,
+}
+
+/// The serialized form of a [`ZScore`], as written.
+#[cfg(feature = "serde")]
+#[derive(serde::Serialize)]
+#[serde(rename = "ZScore")]
+struct ZScoreOut<'a> {
+    params: ZScoreParams,
+    stats: &'a RollingStats,
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for ZScore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ZScoreOut {
+            params: self.params(),
+            stats: &self.stats,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The serialized form of a [`ZScore`], checked before it becomes one.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct ZScoreRepr {
     params: ZScoreParams,
     stats: RollingStats,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<ZScoreRepr> for ZScore {
+    type Error = String;
+
+    /// The window is kept once, in the statistics: a state whose parameters name another
+    /// window than its statistics hold (never written by this crate) is rejected.
+    fn try_from(r: ZScoreRepr) -> Result<Self, String> {
+        if r.params.window != r.stats.window() {
+            return Err(format!(
+                "zscore state with window {} holds statistics over a window of {}",
+                r.params.window,
+                r.stats.window()
+            ));
+        }
+        Ok(ZScore {
+            threshold: r.params.threshold,
+            stats: r.stats,
+        })
+    }
 }
 
 impl ZScore {
@@ -69,14 +126,17 @@ impl ZScore {
     pub fn new(params: ZScoreParams) -> Self {
         judge::assert_valid("zscore", params.validate());
         ZScore {
-            params,
+            threshold: params.threshold,
             stats: RollingStats::new(params.window),
         }
     }
 
     /// The parameters this detector was built with.
-    pub fn params(&self) -> &ZScoreParams {
-        &self.params
+    pub fn params(&self) -> ZScoreParams {
+        ZScoreParams {
+            window: self.stats.window(),
+            threshold: self.threshold,
+        }
     }
 
     /// Changes the parameters while keeping the history: a new window keeps the most
@@ -86,13 +146,13 @@ impl ZScore {
     /// If `params.validate()` fails; validate first.
     pub fn set_params(&mut self, params: ZScoreParams) {
         judge::assert_valid("zscore", params.validate());
-        if params.window != self.params.window {
+        if params.window != self.stats.window() {
             let mut stats = RollingStats::new(params.window);
             let skip = self.stats.len().saturating_sub(params.window);
             self.stats.values().skip(skip).for_each(|v| stats.push(v));
             self.stats = stats;
         }
-        self.params = params;
+        self.threshold = params.threshold;
     }
 }
 
@@ -101,7 +161,7 @@ impl Detector for ZScore {
         if !value.is_finite() {
             return NO_VERDICT;
         }
-        let threshold = self.params.threshold;
+        let threshold = self.threshold;
         let verdict = match self.stats.zscore(value, threshold) {
             Some(z) => judge::over_threshold(z, z.abs(), threshold),
             None => NO_VERDICT,
@@ -115,8 +175,8 @@ impl Detector for ZScore {
             Some(z) => format!(
                 "|z| {} > {} (last {} values)",
                 judge::stat(z.abs()),
-                self.params.threshold,
-                self.params.window
+                self.threshold,
+                self.stats.window()
             ),
             None => String::from("no z-score"),
         }

@@ -82,7 +82,7 @@ impl DetectorSpec for ZScoreConfig {
     /// parameters now in force, as a change while running would be.
     fn load_states(&self, bytes: &[u8]) -> Result<(KeyInterner, Vec<ZScore>), ComponentError> {
         let (keys, mut states): (KeyInterner, Vec<ZScore>) = decode_keyed(bytes)?;
-        if let Some(s) = states.iter().find(|s| s.params() != &self.params()) {
+        if let Some(s) = states.iter().find(|s| s.params() != self.params()) {
             tracing::warn!(
                 "zscore state was checkpointed with window = {}, threshold = {}; continuing \
                  with window = {}, threshold = {}",
