@@ -251,6 +251,34 @@ mod tests {
         zs(0, 3.0);
     }
 
+    /// A state serializes as the derived form on `{ params, stats }` with a `Vec` buffer
+    /// wrote it (the values held only), and reads back into the same state.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serialized_form_is_the_former_one() {
+        let mut d = zs(3, 2.5);
+        d.observe(0, 1.0);
+        d.observe(1, 2.0);
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            json,
+            r#"{"params":{"window":3,"threshold":2.5},"stats":{"buf":[1.0,2.0],"window":3,"len":2,"head":2,"since_exact":0,"mean":1.5,"m2":0.5,"peak_sq":4.0}}"#
+        );
+        let mut back: ZScore = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.params(), d.params());
+        for (i, v) in [3.0, 7.0, -1.0, 4.5, 2.0].into_iter().enumerate() {
+            assert_eq!(back.observe(i as i64, v), d.observe(i as i64, v));
+        }
+        assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&d).unwrap());
+        // A full window, as written before: the ring and its head.
+        let full = r#"{"params":{"window":3,"threshold":2.5},"stats":{"buf":[4.0,2.0,3.0],"window":3,"len":3,"head":1,"since_exact":1,"mean":3.0,"m2":2.0,"peak_sq":16.0}}"#;
+        let d: ZScore = serde_json::from_str(full).unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), full);
+        // Parameters naming another window than the statistics hold: rejected.
+        let skewed = full.replacen(r#""window":3,"threshold""#, r#""window":4,"threshold""#, 1);
+        assert!(serde_json::from_str::<ZScore>(&skewed).is_err());
+    }
+
     fn exact_mean_std(win: &VecDeque<f64>) -> (f64, f64) {
         // Plain two-pass over a sorted copy (sorting makes the sum order-independent
         // enough for values within 1e6; the assertion tolerance covers the rest).
