@@ -269,7 +269,10 @@ mod tests {
         for (i, v) in [3.0, 7.0, -1.0, 4.5, 2.0].into_iter().enumerate() {
             assert_eq!(back.observe(i as i64, v), d.observe(i as i64, v));
         }
-        assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&d).unwrap());
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(&d).unwrap()
+        );
         // A full window, as written before: the ring and its head.
         let full = r#"{"params":{"window":3,"threshold":2.5},"stats":{"buf":[4.0,2.0,3.0],"window":3,"len":3,"head":1,"since_exact":1,"mean":3.0,"m2":2.0,"peak_sq":16.0}}"#;
         let d: ZScore = serde_json::from_str(full).unwrap();
