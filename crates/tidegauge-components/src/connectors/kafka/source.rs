@@ -332,6 +332,14 @@ struct Commits {
 }
 
 impl Commits {
+    /// The offset partition `key` may be committed at: after the last delivered message,
+    /// held at a failed batch's first offset until that is delivered (`None`: nothing
+    /// delivered yet).
+    fn committable(&self, key: &(String, i32)) -> Option<i64> {
+        let next = *self.next.get(key)?;
+        Some(self.caps.get(key).map_or(next, |c| (*c).min(next)))
+    }
+
     /// Notes released positions; returns the offsets to commit now.
     fn settle(
         &mut self,
@@ -405,12 +413,7 @@ impl Member {
         let mut unassign = TopicPartitionList::new();
         for &p in &due.partitions {
             let key = (topic.clone(), p);
-            if let Some(next) = self.commits.next.get(&key) {
-                let offset = self
-                    .commits
-                    .caps
-                    .get(&key)
-                    .map_or(*next, |c| (*c).min(*next));
+            if let Some(offset) = self.commits.committable(&key) {
                 let _ = commit.add_partition_offset(&topic, p, Offset::Offset(offset));
             }
             unassign.add_partition(&topic, p);
@@ -646,13 +649,10 @@ impl BrokerSource for Member {
             partitioned.write_final(cx, timeout).await;
         }
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), next) in &self.commits.next {
-            let offset = self
-                .commits
-                .caps
-                .get(&(t.clone(), *p))
-                .map_or(*next, |c| (*c).min(*next));
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(offset));
+        for key in self.commits.next.keys() {
+            if let Some(offset) = self.commits.committable(key) {
+                let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(offset));
+            }
         }
         self.commit(cx, &tpl, CommitMode::Sync);
         if !deferred.is_empty() {
