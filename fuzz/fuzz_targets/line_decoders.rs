@@ -15,18 +15,20 @@ fuzz_target!(|data: &[u8]| {
     let optional = vec!["ok".to_string(), "n".to_string()];
     let schema = schema_for(&fields, &optional);
     let names: Vec<String> = fields.keys().cloned().collect();
-    let json = JsonDecoder::new(names.clone());
+    let mut json = JsonDecoder::new(names.clone());
     let mut csv = CsvDecoder::new(names, b',', data.first().is_some_and(|b| b % 2 == 0));
     let mut columns = Columns::new(schema, &fields, 64);
     let mut row = Row::new(fields.len());
     let mut reader = LineReader::new(data, 4096);
+    // Kept from line to line, so lines are also read by the layout of the one before.
+    let mut shape = flat_json::Shape::default();
     loop {
         let polled = reader.poll::<()>(true, |_, line| {
             if let Line::Complete(text) = line {
                 // The fast path must decode exactly as serde_json does, or step aside.
                 let name_bytes: Vec<Box<[u8]>> = fields.keys().map(|n| n.as_bytes().into()).collect();
                 let mut fast = Row::new(fields.len());
-                if flat_json::decode(text, &name_bytes, &mut fast) {
+                if flat_json::decode(text, &name_bytes, &mut shape, &mut fast) {
                     let mut general = Row::new(fields.len());
                     json.decode_general(text, &mut general)
                         .expect("the fast path accepted what serde_json rejects");

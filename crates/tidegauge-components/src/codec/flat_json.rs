@@ -9,9 +9,76 @@
 
 use super::{Row, Slot};
 
+/// The layout of the last line decoded: the bytes around its values (braces,
+/// whitespace, commas, keys and colons) and the field each value went to. Lines of a
+/// stream usually share one layout and differ only in their values; a line with the same
+/// bytes between its values has the same keys in the same order, so it is decoded by
+/// comparing those bytes and reading the values, without looking up a key.
+#[derive(Debug, Default)]
+pub struct Shape {
+    /// The bytes before each value, then the bytes after the last one, end to end.
+    bytes: Vec<u8>,
+    /// Where each value's leading bytes end in `bytes`, and its field.
+    values: Vec<(usize, Option<usize>)>,
+}
+
+impl Shape {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.values.clear();
+    }
+}
+
 /// Decodes `line` into `row` (already reset) if it is a flat object the fast path handles;
 /// `false` means "use the general decoder" (the row may then hold partial values).
-pub fn decode(line: &[u8], names: &[Box<[u8]>], row: &mut Row) -> bool {
+/// `shape` is the layout of the previous line decoded with it: a line of that layout
+/// takes a shorter way, any other is decoded in full and its layout kept for the next.
+pub fn decode(line: &[u8], names: &[Box<[u8]>], shape: &mut Shape, row: &mut Row) -> bool {
+    if !shape.values.is_empty() {
+        if decode_shaped(line, shape, row) {
+            return true;
+        }
+        row.reset();
+    }
+    decode_learning(line, names, shape, row)
+}
+
+/// Decodes a line laid out as `shape`: `false` if it is not, or if a value is not one the
+/// fast path reads.
+fn decode_shaped(line: &[u8], shape: &Shape, row: &mut Row) -> bool {
+    let mut p = Cursor { s: line, i: 0 };
+    let mut from = 0;
+    for &(to, field) in &shape.values {
+        let lead = &shape.bytes[from..to];
+        from = to;
+        if !p.s[p.i..].starts_with(lead) {
+            return false;
+        }
+        p.i += lead.len();
+        if !p.value(field, None, row) {
+            return false;
+        }
+    }
+    p.s[p.i..] == shape.bytes[from..]
+}
+
+/// Decodes any flat object the fast path reads, and keeps its layout in `shape`.
+fn decode_learning(line: &[u8], names: &[Box<[u8]>], shape: &mut Shape, row: &mut Row) -> bool {
+    shape.clear();
+    if !decode_object(line, names, shape, row) {
+        shape.clear();
+        return false;
+    }
+    true
+}
+
+fn decode_object(line: &[u8], names: &[Box<[u8]>], shape: &mut Shape, row: &mut Row) -> bool {
+    // One UTF-8 check for the whole line instead of one per string: serde_json rejects
+    // invalid UTF-8 inside strings, and outside them any byte above 0x7f is a syntax
+    // error, so a line that fails here is one the fast path would give up on anyway.
+    let Ok(text) = std::str::from_utf8(line) else {
+        return false;
+    };
     let mut p = Cursor { s: line, i: 0 };
     p.ws();
     if !p.eat(b'{') {
@@ -19,69 +86,85 @@ pub fn decode(line: &[u8], names: &[Box<[u8]>], row: &mut Row) -> bool {
     }
     p.ws();
     if p.eat(b'}') {
+        // No value: nothing worth a layout.
+        shape.clear();
         return p.rest_is_ws();
     }
+    // Objects usually list their fields in the same order line after line: the field
+    // after the last one found is tried first.
+    let mut guess = 0;
+    // Where the bytes before the next value start.
+    let mut lead = 0;
     loop {
         p.ws();
-        let Some(key) = p.plain_string() else {
+        let Some((start, end)) = p.plain_string() else {
             return false;
         };
+        let key = &line[start..end];
         p.ws();
         if !p.eat(b':') {
             return false;
         }
         p.ws();
-        let field = names.iter().position(|n| same(n, key.as_bytes()));
-        match p.peek() {
-            Some(b'"') => {
-                let Some(text) = p.plain_string() else {
-                    return false;
-                };
-                if let Some(i) = field {
-                    row.set_text(i, text, true);
-                }
-            }
-            Some(b't') => {
-                if !p.eat_word(b"true") {
-                    return false;
-                }
-                if let Some(i) = field {
-                    row.slots[i] = Slot::Bool(true);
-                }
-            }
-            Some(b'f') => {
-                if !p.eat_word(b"false") {
-                    return false;
-                }
-                if let Some(i) = field {
-                    row.slots[i] = Slot::Bool(false);
-                }
-            }
-            Some(b'n') => {
-                if !p.eat_word(b"null") {
-                    return false;
-                }
-                if let Some(i) = field {
-                    row.slots[i] = Slot::Null;
-                }
-            }
-            Some(b'-' | b'0'..=b'9') => {
-                let Some(slot) = p.number() else {
-                    return false;
-                };
-                if let Some(i) = field {
-                    row.slots[i] = slot;
-                }
-            }
-            _ => return false,
+        let field = match names.get(guess) {
+            Some(n) if same(n, key) => Some(guess),
+            _ => names.iter().position(|n| same(n, key)),
+        };
+        if let Some(i) = field {
+            guess = i + 1;
         }
+        shape.bytes.extend_from_slice(&line[lead..p.i]);
+        shape.values.push((shape.bytes.len(), field));
+        if !p.value(field, Some(text), row) {
+            return false;
+        }
+        lead = p.i;
         p.ws();
         match p.next() {
             Some(b',') => continue,
-            Some(b'}') => return p.rest_is_ws(),
+            Some(b'}') => {
+                if !p.rest_is_ws() {
+                    return false;
+                }
+                shape.bytes.extend_from_slice(&line[lead..]);
+                return true;
+            }
             _ => return false,
         }
     }
+}
+
+/// Bytes that end the plain part of a JSON string: the closing quote, an escape, or a
+/// control character (which JSON does not allow unescaped).
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// The value of eight ASCII digits read as a little-endian word, or `None` if any of the
+/// eight bytes is not a digit (the SWAR method of fast_float and simdjson).
+#[inline]
+fn eight_digits(bytes: &[u8]) -> Option<u64> {
+    let word = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let digits = (word & 0xF0F0_F0F0_F0F0_F0F0)
+        | (((word.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0) >> 4);
+    if digits != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    let v = word - 0x3030_3030_3030_3030;
+    let v = (v * 10) + (v >> 8);
+    let v = ((v & 0x0000_00FF_0000_00FF)
+        .wrapping_mul(100 + (1_000_000 << 32))
+        .wrapping_add(((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32))))
+        >> 32;
+    Some(v)
 }
 
 /// Byte equality for short keys, without a call to `memcmp`.
@@ -156,22 +239,73 @@ impl<'a> Cursor<'a> {
         self.i == self.s.len()
     }
 
-    /// A string without escapes or control characters, valid UTF-8.
-    fn plain_string(&mut self) -> Option<&'a str> {
+    /// Reads one value into `field` of `row` (if the key is a declared field); `false` if
+    /// it is not a value the fast path reads. `text` is `s` when already checked to be
+    /// UTF-8; without it, strings are checked one by one.
+    fn value(&mut self, field: Option<usize>, text: Option<&str>, row: &mut Row) -> bool {
+        let slot = match self.peek() {
+            Some(b'"') => {
+                let Some((start, end)) = self.plain_string() else {
+                    return false;
+                };
+                // Both ends are next to a quote: character boundaries. A string is
+                // checked even when no field wants it: serde_json refuses the line.
+                let value = match text {
+                    Some(text) => text.get(start..end),
+                    None => std::str::from_utf8(&self.s[start..end]).ok(),
+                };
+                match (value, field) {
+                    (None, _) => return false,
+                    (Some(value), Some(i)) => row.set_text(i, value, true),
+                    (Some(_), None) => {}
+                }
+                return true;
+            }
+            Some(b't') => {
+                if !self.eat_word(b"true") {
+                    return false;
+                }
+                Slot::Bool(true)
+            }
+            Some(b'f') => {
+                if !self.eat_word(b"false") {
+                    return false;
+                }
+                Slot::Bool(false)
+            }
+            Some(b'n') => {
+                if !self.eat_word(b"null") {
+                    return false;
+                }
+                Slot::Null
+            }
+            Some(b'-' | b'0'..=b'9') => match self.number() {
+                Some(slot) => slot,
+                None => return false,
+            },
+            _ => return false,
+        };
+        if let Some(i) = field {
+            row.slots[i] = slot;
+        }
+        true
+    }
+
+    /// A string without escapes or control characters: the range of its text in `s`.
+    fn plain_string(&mut self) -> Option<(usize, usize)> {
         if !self.eat(b'"') {
             return None;
         }
         let start = self.i;
-        let rest = &self.s[start..];
-        let end = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        if rest[end] != b'"' {
+        let mut end = start;
+        while !STRING_STOP[*self.s.get(end)? as usize] {
+            end += 1;
+        }
+        if self.s[end] != b'"' {
             return None;
         }
-        let text = std::str::from_utf8(&rest[..end]).ok()?;
-        self.i = start + end + 1;
-        Some(text)
+        self.i = end + 1;
+        Some((start, end))
     }
 
     /// A JSON number, as serde_json reads it: integers to `I64` (or `U64` above
@@ -186,6 +320,14 @@ impl<'a> Cursor<'a> {
             b'0' => {}
             d @ b'1'..=b'9' => {
                 mantissa = (d - b'0') as u64;
+                while digits <= 11 {
+                    let Some(v) = eight_digits(&self.s[self.i..]) else {
+                        break;
+                    };
+                    mantissa = mantissa * 100_000_000 + v;
+                    digits += 8;
+                    self.i += 8;
+                }
                 while let Some(d @ b'0'..=b'9') = self.peek() {
                     self.i += 1;
                     digits += 1;
@@ -202,6 +344,15 @@ impl<'a> Cursor<'a> {
         if self.eat(b'.') {
             float = true;
             let frac = self.i;
+            while digits <= 11 {
+                let Some(v) = eight_digits(&self.s[self.i..]) else {
+                    break;
+                };
+                mantissa = mantissa * 100_000_000 + v;
+                digits += 8;
+                exp10 -= 8;
+                self.i += 8;
+            }
             while let Some(d @ b'0'..=b'9') = self.peek() {
                 self.i += 1;
                 digits += 1;
@@ -288,7 +439,8 @@ mod tests {
 
     fn fast(line: &[u8]) -> Option<(Vec<Slot>, String)> {
         let mut row = Row::new(4);
-        decode(line, &names(), &mut row).then(|| (row.slots.clone(), row.scratch.clone()))
+        decode(line, &names(), &mut Shape::default(), &mut row)
+            .then(|| (row.slots.clone(), row.scratch.clone()))
     }
 
     #[test]
@@ -307,6 +459,57 @@ mod tests {
         let (slots, _) = fast(br#"{"ts":18446744073709551615,"value":1e400}"#)
             .map_or((vec![], String::new()), |x| x);
         assert!(slots.is_empty(), "1e400 overflows: left to serde_json");
+    }
+
+    #[test]
+    fn reads_eight_digits_at_once_only_when_all_are_digits() {
+        assert_eq!(eight_digits(b"12345678"), Some(12_345_678));
+        assert_eq!(eight_digits(b"00000000x"), Some(0));
+        assert_eq!(eight_digits(b"99999999"), Some(99_999_999));
+        for bad in [
+            &b"1234567"[..],
+            b"1234567:",
+            b"/2345678",
+            b"1234 678",
+            b"12345.78",
+        ] {
+            assert_eq!(eight_digits(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_line_of_a_known_layout_is_still_checked_for_utf8() {
+        let names = names();
+        let mut shape = Shape::default();
+        let mut row = Row::new(4);
+        assert!(decode(
+            br#"{"x":"a","value":1}"#,
+            &names,
+            &mut shape,
+            &mut row
+        ));
+        row.reset();
+        // Same layout; the string nobody asked for is not UTF-8: serde_json refuses it.
+        assert!(!decode(
+            b"{\"x\":\"\xff\",\"value\":1}",
+            &names,
+            &mut shape,
+            &mut row
+        ));
+        row.reset();
+        assert!(decode(
+            br#"{"x":"b","value":2}"#,
+            &names,
+            &mut shape,
+            &mut row
+        ));
+        assert_eq!(row.slots[2], Slot::I64(2));
+        // That line was read by the layout alone.
+        row.reset();
+        assert!(decode_shaped(br#"{"x":"c","value":3}"#, &shape, &mut row));
+        assert_eq!(row.slots[2], Slot::I64(3));
+        row.reset();
+        assert!(!decode_shaped(br#"{"x":"c", "value":3}"#, &shape, &mut row));
     }
 
     #[test]
@@ -332,18 +535,9 @@ mod tests {
         }
     }
 
-    /// Strategy: JSON-ish lines mixing valid shapes and near misses.
-    fn line() -> impl Strategy<Value = Vec<u8>> {
-        let key = prop::sample::select(vec![
-            "\"sensor_id\"",
-            "\"ts\"",
-            "\"value\"",
-            "\"ok\"",
-            "\"other\"",
-            "\"va\\u006cue\"",
-            "ts",
-        ]);
-        let value = prop::sample::select(vec![
+    /// Strategy: values, valid and near misses.
+    fn value() -> impl Strategy<Value = &'static str> + Clone {
+        prop::sample::select(vec![
             "\"s-1\"",
             "\"é\"",
             "\"a\\nb\"",
@@ -366,7 +560,56 @@ mod tests {
             "1e309",
             "\"\u{1}\"",
             "2.5e+2",
+        ])
+    }
+
+    /// Strategy: lines sharing one layout (keys, whitespace) with values of their own,
+    /// and now and then a line of another layout.
+    fn lines_of_one_layout() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let key = prop::sample::select(vec![
+            "\"sensor_id\"",
+            "\"ts\"",
+            "\"value\"",
+            "\"ok\"",
+            "\"x\"",
         ]);
+        let ws = prop::sample::select(vec!["", " ", "\t"]);
+        let layout = prop::collection::vec((ws.clone(), key, ws.clone(), ws), 1..5);
+        let values = prop::collection::vec(prop::collection::vec(value(), 5), 1..8);
+        (layout, values, any::<u8>()).prop_map(|(layout, values, other)| {
+            values
+                .iter()
+                .enumerate()
+                .map(|(n, vs)| {
+                    let mut s = String::from("{");
+                    for (i, (a, k, b, c)) in layout.iter().enumerate() {
+                        if i > 0 {
+                            s.push(',');
+                        }
+                        s.push_str(&format!("{a}{k}{b}:{c}{}", vs[i]));
+                    }
+                    s.push('}');
+                    if n as u8 == other % 8 {
+                        s.insert(1, ' ');
+                    }
+                    s.into_bytes()
+                })
+                .collect()
+        })
+    }
+
+    /// Strategy: JSON-ish lines mixing valid shapes and near misses.
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop::sample::select(vec![
+            "\"sensor_id\"",
+            "\"ts\"",
+            "\"value\"",
+            "\"ok\"",
+            "\"other\"",
+            "\"va\\u006cue\"",
+            "ts",
+        ]);
+        let value = value();
         let ws = prop::sample::select(vec!["", " ", "\t", "\r"]);
         prop::collection::vec((ws.clone(), key, ws.clone(), value, ws), 0..6).prop_map(|parts| {
             let mut s = String::from("{");
@@ -394,6 +637,27 @@ mod tests {
                     "fast path accepted what serde_json rejects: {}", String::from_utf8_lossy(&bytes));
                 prop_assert_eq!(&row.slots, &slots);
                 prop_assert_eq!(&row.scratch, &scratch);
+            }
+        }
+
+        #[test]
+        fn a_line_read_by_the_layout_of_the_last_reads_as_on_its_own(lines in lines_of_one_layout()) {
+            let names = names();
+            let mut shape = Shape::default();
+            let general = JsonDecoder::new(vec![
+                "sensor_id".into(), "ts".into(), "value".into(), "ok".into(),
+            ]);
+            for line in &lines {
+                let mut row = Row::new(4);
+                let shaped = decode(line, &names, &mut shape, &mut row)
+                    .then(|| (row.slots.clone(), row.scratch.clone()));
+                prop_assert_eq!(&shaped, &fast(line), "{}", String::from_utf8_lossy(line));
+                if let Some((slots, scratch)) = shaped {
+                    let mut row = Row::new(4);
+                    prop_assert!(general.decode_general(line, &mut row).is_ok());
+                    prop_assert_eq!(&row.slots, &slots);
+                    prop_assert_eq!(&row.scratch, &scratch);
+                }
             }
         }
 

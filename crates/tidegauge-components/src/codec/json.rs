@@ -12,22 +12,28 @@ use super::{Row, Slot};
 pub struct JsonDecoder {
     names: Vec<String>,
     name_bytes: Vec<Box<[u8]>>,
+    /// The layout of the last line the fast path decoded.
+    shape: super::flat_json::Shape,
 }
 
 impl JsonDecoder {
     /// A decoder extracting the fields `names` (in this order).
     pub fn new(names: Vec<String>) -> Self {
         let name_bytes = names.iter().map(|n| n.as_bytes().into()).collect();
-        JsonDecoder { names, name_bytes }
+        JsonDecoder {
+            names,
+            name_bytes,
+            shape: Default::default(),
+        }
     }
 
     /// Fills `row` from one line (without its newline). On error the row is undefined.
     ///
     /// Flat objects take a fast single pass ([`super::flat_json`]); anything else goes
     /// through `serde_json`, with the same result.
-    pub fn decode(&self, line: &[u8], row: &mut Row) -> Result<(), String> {
+    pub fn decode(&mut self, line: &[u8], row: &mut Row) -> Result<(), String> {
         row.reset();
-        if super::flat_json::decode(line, &self.name_bytes, row) {
+        if super::flat_json::decode(line, &self.name_bytes, &mut self.shape, row) {
             return Ok(());
         }
         self.decode_general(line, row)
@@ -202,7 +208,7 @@ mod tests {
 
     #[test]
     fn picks_declared_fields_in_any_order() {
-        let (d, mut row) = dec();
+        let (mut d, mut row) = dec();
         d.decode(
             br#"{"value":-1.5e1,"extra":{"a":[1,2]},"ts":17,"sensor_id":"s\"1"}"#,
             &mut row,
@@ -215,7 +221,7 @@ mod tests {
 
     #[test]
     fn reports_malformed_input_with_its_column() {
-        let (d, mut row) = dec();
+        let (mut d, mut row) = dec();
         let e = d
             .decode(br#"{"sensor_id":"a","ts":1,"value":}"#, &mut row)
             .unwrap_err();
@@ -234,7 +240,7 @@ mod tests {
 
     #[test]
     fn nested_values_are_flagged_not_fatal() {
-        let (d, mut row) = dec();
+        let (mut d, mut row) = dec();
         d.decode(br#"{"sensor_id":{"x":1},"ts":[1],"value":null}"#, &mut row)
             .unwrap();
         assert_eq!(row.slots[0], Slot::Nested("an object"));
