@@ -30,7 +30,11 @@ pub struct CsvDecoder {
     has_header: bool,
     reader: Reader,
     out: Vec<u8>,
+    /// Where each field of the last line ends: in the line itself (the position of the
+    /// delimiter after it) when it was `plain`, else in `out`.
     ends: Vec<usize>,
+    /// Whether the last line was split in place (no quotes, no carriage return).
+    plain: bool,
     /// For each CSV column, the declared field it feeds (if any).
     columns: Option<Vec<Option<usize>>>,
     header_width: usize,
@@ -49,6 +53,7 @@ impl CsvDecoder {
             has_header,
             out: vec![0; 1024],
             ends: vec![0; 64],
+            plain: false,
             columns: positional,
         }
     }
@@ -61,14 +66,16 @@ impl CsvDecoder {
         self.reader = ReaderBuilder::new().delimiter(self.delimiter).build();
     }
 
-    /// The column names of the current input's header, once read.
+    /// Splits `line` into its fields (see `ends`); returns how many.
     fn split(&mut self, line: &[u8]) -> Result<usize, String> {
         // Most lines have no quotes and no carriage return: their fields are what lies
-        // between delimiters, which memchr finds far faster than the CSV state machine
-        // (that machine skips blank lines and ends a record at a `\r`; both go its way).
-        if !line.is_empty() && memchr::memchr2(b'"', b'\r', line).is_none() {
-            return Ok(self.split_plain(line));
+        // between delimiters, found in one pass (the CSV state machine skips blank lines
+        // and ends a record at a `\r`; both go its way, as do quotes).
+        if let Some(n) = self.split_plain(line) {
+            self.plain = true;
+            return Ok(n);
         }
+        self.plain = false;
         self.split_quoted(line)
     }
 
@@ -106,36 +113,68 @@ impl CsvDecoder {
         }
     }
 
-    /// [`CsvDecoder::split`] of a non-empty line without quotes or carriage returns.
-    fn split_plain(&mut self, line: &[u8]) -> usize {
-        if self.out.len() < line.len() {
-            self.out.resize(line.len().next_power_of_two(), 0);
+    /// [`CsvDecoder::split`] of a non-empty line without quotes or carriage returns, in
+    /// place; `None` for any other line.
+    fn split_plain(&mut self, line: &[u8]) -> Option<usize> {
+        if line.is_empty() {
+            return None;
         }
-        let (mut n, mut start, mut o) = (0, 0, 0);
-        for end in memchr::memchr_iter(self.delimiter, line).chain([line.len()]) {
-            let f = &line[start..end];
-            self.out[o..o + f.len()].copy_from_slice(f);
-            o += f.len();
-            if n == self.ends.len() {
-                self.ends.resize(n * 2, 0);
+        let mut n = 0;
+        for (i, &c) in line.iter().enumerate() {
+            if c == self.delimiter {
+                self.end_field(n, i);
+                n += 1;
+            } else if c == b'"' || c == b'\r' {
+                return None;
             }
-            self.ends[n] = o;
-            n += 1;
-            start = end + 1;
         }
-        n
+        self.end_field(n, line.len());
+        Some(n + 1)
     }
 
-    fn field(&self, i: usize) -> Result<&str, String> {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        std::str::from_utf8(&self.out[start..self.ends[i]])
+    fn end_field(&mut self, n: usize, end: usize) {
+        if n == self.ends.len() {
+            self.ends.resize(n * 2, 0);
+        }
+        self.ends[n] = end;
+    }
+
+    /// The bytes of field `i` of `line`, the line last split.
+    fn field_bytes<'a>(&'a self, line: &'a [u8], i: usize) -> &'a [u8] {
+        if self.plain {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
+            &line[start..self.ends[i]]
+        } else {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.out[start..self.ends[i]]
+        }
+    }
+
+    /// Field `i` of `line`, the line last split, as text. `text` is the line when it is
+    /// known to be UTF-8 and split in place.
+    fn field<'a>(
+        &'a self,
+        line: &'a [u8],
+        text: Option<&'a str>,
+        i: usize,
+    ) -> Result<&'a str, String> {
+        if let (true, Some(text)) = (self.plain, text) {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
+            // A delimiter above 0x7f may fall inside a character: checked below then.
+            if let Some(field) = text.get(start..self.ends[i]) {
+                return Ok(field);
+            }
+        }
+        std::str::from_utf8(self.field_bytes(line, i))
             .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
     }
 
     /// Every field of one line as text (for readers that discover the columns).
     pub fn fields(&mut self, line: &[u8]) -> Result<Vec<String>, String> {
         let n = self.split(line)?;
-        (0..n).map(|i| self.field(i).map(str::to_string)).collect()
+        (0..n)
+            .map(|i| self.field(line, None, i).map(str::to_string))
+            .collect()
     }
 
     /// Decodes one line (without its newline).
@@ -144,7 +183,12 @@ impl CsvDecoder {
         if self.columns.is_none() {
             let mut header = Vec::with_capacity(n);
             for i in 0..n {
-                header.push(self.field(i).map_err(CsvError::Header)?.trim().to_string());
+                header.push(
+                    self.field(line, None, i)
+                        .map_err(CsvError::Header)?
+                        .trim()
+                        .to_string(),
+                );
             }
             let missing: Vec<&str> = self
                 .names
@@ -175,13 +219,20 @@ impl CsvDecoder {
             )));
         }
         row.reset();
+        // One UTF-8 check for the line rather than one per field; a line that fails it
+        // is checked field by field, so only the fields read are judged.
+        let text = if self.plain {
+            std::str::from_utf8(line).ok()
+        } else {
+            None
+        };
         let columns = self.columns.as_ref().map(|c| c.len()).unwrap_or(0);
         for col in 0..n.min(columns) {
             let Some(Some(field)) = self.columns.as_ref().map(|c| c[col]) else {
                 continue;
             };
-            let text = self.field(col).map_err(CsvError::Record)?;
-            row.set_text(field, text, false);
+            let value = self.field(line, text, col).map_err(CsvError::Record)?;
+            row.set_text(field, value, false);
         }
         Ok(CsvLine::Record)
     }
@@ -194,16 +245,13 @@ mod tests {
 
     fn split_fields(d: &mut CsvDecoder, plain: bool, line: &[u8]) -> Vec<Vec<u8>> {
         let n = if plain {
-            d.split_plain(line)
+            d.plain = true;
+            d.split_plain(line).unwrap()
         } else {
+            d.plain = false;
             d.split_quoted(line).unwrap()
         };
-        (0..n)
-            .map(|i| {
-                let start = if i == 0 { 0 } else { d.ends[i - 1] };
-                d.out[start..d.ends[i]].to_vec()
-            })
-            .collect()
+        (0..n).map(|i| d.field_bytes(line, i).to_vec()).collect()
     }
 
     proptest! {

@@ -7,7 +7,7 @@
 //! also produces the error message. So the fast path changes speed, never results — a
 //! property test and the fuzz target compare the two on arbitrary input.
 
-use super::{Row, Slot};
+use super::{Row, Slot, eight_digits, exact_decimal};
 
 /// The layout of the last line decoded: the bytes around its values (braces,
 /// whitespace, commas, keys and colons) and the field each value went to. Lines of a
@@ -148,50 +148,10 @@ static STRING_STOP: [bool; 256] = {
     t
 };
 
-/// The value of eight ASCII digits read as a little-endian word, or `None` if any of the
-/// eight bytes is not a digit (the SWAR method of fast_float and simdjson).
-#[inline]
-fn eight_digits(bytes: &[u8]) -> Option<u64> {
-    let word = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let digits = (word & 0xF0F0_F0F0_F0F0_F0F0)
-        | (((word.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0) >> 4);
-    if digits != 0x3333_3333_3333_3333 {
-        return None;
-    }
-    let v = word - 0x3030_3030_3030_3030;
-    let v = (v * 10) + (v >> 8);
-    let v = ((v & 0x0000_00FF_0000_00FF)
-        .wrapping_mul(100 + (1_000_000 << 32))
-        .wrapping_add(((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32))))
-        >> 32;
-    Some(v)
-}
-
 /// Byte equality for short keys, without a call to `memcmp`.
 #[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
-}
-
-/// Exact powers of ten: every one up to 1e22 is a double.
-const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-];
-
-/// The correctly rounded value of `mantissa × 10^exp10` when one IEEE operation gives it
-/// (Clinger's fast path: both operands exact, so the single rounding is the right one).
-#[inline]
-fn exact_decimal(mantissa: u64, exp10: i32) -> Option<f64> {
-    if mantissa > 1 << 53 || !(-22..=22).contains(&exp10) {
-        return None;
-    }
-    let m = mantissa as f64;
-    Some(if exp10 >= 0 {
-        m * POW10[exp10 as usize]
-    } else {
-        m / POW10[(-exp10) as usize]
-    })
 }
 
 struct Cursor<'a> {
@@ -321,7 +281,10 @@ impl<'a> Cursor<'a> {
             d @ b'1'..=b'9' => {
                 mantissa = (d - b'0') as u64;
                 while digits <= 11 {
-                    let Some(v) = eight_digits(&self.s[self.i..]) else {
+                    let Some(v) = self.s[self.i..]
+                        .first_chunk()
+                        .and_then(|c| eight_digits(*c))
+                    else {
                         break;
                     };
                     mantissa = mantissa * 100_000_000 + v;
@@ -345,7 +308,10 @@ impl<'a> Cursor<'a> {
             float = true;
             let frac = self.i;
             while digits <= 11 {
-                let Some(v) = eight_digits(&self.s[self.i..]) else {
+                let Some(v) = self.s[self.i..]
+                    .first_chunk()
+                    .and_then(|c| eight_digits(*c))
+                else {
                     break;
                 };
                 mantissa = mantissa * 100_000_000 + v;
@@ -459,22 +425,6 @@ mod tests {
         let (slots, _) = fast(br#"{"ts":18446744073709551615,"value":1e400}"#)
             .map_or((vec![], String::new()), |x| x);
         assert!(slots.is_empty(), "1e400 overflows: left to serde_json");
-    }
-
-    #[test]
-    fn reads_eight_digits_at_once_only_when_all_are_digits() {
-        assert_eq!(eight_digits(b"12345678"), Some(12_345_678));
-        assert_eq!(eight_digits(b"00000000x"), Some(0));
-        assert_eq!(eight_digits(b"99999999"), Some(99_999_999));
-        for bad in [
-            &b"1234567"[..],
-            b"1234567:",
-            b"/2345678",
-            b"1234 678",
-            b"12345.78",
-        ] {
-            assert_eq!(eight_digits(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[test]

@@ -329,6 +329,59 @@ fn describe_slot(slot: Slot, row: &Row) -> String {
 /// Converts a raw slot to the normalised slot for `ty` (`Str`, `I64`, `F64`, `Bool` or `Null`).
 /// `text` without surrounding white space (as `str::trim`), at the cost of two byte
 /// checks when there is none.
+/// Exact powers of ten: every one up to 1e22 is a double.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The correctly rounded value of `mantissa × 10^exp10` when one IEEE operation gives it
+/// (Clinger's fast path: both operands exact, so the single rounding is the right one).
+#[inline]
+pub(crate) fn exact_decimal(mantissa: u64, exp10: i32) -> Option<f64> {
+    if mantissa > 1 << 53 || !(-22..=22).contains(&exp10) {
+        return None;
+    }
+    let m = mantissa as f64;
+    Some(if exp10 >= 0 {
+        m * POW10[exp10 as usize]
+    } else {
+        m / POW10[(-exp10) as usize]
+    })
+}
+
+/// A plain decimal (`-?digits[.digits]`, at most 19 digits) read exactly as
+/// `str::parse::<f64>` reads it, where one IEEE operation gives the correctly rounded
+/// value; `None` means "ask `str::parse`".
+fn fast_decimal(b: &[u8]) -> Option<f64> {
+    let (negative, b) = match b.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, b),
+    };
+    let (mut mantissa, mut digits, mut exp10, mut point) = (0u64, 0u32, 0i32, false);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'0'..=b'9' if digits < 19 => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                digits += 1;
+                if point {
+                    exp10 -= 1;
+                }
+            }
+            // Digits on both sides of the point.
+            b'.' if !point && i > 0 && i + 1 < b.len() => point = true,
+            _ => return None,
+        }
+    }
+    let v = exact_decimal(mantissa, exp10).filter(|_| digits > 0)?;
+    Some(if negative { -v } else { v })
+}
+
+/// `str::parse::<f64>` with a fast path for plain decimals.
+fn parse_f64(text: &str) -> Result<f64, std::num::ParseFloatError> {
+    fast_decimal(text.as_bytes()).map_or_else(|| text.parse(), Ok)
+}
+
 fn trim(text: &str) -> &str {
     match (text.as_bytes().first(), text.as_bytes().last()) {
         (Some(a), Some(b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => text,
@@ -353,7 +406,7 @@ fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
         (FieldType::Float64, Slot::F64(v)) => Ok(Slot::F64(v)),
         (FieldType::Float64, Slot::I64(v)) => Ok(Slot::F64(v as f64)),
         (FieldType::Float64, Slot::U64(v)) => Ok(Slot::F64(v as f64)),
-        (FieldType::Float64, Slot::Text(s, e)) => match trim(row.text(s, e)).parse::<f64>() {
+        (FieldType::Float64, Slot::Text(s, e)) => match parse_f64(trim(row.text(s, e))) {
             Ok(v) => Ok(Slot::F64(v)),
             Err(_) => bad("a number"),
         },
@@ -434,7 +487,7 @@ fn fast_integer(b: &[u8]) -> Option<i64> {
 
 /// The value of eight ASCII digits (the first the most significant), read as one word:
 /// `None` if any byte is not a digit.
-fn eight_digits(chunk: [u8; 8]) -> Option<u64> {
+pub(crate) fn eight_digits(chunk: [u8; 8]) -> Option<u64> {
     const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
     const ZEROS: u64 = 0x3030_3030_3030_3030;
     let v = u64::from_le_bytes(chunk);
