@@ -23,6 +23,9 @@ pub enum CsvError {
     Record(String),
 }
 
+const DELIMITER: u8 = 1;
+const NOT_PLAIN: u8 = 2;
+
 /// Decodes CSV lines into rows of the declared fields.
 pub struct CsvDecoder {
     names: Vec<String>,
@@ -35,6 +38,8 @@ pub struct CsvDecoder {
     ends: Vec<usize>,
     /// Whether the last line was split in place (no quotes, no carriage return).
     plain: bool,
+    /// For each byte: `DELIMITER`, `NOT_PLAIN` (a quote or carriage return) or 0.
+    classes: [u8; 256],
     /// For each CSV column, the declared field it feeds (if any).
     columns: Option<Vec<Option<usize>>>,
     header_width: usize,
@@ -54,6 +59,13 @@ impl CsvDecoder {
             out: vec![0; 1024],
             ends: vec![0; 64],
             plain: false,
+            classes: {
+                let mut classes = [0; 256];
+                classes[delimiter as usize] = DELIMITER;
+                classes[b'"' as usize] = NOT_PLAIN;
+                classes[b'\r' as usize] = NOT_PLAIN;
+                classes
+            },
             columns: positional,
         }
     }
@@ -121,11 +133,13 @@ impl CsvDecoder {
         }
         let mut n = 0;
         for (i, &c) in line.iter().enumerate() {
-            if c == self.delimiter {
-                self.end_field(n, i);
-                n += 1;
-            } else if c == b'"' || c == b'\r' {
-                return None;
+            match self.classes[c as usize] {
+                0 => {}
+                DELIMITER => {
+                    self.end_field(n, i);
+                    n += 1;
+                }
+                _ => return None,
             }
         }
         self.end_field(n, line.len());
