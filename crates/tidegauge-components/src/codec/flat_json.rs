@@ -51,7 +51,7 @@ fn decode_shaped(line: &[u8], shape: &Shape, row: &mut Row) -> bool {
     for &(to, field) in &shape.values {
         let lead = &shape.bytes[from..to];
         from = to;
-        if !starts_with(&p.s[p.i..], lead) {
+        if !p.s[p.i..].starts_with(lead) {
             return false;
         }
         p.i += lead.len();
@@ -59,28 +59,7 @@ fn decode_shaped(line: &[u8], shape: &Shape, row: &mut Row) -> bool {
             return false;
         }
     }
-    let tail = &shape.bytes[from..];
-    p.s.len() - p.i == tail.len() && starts_with(&p.s[p.i..], tail)
-}
-
-/// `hay.starts_with(needle)` for the few bytes between two values, eight at a time
-/// (no call to `memcmp`, whose setup costs more than the comparison here).
-#[inline]
-fn starts_with(hay: &[u8], needle: &[u8]) -> bool {
-    let Some(mut hay) = hay.get(..needle.len()) else {
-        return false;
-    };
-    let mut needle = needle;
-    while let (Some((a, ar)), Some((b, br))) = (
-        hay.split_first_chunk::<8>(),
-        needle.split_first_chunk::<8>(),
-    ) {
-        if u64::from_ne_bytes(*a) != u64::from_ne_bytes(*b) {
-            return false;
-        }
-        (hay, needle) = (ar, br);
-    }
-    same(hay, needle)
+    p.s[p.i..] == shape.bytes[from..]
 }
 
 /// Decodes any flat object the fast path reads, and keeps its layout in `shape`.
