@@ -63,6 +63,28 @@ pub trait Detector: Clone + Send + 'static {
     fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict;
     /// Short human reason for an anomalous verdict, e.g. "|z| 4.21 > 3" (called only for anomalies, may allocate).
     fn explain(&self, verdict: &Verdict) -> String;
+    /// Brings what the next [`Detector::observe`] reads toward the CPU's cache (a hint;
+    /// see [`prefetch`]): a stage judging many sensors asks for a sensor's state a few
+    /// readings before it judges it, so that waiting for memory overlaps. By default,
+    /// nothing beyond the detector itself.
+    #[inline]
+    fn prefetch(&self) {}
+}
+
+/// Asks the CPU to bring the cache line holding `data` into its caches, so that a read
+/// of it a little later does not wait for memory. A hint: nothing is read, and it does
+/// nothing on processors other than x86-64.
+#[inline(always)]
+pub fn prefetch<T>(data: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault (the address is a live
+    // reference's anyway); SSE, which it needs, is part of every x86-64 processor.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>((data as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// One problem found by a `Params::validate`: the offending field and what is wrong with it.

@@ -112,6 +112,15 @@ impl RollingStats {
         (0..len).map(move |i| self.buf[(start + i) % n])
     }
 
+    /// Brings the slot the next value replaces (the oldest, once full) toward the CPU's
+    /// cache ([`crate::prefetch`]), for a push a little later.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let Some(slot) = self.buf.get(self.head as usize) {
+            crate::prefetch(slot);
+        }
+    }
+
     /// Adds a value, evicting the oldest one when the window is full.
     pub fn push(&mut self, x: f64) {
         self.peak_sq = self.peak_sq.max(square(x));
@@ -427,6 +436,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn prefetching_changes_nothing() {
+        let mut r = RollingStats::new(3);
+        r.prefetch();
+        for v in [1.0, 2.0, 3.0, 4.0] {
+            r.prefetch();
+            r.push(v);
+        }
+        r.prefetch();
+        crate::prefetch(&r);
+        assert_eq!(r.values().collect::<Vec<_>>(), vec![2.0, 3.0, 4.0]);
     }
 
     #[test]

@@ -170,6 +170,12 @@ impl Detector for ZScore {
         verdict
     }
 
+    /// The window's slot the value replaces (the running sums are in the detector).
+    #[inline]
+    fn prefetch(&self) {
+        self.stats.prefetch();
+    }
+
     fn explain(&self, verdict: &Verdict) -> String {
         match verdict.statistic {
             Some(z) => format!(

@@ -144,6 +144,14 @@ impl<S> KeyTable<S> {
         Some(id)
     }
 
+    /// The id of `key` (with its hash), marked seen at `now`, if it holds state.
+    #[inline]
+    pub fn find(&mut self, key: &str, hash: u64, now: u32) -> Option<usize> {
+        let id = self.keys.find_hashed(key, hash)?;
+        self.last_seen[id] = now;
+        Some(id)
+    }
+
     /// Makes room when the cap is reached (see the module documentation).
     fn make_room(&mut self, now: u32, hooks: &mut dyn EvictionHooks) -> bool {
         if self.keys.len() < self.limits.max_keys {

@@ -257,22 +257,64 @@ impl<D: Detector> Shard<D> {
             .ts
             .map(|i| batch.column(i).as_primitive::<Int64Type>());
         let now = self.table.now();
-        for (row, hash) in rows {
-            let key = key_at(keys, row);
-            if value_column.is_null(row) {
-                continue;
+        // Rows go in runs, so that reading cold sensors' state from memory overlaps: first
+        // each row's key is looked up (lookups of different rows overlap in the CPU) and
+        // its state is asked for; then the rows are judged in order, what the detector of
+        // a row a few places ahead will read asked for meanwhile. A key not held yet ends
+        // a run: taking it in may evict keys, which moves ids.
+        let mut rows = rows;
+        let mut run: Vec<(usize, i64, usize)> = Vec::with_capacity(RUN);
+        loop {
+            run.clear();
+            let mut new_key = None;
+            for (row, hash) in rows.by_ref() {
+                if value_column.is_null(row) {
+                    continue;
+                }
+                let t = match ts {
+                    Some(t) if t.is_null(row) => continue,
+                    Some(t) => t.value(row),
+                    None => 0,
+                };
+                match self.table.find(key_at(keys, row), hash, now) {
+                    Some(id) => {
+                        tidegauge_detect::prefetch(&self.table.states()[id]);
+                        run.push((row, t, id));
+                        if run.len() == RUN {
+                            break;
+                        }
+                    }
+                    None => {
+                        new_key = Some((row, t, hash));
+                        break;
+                    }
+                }
             }
-            let t = match ts {
-                Some(t) if t.is_null(row) => continue,
-                Some(t) => t.value(row),
-                None => 0,
+            if run.is_empty() && new_key.is_none() {
+                return Ok(());
+            }
+            for k in 0..run.len() {
+                if let Some(&(_, _, ahead)) = run.get(k + AHEAD) {
+                    self.table.states()[ahead].prefetch();
+                }
+                let (row, t, id) = run[k];
+                let state = &mut self.table.states_mut()[id];
+                let verdict = state.observe(t, values[row]);
+                let reason = verdict.is_anomaly.then(|| state.explain(&verdict));
+                record(row, verdict, reason);
+            }
+            let Some((row, t, hash)) = new_key else {
+                continue;
             };
             // Past the cap with no key idle, the event gets no verdict (counted, and
             // warned about).
-            let Some(id) =
-                self.table
-                    .get_or_insert(key, hash, now, || spec.new_state(), &mut NoHooks)
-            else {
+            let Some(id) = self.table.get_or_insert(
+                key_at(keys, row),
+                hash,
+                now,
+                || spec.new_state(),
+                &mut NoHooks,
+            ) else {
                 continue;
             };
             let state = &mut self.table.states_mut()[id];
@@ -280,9 +322,13 @@ impl<D: Detector> Shard<D> {
             let reason = verdict.is_anomaly.then(|| state.explain(&verdict));
             record(row, verdict, reason);
         }
-        Ok(())
     }
 }
+
+/// Rows whose keys are looked up before they are judged.
+const RUN: usize = 32;
+/// How many rows ahead of the one judged a row's detector is asked to prefetch.
+const AHEAD: usize = 4;
 
 /// The key of a row (a missing key is the empty one).
 fn key_at(keys: &StringArray, row: usize) -> &str {
@@ -760,6 +806,67 @@ mod tests {
         assert_eq!(feed(&mut shard, &spec, &["b", "c", "d"]), 3);
         let counts = shard.table.take_counts();
         assert_eq!((counts.keys, counts.evicted, counts.refused), (3, 1, 0));
+    }
+
+    /// Rows are looked up in runs and judged in order: sensors met again and again,
+    /// others new in the middle of a run, past the cap or not, get the verdicts of
+    /// detectors fed their rows one by one.
+    #[test]
+    fn runs_of_rows_judge_as_row_by_row() {
+        let spec = SpecCell::new(ZScoreConfig {
+            window: 3,
+            ..ZScoreConfig::default()
+        });
+        let mut shard = Shard::new(KeyLimits::new(6, 3_600_000));
+        let mut alone: HashMap<String, tidegauge_detect::ZScore> = HashMap::new();
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        let mut x = 7u64;
+        for _ in 0..5 {
+            let n = 150;
+            let mut keys = Vec::new();
+            let mut values = Vec::new();
+            for _ in 0..n {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                keys.push(names[((x >> 33) % 8) as usize].as_str());
+                values.push(((x >> 40) % 100) as f64);
+            }
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("sensor_id", DataType::Utf8, false),
+                Field::new("value", DataType::Float64, false),
+            ]));
+            let b = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from(keys.clone())),
+                    Arc::new(Float64Array::from(values.clone())),
+                ],
+            )
+            .unwrap();
+            let columns = Columns {
+                key: 0,
+                value: 1,
+                ts: None,
+            };
+            let mut got = vec![None; n];
+            shard
+                .judge(&spec, columns, &b, all_rows(&b, columns), |row, v, why| {
+                    got[row] = Some((v, why));
+                })
+                .unwrap();
+            for row in 0..n {
+                let held = alone.len() < 6 || alone.contains_key(keys[row]);
+                let want = held.then(|| {
+                    let d = alone
+                        .entry(keys[row].to_string())
+                        .or_insert_with(|| spec.get().1.new_state());
+                    let v = d.observe(0, values[row]);
+                    (v, v.is_anomaly.then(|| d.explain(&v)))
+                });
+                assert_eq!(got[row], want, "row {row}");
+            }
+        }
     }
 
     #[test]
