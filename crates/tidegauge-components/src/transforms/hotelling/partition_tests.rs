@@ -228,3 +228,69 @@ fn without_a_key_field_the_state_stays_per_instance() {
     let t = config.build_in(input, output, "h", &hub).unwrap();
     assert!(t.partitioning.is_none());
 }
+
+#[test]
+fn the_checkpoint_without_partitions_still_restores() {
+    // An instance without partition columns learns every machine, and is checkpointed.
+    let all = rows(2_000);
+    let (head, tail) = all.split_at(1_200);
+    let config = config(Some("sensor_id"));
+    let plain = Arc::new(arrow_schema::Schema::new(
+        schema()
+            .fields()
+            .iter()
+            .filter(|f| !f.name().starts_with("kafka_"))
+            .map(|f| (**f).clone())
+            .collect::<Vec<_>>(),
+    ));
+    let output = config.validate(&plain).unwrap();
+    let hub = Arc::new(Hub::default());
+    let mut before = config.build_in(plain.clone(), output, "h", &hub).unwrap();
+    assert!(before.partitioning.is_none());
+    let mut cx = TransformContext::new(tidegauge_core::ComponentContext::new(
+        Arc::new(tidegauge_core::telemetry::ComponentTelemetry::new(
+            "h",
+            tidegauge_core::registry::ComponentKind::Transform,
+            "hotelling",
+        )),
+        tidegauge_core::dead_letter::DeadLetter::stderr(),
+    ));
+    let project = |rows: &[Row]| {
+        let b = crate::transforms::partition_harness::batch(rows);
+        let columns = plain
+            .fields()
+            .iter()
+            .map(|f| b.column_by_name(f.name()).unwrap().clone())
+            .collect();
+        RecordBatch::try_new(plain.clone(), columns).unwrap()
+    };
+    before.process(project(head), &mut cx).unwrap();
+    let _ = cx.take_emitted().count();
+    let saved = before.checkpoint().unwrap().unwrap();
+    // One going on without partitions: the distances to expect.
+    before.process(project(tail), &mut cx).unwrap();
+    let mut want = Vec::new();
+    for (b, _) in cx.take_emitted() {
+        let d = b
+            .column_by_name("distance")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        want.extend((0..b.num_rows()).map(|i| if d.is_null(i) { f64::NAN } else { d.value(i) }));
+    }
+    // A partitioned instance restoring that checkpoint goes on the same way.
+    let hub = Arc::new(Hub::default());
+    let mut after = Instance::new(&hub);
+    for p in 0..PARTITIONS as i32 {
+        hub.assign(p, None);
+    }
+    after.feed(&[]);
+    after.fed.t.restore(&saved).unwrap();
+    after.feed(tail);
+    let got: Vec<f64> = tail.iter().map(|r| after.out[&(r.1, r.2)]).collect();
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got.iter().zip(&want).all(|(a, b)| same(*a, *b)),
+        "restored from a checkpoint without partitions, the machines go on as before"
+    );
+    assert!(want.iter().filter(|d| !d.is_nan()).count() > 700);
+}
