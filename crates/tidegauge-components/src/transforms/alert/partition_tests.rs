@@ -266,9 +266,26 @@ fn a_revoked_partitions_incidents_are_forgotten() {
     }
     al.feed(&rows(600));
     assert_eq!(al.held(), [0, 1, 2]);
+    // The admin API lists the incidents open in the partitions held.
+    let listed = |al: &Instance| -> BTreeSet<u64> {
+        al.fed
+            .cx
+            .component()
+            .telemetry()
+            .open_incidents()
+            .iter()
+            .map(|i| i.key[1..].parse::<u64>().unwrap() % 3)
+            .collect()
+    };
+    assert_eq!(
+        listed(&al),
+        BTreeSet::from([1, 2]),
+        "open at the end: in 1 and 2"
+    );
     hub.revoke(1);
     al.fed.tick_at(SystemTime::now());
     assert_eq!(al.held(), [0, 2]);
+    assert_eq!(listed(&al), BTreeSet::from([2]));
 }
 
 /// The checkpoint written before incidents were kept per partition (no `partitions`).
