@@ -386,6 +386,17 @@ impl Heartbeat {
             .collect();
         columns[self.key] = Arc::new(keys.finish());
         columns[self.ts] = Arc::new(ts.finish());
+        if let Some(p) = &self.partitioning {
+            // A silence belongs to its sensor's partition, so a partitioned stage after
+            // this one (`alert`) keeps it with that partition's state; its offset stays
+            // null (read as 0: below any cut still pending when it arrives).
+            let names = self.table.states();
+            columns[p.partition] = Arc::new(arrow_array::Int64Array::from_iter_values(
+                silent
+                    .iter()
+                    .map(|(key, _, _)| i64::from(names[*key as usize].partition)),
+            ));
+        }
         let added: [ArrayRef; 5] = [
             Arc::new(silent_ms.finish()),
             Arc::new(score.finish()),

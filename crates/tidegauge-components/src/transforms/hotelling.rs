@@ -1,6 +1,10 @@
 //! `hotelling` transform: several readings of one machine judged together (Hotelling's
 //! T² of their smoothed values against a reference learnt over a warm-up).
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::partitions::Hub;
 use crate::telemetry::KeysTracked;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch, StringArray};
@@ -16,6 +20,7 @@ use tidegauge_core::{
 use tidegauge_detect::{Hotelling, HotellingParams, hotelling::MAX_CHANNELS};
 
 use super::key_table::{KeyLimits, KeyTable, NoHooks};
+use super::partitioned::{Moves, PartitionedState, Partitioning, partition_columns};
 use super::spec::param_errors_renamed;
 use super::state::{decode_keyed, encode_keyed};
 use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_hash};
@@ -31,7 +36,12 @@ use super::{DetectorColumns, KeyInterner, detector_fields, float_values, key_has
 /// is flagged even when each stays in its range. The reference is held after the warm-up.
 ///
 /// State per machine (`key_field`; without one, the whole stream is one machine):
-/// about 8·(d² + 4d) bytes for d readings, O(d²) per row. Adds `distance`,
+/// about 8·(d² + 4d) bytes for d readings, O(d²) per row. Fed by a `kafka` source with
+/// `partition_state`, the machines are kept per partition as the keyed detectors keep
+/// their keys (a machine belongs to the partition it was first seen in; rows of
+/// partitions not owned are dropped, a partition's machines go to the hub at a cut and
+/// come back on assignment); without `key_field` the one machine is the whole stream,
+/// which no partition owns: its state stays per instance (a warning at build says so). Adds `distance`,
 /// `anomaly_score`, `is_anomaly`, `detector` ("hotelling") and `reason`, which names the
 /// field that moved furthest. A row with a missing or non-finite reading gets no verdict.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -151,10 +161,39 @@ impl TransformConfig for HotellingConfig {
         &self,
         input: SchemaRef,
         output: SchemaRef,
-        _cx: BuildContext,
+        cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
+        Ok(Box::new(self.build_in(
+            input,
+            output,
+            cx.component.id(),
+            &crate::partitions::process_hub(),
+        )?))
+    }
+}
+
+impl HotellingConfig {
+    /// [`TransformConfig::build`], meeting a changelog-backed source in `hub` as `id`.
+    fn build_in(
+        &self,
+        input: SchemaRef,
+        output: SchemaRef,
+        id: &str,
+        hub: &Arc<Hub>,
+    ) -> Result<HotellingTransform, BuildError> {
         let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
-        Ok(Box::new(HotellingTransform {
+        let partitioning = partition_columns(&input).and_then(|_| {
+            if self.key_field.is_none() {
+                tracing::warn!(
+                    component_id = id,
+                    "`hotelling` without `key_field` judges the whole stream as one machine, \
+                     which no partition owns: its state is kept per instance, not per partition"
+                );
+                return None;
+            }
+            Partitioning::new(&input, hub, id)
+        });
+        Ok(HotellingTransform {
             params: self.params(),
             key: self.key_field.as_deref().map(find).transpose()?,
             values: self
@@ -165,7 +204,9 @@ impl TransformConfig for HotellingConfig {
             output,
             table: KeyTable::new(KeyLimits::new(self.max_keys, self.key_idle_ms)),
             max_keys: self.max_keys as u64,
-        }))
+            partitioning,
+            key_partition: HashMap::new(),
+        })
     }
 }
 
@@ -178,10 +219,35 @@ struct HotellingTransform {
     output: SchemaRef,
     table: KeyTable<Hotelling>,
     max_keys: u64,
+    /// With partition-aligned state (a `kafka` source with `partition_state`, and
+    /// `key_field` set).
+    partitioning: Option<Partitioning>,
+    /// With partition-aligned state: the partition each machine was first seen in.
+    key_partition: HashMap<Box<str>, i32>,
 }
 
-impl Transform for HotellingTransform {
-    fn process(
+/// A machine with its state.
+type Pair = (Box<str>, Hotelling);
+
+/// The key of row `r` (the empty key when there is no key field or it is null).
+fn key_at(keys: Option<&StringArray>, r: usize) -> &str {
+    match keys {
+        Some(k) if !k.is_null(r) => k.value(r),
+        _ => "",
+    }
+}
+
+impl HotellingTransform {
+    /// Every machine's state with its key.
+    fn pairs(&self) -> Vec<Pair> {
+        self.table
+            .keys()
+            .iter()
+            .map(|(k, id)| (Box::from(k), self.table.states()[id as usize].clone()))
+            .collect()
+    }
+
+    fn judge_rows(
         &mut self,
         batch: RecordBatch,
         cx: &mut TransformContext,
@@ -204,10 +270,7 @@ impl Transform for HotellingTransform {
             for (x, v) in row.iter_mut().zip(&values) {
                 *x = v[r];
             }
-            let key = match keys {
-                Some(k) if !k.is_null(r) => k.value(r),
-                _ => "",
-            };
+            let key = key_at(keys, r);
             let Some(id) = self.table.get_or_insert(
                 key,
                 key_hash(key),
@@ -247,6 +310,42 @@ impl Transform for HotellingTransform {
         cx.emit(result);
         Ok(())
     }
+}
+
+impl Transform for HotellingTransform {
+    fn process(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            super::partitioned::process(self, batch, cx)
+        } else {
+            self.judge_rows(batch, cx)
+        }
+    }
+
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        // Cuts and ownership changes are looked at between batches too.
+        self.partitioning
+            .as_ref()
+            .map(|_| std::time::Duration::from_millis(100))
+    }
+
+    fn tick(
+        &mut self,
+        _now: std::time::SystemTime,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        super::partitioned::upkeep(self, cx)
+    }
+
+    fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            super::partitioned::finish(self, cx)?;
+        }
+        Ok(())
+    }
 
     fn verdict_columns(&self) -> Option<tidegauge_core::component::VerdictColumns> {
         // The output keeps the input's columns where they were.
@@ -270,6 +369,93 @@ impl Transform for HotellingTransform {
         Ok(())
     }
 }
+
+impl PartitionedState for HotellingTransform {
+    fn partitioning(&mut self) -> Option<&mut Partitioning> {
+        self.partitioning.as_mut()
+    }
+
+    fn holding(&self) -> BTreeSet<i32> {
+        self.key_partition.values().copied().collect()
+    }
+
+    /// Drops the machines of partitions given up, restores those of partitions assigned.
+    fn apply_moves(
+        &mut self,
+        moves: Moves,
+        _cx: &mut TransformContext,
+    ) -> Result<(usize, usize), ComponentError> {
+        let mut pairs = self.pairs();
+        let held = pairs.len();
+        let dropped = moves.dropped;
+        let key_partition = &mut self.key_partition;
+        pairs.retain(|(k, _)| key_partition.get(k).is_none_or(|q| !dropped.contains(q)));
+        key_partition.retain(|_, q| !dropped.contains(q));
+        let gone = held - pairs.len();
+        let mut restored = 0;
+        for (partition, bytes) in moves.restored {
+            let (keys, states): (KeyInterner, Vec<Hotelling>) = decode_keyed(&bytes)?;
+            for (k, st) in super::state::into_pairs(keys, states) {
+                key_partition.insert(k.clone(), partition);
+                pairs.push((k, st));
+                restored += 1;
+            }
+        }
+        let (keys, states) = super::state::from_pairs(pairs);
+        self.restore(&encode_keyed(&keys, &states)?)?;
+        Ok((gone, restored))
+    }
+
+    /// Notes the partition of machines not seen before, then judges the rows.
+    fn apply_rows(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        if let Some(p) = &self.partitioning {
+            let parts = p.partitions(&batch);
+            let keys = self.key.map(|k| batch.column(k).as_string::<i32>());
+            for (row, &q) in parts.iter().enumerate() {
+                let key = key_at(keys, row);
+                if !self.key_partition.contains_key(key) {
+                    self.key_partition.insert(key.into(), q as i32);
+                }
+            }
+        }
+        self.judge_rows(batch, cx)
+    }
+
+    /// Hands the hub each cut partition's machines, in the checkpoint's format.
+    fn snapshot(
+        &mut self,
+        cuts: &[(i32, i64)],
+        _cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        let mut by_partition: HashMap<i32, Vec<Pair>> =
+            cuts.iter().map(|c| (c.0, Vec::new())).collect();
+        for (k, st) in self.pairs() {
+            if let Some(v) = self
+                .key_partition
+                .get(&k)
+                .and_then(|q| by_partition.get_mut(q))
+            {
+                v.push((k, st));
+            }
+        }
+        for &(partition, offset) in cuts {
+            let part = by_partition.remove(&partition).unwrap_or_default();
+            let (keys, states) = super::state::from_pairs(part);
+            let bytes = encode_keyed(&keys, &states)?;
+            if let Some(p) = &self.partitioning {
+                p.hand_in(partition, offset, bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod partition_tests;
 
 #[cfg(test)]
 mod tests {

@@ -87,6 +87,8 @@ pub(crate) struct Fed {
     fed: Vec<Vec<Row>>,
     /// Batches acknowledged (all delivered: a failure fails the test).
     pub(crate) acked: BTreeSet<u64>,
+    /// Makes the batch of some rows (the transform's input).
+    shape: fn(&[Row]) -> RecordBatch,
 }
 
 impl Fed {
@@ -103,7 +105,14 @@ impl Fed {
             acks,
             fed: Vec::new(),
             acked: BTreeSet::new(),
+            shape: batch,
         }
+    }
+
+    /// Feeds batches made by `shape` instead of [`batch`] (more columns).
+    pub(crate) fn shaped(mut self, shape: fn(&[Row]) -> RecordBatch) -> Self {
+        self.shape = shape;
+        self
     }
 
     /// The batches emitted so far; their tokens are dropped (the sinks hold them).
@@ -120,7 +129,7 @@ impl Fed {
         let token = self.tokens.token(self.fed.len() as u64);
         self.cx.set_finalizers(Finalizers::one(token));
         self.fed.push(rows.to_vec());
-        self.t.process(batch(rows), &mut self.cx).unwrap();
+        self.t.process((self.shape)(rows), &mut self.cx).unwrap();
         self.cx.set_finalizers(Finalizers::none());
         self.take()
     }

@@ -1,9 +1,11 @@
 //! `alert` transform: from flagged events to incidents people can act on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::partitioned::{Moves, PartitionedState, Partitioning};
+use crate::partitions::Hub;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
@@ -38,6 +40,18 @@ use tidegauge_core::{
 /// of a stream that stopped still resolve (and reminders still go out). Open incidents
 /// are checkpointed with the pipeline and listed by the admin API (`GET /alerts`) and
 /// `tidegauge top`.
+///
+/// Fed by a `kafka` source with `partition_state` (its input has `kafka_partition` and
+/// `kafka_offset`, which the detectors pass through), the incidents are kept per
+/// partition, each partition with its own event time (its latest `ts`), its own idle
+/// wall clock and its own notice budget (`max_alerts_per_minute` then holds per
+/// partition), so a partition's incidents open, remind and resolve at the same events
+/// whichever instance owns it and whatever the other partitions do. Rows of partitions
+/// not owned are dropped; at a cut the partition's incidents go to the hub, and on
+/// assignment they come back: an incident open when its partition moved stays open under
+/// the same `incident_id` at the next owner and resolves there. A partition's idle clock
+/// starts again when it is restored (its former owner's wall clock does not move here).
+/// The admin API lists the incidents this instance holds.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertConfig {
@@ -172,16 +186,28 @@ impl TransformConfig for AlertConfig {
         &self,
         input: SchemaRef,
         output: SchemaRef,
-        _cx: BuildContext,
+        cx: BuildContext,
     ) -> Result<Box<dyn Transform>, BuildError> {
-        let find = |name: &str| tidegauge_core::schema::field_index(&input, name);
+        let alert = self.alert(&input, output)?;
+        Ok(Box::new(alert.partitioned(
+            &input,
+            &crate::partitions::process_hub(),
+            cx.component.id(),
+        )))
+    }
+}
+
+impl AlertConfig {
+    /// The transform, its incidents kept per instance (see [`Alert::partitioned`]).
+    fn alert(&self, input: &SchemaRef, output: SchemaRef) -> Result<Alert, BuildError> {
+        let find = |name: &str| tidegauge_core::schema::field_index(input, name);
         let optional = |name: &str, t: &DataType| {
             input
                 .index_of(name)
                 .ok()
                 .filter(|&i| input.field(i).data_type() == t)
         };
-        Ok(Box::new(Alert {
+        Ok(Alert {
             group: self
                 .group_by
                 .iter()
@@ -192,12 +218,17 @@ impl TransformConfig for AlertConfig {
             score: optional("anomaly_score", &DataType::Float64),
             detector: optional("detector", &DataType::Utf8),
             reason: optional("reason", &DataType::Utf8),
-            book: Incidents::new(Rules::from(self)),
+            rules: Rules::from(self),
+            lanes: vec![Lane {
+                partition: 0,
+                book: Incidents::new(Rules::from(self)),
+                last_input: None,
+            }],
             output,
             published: false,
             idle_after_ms: self.idle_after_ms,
-            last_input: None,
-        }))
+            partitioning: None,
+        })
     }
 }
 
@@ -321,7 +352,8 @@ struct Incidents {
     held_back: u64,
 }
 
-/// Checkpointed form of [`Incidents`].
+/// Checkpointed form of [`Incidents`]: of the whole input, or of one partition in a
+/// partition's snapshot.
 #[derive(Serialize, Deserialize)]
 struct Saved {
     version: u32,
@@ -329,6 +361,10 @@ struct Saved {
     now: i64,
     tokens: f64,
     refilled_at: i64,
+    /// A checkpoint of an alert with partition-aligned state: each partition's incidents
+    /// (the fields above then hold none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<(i32, Saved)>,
 }
 
 const STATE_VERSION: u32 = 1;
@@ -500,35 +536,62 @@ impl Incidents {
             .filter_map(|(k, g)| g.open.as_ref().map(|i| (k, i)))
     }
 
-    fn save(&self) -> Result<Vec<u8>, ComponentError> {
-        let saved = Saved {
+    fn saved(&self) -> Saved {
+        Saved {
             version: STATE_VERSION,
             groups: self.groups.clone(),
             now: self.now,
             tokens: self.tokens,
             refilled_at: self.refilled_at,
-        };
-        let mut bytes = Vec::new();
-        ciborium::into_writer(&saved, &mut bytes)
-            .map_err(|e| ComponentError::new(format!("cannot encode incidents: {e}")))?;
-        Ok(bytes)
+            partitions: Vec::new(),
+        }
     }
 
+    #[cfg(test)]
+    fn save(&self) -> Result<Vec<u8>, ComponentError> {
+        encode(&self.saved())
+    }
+
+    #[cfg(test)]
     fn load(&mut self, bytes: &[u8]) -> Result<(), ComponentError> {
-        let saved: Saved = ciborium::from_reader(bytes)
-            .map_err(|e| ComponentError::new(format!("not an alert state: {e}")))?;
-        if saved.version != STATE_VERSION {
-            return Err(ComponentError::new(format!(
-                "alert state version {} (this build reads {STATE_VERSION})",
-                saved.version
-            )));
-        }
+        self.load_saved(decode(bytes)?);
+        Ok(())
+    }
+
+    fn load_saved(&mut self, saved: Saved) {
         self.groups = saved.groups;
         self.now = saved.now;
         self.tokens = saved.tokens;
         self.refilled_at = saved.refilled_at;
-        Ok(())
     }
+}
+
+fn encode(saved: &Saved) -> Result<Vec<u8>, ComponentError> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(saved, &mut bytes)
+        .map_err(|e| ComponentError::new(format!("cannot encode incidents: {e}")))?;
+    Ok(bytes)
+}
+
+fn decode(bytes: &[u8]) -> Result<Saved, ComponentError> {
+    let saved: Saved = ciborium::from_reader(bytes)
+        .map_err(|e| ComponentError::new(format!("not an alert state: {e}")))?;
+    if saved.version != STATE_VERSION {
+        return Err(ComponentError::new(format!(
+            "alert state version {} (this build reads {STATE_VERSION})",
+            saved.version
+        )));
+    }
+    Ok(saved)
+}
+
+/// The incidents of one partition of the input (of the whole input when it is not
+/// partitioned), with that partition's event time and idle clock.
+struct Lane {
+    partition: i32,
+    book: Incidents,
+    /// When the partition's last rows arrived (wall clock), and the event time they left.
+    last_input: Option<(SystemTime, i64)>,
 }
 
 struct Alert {
@@ -538,19 +601,126 @@ struct Alert {
     score: Option<usize>,
     detector: Option<usize>,
     reason: Option<usize>,
-    book: Incidents,
+    rules: Rules,
+    /// The incidents per partition, by partition (one lane, 0, when the input is not
+    /// partitioned).
+    lanes: Vec<Lane>,
     output: SchemaRef,
     /// The open incidents shown by the admin API are up to date.
     published: bool,
     idle_after_ms: i64,
-    /// When the last batch arrived (wall clock), and the event time it left.
-    last_input: Option<(SystemTime, i64)>,
+    /// With partition-aligned state (see [`AlertConfig`]).
+    partitioning: Option<Partitioning>,
 }
 
 /// Separates the values of a multi-field group in its key.
 const GROUP_SEPARATOR: char = '\u{1f}';
 
 impl Alert {
+    /// With partition columns in its input (a `kafka` source with `partition_state`):
+    /// the incidents are kept per partition, registered with `hub` as `id`.
+    fn partitioned(mut self, input: &Schema, hub: &Arc<Hub>, id: &str) -> Self {
+        self.partitioning = Partitioning::new(input, hub, id);
+        if self.partitioning.is_some() {
+            self.lanes.clear();
+        }
+        self
+    }
+
+    /// The index of `partition`'s lane, made if missing (lanes stay in partition order).
+    fn lane(&mut self, partition: i32) -> usize {
+        match self.lanes.binary_search_by_key(&partition, |l| l.partition) {
+            Ok(i) => i,
+            Err(i) => {
+                self.lanes.insert(
+                    i,
+                    Lane {
+                        partition,
+                        book: Incidents::new(self.rules.clone()),
+                        last_input: None,
+                    },
+                );
+                i
+            }
+        }
+    }
+
+    /// The incidents open now, of every partition held.
+    fn open(&self) -> impl Iterator<Item = (&String, &Incident)> {
+        self.lanes.iter().flat_map(|l| l.book.open())
+    }
+
+    /// Takes in the rows of `batch` (with partition-aligned state, all of partitions
+    /// owned, each in its partition's lane) and emits the notices they cause.
+    fn apply(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        let group: Vec<_> = self
+            .group
+            .iter()
+            .map(|&i| batch.column(i).as_string::<i32>())
+            .collect();
+        let ts = batch.column(self.ts).as_primitive::<Int64Type>();
+        let flag = batch.column(self.flag).as_boolean();
+        let score = self
+            .score
+            .map(|i| batch.column(i).as_primitive::<Float64Type>());
+        let text = |i: Option<usize>| i.map(|i| batch.column(i).as_string::<i32>());
+        let (detector, reason) = (text(self.detector), text(self.reason));
+        let partitions = self
+            .partitioning
+            .as_ref()
+            .map(|p| batch.column(p.partition).as_primitive::<Int64Type>());
+        let mut notices = Vec::new();
+        let mut key = String::new();
+        let before = self.open().count();
+        // Without partitions the one lane takes every batch, rows or not.
+        let mut touched: BTreeSet<usize> = BTreeSet::new();
+        if partitions.is_none() {
+            touched.insert(0);
+        }
+        let (mut lane, mut lane_partition) = (0, None);
+        for row in 0..batch.num_rows() {
+            if ts.is_null(row) || group.iter().any(|g| g.is_null(row)) {
+                continue;
+            }
+            if let Some(parts) = partitions {
+                let q = parts.value(row) as i32;
+                if lane_partition != Some(q) {
+                    lane = self.lane(q);
+                    lane_partition = Some(q);
+                    touched.insert(lane);
+                }
+            }
+            key.clear();
+            for (n, g) in group.iter().enumerate() {
+                if n > 0 {
+                    key.push(GROUP_SEPARATOR);
+                }
+                key.push_str(g.value(row));
+            }
+            let flagged = (flag.is_valid(row) && flag.value(row)).then(|| Flagged {
+                score: score
+                    .filter(|s| s.is_valid(row))
+                    .map_or(1.0, |s| s.value(row)),
+                detector: detector.filter(|d| d.is_valid(row)).map(|d| d.value(row)),
+                reason: reason.filter(|r| r.is_valid(row)).map(|r| r.value(row)),
+            });
+            self.lanes[lane]
+                .book
+                .event(&key, ts.value(row), flagged, &mut notices);
+        }
+        let arrived = SystemTime::now();
+        for i in touched {
+            let l = &mut self.lanes[i];
+            l.book.advance(&mut notices);
+            l.last_input = Some((arrived, l.book.now));
+        }
+        self.emit(notices, before, cx)
+    }
+
     fn notices_batch(&self, notices: &[Notice]) -> Result<RecordBatch, ComponentError> {
         let mut group: Vec<StringBuilder> =
             self.group.iter().map(|_| StringBuilder::new()).collect();
@@ -615,7 +785,7 @@ impl Alert {
         open_before: usize,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
-        if !notices.is_empty() || open_before != self.book.open().count() || !self.published {
+        if !notices.is_empty() || open_before != self.open().count() || !self.published {
             self.publish(cx);
         }
         if !notices.is_empty() {
@@ -627,7 +797,6 @@ impl Alert {
     /// Shows the open incidents in the admin API.
     fn publish(&mut self, cx: &TransformContext) {
         let open = self
-            .book
             .open()
             .map(|(k, i)| OpenIncident {
                 key: k.replace(GROUP_SEPARATOR, "/"),
@@ -674,84 +843,169 @@ impl Transform for Alert {
         batch: RecordBatch,
         cx: &mut TransformContext,
     ) -> Result<(), ComponentError> {
-        let group: Vec<_> = self
-            .group
-            .iter()
-            .map(|&i| batch.column(i).as_string::<i32>())
-            .collect();
-        let ts = batch.column(self.ts).as_primitive::<Int64Type>();
-        let flag = batch.column(self.flag).as_boolean();
-        let score = self
-            .score
-            .map(|i| batch.column(i).as_primitive::<Float64Type>());
-        let text = |i: Option<usize>| i.map(|i| batch.column(i).as_string::<i32>());
-        let (detector, reason) = (text(self.detector), text(self.reason));
-        let mut notices = Vec::new();
-        let mut key = String::new();
-        let before = self.book.open().count();
-        for row in 0..batch.num_rows() {
-            if ts.is_null(row) || group.iter().any(|g| g.is_null(row)) {
-                continue;
-            }
-            key.clear();
-            for (n, g) in group.iter().enumerate() {
-                if n > 0 {
-                    key.push(GROUP_SEPARATOR);
-                }
-                key.push_str(g.value(row));
-            }
-            let flagged = (flag.is_valid(row) && flag.value(row)).then(|| Flagged {
-                score: score
-                    .filter(|s| s.is_valid(row))
-                    .map_or(1.0, |s| s.value(row)),
-                detector: detector.filter(|d| d.is_valid(row)).map(|d| d.value(row)),
-                reason: reason.filter(|r| r.is_valid(row)).map(|r| r.value(row)),
-            });
-            self.book.event(&key, ts.value(row), flagged, &mut notices);
-        }
-        self.book.advance(&mut notices);
-        self.last_input = Some((SystemTime::now(), self.book.now));
-        self.emit(notices, before, cx)
+        // Without partitions, straight to the rows.
+        super::partitioned::process(self, batch, cx)
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        (self.idle_after_ms > 0).then(|| {
-            let step = self.idle_after_ms.min(self.book.rules.resolve_after_ms) / 4;
+        let idle = (self.idle_after_ms > 0).then(|| {
+            let step = self.idle_after_ms.min(self.rules.resolve_after_ms) / 4;
             Duration::from_millis(step.clamp(10, 1_000) as u64)
-        })
+        });
+        // Cuts and ownership changes are looked at between batches too.
+        let upkeep = self
+            .partitioning
+            .as_ref()
+            .map(|_| Duration::from_millis(100));
+        match (idle, upkeep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// A silent input: event time moves on with the wall clock once it has been silent
-    /// for `idle_after_ms`.
+    /// Cuts and ownership changes; then a silent input (each partition on its own): event
+    /// time moves on with the wall clock once it has been silent for `idle_after_ms`.
     fn tick(&mut self, now: SystemTime, cx: &mut TransformContext) -> Result<(), ComponentError> {
-        let Some((at, event_now)) = self.last_input else {
-            return Ok(());
-        };
-        let Some(now) = idle_event_time(at, event_now, now, self.idle_after_ms) else {
-            return Ok(());
-        };
-        if now <= self.book.now || self.book.open().next().is_none() {
+        if self.partitioning.is_some() {
+            super::partitioned::upkeep(self, cx)?;
+        }
+        let before = self.open().count();
+        let mut notices = Vec::new();
+        for lane in &mut self.lanes {
+            let Some((at, event_now)) = lane.last_input else {
+                continue;
+            };
+            let Some(now) = idle_event_time(at, event_now, now, self.idle_after_ms) else {
+                continue;
+            };
+            if now <= lane.book.now || lane.book.open().next().is_none() {
+                continue;
+            }
+            lane.book.now = now;
+            lane.book.advance(&mut notices);
+        }
+        if notices.is_empty() && before == self.open().count() && self.published {
             return Ok(());
         }
-        let before = self.book.open().count();
-        self.book.now = now;
-        let mut notices = Vec::new();
-        self.book.advance(&mut notices);
         self.emit(notices, before, cx)
     }
 
-    fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
-        self.book.save().map(Some)
+    fn flush(&mut self, cx: &mut TransformContext) -> Result<(), ComponentError> {
+        if self.partitioning.is_some() {
+            super::partitioned::finish(self, cx)?;
+        }
+        Ok(())
     }
 
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, ComponentError> {
+        if self.partitioning.is_none() {
+            let mut saved = Incidents::new(self.rules.clone()).saved();
+            if let Some(lane) = self.lanes.first() {
+                saved = lane.book.saved();
+            }
+            return encode(&saved).map(Some);
+        }
+        let mut saved = Incidents::new(self.rules.clone()).saved();
+        saved.partitions = self
+            .lanes
+            .iter()
+            .map(|l| (l.partition, l.book.saved()))
+            .collect();
+        encode(&saved).map(Some)
+    }
+
+    /// Restores a checkpoint; one written without partitions goes to lane 0.
     fn restore(&mut self, state: &[u8]) -> Result<(), ComponentError> {
-        self.book.load(state)?;
+        let mut saved = decode(state)?;
+        let partitions = std::mem::take(&mut saved.partitions);
+        self.lanes.clear();
+        if partitions.is_empty() || !saved.groups.is_empty() {
+            let i = self.lane(0);
+            self.lanes[i].book.load_saved(saved);
+        }
+        for (q, part) in partitions {
+            let i = self.lane(q);
+            self.lanes[i].book.load_saved(part);
+        }
         self.published = false;
+        Ok(())
+    }
+}
+
+impl PartitionedState for Alert {
+    fn partitioning(&mut self) -> Option<&mut Partitioning> {
+        self.partitioning.as_mut()
+    }
+
+    fn holding(&self) -> BTreeSet<i32> {
+        self.lanes.iter().map(|l| l.partition).collect()
+    }
+
+    /// Forgets the incidents of partitions given up, restores those of partitions
+    /// assigned.
+    fn apply_moves(
+        &mut self,
+        moves: Moves,
+        cx: &mut TransformContext,
+    ) -> Result<(usize, usize), ComponentError> {
+        let before = self
+            .lanes
+            .iter()
+            .map(|l| l.book.groups.len())
+            .sum::<usize>();
+        self.lanes.retain(|l| !moves.dropped.contains(&l.partition));
+        let dropped = before
+            - self
+                .lanes
+                .iter()
+                .map(|l| l.book.groups.len())
+                .sum::<usize>();
+        let mut restored = 0;
+        let arrived = SystemTime::now();
+        for (q, bytes) in moves.restored {
+            let saved = decode(&bytes)?;
+            let i = self.lane(q);
+            let lane = &mut self.lanes[i];
+            lane.book.load_saved(saved);
+            // The partition's idle clock starts when it arrives here.
+            lane.last_input = Some((arrived, lane.book.now));
+            restored += lane.book.groups.len();
+        }
+        self.publish(cx);
+        Ok((dropped, restored))
+    }
+
+    fn apply_rows(
+        &mut self,
+        batch: RecordBatch,
+        cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        self.apply(batch, cx)
+    }
+
+    /// Hands the hub each cut partition's incidents, event time and notice budget.
+    fn snapshot(
+        &mut self,
+        cuts: &[(i32, i64)],
+        _cx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        for &(q, offset) in cuts {
+            let saved = match self.lanes.iter().find(|l| l.partition == q) {
+                Some(lane) => lane.book.saved(),
+                None => Incidents::new(self.rules.clone()).saved(),
+            };
+            let bytes = encode(&saved)?;
+            if let Some(p) = &self.partitioning {
+                p.hand_in(q, offset, bytes);
+            }
+        }
         Ok(())
     }
 }
 
 tidegauge_core::register_transform!(AlertConfig);
 
+#[cfg(test)]
+mod partition_tests;
 #[cfg(test)]
 mod tests;

@@ -244,3 +244,30 @@ fn a_revoked_partitions_sensors_are_not_reported_by_their_former_owner() {
     let silent: Vec<&str> = hb.out.keys().map(|s| s.0.as_str()).collect();
     assert_eq!(silent, ["a"], "b is partition 1's new owner's to report");
 }
+
+#[test]
+fn a_silence_carries_its_sensors_partition() {
+    let hub = Arc::new(Hub::default());
+    let mut hb = Instance::new(&hub, "event", 2.0);
+    hub.assign(0, None);
+    hub.assign(1, None);
+    let row = |key: &str, p: i64, o: i64, ts: i64| (key.to_string(), p, o, ts, 1.0);
+    hb.fed.feed(&[row("a", 0, 0, 10), row("b", 1, 0, 10)]);
+    let mut silences = Vec::new();
+    for b in hb
+        .fed
+        .feed(&[row("a", 0, 1, 60_000), row("b", 1, 1, 60_000)])
+    {
+        let flag = b.column_by_name("is_anomaly").unwrap().as_boolean().clone();
+        let keys = b.column(0).as_string::<i32>().clone();
+        let partition = b.column(3).as_primitive::<Int64Type>().clone();
+        for i in 0..b.num_rows() {
+            if flag.value(i) {
+                assert!(partition.is_valid(i));
+                silences.push((keys.value(i).to_string(), partition.value(i)));
+            }
+        }
+    }
+    silences.sort();
+    assert_eq!(silences, [("a".to_string(), 0), ("b".to_string(), 1)]);
+}
