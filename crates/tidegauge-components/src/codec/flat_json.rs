@@ -51,7 +51,7 @@ fn decode_shaped(line: &[u8], shape: &Shape, row: &mut Row) -> bool {
     for &(to, field) in &shape.values {
         let lead = &shape.bytes[from..to];
         from = to;
-        if !p.s[p.i..].starts_with(lead) {
+        if !starts_with_at(p.s, p.i, lead) {
             return false;
         }
         p.i += lead.len();
@@ -59,7 +59,8 @@ fn decode_shaped(line: &[u8], shape: &Shape, row: &mut Row) -> bool {
             return false;
         }
     }
-    p.s[p.i..] == shape.bytes[from..]
+    let tail = &shape.bytes[from..];
+    p.s.len() - p.i == tail.len() && starts_with_at(p.s, p.i, tail)
 }
 
 /// Decodes any flat object the fast path reads, and keeps its layout in `shape`.
@@ -97,7 +98,7 @@ fn decode_object(line: &[u8], names: &[Box<[u8]>], shape: &mut Shape, row: &mut 
     let mut lead = 0;
     loop {
         p.ws();
-        let Some((start, end)) = p.plain_string() else {
+        let Some((start, end, _)) = p.plain_string() else {
             return false;
         };
         let key = &line[start..end];
@@ -147,6 +148,58 @@ static STRING_STOP: [bool; 256] = {
     t[b'\\' as usize] = true;
     t
 };
+
+/// [`STRING_STOP`] and every byte above 0x7f: the first pass over a string stops there
+/// too, so that a string found without it is known to be ASCII (valid UTF-8) without a
+/// separate check.
+static ASCII_STOP: [bool; 256] = {
+    let mut t = STRING_STOP;
+    let mut c = 0x80;
+    while c < 0x100 {
+        t[c] = true;
+        c += 1;
+    }
+    t
+};
+
+/// Whether `s[i..]` starts with `lead`. The layouts' leads are short (a key with its
+/// quotes, colon and comma: W1's are 1 to 13 bytes), and comparing them as one or two
+/// words is cheaper than a call to `memcmp`.
+#[inline]
+fn starts_with_at(s: &[u8], i: usize, lead: &[u8]) -> bool {
+    let Some(have) = s.get(i..i + lead.len()) else {
+        return false;
+    };
+    fn word8(b: &[u8]) -> (u64, u64) {
+        match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+            (Some(a), Some(z)) => (u64::from_ne_bytes(*a), u64::from_ne_bytes(*z)),
+            _ => (0, 0),
+        }
+    }
+    fn word4(b: &[u8]) -> (u32, u32) {
+        match (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+            (Some(a), Some(z)) => (u32::from_ne_bytes(*a), u32::from_ne_bytes(*z)),
+            _ => (0, 0),
+        }
+    }
+    // The first and the last word overlap when the length is not a multiple of one:
+    // together they cover every byte.
+    match lead.len() {
+        8..=16 => word8(have) == word8(lead),
+        4..=7 => word4(have) == word4(lead),
+        0..=3 => have.iter().zip(lead).all(|(a, b)| a == b),
+        _ => have == lead,
+    }
+}
+
+/// `bytes` as text, once a scan has found every byte below 0x80.
+#[inline]
+fn ascii_str(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: callers pass only bytes a scan with `ASCII_STOP` went over without
+    // stopping, all below 0x80: ASCII, which is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
 
 /// Byte equality for short keys, without a call to `memcmp`.
 #[inline]
@@ -205,13 +258,14 @@ impl<'a> Cursor<'a> {
     fn value(&mut self, field: Option<usize>, text: Option<&str>, row: &mut Row) -> bool {
         let slot = match self.peek() {
             Some(b'"') => {
-                let Some((start, end)) = self.plain_string() else {
+                let Some((start, end, ascii)) = self.plain_string() else {
                     return false;
                 };
                 // Both ends are next to a quote: character boundaries. A string is
                 // checked even when no field wants it: serde_json refuses the line.
                 let value = match text {
                     Some(text) => text.get(start..end),
+                    None if ascii => Some(ascii_str(&self.s[start..end])),
                     None => std::str::from_utf8(&self.s[start..end]).ok(),
                 };
                 match (value, field) {
@@ -251,21 +305,28 @@ impl<'a> Cursor<'a> {
         true
     }
 
-    /// A string without escapes or control characters: the range of its text in `s`.
-    fn plain_string(&mut self) -> Option<(usize, usize)> {
+    /// A string without escapes or control characters: the range of its text in `s`,
+    /// and whether it is all ASCII.
+    fn plain_string(&mut self) -> Option<(usize, usize, bool)> {
         if !self.eat(b'"') {
             return None;
         }
         let start = self.i;
         let mut end = start;
-        while !STRING_STOP[*self.s.get(end)? as usize] {
+        while !ASCII_STOP[*self.s.get(end)? as usize] {
             end += 1;
+        }
+        let ascii = self.s[end] < 0x80;
+        if !ascii {
+            while !STRING_STOP[*self.s.get(end)? as usize] {
+                end += 1;
+            }
         }
         if self.s[end] != b'"' {
             return None;
         }
         self.i = end + 1;
-        Some((start, end))
+        Some((start, end, ascii))
     }
 
     /// A JSON number, as serde_json reads it: integers to `I64` (or `U64` above
@@ -407,6 +468,50 @@ mod tests {
         let mut row = Row::new(4);
         decode(line, &names(), &mut Shape::default(), &mut row)
             .then(|| (row.slots.clone(), row.scratch.clone()))
+    }
+
+    #[test]
+    fn the_word_compare_agrees_with_starts_with() {
+        let text = b"{\"sensor_id\":\"s-0042\",\"ts\":1700000000123,\"value\":12.3456}";
+        for i in 0..=text.len() {
+            for len in 0..=24usize {
+                for flip in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
+                    let Some(lead) = text.get(i..i + len) else {
+                        let lead = vec![b'x'; len];
+                        assert!(!starts_with_at(text, i, &lead));
+                        continue;
+                    };
+                    let mut lead = lead.to_vec();
+                    if let Some(f) = flip.filter(|_| len > 0) {
+                        lead[f] ^= 0x20;
+                    }
+                    assert_eq!(
+                        starts_with_at(text, i, &lead),
+                        text[i..].starts_with(&lead),
+                        "at {i}, {len} bytes, flipped {flip:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_ascii_strings_are_still_checked() {
+        let ok = "{\"sensor_id\":\"capteur-é\",\"ts\":1,\"value\":2}".as_bytes();
+        let (_, scratch) = fast(ok).unwrap();
+        assert_eq!(scratch, "capteur-é");
+        // The same layout twice: the second line takes the layout path.
+        let mut shape = Shape::default();
+        let mut row = Row::new(4);
+        assert!(decode(ok, &names(), &mut shape, &mut row));
+        let mut bad = ok.to_vec();
+        let at = bad.iter().position(|&b| b == 0xc3).unwrap();
+        bad[at + 1] = b'(';
+        row.reset();
+        assert!(!decode(&bad, &names(), &mut shape, &mut row));
+        row.reset();
+        assert!(decode(ok, &names(), &mut shape, &mut row));
+        assert_eq!(row.scratch, "capteur-é");
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct LineReader<R> {
     line_no: u64,
     /// Skipping the rest of an over-long line: bytes seen so far and its first bytes.
     skipping: Option<(u64, Vec<u8>)>,
+    /// The last poll stopped at the caller's request with lines still in the buffer:
+    /// the next one hands them over before reading (rather than moving them to the
+    /// front of the buffer to make room, which copied the input once more).
+    halted: bool,
 }
 
 impl<R: Read> LineReader<R> {
@@ -56,6 +60,7 @@ impl<R: Read> LineReader<R> {
             max_line,
             line_no: 1,
             skipping: None,
+            halted: false,
         }
     }
 
@@ -89,6 +94,12 @@ impl<R: Read> LineReader<R> {
         final_eof: bool,
         mut on_line: impl FnMut(u64, Line<'_>) -> Result<(), E>,
     ) -> Result<Result<Poll, E>, io::Error> {
+        if std::mem::take(&mut self.halted) {
+            if let Err(e) = self.hand_over(&mut on_line) {
+                return Ok(Err(e));
+            }
+            return Ok(Ok(Poll::Read(0)));
+        }
         if self.start > 0 && (self.start == self.end || self.end == self.buf.len()) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -111,55 +122,8 @@ impl<R: Read> LineReader<R> {
         };
         self.end += n;
 
-        while self.start < self.end {
-            let window = &self.buf[self.start..self.end];
-            match memchr::memchr(b'\n', window) {
-                Some(pos) => {
-                    let line_no = self.line_no;
-                    self.line_no += 1;
-                    let line_end = self.start + pos;
-                    let r = if let Some((seen, head)) = self.skipping.take() {
-                        on_line(
-                            line_no,
-                            Line::TooLong {
-                                head: &head,
-                                len: seen + pos as u64,
-                            },
-                        )
-                    } else if pos > self.max_line {
-                        let head = &self.buf[self.start..self.start + HEAD_BYTES.min(pos)];
-                        on_line(
-                            line_no,
-                            Line::TooLong {
-                                head,
-                                len: pos as u64,
-                            },
-                        )
-                    } else {
-                        let mut line = &self.buf[self.start..line_end];
-                        if let Some(l) = line.strip_suffix(b"\r") {
-                            line = l;
-                        }
-                        on_line(line_no, Line::Complete(line))
-                    };
-                    self.start = line_end + 1;
-                    if let Err(e) = r {
-                        return Ok(Err(e));
-                    }
-                }
-                None => {
-                    let held = window.len();
-                    if let Some((seen, _)) = &mut self.skipping {
-                        *seen += held as u64;
-                        self.start = self.end;
-                    } else if held > self.max_line {
-                        let head = window[..HEAD_BYTES.min(held)].to_vec();
-                        self.skipping = Some((held as u64, head));
-                        self.start = self.end;
-                    }
-                    break;
-                }
-            }
+        if let Err(e) = self.hand_over(&mut on_line) {
+            return Ok(Err(e));
         }
 
         if n > 0 {
@@ -194,6 +158,65 @@ impl<R: Read> LineReader<R> {
         }
         Ok(Ok(Poll::Eof))
     }
+
+    /// Hands every complete line in the buffer to `on_line`, until it says stop.
+    fn hand_over<E>(
+        &mut self,
+        on_line: &mut impl FnMut(u64, Line<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while self.start < self.end {
+            let window = &self.buf[self.start..self.end];
+            match memchr::memchr(b'\n', window) {
+                Some(pos) => {
+                    let line_no = self.line_no;
+                    self.line_no += 1;
+                    let line_end = self.start + pos;
+                    let r = if let Some((seen, head)) = self.skipping.take() {
+                        on_line(
+                            line_no,
+                            Line::TooLong {
+                                head: &head,
+                                len: seen + pos as u64,
+                            },
+                        )
+                    } else if pos > self.max_line {
+                        let head = &self.buf[self.start..self.start + HEAD_BYTES.min(pos)];
+                        on_line(
+                            line_no,
+                            Line::TooLong {
+                                head,
+                                len: pos as u64,
+                            },
+                        )
+                    } else {
+                        let mut line = &self.buf[self.start..line_end];
+                        if let Some(l) = line.strip_suffix(b"\r") {
+                            line = l;
+                        }
+                        on_line(line_no, Line::Complete(line))
+                    };
+                    self.start = line_end + 1;
+                    if let Err(e) = r {
+                        self.halted = self.start < self.end;
+                        return Err(e);
+                    }
+                }
+                None => {
+                    let held = window.len();
+                    if let Some((seen, _)) = &mut self.skipping {
+                        *seen += held as u64;
+                        self.start = self.end;
+                    } else if held > self.max_line {
+                        let head = window[..HEAD_BYTES.min(held)].to_vec();
+                        self.skipping = Some((held as u64, head));
+                        self.start = self.end;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +247,47 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_caller_stopping_after_every_line_loses_none_and_reads_each_byte_once() {
+        let data: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        struct Reads<'a>(&'a [u8], usize);
+        impl Read for Reads<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let mut r = LineReader::new(Reads(&data, 0), 100);
+        let mut got = Vec::new();
+        loop {
+            let p = r
+                .poll(true, |n, l| {
+                    if let Line::Complete(b) = l {
+                        got.push((n, String::from_utf8_lossy(b).into_owned()));
+                    }
+                    Err(())
+                })
+                .unwrap();
+            if p == Ok(Poll::Eof) {
+                break;
+            }
+            // What is held is never more than what was read minus what was handed out.
+            let handed: usize = got.iter().map(|(_, l)| l.len() + 1).sum();
+            assert_eq!(r.get_mut().1 - handed, r.unfinished_bytes() as usize);
+        }
+        assert_eq!(got.len(), 1000);
+        for (i, (n, l)) in got.iter().enumerate() {
+            assert_eq!(
+                (*n, l.as_str()),
+                (i as u64 + 1, format!("line {i}").as_str())
+            );
+        }
+        assert_eq!(r.get_mut().1, data.len());
     }
 
     #[test]

@@ -223,11 +223,19 @@ impl Columns {
     /// Converts `row` to the declared types and appends it; on any problem appends nothing
     /// and says what is wrong.
     pub fn push(&mut self, row: &mut Row) -> Result<(), String> {
-        for i in 0..self.types.len() {
-            let converted = convert(self.types[i], row.slots[i], row)
-                .map_err(|e| format!("field `{}`: {e}", self.names[i]))?;
+        for (i, &ty) in self.types.iter().enumerate() {
+            let slot = row.slots[i];
+            // Most values arrive already of their field's type (a JSON string for a
+            // string, an integer for a timestamp): nothing to convert, nothing to check.
+            if is_typed(ty, slot) {
+                continue;
+            }
+            let converted = match convert(ty, slot, row) {
+                Ok(c) => c,
+                Err(e) => return Err(format!("field `{}`: {e}", self.names[i])),
+            };
             if converted == Slot::Null && !self.nullable[i] {
-                return Err(if row.slots[i] == Slot::Missing {
+                return Err(if slot == Slot::Missing {
                     format!("missing field `{}`", self.names[i])
                 } else {
                     format!("field `{}` is null", self.names[i])
@@ -387,6 +395,18 @@ fn trim(text: &str) -> &str {
         (Some(a), Some(b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => text,
         _ => text.trim(),
     }
+}
+
+/// Whether `slot` is already what [`convert`] makes of it for `ty` (and not null).
+#[inline]
+fn is_typed(ty: FieldType, slot: Slot) -> bool {
+    matches!(
+        (ty, slot),
+        (FieldType::String, Slot::Str(..))
+            | (FieldType::Int64 | FieldType::Timestamp, Slot::I64(_))
+            | (FieldType::Float64, Slot::F64(_))
+            | (FieldType::Bool, Slot::Bool(_))
+    )
 }
 
 fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {

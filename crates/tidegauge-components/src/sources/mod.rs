@@ -220,7 +220,11 @@ impl LineDecoder {
             }
             Line::Complete(text) => text,
         };
-        if text.iter().all(|b| b.is_ascii_whitespace()) {
+        // A record starts with what is not white space (`{`, a CSV field): one byte
+        // tells, for nearly every line.
+        if text.first().is_none_or(u8::is_ascii_whitespace)
+            && text.iter().all(u8::is_ascii_whitespace)
+        {
             return LineOutcome::Continue;
         }
         let decoded = match &mut self.decoder {
