@@ -3,7 +3,7 @@
 
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 
-use super::Row;
+use super::{Row, ascii_str};
 
 /// What a CSV line turned out to be.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub struct CsvDecoder {
     ends: Vec<usize>,
     /// Whether the last line was split in place (no quotes, no carriage return).
     plain: bool,
+    /// Whether the last line split in place is all ASCII (so valid UTF-8).
+    ascii: bool,
     /// For each byte: `DELIMITER`, `NOT_PLAIN` (a quote or carriage return) or 0.
     classes: [u8; 256],
     /// For each CSV column, the declared field it feeds (if any).
@@ -59,6 +61,7 @@ impl CsvDecoder {
             out: vec![0; 1024],
             ends: vec![0; 64],
             plain: false,
+            ascii: false,
             classes: {
                 let mut classes = [0; 256];
                 classes[delimiter as usize] = DELIMITER;
@@ -83,8 +86,9 @@ impl CsvDecoder {
         // Most lines have no quotes and no carriage return: their fields are what lies
         // between delimiters, found in one pass (the CSV state machine skips blank lines
         // and ends a record at a `\r`; both go its way, as do quotes).
-        if let Some(n) = self.split_plain(line) {
+        if let Some((n, ascii)) = self.split_plain(line) {
             self.plain = true;
+            self.ascii = ascii;
             return Ok(n);
         }
         self.plain = false;
@@ -126,24 +130,60 @@ impl CsvDecoder {
     }
 
     /// [`CsvDecoder::split`] of a non-empty line without quotes or carriage returns, in
-    /// place; `None` for any other line.
-    fn split_plain(&mut self, line: &[u8]) -> Option<usize> {
+    /// place, and whether the line is all ASCII; `None` for any other line.
+    ///
+    /// Eight bytes at a time: a word with none of the bytes that matter (the delimiter, a
+    /// quote, a carriage return, a byte above 0x7f) is passed over with a few operations;
+    /// those it has are looked at one by one.
+    fn split_plain(&mut self, line: &[u8]) -> Option<(usize, bool)> {
         if line.is_empty() {
             return None;
         }
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        const LOW: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+        // 0x80 in each byte of `x` that is zero, and nowhere else (no carry crosses a byte).
+        let zeros = |x: u64| !(((x & LOW).wrapping_add(LOW)) | x | LOW);
+        let (delim, quote, cr) = (
+            ONES * u64::from(self.delimiter),
+            ONES * u64::from(b'"'),
+            ONES * u64::from(b'\r'),
+        );
         let mut n = 0;
-        for (i, &c) in line.iter().enumerate() {
+        let mut ascii = true;
+        let mut i = 0;
+        while let Some(chunk) = line[i..].first_chunk::<8>() {
+            let v = u64::from_le_bytes(*chunk);
+            let mut marks = zeros(v ^ delim) | zeros(v ^ quote) | zeros(v ^ cr) | (v & HIGH);
+            while marks != 0 {
+                let k = (marks.trailing_zeros() / 8) as usize;
+                let c = chunk[k];
+                match self.classes[c as usize] {
+                    DELIMITER => {
+                        self.end_field(n, i + k);
+                        n += 1;
+                    }
+                    NOT_PLAIN => return None,
+                    _ => {}
+                }
+                ascii &= c < 0x80;
+                marks &= marks - 1;
+            }
+            i += 8;
+        }
+        for (k, &c) in line[i..].iter().enumerate() {
             match self.classes[c as usize] {
-                0 => {}
                 DELIMITER => {
-                    self.end_field(n, i);
+                    self.end_field(n, i + k);
                     n += 1;
                 }
-                _ => return None,
+                NOT_PLAIN => return None,
+                _ => {}
             }
+            ascii &= c < 0x80;
         }
         self.end_field(n, line.len());
-        Some(n + 1)
+        Some((n + 1, ascii))
     }
 
     fn end_field(&mut self, n: usize, end: usize) {
@@ -235,10 +275,10 @@ impl CsvDecoder {
         row.reset();
         // One UTF-8 check for the line rather than one per field; a line that fails it
         // is checked field by field, so only the fields read are judged.
-        let text = if self.plain {
-            std::str::from_utf8(line).ok()
-        } else {
-            None
+        let text = match (self.plain, self.ascii) {
+            (true, true) => Some(ascii_str(line)),
+            (true, false) => std::str::from_utf8(line).ok(),
+            (false, _) => None,
         };
         let columns = self.columns.as_ref().map(|c| c.len()).unwrap_or(0);
         for col in 0..n.min(columns) {
@@ -260,7 +300,7 @@ mod tests {
     fn split_fields(d: &mut CsvDecoder, plain: bool, line: &[u8]) -> Vec<Vec<u8>> {
         let n = if plain {
             d.plain = true;
-            d.split_plain(line).unwrap()
+            d.split_plain(line).unwrap().0
         } else {
             d.plain = false;
             d.split_quoted(line).unwrap()
@@ -279,6 +319,11 @@ mod tests {
         ) {
             prop_assume!(!line.contains(&b'"') && !line.contains(&b'\r') && !line.contains(&b'\n'));
             let delimiter = if semicolon { b';' } else { b',' };
+            let mut ascii_check = CsvDecoder::new(names(), delimiter, true);
+            prop_assert_eq!(
+                ascii_check.split_plain(&line).map(|(_, ascii)| ascii),
+                Some(line.is_ascii())
+            );
             let mut fast = CsvDecoder::new(names(), delimiter, true);
             let mut slow = CsvDecoder::new(names(), delimiter, true);
             // Twice: buffers grown by the first line are reused by the second.

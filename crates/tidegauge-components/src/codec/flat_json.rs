@@ -7,7 +7,7 @@
 //! also produces the error message. So the fast path changes speed, never results — a
 //! property test and the fuzz target compare the two on arbitrary input.
 
-use super::{Row, Slot, eight_digits, exact_decimal};
+use super::{Row, Slot, ascii_str, eight_digits, exact_decimal};
 
 /// The layout of the last line decoded: the bytes around its values (braces,
 /// whitespace, commas, keys and colons) and the field each value went to. Lines of a
@@ -190,15 +190,6 @@ fn starts_with_at(s: &[u8], i: usize, lead: &[u8]) -> bool {
         0..=3 => have.iter().zip(lead).all(|(a, b)| a == b),
         _ => have == lead,
     }
-}
-
-/// `bytes` as text, once a scan has found every byte below 0x80.
-#[inline]
-fn ascii_str(bytes: &[u8]) -> &str {
-    debug_assert!(bytes.is_ascii());
-    // SAFETY: callers pass only bytes a scan with `ASCII_STOP` went over without
-    // stopping, all below 0x80: ASCII, which is valid UTF-8.
-    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// Byte equality for short keys, without a call to `memcmp`.

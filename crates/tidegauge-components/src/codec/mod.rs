@@ -98,6 +98,15 @@ pub enum Slot {
     Nested(&'static str),
 }
 
+/// `bytes` as text, once a scan has found every byte below 0x80.
+#[inline]
+pub(crate) fn ascii_str(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: callers pass only bytes a scan has found all below 0x80 (the JSON string
+    // scan's `ASCII_STOP`, the CSV split's high-bit test): ASCII, which is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 /// The raw values of one record, reused from line to line (no allocation per line).
 #[derive(Debug, Default)]
 pub struct Row {
@@ -245,7 +254,10 @@ impl Columns {
         }
         for (b, slot) in self.builders.iter_mut().zip(&row.slots) {
             match (b, *slot) {
-                (Builder::Str(b), Slot::Str(s, e)) => b.append_value(row.text(s, e)),
+                // CSV text for a string column: what `convert` would make a `Str` of.
+                (Builder::Str(b), Slot::Str(s, e) | Slot::Text(s, e)) => {
+                    b.append_value(row.text(s, e))
+                }
                 (Builder::I64(b), Slot::I64(v)) => b.append_value(v),
                 (Builder::F64(b), Slot::F64(v)) => b.append_value(v),
                 (Builder::Bool(b), Slot::Bool(v)) => b.append_value(v),
@@ -397,16 +409,19 @@ fn trim(text: &str) -> &str {
     }
 }
 
-/// Whether `slot` is already what [`convert`] makes of it for `ty` (and not null).
+/// Whether `slot` is already what [`convert`] makes of it for `ty` (and not null); CSV
+/// text for a string column is appended as it is.
 #[inline]
 fn is_typed(ty: FieldType, slot: Slot) -> bool {
-    matches!(
-        (ty, slot),
+    match (ty, slot) {
+        // Empty CSV text is null: `convert` says whether that is allowed.
+        (FieldType::String, Slot::Text(s, e)) => s != e,
         (FieldType::String, Slot::Str(..))
-            | (FieldType::Int64 | FieldType::Timestamp, Slot::I64(_))
-            | (FieldType::Float64, Slot::F64(_))
-            | (FieldType::Bool, Slot::Bool(_))
-    )
+        | (FieldType::Int64 | FieldType::Timestamp, Slot::I64(_))
+        | (FieldType::Float64, Slot::F64(_))
+        | (FieldType::Bool, Slot::Bool(_)) => true,
+        _ => false,
+    }
 }
 
 fn convert(ty: FieldType, slot: Slot, row: &Row) -> Result<Slot, String> {
