@@ -387,4 +387,29 @@ mod tests {
         // The decoder recovers for the next line.
         assert_eq!(d.decode(b"18,3", &mut row), Ok(CsvLine::Record));
     }
+
+    #[test]
+    fn text_beyond_ascii_is_read_when_valid_and_refused_when_not() {
+        let mut d = CsvDecoder::new(names(), b',', false);
+        let mut row = Row::new(2);
+        // Longer than a word, so the eight-byte scan meets the non-ASCII bytes.
+        assert_eq!(
+            d.decode("17,température-élevée".as_bytes(), &mut row),
+            Ok(CsvLine::Record)
+        );
+        match row.slots[1] {
+            Slot::Text(a, b) => {
+                assert_eq!(&row.scratch[a as usize..b as usize], "température-élevée")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut bad = "17,température-élevée".as_bytes().to_vec();
+        let at = bad.iter().rposition(|&b| b == 0xc3).unwrap();
+        bad[at + 1] = b'x';
+        assert_eq!(
+            d.decode(&bad, &mut row),
+            Err(CsvError::Record("column 2 is not valid UTF-8".into()))
+        );
+        assert_eq!(d.decode(b"18,plain", &mut row), Ok(CsvLine::Record));
+    }
 }
