@@ -281,6 +281,17 @@ impl CsvDecoder {
             (false, _) => None,
         };
         let columns = self.columns.as_ref().map(|c| c.len()).unwrap_or(0);
+        if self.plain && self.ascii {
+            // Split in place and all ASCII: each field is its bytes between delimiters.
+            for col in 0..n.min(columns) {
+                let Some(Some(field)) = self.columns.as_ref().map(|c| c[col]) else {
+                    continue;
+                };
+                let start = if col == 0 { 0 } else { self.ends[col - 1] + 1 };
+                row.set_text(field, ascii_str(&line[start..self.ends[col]]), false);
+            }
+            return Ok(CsvLine::Record);
+        }
         for col in 0..n.min(columns) {
             let Some(Some(field)) = self.columns.as_ref().map(|c| c[col]) else {
                 continue;
