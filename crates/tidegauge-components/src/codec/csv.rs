@@ -157,33 +157,36 @@ impl CsvDecoder {
             let mut marks = zeros(v ^ delim) | zeros(v ^ quote) | zeros(v ^ cr) | (v & HIGH);
             while marks != 0 {
                 let k = (marks.trailing_zeros() / 8) as usize;
-                let c = chunk[k];
-                match self.classes[c as usize] {
-                    DELIMITER => {
-                        self.end_field(n, i + k);
-                        n += 1;
-                    }
-                    NOT_PLAIN => return None,
-                    _ => {}
+                if !self.see(chunk[k], i + k, &mut n, &mut ascii) {
+                    return None;
                 }
-                ascii &= c < 0x80;
                 marks &= marks - 1;
             }
             i += 8;
         }
         for (k, &c) in line[i..].iter().enumerate() {
-            match self.classes[c as usize] {
-                DELIMITER => {
-                    self.end_field(n, i + k);
-                    n += 1;
-                }
-                NOT_PLAIN => return None,
-                _ => {}
+            if !self.see(c, i + k, &mut n, &mut ascii) {
+                return None;
             }
-            ascii &= c < 0x80;
         }
         self.end_field(n, line.len());
         Some((n + 1, ascii))
+    }
+
+    /// One byte of a line being split in place, at `at`: a delimiter ends field `n`;
+    /// `false` for a byte that keeps the line from being split in place.
+    #[inline]
+    fn see(&mut self, c: u8, at: usize, n: &mut usize, ascii: &mut bool) -> bool {
+        *ascii &= c < 0x80;
+        match self.classes[c as usize] {
+            DELIMITER => {
+                self.end_field(*n, at);
+                *n += 1;
+                true
+            }
+            NOT_PLAIN => false,
+            _ => true,
+        }
     }
 
     fn end_field(&mut self, n: usize, end: usize) {
