@@ -276,13 +276,6 @@ impl CsvDecoder {
             )));
         }
         row.reset();
-        // One UTF-8 check for the line rather than one per field; a line that fails it
-        // is checked field by field, so only the fields read are judged.
-        let text = match (self.plain, self.ascii) {
-            (true, true) => Some(ascii_str(line)),
-            (true, false) => std::str::from_utf8(line).ok(),
-            (false, _) => None,
-        };
         let columns = self.columns.as_ref().map(|c| c.len()).unwrap_or(0);
         if self.plain && self.ascii {
             // Split in place and all ASCII: each field is its bytes between delimiters.
@@ -295,6 +288,13 @@ impl CsvDecoder {
             }
             return Ok(CsvLine::Record);
         }
+        // One UTF-8 check for the line rather than one per field; a line that fails it
+        // is checked field by field, so only the fields read are judged.
+        let text = if self.plain {
+            std::str::from_utf8(line).ok()
+        } else {
+            None
+        };
         for col in 0..n.min(columns) {
             let Some(Some(field)) = self.columns.as_ref().map(|c| c[col]) else {
                 continue;
