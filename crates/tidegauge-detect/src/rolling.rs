@@ -8,12 +8,17 @@
 //! tiny next to the mean), [`RollingStats::zscore`] decides with exact two-pass
 //! statistics, so verdicts match a naive exact implementation.
 
+use std::ptr::NonNull;
+
 /// Rolling population statistics over the most recent `window` values.
 ///
 /// With the `serde` feature the state (de)serializes field by field, so a restored
 /// checkpoint continues bit for bit; deserializing checks the ring-buffer invariants and
 /// rejects a state that would index out of bounds.
-#[derive(Clone, Debug)]
+///
+/// 40 bytes besides the values: a sensor's state is kept once per sensor, so every word
+/// counts (a million sensors with full windows of 100 hold 800 MB of values and 40 MB of
+/// this).
 #[cfg_attr(
     feature = "serde",
     derive(serde::Deserialize),
@@ -21,15 +26,17 @@
 )]
 pub struct RollingStats {
     /// The values: in arrival order while the window fills (it grows as values arrive,
-    /// never allocating more than twice what it holds), a ring once full. Its length is
-    /// its capacity, the first `len` slots hold values: a boxed slice rather than a
-    /// `Vec` saves a word in every sensor's state.
-    buf: Box<[f64]>,
-    /// Capacity of the window.
+    /// never allocating more than twice what it holds), a ring once full. It holds
+    /// [`RollingStats::capacity`] slots, a number derived from `window` and `pos`, so it
+    /// is one pointer rather than a boxed slice's two words.
+    slots: Slots,
+    /// The window's length, with [`FULL`] set once it holds that many values.
     window: u32,
-    len: u32,
-    head: u32,
-    since_exact: u32,
+    /// While the window fills, the number of values held; once full, the slot the next
+    /// value replaces (the oldest). Either way where the next value goes: the running
+    /// statistics are recomputed exactly each time it comes back to 0 in a full window
+    /// (every `window` replacements).
+    pos: u32,
     mean: f64,
     m2: f64,
     /// The largest square of a value that went into the running `mean` and `m2` since
@@ -38,23 +45,122 @@ pub struct RollingStats {
     peak_sq: f64,
 }
 
+/// The bit of [`RollingStats::window`] set once the window is full; windows stay below it.
+const FULL: u32 = 1 << 31;
+
+/// The largest window a [`RollingStats`] holds.
+pub const MAX_ROLLING_WINDOW: usize = (FULL - 1) as usize;
+
+/// Slots of a window holding `len` values of at most `window`: 0 for none, then 4, 8, 16,
+/// ... (doubling) and never more than `window`. A window grows to the next size when a
+/// value arrives and the slots are all taken, so this is always its size.
+fn capacity_for(len: usize, window: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len.next_power_of_two().max(4).min(window)
+    }
+}
+
+/// `f64` slots behind one pointer, owned like a `Box<[f64]>` whose length is kept by the
+/// owner instead ([`RollingStats::capacity`]). It frees nothing by itself: the owner
+/// turns it back into the box ([`Slots::into_box`]) with that length.
+struct Slots(NonNull<f64>);
+
+// SAFETY: `Slots` owns its values exclusively, as the `Box<[f64]>` it is made from does,
+// and that box is `Send` and `Sync`.
+unsafe impl Send for Slots {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for Slots {}
+
+impl Slots {
+    /// Takes over `values` (an empty box allocates nothing, and its pointer is a valid
+    /// dangling one for a slice of length 0).
+    fn new(values: Box<[f64]>) -> Self {
+        Slots(NonNull::from(Box::leak(values)).cast())
+    }
+
+    /// The slots.
+    ///
+    /// # Safety
+    /// `len` is the length of the box this was made from.
+    unsafe fn get(&self, len: usize) -> &[f64] {
+        // SAFETY: the pointer and length are those of a live `Box<[f64]>` owned by self.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), len) }
+    }
+
+    /// The slots, to change.
+    ///
+    /// # Safety
+    /// `len` is the length of the box this was made from.
+    unsafe fn get_mut(&mut self, len: usize) -> &mut [f64] {
+        // SAFETY: as in `get`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), len) }
+    }
+
+    /// The box this was made from (to drop it or keep its values).
+    ///
+    /// # Safety
+    /// `len` is the length of the box this was made from.
+    unsafe fn into_box(self, len: usize) -> Box<[f64]> {
+        // SAFETY: pointer and length of the box `Box::leak` gave up in `Slots::new`,
+        // taken back once (`self` is consumed).
+        unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.0.as_ptr(), len)) }
+    }
+}
+
+impl Drop for RollingStats {
+    fn drop(&mut self) {
+        let cap = self.capacity();
+        let slots = std::mem::replace(&mut self.slots, Slots::new(Box::default()));
+        // SAFETY: `capacity()` is the length of the slots (the type's invariant).
+        drop(unsafe { slots.into_box(cap) });
+    }
+}
+
+impl Clone for RollingStats {
+    fn clone(&self) -> Self {
+        RollingStats {
+            slots: Slots::new(self.buf().into()),
+            window: self.window,
+            pos: self.pos,
+            mean: self.mean,
+            m2: self.m2,
+            peak_sq: self.peak_sq,
+        }
+    }
+}
+
+impl std::fmt::Debug for RollingStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollingStats")
+            .field("window", &self.window())
+            .field("len", &self.len())
+            .field("pos", &self.pos)
+            .field("mean", &self.mean)
+            .field("m2", &self.m2)
+            .field("peak_sq", &self.peak_sq)
+            .field("values", &self.values().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl RollingStats {
     /// A new, empty window holding up to `window` values. Memory grows with the values
     /// held (8 bytes each), not with `window`.
     ///
     /// # Panics
-    /// If `window` is 0 or above `u32::MAX` (configuration validation rejects both).
+    /// If `window` is 0 or above [`MAX_ROLLING_WINDOW`] (configuration validation
+    /// rejects both).
     pub fn new(window: usize) -> Self {
         assert!(
-            window > 0 && window <= u32::MAX as usize,
-            "window must be in 1..=u32::MAX"
+            window > 0 && window <= MAX_ROLLING_WINDOW,
+            "window must be in 1..={MAX_ROLLING_WINDOW}"
         );
         RollingStats {
-            buf: Box::default(),
+            slots: Slots::new(Box::default()),
             window: window as u32,
-            len: 0,
-            head: 0,
-            since_exact: 0,
+            pos: 0,
             mean: 0.0,
             m2: 0.0,
             peak_sq: 0.0,
@@ -63,22 +169,53 @@ impl RollingStats {
 
     /// Capacity of the window.
     pub fn window(&self) -> usize {
-        self.window as usize
+        (self.window & !FULL) as usize
     }
 
     /// Number of values currently held.
     pub fn len(&self) -> usize {
-        self.len as usize
+        if self.is_full() {
+            self.window()
+        } else {
+            self.pos as usize
+        }
     }
 
     /// Whether no value has been pushed yet.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Whether the window holds `window` values (warm-up is over).
+    #[inline]
     pub fn is_full(&self) -> bool {
-        self.len == self.window
+        self.window & FULL != 0
+    }
+
+    /// Slots allocated: the length of `slots`.
+    #[inline]
+    fn capacity(&self) -> usize {
+        if self.is_full() {
+            self.window()
+        } else {
+            capacity_for(self.pos as usize, self.window())
+        }
+    }
+
+    /// The slots (the values held, then unused ones while filling).
+    #[inline]
+    fn buf(&self) -> &[f64] {
+        // SAFETY: the slots always hold `capacity()` values: they are replaced, with
+        // `pos` and `window` updated to match, only in `push`.
+        unsafe { self.slots.get(self.capacity()) }
+    }
+
+    /// The slots, to change.
+    #[inline]
+    fn buf_mut(&mut self) -> &mut [f64] {
+        let cap = self.capacity();
+        // SAFETY: as in `buf`.
+        unsafe { self.slots.get_mut(cap) }
     }
 
     /// Mean of the values held (0 when empty).
@@ -88,10 +225,10 @@ impl RollingStats {
 
     /// Population variance of the values held (0 when empty).
     pub fn variance(&self) -> f64 {
-        if self.len == 0 {
+        if self.is_empty() {
             0.0
         } else {
-            (self.m2 / self.len as f64).max(0.0)
+            (self.m2 / self.len() as f64).max(0.0)
         }
     }
 
@@ -102,21 +239,17 @@ impl RollingStats {
 
     /// The values held, oldest first.
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        let n = self.buf.len().max(1);
-        let len = self.len as usize;
-        let start = if self.is_full() {
-            self.head as usize
-        } else {
-            0
-        };
-        (0..len).map(move |i| self.buf[(start + i) % n])
+        let buf = self.buf();
+        let n = buf.len().max(1);
+        let start = if self.is_full() { self.pos as usize } else { 0 };
+        (0..self.len()).map(move |i| buf[(start + i) % n])
     }
 
     /// Brings the slot the next value replaces (the oldest, once full) toward the CPU's
     /// cache ([`crate::prefetch`]), for a push a little later.
     #[inline]
     pub fn prefetch(&self) {
-        if let Some(slot) = self.buf.get(self.head as usize) {
+        if let Some(slot) = self.buf().get(self.pos as usize) {
             crate::prefetch(slot);
         }
     }
@@ -124,44 +257,63 @@ impl RollingStats {
     /// Adds a value, evicting the oldest one when the window is full.
     pub fn push(&mut self, x: f64) {
         self.peak_sq = self.peak_sq.max(square(x));
-        let n = self.window as usize;
-        let head = self.head as usize;
-        if !self.is_full() && self.len as usize == self.buf.len() {
-            // Doubling, but never past the window.
-            self.grow((self.buf.len() * 2).max(4).min(n));
+        if !self.is_full() {
+            self.push_filling(x);
+            return;
         }
-        if self.is_full() {
-            let old = self.buf[head];
-            self.buf[head] = x;
-            let d = x - old;
-            let new_mean = self.mean + d / n as f64;
-            self.m2 += d * ((x - new_mean) + (old - self.mean));
-            self.mean = new_mean;
-            if self.m2 < 0.0 {
-                self.m2 = 0.0;
-            }
-            self.since_exact += 1;
-            if self.since_exact as usize >= n {
-                self.recompute();
-            }
-        } else {
-            self.buf[self.len as usize] = x;
-            self.len += 1;
-            let d = x - self.mean;
-            self.mean += d / self.len as f64;
-            self.m2 += d * (x - self.mean);
+        let n = self.window();
+        let head = self.pos as usize;
+        let slot = &mut self.buf_mut()[head];
+        let old = std::mem::replace(slot, x);
+        let d = x - old;
+        let new_mean = self.mean + d / n as f64;
+        self.m2 += d * ((x - new_mean) + (old - self.mean));
+        self.mean = new_mean;
+        if self.m2 < 0.0 {
+            self.m2 = 0.0;
         }
-        self.head = ((head + 1) % n) as u32;
+        self.pos = ((head + 1) % n) as u32;
+        if self.pos == 0 {
+            self.recompute();
+        }
     }
 
-    /// Moves the values into a buffer of `cap` slots (at least `len`). Not inlined: it
-    /// runs a logarithmic number of times per window, and stays out of `push`'s hot path.
+    /// [`RollingStats::push`] while the window fills: the value goes after the others, in
+    /// new slots when they are all taken.
+    fn push_filling(&mut self, x: f64) {
+        let n = self.window();
+        let len = self.pos as usize;
+        let cap = self.capacity();
+        if len == cap {
+            self.grow_with(x);
+        } else {
+            self.buf_mut()[len] = x;
+        }
+        // `len + 1` values: `capacity()` now gives the slots `grow_with` made.
+        if len + 1 == n {
+            self.window |= FULL;
+            self.pos = 0;
+        } else {
+            self.pos += 1;
+        }
+        let d = x - self.mean;
+        self.mean += d / (len + 1) as f64;
+        self.m2 += d * (x - self.mean);
+    }
+
+    /// Moves the values and `x` after them into the slots of a window holding one value
+    /// more (doubling, never past the window). Not inlined: it runs a logarithmic number
+    /// of times per window, and stays out of `push`'s hot path. The caller then counts the
+    /// value, which makes `capacity()` the new size again.
     #[inline(never)]
-    fn grow(&mut self, cap: usize) {
-        let len = self.len as usize;
-        let mut buf = vec![0.0; cap].into_boxed_slice();
-        buf[..len].copy_from_slice(&self.buf[..len]);
-        self.buf = buf;
+    fn grow_with(&mut self, x: f64) {
+        let len = self.pos as usize;
+        let mut buf = vec![0.0; capacity_for(len + 1, self.window())].into_boxed_slice();
+        buf[..len].copy_from_slice(self.buf());
+        buf[len] = x;
+        let old = std::mem::replace(&mut self.slots, Slots::new(buf));
+        // SAFETY: the old slots were `len` long (they were full).
+        drop(unsafe { old.into_box(len) });
     }
 
     /// Recomputes mean and `m2` exactly (compensated two-pass) from the held values.
@@ -169,20 +321,19 @@ impl RollingStats {
         let (mean, m2) = self.exact_mean_m2();
         self.mean = mean;
         self.m2 = m2;
-        self.since_exact = 0;
-        self.peak_sq = self.buf[..self.len as usize]
+        self.peak_sq = self.buf()[..self.len()]
             .iter()
             .fold(0.0, |m, &v| m.max(square(v)));
     }
 
     /// Mean and sum of squared deviations by compensated (Neumaier) two-pass sums.
     fn exact_mean_m2(&self) -> (f64, f64) {
-        let len = self.len as usize;
+        let len = self.len();
         if len == 0 {
             return (0.0, 0.0);
         }
         // The first `len` slots hold exactly the values; order does not matter to a sum.
-        let values = &self.buf[..len];
+        let values = &self.buf()[..len];
         let mean = neumaier_sum(values.iter().copied()) / len as f64;
         let m2 = neumaier_sum(values.iter().map(|&v| (v - mean) * (v - mean)));
         (mean, m2)
@@ -191,10 +342,10 @@ impl RollingStats {
     /// Exact (compensated two-pass) mean and population standard deviation.
     pub fn exact_mean_std(&self) -> (f64, f64) {
         let (mean, m2) = self.exact_mean_m2();
-        let var = if self.len == 0 {
+        let var = if self.is_empty() {
             0.0
         } else {
-            m2 / self.len as f64
+            m2 / self.len() as f64
         };
         (mean, var.sqrt())
     }
@@ -248,12 +399,14 @@ struct RollingStatsOut<'a> {
 #[cfg(feature = "serde")]
 impl serde::Serialize for RollingStats {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = self.len();
         RollingStatsOut {
-            buf: &self.buf[..self.len as usize],
-            window: self.window,
-            len: self.len,
-            head: self.head,
-            since_exact: self.since_exact,
+            buf: &self.buf()[..len],
+            window: self.window() as u32,
+            len: len as u32,
+            head: self.pos,
+            // Replacements since the last exact computation: the ring's head, once full.
+            since_exact: if self.is_full() { self.pos } else { 0 },
             mean: self.mean,
             m2: self.m2,
             peak_sq: self.peak_sq,
@@ -273,7 +426,6 @@ struct RollingStatsRepr {
     window: Option<u32>,
     len: u32,
     head: u32,
-    since_exact: u32,
     mean: f64,
     m2: f64,
     /// States saved before it was kept have none: until their next exact computation,
@@ -291,13 +443,18 @@ fn unknown_peak() -> f64 {
 impl TryFrom<RollingStatsRepr> for RollingStats {
     type Error = String;
 
-    fn try_from(mut r: RollingStatsRepr) -> Result<Self, String> {
+    /// `since_exact` is not read back: the statistics are next recomputed exactly when
+    /// the ring's head comes back to its first slot, which is where this crate always
+    /// recomputed them (it wrote `since_exact` equal to the head).
+    fn try_from(r: RollingStatsRepr) -> Result<Self, String> {
         let n = match r.window {
             Some(w) => w as usize,
             None => r.buf.len(),
         };
-        if n == 0 || n > u32::MAX as usize {
-            return Err(format!("window must be in 1..=u32::MAX, got {n}"));
+        if n == 0 || n > MAX_ROLLING_WINDOW {
+            return Err(format!(
+                "window must be in 1..={MAX_ROLLING_WINDOW}, got {n}"
+            ));
         }
         let (len, head) = (r.len as usize, r.head as usize);
         let ring_ok = if len < n {
@@ -311,14 +468,15 @@ impl TryFrom<RollingStatsRepr> for RollingStats {
                 r.buf.len()
             ));
         }
-        // An old state's unfilled tail held zeros, not values.
-        r.buf.truncate(len);
+        // The slots a window holding `len` values has; an old state's unfilled tail held
+        // zeros, not values.
+        let mut buf = vec![0.0; capacity_for(len, n)].into_boxed_slice();
+        buf[..len].copy_from_slice(&r.buf[..len]);
+        let full = len == n;
         let mut stats = RollingStats {
-            buf: r.buf.into_boxed_slice(),
-            window: n as u32,
-            len: r.len,
-            head: r.head,
-            since_exact: r.since_exact.min(r.len),
+            slots: Slots::new(buf),
+            window: if full { n as u32 | FULL } else { n as u32 },
+            pos: r.head,
             mean: r.mean,
             m2: r.m2,
             peak_sq: if r.peak_sq.is_finite() {
@@ -469,7 +627,6 @@ mod tests {
             window: None,
             len,
             head,
-            since_exact: 0,
             mean: 0.0,
             m2: 0.0,
             peak_sq: unknown_peak(),
@@ -499,7 +656,6 @@ mod tests {
             window: Some(3),
             len,
             head,
-            since_exact: 0,
             mean: 0.0,
             m2: 0.0,
             peak_sq: 1.0,
@@ -515,16 +671,62 @@ mod tests {
         for v in 0..10 {
             r.push(f64::from(v));
         }
-        assert!(r.buf.len() < 64, "{}", r.buf.len());
+        assert!(r.capacity() < 64, "{}", r.capacity());
         let mut r = RollingStats::new(100);
         for v in 0..1000 {
             r.push(f64::from(v));
         }
-        assert_eq!(r.buf.len(), 100);
+        assert_eq!(r.capacity(), 100);
         assert_eq!(r.values().next(), Some(900.0));
     }
 
+    #[test]
+    fn a_state_is_five_words() {
+        assert_eq!(std::mem::size_of::<RollingStats>(), 40);
+    }
+
+    /// Everything a state holds, bit for bit.
+    fn bits(r: &RollingStats) -> (usize, usize, u64, u64, u64, Vec<u64>) {
+        (
+            r.len(),
+            r.capacity(),
+            r.mean.to_bits(),
+            r.m2.to_bits(),
+            r.peak_sq.to_bits(),
+            r.values().map(f64::to_bits).collect(),
+        )
+    }
+
     proptest! {
+        /// A copy, or a state written and read back, at any point goes on exactly as the
+        /// original (the slots' size is derived, so these exercise it at every size).
+        #[cfg(feature = "serde")]
+        #[test]
+        fn copies_and_restored_states_go_on_bit_for_bit(
+            window in 1usize..70,
+            values in prop::collection::vec(-1e3f64..1e3, 0..300),
+            cut in 0usize..300,
+        ) {
+            let mut r = RollingStats::new(window);
+            let cut = cut.min(values.len());
+            for &v in &values[..cut] {
+                r.push(v);
+            }
+            let mut copy = r.clone();
+            // Through a JSON value, which keeps every float's bits (text would round).
+            let value = serde_json::to_value(&r).unwrap();
+            let mut restored: RollingStats = serde_json::from_value(value).unwrap();
+            prop_assert_eq!(bits(&restored), bits(&r));
+            for &v in &values[cut..] {
+                r.push(v);
+                copy.push(v);
+                restored.push(v);
+                prop_assert_eq!(bits(&copy), bits(&r));
+                prop_assert_eq!(bits(&restored), bits(&r));
+            }
+            prop_assert_eq!(r.capacity(), capacity_for(r.len(), window));
+        }
+
         #[test]
         fn matches_naive_reference(
             window in 1usize..40,

@@ -130,7 +130,7 @@ impl<S> KeyTable<S> {
         let id = match self.keys.find_hashed(key, hash) {
             Some(id) => id,
             None => {
-                if !self.make_room(now, hooks) {
+                if !self.keys.has_room_for(key) || !self.make_room(now, hooks) {
                     self.refused += 1;
                     return None;
                 }

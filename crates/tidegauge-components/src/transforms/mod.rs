@@ -42,9 +42,10 @@ use tidegauge_detect::Verdict;
 /// Interns sensor keys to dense ids, so per-key state lives in a `Vec` indexed by id.
 ///
 /// The keys' text lies end to end in one buffer and the hash table holds only ids: a key
-/// costs its bytes and about 32 more (its id in the table with the control byte and load
+/// costs its bytes and about 24 more (its id in the table with the control byte and load
 /// slack, where its text lies, the buffers' room to grow), instead of a heap allocation of
-/// its own and a 24-byte table entry. Ids stay dense when a key is removed ([`KeyInterner::remove_id`] moves the
+/// its own and a 24-byte table entry. The text is at most [`KeyInterner::MAX_TEXT`] bytes
+/// (4 GiB), so that where a key lies fits in two 4-byte offsets. Ids stay dense when a key is removed ([`KeyInterner::remove_id`] moves the
 /// last key into its place); the text of removed keys is reclaimed once it is half of the
 /// buffer.
 #[derive(Debug, Default)]
@@ -52,7 +53,7 @@ pub struct KeyInterner {
     /// Ids, filed under their key's [`key_hash`].
     ids: hashbrown::HashTable<u32>,
     /// Where each id's key lies in `text`: start and end.
-    spans: Vec<(usize, usize)>,
+    spans: Vec<(u32, u32)>,
     /// The keys' text, end to end; removed keys leave holes until the next compaction.
     text: String,
     /// Bytes of `text` in holes.
@@ -62,7 +63,7 @@ pub struct KeyInterner {
 /// Table overhead per key of a [`KeyInterner`] (besides the key's bytes): the id in the
 /// table with its control byte and load slack, where its text lies, the buffers' room to
 /// grow.
-pub const KEY_OVERHEAD_BYTES: u64 = 32;
+pub const KEY_OVERHEAD_BYTES: u64 = 24;
 
 /// The hash a [`KeyInterner`] files `key` under (also what sharding uses, so a key is
 /// hashed once per event).
@@ -71,7 +72,20 @@ pub fn key_hash(key: &str) -> u64 {
 }
 
 impl KeyInterner {
+    /// The most text the keys take together, holes of removed keys aside.
+    pub const MAX_TEXT: usize = u32::MAX as usize;
+
+    /// Whether `key` can get an id: it has one, or its text fits beside the others'
+    /// ([`KeyInterner::MAX_TEXT`]). Ask before [`KeyInterner::id`] where keys come from
+    /// input; a key that cannot have one gets no state, as when `max_keys` is reached.
+    pub fn has_room_for(&self, key: &str) -> bool {
+        self.text.len() - self.holes + key.len() <= Self::MAX_TEXT
+    }
+
     /// The id of `key`, and whether it is new (the caller then creates its state).
+    ///
+    /// # Panics
+    /// If `key` is new and does not fit ([`KeyInterner::has_room_for`]).
     pub fn id(&mut self, key: &str) -> (usize, bool) {
         self.id_hashed(key, key_hash(key))
     }
@@ -81,14 +95,22 @@ impl KeyInterner {
         if let Some(id) = self.find_hashed(key, hash) {
             return (id, false);
         }
+        assert!(
+            self.has_room_for(key),
+            "the keys' text would pass {} bytes",
+            Self::MAX_TEXT
+        );
+        if self.text.len() + key.len() > Self::MAX_TEXT {
+            self.compact();
+        }
         let id = self.spans.len();
-        let start = self.text.len();
+        let start = self.text.len() as u32;
         self.text.push_str(key);
-        self.spans.push((start, self.text.len()));
+        self.spans.push((start, self.text.len() as u32));
         let (spans, text) = (&self.spans, &self.text);
         self.ids.insert_unique(hash, id as u32, |&i| {
             let (s, e) = spans[i as usize];
-            key_hash(&text[s..e])
+            key_hash(&text[s as usize..e as usize])
         });
         (id, true)
     }
@@ -101,7 +123,7 @@ impl KeyInterner {
         self.ids
             .find(hash, |&i| {
                 let (s, e) = spans[i as usize];
-                text[s..e] == *key.as_bytes()
+                text[s as usize..e as usize] == *key.as_bytes()
             })
             .map(|&i| i as usize)
     }
@@ -112,7 +134,7 @@ impl KeyInterner {
     /// If `id` is not an id of this interner.
     pub fn key(&self, id: usize) -> &str {
         let (s, e) = self.spans[id];
-        &self.text[s..e]
+        &self.text[s as usize..e as usize]
     }
 
     /// Forgets the key with id `id`; the key with the last id takes its id, so ids stay
@@ -137,7 +159,7 @@ impl KeyInterner {
             }
         }
         let (s, e) = self.spans.swap_remove(id);
-        self.holes += e - s;
+        self.holes += (e - s) as usize;
         if self.spans.is_empty() {
             self.text.clear();
             self.holes = 0;
@@ -150,9 +172,9 @@ impl KeyInterner {
     fn compact(&mut self) {
         let mut text = String::with_capacity(self.text.len() - self.holes);
         for span in &mut self.spans {
-            let start = text.len();
-            text.push_str(&self.text[span.0..span.1]);
-            *span = (start, text.len());
+            let start = text.len() as u32;
+            text.push_str(&self.text[span.0 as usize..span.1 as usize]);
+            *span = (start, text.len() as u32);
         }
         self.text = text;
         self.holes = 0;

@@ -322,7 +322,7 @@ impl Window {
         if let Some(id) = self.keys.find_hashed(name, hash) {
             return (room || self.held[id] > 0).then_some(id as u32);
         }
-        if !room {
+        if !room || !self.keys.has_room_for(name) {
             return None;
         }
         if self.names.len() >= 2 * self.config.max_keys.max(1024) {
