@@ -1,7 +1,10 @@
 //! Throughput of keyed detector stages alone (no decoding): W1-shaped batches of 1000
-//! sensors through a detector transform with 1, 2 and 4 worker threads.
+//! sensors through a detector transform with 1, 2 and 4 worker threads; and skewed keys
+//! (Zipf-like, exponent 1.1: a few hot sensors, a long tail of cold ones) over 1,000 and
+//! 100,000 sensors through one `zscore` stage that keeps its state from one pass to the
+//! next (steady state: the hot sensors' windows full), for the cost of many sensors.
 //!
-//! `cargo bench -p tidegauge-components --bench keyed`
+//! `cargo bench -p tidegauge-components --bench keyed` (`-- skew` for the skewed cases)
 
 use std::sync::Arc;
 
@@ -28,14 +31,24 @@ fn schema() -> SchemaRef {
 fn batches() -> Vec<RecordBatch> {
     let ids: Vec<String> = (0..1000).map(|i| format!("s-{i:04}")).collect();
     let mut rng = SplitMix64::new(42);
+    make_batches(&ids, BATCHES, move || (rng.next_u64() % 1000) as usize)
+}
+
+/// `batches` batches of `ROWS` readings of the sensors `ids`, each from `pick`.
+fn make_batches(
+    ids: &[String],
+    batches: usize,
+    mut pick: impl FnMut() -> usize,
+) -> Vec<RecordBatch> {
+    let mut rng = SplitMix64::new(7);
     let mut ts = 1_700_000_000_000i64;
-    (0..BATCHES)
+    (0..batches)
         .map(|_| {
             let mut keys = Vec::with_capacity(ROWS);
             let mut times = Vec::with_capacity(ROWS);
             let mut values = Vec::with_capacity(ROWS);
             for _ in 0..ROWS {
-                let s = (rng.next_u64() % 1000) as usize;
+                let s = pick();
                 ts += 2;
                 keys.push(ids[s].as_str());
                 times.push(ts);
@@ -144,5 +157,51 @@ fn run(t: &mut dyn tidegauge_core::Transform, input: &[RecordBatch]) -> usize {
     cx.take_emitted().count()
 }
 
-criterion_group!(benches, bench);
+/// Readings of `sensors` sensors where sensor k (from 1) reports with probability
+/// proportional to k^-1.1, as `scripts/keys_gen.py` writes them.
+fn skewed_batches(sensors: usize) -> Vec<RecordBatch> {
+    let ids: Vec<String> = (0..sensors).map(|i| format!("s-{i:06}")).collect();
+    let mut cumulative = Vec::with_capacity(sensors);
+    let mut total = 0.0;
+    for k in 1..=sensors {
+        total += (k as f64).powf(-1.1);
+        cumulative.push(total);
+    }
+    let mut rng = SplitMix64::new(11);
+    make_batches(&ids, SKEW_BATCHES, move || {
+        let u = rng.next_f64() * total;
+        cumulative.partition_point(|&c| c < u).min(sensors - 1)
+    })
+}
+
+/// Batches of the skewed cases: 524,288 readings a pass.
+const SKEW_BATCHES: usize = 64;
+
+/// The `zscore` stage on skewed keys, state kept across passes: its cost per event at
+/// 100,000 sensors against 1,000 is what many sensors cost.
+fn skew(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("keyed_skew");
+    group.throughput(Throughput::Elements((ROWS * SKEW_BATCHES) as u64));
+    group.sample_size(20);
+    for sensors in [1_000, 100_000] {
+        let input = skewed_batches(sensors);
+        let mut t = transform(
+            &runtime,
+            "zscore",
+            &format!("window = 100, max_keys = {sensors}"),
+        );
+        // Two passes first: the hot sensors' windows fill, every sensor seen is held.
+        run(&mut *t, &input);
+        run(&mut *t, &input);
+        group.bench_function(format!("zscore/sensors={sensors}"), |b| {
+            b.iter(|| run(&mut *t, &input))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, skew);
 criterion_main!(benches);
