@@ -45,9 +45,9 @@ use tidegauge_detect::Verdict;
 /// costs its bytes and about 24 more (its id in the table with the control byte and load
 /// slack, where its text lies, the buffers' room to grow), instead of a heap allocation of
 /// its own and a 24-byte table entry. The text is at most [`KeyInterner::MAX_TEXT`] bytes
-/// (4 GiB), so that where a key lies fits in two 4-byte offsets. Ids stay dense when a key is removed ([`KeyInterner::remove_id`] moves the
-/// last key into its place); the text of removed keys is reclaimed once it is half of the
-/// buffer.
+/// (4 GiB), so that where a key lies fits in two 4-byte offsets. Ids stay dense when a
+/// key is removed ([`KeyInterner::remove_id`] moves the last key into its place); the
+/// text of removed keys is reclaimed once it is half of the buffer.
 #[derive(Debug, Default)]
 pub struct KeyInterner {
     /// Ids, filed under their key's [`key_hash`].
@@ -75,9 +75,10 @@ impl KeyInterner {
     /// The most text the keys take together, holes of removed keys aside.
     pub const MAX_TEXT: usize = u32::MAX as usize;
 
-    /// Whether `key` can get an id: it has one, or its text fits beside the others'
-    /// ([`KeyInterner::MAX_TEXT`]). Ask before [`KeyInterner::id`] where keys come from
-    /// input; a key that cannot have one gets no state, as when `max_keys` is reached.
+    /// Whether a new `key`'s text fits beside the others' ([`KeyInterner::MAX_TEXT`],
+    /// holes counted as free: they are compacted away first). Ask before giving a new
+    /// key from input an id; a key that does not fit gets no state, as when `max_keys`
+    /// is reached.
     pub fn has_room_for(&self, key: &str) -> bool {
         self.text.len() - self.holes + key.len() <= Self::MAX_TEXT
     }
