@@ -7,6 +7,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -23,7 +24,8 @@ use tidegauge_core::{
 use super::file_paths::{expand, input_problems};
 use super::file_watch::FileWatch;
 use super::linger::Linger;
-use super::{CsvOptions, Format, LineDecoder, LineOutcome};
+use super::parallel::{DecoderSpec, Decoding, decoder_threads};
+use super::{CsvOptions, Format, LineOutcome};
 use crate::codec::lines::{Line, LineReader, Poll};
 use crate::settings::{config, decoded_records};
 
@@ -69,6 +71,12 @@ config! {
         #[serde(default = "default_max_decompressed_bytes")]
         #[schemars(range(min = 1))]
         pub max_decompressed_bytes: u64,
+        /// Threads that decode lines into events while this source reads on: 1 decodes
+        /// on the reading thread; 0 chooses from the cores (1 on one core, else the
+        /// cores but one, at least 2 and at most 4). Events keep their input order
+        /// whatever the number, and so do dead letters and committed positions.
+        #[serde(default)]
+        pub decoders: usize,
     }
 }
 
@@ -272,8 +280,9 @@ struct Acks {
     tx: Option<AckSender>,
     rx: AckReceiver,
     next_seq: u64,
-    /// (sequence number, position after the batch, acknowledged), oldest first.
-    outstanding: VecDeque<(u64, serde_json::Value, bool)>,
+    /// (sequence number, position after the batch, acknowledged), oldest first; no
+    /// position for a batch that ends amid a chunk (the next batch's covers it).
+    outstanding: VecDeque<(u64, Option<serde_json::Value>, bool)>,
     /// Position to commit once nothing is outstanding (lines without events).
     idle_position: Option<serde_json::Value>,
     failed: bool,
@@ -293,7 +302,7 @@ impl Acks {
         }
     }
 
-    fn token(&mut self, position: serde_json::Value) -> Finalizers {
+    fn token(&mut self, position: Option<serde_json::Value>) -> Finalizers {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.outstanding.push_back((seq, position, false));
@@ -306,7 +315,7 @@ impl Acks {
     /// The position moved past lines that produced no event.
     fn advance(&mut self, position: serde_json::Value) {
         match self.outstanding.back_mut() {
-            Some(last) => last.1 = position,
+            Some(last) => last.1 = Some(position),
             None => self.idle_position = Some(position),
         }
     }
@@ -340,7 +349,9 @@ impl Acks {
         }
         let mut latest = self.idle_position.take();
         while self.outstanding.front().is_some_and(|o| o.2) {
-            latest = self.outstanding.pop_front().map(|o| o.1);
+            if let Some(p) = self.outstanding.pop_front().and_then(|o| o.1) {
+                latest = Some(p);
+            }
         }
         let result = match latest {
             Some(p) => self.checkpoint.commit(p),
@@ -391,39 +402,61 @@ struct Progress {
 }
 
 impl Progress {
-    /// Sends what the decoder holds, with a token and the current position.
+    /// Sends what the decoder holds, with a token and the current position; with
+    /// decoder threads, `settle` waits until everything read so far is sent.
     fn send(
         &mut self,
-        dec: &mut LineDecoder,
+        dec: &mut Decoding<Option<serde_json::Value>>,
+        settle: bool,
         component: &ComponentContext,
         out: &mut Output,
     ) -> Result<(), SendError> {
         self.linger.sent();
-        let batch = dec.take(component);
-        let Some(acks) = &mut self.acks else {
-            return match batch {
-                Some(b) => out.blocking_send(Batch::new(b)),
-                None => Ok(()),
-            };
-        };
-        let position = self.position.to_value();
-        match batch {
-            Some(b) => {
-                let finalizers = acks.token(position.clone());
-                out.blocking_send_at(Batch::with_finalizers(b, finalizers), position)?;
-            }
-            None => {
-                acks.advance(position.clone());
-                out.set_position(position);
-            }
+        let position = self.acks.as_ref().map(|_| self.position.to_value());
+        let acks = &mut self.acks;
+        dec.send(component, position, settle, &mut |batches, position| {
+            deliver(acks, out, batches, position)
+        })?;
+        if let Some(acks) = &mut self.acks {
+            acks.poll(component);
         }
-        acks.poll(component);
         Ok(())
     }
 
     fn current(&mut self) -> Option<&mut FilePosition> {
         self.position.files.last_mut()
     }
+}
+
+/// Sends the batches of one chunk of lines; the last is covered by `position` (the
+/// position after the chunk), the earlier ones by it too once the last is acknowledged.
+fn deliver(
+    acks: &mut Option<Acks>,
+    out: &mut Output,
+    batches: Vec<RecordBatch>,
+    position: Option<serde_json::Value>,
+) -> Result<(), SendError> {
+    let (Some(acks), Some(position)) = (acks, position) else {
+        return batches
+            .into_iter()
+            .try_for_each(|b| out.blocking_send(Batch::new(b)));
+    };
+    let n = batches.len();
+    if n == 0 {
+        acks.advance(position.clone());
+        out.set_position(position);
+        return Ok(());
+    }
+    for (i, b) in batches.into_iter().enumerate() {
+        if i + 1 == n {
+            let finalizers = acks.token(Some(position.clone()));
+            out.blocking_send_at(Batch::with_finalizers(b, finalizers), position.clone())?;
+        } else {
+            let finalizers = acks.token(None);
+            out.blocking_send(Batch::with_finalizers(b, finalizers))?;
+        }
+    }
+    Ok(())
 }
 
 impl FileSource {
@@ -501,7 +534,8 @@ impl FileSource {
         };
         // One decoder per format met; when the format changes between files, what the
         // previous one holds is sent first so events keep their file order.
-        let mut decoders: [Option<LineDecoder>; 2] = [None, None];
+        let mut decoders: [Option<Decoding<Option<serde_json::Value>>>; 2] = [None, None];
+        let threads = decoder_threads(self.config.decoders);
         let slot = |f: Format| match f {
             Format::Jsonl => 0,
             Format::Csv => 1,
@@ -512,19 +546,20 @@ impl FileSource {
             let format = self.config.format_of(path);
             if let Some(prev) = current.filter(|&p| p != format)
                 && let Some(d) = &mut decoders[slot(prev)]
-                && progress.send(d, &component, &mut out).is_err()
+                && progress.send(d, true, &component, &mut out).is_err()
             {
                 break 'files;
             }
             current = Some(format);
             let dec = decoders[slot(format)].get_or_insert_with(|| {
-                LineDecoder::new(
+                let spec = DecoderSpec {
                     format,
-                    &self.config.csv,
-                    &self.config.fields,
-                    self.schema.clone(),
-                    &self.config.batch,
-                )
+                    csv: self.config.csv.clone(),
+                    fields: self.config.fields.clone(),
+                    schema: self.schema.clone(),
+                    batch: self.config.batch.clone(),
+                };
+                Decoding::new(spec, threads, &component)
             });
             let follow = self.config.follow && i + 1 == self.files.len();
             match self.read_file(
@@ -551,7 +586,7 @@ impl FileSource {
             }
         }
         for d in decoders.iter_mut().flatten() {
-            if progress.send(d, &component, &mut out).is_err() {
+            if progress.send(d, true, &component, &mut out).is_err() {
                 break;
             }
         }
@@ -570,7 +605,7 @@ impl FileSource {
         path: &Path,
         format: Format,
         follow: bool,
-        dec: &mut LineDecoder,
+        dec: &mut Decoding<Option<serde_json::Value>>,
         component: &ComponentContext,
         out: &mut Output,
         shutdown: &tokio_util::sync::CancellationToken,
@@ -700,6 +735,10 @@ impl FileSource {
                 }
                 match polled {
                     Err(e) => {
+                        // What was read before goes first, in order.
+                        if progress.send(dec, true, component, out).is_err() {
+                            return Ended::Stop;
+                        }
                         component.dead_letter(
                             &format!("{origin}:{}", base_lines + lines.line_no()),
                             &format!("cannot read further: {e}"),
@@ -709,7 +748,7 @@ impl FileSource {
                     }
                     Ok(Err(Halt::Unreadable(reason))) => return Ended::Unreadable(reason),
                     Ok(Err(Halt::Full)) => {
-                        if progress.send(dec, component, out).is_err() {
+                        if progress.send(dec, false, component, out).is_err() {
                             return Ended::Stop;
                         }
                     }
@@ -719,7 +758,7 @@ impl FileSource {
                         let now = Instant::now();
                         progress.linger.took_in(now);
                         if progress.linger.due(dec.is_full(), false, now)
-                            && progress.send(dec, component, out).is_err()
+                            && progress.send(dec, false, component, out).is_err()
                         {
                             return Ended::Stop;
                         }
@@ -727,7 +766,7 @@ impl FileSource {
                     Ok(Ok(Poll::Eof)) if !follow => return Ended::Done,
                     Ok(Ok(Poll::Eof)) => {
                         // Caught up with the file: what is held goes now.
-                        if progress.send(dec, component, out).is_err()
+                        if progress.send(dec, true, component, out).is_err()
                             || out.blocking_serve_barriers().is_err()
                         {
                             return Ended::Stop;

@@ -6,6 +6,7 @@ pub mod file;
 mod file_paths;
 mod file_watch;
 pub(crate) mod linger;
+mod parallel;
 pub mod simulate;
 pub mod stdin;
 
@@ -13,8 +14,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::component::SendError;
-use tidegauge_core::{Batch, ComponentContext, ConfigError, Output};
+use tidegauge_core::{ComponentContext, ConfigError};
 
 use crate::codec::csv::{CsvDecoder, CsvError, CsvLine};
 use crate::codec::json::JsonDecoder;
@@ -209,9 +209,23 @@ impl LineDecoder {
         line_no: u64,
         line: Line<'_>,
     ) -> LineOutcome {
+        self.line_to(origin, line_no, line, &mut |location, reason, raw| {
+            cx.dead_letter(location, reason, raw)
+        })
+    }
+
+    /// Like [`LineDecoder::line`], handing each dead letter (location, reason, raw) to
+    /// `dead` (a decoder thread keeps them for the reader to write in input order).
+    pub(crate) fn line_to(
+        &mut self,
+        origin: &str,
+        line_no: u64,
+        line: Line<'_>,
+        dead: &mut dyn FnMut(&str, &str, &[u8]),
+    ) -> LineOutcome {
         let text = match line {
             Line::TooLong { head, len } => {
-                cx.dead_letter(
+                dead(
                     &format!("{origin}:{line_no}"),
                     &format!("line of {len} bytes exceeds max_line_bytes; skipped"),
                     head,
@@ -237,7 +251,7 @@ impl LineDecoder {
             },
         };
         if let Err(reason) = decoded.and_then(|()| self.columns.push(&mut self.row)) {
-            cx.dead_letter(&format!("{origin}:{line_no}"), &reason, text);
+            dead(&format!("{origin}:{line_no}"), &reason, text);
         }
         LineOutcome::Continue
     }
@@ -250,18 +264,6 @@ impl LineDecoder {
     /// The rows decoded so far as a batch (none if there are none).
     pub(crate) fn take(&mut self, cx: &ComponentContext) -> Option<RecordBatch> {
         self.columns.take(cx)
-    }
-
-    /// Sends what is decoded, if anything. `Err(Closed)` means stop: nobody listens.
-    pub(crate) fn flush_to(
-        &mut self,
-        cx: &ComponentContext,
-        out: &mut Output,
-    ) -> Result<(), SendError> {
-        match self.take(cx) {
-            Some(b) => out.blocking_send(Batch::new(b)),
-            None => Ok(()),
-        }
     }
 }
 

@@ -8,12 +8,14 @@ use arrow_schema::SchemaRef;
 use tidegauge_core::component::blocking_source_fn;
 use tidegauge_core::telemetry::BytesReceived;
 use tidegauge_core::{
-    BuildContext, BuildError, ComponentError, ConfigError, Source, SourceConfig, SourceContext,
+    Batch, BuildContext, BuildError, ComponentError, ConfigError, Output, Source, SourceConfig,
+    SourceContext,
 };
 
 use super::file::default_max_line_bytes;
 use super::linger::Linger;
-use super::{CsvOptions, Format, LineDecoder, LineOutcome};
+use super::parallel::{DecoderSpec, Decoding, decoder_threads};
+use super::{CsvOptions, Format, LineOutcome};
 use crate::codec::lines::{LineReader, Poll};
 use crate::settings::{config, decoded_records};
 
@@ -35,6 +37,12 @@ config! {
         #[serde(default = "default_max_line_bytes")]
         #[schemars(range(min = 1))]
         pub max_line_bytes: usize,
+        /// Threads that decode lines into events while this source reads on: 1 decodes
+        /// on the reading thread; 0 chooses from the cores (1 on one core, else the
+        /// cores but one, at least 2 and at most 4). Events keep their input order
+        /// whatever the number, and so do dead letters.
+        #[serde(default)]
+        pub decoders: usize,
     }
 }
 
@@ -169,13 +177,22 @@ impl StdinSource {
         let input = spawn_chunk_reader(io::stdin(), Duration::from_millis(100));
         let mut linger = Linger::new(&self.config.batch);
         let mut lines = LineReader::new(input, self.config.max_line_bytes);
-        let mut dec = LineDecoder::new(
-            self.config.format,
-            &self.config.csv,
-            &self.config.fields,
-            self.schema,
-            &self.config.batch,
-        );
+        let spec = DecoderSpec {
+            format: self.config.format,
+            csv: self.config.csv.clone(),
+            fields: self.config.fields.clone(),
+            schema: self.schema,
+            batch: self.config.batch.clone(),
+        };
+        let mut dec: Decoding<()> =
+            Decoding::new(spec, decoder_threads(self.config.decoders), &component);
+        let send = |dec: &mut Decoding<()>, settle: bool, out: &mut Output| {
+            dec.send(&component, (), settle, &mut |batches, ()| {
+                batches
+                    .into_iter()
+                    .try_for_each(|b| out.blocking_send(Batch::new(b)))
+            })
+        };
         dec.start_input();
         // Why every record would fail the same way (a CSV header lacking a declared
         // field): a configuration error that ends the run, as for the `file` source.
@@ -190,13 +207,13 @@ impl StdinSource {
                     return Ok(());
                 }
                 if dec.is_full() {
-                    dec.flush_to(&component, &mut out)?;
+                    send(&mut dec, false, &mut out)?;
                     linger.sent();
                 }
                 Ok(())
             });
             if let Some(reason) = unusable {
-                let _ = dec.flush_to(&component, &mut out);
+                let _ = send(&mut dec, true, &mut out);
                 return Err(ComponentError::new(format!(
                     "{reason}; fix the input or the source's `fields`/`csv` settings"
                 )));
@@ -214,13 +231,13 @@ impl StdinSource {
                 Err(e) => return Err(ComponentError::io("reading standard input", e)),
             }
             if linger.due(dec.is_full(), caught_up, Instant::now()) {
-                if dec.flush_to(&component, &mut out).is_err() {
+                if send(&mut dec, caught_up, &mut out).is_err() {
                     return Ok(());
                 }
                 linger.sent();
             }
         }
-        let _ = dec.flush_to(&component, &mut out);
+        let _ = send(&mut dec, true, &mut out);
         Ok(())
     }
 }
