@@ -1,7 +1,7 @@
 //! `file` source: JSON Lines or CSV files, plain or gzip-compressed, read to their end or
 //! followed as they grow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -11,8 +11,6 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tidegauge_core::ack::{Ack, AckReceiver, AckSender, Finalizers, ack_channel};
-use tidegauge_core::checkpoint::SourceCheckpoint;
 use tidegauge_core::component::SendError;
 use tidegauge_core::component::blocking_source_fn;
 use tidegauge_core::telemetry::{BytesReceived, ComponentErrorOccurred};
@@ -21,6 +19,7 @@ use tidegauge_core::{
     SourceConfig, SourceContext,
 };
 
+use super::file_acks::Acks;
 use super::file_paths::{expand, input_problems};
 use super::file_watch::FileWatch;
 use super::linger::Linger;
@@ -271,122 +270,6 @@ pub struct FilesPosition {
 impl FilesPosition {
     fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// Batches in flight, and the position to commit once each is acknowledged.
-struct Acks {
-    checkpoint: SourceCheckpoint,
-    tx: Option<AckSender>,
-    rx: AckReceiver,
-    next_seq: u64,
-    /// (sequence number, position after the batch, acknowledged), oldest first; no
-    /// position for a batch that ends amid a chunk (the next batch's covers it).
-    outstanding: VecDeque<(u64, Option<serde_json::Value>, bool)>,
-    /// Position to commit once nothing is outstanding (lines without events).
-    idle_position: Option<serde_json::Value>,
-    failed: bool,
-}
-
-impl Acks {
-    fn new(checkpoint: SourceCheckpoint) -> Self {
-        let (tx, rx) = ack_channel();
-        Acks {
-            checkpoint,
-            tx: Some(tx),
-            rx,
-            next_seq: 0,
-            outstanding: VecDeque::new(),
-            idle_position: None,
-            failed: false,
-        }
-    }
-
-    fn token(&mut self, position: Option<serde_json::Value>) -> Finalizers {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.outstanding.push_back((seq, position, false));
-        match &self.tx {
-            Some(tx) => Finalizers::one(tx.token(seq)),
-            None => Finalizers::none(),
-        }
-    }
-
-    /// The position moved past lines that produced no event.
-    fn advance(&mut self, position: serde_json::Value) {
-        match self.outstanding.back_mut() {
-            Some(last) => last.1 = Some(position),
-            None => self.idle_position = Some(position),
-        }
-    }
-
-    fn on_ack(&mut self, ack: Ack, component: &ComponentContext) {
-        if !ack.delivered {
-            if !self.failed {
-                component.emit(ComponentErrorOccurred {
-                    error: &format!(
-                        "batch {} was not delivered by every sink; its position is not committed",
-                        ack.id
-                    ),
-                });
-            }
-            self.failed = true;
-        }
-        if let Some(front) = self.outstanding.front().map(|o| o.0)
-            && let Some(entry) = ack
-                .id
-                .checked_sub(front)
-                .and_then(|i| self.outstanding.get_mut(i as usize))
-        {
-            entry.2 = true;
-        }
-    }
-
-    /// Commits the position up to which every batch is acknowledged.
-    fn commit(&mut self, component: &ComponentContext) {
-        if self.failed {
-            return;
-        }
-        let mut latest = self.idle_position.take();
-        while self.outstanding.front().is_some_and(|o| o.2) {
-            if let Some(p) = self.outstanding.pop_front().and_then(|o| o.1) {
-                latest = Some(p);
-            }
-        }
-        let result = match latest {
-            Some(p) => self.checkpoint.commit(p),
-            None => self.checkpoint.tick(),
-        };
-        if let Err(e) = result {
-            component.emit(ComponentErrorOccurred {
-                error: &format!("cannot commit the acknowledged position: {e}"),
-            });
-        }
-    }
-
-    /// Takes the acknowledgements that have arrived, commits.
-    fn poll(&mut self, component: &ComponentContext) {
-        while let Ok(ack) = self.rx.try_recv() {
-            self.on_ack(ack, component);
-        }
-        self.commit(component);
-    }
-
-    /// After the last batch: waits for every acknowledgement, commits `last` if nothing
-    /// failed.
-    fn finish(mut self, last: serde_json::Value, component: &ComponentContext) {
-        self.tx = None;
-        while let Some(ack) = self.rx.blocking_recv() {
-            self.on_ack(ack, component);
-            self.commit(component);
-        }
-        self.advance(last);
-        self.commit(component);
-        if let Err(e) = self.checkpoint.flush() {
-            component.emit(ComponentErrorOccurred {
-                error: &format!("cannot commit the acknowledged position: {e}"),
-            });
-        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! live in [`crate::connectors`], grouped by the system they talk to.
 
 pub mod file;
+mod file_acks;
 mod file_paths;
 mod file_watch;
 pub(crate) mod linger;

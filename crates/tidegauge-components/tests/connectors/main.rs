@@ -2,6 +2,7 @@
 //! from `scripts/services start` (see `harness::server`).
 
 mod coverage;
+mod decoders;
 mod files;
 mod harness;
 #[cfg(feature = "http")]
