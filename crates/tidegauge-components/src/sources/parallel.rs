@@ -68,7 +68,7 @@ pub(crate) type Deliver<'a, P> = dyn FnMut(Vec<RecordBatch>, P) -> Result<(), Se
 
 /// One decoder on the reader's thread, or a pool of decoder threads.
 pub(crate) enum Decoding<P> {
-    One(LineDecoder),
+    One(Box<LineDecoder>),
     Many(Box<Pool<P>>),
 }
 
@@ -76,7 +76,7 @@ impl<P> Decoding<P> {
     /// `threads` decoders (1: on the caller's thread, as the source always did).
     pub(crate) fn new(spec: DecoderSpec, threads: usize, cx: &ComponentContext) -> Self {
         if threads <= 1 {
-            Decoding::One(spec.build())
+            Decoding::One(Box::new(spec.build()))
         } else {
             Decoding::Many(Box::new(Pool::new(spec, threads, cx)))
         }
