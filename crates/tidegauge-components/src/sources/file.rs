@@ -23,7 +23,7 @@ use super::file_acks::Acks;
 use super::file_paths::{expand, input_problems};
 use super::file_watch::FileWatch;
 use super::linger::Linger;
-use super::parallel::{DecoderSpec, Decoding, decoder_threads};
+use super::parallel::{DecoderSpec, Decoding, decoder_threads, default_decoders};
 use super::{CsvOptions, Format, LineOutcome};
 use crate::codec::lines::{Line, LineReader, Poll};
 use crate::settings::{config, decoded_records};
@@ -70,11 +70,13 @@ config! {
         #[serde(default = "default_max_decompressed_bytes")]
         #[schemars(range(min = 1))]
         pub max_decompressed_bytes: u64,
-        /// Threads that decode lines into events while this source reads on: 1 decodes
-        /// on the reading thread; 0 chooses from the cores (1 on one core, else the
-        /// cores but one, at least 2 and at most 4). Events keep their input order
+        /// Threads that decode lines into events while this source reads on. 1, the
+        /// default, decodes on the reading thread; 0 chooses from the cores (1 on one
+        /// core, else the cores but one, at least 2 and at most 4). More than one pays
+        /// only with cores to spare beside the pipeline's other threads (on 2 cores W1
+        /// ran slower with 2). Events keep their input order
         /// whatever the number, and so do dead letters and committed positions.
-        #[serde(default)]
+        #[serde(default = "default_decoders")]
         pub decoders: usize,
     }
 }

@@ -21,10 +21,17 @@ use super::{BatchConfig, CsvOptions, Format, LineDecoder, LineOutcome};
 use crate::codec::FieldMap;
 use crate::codec::lines::Line;
 
-/// Most decoder threads chosen when the setting is left at 0.
+/// The `decoders` setting when a config leaves it out: decode on the reading thread.
+/// Two decoders made W1 slower on a 2-core machine (the reader, the decoders, the
+/// detector and the writer share the cores), so more threads are asked for, not assumed.
+pub(crate) fn default_decoders() -> usize {
+    1
+}
+
+/// Most decoder threads chosen when the setting is 0.
 const AUTO_MAX: usize = 4;
 
-/// The number of decoder threads for the `decoders` setting: itself when set, else chosen
+/// The number of decoder threads for the `decoders` setting: itself when not 0, else chosen
 /// from the cores (one when there is a single core: the reader and the pipeline need it;
 /// otherwise as many as the cores but one, at least two, at most four).
 pub(crate) fn decoder_threads(setting: usize) -> usize {
@@ -514,4 +521,28 @@ fn enter(
         );
     }
     *at = Some(want);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::file::FileSourceConfig;
+    use crate::sources::stdin::StdinSourceConfig;
+
+    #[test]
+    fn one_decoder_unless_more_are_asked_for() {
+        let file: FileSourceConfig = toml::from_str("paths = [\"in.jsonl\"]").unwrap();
+        let stdin: StdinSourceConfig = toml::from_str("").unwrap();
+        assert_eq!((file.decoders, stdin.decoders), (1, 1));
+        assert_eq!(decoder_threads(file.decoders), 1);
+        assert_eq!(decoder_threads(3), 3);
+        let auto = decoder_threads(0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!((1..=AUTO_MAX).contains(&auto), "{auto}");
+        assert_eq!(
+            auto == 1,
+            cores < 2,
+            "0 chooses one decoder on one core only"
+        );
+    }
 }

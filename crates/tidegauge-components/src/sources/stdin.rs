@@ -14,7 +14,7 @@ use tidegauge_core::{
 
 use super::file::default_max_line_bytes;
 use super::linger::Linger;
-use super::parallel::{DecoderSpec, Decoding, decoder_threads};
+use super::parallel::{DecoderSpec, Decoding, decoder_threads, default_decoders};
 use super::{CsvOptions, Format, LineOutcome};
 use crate::codec::lines::{LineReader, Poll};
 use crate::settings::{config, decoded_records};
@@ -37,11 +37,13 @@ config! {
         #[serde(default = "default_max_line_bytes")]
         #[schemars(range(min = 1))]
         pub max_line_bytes: usize,
-        /// Threads that decode lines into events while this source reads on: 1 decodes
-        /// on the reading thread; 0 chooses from the cores (1 on one core, else the
-        /// cores but one, at least 2 and at most 4). Events keep their input order
+        /// Threads that decode lines into events while this source reads on. 1, the
+        /// default, decodes on the reading thread; 0 chooses from the cores (1 on one
+        /// core, else the cores but one, at least 2 and at most 4). More than one pays
+        /// only with cores to spare beside the pipeline's other threads (on 2 cores W1
+        /// ran slower with 2). Events keep their input order
         /// whatever the number, and so do dead letters.
-        #[serde(default)]
+        #[serde(default = "default_decoders")]
         pub decoders: usize,
     }
 }
