@@ -22,8 +22,9 @@ use crate::codec::FieldMap;
 use crate::codec::lines::Line;
 
 /// The `decoders` setting when a config leaves it out: decode on the reading thread.
-/// Two decoders made W1 slower on a 2-core machine (the reader, the decoders, the
-/// detector and the writer share the cores), so more threads are asked for, not assumed.
+/// Two decoders did not make W1 faster on a 2-core machine (the reader, the decoders,
+/// the detector and the writer share the cores), so more threads are asked for, not
+/// assumed.
 pub(crate) fn default_decoders() -> usize {
     1
 }
