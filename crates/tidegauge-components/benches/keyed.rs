@@ -1,8 +1,9 @@
 //! Throughput of keyed detector stages alone (no decoding): W1-shaped batches of 1000
 //! sensors through a detector transform with 1, 2 and 4 worker threads; and skewed keys
 //! (Zipf-like, exponent 1.1: a few hot sensors, a long tail of cold ones) over 1,000 and
-//! 100,000 sensors through one `zscore` stage that keeps its state from one pass to the
-//! next (steady state: the hot sensors' windows full), for the cost of many sensors.
+//! 100,000 sensors through one `zscore` stage (and one `ewma` stage, which keeps no
+//! window) that keeps its state from one pass to the next (steady state: the hot
+//! sensors' windows full), for the cost of many sensors.
 //!
 //! `cargo bench -p tidegauge-components --bench keyed` (`-- skew` for the skewed cases)
 
@@ -177,8 +178,8 @@ fn skewed_batches(sensors: usize) -> Vec<RecordBatch> {
 /// Batches of the skewed cases: 524,288 readings a pass.
 const SKEW_BATCHES: usize = 64;
 
-/// The `zscore` stage on skewed keys, state kept across passes: its cost per event at
-/// 100,000 sensors against 1,000 is what many sensors cost.
+/// The `zscore` and `ewma` stages on skewed keys, state kept across passes: their cost
+/// per event at 100,000 sensors against 1,000 is what many sensors cost.
 fn skew(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -188,17 +189,17 @@ fn skew(c: &mut Criterion) {
     group.sample_size(20);
     for sensors in [1_000, 100_000] {
         let input = skewed_batches(sensors);
-        let mut t = transform(
-            &runtime,
-            "zscore",
-            &format!("window = 100, max_keys = {sensors}"),
-        );
-        // Two passes first: the hot sensors' windows fill, every sensor seen is held.
-        run(&mut *t, &input);
-        run(&mut *t, &input);
-        group.bench_function(format!("zscore/sensors={sensors}"), |b| {
-            b.iter(|| run(&mut *t, &input))
-        });
+        // zscore holds a window of 100 values a sensor; ewma a few numbers: the two show
+        // the key table's share of the cost and the window's.
+        for (detector, params) in [("zscore", "window = 100, "), ("ewma", "")] {
+            let mut t = transform(&runtime, detector, &format!("{params}max_keys = {sensors}"));
+            // Two passes first: the hot sensors' windows fill, every sensor seen is held.
+            run(&mut *t, &input);
+            run(&mut *t, &input);
+            group.bench_function(format!("{detector}/sensors={sensors}"), |b| {
+                b.iter(|| run(&mut *t, &input))
+            });
+        }
     }
     group.finish();
 }
