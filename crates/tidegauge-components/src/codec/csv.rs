@@ -73,6 +73,11 @@ impl CsvDecoder {
         }
     }
 
+    /// Whether the next line that is not blank is taken as the input's header.
+    pub fn awaits_header(&self) -> bool {
+        self.columns.is_none()
+    }
+
     /// Call at the start of each new input: the next line is its header again.
     pub fn start_input(&mut self) {
         if self.has_header {

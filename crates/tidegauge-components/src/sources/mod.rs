@@ -202,6 +202,11 @@ impl LineDecoder {
         }
     }
 
+    /// Whether the next line that is not blank is taken as a CSV header.
+    pub(crate) fn awaits_header(&self) -> bool {
+        matches!(&self.decoder, Decoder::Csv(c) if c.awaits_header())
+    }
+
     /// Decodes one framed line from `origin`; bad lines go to the dead-letter output.
     pub(crate) fn line(
         &mut self,

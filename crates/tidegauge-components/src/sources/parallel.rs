@@ -197,10 +197,9 @@ pub(crate) struct Pool<P> {
     /// The chunk being gathered.
     job: Job,
     context: Context,
-    /// Looking for the CSV header of the current input: lines go through this decoder
-    /// on the reader's thread until it has read the header.
+    /// Finds the CSV header of each input: lines go through this decoder on the
+    /// reader's thread while it awaits the header.
     header_finder: Option<LineDecoder>,
-    header_pending: bool,
     batch_rows: usize,
     batch_bytes: usize,
     next_seq: u64,
@@ -248,7 +247,6 @@ impl<P> Pool<P> {
             },
             context,
             header_finder,
-            header_pending: false,
             batch_rows: spec.batch.rows.max(1),
             batch_bytes: spec.batch.max_bytes,
             next_seq: 0,
@@ -274,7 +272,6 @@ impl<P> Pool<P> {
         self.set_context(context);
         if let Some(finder) = &mut self.header_finder {
             finder.start_input();
-            self.header_pending = true;
         }
     }
 
@@ -284,9 +281,7 @@ impl<P> Pool<P> {
             context.origin = Arc::from(origin);
             self.set_context(context);
         }
-        if self.header_pending
-            && let Some(finder) = &mut self.header_finder
-        {
+        if let Some(finder) = self.header_finder.as_mut().filter(|f| f.awaits_header()) {
             let mut dead = None;
             let outcome = finder.line_to(origin, no, line, &mut |location, reason, raw| {
                 dead = Some((location.to_string(), reason.to_string(), raw.to_vec()));
@@ -306,9 +301,8 @@ impl<P> Pool<P> {
                         end,
                     });
                 }
-                (None, Line::Complete(text)) if !text.iter().all(|b| b.is_ascii_whitespace()) => {
+                (None, Line::Complete(text)) if !finder.awaits_header() => {
                     // The decoder took it as the header.
-                    self.header_pending = false;
                     let mut context = self.context.clone();
                     context.header = Some(Arc::new((no, text.to_vec())));
                     self.set_context(context);

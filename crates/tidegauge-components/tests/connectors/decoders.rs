@@ -118,6 +118,15 @@ async fn csv_decoded_on_several_threads_is_what_one_decodes() {
     same_output_whatever_the_decoders("in.csv", &text, &good).await;
 }
 
+/// Blank and over-long lines before the CSV header: the reader's thread looks for the
+/// header as one decoder does, and the rows after it decode the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_header_after_blank_and_bad_lines_is_found_as_by_one_decoder() {
+    let (text, good) = csv_with_bad_lines(2_000);
+    let text = format!("\n  \n{}\n\n{text}", "y".repeat(300));
+    same_output_whatever_the_decoders("late-header.csv", &text, &good).await;
+}
+
 /// Batches are full by bytes before a chunk of lines ends (short CSV rows decode to more
 /// bytes than their text): a resumed run starts right after what was acknowledged, never
 /// skipping a line and never repeating an acknowledged one.
