@@ -150,16 +150,13 @@ struct Context {
 
 /// One entry of a chunk; text lies in the chunk's buffer.
 enum Item {
+    /// A framed line: its text, or the head of one longer than allowed (`too_long`: its
+    /// length), as [`Line`] has them.
     Line {
         no: u64,
         start: usize,
         end: usize,
-    },
-    TooLong {
-        no: u64,
-        start: usize,
-        end: usize,
-        len: u64,
+        too_long: Option<u64>,
     },
     /// Found bad while looking for the header: (location, reason), raw text.
     Dead {
@@ -311,27 +308,18 @@ impl<P> Pool<P> {
             }
             return LineOutcome::Continue;
         }
-        let start = self.job.text.len();
-        let item = match line {
-            Line::Complete(text) => {
-                self.job.text.extend_from_slice(text);
-                Item::Line {
-                    no,
-                    start,
-                    end: self.job.text.len(),
-                }
-            }
-            Line::TooLong { head, len } => {
-                self.job.text.extend_from_slice(head);
-                Item::TooLong {
-                    no,
-                    start,
-                    end: self.job.text.len(),
-                    len,
-                }
-            }
+        let (text, too_long) = match line {
+            Line::Complete(text) => (text, None),
+            Line::TooLong { head, len } => (head, Some(len)),
         };
-        self.job.items.push(item);
+        let start = self.job.text.len();
+        self.job.text.extend_from_slice(text);
+        self.job.items.push(Item::Line {
+            no,
+            start,
+            end: self.job.text.len(),
+            too_long,
+        });
         LineOutcome::Continue
     }
 
@@ -442,22 +430,19 @@ fn decode_jobs(
         enter(&mut dec, &mut at, &mut origin, &job.context);
         for item in &job.items {
             match item {
-                Item::Line { no, start, end } => {
-                    let line = Line::Complete(&job.text[*start..*end]);
-                    // A bad header was found on the reader's thread: nothing else ends
-                    // an input here.
-                    let _ = dec.line_to(&origin, *no, line, &mut keep);
-                }
-                Item::TooLong {
+                Item::Line {
                     no,
                     start,
                     end,
-                    len,
+                    too_long,
                 } => {
-                    let line = Line::TooLong {
-                        head: &job.text[*start..*end],
-                        len: *len,
+                    let text = &job.text[*start..*end];
+                    let line = match *too_long {
+                        None => Line::Complete(text),
+                        Some(len) => Line::TooLong { head: text, len },
                     };
+                    // A bad header was found on the reader's thread: nothing else ends
+                    // an input here.
                     let _ = dec.line_to(&origin, *no, line, &mut keep);
                 }
                 Item::Dead {
