@@ -193,7 +193,8 @@ fn skew(c: &mut Criterion) {
         // the key table's share of the cost and the window's.
         for (detector, params) in [("zscore", "window = 100, "), ("ewma", "")] {
             let mut t = transform(&runtime, detector, &format!("{params}max_keys = {sensors}"));
-            // Two passes first: the hot sensors' windows fill, every sensor seen is held.
+            // Two passes first: every sensor seen is held, the hot ones warm (zscore's
+            // windows full).
             run(&mut *t, &input);
             run(&mut *t, &input);
             group.bench_function(format!("{detector}/sensors={sensors}"), |b| {

@@ -74,8 +74,8 @@ config! {
         /// default, decodes on the reading thread; 0 chooses from the cores (1 on one
         /// core, else the cores but one, at least 2 and at most 4). More than one pays
         /// only with cores to spare beside the pipeline's other threads (on 2 cores W1
-        /// was no faster with 2). Events keep their input order
-        /// whatever the number, and so do dead letters and committed positions.
+        /// was no faster with 2). Events keep their input order whatever the number,
+        /// and so do dead letters and committed positions.
         #[serde(default = "default_decoders")]
         pub decoders: usize,
     }
