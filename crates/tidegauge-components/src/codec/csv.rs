@@ -262,7 +262,7 @@ impl CsvDecoder {
                 return Err(CsvError::Header(format!(
                     "header lacks column(s) `{}` (header has: {})",
                     missing.join("`, `"),
-                    header.join(", ")
+                    crate::expr::excerpt(&header.join(", "))
                 )));
             }
             self.columns = Some(
@@ -391,6 +391,24 @@ mod tests {
             e,
             CsvError::Header("header lacks column(s) `ts`, `value` (header has: time, val)".into())
         );
+    }
+
+    #[test]
+    fn a_long_header_is_quoted_by_its_start() {
+        // A garbage first line (one long field of 70,000 bytes) is taken as the header:
+        // the error names what is missing and quotes the line's start, not all of it.
+        let mut d = CsvDecoder::new(names(), b',', true);
+        let mut row = Row::new(2);
+        let line = format!("ts,{}", "x".repeat(70_000));
+        let CsvError::Header(e) = d.decode(line.as_bytes(), &mut row).unwrap_err() else {
+            panic!("a header error");
+        };
+        assert!(
+            e.starts_with("header lacks column(s) `value` (header has: ts, xxx"),
+            "{e}"
+        );
+        assert!(e.ends_with("… (70004 bytes))"), "{e}");
+        assert!(e.len() < 300, "{} bytes", e.len());
     }
 
     #[test]
