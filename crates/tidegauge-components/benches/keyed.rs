@@ -5,7 +5,9 @@
 //! window) that keeps its state from one pass to the next (steady state: the hot
 //! sensors' windows full), for the cost of many sensors.
 //!
-//! `cargo bench -p tidegauge-components --bench keyed` (`-- skew` for the skewed cases)
+//! `cargo bench -p tidegauge-components --bench keyed` (`-- skew` for the skewed cases;
+//! `KEYED_WINDOW=N` gives their `zscore` a window of N instead of 100, to see what the
+//! windows' size costs)
 
 use std::sync::Arc;
 
@@ -187,11 +189,16 @@ fn skew(c: &mut Criterion) {
     let mut group = c.benchmark_group("keyed_skew");
     group.throughput(Throughput::Elements((ROWS * SKEW_BATCHES) as u64));
     group.sample_size(20);
+    let window: usize = match std::env::var("KEYED_WINDOW") {
+        Ok(w) => w.parse().expect("KEYED_WINDOW is a window length"),
+        Err(_) => 100,
+    };
+    let zscore = format!("window = {window}, ");
     for sensors in [1_000, 100_000] {
         let input = skewed_batches(sensors);
-        // zscore holds a window of 100 values a sensor; ewma a few numbers: the two show
-        // the key table's share of the cost and the window's.
-        for (detector, params) in [("zscore", "window = 100, "), ("ewma", "")] {
+        // zscore holds a window of values a sensor (100 unless KEYED_WINDOW says); ewma a
+        // few numbers: the two show the key table's share of the cost and the window's.
+        for (detector, params) in [("zscore", zscore.as_str()), ("ewma", "")] {
             let mut t = transform(&runtime, detector, &format!("{params}max_keys = {sensors}"));
             // Two passes first: every sensor seen is held, the hot ones warm (zscore's
             // windows full).
