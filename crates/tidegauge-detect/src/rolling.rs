@@ -4,9 +4,10 @@
 //! value (Welford's update, generalised to a replacement). Rounding error cannot pile up
 //! over billions of events because the statistics are recomputed exactly from the window
 //! once every `window` replacements, which keeps the cost O(1) amortised. Where a decision
-//! hangs on the last bits (a z-score within 1e-9 of the threshold, or a spread that is
-//! tiny next to the mean), [`RollingStats::zscore`] decides with exact two-pass
-//! statistics, so verdicts match a naive exact implementation.
+//! hangs on the last bits (a z-score within 1e-9 of the threshold, more for long windows
+//! over values large next to their spread, or a spread that is tiny next to the mean),
+//! [`RollingStats::zscore`] decides with exact two-pass statistics, so verdicts match a
+//! naive exact implementation.
 
 use std::ptr::NonNull;
 
@@ -369,8 +370,16 @@ impl RollingStats {
         let suspicious_spread =
             var <= 1e-9 * mean * mean || var <= 1e-9 * self.peak_sq || var <= 0.0;
         if !suspicious_spread {
-            let z = (x - mean) / var.sqrt();
-            if (z.abs() - threshold).abs() > 1e-9 * threshold.abs().max(1.0) {
+            let std = var.sqrt();
+            let z = (x - mean) / std;
+            // How far the running z-score may be from the exact one: a fixed 1e-9, plus
+            // the drift of the running mean, whose rounding errors (half an ulp of the
+            // values each) add up over the up to `window` replacements since the last
+            // exact recomputation. Divided by the spread, that drift moves z; it matters
+            // for long windows over values large next to their spread (a window of
+            // 1,000,000 values near 1e6 with a spread of 32 moved z by 4e-9).
+            let drift = 4.0 * self.window() as f64 * f64::EPSILON * self.peak_sq.sqrt() / std;
+            if (z.abs() - threshold).abs() > (1e-9 + drift) * threshold.abs().max(1.0) {
                 return Some(z);
             }
         }
@@ -562,6 +571,45 @@ mod tests {
             r.push(7.25);
         }
         assert_eq!(r.zscore(100.0, 3.0), None);
+    }
+
+    #[test]
+    fn long_windows_decide_thresholds_as_exact_statistics_do() {
+        // A window of a million values near 1e6 with a spread of about 32 (just wide
+        // enough not to count as "tiny next to the mean"): by the end of a round of
+        // replacements the running mean has drifted enough to move z by about 4e-9.
+        // Thresholds 5e-10 either side of the exact |z| must still get the exact verdict.
+        const N: usize = 1_000_000;
+        let mut r = RollingStats::new(N);
+        let mut state = 12345u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            1e6 + 33.0 * 1.7 * (2.0 * ((state >> 11) as f64 / (1u64 << 53) as f64) - 1.0)
+        };
+        for _ in 0..2 * N - 20 {
+            r.push(next());
+        }
+        let mut checked = 0;
+        for _ in 0..20 {
+            let x = next();
+            let (mean, std) = r.exact_mean_std();
+            let exact = ((x - mean) / std).abs();
+            if exact > 0.5 {
+                for threshold in [exact * (1.0 + 5e-10), exact * (1.0 - 5e-10)] {
+                    let z = r.zscore(x, threshold).expect("a spread");
+                    assert_eq!(
+                        z.abs() > threshold,
+                        exact > threshold,
+                        "z {z} (exact {exact}) against {threshold}"
+                    );
+                    checked += 1;
+                }
+            }
+            r.push(x);
+        }
+        assert!(checked >= 10, "{checked} verdicts checked");
     }
 
     #[test]
