@@ -10,7 +10,9 @@
 //! [`Flatline`](crate::Flatline) detector's job.
 //!
 //! Cost: O(1) amortised per event on [`RollingStats`]; O(window) for an event whose `|z|`
-//! lies within 1e-9 of the threshold, or when the spread is below 1e-9 of the squared mean
+//! lies within 1e-9 of the threshold (relative; wider by the running mean's possible
+//! rounding drift, `4 × window × 2.2e-16 × max|x| / std`, for long windows over values
+//! large next to their spread), or when the spread is below 1e-9 of the squared mean
 //! (values with a large offset and a tiny spread), where the verdict is taken from exact
 //! statistics. Memory: `8 × window` bytes once the window is full, growing as values
 //! arrive.
