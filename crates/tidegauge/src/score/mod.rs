@@ -188,7 +188,7 @@ fn resolve_detector_for(
                 known.join(", ")
             )
         })?;
-        let mut table = String::new();
+        let mut table = Vec::new();
         for s in set {
             let (k, v) = s
                 .split_once('=')
@@ -199,15 +199,54 @@ fn resolve_detector_for(
             } else {
                 format!("{:?}", v)
             };
-            table.push_str(&format!("{} = {value}\n", k.trim()));
+            table.push(format!("{} = {value}", k.trim()));
         }
-        let inline = format!("{{ {} }}", table.lines().collect::<Vec<_>>().join(", "));
-        let de =
-            toml::de::DeValue::parse(&inline).map_err(|e| anyhow!("--set: {}", e.message()))?;
-        match d.parse(de) {
-            Ok(AnyConfig::Transform(t)) => (args.detector.clone(), t),
-            Ok(_) => bail!("`{}` is not a transform", args.detector),
-            Err(e) => bail!("--set {}: {}", e.path, e.message),
+        let parse = |extra: Option<String>| -> anyhow::Result<Box<dyn ErasedTransformConfig>> {
+            let inline = format!(
+                "{{ {} }}",
+                table
+                    .iter()
+                    .chain(&extra)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let de =
+                toml::de::DeValue::parse(&inline).map_err(|e| anyhow!("--set: {}", e.message()))?;
+            match d.parse(de) {
+                Ok(AnyConfig::Transform(t)) => Ok(t),
+                Ok(_) => bail!("`{}` is not a transform", args.detector),
+                Err(e) => bail!("--set {}: {}", e.path, e.message),
+            }
+        };
+        let config = parse(None)?;
+        // A file holds a few channels (or keys), yet a detector's default `max_keys` sizes
+        // its memory bound for a live fleet: with a long window the two together can pass
+        // the bound a stage may hold. Unless --set chose `max_keys`, take the most that fit.
+        let chose_max_keys = table.iter().any(|t| t.starts_with("max_keys "));
+        let too_many_keys = |c: &dyn ErasedTransformConfig| {
+            c.validate(&input)
+                .is_err_and(|e| e.iter().any(|e| e.path == "max_keys"))
+        };
+        if !chose_max_keys && too_many_keys(config.as_ref()) {
+            // The top of `max_keys`' range fails too (the default, below it, did).
+            let (mut fits, mut fails) = (0usize, 100_000_000usize);
+            while fails - fits > 1 {
+                let mid = fits + (fails - fits) / 2;
+                if too_many_keys(parse(Some(format!("max_keys = {mid}")))?.as_ref()) {
+                    fails = mid;
+                } else {
+                    fits = mid;
+                }
+            }
+            if fits > 0 {
+                let name = format!("{} (max_keys {fits}: the most that fit)", args.detector);
+                (name, parse(Some(format!("max_keys = {fits}")))?)
+            } else {
+                (args.detector.clone(), config)
+            }
+        } else {
+            (args.detector.clone(), config)
         }
     };
     let output = config

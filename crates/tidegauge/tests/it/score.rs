@@ -175,6 +175,46 @@ fn score_reports_bad_usage_clearly() {
 }
 
 #[test]
+fn a_long_window_fits_by_holding_fewer_keys_unless_max_keys_is_chosen() {
+    // A window of 10,000 values (80 KB a channel once full) with the default `max_keys`
+    // of a live fleet would pass the bound on a stage's memory; a file of two channels
+    // needs two keys, so `score` takes the most that fit and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.csv");
+    let rows: String = (0..50)
+        .map(|i| format!("{i},{},{}\n", i % 7, i % 5))
+        .collect();
+    std::fs::write(&input, format!("ts,a,b\n{rows}")).unwrap();
+    let args = ["--detector", "zscore", "--set", "window=10000"].map(OsStr::new);
+    let out = score(&args, &dir.path().join("o"), &[&input]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("scored 1 file(s), 50 rows, 0 anomalous, with zscore (max_keys "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(": the most that fit)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(read_csv(&dir.path().join("o/a.csv")).len(), 51);
+    // `max_keys` chosen with --set is kept, and the bound's error says what to lower.
+    let args = [
+        "--detector",
+        "zscore",
+        "--set",
+        "window=10000",
+        "--set",
+        "max_keys=100000",
+    ]
+    .map(OsStr::new);
+    let out = score(&args, &dir.path().join("p"), &[&input]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lower max_keys"), "{}", stderr(&out));
+}
+
+#[test]
 fn score_skips_and_dead_letters_what_it_cannot_read() {
     // A time that is not one, malformed CSV, too many fields, bad JSON, a JSON value
     // that is not an object: each line is skipped, counted, and dead-lettered with its
