@@ -49,6 +49,10 @@ pub struct RollingStats {
 /// The bit of [`RollingStats::window`] set once the window is full; windows stay below it.
 const FULL: u32 = 1 << 31;
 
+/// The most `sqrt(peak_sq) / std` can be where [`RollingStats::zscore`] trusts the running
+/// statistics (there `var > 1e-9 * peak_sq`): sqrt(1e9) = 31,622.8, rounded up.
+const MOST_PEAK_OVER_STD: f64 = 31_623.0;
+
 /// The largest window a [`RollingStats`] holds.
 pub const MAX_ROLLING_WINDOW: usize = (FULL - 1) as usize;
 
@@ -378,8 +382,15 @@ impl RollingStats {
             // exact recomputation. Divided by the spread, that drift moves z; it matters
             // for long windows over values large next to their spread (a window of
             // 1,000,000 values near 1e6 with a spread of 32 moved z by 4e-9).
-            let drift = 4.0 * self.window() as f64 * f64::EPSILON * self.peak_sq.sqrt() / std;
-            if (z.abs() - threshold).abs() > (1e-9 + drift) * threshold.abs().max(1.0) {
+            let off = (z.abs() - threshold).abs();
+            let scale = threshold.abs().max(1.0);
+            let drift_scale = 4.0 * self.window() as f64 * f64::EPSILON;
+            // The spread is not tiny (peak_sq / var < 1e9), so the drift is at most
+            // `4 × window × eps × sqrt(1e9)`: most verdicts are clear of that bound, and
+            // the drift itself (a square root and a division) is needed only near it.
+            if off > (1e-9 + drift_scale * MOST_PEAK_OVER_STD) * scale
+                || off > (1e-9 + drift_scale * self.peak_sq.sqrt() / std) * scale
+            {
                 return Some(z);
             }
         }
