@@ -745,6 +745,7 @@ mod tests {
     }
 
     /// Everything a state holds, bit for bit.
+    #[cfg(feature = "serde")]
     fn bits(r: &RollingStats) -> (usize, usize, u64, u64, u64, Vec<u64>) {
         (
             r.len(),
